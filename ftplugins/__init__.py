@@ -1,0 +1,44 @@
+"""ftplugins: fine-tuning methods from recent research as plugins for the Hugging Face stack.
+
+The public face. Names are resolved lazily so that ``import ftplugins`` (and ``ftplugins list``)
+does not import torch, transformers or TRL.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "compose": "ftplugins.compose",
+    "Run": "ftplugins.context",
+    "Plugin": "ftplugins.plugin",
+    "hookimpl": "ftplugins.plugin",
+    "load_plugins": "ftplugins.registry",
+    "load_adapter": "ftplugins.peft_types",
+    "peft_config": "ftplugins.peft_types",
+    "FtpluginsError": "ftplugins.errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'ftplugins' has no attribute {name!r}")
+    import importlib
+
+    module = importlib.import_module(_EXPORTS[name])
+    value = getattr(module, "select" if name == "load_plugins" else name)
+    globals()[name] = value
+    return value
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .compose import compose
+    from .context import Run
+    from .errors import FtpluginsError
+    from .peft_types import load_adapter, peft_config
+    from .plugin import Plugin, hookimpl
+    from .registry import select as load_plugins

@@ -1,0 +1,1 @@
+"""Built-in methods, one package each, registered through the ``ftplugins`` entry-point group."""

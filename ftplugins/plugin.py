@@ -1,0 +1,84 @@
+"""The plugin base class: what a method declares about itself.
+
+A plugin is an object with ``name``, ``summary``, ``paper`` and ``options`` (a dataclass whose
+fields are all prefixed with ``<name>_``) and any number of methods decorated with
+:data:`hookimpl`. Subclass :class:`Plugin` and register an instance under the entry-point group
+``ftplugins``. This module imports nothing heavy, so listing plugins stays cheap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from typing import Any, ClassVar
+
+import pluggy
+
+from .hookspecs import ORDER, PROJECT
+
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+#: Distributed set-ups a plugin may declare in ``Plugin.distributed``.
+DISTRIBUTED_MODES = ("single", "ddp", "fsdp", "deepspeed")
+
+
+class Plugin:
+    """Base class of every ftplugins plugin.
+
+    Attributes:
+        name: the name users select (``--plugins NAME``); also the options prefix.
+        summary: one line for ``ftplugins list``.
+        paper: citation or URL of the method's paper.
+        options: a dataclass type whose fields are ``<name>_*`` with defaults and
+            ``metadata={"help": ...}``; ``None`` when the plugin has no options.
+        requires: importable module name -> pip command that installs it.
+        distributed: the distributed set-ups this plugin trains correctly under.
+        trainers: names of trainer classes this plugin applies to (``SFTTrainer``), or
+            ``None`` for any trainer.
+    """
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    options: ClassVar[type | None] = None
+    requires: ClassVar[dict[str, str]] = {}
+    distributed: ClassVar[tuple[str, ...]] = ("single", "ddp")
+    trainers: ClassVar[tuple[str, ...] | None] = None
+
+    def contributes(self) -> list[str]:
+        """The hooks this plugin implements, in run order."""
+        return [hook for hook in ORDER if is_hookimpl(getattr(self, hook, None))]
+
+    def missing(self) -> list[str]:
+        """Pip commands for the optional dependencies that are not installed."""
+        return [cmd for module, cmd in self.requires.items() if importlib.util.find_spec(module) is None]
+
+    def option_fields(self) -> list[dataclasses.Field]:
+        return list(dataclasses.fields(self.options)) if self.options else []
+
+    def __repr__(self) -> str:
+        return f"<ftplugins plugin {self.name!r}>"
+
+
+def is_hookimpl(func: Any) -> bool:
+    return func is not None and hasattr(func, f"{PROJECT}_impl")
+
+
+def describe(plugin: Any) -> dict[str, Any]:
+    """A JSON-ready description of a plugin (what ``ftplugins list --json`` prints)."""
+    missing = plugin.missing() if hasattr(plugin, "missing") else []
+    contributes = (
+        plugin.contributes()
+        if hasattr(plugin, "contributes")
+        else [h for h in ORDER if is_hookimpl(getattr(plugin, h, None))]
+    )
+    return {
+        "name": plugin.name,
+        "summary": getattr(plugin, "summary", ""),
+        "paper": getattr(plugin, "paper", ""),
+        "contributes": contributes,
+        "available": not missing,
+        "missing": missing,
+        "distributed": list(getattr(plugin, "distributed", ())),
+        "trainers": list(plugin.trainers) if getattr(plugin, "trainers", None) else None,
+    }
