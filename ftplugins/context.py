@@ -55,6 +55,7 @@ class Run:
 
     def fork(self, **fields) -> Run:
         """A fresh run with the same plugins and options (one per trainer instance)."""
+        self.state["_instances"] = self.state.get("_instances", 0) + 1
         return Run(plugins=self.plugins, options=self.options, manager=self.manager, **fields)
 
     def options_for(self, plugin: Any) -> Any:

@@ -64,6 +64,18 @@ def load(name: str) -> Any:
     return plugin
 
 
+def describe_installed(name: str) -> dict[str, Any]:
+    """``describe`` for listing: a plugin that fails to import is shown as unavailable, not fatal."""
+    from .plugin import describe
+
+    try:
+        return describe(load(name))
+    except Exception as exc:  # noqa: BLE001 - a broken third-party plugin must not break `list`
+        ep = available_entry_points()[name]
+        return {"name": name, "summary": f"(failed to load {ep.value})", "paper": "", "contributes": [],
+                "available": False, "missing": [f"{type(exc).__name__}: {exc}"], "distributed": [], "trainers": None}
+
+
 def check_plugin(plugin: Any, source: str = "") -> None:
     """Reject malformed plugin objects early, with the rule they break."""
     where = f" ({source})" if source else ""

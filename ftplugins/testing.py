@@ -174,3 +174,24 @@ def minilm_classifier(num_labels: int = 2):
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     return AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=num_labels)
+
+
+def write_builtin_datasets(root: str) -> list[str]:
+    """Write the built-in datasets as JSON-lines folders (``train.jsonl`` + ``test.jsonl``).
+
+    ``load_dataset(root + "/arithmetic")`` then gives train/test splits, offline; the recipes use them.
+    """
+    makers = {
+        "arithmetic": lambda seed, n: arithmetic_dataset(n, seed=seed),
+        "preference": lambda seed, n: preference_dataset(n, seed=seed),
+        "prompts": lambda seed, n: prompt_dataset(n, seed=seed),
+    }
+    written = []
+    for name, make in makers.items():
+        folder = os.path.join(root, name)
+        os.makedirs(folder, exist_ok=True)
+        for split, seed, n in (("train", 0, 256), ("test", 1, 32)):
+            path = os.path.join(folder, f"{split}.jsonl")
+            make(seed, n).to_json(path)
+            written.append(path)
+    return written

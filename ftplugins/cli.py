@@ -1,0 +1,123 @@
+"""The ``ftplugins`` command: list and inspect plugins, train, wrap scripts, make offline fixtures."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+
+from . import registry
+from .cli_errors import exit_on_user_error
+from .plugin import describe
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    rows = [registry.describe_installed(name) for name in registry.installed_names()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    width = max([len(r["name"]) for r in rows] + [4])
+    for row in rows:
+        flag = "" if row["available"] else f"  [missing: {'; '.join(row['missing'])}]"
+        print(f"{row['name']:<{width}}  {row['summary']}{flag}")
+        print(f"{'':<{width}}  paper: {row['paper']}")
+        print(f"{'':<{width}}  contributes: {', '.join(row['contributes'])}")
+
+
+def option_rows(plugin) -> list[dict]:
+    rows = []
+    for f in plugin.option_fields() if hasattr(plugin, "option_fields") else []:
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+        )
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        rows.append({"name": f.name, "type": str(kind), "default": default, "help": f.metadata.get("help", "")})
+    return rows
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from .patching import patched_names
+
+    plugin = registry.load(args.name)
+    info = describe(plugin)
+    info["options"] = option_rows(plugin)
+    info["patches"] = patched_names(plugin)
+    info["requires"] = dict(getattr(plugin, "requires", {}))
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return
+    print(f"{info['name']}: {info['summary']}")
+    print(f"paper:        {info['paper']}")
+    print(f"contributes:  {', '.join(info['contributes'])} (hooks)")
+    print(f"trainers:     {', '.join(info['trainers']) if info['trainers'] else 'any'}")
+    print(f"distributed:  {', '.join(info['distributed'])}")
+    print(f"available:    {'yes' if info['available'] else 'no, run: ' + '; '.join(info['missing'])}")
+    print(f"patches (ftplugins.run): {', '.join(info['patches'])}")
+    print("options:")
+    if not info["options"]:
+        print("  (none)")
+    for row in info["options"]:
+        print(f"  --{row['name']} ({row['type']}, default {row['default']!r})")
+        if row["help"]:
+            print(f"      {row['help']}")
+
+
+def cmd_tiny_model(args: argparse.Namespace) -> None:
+    from .testing import save_tiny_llama
+
+    save_tiny_llama(args.path, seed=args.seed)
+    print(f"saved a tiny Llama and its tokenizer to {args.path}")
+
+
+def cmd_tiny_data(args: argparse.Namespace) -> None:
+    from .testing import write_builtin_datasets
+
+    for path in write_builtin_datasets(args.path):
+        print(path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ftplugins", description="Fine-tuning methods as plugins for TRL/PEFT.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("list", help="installed plugins")
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.set_defaults(func=cmd_list)
+    p = sub.add_parser("info", help="a plugin's options, hooks and support matrix")
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
+    p = sub.add_parser("tiny-model", help="save a tiny random Llama + tokenizer (offline fixtures, recipes)")
+    p.add_argument("path")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_tiny_model)
+    p = sub.add_parser("tiny-data", help="write the built-in datasets as JSON lines (recipes)")
+    p.add_argument("path")
+    p.set_defaults(func=cmd_tiny_data)
+    for name, help_text in (
+        ("train", "python -m ftplugins.train ..."),
+        ("run", "python -m ftplugins.run ..."),
+        ("quickstart", "python -m ftplugins.quickstart ..."),
+    ):
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+PASSTHROUGH = {"train": "ftplugins.train", "run": "ftplugins.run", "quickstart": "ftplugins.quickstart"}
+
+
+@exit_on_user_error
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in PASSTHROUGH:
+        import importlib
+
+        importlib.import_module(PASSTHROUGH[argv[0]]).main(argv[1:])
+        return
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""``python -m ftplugins.run --plugins a,b [plugin args] -- script.py ARGS``.
+
+Runs an unmodified training script with plugins switched on for every trainer class it builds
+(``transformers.Trainer`` and TRL's trainers, see :data:`ftplugins.patching.TRAINERS`). The
+patching is scoped to the script's run and undone afterwards. Works under ``accelerate launch``.
+A ``--config FILE`` YAML may hold ``plugins:`` and plugin options.
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import sys
+from collections.abc import Sequence
+
+from . import registry
+from .cli_errors import exit_on_user_error
+from .context import Run
+from .errors import FtpluginsError
+from .patching import plugins_active, require_trainer_built
+from .selection import parse, selected_names
+
+USAGE = "usage: python -m ftplugins.run --plugins a,b [--config FILE] [plugin args] -- script.py [script args]"
+
+
+def run_script(argv: Sequence[str]) -> None:
+    argv = list(argv)
+    if "--" not in argv:
+        raise FtpluginsError(f"missing `--` before the script. {USAGE}")
+    split = argv.index("--")
+    ours, theirs = argv[:split], argv[split + 1 :]
+    if not theirs:
+        raise FtpluginsError(f"no script after `--`. {USAGE}")
+    script = theirs[0]
+    if not os.path.isfile(script):
+        raise FtpluginsError(f"script {script!r} does not exist.")
+    plugins = registry.select(selected_names(ours))
+    _, options = parse([], plugins, ours)
+    run = Run(plugins=plugins, options=options)
+    saved_argv, saved_path = sys.argv[:], sys.path[:]
+    sys.argv = [script, *theirs[1:]]
+    sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
+    try:
+        with plugins_active(run):
+            runpy.run_path(script, run_name="__main__")
+    finally:
+        sys.argv, sys.path[:] = saved_argv, saved_path
+    require_trainer_built(run, runs_before=0)
+
+
+@exit_on_user_error
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return
+    run_script(argv)
+
+
+if __name__ == "__main__":
+    main()

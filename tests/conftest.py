@@ -1,0 +1,128 @@
+"""Shared fixtures: offline environment, tiny model folders, trainer arguments."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+from ftplugins import hookimpl  # noqa: E402
+from ftplugins.hookspecs import ORDER  # noqa: E402
+from ftplugins.plugin import Plugin  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """A saved tiny Llama + tokenizer (for paths given to TRL scripts)."""
+    from ftplugins.testing import save_tiny_llama
+
+    return save_tiny_llama(str(tmp_path_factory.mktemp("tiny-llama")))
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> str:
+    from ftplugins.testing import write_builtin_datasets
+
+    root = str(tmp_path_factory.mktemp("data"))
+    write_builtin_datasets(root)
+    return root
+
+
+def cpu_args(config_cls, output_dir, **overrides):
+    """Training arguments that run on 2 CPU cores in seconds."""
+    values = dict(
+        output_dir=str(output_dir),
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        max_steps=2,
+        per_device_train_batch_size=2,
+        logging_steps=1,
+        save_strategy="no",
+        seed=0,
+        disable_tqdm=True,
+    )
+    values.update(overrides)
+    return config_cls(**values)
+
+
+class RecordingPlugin(Plugin):
+    """Implements every hook and records each call (the contract test's witness)."""
+
+    name = "recorder"
+    summary = "records hook calls"
+    paper = "n/a"
+
+    def __init__(self):
+        self.calls: list[str] = []
+
+    def _rec(self, hook, **info):
+        self.calls.append(hook)
+
+    @hookimpl
+    def trainer_mixins(self, run):
+        self._rec("trainer_mixins")
+        return []
+
+    @hookimpl
+    def validate(self, run):
+        self._rec("validate")
+
+    @hookimpl
+    def patch_before_model_load(self, run):
+        self._rec("patch_before_model_load")
+
+    @hookimpl
+    def model_init_kwargs(self, run):
+        self._rec("model_init_kwargs")
+        return {}
+
+    @hookimpl
+    def peft_config(self, run, model):
+        self._rec("peft_config")
+
+    @hookimpl
+    def transform_dataset(self, run, dataset, split):
+        self._rec("transform_dataset")
+        return dataset
+
+    @hookimpl
+    def reward_funcs(self, run):
+        self._rec("reward_funcs")
+        return []
+
+    @hookimpl
+    def callbacks(self, run):
+        self._rec("callbacks")
+        return []
+
+    @hookimpl
+    def prepare_model(self, run, model):
+        self._rec("prepare_model")
+        return model
+
+    @hookimpl
+    def data_collator(self, run, collator):
+        self._rec("data_collator")
+        return collator
+
+    @hookimpl
+    def create_optimizer(self, run, model, args):
+        self._rec("create_optimizer")
+
+    @hookimpl
+    def post_train(self, run, trainer):
+        self._rec("post_train")
+
+
+@pytest.fixture
+def recorder() -> RecordingPlugin:
+    return RecordingPlugin()
+
+
+ALL_HOOKS = list(ORDER)
