@@ -126,3 +126,40 @@ def recorder() -> RecordingPlugin:
 
 
 ALL_HOOKS = list(ORDER)
+
+
+class TaggedRecorder(RecordingPlugin):
+    """A recorder with one option, registered as an installed entry point for CLI tests."""
+
+    from dataclasses import dataclass as _dc
+    from dataclasses import field as _field
+
+    @_dc
+    class Options:
+        recorder_tag: str = "default"
+
+    options = Options
+
+    def __init__(self):
+        super().__init__()
+        self.runs = []
+
+    @hookimpl
+    def post_train(self, run, trainer):
+        self._rec("post_train")
+        self.runs.append(run)
+
+
+@pytest.fixture
+def recorder_entry_point(monkeypatch):
+    """Make `recorder` resolvable by name, as if a package had registered it."""
+    from importlib.metadata import EntryPoint
+
+    from ftplugins import registry
+
+    plugin = TaggedRecorder()
+    eps = dict(registry.available_entry_points())
+    eps["recorder"] = EntryPoint(name="recorder", value="conftest:TaggedRecorder", group="ftplugins")
+    monkeypatch.setattr(registry, "available_entry_points", lambda: eps)
+    monkeypatch.setitem(registry._loaded, "recorder", plugin)
+    return plugin
