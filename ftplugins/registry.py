@@ -39,14 +39,12 @@ def installed_names() -> list[str]:
 
 def load(name: str) -> Any:
     """The plugin object registered under ``name``; a clear error when there is none."""
+    if name in disabled():
+        raise UnknownPluginError(f"--plugins {name}: the plugin is disabled by FTPLUGINS_DISABLE; unset it to use {name}.")
     if name in _loaded:
         return _loaded[name]
     eps = available_entry_points()
     if name not in eps:
-        if name in disabled():
-            raise UnknownPluginError(
-                f"--plugins {name}: the plugin is disabled by FTPLUGINS_DISABLE; unset it to use {name}."
-            )
         raise UnknownPluginError(
             f"--plugins {name}: no such plugin;{did_you_mean(name, eps)} "
             f"Installed: {', '.join(eps) or '(none)'}. `ftplugins list` shows them."

@@ -1,0 +1,175 @@
+"""``SSFLayer``: a base module whose output is scaled and shifted per channel, y -> γ⊙y + β.
+
+SSF (Lian et al. 2022, §3.2) puts the scale-shift after every operation that ends in a linear map:
+Linear, Conv2d, LayerNorm / RMSNorm. The channel is the last dimension except for Conv2d (dim 1).
+
+Merging (paper §3.3) folds γ, β into the module it follows, so the merged model has exactly the
+base architecture: Linear W'=diag(γ)W, b'=γ⊙b+β; LayerNorm w'=γ⊙w, b'=γ⊙b+β; RMSNorm w'=γ⊙w;
+Conv2d scales each output filter and its bias.
+
+Design decision: a module without a bias (Llama's projections, RMSNorm) gets the scale γ only,
+because a shift there can only be merged by adding a bias, which changes the architecture. With
+``shift_without_bias=True`` such modules get β too; the adapter then works unmerged but refuses to
+merge, naming the modules.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Optional
+
+import torch
+from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from torch import nn
+
+from ftplugins.errors import FtpluginsError
+
+SUPPORTED = "Linear, Conv2d, LayerNorm and RMSNorm modules"
+
+
+def is_norm(module: nn.Module) -> bool:
+    """LayerNorm, RMSNorm and their look-alikes from transformers (matched by class name), with a weight."""
+    named = type(module).__name__.endswith(("LayerNorm", "RMSNorm"))
+    return named and isinstance(getattr(module, "weight", None), torch.Tensor)
+
+
+def channel_dim(module: nn.Module) -> Optional[int]:
+    """The output dimension holding ``module``'s channels, or None when SSF does not support it."""
+    if isinstance(module, nn.Conv2d):
+        return 1
+    if isinstance(module, nn.Linear) or is_norm(module):
+        return -1
+    return None
+
+
+def num_channels(module: nn.Module) -> int:
+    if isinstance(module, nn.Conv2d):
+        return module.out_channels
+    if isinstance(module, nn.Linear):
+        return module.out_features
+    return module.weight.shape[-1]
+
+
+@torch.no_grad()
+def scales_by_weight(norm: nn.Module) -> bool:
+    """Whether ``norm`` computes n(x)·weight (+ bias), the form its merge assumes.
+
+    Probed with a zero weight, which must leave exactly the bias. Gemma-style norms compute
+    n(x)·(1 + weight) and fail, so their adapters are kept unmerged instead of merged wrongly.
+    """
+    weight = norm.weight
+    saved = weight.data
+    weight.data = torch.zeros_like(saved)
+    try:
+        out = norm(torch.randn(2, *saved.shape, dtype=saved.dtype, device=saved.device))
+    finally:
+        weight.data = saved
+    bias = getattr(norm, "bias", None)
+    return torch.equal(out, torch.zeros_like(out) if bias is None else bias.expand_as(out))
+
+
+class SSFLayer(nn.Module, BaseTunerLayer):
+    """Wraps a Linear, Conv2d or norm module; holds one scale (and maybe one shift) per adapter."""
+
+    adapter_layer_names = ("ssf_scale", "ssf_shift")
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, config: Any) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.ssf_scale = nn.ParameterDict()
+        self.ssf_shift = nn.ParameterDict()
+        self._active_adapter = adapter_name
+        self._disable_adapters = False
+        self.merged_adapters = []
+        self.channel_dim = channel_dim(base_layer)
+        self.update_layer(adapter_name, config)
+
+    @property
+    def has_bias(self) -> bool:
+        return getattr(self.get_base_layer(), "bias", None) is not None
+
+    def update_layer(self, adapter_name: str, config: Any) -> None:
+        n = num_channels(self.get_base_layer())
+        scale, shift = torch.ones(n), torch.zeros(n)
+        if config.init == "normal":
+            # The reference code's init (dongzelian/SSF, models/vision_transformer.py): not an identity.
+            nn.init.normal_(scale, mean=1.0, std=0.02)
+            nn.init.normal_(shift, mean=0.0, std=0.02)
+        self.ssf_scale[adapter_name] = nn.Parameter(scale)
+        if self.has_bias or config.shift_without_bias:
+            self.ssf_shift[adapter_name] = nn.Parameter(shift)
+        self._move_adapter_to_device_of_base_layer(adapter_name)
+        self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
+
+    def _channel_view(self, vector: torch.Tensor) -> torch.Tensor:
+        return vector.view(-1, 1, 1) if self.channel_dim == 1 else vector
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.disable_adapters and self.merged:
+            self.unmerge()
+        result = self.base_layer(x, *args, **kwargs)
+        if self.disable_adapters or self.merged:
+            return result
+        for name in self.active_adapters:
+            if name not in self.ssf_scale:
+                continue
+            # In the output's dtype, so a bf16 base stays bf16 while γ, β are kept in fp32.
+            result = result * self._channel_view(self.ssf_scale[name].to(result.dtype))
+            if name in self.ssf_shift:
+                result = result + self._channel_view(self.ssf_shift[name].to(result.dtype))
+        return result
+
+    def merge_blocker(self, adapter_name: str) -> Optional[str]:
+        """Why ``adapter_name`` cannot be merged into this module, or None when it can."""
+        if adapter_name in self.ssf_shift and not self.has_bias:
+            return "shift on a module without bias"
+        base = self.get_base_layer()
+        if is_norm(base) and not scales_by_weight(base):
+            return f"{type(base).__name__} does not compute n(x)·weight"
+        return None
+
+    def _weight_view(self, scale: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        # Linear / Conv2d weights hold output channels in dim 0; norm weights in the last dim.
+        return scale if is_norm(self.get_base_layer()) else scale.view(-1, *[1] * (weight.dim() - 1))
+
+    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+        base = self.get_base_layer()
+        for name in check_adapters_to_merge(self, adapter_names):
+            if name not in self.ssf_scale:
+                continue
+            reason = self.merge_blocker(name)
+            if reason:
+                raise FtpluginsError(f"ssf: cannot merge adapter {name!r} into {type(base).__name__}: {reason}.")
+            scale = self.ssf_scale[name].detach().float()
+            weight = base.weight.data.float() * self._weight_view(scale, base.weight)
+            bias = None
+            if self.has_bias:
+                bias = base.bias.data.float() * scale
+                if name in self.ssf_shift:
+                    bias = bias + self.ssf_shift[name].detach().float()
+            if safe_merge and not (weight.isfinite().all() and (bias is None or bias.isfinite().all())):
+                raise ValueError(f"ssf: NaN or inf in the merged weights of adapter {name!r}; the adapter is broken.")
+            base.weight.data = weight.to(base.weight.dtype)
+            if bias is not None:
+                base.bias.data = bias.to(base.bias.dtype)
+            self.merged_adapters.append(name)
+
+    def unmerge(self) -> None:
+        """Divide the scale back out (exact up to rounding, like PEFT's IA³)."""
+        if not self.merged:
+            warnings.warn("ssf: already unmerged, nothing to do.")
+            return
+        base = self.get_base_layer()
+        while self.merged_adapters:
+            name = self.merged_adapters.pop()
+            scale = self.ssf_scale[name].detach().float()
+            if self.has_bias:
+                bias = base.bias.data.float()
+                if name in self.ssf_shift:
+                    bias = bias - self.ssf_shift[name].detach().float()
+                base.bias.data = (bias / scale).to(base.bias.dtype)
+            weight = base.weight.data.float() / self._weight_view(scale, base.weight)
+            base.weight.data = weight.to(base.weight.dtype)
+
+    def __repr__(self) -> str:
+        return "ssf." + super().__repr__()
