@@ -82,7 +82,9 @@ def ensure_peft_type(peft_type: str) -> None:
         if owned == peft_type:
             plugin.load_tuner()
             if peft_type not in PEFT_TYPE_TO_CONFIG_MAPPING:
-                raise FtpluginsError(f"plugin {name} declares peft_type {peft_type!r}, but load_tuner() registered nothing.")
+                raise FtpluginsError(
+                    f"plugin {name} declares peft_type {peft_type!r}, but its load_tuner() registered nothing."
+                )
             return
     hint = f" Plugins that failed to load: {'; '.join(broken)}." if broken else ""
     raise FtpluginsError(

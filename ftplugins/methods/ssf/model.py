@@ -25,12 +25,15 @@ CLASSIFIER_MODELS = ("ForSequenceClassification", "ForImageClassification")
 
 
 class SSFModel(BaseTuner):
+    """Wraps the targeted modules in ``SSFLayer``. Freezing (only γ, β and ``modules_to_save`` train),
+    ``merge_and_unload`` and ``unload`` are BaseTuner's, which visits the tuner layers structurally."""
+
     prefix = "ssf_"
     tuner_layer_cls = SSFLayer
     target_module_mapping: dict[str, list[str]] = {}  # unused: defaults come from the model, see module docstring
 
     def _prepare_adapter_config(self, peft_config: Any, model_config: dict) -> Any:
-        model = self.model
+        model = self.model  # BaseTuner hands this hook only the model's config; the defaults need the modules
         if peft_config.modules_to_save is None:
             peft_config.modules_to_save = classifier_heads(model)
         if peft_config.target_modules is None:
@@ -73,8 +76,8 @@ class SSFModel(BaseTuner):
         if blocked:
             raise FtpluginsError(
                 f"ssf: the adapter cannot be merged into {len(blocked)} module(s): {', '.join(blocked[:5])}"
-                f"{' ...' if len(blocked) > 5 else ''}. Use it unmerged, or train with ssf_shift_without_bias=False "
-                "so that modules without a bias get a scale only."
+                f"{' ...' if len(blocked) > 5 else ''}. Use the adapter unmerged; to avoid a shift on modules without "
+                "a bias, train with ssf_shift_without_bias=False (the default)."
             )
 
 

