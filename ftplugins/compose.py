@@ -131,6 +131,8 @@ class PluginTrainerMixin:
     def train(self, *args: Any, **kwargs: Any):
         output = super().train(*args, **kwargs)
         self._ftplugins_run.call("post_train", trainer=self)
+        if self.args.should_save:
+            write_manifest(self._ftplugins_run, self.args.output_dir)
         return output
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
@@ -140,6 +142,25 @@ class PluginTrainerMixin:
             return super()._save(output_dir, state_dict=state_dict)
         with staged_dir(output_dir) as tmp:
             super()._save(tmp, state_dict=state_dict)
+
+
+def write_manifest(run: Run, output_dir: str) -> None:
+    """``ftplugins_run.json``: which plugins, options, world size and versions produced this output."""
+    import dataclasses
+    import json
+    from importlib.metadata import version
+
+    manifest = {
+        "plugins": [p.name for p in run.plugins],
+        "options": {name: dataclasses.asdict(o) if o is not None else None for name, o in run.options.items()},
+        "trainer": run.trainer_name,
+        "world_size": run.world_size,
+        "global_step": run.trainer.state.global_step if run.trainer is not None else None,
+        "versions": {pkg: version(pkg) for pkg in ("ftplugins", "torch", "transformers", "trl", "peft", "accelerate")},
+    }
+    with staged_dir(output_dir) as tmp:
+        with open(os.path.join(tmp, "ftplugins_run.json"), "w") as handle:
+            json.dump(manifest, handle, indent=2, default=str)
 
 
 def _pop_var_keyword(signature: inspect.Signature, call: dict) -> dict:

@@ -70,7 +70,7 @@ class MaskedThoughtCollator:
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         batch = self.collator(features)
-        if not self.run.trainer.model.training:
+        if not self.training:
             return batch
         step, micro_batch = self._next_position()
         opts = self.options

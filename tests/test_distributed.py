@@ -1,0 +1,52 @@
+"""Two-process DDP on CPU (gloo) through `accelerate launch -m ftplugins.train` equals one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_train_cli import trl_yaml
+
+# `accelerate launch --cpu --num_processes 2` silently runs ONE process (DESIGN.md); these flags give two.
+DDP_FLAGS = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+             "--dynamo_backend", "no"]
+
+
+def accelerate_bin() -> str:
+    return shutil.which("accelerate", path=os.path.dirname(sys.executable)) or "accelerate"
+
+
+@pytest.mark.slow
+def test_two_process_ddp_matches_one_process(tiny_model_dir, data_dir, tmp_path):
+    common = dict(plugins=["ssf"], max_steps=3, learning_rate=5e-2, dataloader_drop_last=True, seed=0,
+                  gradient_accumulation_steps=1)
+    one = trl_yaml(tmp_path / "one.yaml", tiny_model_dir, f"{data_dir}/arithmetic", tmp_path / "one",
+                   per_device_train_batch_size=4, **common)
+    two = trl_yaml(tmp_path / "two.yaml", tiny_model_dir, f"{data_dir}/arithmetic", tmp_path / "two",
+                   per_device_train_batch_size=2, **common)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    single = subprocess.run([sys.executable, "-m", "ftplugins.train", "sft", "--config", one],
+                            capture_output=True, text=True, env=env)
+    assert single.returncode == 0, single.stderr[-3000:]
+    ddp = subprocess.run([accelerate_bin(), "launch", *DDP_FLAGS, "-m", "ftplugins.train", "sft", "--config", two],
+                         capture_output=True, text=True, env=env)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+
+    manifest = json.loads((tmp_path / "two" / "ftplugins_run.json").read_text())
+    assert manifest["world_size"] == 2 and manifest["plugins"] == ["ssf"]
+    assert json.loads((tmp_path / "one" / "ftplugins_run.json").read_text())["world_size"] == 1
+
+    a = load_file(str(tmp_path / "one" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "two" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and len(a) > 0
+    init_scale = torch.ones(())
+    moved = [k for k in a if not torch.allclose(a[k], init_scale if "scale" in k else torch.zeros(()))]
+    assert moved, "training changed no SSF parameter"
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
