@@ -43,7 +43,7 @@ def masked_trainer(tmp_path, tokenizer=None, model=None, args=None, record=False
 
 def recording_compute_loss(self, model, inputs, *args, **kwargs):
     step = self.state.global_step
-    micro = sum(1 for s, *_ in self.seen if s == step and model.training)
+    micro = sum(1 for s, _, training, _ in self.seen if s == step and training)
     self.seen.append((step, micro, model.training, {k: v.clone() for k, v in inputs.items()}))
     return super(type(self), self).compute_loss(model, inputs, *args, **kwargs)
 
@@ -304,6 +304,6 @@ def test_refuses_non_sft_trainers_and_worker_processes(tmp_path):
 
 
 def test_plugin_module_does_not_import_torch():
-    code = "import sys, ftplugins.methods.masked_thought as m; assert 'torch' not in sys.modules, 'torch'; print(m.plugin.name)"
+    code = "import sys, ftplugins.methods.masked_thought as m; assert 'torch' not in sys.modules; print(m.plugin.name)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "masked_thought"
