@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "compose": "ftplugins.compose",
+    "compose": "ftplugins.composition",
     "Run": "ftplugins.context",
     "Plugin": "ftplugins.plugin",
     "hookimpl": "ftplugins.plugin",
@@ -36,7 +36,7 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .compose import compose
+    from .composition import compose
     from .context import Run
     from .errors import FtpluginsError
     from .peft_types import load_adapter, peft_config

@@ -13,7 +13,7 @@ import importlib
 from collections.abc import Iterator
 from typing import Any
 
-from .compose import compose_run
+from .composition import compose_run
 from .context import Run
 from .errors import FtpluginsError
 

@@ -35,6 +35,8 @@ class Plugin:
         distributed: the distributed set-ups this plugin trains correctly under.
         trainers: names of trainer classes this plugin applies to (``SFTTrainer``), or
             ``None`` for any trainer.
+        peft_type: the out-of-tree PEFT type this plugin owns (``"SSF"``), if any;
+            ``ftplugins.load_adapter`` calls :meth:`load_tuner` to register it in a fresh process.
     """
 
     name: ClassVar[str] = ""
@@ -44,6 +46,10 @@ class Plugin:
     requires: ClassVar[dict[str, str]] = {}
     distributed: ClassVar[tuple[str, ...]] = ("single", "ddp")
     trainers: ClassVar[tuple[str, ...] | None] = None
+    peft_type: ClassVar[str | None] = None
+
+    def load_tuner(self) -> None:
+        """Import the module that registers :attr:`peft_type` with PEFT (adapter plugins override)."""
 
     def contributes(self) -> list[str]:
         """The hooks this plugin implements, in run order."""
