@@ -3,7 +3,8 @@
 Runs an unmodified training script with plugins switched on for every trainer class it builds
 (``transformers.Trainer`` and TRL's trainers, see :data:`ftplugins.patching.TRAINERS`). The
 patching is scoped to the script's run and undone afterwards. Works under ``accelerate launch``.
-A ``--config FILE`` YAML may hold ``plugins:`` and plugin options.
+A ``--config FILE`` YAML may hold ``plugins:`` and plugin options; its other keys are left to the
+script, so one YAML can feed both (e.g. TRL's own ``sft.py --config`` the same file).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def run_script(argv: Sequence[str]) -> None:
     if not os.path.isfile(script):
         raise FtpluginsError(f"script {script!r} does not exist.")
     plugins = registry.select(selected_names(ours))
-    _, options = parse([], plugins, ours)
+    _, options = parse([], plugins, ours, config_shared=True)
     run = Run(plugins=plugins, options=options)
     saved_argv, saved_path = sys.argv[:], sys.path[:]
     sys.argv = [script, *theirs[1:]]

@@ -58,11 +58,14 @@ def config_plugins(path: str) -> list[str]:
     return [str(v) for v in value]
 
 
-def parse(dataclass_types: Sequence[type], plugins: list[Any], argv: Sequence[str]) -> tuple[list[Any], dict]:
+def parse(
+    dataclass_types: Sequence[type], plugins: list[Any], argv: Sequence[str], config_shared: bool = False
+) -> tuple[list[Any], dict]:
     """Parse ``argv`` (with ``--config``) into ``dataclass_types`` + the plugins' options.
 
     Returns the instances of ``dataclass_types`` and ``{plugin name: options instance}``.
-    Unknown keys (on the command line or in the YAML) fail with the list of valid plugin options.
+    Unknown keys (on the command line or in the YAML) fail with the list of valid plugin options,
+    except YAML keys when ``config_shared`` (the wrapper's config file also feeds the script).
     """
     from trl import TrlParser
 
@@ -74,6 +77,8 @@ def parse(dataclass_types: Sequence[type], plugins: list[Any], argv: Sequence[st
         )
     except ValueError as exc:
         raise OptionError(str(exc)) from None
+    if config_shared:
+        from_config = []
     unknown = [s for s in [*from_config, *from_args] if s.startswith("--")]
     if unknown:
         raise unknown_option_error([u.split("=", 1)[0] for u in unknown], plugins)

@@ -22,8 +22,19 @@ def accelerate_bin() -> str:
     return shutil.which("accelerate", path=os.path.dirname(sys.executable)) or "accelerate"
 
 
+def ddp_command(form, config):
+    """The two launch forms users have: our CLI, and the wrapper around TRL's unmodified sft.py."""
+    if form == "train":
+        return ["-m", "ftplugins.train", "sft", "--config", config]
+    import trl.scripts.sft
+
+    # TRL's script ignores the YAML keys it does not know (plugins:, ssf_*): the wrapper reads them.
+    return ["-m", "ftplugins.run", "--config", config, "--", trl.scripts.sft.__file__, "--config", config]
+
+
 @pytest.mark.slow
-def test_two_process_ddp_matches_one_process(tiny_model_dir, data_dir, tmp_path):
+@pytest.mark.parametrize("form", ["train", "run"])
+def test_two_process_ddp_matches_one_process(form, tiny_model_dir, data_dir, tmp_path):
     common = dict(plugins=["ssf"], max_steps=3, learning_rate=5e-2, dataloader_drop_last=True, seed=0,
                   gradient_accumulation_steps=1)
     one = trl_yaml(tmp_path / "one.yaml", tiny_model_dir, f"{data_dir}/arithmetic", tmp_path / "one",
@@ -34,7 +45,7 @@ def test_two_process_ddp_matches_one_process(tiny_model_dir, data_dir, tmp_path)
     single = subprocess.run([sys.executable, "-m", "ftplugins.train", "sft", "--config", one],
                             capture_output=True, text=True, env=env)
     assert single.returncode == 0, single.stderr[-3000:]
-    ddp = subprocess.run([accelerate_bin(), "launch", *DDP_FLAGS, "-m", "ftplugins.train", "sft", "--config", two],
+    ddp = subprocess.run([accelerate_bin(), "launch", *DDP_FLAGS, *ddp_command(form, two)],
                          capture_output=True, text=True, env=env)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
 
