@@ -1,0 +1,14 @@
+"""Optional fused kernels, each beside a pure-torch reference of the same signature.
+
+Every kernel is reached through a dispatcher that uses Triton on CUDA tensors when Triton is
+installed, and the torch reference otherwise (CPU, no Triton, or ``FTPLUGINS_KERNELS=off``).
+Tests compare each Triton kernel with its reference on CPU under ``TRITON_INTERPRET=1``.
+
+This lives inside the ``ftplugins`` package rather than in a top-level ``kernels/`` folder
+(DESIGN.md's layout) because a top-level module named ``kernels`` would shadow the Hugging Face
+``kernels`` package that transformers probes for.
+"""
+
+from .dispatch import kernels_enabled, use_triton
+
+__all__ = ["kernels_enabled", "use_triton"]
