@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tiny-data", help="write the built-in datasets as JSON lines (recipes)")
     p.add_argument("path")
     p.set_defaults(func=cmd_tiny_data)
+    from .sparse.cli import add_subparser as add_delta_subparser
+
+    add_delta_subparser(sub)
     for name, help_text in (
         ("train", "python -m ftplugins.train ..."),
         ("run", "python -m ftplugins.run ..."),

@@ -1,0 +1,62 @@
+"""Options of LIFT (pure dataclasses: importing this module imports no torch).
+
+Defaults follow the spec of the reference (zihanghliu/LIFT, LLaMA-3-8B setting): the mask keeps the
+largest entries of the rank-128 approximation of each weight, k = (m + n) * 128 of them (the
+parameter count of a rank-128 LoRA), and is re-selected every 400 steps (the LLaMA-2 math setting).
+"""
+
+# No ``from __future__ import annotations``: HfArgumentParser needs real types, not strings.
+from dataclasses import dataclass, field
+
+from ftplugins.options import check_choice, check_range
+
+SVD_KINDS = ("full", "randomized")
+_MANY = float(2**62)
+
+
+@dataclass
+class LiftOptions:
+    lift_rank: int = field(
+        default=128,
+        metadata={
+            "help": "Rank r_f of the low-rank approximation of each weight whose largest-magnitude entries train "
+            "(the 'principal weights'); capped at min(m, n) of each matrix. The paper uses 64 (LLaMA-2-7B) or 128."
+        },
+    )
+    lift_budget_rank: int = field(
+        default=128,
+        metadata={
+            "help": "Trainable entries per m x n weight: k = min((m + n) * lift_budget_rank, m * n), the parameter "
+            "count of a LoRA of this rank. Ignored when lift_density is set."
+        },
+    )
+    lift_density: float | None = field(
+        default=None,
+        metadata={"help": "Fraction of each weight's entries that train, in (0, 1] (e.g. 0.05 for the paper's "
+                          "'top 5%'); overrides lift_budget_rank."},
+    )
+    lift_interval: int = field(
+        default=400,
+        metadata={
+            "help": "Re-select the principal weights from the current weights every this many optimizer steps "
+            "(Adam moments carry over for entries that stay selected); 0 keeps the first mask for the whole run."
+        },
+    )
+    lift_svd: str = field(
+        default="full",
+        metadata={"help": "How to compute the rank-r_f approximation: 'full' (exact fp32 SVD, as the paper) or "
+                          "'randomized' (torch.svd_lowrank, seeded; faster for large matrices)."},
+    )
+    lift_save_delta: bool = field(
+        default=True,
+        metadata={"help": "After training, write the sparse delta W - W0 of every trained weight to "
+                          "output_dir/sparse_delta.safetensors (apply it with `ftplugins delta apply`)."},
+    )
+
+    def __post_init__(self):
+        check_range("lift_rank", self.lift_rank, 1, _MANY)
+        check_range("lift_budget_rank", self.lift_budget_rank, 1, _MANY)
+        if self.lift_density is not None and not (0.0 < self.lift_density <= 1.0):
+            raise ValueError(f"--lift_density {self.lift_density!r}: expected a fraction in (0, 1]")
+        check_range("lift_interval", self.lift_interval, 0, _MANY)
+        check_choice("lift_svd", self.lift_svd, SVD_KINDS)

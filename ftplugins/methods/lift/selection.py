@@ -1,0 +1,71 @@
+"""LIFT's selection rule: the largest entries of a low-rank approximation ("principal weights").
+
+Liu et al. (ICML 2025): take the rank-r_f truncated SVD of a weight W (m x n), W_r = U_r S_r V_rᵀ,
+and train the k entries of W where |W_r| is largest, k = min((m + n) r, m n) so that the count
+matches a rank-r LoRA. Magnitude alone (|W|) selects poorly; after rank reduction it selects well.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ftplugins.sparse.selection import topk_indices
+
+
+def budget(shape: tuple[int, int], budget_rank: int = 128, density: float | None = None, k: int | None = None) -> int:
+    """How many entries of an ``m x n`` weight train: ``k``, else ``density * m n``, else ``(m + n) r``."""
+    m, n = shape
+    total = m * n
+    if k is not None:
+        return max(0, min(int(k), total))
+    if density is not None:
+        return max(1, min(int(round(density * total)), total))
+    return min((m + n) * int(budget_rank), total)
+
+
+def low_rank_approximation(weight: torch.Tensor, rank: int, svd: str = "full", seed: int = 0) -> torch.Tensor:
+    """The best rank-``rank`` approximation of ``weight`` in fp32 (``rank`` capped at ``min(m, n)``).
+
+    ``svd="full"`` is the exact truncated SVD (``torch.linalg.svd``, full_matrices=False) as in the
+    paper; ``"randomized"`` uses ``torch.svd_lowrank`` with a few oversampled columns and a private
+    seed, so the mask is reproducible and the global RNG (dropout, shuffling) is not touched.
+    """
+    matrix = weight.detach().to(torch.float32)
+    m, n = matrix.shape
+    rank = max(1, min(int(rank), m, n))
+    if rank == min(m, n):
+        return matrix.clone()
+    if svd == "full":
+        u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+        return (u[:, :rank] * s[:rank]) @ vh[:rank]
+    if svd != "randomized":
+        raise ValueError(f"svd {svd!r}: expected 'full' or 'randomized'")
+    devices = [matrix.device.index or 0] if matrix.is_cuda else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        u, s, v = torch.svd_lowrank(matrix, q=min(rank + 8, m, n), niter=4)
+    return (u[:, :rank] * s[:rank]) @ v[:, :rank].T
+
+
+def select(
+    weight: torch.Tensor,
+    rank: int = 128,
+    k: int | None = None,
+    density: float | None = None,
+    budget_rank: int | None = None,
+    svd: str = "full",
+    seed: int = 0,
+) -> torch.Tensor:
+    """LIFT's mask of ``weight`` (2-D): ``True`` on the ``k`` entries where the rank-``rank``
+    approximation is largest in magnitude.
+
+    ``k`` defaults to ``density * m n`` when ``density`` is given, else ``min((m + n) * budget_rank, m n)``
+    with ``budget_rank`` defaulting to ``rank``.
+    """
+    if weight.dim() != 2:
+        raise ValueError(f"LIFT selects entries of 2-D weights; got shape {tuple(weight.shape)}")
+    count = budget(tuple(weight.shape), budget_rank if budget_rank is not None else rank, density, k)
+    scores = low_rank_approximation(weight, rank, svd, seed).abs()
+    mask = torch.zeros(weight.numel(), dtype=torch.bool, device=weight.device)
+    mask[topk_indices(scores, count)] = True
+    return mask.view(weight.shape)

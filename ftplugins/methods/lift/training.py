@@ -1,0 +1,122 @@
+"""The torch side of the LIFT plugin: which weights train, and the engine's optimizer for them."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from torch import nn
+
+from ftplugins.errors import FtpluginsError, UnsupportedModelError
+from ftplugins.sparse.optimizer import SparseAdamW
+
+from .selection import select
+
+logger = logging.getLogger("ftplugins.lift")
+
+
+def lift_targets(model: nn.Module) -> list[str]:
+    """Names of the weights LIFT trains: every 2-D float weight of an ``nn.Linear``, except the
+    output head (``lm_head``) and anything tied to the input or output embeddings."""
+    excluded: set[int] = set()
+    for getter in ("get_input_embeddings", "get_output_embeddings"):
+        module = getattr(model, getter, lambda: None)()
+        if module is not None and getattr(module, "weight", None) is not None:
+            excluded.add(id(module.weight))
+    names, seen = [], set()
+    for module_name, module in model.named_modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        weight = module.weight
+        if id(weight) in excluded or id(weight) in seen or weight.dim() != 2 or not weight.is_floating_point():
+            continue
+        seen.add(id(weight))
+        names.append(f"{module_name}.weight" if module_name else "weight")
+    return names
+
+
+def freeze_all_but(model: nn.Module, names: list[str]) -> None:
+    """Everything else frozen (requires_grad False): embeddings, lm_head, norms, biases."""
+    wanted = set(names)
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in wanted)
+
+
+def prepare(model: nn.Module) -> list[str]:
+    if getattr(model, "peft_config", None):
+        raise FtpluginsError(
+            "lift trains the base model's own Linear weights, and this model carries a PEFT adapter (a peft_config "
+            "from --use_peft or another plugin); drop the adapter or the lift plugin."
+        )
+    names = lift_targets(model)
+    if not names:
+        model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+        raise UnsupportedModelError(
+            f"lift found no weight to train in model type {model_type!r}: it looks for torch.nn.Linear modules with "
+            "2-D float weights other than the input/output embeddings (quantized layers do not count)."
+        )
+    freeze_all_but(model, names)
+    return names
+
+
+def build_optimizer(model: nn.Module, args: Any, options: Any, targets: list[str]) -> SparseAdamW:
+    """A :class:`SparseAdamW` over the LIFT targets with the Trainer's hyperparameters.
+
+    Any other parameter that still requires grad (another plugin unfroze it after lift) trains dense,
+    in the same optimizer, rather than silently not at all.
+    """
+    params = dict(model.named_parameters())
+    missing = [n for n in targets if n not in params]
+    if missing:
+        raise FtpluginsError(f"lift: the model no longer has the weights it prepared, e.g. {missing[:2]}; "
+                             "a plugin after lift replaced them")
+    named = [(n, params[n]) for n in targets]
+    others = [(n, p) for n, p in params.items() if p.requires_grad and n not in set(targets)]
+    if others:
+        logger.warning("lift: %d other trainable parameter(s) train dense, e.g. %s", len(others), others[0][0])
+    target_set = set(targets)
+    seed = int(getattr(args, "seed", 0) or 0)
+
+    def rule(weights):
+        return {
+            name: select(weight, rank=options.lift_rank, density=options.lift_density,
+                         budget_rank=options.lift_budget_rank, svd=options.lift_svd, seed=seed)
+            if name in target_set else None
+            for name, weight in weights.items()
+        }
+
+    max_grad_norm = getattr(args, "max_grad_norm", None)
+    return SparseAdamW(
+        named + others,
+        rule,
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_epsilon,
+        weight_decay=args.weight_decay,
+        max_grad_norm=max_grad_norm if max_grad_norm and max_grad_norm > 0 else None,
+        refresh_interval=options.lift_interval,
+        track_origin=options.lift_save_delta,
+    )
+
+
+def save_delta_of(trainer: Any, options: Any) -> str | None:
+    """Write ``output_dir/sparse_delta.safetensors`` (main process only); returns its path."""
+    from ftplugins.sparse.delta import DELTA_FILE, delta_from_optimizer, save_delta
+    from ftplugins.sparse.trainer import sparse_optimizer_of
+
+    optimizer = sparse_optimizer_of(trainer.optimizer)
+    if optimizer is None:
+        raise FtpluginsError("lift_save_delta=True, but the trainer has no lift optimizer after training (another "
+                             "optimizer was passed with optimizers=?); drop it or set lift_save_delta=False")
+    if not trainer.args.should_save:
+        return None
+    delta = delta_from_optimizer(optimizer)
+    delta.metadata.update({
+        "method": "lift",
+        "lift_rank": str(options.lift_rank),
+        "lift_budget_rank": str(options.lift_budget_rank),
+        "lift_density": str(options.lift_density),
+        "lift_interval": str(options.lift_interval),
+        "global_step": str(trainer.state.global_step),
+    })
+    return save_delta(delta, f"{trainer.args.output_dir}/{DELTA_FILE}")

@@ -1,0 +1,330 @@
+"""Sparse deltas: the artifact of sparse fine-tuning (indices + values of ``W - W0``).
+
+A :class:`SparseDelta` maps tensor names (as in the model's ``state_dict`` / ``model.safetensors``)
+to the flat indices where a weight changed and by how much. It is saved as safetensors (no
+pickle), written atomically, and can be
+
+* applied onto a base (``W0 + Δ``), reverted (``W - Δ``), and
+* composed: several deltas summed into one (LT-SFT's language + task deltas), which is what
+  ``apply`` of several deltas does, so the result does not depend on their order.
+
+Exactness. Values are stored in fp64 whatever the weights' dtype, and apply / revert compute
+``W0 ± Δ`` in fp64 and round once to the weight's dtype. The difference of two weights is then held
+exactly (or to within fp64's last bit when the two are more than 2**29 (fp32) / 2**45 (bf16) apart
+in magnitude), hence:
+
+* applying a delta to the base it was taken from gives the fine-tuned weights bit for bit;
+* reverting gives the base back bit for bit, unless an entry grew by more than ~5e8 times (fp32
+  weights; ~3e13 for bf16) from a nonzero base value;
+* composing sums in fp64, where additions of such differences are exact, so the order of the deltas
+  does not change a bit.
+
+(LT-SFT's reference stores fp32 differences above 1e-7 and adds them in fp32; none of this holds
+there, and fp32 differences would not round-trip either: see the tests.)
+
+File layout: for every tensor ``name``, ``delta_values/name`` (1-D) and, unless the delta is dense
+for that tensor, ``delta_indices/name`` (sorted flat indices, int32 when they fit); the header
+metadata holds ``format``, ``version`` and the tensors' shapes as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ftplugins.atomic import staged_dir
+from ftplugins.errors import FtpluginsError
+
+FORMAT = "ftplugins.sparse_delta"
+VERSION = "1"
+DELTA_FILE = "sparse_delta.safetensors"
+_INDICES, _VALUES = "delta_indices/", "delta_values/"
+
+
+@dataclass
+class DeltaTensor:
+    """The change of one tensor: ``values`` at flat ``indices`` (``None``: every entry, dense)."""
+
+    shape: tuple[int, ...]
+    indices: torch.Tensor | None
+    values: torch.Tensor
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for dim in self.shape:
+            n *= dim
+        return n
+
+    @property
+    def nnz(self) -> int:
+        return self.values.numel()
+
+    def flat_indices(self) -> torch.Tensor:
+        return torch.arange(self.numel, device=self.values.device) if self.indices is None else self.indices
+
+
+@dataclass
+class SparseDelta:
+    """Per tensor name, a :class:`DeltaTensor`; ``metadata`` is saved in the file header."""
+
+    tensors: dict[str, DeltaTensor] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def nnz(self) -> int:
+        return sum(t.nnz for t in self.tensors.values())
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+    def scaled(self, factor: float) -> SparseDelta:
+        """``factor * Δ`` (``-1`` gives the delta that reverts this one)."""
+        return SparseDelta({n: DeltaTensor(t.shape, t.indices, t.values * factor) for n, t in self.tensors.items()},
+                           dict(self.metadata))
+
+
+#: The dtype of delta values (see "Exactness" above).
+VALUES_DTYPE = torch.float64
+
+
+# --- making deltas --------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def diff_delta(weights: Mapping[str, torch.Tensor], base: Mapping[str, torch.Tensor],
+               names: Iterable[str] | None = None, dense: Iterable[str] = ()) -> SparseDelta:
+    """``weights - base`` for ``names`` (default: every name of ``weights``), keeping nonzero entries only.
+
+    Names in ``dense`` are stored dense (every entry), like LT-SFT's classifier head.
+    """
+    dense = set(dense)
+    out = SparseDelta()
+    for name in names if names is not None else weights:
+        new, old = weights[name], base[name]
+        if new.shape != old.shape:
+            raise FtpluginsError(f"cannot diff {name}: shapes {tuple(new.shape)} and {tuple(old.shape)} differ")
+        change = (new.detach().reshape(-1).to(VALUES_DTYPE)
+                  - old.detach().reshape(-1).to(device=new.device, dtype=VALUES_DTYPE))
+        out.tensors[name] = _entry(tuple(new.shape), None, change, keep_dense=name in dense)
+    return out
+
+
+@torch.no_grad()
+def delta_from_optimizer(optimizer: Any) -> SparseDelta:
+    """``W - W0`` of every parameter a :class:`~ftplugins.sparse.SparseAdamW` trained (``track_origin=True``).
+
+    Entries never selected never moved, so the origin values the optimizer keeps for every entry it
+    ever selected are all that is needed: no dense copy of the base model is kept during training.
+    """
+    if not getattr(optimizer, "track_origin", False):
+        raise FtpluginsError("this SparseAdamW was built with track_origin=False, so it does not know W0; "
+                             "build it with track_origin=True, or use diff_delta(model_weights, base_weights)")
+    out = SparseDelta()
+    for name, param in optimizer.named_params():
+        state = optimizer.state[param]
+        indices = state["origin_indices"]
+        flat = param.detach().reshape(-1)
+        current = flat if indices is None else flat.index_select(0, indices)
+        change = current.to(VALUES_DTYPE) - state["origin_values"].to(VALUES_DTYPE)
+        out.tensors[name] = _entry(tuple(param.shape), indices, change, keep_dense=indices is None)
+    return out
+
+
+def _entry(shape: tuple[int, ...], indices: torch.Tensor | None, change: torch.Tensor, keep_dense: bool) -> DeltaTensor:
+    if keep_dense:
+        return DeltaTensor(shape, None, change.cpu())
+    nonzero = change != 0
+    kept = nonzero.nonzero().squeeze(1) if indices is None else indices[nonzero]
+    return DeltaTensor(shape, kept.cpu(), change[nonzero].cpu())
+
+
+# --- files ----------------------------------------------------------------------------------------
+
+
+def save_delta(delta: SparseDelta, path: str) -> str:
+    """Write ``delta`` to ``path`` (safetensors), atomically; returns ``path``."""
+    from safetensors.torch import save_file
+
+    tensors, shapes = {}, {}
+    for name, entry in delta.tensors.items():
+        shapes[name] = list(entry.shape)
+        tensors[_VALUES + name] = entry.values.detach().contiguous().cpu()
+        if entry.indices is not None:
+            small = entry.numel <= torch.iinfo(torch.int32).max
+            tensors[_INDICES + name] = entry.indices.to(torch.int32 if small else torch.int64).contiguous().cpu()
+    metadata = {**delta.metadata, "format": FORMAT, "version": VERSION, "shapes": json.dumps(shapes)}
+    path = os.path.abspath(path)
+    with staged_dir(os.path.dirname(path)) as tmp:
+        save_file(tensors, os.path.join(tmp, os.path.basename(path)), metadata=metadata)
+    return path
+
+
+def load_delta(path: str, device: str | torch.device = "cpu") -> SparseDelta:
+    """Read a delta written by :func:`save_delta`; checks the format and every index."""
+    from safetensors import safe_open
+
+    if not os.path.isfile(path):
+        raise FtpluginsError(f"sparse delta {path!r} does not exist")
+    with safe_open(path, framework="pt", device=str(device)) as handle:
+        metadata = dict(handle.metadata() or {})
+        if metadata.get("format") != FORMAT:
+            raise FtpluginsError(f"{path!r} is not an ftplugins sparse delta (header format "
+                                 f"{metadata.get('format')!r}, expected {FORMAT!r})")
+        shapes = json.loads(metadata.pop("shapes"))
+        keys = set(handle.keys())
+        delta = SparseDelta(metadata={k: v for k, v in metadata.items() if k not in ("format", "version")})
+        for name, shape in shapes.items():
+            values = handle.get_tensor(_VALUES + name)
+            indices = handle.get_tensor(_INDICES + name).to(torch.int64) if _INDICES + name in keys else None
+            entry = DeltaTensor(tuple(shape), indices, values)
+            _check_entry(path, name, entry)
+            delta.tensors[name] = entry
+    return delta
+
+
+def _check_entry(source: str, name: str, entry: DeltaTensor) -> None:
+    problem = None
+    if entry.values.dim() != 1:
+        problem = "values are not 1-D"
+    elif entry.indices is None and entry.values.numel() != entry.numel:
+        problem = f"a dense delta has {entry.values.numel()} values for {entry.numel} entries"
+    elif entry.indices is not None:
+        if entry.indices.numel() != entry.values.numel():
+            problem = f"{entry.indices.numel()} indices but {entry.values.numel()} values"
+        elif entry.indices.numel() and (int(entry.indices.min()) < 0 or int(entry.indices.max()) >= entry.numel):
+            problem = f"indices outside [0, {entry.numel})"
+        elif entry.indices.numel() > 1 and not bool((entry.indices[1:] > entry.indices[:-1]).all()):
+            problem = "indices are not sorted and unique"
+    if problem:
+        raise FtpluginsError(f"sparse delta {source}: tensor {name}: {problem}")
+
+
+# --- using deltas ---------------------------------------------------------------------------------
+
+
+def compose_deltas(deltas: Iterable[SparseDelta]) -> SparseDelta:
+    """One delta equal to the sum of ``deltas`` (union of indices, values added in fp64).
+
+    Each value is an exact difference of two weights, so these fp64 sums are exact and the result does
+    not depend on the order of ``deltas``.
+    """
+    deltas = list(deltas)
+    per_name: dict[str, list[DeltaTensor]] = {}
+    for delta in deltas:
+        for name, entry in delta.tensors.items():
+            per_name.setdefault(name, []).append(entry)
+    out = SparseDelta(metadata={"composed_from": str(len(deltas))})
+    for name, entries in per_name.items():
+        shape = entries[0].shape
+        if any(e.shape != shape for e in entries):
+            raise FtpluginsError(f"cannot compose deltas of {name}: shapes {sorted({e.shape for e in entries})} differ")
+        dtype = VALUES_DTYPE
+        if any(e.indices is None for e in entries):
+            total = torch.zeros(entries[0].numel, dtype=dtype)
+            for e in entries:
+                total.index_add_(0, e.flat_indices(), e.values.to(dtype))
+            out.tensors[name] = DeltaTensor(shape, None, total)
+            continue
+        indices, inverse = torch.unique(torch.cat([e.indices for e in entries]), sorted=True, return_inverse=True)
+        total = torch.zeros(indices.numel(), dtype=dtype)
+        total.index_add_(0, inverse, torch.cat([e.values.to(dtype) for e in entries]))
+        out.tensors[name] = DeltaTensor(shape, indices, total)
+    return out
+
+
+def _tensors_of(target: nn.Module | Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+    if isinstance(target, nn.Module):
+        return target.state_dict(keep_vars=True)
+    return target
+
+
+@torch.no_grad()
+def apply_delta(target: nn.Module | Mapping[str, torch.Tensor], *deltas: SparseDelta, scale: float = 1.0):
+    """Add the deltas (composed first) to ``target`` (a model or a name -> tensor mapping), in place.
+
+    Each changed entry is computed as ``round(W0 + scale * Δ)`` in fp64 and written in the
+    tensor's own dtype. Returns ``target``.
+    """
+    delta = deltas[0] if len(deltas) == 1 else compose_deltas(deltas)
+    tensors = _tensors_of(target)
+    missing = [name for name in delta.tensors if name not in tensors]
+    if missing:
+        raise FtpluginsError(f"the delta changes {len(missing)} tensor(s) the target does not have, e.g. "
+                             f"{missing[:3]}; apply it to the model it was trained from")
+    for name, entry in delta.tensors.items():
+        _apply_entry(name, tensors[name], entry, scale)
+    return target
+
+
+def revert_delta(target: nn.Module | Mapping[str, torch.Tensor], *deltas: SparseDelta):
+    """Subtract the deltas from ``target`` in place (the inverse of :func:`apply_delta`); returns ``target``."""
+    return apply_delta(target, *deltas, scale=-1.0)
+
+
+def _apply_entry(name: str, tensor: torch.Tensor, entry: DeltaTensor, scale: float) -> None:
+    if tuple(tensor.shape) != tuple(entry.shape):
+        raise FtpluginsError(f"delta for {name} has shape {entry.shape}, the target tensor {tuple(tensor.shape)}")
+    if not tensor.is_contiguous():
+        raise FtpluginsError(f"cannot apply a delta to the non-contiguous tensor {name}")
+    flat = tensor.detach().view(-1)
+    values = entry.values.to(device=flat.device, dtype=torch.float64)
+    if scale != 1.0:
+        values = values * scale
+    if entry.indices is None:
+        flat.copy_((flat.to(torch.float64) + values).to(flat.dtype))
+        return
+    indices = entry.indices.to(flat.device)
+    flat.index_copy_(0, indices, (flat.index_select(0, indices).to(torch.float64) + values).to(flat.dtype))
+
+
+def apply_to_model_dir(base_dir: str, deltas: list[SparseDelta], output_dir: str, scale: float = 1.0) -> list[str]:
+    """Write ``base_dir``'s model with ``deltas`` added (``scale=-1``: subtracted) to ``output_dir``.
+
+    Works on the safetensors files directly (one shard in memory at a time, any architecture);
+    every other file (config, tokenizer, shard index) is copied. Returns the tensor names changed.
+    """
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    if not os.path.isdir(base_dir):
+        raise FtpluginsError(f"base model folder {base_dir!r} does not exist")
+    base, out = os.path.abspath(base_dir), os.path.abspath(output_dir)
+    if out != base and out.startswith(base + os.sep):
+        raise FtpluginsError(f"output folder {output_dir!r} is inside the base model folder; choose another place")
+    shards = sorted(f for f in os.listdir(base_dir) if f.endswith(".safetensors"))
+    if not shards:
+        raise FtpluginsError(f"{base_dir!r} holds no *.safetensors weights; save the model with save_pretrained()")
+    delta = deltas[0] if len(deltas) == 1 else compose_deltas(deltas)
+    pending = set(delta.tensors)
+    with staged_dir(output_dir) as tmp:
+        for shard in shards:
+            with safe_open(os.path.join(base_dir, shard), framework="pt") as handle:
+                metadata = handle.metadata()
+                tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+            mine = [name for name in tensors if name in pending]
+            if mine:
+                apply_delta({name: tensors[name] for name in mine},
+                            SparseDelta({name: delta.tensors[name] for name in mine}), scale=scale)
+            pending -= set(mine)
+            save_file(tensors, os.path.join(tmp, shard), metadata=metadata)
+        if pending:
+            raise FtpluginsError(f"{base_dir!r} has no tensor(s) {sorted(pending)[:3]} that the delta changes "
+                                 "(a different base model, or tied weights saved under another name?)")
+        for root, _dirs, files in os.walk(base_dir):
+            rel = os.path.relpath(root, base_dir)
+            for name in files:
+                if rel == "." and name.endswith(".safetensors"):
+                    continue
+                target = os.path.join(tmp, rel, name)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                shutil.copy2(os.path.join(root, name), target)
+    return sorted(delta.tensors)

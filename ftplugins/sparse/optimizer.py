@@ -1,0 +1,482 @@
+"""``SparseAdamW``: AdamW whose state exists only for the selected entries of each weight.
+
+How a step works, and why:
+
+* **Gradients.** Every managed parameter gets a ``register_post_accumulate_grad_hook``. As soon as
+  autograd has written a tensor's dense gradient, the hook gathers the selected entries into a
+  compact fp32 buffer (adding to it across gradient-accumulation micro-batches) and sets
+  ``param.grad = None``. So at most one dense gradient is alive at a time (the one autograd is
+  writing), never the model's worth that the LIFT reference keeps (it masks a dense ``.grad``).
+* **State.** Per parameter: the sorted ``int64`` flat ``indices`` (absent for a dense parameter),
+  ``exp_avg`` / ``exp_avg_sq`` of length k (fp32), an fp32 ``master`` copy of the k values when the
+  weight is bf16/fp16 (the weight receives their rounded copy), and with ``track_origin`` the
+  weight's values before training at every entry ever selected (``origin_indices`` /
+  ``origin_values``, for the sparse delta and for L1 toward θ0). ``step`` counts updates.
+* **Update.** :func:`ftplugins.kernels.sparse_adamw.sparse_adamw_`: AdamW on the compact values,
+  scattered into the weight in place (Triton on CUDA). Decoupled weight decay multiplies the
+  *selected* entries only; the LIFT reference decays a temporary copy, a no-op, which we do not copy.
+* **Clipping.** With ``max_grad_norm`` the compact gradients are clipped by their global norm
+  inside :meth:`step` (the Trainer clips dense ``.grad``, which is ``None`` here; the
+  :class:`~ftplugins.sparse.trainer.SparseTrainerMixin` makes the Trainer log this norm).
+* **DDP.** The compact gradients are averaged over the processes with one ``all_reduce`` per
+  optimizer step (before clipping), i.e. what DDP does to dense gradients, on k entries instead of
+  the model. The model must therefore not be wrapped in DDP (whose reducer would see no gradient
+  and whose buckets would hold a dense copy); the Trainer mixin sees to that. Selections are
+  broadcast from rank 0, so every process trains the same entries.
+* **Refresh.** With ``refresh_interval = N`` the rule is re-applied to the current weights after
+  every N-th step. Moments (and master values) carry over for entries that stay selected; new
+  entries start with zero moments; entries that leave keep their trained value, frozen.
+* **Checkpoints.** ``state_dict()`` holds everything above plus the step counter, as tensors and
+  ints (``torch.load(weights_only=True)`` reads it); :meth:`load_state_dict` restores it exactly,
+  without the dtype casting ``torch.optim.Optimizer`` applies (which would turn int64 indices into
+  the weight's dtype). A resumed run ends where the uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from ftplugins.kernels.sparse_adamw import sparse_adamw_
+
+from .selection import SelectionRule, as_indices
+
+STATE_FORMAT = 1
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+class SparseAdamW(torch.optim.Optimizer):
+    """AdamW over the selected entries of each parameter.
+
+    Args:
+        params: ``(name, parameter)`` pairs (e.g. a filtered ``model.named_parameters()``), or
+            param-group dicts whose ``"params"`` are such pairs (torch's named-parameter format).
+        selection: a selection rule ``{name: weight} -> {name: bool mask | flat indices | None}``
+            (``None`` trains every entry), or such a mapping given directly.
+        lr, betas, eps, weight_decay: as ``torch.optim.AdamW`` (decoupled decay, selected entries only).
+        max_grad_norm: clip the compact gradients by their global L2 norm before the update.
+        l1: coefficient of an L1 pull toward the original values, added to each selected entry's
+            gradient as ``l1 * sign(θ - θ0)`` (LT-SFT's λ / N); needs ``track_origin`` (implied).
+        refresh_interval: re-select from the current weights after every this many steps (0: never);
+            ``selection`` must then be a rule.
+        track_origin: keep the original values of every entry ever selected, so that
+            :func:`ftplugins.sparse.delta.delta_from_optimizer` can write ``W - W0``.
+        distributed: average compact gradients over ``torch.distributed``'s default group; ``None``
+            (default) does so when a process group with more than one process is initialised.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        selection: SelectionRule | Mapping[str, torch.Tensor | None],
+        *,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        max_grad_norm: float | None = None,
+        l1: float = 0.0,
+        refresh_interval: int = 0,
+        track_origin: bool = False,
+        distributed: bool | None = None,
+    ) -> None:
+        if lr < 0 or eps < 0 or weight_decay < 0 or l1 < 0:
+            raise ValueError(f"SparseAdamW: lr, eps, weight_decay and l1 must be >= 0 "
+                             f"(got {lr}, {eps}, {weight_decay}, {l1})")
+        if not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"SparseAdamW: betas must be in [0, 1), got {betas}")
+        if refresh_interval < 0:
+            raise ValueError(f"SparseAdamW: refresh_interval must be >= 0, got {refresh_interval}")
+        if refresh_interval and not callable(selection):
+            raise ValueError("SparseAdamW: refresh_interval > 0 needs a selection rule (a callable), not fixed indices")
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, l1=l1)
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            if "param_names" not in group:
+                raise ValueError("SparseAdamW needs named parameters: pass (name, parameter) pairs, "
+                                 "e.g. [(n, p) for n, p in model.named_parameters() if p.requires_grad]")
+        self.selection = selection
+        self.max_grad_norm = max_grad_norm
+        self.refresh_interval = int(refresh_interval)
+        self.track_origin = bool(track_origin or l1 > 0)
+        self.distributed = distributed
+        self.steps = 0
+        self._grads: dict[nn.Parameter, torch.Tensor] = {}
+        self._reduced = False
+        self._norm: torch.Tensor | None = None
+        for name, param in self.named_params():
+            if not param.is_floating_point():
+                raise ValueError(f"SparseAdamW: parameter {name} has dtype {param.dtype}; only float weights train")
+            if not param.is_contiguous():
+                raise ValueError(f"SparseAdamW: parameter {name} is not contiguous; call .contiguous() on the model")
+        selected = self._select()
+        for name, param in self.named_params():
+            self.state[param] = self._fresh_state(param, selected[name])
+            _own_grad_hook(param, self)
+
+    # --- parameters and selection ----------------------------------------------------------------
+
+    def named_params(self) -> list[tuple[str, nn.Parameter]]:
+        """``(name, parameter)`` over every group, in order."""
+        return [pair for group in self.param_groups for pair in zip(group["param_names"], group["params"])]
+
+    def _select(self) -> dict[str, torch.Tensor | None]:
+        named = self.named_params()
+        if callable(self.selection):
+            with torch.no_grad():
+                raw = self.selection({name: param.detach() for name, param in named})
+        else:
+            raw = self.selection
+        names = [name for name, _ in named]
+        missing = [n for n in names if n not in raw]
+        unknown = [n for n in raw if n not in set(names)]
+        if missing or unknown:
+            raise ValueError(f"SparseAdamW selection does not match the parameters: missing {missing[:3]}, "
+                             f"unknown {unknown[:3]}")
+        out = {}
+        for name, param in named:
+            indices = as_indices(raw[name], param.shape, name)
+            if indices is not None and indices.numel() == param.numel():
+                indices = None  # every entry: dense state, no index list (8 bytes an entry saved)
+            out[name] = None if indices is None else indices.to(param.device)
+        return self._broadcast_selection(out) if self._world_size() > 1 else out
+
+    def _fresh_state(self, param: nn.Parameter, indices: torch.Tensor | None) -> dict[str, Any]:
+        k = param.numel() if indices is None else indices.numel()
+        dtype = _moment_dtype(param)
+        state: dict[str, Any] = {"step": 0}
+        if indices is not None:
+            state["indices"] = indices
+        state["exp_avg"] = torch.zeros(k, dtype=dtype, device=param.device)
+        state["exp_avg_sq"] = torch.zeros(k, dtype=dtype, device=param.device)
+        if param.dtype in _LOW_PRECISION:
+            state["master"] = _gather(param, indices).to(torch.float32)
+        if self.track_origin:
+            state["origin_indices"] = indices  # the same tensor: saved once, costs nothing until a refresh
+            state["origin_values"] = _gather(param, indices).clone()
+        return state
+
+    def selected_numel(self) -> int:
+        """Σk: the number of trained entries over all parameters."""
+        return sum(state["exp_avg"].numel() for state in self.state.values())
+
+    def state_nbytes(self) -> int:
+        """Bytes of persistent optimizer state (shared tensors counted once)."""
+        seen, total = set(), 0
+        for state in self.state.values():
+            for value in state.values():
+                if isinstance(value, torch.Tensor) and value.data_ptr() not in seen:
+                    seen.add(value.data_ptr())
+                    total += value.numel() * value.element_size()
+        return total
+
+    # --- gradients -----------------------------------------------------------------------------
+
+    def _accumulate(self, param: nn.Parameter) -> None:
+        """Post-accumulate-grad hook: move the selected gradient entries into the compact buffer."""
+        grad = param.grad
+        if grad is None:
+            return
+        if grad.is_sparse:
+            raise RuntimeError("SparseAdamW does not take sparse (torch.sparse) gradients; use sparse=False embeddings")
+        state = self.state[param]
+        flat = grad.reshape(-1)
+        indices = state.get("indices")
+        compact = flat if indices is None else flat.index_select(0, indices)
+        compact = compact.to(state["exp_avg"].dtype)
+        buffer = self._grads.get(param)
+        if buffer is None:
+            # A dense fp32 gradient is kept as is: autograd lets go of it below, so no copy is needed.
+            self._grads[param] = compact
+        else:
+            buffer.add_(compact)
+        param.grad = None
+        self._reduced, self._norm = False, None
+
+    def _world_size(self) -> int:
+        if self.distributed is False or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+            return 1
+        return torch.distributed.get_world_size()
+
+    def _reduce(self) -> None:
+        """Average the compact gradients over the processes (once per step) and add the L1 term."""
+        if self._reduced:
+            return
+        world = self._world_size()
+        if world > 1:
+            named = self.named_params()
+            buffers, flags = [], []
+            for _, param in named:
+                buffer = self._grads.get(param)
+                flags.append(0.0 if buffer is None else 1.0)
+                buffers.append(buffer if buffer is not None else self.state[param]["exp_avg"].new_zeros(
+                    self.state[param]["exp_avg"].shape))
+            device = buffers[0].device if buffers else torch.device("cpu")
+            flat = torch.cat([b.reshape(-1).to(torch.float32) for b in buffers] + [torch.tensor(flags, device=device)])
+            torch.distributed.all_reduce(flat)
+            offset = 0
+            for (_, param), buffer in zip(named, buffers):
+                n = buffer.numel()
+                chunk = flat[offset:offset + n]
+                offset += n
+                buffer.copy_(chunk.view_as(buffer)).div_(world)
+            received = flat[offset:].tolist()
+            # A parameter is updated when some process produced a gradient for it, as with DDP.
+            self._grads = {param: buffer for (_, param), buffer, seen in zip(named, buffers, received) if seen > 0}
+        for group in self.param_groups:
+            if group["l1"]:
+                for param in group["params"]:
+                    if param in self._grads:
+                        self._add_l1(param, self._grads[param], group["l1"])
+        self._reduced, self._norm = True, None
+
+    def _add_l1(self, param: nn.Parameter, grad: torch.Tensor, coefficient: float) -> None:
+        state = self.state[param]
+        current = state["master"] if "master" in state else _gather(param, state.get("indices"))
+        origin = self._origin_at(state, state.get("indices")).to(current.dtype)
+        grad.add_(torch.sign(current - origin), alpha=coefficient)
+
+    def _origin_at(self, state: dict[str, Any], indices: torch.Tensor | None) -> torch.Tensor:
+        """Original values at ``indices`` (the origin covers every entry ever selected)."""
+        origin_indices = state["origin_indices"]
+        if origin_indices is indices:
+            return state["origin_values"]
+        if origin_indices is None:
+            return state["origin_values"][indices]
+        return state["origin_values"][torch.searchsorted(origin_indices, indices)]
+
+    def grad_norm(self) -> torch.Tensor:
+        """Global L2 norm of the (averaged) compact gradients of this step, before clipping."""
+        self._reduce()
+        if self._norm is None:
+            squares = [g.float().pow(2).sum() for g in self._grads.values()]
+            self._norm = torch.stack(squares).sum().sqrt() if squares else torch.zeros(())
+        return self._norm
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        super().zero_grad(set_to_none=set_to_none)
+        self._grads.clear()
+        self._reduced, self._norm = False, None
+
+    # --- the step ------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._reduce()
+        scale = 1.0
+        if self.max_grad_norm is not None and self.max_grad_norm > 0:
+            # As torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6) when that is below 1.
+            scale = min(1.0, self.max_grad_norm / (float(self.grad_norm()) + 1e-6))
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for param in group["params"]:
+                grad = self._grads.pop(param, None)
+                if grad is None:
+                    continue
+                state = self.state[param]
+                state["step"] += 1
+                sparse_adamw_(
+                    param.detach().view(-1),
+                    grad,
+                    state["exp_avg"],
+                    state["exp_avg_sq"],
+                    state.get("indices"),
+                    state.get("master"),
+                    lr=group["lr"],
+                    beta1=beta1,
+                    beta2=beta2,
+                    eps=group["eps"],
+                    weight_decay=group["weight_decay"],
+                    step=state["step"],
+                    grad_scale=scale,
+                )
+        self._grads.clear()
+        self._reduced, self._norm = False, None
+        self.steps += 1
+        if self.refresh_interval and self.steps % self.refresh_interval == 0:
+            self.refresh()
+        return loss
+
+    # --- refresh -------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        """Re-apply the selection rule to the current weights (LIFT's periodic re-selection)."""
+        if not callable(self.selection):
+            raise ValueError("SparseAdamW.refresh needs a selection rule (a callable)")
+        selected = self._select()
+        for name, param in self.named_params():
+            self._reselect(name, param, selected[name])
+
+    def _reselect(self, name: str, param: nn.Parameter, new: torch.Tensor | None) -> None:
+        """Move ``param``'s state to the entries ``new`` (``None``: every entry)."""
+        state = self.state[param]
+        old = state.get("indices")
+        if old is None and new is None:
+            return
+        every = torch.arange(param.numel(), device=param.device)
+        old_at = every if old is None else old
+        new_at = every if new is None else new
+        position = torch.searchsorted(old_at, new_at).clamp_(max=max(old_at.numel() - 1, 0))
+        kept = old_at[position] == new_at if old_at.numel() else torch.zeros_like(new_at, dtype=torch.bool)
+        source = position[kept]
+
+        def carry(values: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
+            fresh[kept] = values[source]
+            return fresh
+
+        state["exp_avg"] = carry(state["exp_avg"], state["exp_avg"].new_zeros(new_at.shape))
+        state["exp_avg_sq"] = carry(state["exp_avg_sq"], state["exp_avg_sq"].new_zeros(new_at.shape))
+        if "master" in state:
+            state["master"] = carry(state["master"], _gather(param, new).to(torch.float32))
+        if self.track_origin and state["origin_indices"] is not None:
+            origin = state["origin_indices"]
+            at = torch.searchsorted(origin, new_at).clamp_(max=max(origin.numel() - 1, 0))
+            found = origin[at] == new_at if origin.numel() else torch.zeros_like(new_at, dtype=torch.bool)
+            added = new_at[~found]
+            if added.numel():
+                # Entries never selected before have never moved: their current value is the original.
+                merged = torch.cat([origin, added])
+                order = torch.argsort(merged)
+                values = torch.cat([state["origin_values"], _gather(param, added)])[order]
+                state["origin_indices"] = None if merged.numel() == param.numel() else merged[order]
+                state["origin_values"] = values
+        if new is None:
+            state.pop("indices", None)
+        else:
+            state["indices"] = new
+        origin = state.get("origin_indices")
+        if new is not None and origin is not None and origin is not new and torch.equal(origin, new):
+            state["origin_indices"] = new  # one tensor again: saved once
+
+    # --- checkpoints ---------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        state_dict = super().state_dict()
+        state_dict["sparse_engine"] = {"format": STATE_FORMAT, "steps": self.steps}
+        return state_dict
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        engine = state_dict.get("sparse_engine")
+        if engine is None:
+            raise ValueError("not a SparseAdamW state dict (no 'sparse_engine' entry); "
+                             "it was saved by another optimizer")
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups) or any(
+            len(s["params"]) != len(g["params"]) for s, g in zip(saved_groups, self.param_groups)
+        ):
+            raise ValueError("SparseAdamW state dict has a different number of parameter groups or parameters")
+        by_id: dict[int, nn.Parameter] = {}
+        for saved, group in zip(saved_groups, self.param_groups):
+            names = saved.get("param_names")
+            if names is not None and list(names) != list(group["param_names"]):
+                first = next(i for i, (a, b) in enumerate(zip(names, group["param_names"])) if a != b)
+                raise ValueError(f"SparseAdamW state dict is for other parameters: {names[first]!r} where this "
+                                 f"optimizer has {group['param_names'][first]!r}")
+            for key, value in saved.items():
+                if key not in ("params", "param_names"):
+                    group[key] = value
+            by_id.update(zip(saved["params"], group["params"]))
+        moved: dict[int, torch.Tensor] = {}  # keeps tensors shared in the checkpoint shared after the move
+
+        def to_device(value: Any, device: torch.device) -> Any:
+            if not isinstance(value, torch.Tensor):
+                return value
+            if id(value) not in moved:
+                moved[id(value)] = value.to(device)
+            return moved[id(value)]
+
+        state: defaultdict = defaultdict(dict)
+        for key, saved_state in state_dict["state"].items():
+            param = by_id[key]
+            state[param] = {k: to_device(v, param.device) for k, v in saved_state.items()}
+            _check_state(state[param], param)
+        self.state = state
+        self.steps = int(engine["steps"])
+        self._grads.clear()
+        self._reduced, self._norm = False, None
+
+    def _broadcast_selection(self, selected: dict[str, torch.Tensor | None]) -> dict[str, torch.Tensor | None]:
+        """Rank 0's selection on every process (SVDs and ties may differ in the last bit across devices)."""
+        dist = torch.distributed
+        names = list(selected)
+        device = next((t.device for t in selected.values() if t is not None), torch.device("cpu"))
+        if dist.get_backend() == "nccl" and device.type != "cuda":
+            device = torch.device("cuda", torch.cuda.current_device())
+        sizes = torch.tensor([-1 if selected[n] is None else selected[n].numel() for n in names], device=device)
+        dist.broadcast(sizes, src=0)
+        total = int(sizes.clamp(min=0).sum())
+        if dist.get_rank() == 0 and total:
+            flat = torch.cat([selected[n].to(device) for n in names if selected[n] is not None])
+        else:
+            flat = torch.empty(total, dtype=torch.int64, device=device)
+        dist.broadcast(flat, src=0)
+        out, offset = {}, 0
+        params = dict(self.named_params())
+        for name, size in zip(names, sizes.tolist()):
+            if size < 0:
+                out[name] = None
+                continue
+            out[name] = flat[offset:offset + size].to(params[name].device)
+            offset += size
+        return out
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def _moment_dtype(param: torch.Tensor) -> torch.dtype:
+    return torch.float64 if param.dtype == torch.float64 else torch.float32
+
+
+def _gather(param: torch.Tensor, indices: torch.Tensor | None) -> torch.Tensor:
+    flat = param.detach().reshape(-1)
+    return flat.clone() if indices is None else flat.index_select(0, indices)
+
+
+def _check_state(state: dict[str, Any], param: nn.Parameter) -> None:
+    indices = state.get("indices")
+    k = param.numel() if indices is None else indices.numel()
+    if indices is not None and indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= param.numel()):
+        raise ValueError(f"SparseAdamW state dict: indices out of range for a parameter of shape {tuple(param.shape)}")
+    for key in ("exp_avg", "exp_avg_sq", "master"):
+        if key in state and state[key].numel() != k:
+            raise ValueError(f"SparseAdamW state dict: {key} has {state[key].numel()} entries, expected {k}")
+
+
+def _own_grad_hook(param: nn.Parameter, optimizer: SparseAdamW) -> None:
+    """Route ``param``'s gradient to ``optimizer`` (replacing the hook of an earlier SparseAdamW).
+
+    The hook holds the optimizer weakly, so a discarded optimizer does not stay alive through the
+    model; its hook then lets gradients through untouched.
+    """
+    previous = getattr(param, "_ftplugins_sparse_hook", None)
+    if previous is not None:
+        previous.remove()
+    ref = weakref.ref(optimizer)
+
+    def hook(p: torch.Tensor) -> None:
+        owner = ref()
+        if owner is not None:
+            owner._accumulate(p)
+
+    param._ftplugins_sparse_hook = param.register_post_accumulate_grad_hook(hook)
+
+
+def release_grad_hooks(params: Iterable[nn.Parameter]) -> None:
+    """Remove the engine's gradient hooks (gradients then accumulate in ``.grad`` again)."""
+    for param in params:
+        handle = getattr(param, "_ftplugins_sparse_hook", None)
+        if handle is not None:
+            handle.remove()
+            del param._ftplugins_sparse_hook
+

@@ -1,0 +1,95 @@
+"""``SparseTrainerMixin``: the Trainer-side glue of the sparse engine.
+
+Put in front of a (TRL / transformers) trainer whose optimizer is a
+:class:`~ftplugins.sparse.optimizer.SparseAdamW` (every sparse plugin contributes it through
+``trainer_mixins``). It changes two things:
+
+* **Gradient norm.** The Trainer clips and logs the norm of the dense ``.grad`` tensors, which the
+  engine never leaves behind (its hooks move them into compact buffers), so it would log 0. The
+  mixin reports the optimizer's norm of the compact gradients instead, averaged over processes and
+  before clipping, exactly where the Trainer would clip. The clipping itself happens inside
+  ``SparseAdamW.step`` (``max_grad_norm`` = ``args.max_grad_norm``), so an optimizer used without
+  this mixin still clips.
+* **No DDP wrapper.** DDP's reducer would allocate dense gradient buckets for every trained
+  weight (a second copy of the model) and would never see a gradient (the hooks consume them), so
+  the engine averages compact gradients itself (one ``all_reduce`` of k values per step). While the
+  Trainer prepares the model, Accelerate's ``prepare_model`` is called with ``evaluation_mode=True``,
+  its documented switch for "mixed precision, device placement and compilation, no distributed
+  wrapper" (transformers uses it for models that own their gradient reduction). What DDP would
+  also have done, broadcasting rank 0's parameters and buffers so every process starts equal, the
+  mixin does itself before the optimizer is created.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def sparse_optimizer_of(optimizer: Any) -> Any:
+    """The :class:`SparseAdamW` inside ``optimizer`` (Accelerate wraps it), or ``None``."""
+    from .optimizer import SparseAdamW
+
+    seen = 0
+    while optimizer is not None and not isinstance(optimizer, SparseAdamW) and seen < 4:
+        optimizer = getattr(optimizer, "optimizer", None)
+        seen += 1
+    return optimizer if isinstance(optimizer, SparseAdamW) else None
+
+
+class SparseTrainerMixin:
+    """Compact-gradient norm for logging/clipping, and no DDP wrapper around engine-trained weights."""
+
+    def _sparse_optimizer(self) -> Any:
+        return sparse_optimizer_of(getattr(self, "optimizer", None))
+
+    def create_optimizer(self, *args: Any, **kwargs: Any):
+        if getattr(self, "optimizer", None) is None:
+            # Before the selection and the optimizer's copies of the weights are made from them.
+            broadcast_from_rank0(self.model)
+        return super().create_optimizer(*args, **kwargs)
+
+    def _prepare_for_training(self, *args: Any, **kwargs: Any):
+        accelerator = self.accelerator
+        own = vars(accelerator).get("prepare_model")
+        prepare_model = accelerator.prepare_model
+
+        def prepare_model_without_ddp(model, device_placement=None, evaluation_mode=False):
+            if self._sparse_optimizer() is None:
+                return prepare_model(model, device_placement=device_placement, evaluation_mode=evaluation_mode)
+            return prepare_model(model, device_placement=device_placement, evaluation_mode=True)
+
+        accelerator.prepare_model = prepare_model_without_ddp
+        try:
+            return super()._prepare_for_training(*args, **kwargs)
+        finally:
+            if own is None:
+                del accelerator.prepare_model
+            else:
+                accelerator.prepare_model = own
+
+    def _clip_grad_norm(self, model: Any):
+        optimizer = self._sparse_optimizer()
+        if optimizer is None:
+            return super()._clip_grad_norm(model)
+        return optimizer.grad_norm()  # the optimizer clips by this norm in step()
+
+    def _get_grad_norm(self, model: Any, grad_norm: Any = None):
+        optimizer = self._sparse_optimizer()
+        if optimizer is None:
+            return super()._get_grad_norm(model, grad_norm=grad_norm)
+        return grad_norm if grad_norm is not None else optimizer.grad_norm()
+
+
+def broadcast_from_rank0(model: Any) -> None:
+    """Make every process start from rank 0's parameters and buffers (what DDP does when it wraps)."""
+    import torch
+
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return
+    with torch.no_grad():
+        seen = set()
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if id(tensor) not in seen:
+                seen.add(id(tensor))
+                dist.broadcast(tensor.data, src=0)

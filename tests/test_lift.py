@@ -1,0 +1,285 @@
+"""LIFT: the selection rule, the plugin (freezing, optimizer, refresh, delta), resume, bf16, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from conftest import cpu_args
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+import ftplugins
+from ftplugins.errors import FtpluginsError, OptionError, UnsupportedModelError
+from ftplugins.methods.lift import plugin, select
+from ftplugins.sparse.delta import apply_delta, load_delta
+from ftplugins.sparse.trainer import sparse_optimizer_of
+from ftplugins.testing import arithmetic_dataset, tiny_llama, tiny_tokenizer
+
+SMALL = dict(lift_rank=4, lift_budget_rank=2)  # k = (m + n) * 2 entries of each 32x32 ... 64x32 weight
+LINEAR = [f"model.layers.{i}.{m}.weight" for i in range(2) for m in
+          ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+           "mlp.up_proj", "mlp.down_proj")]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one intra-op thread is faster, and much faster on a busy shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# --- the selection rule ----------------------------------------------------------------------------
+
+
+def numpy_lift_mask(weight: np.ndarray, rank: int, k: int) -> np.ndarray:
+    """The definition, written independently: top-k |entries| of the rank-r truncated SVD."""
+    u, s, vt = np.linalg.svd(weight.astype(np.float64), full_matrices=False)
+    approx = (u[:, :rank] * s[:rank]) @ vt[:rank]
+    order = np.argsort(-np.abs(approx), axis=None, kind="stable")
+    mask = np.zeros(weight.size, dtype=bool)
+    mask[order[:k]] = True
+    # the k-th and (k+1)-th magnitudes are far apart, so fp32 vs fp64 cannot swap them
+    magnitudes = np.sort(np.abs(approx), axis=None)[::-1]
+    assert k == weight.size or magnitudes[k - 1] - magnitudes[k] > 1e-5
+    return mask.reshape(weight.shape)
+
+
+@pytest.mark.parametrize("rank,kwargs,k", [
+    (3, {"budget_rank": 2}, (24 + 40) * 2),  # LoRA-rank parity: (m + n) r
+    (3, {}, (24 + 40) * 3),  # budget rank defaults to the SVD rank
+    (5, {"density": 0.1}, 96),
+    (1, {"k": 10}, 10),
+])
+def test_mask_equals_an_independent_computation(rank, kwargs, k):
+    weight = torch.randn(24, 40, generator=torch.Generator().manual_seed(0))
+    mask = select(weight, rank=rank, **kwargs)
+    assert mask.dtype == torch.bool and mask.shape == weight.shape and int(mask.sum()) == k
+    assert np.array_equal(mask.numpy(), numpy_lift_mask(weight.numpy(), rank, k))
+    assert not torch.equal(mask, select(weight, rank=24, **kwargs))  # rank reduction matters (not just |W|)
+
+
+def test_budget_is_capped_at_the_matrix_and_rank_at_min_dimension():
+    weight = torch.randn(8, 6, generator=torch.Generator().manual_seed(1))
+    assert select(weight, rank=100).all()  # (8 + 6) * 100 > 48 entries: everything
+    assert torch.equal(select(weight, rank=100, k=5), select(weight, rank=6, k=5))  # r capped at 6: |W| itself
+    top5 = torch.topk(weight.abs().view(-1), 5).indices
+    assert set(select(weight, rank=6, k=5).view(-1).nonzero().view(-1).tolist()) == set(top5.tolist())
+    with pytest.raises(ValueError, match="2-D"):
+        select(torch.randn(5), rank=2)
+
+
+def test_randomized_svd_is_seeded_and_exact_on_low_rank_matrices():
+    g = torch.Generator().manual_seed(2)
+    weight = torch.randn(60, 4, generator=g) @ torch.randn(4, 50, generator=g)  # rank 4 exactly
+    before = torch.random.get_rng_state()
+    fast = select(weight, rank=4, k=300, svd="randomized", seed=3)
+    assert torch.equal(torch.random.get_rng_state(), before)  # the global RNG is left alone
+    assert torch.equal(fast, select(weight, rank=4, k=300, svd="randomized", seed=3))
+    assert torch.equal(fast, select(weight, rank=4, k=300))
+
+
+# --- options -----------------------------------------------------------------------------------------
+
+
+def test_plugin_module_does_not_import_torch():
+    code = ("import sys, ftplugins.methods.lift as m, ftplugins.methods.lift.options, ftplugins.sparse.cli; "
+            "assert 'torch' not in sys.modules; print(m.plugin.name)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "lift"
+
+
+@pytest.mark.parametrize("options", [
+    {"lift_rank": 0}, {"lift_budget_rank": -1}, {"lift_density": 0.0}, {"lift_density": 1.5},
+    {"lift_interval": -1}, {"lift_svd": "qr"}, {"lift_rnak": 4},
+])
+def test_bad_options_are_refused(options):
+    from trl import SFTTrainer
+
+    with pytest.raises(OptionError, match=next(iter(options))):
+        ftplugins.compose(SFTTrainer, ["lift"], **options)
+
+
+def test_options_parse_from_the_command_line():
+    from transformers import HfArgumentParser
+
+    from ftplugins.methods.lift.options import LiftOptions
+
+    (opts,) = HfArgumentParser(LiftOptions).parse_args_into_dataclasses(
+        ["--lift_rank", "64", "--lift_density", "0.05", "--lift_interval", "0", "--lift_svd", "randomized",
+         "--lift_save_delta", "false"])
+    assert opts == LiftOptions(lift_rank=64, lift_density=0.05, lift_interval=0, lift_svd="randomized",
+                               lift_save_delta=False)
+    assert LiftOptions().lift_density is None and LiftOptions().lift_budget_rank == 128
+
+
+# --- what trains ---------------------------------------------------------------------------------------
+
+
+def test_targets_are_the_linear_weights_except_the_head():
+    model = tiny_llama()
+    run = SimpleNamespace(state={})
+    plugin.prepare_model(run=run, model=model)
+    assert run.state["lift"]["targets"] == LINEAR
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == LINEAR  # embeddings, norms, head frozen
+
+
+def test_unsupported_models_are_refused():
+    no_linear = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.LayerNorm(4))
+    with pytest.raises(UnsupportedModelError, match="torch.nn.Linear"):
+        plugin.prepare_model(run=SimpleNamespace(state={}), model=no_linear)
+    import peft
+
+    lora = peft.get_peft_model(tiny_llama(), peft.LoraConfig(r=2, target_modules=["q_proj"]))
+    with pytest.raises(FtpluginsError, match="PEFT adapter"):
+        plugin.prepare_model(run=SimpleNamespace(state={}), model=lora)
+    with pytest.raises(FtpluginsError, match="bf16=True"):
+        plugin.validate(run=SimpleNamespace(args=SimpleNamespace(fp16=True)))
+
+
+# --- training through compose ------------------------------------------------------------------------
+
+
+class StopAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+
+
+def lift_train(output_dir, model=None, stop_at=None, resume=False, options=None, **arg_overrides):
+    from trl import SFTConfig, SFTTrainer
+
+    cls = ftplugins.compose(SFTTrainer, ["lift"], **{**SMALL, **(options or {})})
+    values = dict(max_steps=4, learning_rate=2e-2, weight_decay=0.1, per_device_train_batch_size=4,
+                  gradient_accumulation_steps=2, max_grad_norm=1.0)
+    values.update(arg_overrides)
+    model = model if model is not None else tiny_llama()
+    trainer = cls(model=model, args=cpu_args(SFTConfig, output_dir, **values), train_dataset=arithmetic_dataset(64),
+                  processing_class=tiny_tokenizer(), callbacks=[StopAt(stop_at)] if stop_at else None)
+    trainer.initial = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train(resume_from_checkpoint=resume or None)
+    return trainer
+
+
+def test_training_changes_exactly_the_selected_entries_of_linear_weights(tmp_path):
+    trainer = lift_train(tmp_path, options={"lift_interval": 0})
+    optimizer = sparse_optimizer_of(trainer.optimizer)
+    assert optimizer is not None and optimizer.steps == 4
+    total = 0
+    for name, param in trainer.model.named_parameters():
+        before = trainer.initial[name]
+        if name not in LINEAR:
+            assert torch.equal(param, before), name  # embeddings, norms, lm_head: bitwise frozen
+            continue
+        mask = select(before, rank=4, budget_rank=2)
+        m, n = param.shape
+        assert int(mask.sum()) == (m + n) * 2
+        assert torch.equal(optimizer.state[param]["indices"], mask.view(-1).nonzero().view(-1))
+        # every selected entry moved (weight decay alone moves it), nothing else did
+        assert torch.equal(param.detach() != before, mask), name
+        total += (m + n) * 2
+    # state: two fp32 moments + int64 indices + the origin values for the delta, for Σk entries only
+    assert optimizer.selected_numel() == total
+    assert sum(s["exp_avg"].numel() + s["exp_avg_sq"].numel() for s in optimizer.state.values()) == 2 * total
+    assert optimizer.state_nbytes() == total * (4 + 4 + 8 + 4)
+    norms = [h["grad_norm"] for h in trainer.state.log_history if "grad_norm" in h]
+    assert len(norms) == 4 and all(n > 0 for n in norms)  # the Trainer logs the compact gradients' norm
+
+    delta = load_delta(str(tmp_path / "sparse_delta.safetensors"))
+    assert delta.metadata["method"] == "lift" and sorted(delta.tensors) == sorted(LINEAR)
+    assert delta.nnz == total
+    restored = apply_delta({n: t.clone() for n, t in trainer.initial.items()}, delta)
+    assert all(torch.equal(restored[n], p) for n, p in trainer.model.named_parameters())
+    manifest = json.loads((tmp_path / "ftplugins_run.json").read_text())
+    assert manifest["plugins"] == ["lift"] and manifest["options"]["lift"]["lift_rank"] == 4
+
+
+def test_resume_matches_uninterrupted_across_a_refresh(tmp_path):
+    """Refresh every 2 steps, checkpoint at 3: the resumed run must restore the mask chosen at step 2 and
+    the moments, then refresh at step 4 as the uninterrupted run does."""
+    options = {"lift_interval": 2}
+    common = dict(max_steps=6, save_strategy="steps", save_steps=3)
+    straight = lift_train(tmp_path / "straight", options=options, **common)
+    stopped = lift_train(tmp_path / "resumed", options=options, stop_at=3, **common)
+    assert stopped.state.global_step == 3 and os.path.isdir(tmp_path / "resumed" / "checkpoint-3")
+    resumed = lift_train(tmp_path / "resumed", options=options, resume=True, **common)
+    assert resumed.state.global_step == 6
+    for (name, a), b in zip(straight.model.named_parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b), name
+    a, b = sparse_optimizer_of(straight.optimizer), sparse_optimizer_of(resumed.optimizer)
+    weight = straight.model.model.layers[0].self_attn.q_proj.weight
+    state = a.state[weight]
+    # the last refresh (after step 6) re-selected from the final weights; the mask did change over the run
+    assert torch.equal(state["indices"], select(weight.detach(), rank=4, budget_rank=2).view(-1).nonzero().view(-1))
+    assert state["origin_indices"].numel() > state["indices"].numel()
+    assert torch.equal(state["exp_avg"], b.state[resumed.model.model.layers[0].self_attn.q_proj.weight]["exp_avg"])
+    first, second = (load_delta(str(tmp_path / d / "sparse_delta.safetensors")) for d in ("straight", "resumed"))
+    assert all(torch.equal(first.tensors[n].values, second.tensors[n].values) for n in LINEAR)
+
+
+def test_bf16_model_trains_through_fp32_master_copies(tmp_path):
+    model = tiny_llama().to(torch.bfloat16)
+    trainer = lift_train(tmp_path, model=model, options={"lift_interval": 0}, max_steps=2, learning_rate=1e-2)
+    optimizer = sparse_optimizer_of(trainer.optimizer)
+    changed = 0
+    for name, param in trainer.model.named_parameters():
+        assert param.dtype == torch.bfloat16
+        if name not in LINEAR:
+            assert torch.equal(param, trainer.initial[name])
+            continue
+        state = optimizer.state[param]
+        assert state["master"].dtype == torch.float32 and state["master"].numel() == state["indices"].numel()
+        assert torch.equal(param.detach().view(-1)[state["indices"]], state["master"].to(torch.bfloat16))
+        moved = (param.detach() != trainer.initial[name]).view(-1).nonzero().view(-1)
+        assert torch.isin(moved, state["indices"]).all()
+        changed += moved.numel()
+    assert changed > 0
+    assert optimizer.state_nbytes() == optimizer.selected_numel() * (4 + 4 + 4 + 8 + 2)  # + master, bf16 origin
+
+
+# --- two processes ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_two_process_ddp_matches_one_process(tiny_model_dir, data_dir, tmp_path):
+    from test_distributed import DDP_FLAGS, accelerate_bin
+    from test_train_cli import trl_yaml
+
+    common = dict(plugins=["lift"], max_steps=3, learning_rate=5e-2, dataloader_drop_last=True, seed=0,
+                  gradient_accumulation_steps=1, lift_rank=4, lift_budget_rank=2, lift_interval=2)
+    one = trl_yaml(tmp_path / "one.yaml", tiny_model_dir, f"{data_dir}/arithmetic", tmp_path / "one",
+                   per_device_train_batch_size=4, **common)
+    two = trl_yaml(tmp_path / "two.yaml", tiny_model_dir, f"{data_dir}/arithmetic", tmp_path / "two",
+                   per_device_train_batch_size=2, **common)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    single = subprocess.run([sys.executable, "-m", "ftplugins.train", "sft", "--config", one],
+                            capture_output=True, text=True, env=env)
+    assert single.returncode == 0, single.stderr[-3000:]
+    ddp = subprocess.run([accelerate_bin(), "launch", *DDP_FLAGS, "-m", "ftplugins.train", "sft", "--config", two],
+                         capture_output=True, text=True, env=env)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert json.loads((tmp_path / "two" / "ftplugins_run.json").read_text())["world_size"] == 2
+    assert json.loads((tmp_path / "one" / "ftplugins_run.json").read_text())["world_size"] == 1
+
+    base = load_file(os.path.join(tiny_model_dir, "model.safetensors"))
+    a = load_file(str(tmp_path / "one" / "model.safetensors"))
+    b = load_file(str(tmp_path / "two" / "model.safetensors"))
+    assert sum(int((a[k] != base[k]).sum()) for k in a) > 0
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+    da = load_delta(str(tmp_path / "one" / "sparse_delta.safetensors"))
+    db = load_delta(str(tmp_path / "two" / "sparse_delta.safetensors"))
+    for name in da.tensors:
+        assert torch.equal(da.tensors[name].indices, db.tensors[name].indices), name  # the same entries trained
