@@ -73,6 +73,7 @@ class PluginTrainerMixin:
                 "loaded; pass the model path instead so the options can take effect."
             )
 
+        run.model = model
         adapter = run.call("peft_config", model=model)
         if adapter is not None:
             if call.get("peft_config") is not None:

@@ -36,6 +36,8 @@ class Run:
         trainer_cls: the composed trainer class.
         args: the trainer's ``TrainingArguments`` (set when the trainer is built).
         processing_class: the tokenizer / processor handed to the trainer, if any.
+        model: the model handed to the trainer (loaded first when a path was given), from
+            ``peft_config`` on; data hooks use it to find the tokenizer of a path-only run.
         trainer: the trainer, once its base ``__init__`` has run.
         state: scratch space for plugins, keyed by plugin name by convention.
     """
@@ -45,6 +47,7 @@ class Run:
     trainer_cls: type | None = None
     args: Any = None
     processing_class: Any = None
+    model: Any = None
     trainer: Any = None
     state: dict[str, Any] = field(default_factory=dict)
     manager: pluggy.PluginManager | None = field(default=None, repr=False)

@@ -1,0 +1,218 @@
+"""The deep_align trainer mixin: TRL's SFT loss with every response token's NLL weighted by w_t.
+
+:class:`DeepAlignTrainerMixin` does not re-implement the SFT loss. ``SFTTrainer.compute_loss``
+calls the model through TRL's fused LM head, which returns the per-token log-probs of the labels
+(no ``[batch, seq, vocab]`` logits), and takes ``-sum(log_probs) / num_items_in_batch``. For the
+duration of that call we hook the model's output and multiply ``log_probs`` by the detached weights
+w_t (:mod:`.objective`). Everything else is TRL's: normalisation by the label tokens of the whole
+accumulated batch (``num_items_in_batch``, across devices), DDP scaling, MoE auxiliary loss,
+entropy / accuracy metrics. So the loss is the token-level mean of w_t * NLL over the accumulated
+batch - where the reference code takes a mean per micro-batch and divides by the accumulation
+steps - and with w_t = 1 (theta = theta_ref, or beta -> 0) it *is* SFT's loss, value and gradient.
+
+The reference log-probs come from :mod:`ftplugins.objectives.ref_logprobs`: precomputed into the
+training set when ``train()`` starts (before a checkpoint is loaded, so from the initial weights),
+or on the fly per batch. Evaluation reports the plain SFT NLL (no reference for eval sets), so eval
+losses compare directly with an SFT run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ftplugins.errors import FtpluginsError
+from ftplugins.objectives.ref_logprobs import (
+    REF_COLUMN,
+    add_reference_column,
+    collate_reference,
+    frozen_copy,
+    has_adapter,
+    precompute_reference,
+    reference_token_logprobs,
+)
+
+from .objective import beta_schedule, response_positions, token_weights
+
+STATE_KEY = "deep_align"
+
+
+@dataclass
+class ReferenceState:
+    """Per-run reference bookkeeping (``run.state["deep_align"]``)."""
+
+    ref_model: Any = None  # frozen copy: full fine-tuning with on-the-fly values only
+    precomputed: bool = False
+
+
+class ReferenceColumnCollator:
+    """Wraps the trainer's collator: moves the precomputed values of the rows into the batch.
+
+    The wrapped collator never sees :data:`REF_COLUMN`; the batch gets it laid out like its
+    ``input_ids`` (padded, or concatenated for padding-free batches).
+    """
+
+    def __init__(self, collator: Any) -> None:
+        self.collator = collator
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        values = [f[REF_COLUMN] for f in features if REF_COLUMN in f]
+        if not values:
+            return self.collator(features)
+        if len(values) != len(features):
+            raise FtpluginsError("deep_align: some rows of a batch have precomputed reference log-probs and some not.")
+        batch = self.collator([{k: v for k, v in f.items() if k != REF_COLUMN} for f in features])
+        batch[REF_COLUMN] = collate_reference(values, batch["input_ids"])
+        return batch
+
+
+class TokenReweighting:
+    """A forward hook that multiplies the fused head's ``log_probs`` by the deep-alignment weights."""
+
+    def __init__(self, ref_log_probs: torch.Tensor, segment_starts: torch.Tensor | None, options: Any) -> None:
+        self.ref_log_probs = ref_log_probs
+        self.segment_starts = segment_starts
+        self.options = options
+        self.calls = 0
+        self.weight_mean = self.delta_mean = 0.0
+
+    def __call__(self, module: Any, args: Any, kwargs: dict, output: Any) -> Any:
+        if not kwargs.get("fused_lm_head"):
+            return None
+        log_probs, mask = output.log_probs, output.label_mask
+        ref = self.ref_log_probs.to(log_probs.device)
+        if ref.shape != log_probs.shape:
+            raise FtpluginsError(
+                f"deep_align: reference log-probs of shape {tuple(ref.shape)} for log-probs of shape "
+                f"{tuple(log_probs.shape)}; prompt-learning adapters (virtual tokens) are not supported."
+            )
+        starts = None if self.segment_starts is None else self.segment_starts.to(mask.device)
+        o = self.options
+        betas = beta_schedule(response_positions(mask, starts), o.deep_align_beta, o.deep_align_first_token_factor,
+                              o.deep_align_bias_factor, o.deep_align_bias_length)
+        weights = token_weights(log_probs, ref, betas)
+        output.log_probs = log_probs * weights.to(log_probs.dtype)
+        self.calls += 1
+        scored = mask.sum().clamp(min=1)
+        self.weight_mean = float((weights * mask).sum() / scored)
+        self.delta_mean = float(((log_probs.detach().float() - ref) * mask).sum() / scored)
+        return output
+
+    @contextlib.contextmanager
+    def installed(self, model: torch.nn.Module) -> Iterator[TokenReweighting]:
+        handle = model.register_forward_hook(self, with_kwargs=True)
+        try:
+            yield self
+        finally:
+            handle.remove()
+
+
+class DeepAlignTrainerMixin:
+    """Token-wise constrained SFT for ``SFTTrainer`` (cooperative: calls ``super()`` everywhere)."""
+
+    def _deep_align_options(self) -> Any:
+        return self.ftplugins_run.options_for("deep_align")
+
+    def _deep_align_state(self) -> ReferenceState:
+        return self.ftplugins_run.state.setdefault(STATE_KEY, ReferenceState())
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        # keep the precomputed column when the trainer drops columns the model does not take
+        if self._signature_columns is not None and REF_COLUMN not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, REF_COLUMN]
+
+    def train(self, *args: Any, **kwargs: Any):
+        self.deep_align_prepare_reference()
+        return super().train(*args, **kwargs)
+
+    def deep_align_prepare_reference(self) -> None:
+        """Precompute the reference log-probs, or make the frozen copy; once per run, before any update."""
+        opts = self._deep_align_options()
+        if opts.deep_align_objective != "constrained":
+            return
+        if getattr(self, "compute_loss_func", None) is not None:
+            raise FtpluginsError(
+                "deep_align reweights SFTTrainer's own token loss, and a compute_loss_func replaces it; drop "
+                "compute_loss_func or deep_align."
+            )
+        state = self._deep_align_state()
+        if opts.deep_align_ref == "on_the_fly":
+            if state.ref_model is None and not has_adapter(self.model):
+                device = next(self.model.parameters()).device
+                state.ref_model = frozen_copy(self.model).to(device)
+            return
+        if state.precomputed:
+            return
+        dataset = self.train_dataset
+        if not hasattr(dataset, "add_column"):
+            raise FtpluginsError(
+                f"deep_align_ref=precompute stores the reference log-probs with the rows, which a "
+                f"{type(dataset).__name__} cannot hold; use deep_align_ref=on_the_fly."
+            )
+        values = precompute_reference(
+            self.model,
+            dataset,
+            self._deep_align_reference_collator(),
+            batch_size=self.args.per_device_eval_batch_size,
+            device=next(self.model.parameters()).device,
+            # full fine-tuning: the model has not been updated yet, so it is its own reference
+            ref_model=None if has_adapter(self.model) else self.model,
+            accelerator=self.accelerator,
+            progress=not self.args.disable_tqdm and self.is_local_process_zero(),
+        )
+        self.train_dataset = add_reference_column(dataset, values)
+        state.precomputed = True
+
+    def _deep_align_reference_collator(self) -> Any:
+        from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+        tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
+        return DataCollatorForLanguageModeling(
+            pad_token_id=tokenizer.pad_token_id, padding_free=bool(getattr(self, "padding_free", False))
+        )
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        stored = inputs.pop(REF_COLUMN, None)
+        opts = self._deep_align_options()
+        if opts.deep_align_objective != "constrained" or not self.model.training:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+        reference = self._deep_align_reference(model, inputs, stored)
+        starts = inputs["position_ids"][:, 1:] == 0 if "position_ids" in inputs else None
+        reweighting = TokenReweighting(reference, starts, opts)
+        with reweighting.installed(model):
+            result = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                          num_items_in_batch=num_items_in_batch)
+        if reweighting.calls != 1:
+            raise FtpluginsError(
+                "deep_align: the trainer's compute_loss did not call the model once with TRL's fused LM head "
+                f"({reweighting.calls} calls), so the token weights could not be applied; label smoothing, "
+                "compute_loss_func and sequence parallelism take other loss paths and are not supported."
+            )
+        metrics = getattr(self, "_metrics", None)
+        if metrics is not None:
+            metrics["train"]["deep_align/weight"].append(reweighting.weight_mean)
+            metrics["train"]["deep_align/delta"].append(reweighting.delta_mean)
+        return result
+
+    def _deep_align_reference(self, model: Any, inputs: dict[str, Any], stored: torch.Tensor | None) -> torch.Tensor:
+        opts = self._deep_align_options()
+        if opts.deep_align_ref == "precompute":
+            if stored is None:
+                raise FtpluginsError(
+                    "deep_align: a training batch has no precomputed reference log-probs; call trainer.train() (which "
+                    "precomputes them) or set deep_align_ref=on_the_fly."
+                )
+            return stored[:, 1:]
+        state = self._deep_align_state()
+        if state.ref_model is None and not has_adapter(model):
+            self.deep_align_prepare_reference()
+        model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        return reference_token_logprobs(
+            self.accelerator.unwrap_model(model), model_inputs, inputs["labels"], ref_model=state.ref_model
+        )
