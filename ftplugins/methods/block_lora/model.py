@@ -18,16 +18,13 @@ from torch import nn
 
 from ftplugins.errors import FtpluginsError, UnsupportedModelError
 
-# Generic PEFT-tuner helpers, shared with SSF rather than copied.
-from ftplugins.methods.ssf.model import describe, output_heads, unwrapped_modules
+from ftplugins.tuners import classifier_heads, describe, output_heads, unwrapped_modules
 
 from .layer import SUPPORTED, BlockLoraLayer, check_divisible, linear_features
 from .options import ALL_LINEAR
 
 #: Last name component of the attention q/k/v projections in transformers (Llama, CLIP, BERT, ViT, ...) and diffusers.
 QKV_NAMES = ("q_proj", "k_proj", "v_proj", "query", "key", "value", "to_q", "to_k", "to_v")
-CLASSIFIER_HEADS = ("classifier", "score")
-CLASSIFIER_MODELS = ("ForSequenceClassification", "ForImageClassification")
 
 
 class BlockLoraModel(BaseTuner):
@@ -41,13 +38,13 @@ class BlockLoraModel(BaseTuner):
     def _prepare_adapter_config(self, peft_config: Any, model_config: dict) -> Any:
         model = self.model  # BaseTuner hands this hook only the model's config; the defaults need the modules
         if peft_config.modules_to_save is None:
-            peft_config.modules_to_save = classifier_heads(model)
+            peft_config.modules_to_save = classifier_heads(model, "block_lora")
         targets = peft_config.target_modules
         if targets is None:
             peft_config.target_modules = qkv_targets(model)
         elif targets == ALL_LINEAR or (isinstance(targets, (list, set, tuple)) and list(targets) == [ALL_LINEAR]):
             peft_config.target_modules = all_linear_targets(model)
-        matched = [(n, m) for n, m in unwrapped_modules(model) if check_target_module_exists(peft_config, n)]
+        matched = [(n, m) for n, m in unwrapped_modules(model, see_through_aux=False) if check_target_module_exists(peft_config, n)]
         if not matched:
             raise UnsupportedModelError(
                 f"block_lora: no module of {describe(model)} matches target_modules={targets!r} "
@@ -96,7 +93,7 @@ def qkv_targets(model: nn.Module) -> list[str]:
     """The attention query/key/value projections (CLIP-LoRA's targets), by name, among the linear layers."""
     found = [
         name
-        for name, module in unwrapped_modules(model)
+        for name, module in unwrapped_modules(model, see_through_aux=False)
         if name.rsplit(".", 1)[-1] in QKV_NAMES and linear_features(module) is not None
     ]
     if not found:
@@ -112,19 +109,6 @@ def all_linear_targets(model: nn.Module) -> list[str]:
     excluded = output_heads(model)
     return [
         name
-        for name, module in unwrapped_modules(model)
+        for name, module in unwrapped_modules(model, see_through_aux=False)
         if linear_features(module) is not None and not any(name == e or name.startswith(e + ".") for e in excluded)
     ]
-
-
-def classifier_heads(model: nn.Module) -> list[str]:
-    """The classifier head of a sequence / image classification model (trained in full), else []."""
-    if not type(model).__name__.endswith(CLASSIFIER_MODELS):
-        return []
-    heads = [name for name in CLASSIFIER_HEADS if isinstance(getattr(model, name, None), nn.Module)]
-    if not heads:
-        raise UnsupportedModelError(
-            f"block_lora: {describe(model)} has no classifier head named {' or '.join(CLASSIFIER_HEADS)}; "
-            "pass --block_lora_modules_to_save with the head's module name."
-        )
-    return heads

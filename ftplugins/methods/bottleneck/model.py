@@ -13,20 +13,17 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
-from peft.utils import AuxiliaryTrainingWrapper
+from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
 from ftplugins.errors import FtpluginsError, OptionError, UnsupportedModelError
+from ftplugins.tuners import classifier_heads, describe, model_type_of, unwrapped_modules
 
 from .blocks import LAYOUTS, BottleneckSublayer, InputTap, find_blocks, parts_needed, resolved_position
 from .layer import BottleneckLayer, BottleneckLinear
 from .presets import PARALLEL, PRESETS, SERIES_INPUT, SERIES_OUTPUT
 
 ADAPTERS = BottleneckLayer.adapter_layer_names[0]
-CLASSIFIER_HEADS = ("classifier", "score")
-CLASSIFIER_MODELS = ("ForSequenceClassification", "ForImageClassification", "ForAudioClassification",
-                     "ForTokenClassification")
 
 
 class BottleneckModel(BaseTuner):
@@ -190,7 +187,7 @@ def block_roles(model: nn.Module, modules: list, config: Any, preset: Any) -> di
 def default_modules_to_save(model: nn.Module, config: Any) -> list[str]:
     """The classification head; for block presets with ``train_norms`` also the sublayers' LayerNorms and the
     final LayerNorm (PETL-AST trains them with the adapters)."""
-    saved = classifier_heads(model)
+    saved = classifier_heads(model, "bottleneck")
     preset = PRESETS[config.preset]
     if preset.kind != "block" or not config.train_norms:
         return saved
@@ -225,21 +222,6 @@ def matches(targets: Any, name: str) -> bool:
     return name in targets or any(name.endswith("." + target) for target in targets)
 
 
-def unwrapped_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(name, module) of the base model's modules, seeing through PEFT wrappers added earlier."""
-    found, wrappers = [], []
-    for name, module in model.named_modules():
-        if not name or any(name.startswith(w + ".") for w in wrappers):
-            continue
-        if isinstance(module, (BaseTunerLayer, AuxiliaryTrainingWrapper)):
-            wrappers.append(name)
-            if isinstance(module, BaseTunerLayer):
-                module = module.get_base_layer()
-            else:
-                module = getattr(module, "original_module", module)
-        found.append((name, module))
-    return found
-
 
 def layer_norm_width(norm: nn.Module) -> int:
     shape = getattr(norm, "normalized_shape", None)
@@ -248,22 +230,3 @@ def layer_norm_width(norm: nn.Module) -> int:
     return int(shape[-1])
 
 
-def classifier_heads(model: nn.Module) -> list[str]:
-    if not type(model).__name__.endswith(CLASSIFIER_MODELS):
-        return []
-    heads = [name for name in CLASSIFIER_HEADS if isinstance(getattr(model, name, None), nn.Module)]
-    if not heads:
-        raise UnsupportedModelError(
-            f"bottleneck: {describe(model)} has no classifier head named {' or '.join(CLASSIFIER_HEADS)}; "
-            "pass --bottleneck_modules_to_save with the head's module name."
-        )
-    return heads
-
-
-def model_type_of(model: nn.Module) -> str | None:
-    return getattr(getattr(model, "config", None), "model_type", None)
-
-
-def describe(model: nn.Module) -> str:
-    model_type = model_type_of(model)
-    return f"{type(model).__name__}" + (f" (model_type {model_type})" if model_type else "")

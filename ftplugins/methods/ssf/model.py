@@ -11,18 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, check_target_module_exists
-from peft.utils import AuxiliaryTrainingWrapper
+from peft.tuners.tuners_utils import BaseTuner, check_target_module_exists
 from torch import nn
 
 from ftplugins.errors import FtpluginsError, UnsupportedModelError
+from ftplugins.tuners import classifier_heads, describe, output_heads, unwrapped_modules
 
 from .layer import SUPPORTED, SSFLayer, channel_dim
-
-#: Attribute names of the classification heads that transformers models use.
-CLASSIFIER_HEADS = ("classifier", "score")
-CLASSIFIER_MODELS = ("ForSequenceClassification", "ForImageClassification")
-
 
 class SSFModel(BaseTuner):
     """Wraps the targeted modules in ``SSFLayer``. Freezing (only γ, β and ``modules_to_save`` train),
@@ -35,10 +30,11 @@ class SSFModel(BaseTuner):
     def _prepare_adapter_config(self, peft_config: Any, model_config: dict) -> Any:
         model = self.model  # BaseTuner hands this hook only the model's config; the defaults need the modules
         if peft_config.modules_to_save is None:
-            peft_config.modules_to_save = classifier_heads(model)
+            peft_config.modules_to_save = classifier_heads(model, "ssf")
         if peft_config.target_modules is None:
             peft_config.target_modules = default_targets(model)
-        matched = [(n, m) for n, m in unwrapped_modules(model) if check_target_module_exists(peft_config, n)]
+        modules = unwrapped_modules(model, see_through_aux=False)
+        matched = [(n, m) for n, m in modules if check_target_module_exists(peft_config, n)]
         if not matched:
             raise UnsupportedModelError(
                 f"ssf: no module of {describe(model)} matches target_modules={peft_config.target_modules!r} "
@@ -81,44 +77,7 @@ class SSFModel(BaseTuner):
             )
 
 
-def unwrapped_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(name, module) of the base model's modules, seeing through PEFT wrappers added earlier."""
-    found, wrappers = [], []
-    for name, module in model.named_modules():
-        if not name or any(name.startswith(w + ".") for w in wrappers):
-            continue
-        if isinstance(module, (BaseTunerLayer, AuxiliaryTrainingWrapper)):
-            wrappers.append(name)
-            if isinstance(module, AuxiliaryTrainingWrapper):
-                continue
-            module = module.get_base_layer()
-        found.append((name, module))
-    return found
 
-
-def classifier_heads(model: nn.Module) -> list[str]:
-    """The classifier head of a sequence / image classification model (trained in full), else []."""
-    if not type(model).__name__.endswith(CLASSIFIER_MODELS):
-        return []
-    heads = [name for name in CLASSIFIER_HEADS if isinstance(getattr(model, name, None), nn.Module)]
-    if not heads:
-        raise UnsupportedModelError(
-            f"ssf: {describe(model)} has no classifier head named {' or '.join(CLASSIFIER_HEADS)}; "
-            "pass --ssf_modules_to_save with the head's module name."
-        )
-    return heads
-
-
-def output_heads(model: nn.Module) -> list[str]:
-    """The LM head and classifier heads: never scaled and shifted by default."""
-    heads = [name for name in CLASSIFIER_HEADS if isinstance(getattr(model, name, None), nn.Module)]
-    try:
-        lm_head = model.get_output_embeddings()
-    except (AttributeError, NotImplementedError):
-        lm_head = None
-    if lm_head is not None:
-        heads += [name for name, module in model.named_modules() if module is lm_head]
-    return heads
 
 
 def default_targets(model: nn.Module) -> list[str]:
@@ -128,11 +87,6 @@ def default_targets(model: nn.Module) -> list[str]:
     excluded += [name for name, module in model.named_modules() if isinstance(module, nn.MultiheadAttention)]
     return [
         name
-        for name, module in unwrapped_modules(model)
+        for name, module in unwrapped_modules(model, see_through_aux=False)
         if channel_dim(module) is not None and not any(name == e or name.startswith(e + ".") for e in excluded)
     ]
-
-
-def describe(model: nn.Module) -> str:
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    return f"{type(model).__name__}" + (f" (model_type {model_type})" if model_type else "")
