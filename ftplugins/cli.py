@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .sparse.cli import add_subparser as add_delta_subparser
 
     add_delta_subparser(sub)
+    add_plugin_commands(sub)
     for name, help_text in (
         ("train", "python -m ftplugins.train ..."),
         ("run", "python -m ftplugins.run ..."),
@@ -105,6 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         sub.add_parser(name, help=help_text, add_help=False)
     return parser
+
+
+def add_plugin_commands(subparsers) -> None:
+    """Sub-commands contributed by installed plugins (``Plugin.add_commands``)."""
+    for name in registry.installed_names():
+        try:
+            plugin = registry.load(name)
+        except Exception:  # noqa: BLE001 - a broken plugin shows up in `ftplugins list`, not here
+            continue
+        add = getattr(plugin, "add_commands", None)
+        if add is not None:
+            add(subparsers)
 
 
 PASSTHROUGH = {"train": "ftplugins.train", "run": "ftplugins.run", "quickstart": "ftplugins.quickstart"}

@@ -37,6 +37,8 @@ class Plugin:
             ``None`` for any trainer.
         peft_type: the out-of-tree PEFT type this plugin owns (``"SSF"``), if any;
             ``ftplugins.load_adapter`` calls :meth:`load_tuner` to register it in a fresh process.
+        trains: ``False`` for plugins used at generation / evaluation time, not in a training run
+            (they carry no training recipe).
     """
 
     name: ClassVar[str] = ""
@@ -47,6 +49,13 @@ class Plugin:
     distributed: ClassVar[tuple[str, ...]] = ("single", "ddp")
     trainers: ClassVar[tuple[str, ...] | None] = None
     peft_type: ClassVar[str | None] = None
+    trains: ClassVar[bool] = True
+
+    def add_commands(self, subparsers: Any) -> None:
+        """Add sub-commands to the ``ftplugins`` command (``argparse`` subparsers); default none.
+
+        Keep imports inside: every ``ftplugins`` invocation calls this for every installed plugin.
+        """
 
     def load_tuner(self) -> None:
         """Import the module that registers :attr:`peft_type` with PEFT (adapter plugins override)."""
