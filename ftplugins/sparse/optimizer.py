@@ -68,6 +68,10 @@ class SparseAdamW(torch.optim.Optimizer):
             :func:`ftplugins.sparse.delta.delta_from_optimizer` can write ``W - W0``.
         distributed: average compact gradients over ``torch.distributed``'s default group; ``None``
             (default) does so when a process group with more than one process is initialised.
+        grad_terms: callables ``term(optimizer)`` run once per step after the DDP average and the L1
+            term, before clipping; each adds a regulariser's gradient to the compact gradients with
+            :meth:`add_to_grad` (SaRA's nuclear-norm term). They see the same averaged gradients
+            and weights on every process, so they must be deterministic (seed from :attr:`steps`).
     """
 
     def __init__(
@@ -84,6 +88,7 @@ class SparseAdamW(torch.optim.Optimizer):
         refresh_interval: int = 0,
         track_origin: bool = False,
         distributed: bool | None = None,
+        grad_terms: Iterable[Any] = (),
     ) -> None:
         if lr < 0 or eps < 0 or weight_decay < 0 or l1 < 0:
             raise ValueError(f"SparseAdamW: lr, eps, weight_decay and l1 must be >= 0 "
@@ -105,6 +110,7 @@ class SparseAdamW(torch.optim.Optimizer):
         self.refresh_interval = int(refresh_interval)
         self.track_origin = bool(track_origin or l1 > 0)
         self.distributed = distributed
+        self.grad_terms = list(grad_terms)
         self.steps = 0
         self._grads: dict[nn.Parameter, torch.Tensor] = {}
         self._reduced = False
@@ -233,7 +239,31 @@ class SparseAdamW(torch.optim.Optimizer):
                 for param in group["params"]:
                     if param in self._grads:
                         self._add_l1(param, self._grads[param], group["l1"])
+        for term in self.grad_terms:
+            term(self)
         self._reduced, self._norm = True, None
+
+    def add_to_grad(self, param: nn.Parameter, compact: torch.Tensor) -> None:
+        """Add ``compact`` (one value per selected entry of ``param``) to this step's compact gradient."""
+        state = self.state[param]
+        if compact.numel() != state["exp_avg"].numel():
+            raise ValueError(f"add_to_grad: {compact.numel()} values for {state['exp_avg'].numel()} selected entries")
+        compact = compact.reshape(-1).to(state["exp_avg"].dtype)
+        buffer = self._grads.get(param)
+        if buffer is None:
+            self._grads[param] = compact.clone()
+        else:
+            buffer.add_(compact)
+        self._norm = None
+
+    def selected_delta(self, param: nn.Parameter) -> torch.Tensor:
+        """``θ - θ0`` at the selected entries of ``param`` (compact, fp32; needs ``track_origin``)."""
+        state = self.state[param]
+        if "origin_values" not in state:
+            raise ValueError("selected_delta needs track_origin=True")
+        indices = state.get("indices")
+        current = state["master"] if "master" in state else _gather(param, indices)
+        return current.to(torch.float32) - self._origin_at(state, indices).to(torch.float32)
 
     def _add_l1(self, param: nn.Parameter, grad: torch.Tensor, coefficient: float) -> None:
         state = self.state[param]
@@ -309,13 +339,33 @@ class SparseAdamW(torch.optim.Optimizer):
     # --- refresh -------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def refresh(self) -> None:
-        """Re-apply the selection rule to the current weights (LIFT's periodic re-selection)."""
-        if not callable(self.selection):
+    def refresh(self, selection: Mapping[str, torch.Tensor | None] | None = None, *,
+                reset_state: bool = False) -> None:
+        """Re-apply the selection rule to the current weights (LIFT's periodic re-selection).
+
+        ``selection`` (``{name: mask | indices | None}``, every parameter) replaces the rule for this
+        one re-selection. ``reset_state=True`` restarts Adam afterwards: zero moments and step
+        counters for every entry (SaRA's progressive stage restarts its optimizer); trained values,
+        master copies and the origin are kept.
+        """
+        if selection is None and not callable(self.selection):
             raise ValueError("SparseAdamW.refresh needs a selection rule (a callable)")
-        selected = self._select()
+        if selection is None:
+            selected = self._select()
+        else:
+            rule = self.selection
+            self.selection = selection
+            try:
+                selected = self._select()
+            finally:
+                self.selection = rule
         for name, param in self.named_params():
             self._reselect(name, param, selected[name])
+            if reset_state:
+                state = self.state[param]
+                state["exp_avg"].zero_()
+                state["exp_avg_sq"].zero_()
+                state["step"] = 0
 
     def _reselect(self, name: str, param: nn.Parameter, new: torch.Tensor | None) -> None:
         """Move ``param``'s state to the entries ``new`` (``None``: every entry)."""
