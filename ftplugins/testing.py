@@ -113,7 +113,7 @@ def tiny_llama(vocab_size: int | None = None, seed: int = 0, **overrides: Any):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = tiny_tokenizer()
-    config = LlamaConfig(
+    values = dict(
         vocab_size=vocab_size or len(tokenizer),
         hidden_size=32,
         intermediate_size=64,
@@ -126,8 +126,8 @@ def tiny_llama(vocab_size: int | None = None, seed: int = 0, **overrides: Any):
         eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=False,
     )
-    for key, value in overrides.items():
-        setattr(config, key, value)
+    # Through the constructor, so derived fields (head_dim = hidden_size / heads) follow the overrides.
+    config = LlamaConfig(**{**values, **overrides})
     torch.manual_seed(seed)
     return LlamaForCausalLM(config)
 

@@ -1,0 +1,1 @@
+"""The quality harness: ``python -m benchmarks.quality`` (see BENCHMARKS.md)."""

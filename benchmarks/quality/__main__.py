@@ -1,0 +1,164 @@
+"""``python -m benchmarks.quality``: the papers' claims checked in direction on a tiny pre-trained decoder.
+
+Examples::
+
+    python -m benchmarks.quality --smoke --out /tmp/quality     # what CI runs: seconds
+    python -m benchmarks.quality                                # 3 seeds, every quality row
+    python -m benchmarks.quality --methods masked_thought --seeds 5
+
+A tiny Llama is pre-trained on synthetic procedural tasks (copy, reverse, counting, addition with
+and without written steps; cached after the first build), then fine-tuned on a held-out target
+task with each method at an equal step budget. Writes ``quality.json``, ``quality.md`` and
+``quality.png`` (with matplotlib) to ``--out`` (default ``benchmarks/results/quality-<size>/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import asdict, replace
+from typing import Any
+
+from benchmarks import common, methods
+from benchmarks.quality import claims, report, tasks
+from benchmarks.quality.finetune import FinetuneConfig, finetune_once, load_pretrained, score, train_rows
+from benchmarks.quality.pretrain import PretrainConfig, pretrained
+
+#: Pre-trained decoders by ``--size``: ``small`` fits a few CPU-minutes on 2 cores (the default, and what
+#: BENCHMARKS.md reports); ``base`` is the "few million parameters" of the issue (about 5x the compute).
+SIZES = {
+    "small": PretrainConfig(hidden_size=96, intermediate_size=384, num_hidden_layers=3, num_attention_heads=4,
+                            examples=40_000, steps=1_200, batch_size=32),
+    "base": PretrainConfig(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
+                           examples=64_000, steps=2_000, batch_size=32, learning_rate=2e-3),
+}
+SMOKE = (
+    PretrainConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, examples=256,
+                   steps=10, batch_size=16, eval_per_task=4, max_new_tokens=4),
+    FinetuneConfig(train_examples=32, steps=3, batch_size=8, eval_target=4, eval_retention=4, max_new_tokens=4),
+)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny model, a few steps, 1 seed (CI)")
+    parser.add_argument("--out", help="output folder (default benchmarks/results/quality-<size>, "
+                                      "smoke: .../quality-smoke)")
+    parser.add_argument("--seeds", type=int, help="fine-tuning seeds per method (default 3; smoke 1)")
+    parser.add_argument("--methods", help=f"comma-separated rows of benchmarks/methods.py (default: all quality "
+                                          f"rows; baselines are added, see --baselines). Rows: {', '.join(methods.BY_NAME)}")
+    parser.add_argument("--baselines", help="comma-separated baseline rows to add (default: full,lora-r8,lora-r16); "
+                                            "claims whose rows are missing say 'not measured yet'")
+    parser.add_argument("--size", choices=list(SIZES), default="small", help="pre-trained decoder (default small)")
+    parser.add_argument("--target", choices=list(tasks.TARGET_TASKS), help="held-out target task")
+    parser.add_argument("--steps", type=int, help="fine-tuning steps per method")
+    parser.add_argument("--train-examples", type=int, help="target-task training examples per seed")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads")
+    args = parser.parse_args(argv)
+    if args.seeds is None:
+        args.seeds = 1 if args.smoke else 3
+    return args
+
+
+def summarize(runs: dict[str, list[dict[str, Any]]], before: dict[str, Any], specs: list[methods.MethodSpec]
+              ) -> dict[str, Any]:
+    summary: dict[str, Any] = {"pretrained": {
+        "target_mean": before["target"], "target_std": 0.0, "retention_mean": before["retention"],
+        "retention_std": 0.0, "forgetting_mean": 0.0, "forgetting_std": 0.0, "trainable_params": 0,
+        "note": "the pre-trained model, not fine-tuned", "retention_per_task": before["retention_per_task"],
+    }}
+    for spec in specs:
+        rows = runs.get(spec.name)
+        if not rows:
+            continue
+        entry: dict[str, Any] = {"note": spec.note, "learning_rate": rows[0]["learning_rate"],
+                                 "trainable_params": rows[0]["trainable_params"], "per_seed": rows}
+        for metric, values in (("target", [r["target"] for r in rows]),
+                               ("retention", [r["retention"] for r in rows]),
+                               ("forgetting", [before["retention"] - r["retention"] for r in rows])):
+            entry[f"{metric}_mean"], entry[f"{metric}_std"] = common.mean_std(values)
+        summary[spec.name] = entry
+    return summary
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines show up live when piped
+    common.offline_environment()
+    common.quiet_warnings()
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pre_config, ft_config = SMOKE if args.smoke else (SIZES[args.size], FinetuneConfig())
+    overrides = {k: v for k, v in (("target", args.target), ("steps", args.steps),
+                                   ("train_examples", args.train_examples)) if v is not None}
+    ft_config = replace(ft_config, **overrides)
+    out = args.out or os.path.join(common.RESULTS_DIR, "quality-smoke" if args.smoke else f"quality-{args.size}")
+    seeds = list(range(args.seeds))
+
+    specs, skipped = [], {}
+    for spec in methods.select(args.methods, "quality", args.baselines):
+        reason = methods.unavailable_reason(spec)
+        if reason is None:
+            specs.append(spec)
+        elif spec.baseline:
+            raise SystemExit(f"baseline {spec.name} cannot run: {reason}")
+        else:
+            skipped[spec.name] = reason
+            print(f"skip {spec.name}: {reason}")
+
+    started = time.perf_counter()
+    folder, record = pretrained(pre_config)
+    model, tokenizer = load_pretrained(folder)
+    retention_tasks = list(pre_config.tasks)
+    retention_exclude = {r["prompt"] for r in tasks.examples(retention_tasks, pre_config.examples, pre_config.seed)}
+    target_exclude = {r["prompt"] for seed in seeds for r in train_rows(ft_config, seed)}
+    target_test = tasks.held_out(ft_config.target, ft_config.eval_target, seed=0, exclude=target_exclude)
+    before = score(model, tokenizer, ft_config, target_test, retention_tasks, retention_exclude)
+    print(f"pre-trained: target {before['target']:.3f}, retention {before['retention']:.3f} "
+          f"{ {k: round(v, 3) for k, v in before['retention_per_task'].items()} }")
+    del model
+
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for seed in seeds:
+        for spec in specs:
+            try:
+                result = finetune_once(spec, folder, ft_config, seed, target_test, retention_tasks, retention_exclude)
+            except Exception as exc:
+                if spec.baseline:
+                    raise
+                skipped[spec.name] = f"failed during fine-tuning ({type(exc).__name__}: {exc})"
+                print(f"  {spec.name}: FAILED: {skipped[spec.name]}")
+                specs = [s for s in specs if s is not spec]
+                runs.pop(spec.name, None)
+                continue
+            runs.setdefault(spec.name, []).append(result)
+            print(f"  seed {seed} {spec.name:<22} target {result['target']:.3f}  retention {result['retention']:.3f}  "
+                  f"loss {result['final_loss']:.3f}  ({result['train_seconds']:.0f} s)")
+
+    summary = summarize(runs, before, specs)
+    machine = common.machine_info("cpu")
+    result = {
+        "harness": "quality",
+        "config": {"pretrain": asdict(pre_config), "finetune": asdict(ft_config), "seeds": seeds},
+        "machine": machine,
+        "pretrained": {"folder": os.path.relpath(folder, common.REPO_ROOT), "key": record["key"], "parameters": record["parameters"],
+                       "build_seconds": record["seconds"], "accuracy": record["accuracy"]},
+        "summary": summary,
+        "claims": claims.verdicts(summary, skipped, scenarios={"target"}),
+        "skipped": skipped,
+        "elapsed_s": time.perf_counter() - started,
+    }
+    common.write_json(os.path.join(out, "quality.json"), result)
+    common.write_text(os.path.join(out, "quality.md"), report.markdown(result))
+    png = report.plot(result, os.path.join(out, "quality.png"))
+    print(report.markdown(result))
+    print(f"wrote {out}/quality.json, quality.md" + (", quality.png" if png else " (no PNG: pip install matplotlib)"))
+    return result
+
+
+if __name__ == "__main__":
+    main()

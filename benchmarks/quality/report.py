@@ -1,0 +1,72 @@
+"""The quality harness's markdown and plot, from its JSON result."""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+from benchmarks.common import fmt, markdown_table, pyplot
+
+
+def _pm(row: dict[str, Any], metric: str) -> str:
+    return f"{fmt(row[f'{metric}_mean'], '.3f')} ± {fmt(row[f'{metric}_std'], '.3f')}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    machine, config = result["machine"], result["config"]
+    pre, ft = config["pretrain"], config["finetune"]
+    out = [
+        "# Quality: toy-scale checks of the papers' claims\n\n",
+        f"Command: `{machine['command']}`  \n",
+        (f"Machine: {machine['device_name']}, {machine['cpu_count']} CPUs, torch threads {machine['torch_threads']}; "
+        f"torch {machine['versions'].get('torch')}, transformers {machine['versions'].get('transformers')}, "
+        f"trl {machine['versions'].get('trl')}, peft {machine['versions'].get('peft')}; "
+        f"commit {machine.get('git_commit')}.  \n"),
+        f"Pre-trained decoder: Llama {pre['hidden_size']}×{pre['num_hidden_layers']} layers "
+        f"({result['pretrained']['parameters']:,} parameters), {pre['steps']} steps × {pre['batch_size']} on "
+        f"{', '.join(pre['tasks'])}; cache key {result['pretrained']['key']}; accuracy after pre-training: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in result["pretrained"]["accuracy"].items()) + ".  \n",
+        (f"Fine-tuning: target `{ft['target']}`, {ft['train_examples']} training examples, {ft['steps']} steps × "
+        f"batch {ft['batch_size']} for every method (cosine schedule, per-row learning rate), seeds "
+        f"{config['seeds']}; scored on {ft['eval_target']} held-out target prompts and {ft['eval_retention']} "
+        "held-out prompts of each pre-training task (exact match of greedy answers).\n\n"),
+    ]
+    rows = []
+    for name, row in result["summary"].items():
+        rows.append([f"`{name}`", _pm(row, "target"), _pm(row, "retention"), _pm(row, "forgetting"),
+                     fmt(row.get("learning_rate"), ".0e"), f"{row.get('trainable_params', 0):,}", row.get("note", "")])
+    out.append(markdown_table(["method", "target acc.", "retention", "forgetting", "lr", "trainable params", "what"],
+                              rows))
+    out.append("\n`pretrained` is the model before fine-tuning (its retention is the reference; forgetting = "
+               "its retention − the row's).\n\n## Claims\n\n")
+    out.append(markdown_table(["claim", "verdict", "numbers / reason", "paper"],
+                              [[v["text"], f"**{v['verdict']}**", v["detail"], v["paper"]] for v in result["claims"]]))
+    if result.get("skipped"):
+        out.append("\n## Skipped rows\n\n")
+        out += [f"- `{name}`: {reason}\n" for name, reason in result["skipped"].items()]
+    return "".join(out)
+
+
+def plot(result: dict[str, Any], path: str) -> str | None:
+    plt = pyplot()
+    if plt is None:
+        return None
+    names = list(result["summary"])
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.0 * len(names) + 4), 4.2))
+    for ax, metric, title in ((axes[0], "target", f"target accuracy ({result['config']['finetune']['target']})"),
+                              (axes[1], "retention", "retention (mean pre-training task accuracy)")):
+        means = [result["summary"][n][f"{metric}_mean"] for n in names]
+        stds = [result["summary"][n][f"{metric}_std"] for n in names]
+        ax.bar(range(len(names)), [m if math.isfinite(m) else 0 for m in means],
+               yerr=[s if math.isfinite(s) else 0 for s in stds], capsize=3, color="tab:blue")
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.set_title(title, fontsize=10)
+    fig.suptitle(f"mean ± std over seeds {result['config']['seeds']}", fontsize=10)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

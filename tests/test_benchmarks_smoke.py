@@ -1,0 +1,87 @@
+"""The benchmark harnesses still run end to end (smoke size): what CI checks of benchmarks/.
+
+Benchmarks are not tests: nothing here asserts a speed or an accuracy, only that each harness runs
+from its one command, writes its JSON and markdown, and fills the baseline rows (and the rows of
+the methods already shipped) with finite numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHIPPED = ("ssf", "masked_thought")
+
+
+def run_module(module: str, out: str, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env_extra or {})}
+    done = subprocess.run([sys.executable, "-m", module, "--smoke", "--out", out], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900, check=False)
+    assert done.returncode == 0, f"{module} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+def finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+@pytest.mark.slow
+def test_perf_smoke(tmp_path):
+    out = str(tmp_path / "perf")
+    run_module("benchmarks.perf", out)
+    with open(os.path.join(out, "perf.json")) as handle:
+        result = json.load(handle)
+    with open(os.path.join(out, "perf.md")) as handle:
+        markdown = handle.read()
+
+    assert result["machine"]["device_name"] and result["machine"]["torch_threads"] >= 1
+    rows = result["results"]["1x32"]["methods"]
+    for name in ("full", "lora-r8", "lora-r16", "trl-plain", "noop-plugin", *SHIPPED):
+        row = rows[name]
+        assert row["status"] == "ok", (name, row)
+        for key in ("step_s", "compute_s", "peak_train_bytes", "persistent_bytes", "step_vs_full",
+                    "step_vs_lora-r16", "memory_vs_lora-r16", "inference_vs_base"):
+            assert finite(row[key]), (name, key, row[key])
+        assert row["trainable_params"] > 0
+        assert f"`{name}`" in markdown
+    # LoRA merges; full fine-tuning keeps the base architecture; LoRA trains fewer parameters.
+    assert rows["lora-r16"]["merge"] == "merged" and rows["full"]["merge"] == "base architecture"
+    assert rows["lora-r8"]["trainable_params"] < rows["lora-r16"]["trainable_params"] < rows["full"]["trainable_params"]
+    assert rows["full"]["step_vs_full"] == pytest.approx(1.0)
+    assert finite(result["results"]["1x32"]["overhead"]["noop_plugin_vs_trl_step"])
+    assert finite(result["cli"]["ftplugins_list_s"])
+    # Every row of the table is either measured or skipped with a reason, never silently dropped.
+    sys.path.insert(0, ROOT)  # benchmarks/ is a folder of the repository, not an installed package
+    from benchmarks.methods import METHODS
+
+    for spec in METHODS:
+        if spec.perf:
+            assert spec.name in rows or spec.name in result["skipped"], spec.name
+
+
+@pytest.mark.slow
+def test_quality_smoke(tmp_path):
+    out = str(tmp_path / "quality")
+    run_module("benchmarks.quality", out, {"FTPLUGINS_BENCH_CACHE": str(tmp_path / "cache")})
+    with open(os.path.join(out, "quality.json")) as handle:
+        result = json.load(handle)
+    with open(os.path.join(out, "quality.md")) as handle:
+        markdown = handle.read()
+
+    summary = result["summary"]
+    for name in ("pretrained", "full", "lora-r8", "lora-r16", *SHIPPED):
+        for key in ("target_mean", "target_std", "retention_mean", "forgetting_mean"):
+            assert finite(summary[name][key]), (name, key)
+            assert f"`{name}`" in markdown
+    assert set(summary["full"]["per_seed"][0]["retention_per_task"]) == set(result["config"]["pretrain"]["tasks"])
+    verdicts = {c["claim"]: c["verdict"] for c in result["claims"]}
+    assert verdicts["masked_thought>sft"] in ("reproduced", "NOT reproduced")
+    assert verdicts["many_icl>last-answer"] == "not measured yet"
+    # The pre-trained model is cached: a second build of the same configuration is not trained again.
+    assert any(name.startswith("pretrained-") for name in os.listdir(tmp_path / "cache"))
