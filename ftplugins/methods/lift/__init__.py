@@ -26,12 +26,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ftplugins.errors import FtpluginsError
-from ftplugins.plugin import Plugin, hookimpl
+from ftplugins.sparse.plugin import SparseMethodPlugin
 
 from .options import LiftOptions
-
-STATE_KEY = "lift"
 
 
 def select(weight: Any, rank: int = 128, k: int | None = None, density: float | None = None, **kwargs: Any) -> Any:
@@ -41,7 +38,7 @@ def select(weight: Any, rank: int = 128, k: int | None = None, density: float | 
     return _select(weight, rank=rank, k=k, density=density, **kwargs)
 
 
-class LiftPlugin(Plugin):
+class LiftPlugin(SparseMethodPlugin):
     name = "lift"
     summary = "LIFT: sparse fine-tuning of the largest entries of each weight's low-rank approximation"
     paper = ("Liu et al., LIFT the Veil for the Truth: Principal Weights Emerge after Rank Reduction for "
@@ -50,47 +47,7 @@ class LiftPlugin(Plugin):
     # Compact gradients are averaged by the engine itself (no DDP reducer); index masks over FSDP's
     # flattened shards or DeepSpeed's partitions are not supported.
     distributed = ("single", "ddp")
-
-    @hookimpl
-    def validate(self, run):
-        args = run.args
-        if args is not None and getattr(args, "fp16", False):
-            raise FtpluginsError(
-                "lift with fp16=True: fp16 mixed precision scales the loss and unscales .grad tensors, which the "
-                "sparse engine replaces by compact gradients, so the scaler cannot work; use bf16=True or fp32 (an "
-                "fp16 *model* is fine: it trains through fp32 master copies)."
-            )
-
-    @hookimpl
-    def trainer_mixins(self, run):
-        from ftplugins.sparse.trainer import SparseTrainerMixin
-
-        return [SparseTrainerMixin]
-
-    @hookimpl
-    def prepare_model(self, run, model):
-        from .training import prepare
-
-        run.state[STATE_KEY] = {"targets": prepare(model)}
-        return model
-
-    @hookimpl
-    def create_optimizer(self, run, model, args):
-        from .training import build_optimizer
-
-        state = run.state.get(STATE_KEY)
-        if state is None:
-            raise FtpluginsError("lift: create_optimizer ran before prepare_model; build the trainer with "
-                                 "ftplugins.compose so that the hooks run in order")
-        return build_optimizer(model, args, run.options_for(self), state["targets"])
-
-    @hookimpl
-    def post_train(self, run, trainer):
-        options = run.options_for(self)
-        if options.lift_save_delta:
-            from .training import save_delta_of
-
-            save_delta_of(trainer, options)
+    training_module = "ftplugins.methods.lift.training"
 
 
 plugin = LiftPlugin()

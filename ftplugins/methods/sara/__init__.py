@@ -27,12 +27,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ftplugins.errors import FtpluginsError
-from ftplugins.plugin import Plugin, hookimpl
+from ftplugins.plugin import hookimpl
+from ftplugins.sparse.plugin import SparseMethodPlugin
 
 from .options import SaraOptions
-
-STATE_KEY = "sara"
 
 
 def select(weight: Any, threshold: float = 2e-3) -> Any:
@@ -40,59 +38,20 @@ def select(weight: Any, threshold: float = 2e-3) -> Any:
     return weight.detach().abs() < threshold
 
 
-class SaraPlugin(Plugin):
+class SaraPlugin(SparseMethodPlugin):
     name = "sara"
     summary = "SaRA: sparse fine-tuning of the weights with |θ0| < τ, progressive re-selection, low-rank penalty"
     paper = ("Hu et al., SaRA: High-Efficient Diffusion Model Fine-tuning with Progressive Sparse Low-Rank "
              "Adaptation, ICLR 2025, arXiv:2409.06633")
     options = SaraOptions
     distributed = ("single", "ddp")
-
-    @hookimpl
-    def validate(self, run):
-        args = run.args
-        if args is not None and getattr(args, "fp16", False):
-            raise FtpluginsError(
-                "sara with fp16=True: fp16 mixed precision scales the loss and unscales .grad tensors, which the "
-                "sparse engine replaces by compact gradients; use bf16=True or fp32."
-            )
-
-    @hookimpl
-    def trainer_mixins(self, run):
-        from ftplugins.sparse.trainer import SparseTrainerMixin
-
-        return [SparseTrainerMixin]
-
-    @hookimpl
-    def prepare_model(self, run, model):
-        from .training import prepare
-
-        run.state[STATE_KEY] = {"targets": prepare(model)}
-        return model
-
-    @hookimpl
-    def create_optimizer(self, run, model, args):
-        from .training import build_optimizer
-
-        state = run.state.get(STATE_KEY)
-        if state is None:
-            raise FtpluginsError("sara: create_optimizer ran before prepare_model; build the trainer with "
-                                 "ftplugins.compose so that the hooks run in order")
-        return build_optimizer(model, args, run.options_for(self), state["targets"])
+    training_module = "ftplugins.methods.sara.training"
 
     @hookimpl
     def callbacks(self, run):
         from .training import ProgressiveCallback
 
         return [ProgressiveCallback(run.options_for(self))]
-
-    @hookimpl
-    def post_train(self, run, trainer):
-        options = run.options_for(self)
-        if options.sara_save_delta:
-            from .training import save_delta_of
-
-            save_delta_of(trainer, options)
 
 
 plugin = SaraPlugin()

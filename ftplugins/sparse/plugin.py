@@ -1,0 +1,62 @@
+"""The plugin base of methods that train a subset of weight entries on the sparse engine.
+
+A method names its training module (``training_module``), which provides ``prepare(model) ->
+targets`` (freeze everything else, return what trains), ``build_optimizer(model, args, options,
+targets)`` (a :class:`~ftplugins.sparse.optimizer.SparseAdamW`) and ``save_delta_of(trainer,
+options)``; this base wires them to the hooks, adds the engine's trainer mixin and refuses fp16
+mixed precision. Imports nothing heavy: the training module is imported when a hook runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, ClassVar
+
+from ftplugins.errors import FtpluginsError
+from ftplugins.plugin import Plugin, hookimpl
+
+
+class SparseMethodPlugin(Plugin):
+    """Hooks shared by LIFT, SaRA, ...: ``validate``, ``trainer_mixins``, ``prepare_model``,
+    ``create_optimizer`` and ``post_train`` (writes the sparse delta when ``<name>_save_delta``)."""
+
+    #: Dotted path of the module with ``prepare``, ``build_optimizer`` and ``save_delta_of``.
+    training_module: ClassVar[str] = ""
+
+    def training(self) -> Any:
+        return importlib.import_module(self.training_module)
+
+    @hookimpl
+    def validate(self, run):
+        args = run.args
+        if args is not None and getattr(args, "fp16", False):
+            raise FtpluginsError(
+                f"{self.name} with fp16=True: fp16 mixed precision scales the loss and unscales .grad tensors, which "
+                "the sparse engine replaces by compact gradients, so the scaler cannot work; use bf16=True or fp32 "
+                "(an fp16 *model* is fine: it trains through fp32 master copies)."
+            )
+
+    @hookimpl
+    def trainer_mixins(self, run):
+        from .trainer import SparseTrainerMixin
+
+        return [SparseTrainerMixin]
+
+    @hookimpl
+    def prepare_model(self, run, model):
+        run.state[self.name] = {"targets": self.training().prepare(model)}
+        return model
+
+    @hookimpl
+    def create_optimizer(self, run, model, args):
+        state = run.state.get(self.name)
+        if state is None:
+            raise FtpluginsError(f"{self.name}: create_optimizer ran before prepare_model; build the trainer with "
+                                 "ftplugins.compose so that the hooks run in order")
+        return self.training().build_optimizer(model, args, run.options_for(self), state["targets"])
+
+    @hookimpl
+    def post_train(self, run, trainer):
+        options = run.options_for(self)
+        if getattr(options, f"{self.name}_save_delta", False):
+            self.training().save_delta_of(trainer, options)
