@@ -136,6 +136,12 @@ class PluginTrainerMixin:
             write_manifest(self._ftplugins_run, self.args.output_dir)
         return output
 
+    def end(self, *args: Any, **kwargs: Any):
+        """Wait for every process before the process group goes: rank 0 may still be writing the model,
+        and a rank that tears the group down alone can abort the others (seen with gloo on CPU)."""
+        self.accelerator.wait_for_everyone()
+        return super().end(*args, **kwargs)
+
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Stage the save in a temporary folder and move files into place atomically."""
         output_dir = output_dir if output_dir is not None else self.args.output_dir
