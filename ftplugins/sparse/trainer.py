@@ -93,3 +93,23 @@ def broadcast_from_rank0(model: Any) -> None:
             if id(tensor) not in seen:
                 seen.add(id(tensor))
                 dist.broadcast(tensor.data, src=0)
+
+
+def save_trainer_delta(trainer: Any, method: str, metadata: dict[str, str]) -> str | None:
+    """Write ``output_dir/sparse_delta.safetensors`` from the trainer's sparse optimizer (main process
+    only), tagged with ``method`` and ``metadata``; returns its path. Shared by every sparse method."""
+    from ftplugins.errors import FtpluginsError
+
+    from .delta import DELTA_FILE, delta_from_optimizer, save_delta
+
+    optimizer = sparse_optimizer_of(trainer.optimizer)
+    if optimizer is None:
+        raise FtpluginsError(
+            f"{method}_save_delta=True, but the trainer has no {method} optimizer after training (another optimizer "
+            f"was passed with optimizers=?); drop it or set {method}_save_delta=False"
+        )
+    if not trainer.args.should_save:
+        return None
+    delta = delta_from_optimizer(optimizer)
+    delta.metadata.update({"method": method, **metadata, "global_step": str(trainer.state.global_step)})
+    return save_delta(delta, f"{trainer.args.output_dir}/{DELTA_FILE}")

@@ -101,22 +101,11 @@ def build_optimizer(model: nn.Module, args: Any, options: Any, targets: list[str
 
 def save_delta_of(trainer: Any, options: Any) -> str | None:
     """Write ``output_dir/sparse_delta.safetensors`` (main process only); returns its path."""
-    from ftplugins.sparse.delta import DELTA_FILE, delta_from_optimizer, save_delta
-    from ftplugins.sparse.trainer import sparse_optimizer_of
+    from ftplugins.sparse.trainer import save_trainer_delta
 
-    optimizer = sparse_optimizer_of(trainer.optimizer)
-    if optimizer is None:
-        raise FtpluginsError("lift_save_delta=True, but the trainer has no lift optimizer after training (another "
-                             "optimizer was passed with optimizers=?); drop it or set lift_save_delta=False")
-    if not trainer.args.should_save:
-        return None
-    delta = delta_from_optimizer(optimizer)
-    delta.metadata.update({
-        "method": "lift",
+    return save_trainer_delta(trainer, "lift", {
         "lift_rank": str(options.lift_rank),
         "lift_budget_rank": str(options.lift_budget_rank),
         "lift_density": str(options.lift_density),
         "lift_interval": str(options.lift_interval),
-        "global_step": str(trainer.state.global_step),
     })
-    return save_delta(delta, f"{trainer.args.output_dir}/{DELTA_FILE}")

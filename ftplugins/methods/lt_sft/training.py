@@ -174,22 +174,11 @@ def placeholder_selection(model: nn.Module, targets: dict[str, list[str]]) -> di
 
 def save_delta_of(trainer: Any, options: Any, info: dict[str, Any]) -> str | None:
     """Write ``output_dir/sparse_delta.safetensors`` (main process only); returns its path."""
-    from ftplugins.sparse.delta import DELTA_FILE, delta_from_optimizer, save_delta
-    from ftplugins.sparse.trainer import sparse_optimizer_of
+    from ftplugins.sparse.trainer import save_trainer_delta
 
-    optimizer = sparse_optimizer_of(trainer.optimizer)
-    if optimizer is None:
-        raise FtpluginsError("lt_sft_save_delta=True, but the trainer has no lt_sft optimizer after training "
-                             "(another optimizer was passed with optimizers=?); drop it or set lt_sft_save_delta=False")
-    if not trainer.args.should_save:
-        return None
-    delta = delta_from_optimizer(optimizer)
-    delta.metadata.update({
-        "method": "lt_sft",
+    return save_trainer_delta(trainer, "lt_sft", {
         "lt_sft_k": str(info.get("k", options.lt_sft_k)),
         "lt_sft_proportion": str(options.lt_sft_proportion),
         "lt_sft_iterations": str(options.lt_sft_iterations),
         "lt_sft_l1": str(options.lt_sft_l1),
-        "global_step": str(trainer.state.global_step),
     })
-    return save_delta(delta, f"{trainer.args.output_dir}/{DELTA_FILE}")

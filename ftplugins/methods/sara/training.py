@@ -217,20 +217,10 @@ class ProgressiveCallback(TrainerCallback):
 
 def save_delta_of(trainer: Any, options: Any) -> str | None:
     """Write ``output_dir/sparse_delta.safetensors`` (main process only); returns its path."""
-    from ftplugins.sparse.delta import DELTA_FILE, delta_from_optimizer, save_delta
+    from ftplugins.sparse.trainer import save_trainer_delta
 
-    optimizer = sparse_optimizer_of(trainer.optimizer)
-    if optimizer is None:
-        raise FtpluginsError("sara_save_delta=True, but the trainer has no sara optimizer after training (another "
-                             "optimizer was passed with optimizers=?); drop it or set sara_save_delta=False")
-    if not trainer.args.should_save:
-        return None
-    delta = delta_from_optimizer(optimizer)
-    delta.metadata.update({
-        "method": "sara",
+    return save_trainer_delta(trainer, "sara", {
         "sara_threshold": repr(options.sara_threshold),
         "sara_progressive_step": str(options.sara_progressive_step),
         "sara_rank_lambda": repr(options.sara_rank_lambda),
-        "global_step": str(trainer.state.global_step),
     })
-    return save_delta(delta, f"{trainer.args.output_dir}/{DELTA_FILE}")
