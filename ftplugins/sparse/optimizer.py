@@ -112,7 +112,9 @@ class SparseAdamW(torch.optim.Optimizer):
         self.distributed = distributed
         self.grad_terms = list(grad_terms)
         self.steps = 0
-        self._grads: dict[nn.Parameter, torch.Tensor] = {}
+        self._grads: dict[nn.Parameter, torch.Tensor] = {}  # this step's compact gradients
+        self._grad_buffers: dict[nn.Parameter, torch.Tensor] = {}  # their storage, kept across steps
+        self._workspaces: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}  # routed Linear grads
         self._reduced = False
         self._norm: torch.Tensor | None = None
         for name, param in self.named_params():
@@ -190,19 +192,62 @@ class SparseAdamW(torch.optim.Optimizer):
             return
         if grad.is_sparse:
             raise RuntimeError("SparseAdamW does not take sparse (torch.sparse) gradients; use sparse=False embeddings")
-        state = self.state[param]
-        flat = grad.reshape(-1)
-        indices = state.get("indices")
-        compact = flat if indices is None else flat.index_select(0, indices)
-        compact = compact.to(state["exp_avg"].dtype)
+        self._add_dense_grad(param, grad.reshape(-1))
+        param.grad = None
+
+    def _add_dense_grad(self, param: nn.Parameter, flat: torch.Tensor) -> None:
+        """Add the selected entries of ``flat`` (a dense gradient of ``param``) to its compact gradient."""
+        indices = self.state[param].get("indices")
         buffer = self._grads.get(param)
         if buffer is None:
-            # A dense fp32 gradient is kept as is: autograd lets go of it below, so no copy is needed.
-            self._grads[param] = compact
+            # The first micro-batch writes into this parameter's persistent buffer: allocating compact
+            # buffers during backward, between autograd's dense gradients, fragments the heap.
+            buffer = self._grad_buffer(param)
+            if indices is None:
+                buffer.copy_(flat)
+            elif flat.dtype == buffer.dtype:
+                torch.index_select(flat, 0, indices, out=buffer)
+            else:
+                buffer.copy_(flat.index_select(0, indices))
+            self._grads[param] = buffer
         else:
-            buffer.add_(compact)
-        param.grad = None
+            buffer.add_(flat if indices is None else flat.index_select(0, indices))
         self._reduced, self._norm = False, None
+
+    # --- compact gradients of routed nn.Linear layers (ftplugins.sparse.linear_grad) ---------------
+
+    def trains(self, param: torch.Tensor) -> bool:
+        """Whether ``param`` is one of this optimizer's parameters."""
+        return param in self.state
+
+    def trained_params(self) -> list[nn.Parameter]:
+        return [param for _, param in self.named_params()]
+
+    def add_linear_grad(self, weight: nn.Parameter, grad_out: torch.Tensor, inputs: torch.Tensor) -> None:
+        """Add ``grad_outᵀ @ inputs`` (the weight gradient of a ``Linear``; 2-D operands) to ``weight``'s
+        compact gradient, computing the dense product into a reused workspace instead of a fresh tensor."""
+        rows, cols = weight.shape
+        dense = self._workspace(rows * cols, grad_out.dtype, grad_out.device).view(rows, cols)
+        torch.mm(grad_out.t(), inputs, out=dense)
+        self._add_dense_grad(weight, dense.view(-1))
+
+    def _workspace(self, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        key = (dtype, device)
+        buffer = self._workspaces.get(key)
+        if buffer is None or buffer.numel() < numel:
+            largest = max((p.numel() for p in self.trained_params() if p.dim() == 2), default=numel)
+            buffer = torch.empty(max(numel, largest), dtype=dtype, device=device)
+            self._workspaces[key] = buffer
+        return buffer[:numel]
+
+    def _grad_buffer(self, param: nn.Parameter) -> torch.Tensor:
+        """The persistent compact-gradient buffer of ``param`` (one value per selected entry)."""
+        state = self.state[param]
+        buffer = self._grad_buffers.get(param)
+        if buffer is None or buffer.numel() != state["exp_avg"].numel():
+            buffer = torch.empty_like(state["exp_avg"])
+            self._grad_buffers[param] = buffer
+        return buffer
 
     def _world_size(self) -> int:
         if self.distributed is False or not torch.distributed.is_available() or not torch.distributed.is_initialized():
@@ -453,6 +498,7 @@ class SparseAdamW(torch.optim.Optimizer):
         self.state = state
         self.steps = int(engine["steps"])
         self._grads.clear()
+        self._grad_buffers.clear()
         self._reduced, self._norm = False, None
 
     def _broadcast_selection(self, selected: dict[str, torch.Tensor | None]) -> dict[str, torch.Tensor | None]:

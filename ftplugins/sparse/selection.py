@@ -14,7 +14,7 @@ Python list of every parameter's difference).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 import torch
 
@@ -55,14 +55,45 @@ def topk_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
     return torch.topk(flat, k, sorted=False).indices.sort().values
 
 
-def per_tensor(rule: Callable[[torch.Tensor], torch.Tensor | None]) -> SelectionRule:
-    """A selection rule that applies ``rule(weight) -> mask | indices | None`` to each tensor alone."""
+def per_tensor(
+    rule: Callable[[torch.Tensor], torch.Tensor | None], names: Collection[str] | None = None
+) -> SelectionRule:
+    """A selection rule that applies ``rule(weight) -> mask | indices | None`` to each tensor alone.
 
-    def select_each(weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
-        with torch.no_grad():
-            return {name: rule(weight.detach()) for name, weight in weights.items()}
+    Only the tensors in ``names`` (default: all) go through ``rule``; the others get ``None`` (train
+    every entry). The result is computed lazily, one tensor when the engine asks for it, so that at
+    most one tensor's scores and mask exist at a time (a model's worth of boolean masks is 1 byte
+    per weight: 85 MB for an 85M model, more than the whole compact state of a LoRA-sized budget).
+    """
+
+    def select_each(weights: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor | None]:
+        return LazySelection(rule, weights, None if names is None else frozenset(names))
 
     return select_each
+
+
+class LazySelection(Mapping):
+    """``{name: rule(weights[name])}``, each value computed (without grad) when it is looked up."""
+
+    def __init__(self, rule: Callable[[torch.Tensor], torch.Tensor | None], weights: Mapping[str, torch.Tensor],
+                 names: frozenset[str] | None) -> None:
+        self._rule, self._weights, self._names = rule, weights, names
+
+    def __getitem__(self, name: str) -> torch.Tensor | None:
+        weight = self._weights[name]
+        if self._names is not None and name not in self._names:
+            return None
+        with torch.no_grad():
+            return self._rule(weight.detach())
+
+    def __contains__(self, name: object) -> bool:  # Mapping's default would compute the value
+        return name in self._weights
+
+    def __iter__(self):
+        return iter(self._weights)
+
+    def __len__(self) -> int:
+        return len(self._weights)
 
 
 # --- exact global top-k without concatenation ----------------------------------------------------

@@ -10,6 +10,8 @@ Put in front of a (TRL / transformers) trainer whose optimizer is a
   before clipping, exactly where the Trainer would clip. The clipping itself happens inside
   ``SparseAdamW.step`` (``max_grad_norm`` = ``args.max_grad_norm``), so an optimizer used without
   this mixin still clips.
+* **Linear weight gradients** go straight into the optimizer's compact buffers through a reused
+  workspace (:mod:`ftplugins.sparse.linear_grad`), instead of a fresh dense ``.grad`` per weight.
 * **No DDP wrapper.** DDP's reducer would allocate dense gradient buckets for every trained
   weight (a second copy of the model) and would never see a gradient (the hooks consume them), so
   the engine averages compact gradients itself (one ``all_reduce`` of k values per step). While the
@@ -46,7 +48,13 @@ class SparseTrainerMixin:
         if getattr(self, "optimizer", None) is None:
             # Before the selection and the optimizer's copies of the weights are made from them.
             broadcast_from_rank0(self.model)
-        return super().create_optimizer(*args, **kwargs)
+        optimizer = super().create_optimizer(*args, **kwargs)
+        sparse = self._sparse_optimizer()
+        if sparse is not None:
+            from .linear_grad import route_linear_gradients
+
+            route_linear_gradients(self.model, sparse)
+        return optimizer
 
     def _prepare_for_training(self, *args: Any, **kwargs: Any):
         accelerator = self.accelerator

@@ -47,6 +47,26 @@ def low_rank_approximation(weight: torch.Tensor, rank: int, svd: str = "full", s
     return (u[:, :rank] * s[:rank]) @ v[:, :rank].T
 
 
+def select_indices(
+    weight: torch.Tensor,
+    rank: int = 128,
+    k: int | None = None,
+    density: float | None = None,
+    budget_rank: int | None = None,
+    svd: str = "full",
+    seed: int = 0,
+) -> torch.Tensor:
+    """Sorted flat indices of LIFT's selection of ``weight`` (what :func:`select` marks ``True``).
+
+    What the engine stores; no ``m x n`` mask is built on the way.
+    """
+    if weight.dim() != 2:
+        raise ValueError(f"LIFT selects entries of 2-D weights; got shape {tuple(weight.shape)}")
+    count = budget(tuple(weight.shape), budget_rank if budget_rank is not None else rank, density, k)
+    scores = low_rank_approximation(weight, rank, svd, seed).abs_()
+    return topk_indices(scores, count)
+
+
 def select(
     weight: torch.Tensor,
     rank: int = 128,
@@ -62,10 +82,7 @@ def select(
     ``k`` defaults to ``density * m n`` when ``density`` is given, else ``min((m + n) * budget_rank, m n)``
     with ``budget_rank`` defaulting to ``rank``.
     """
-    if weight.dim() != 2:
-        raise ValueError(f"LIFT selects entries of 2-D weights; got shape {tuple(weight.shape)}")
-    count = budget(tuple(weight.shape), budget_rank if budget_rank is not None else rank, density, k)
-    scores = low_rank_approximation(weight, rank, svd, seed).abs()
+    indices = select_indices(weight, rank, k, density, budget_rank, svd, seed)
     mask = torch.zeros(weight.numel(), dtype=torch.bool, device=weight.device)
-    mask[topk_indices(scores, count)] = True
+    mask[indices] = True
     return mask.view(weight.shape)

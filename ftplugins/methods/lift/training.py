@@ -9,8 +9,9 @@ from torch import nn
 
 from ftplugins.errors import FtpluginsError, UnsupportedModelError
 from ftplugins.sparse.optimizer import SparseAdamW
+from ftplugins.sparse.selection import per_tensor
 
-from .selection import select
+from .selection import select_indices
 
 logger = logging.getLogger("ftplugins.lift")
 
@@ -74,16 +75,12 @@ def build_optimizer(model: nn.Module, args: Any, options: Any, targets: list[str
     others = [(n, p) for n, p in params.items() if p.requires_grad and n not in set(targets)]
     if others:
         logger.warning("lift: %d other trainable parameter(s) train dense, e.g. %s", len(others), others[0][0])
-    target_set = set(targets)
     seed = int(getattr(args, "seed", 0) or 0)
-
-    def rule(weights):
-        return {
-            name: select(weight, rank=options.lift_rank, density=options.lift_density,
-                         budget_rank=options.lift_budget_rank, svd=options.lift_svd, seed=seed)
-            if name in target_set else None
-            for name, weight in weights.items()
-        }
+    rule = per_tensor(
+        lambda weight: select_indices(weight, rank=options.lift_rank, density=options.lift_density,
+                                      budget_rank=options.lift_budget_rank, svd=options.lift_svd, seed=seed),
+        names=targets,
+    )
 
     max_grad_norm = getattr(args, "max_grad_norm", None)
     return SparseAdamW(

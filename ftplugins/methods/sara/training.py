@@ -126,11 +126,7 @@ def build_optimizer(model: nn.Module, args: Any, options: Any, targets: list[str
     if others:
         logger.warning("sara: %d other trainable parameter(s) train dense, e.g. %s", len(others), others[0][0])
     threshold = options.sara_threshold
-    threshold_rule = per_tensor(lambda weight: select(weight, threshold))
-
-    def rule(weights):
-        chosen = threshold_rule({n: w for n, w in weights.items() if n in target_set})
-        return {n: chosen.get(n) for n in weights}
+    rule = per_tensor(lambda weight: select(weight, threshold), names=target_set)
 
     terms = []
     if options.sara_rank_lambda > 0:
