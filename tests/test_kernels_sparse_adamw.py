@@ -32,6 +32,8 @@ def problem(n, k, dtype, with_indices, seed=0):
     gen = torch.Generator().manual_seed(seed)
     param = torch.randn(n, generator=gen).to(dtype)
     indices = torch.randperm(n, generator=gen)[:k].sort().values if with_indices else None
+    if with_indices == "int32":  # what the engine stores for tensors below 2**31 entries
+        indices = indices.to(torch.int32)
     k = k if with_indices else n
     grad = torch.randn(k, generator=gen)
     exp_avg = 0.1 * torch.randn(k, generator=gen)
@@ -51,6 +53,7 @@ CASES = [
     (2500, 1100, torch.float32, True),  # crosses block boundaries (BLOCK=1024), last block partial
     (700, 700, torch.float32, False),  # dense: every entry
     (2049, 3, torch.float32, True),
+    (2500, 1100, torch.float32, "int32"),
     (1500, 600, torch.bfloat16, True),  # low precision: fp32 master values
     (900, 900, torch.float16, False),
 ]

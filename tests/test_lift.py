@@ -190,10 +190,10 @@ def test_training_changes_exactly_the_selected_entries_of_linear_weights(tmp_pat
         # every selected entry moved (weight decay alone moves it), nothing else did
         assert torch.equal(param.detach() != before, mask), name
         total += (m + n) * 2
-    # state: two fp32 moments + int64 indices + the origin values for the delta, for Σk entries only
+    # state: two fp32 moments + int32 indices + the origin values for the delta, for Σk entries only
     assert optimizer.selected_numel() == total
     assert sum(s["exp_avg"].numel() + s["exp_avg_sq"].numel() for s in optimizer.state.values()) == 2 * total
-    assert optimizer.state_nbytes() == total * (4 + 4 + 8 + 4)
+    assert optimizer.state_nbytes() == total * (4 + 4 + 4 + 4)  # moments, int32 index, origin value
     norms = [h["grad_norm"] for h in trainer.state.log_history if "grad_norm" in h]
     assert len(norms) == 4 and all(n > 0 for n in norms)  # the Trainer logs the compact gradients' norm
 
@@ -246,7 +246,7 @@ def test_bf16_model_trains_through_fp32_master_copies(tmp_path):
         assert torch.isin(moved, state["indices"]).all()
         changed += moved.numel()
     assert changed > 0
-    assert optimizer.state_nbytes() == optimizer.selected_numel() * (4 + 4 + 4 + 8 + 2)  # + master, bf16 origin
+    assert optimizer.state_nbytes() == optimizer.selected_numel() * (4 + 4 + 4 + 4 + 2)  # + master, bf16 origin
 
 
 # --- two processes ----------------------------------------------------------------------------------------

@@ -200,9 +200,9 @@ def test_state_exists_for_selected_entries_only():
         assert ("indices" in state) == (masks[name] is not None)
         assert state["origin_values"].dtype == torch.bfloat16
     sparse_k = total - k["down.bias"]
-    # moments + master (fp32) + origin values (bf16) per entry, int64 indices for the sparse tensors (shared
+    # moments + master (fp32) + origin values (bf16) per entry, int32 indices for the sparse tensors (shared
     # with origin_indices until a refresh)
-    assert optimizer.state_nbytes() == total * (4 + 4 + 4 + 2) + sparse_k * 8
+    assert optimizer.state_nbytes() == total * (4 + 4 + 4 + 2) + sparse_k * 4
 
 
 def test_bf16_weights_train_through_fp32_master_copies():
@@ -414,7 +414,7 @@ def test_state_dict_round_trip_resumes_exactly_across_a_refresh(dtype):
     torch.save({"model": first.state_dict(), "optimizer": first_optimizer.state_dict()}, buffer)
     buffer.seek(0)
     saved = torch.load(buffer, weights_only=True)  # what the Trainer does
-    assert saved["optimizer"]["state"][0]["indices"].dtype == torch.int64
+    assert saved["optimizer"]["state"][0]["indices"].dtype == torch.int32  # not cast to the weight's dtype
 
     resumed = MLP(seed=1, dtype=dtype)  # other weights, so a selection of its own: all must come from the file
     resumed.load_state_dict(saved["model"])

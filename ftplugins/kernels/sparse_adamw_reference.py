@@ -43,7 +43,7 @@ def sparse_adamw_reference(
         param: the weight, flattened (1-D, contiguous; a view of the parameter).
         grad: the compact gradient of the selected entries, ``[k]`` (fp32).
         exp_avg, exp_avg_sq: the compact Adam moments, ``[k]``, updated in place.
-        indices: sorted int64 flat indices of the selected entries, ``[k]``; ``None`` = every entry
+        indices: sorted int32/int64 flat indices of the selected entries, ``[k]``; ``None`` = every entry
             (then ``k == param.numel()``).
         master: fp32 master values of the selected entries ``[k]`` for a low-precision ``param``,
             updated in place; ``None`` when ``param`` itself holds full precision.
@@ -69,4 +69,4 @@ def sparse_adamw_reference(
     if indices is None:
         param.copy_(w)
     else:
-        param.index_copy_(0, indices, w.to(param.dtype))
+        param.index_put_((indices,), w.to(param.dtype))  # index_copy_ takes int64 indices only

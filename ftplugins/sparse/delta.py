@@ -141,7 +141,7 @@ def _entry(shape: tuple[int, ...], indices: torch.Tensor | None, change: torch.T
     if keep_dense:
         return DeltaTensor(shape, None, change.cpu())
     nonzero = change != 0
-    kept = nonzero.nonzero().squeeze(1) if indices is None else indices[nonzero]
+    kept = nonzero.nonzero().squeeze(1) if indices is None else indices[nonzero].to(torch.int64)
     return DeltaTensor(shape, kept.cpu(), change[nonzero].cpu())
 
 

@@ -7,7 +7,8 @@ How a step works, and why:
   compact fp32 buffer (adding to it across gradient-accumulation micro-batches) and sets
   ``param.grad = None``. So at most one dense gradient is alive at a time (the one autograd is
   writing), never the model's worth that the LIFT reference keeps (it masks a dense ``.grad``).
-* **State.** Per parameter: the sorted ``int64`` flat ``indices`` (absent for a dense parameter),
+* **State.** Per parameter: the sorted flat ``indices`` (``int32`` below 2**31 entries, else ``int64``;
+  absent for a dense parameter),
   ``exp_avg`` / ``exp_avg_sq`` of length k (fp32), an fp32 ``master`` copy of the k values when the
   weight is bf16/fp16 (the weight receives their rounded copy), and with ``track_origin`` the
   weight's values before training at every entry ever selected (``origin_indices`` /
@@ -152,7 +153,11 @@ class SparseAdamW(torch.optim.Optimizer):
             if indices is not None and indices.numel() == param.numel():
                 indices = None  # every entry: dense state, no index list (8 bytes an entry saved)
             out[name] = None if indices is None else indices.to(param.device)
-        return self._broadcast_selection(out) if self._world_size() > 1 else out
+        if self._world_size() > 1:
+            out = self._broadcast_selection(out)
+        params = dict(named)
+        return {name: None if indices is None else compact_indices(indices, params[name].numel())
+                for name, indices in out.items()}
 
     def _fresh_state(self, param: nn.Parameter, indices: torch.Tensor | None) -> dict[str, Any]:
         k = param.numel() if indices is None else indices.numel()
@@ -443,7 +448,8 @@ class SparseAdamW(torch.optim.Optimizer):
                 merged = torch.cat([origin, added])
                 order = torch.argsort(merged)
                 values = torch.cat([state["origin_values"], _gather(param, added)])[order]
-                state["origin_indices"] = None if merged.numel() == param.numel() else merged[order]
+                state["origin_indices"] = (None if merged.numel() == param.numel()
+                                           else compact_indices(merged[order], param.numel()))
                 state["origin_values"] = values
         if new is None:
             state.pop("indices", None)
@@ -528,6 +534,13 @@ class SparseAdamW(torch.optim.Optimizer):
 
 
 # --- helpers -------------------------------------------------------------------------------------
+
+
+def compact_indices(indices: torch.Tensor, numel: int) -> torch.Tensor:
+    """``indices`` as ``int32`` when the tensor has fewer than 2**31 entries (half the bytes of ``int64``:
+    at a LoRA-sized budget the index list is a quarter of the engine's state)."""
+    dtype = torch.int32 if numel <= torch.iinfo(torch.int32).max else torch.int64
+    return indices if indices.dtype == dtype else indices.to(dtype)
 
 
 def _moment_dtype(param: torch.Tensor) -> torch.dtype:

@@ -16,7 +16,7 @@ Differences from the reference code (zihanghliu/LIFT), on purpose:
 * bf16/fp16 weights train through fp32 master copies of the selected entries.
 * Gradient clipping uses the norm of the compact gradients (the trained entries), not of the
   masked dense gradient; the two are equal, the reference just pays for the dense one.
-* The mask is stored as sorted int64 indices on the weight's device (the reference keeps masks on
+* The mask is stored as sorted int32 flat indices on the weight's device (the reference keeps masks on
   the CPU), and is saved in checkpoints, so a resumed run continues with the same mask.
 
 This module imports no torch; the pieces are imported inside the hooks.

@@ -107,7 +107,7 @@ class NuclearNormTerm:
         if indices is None:
             delta.copy_(compact)
         else:
-            delta.index_copy_(0, indices, compact)
+            delta.index_put_((indices,), compact)
         grad = nuclear_norm_grad(delta.view(param.shape)).reshape(-1)
         optimizer.add_to_grad(param, self.lam * (grad if indices is None else grad.index_select(0, indices)))
 
