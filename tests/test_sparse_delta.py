@@ -21,6 +21,7 @@ from ftplugins.sparse.delta import (
     load_delta,
     revert_delta,
     save_delta,
+    save_optimizer_delta,
 )
 from ftplugins.sparse.optimizer import SparseAdamW
 from ftplugins.sparse.selection import per_tensor, topk_indices
@@ -159,17 +160,17 @@ def test_a_crash_while_saving_keeps_the_previous_file(tmp_path, monkeypatch):
     save_delta(first, path)
     before = open(path, "rb").read()
 
-    import safetensors.torch
+    import ftplugins.safetensors_stream as stream
 
-    real = safetensors.torch.save_file
+    real = stream.write_streamed
 
-    def torn(tensors, filename, metadata=None):
-        real(tensors, filename, metadata=metadata)
+    def torn(filename, *args, **kwargs):
+        real(filename, *args, **kwargs)
         with open(filename, "r+b") as handle:
             handle.truncate(20)
         raise KeyboardInterrupt("crash")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", torn)
+    monkeypatch.setattr(stream, "write_streamed", torn)
     with pytest.raises(KeyboardInterrupt):
         save_delta(second, path)
     assert open(path, "rb").read() == before
@@ -199,7 +200,7 @@ def test_bad_files_and_targets_are_clear_errors(tmp_path):
 # --- deltas from the optimizer ----------------------------------------------------------------------
 
 
-def test_delta_from_the_optimizer_equals_the_weight_difference():
+def test_delta_from_the_optimizer_equals_the_weight_difference(tmp_path):
     """Only the origin values of ever-selected entries are kept, yet the delta is W - W0, refreshes included."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2)).to(torch.bfloat16)
@@ -233,9 +234,38 @@ def test_delta_from_the_optimizer_equals_the_weight_difference():
         assert delta.tensors[name].indices is None
         assert torch.equal(delta.tensors[name].values, bias.double() - initial[name].double())
     assert same(apply_delta(copy_of(initial), delta), {n: p.detach() for n, p in model.named_parameters()})
+    # Written one tensor at a time, it is the same delta, in a file any safetensors reader opens.
+    path = save_optimizer_delta(optimizer, str(tmp_path / "streamed.safetensors"), {"method": "test"})
+    assert set(load_file(path)) == {f"delta_values/{n}" for n in delta.tensors} | {
+        f"delta_indices/{n}" for n, e in delta.tensors.items() if e.indices is not None}
+    streamed = load_delta(path)
+    assert streamed.metadata["method"] == "test"
+    for name, entry in delta.tensors.items():
+        assert torch.equal(streamed.tensors[name].values, entry.values), name
+        assert (streamed.tensors[name].indices is None) == (entry.indices is None)
+        if entry.indices is not None:
+            assert torch.equal(streamed.tensors[name].indices, entry.indices), name
     untracked = SparseAdamW(list(model.named_parameters()), per_tensor(rule), lr=1e-2)
     with pytest.raises(FtpluginsError, match="track_origin"):
         delta_from_optimizer(untracked)
+    with pytest.raises(FtpluginsError, match="track_origin"):
+        save_optimizer_delta(untracked, str(tmp_path / "nope.safetensors"))
+
+
+def test_streamed_writes_refuse_tensors_that_do_not_match_the_layout(tmp_path):
+    from ftplugins.safetensors_stream import write_streamed
+
+    layout = [("a", torch.float32, (2, 3)), ("b", torch.int32, (4,))]
+    path = str(tmp_path / "x.safetensors")
+    write_streamed(path, layout, iter([torch.ones(2, 3), torch.arange(4, dtype=torch.int32)]), {"k": "v"})
+    loaded = load_file(path)
+    assert torch.equal(loaded["a"], torch.ones(2, 3)) and torch.equal(loaded["b"], torch.arange(4, dtype=torch.int32))
+    with pytest.raises(ValueError, match="declared"):
+        write_streamed(path, layout, iter([torch.ones(2, 3), torch.arange(4)]))  # int64, not int32
+    with pytest.raises(ValueError, match="no tensor"):
+        write_streamed(path, layout, iter([torch.ones(2, 3)]))
+    with pytest.raises(ValueError, match="more tensors"):
+        write_streamed(path, layout[:1], iter([torch.ones(2, 3), torch.ones(1)]))
 
 
 # --- the command line ----------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ _EXPORTS = {
     "load_delta": "delta",
     "revert_delta": "delta",
     "save_delta": "delta",
+    "save_optimizer_delta": "delta",
     "as_indices": "selection",
     "global_topk_indices": "selection",
     "per_tensor": "selection",

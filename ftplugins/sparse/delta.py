@@ -122,19 +122,25 @@ def delta_from_optimizer(optimizer: Any) -> SparseDelta:
 
     Entries never selected never moved, so the origin values the optimizer keeps for every entry it
     ever selected are all that is needed: no dense copy of the base model is kept during training.
+    To write it to a file, :func:`save_optimizer_delta` does the same one tensor at a time.
     """
+    _check_tracks_origin(optimizer)
+    return SparseDelta({name: _optimizer_entry(optimizer, param) for name, param in optimizer.named_params()})
+
+
+def _check_tracks_origin(optimizer: Any) -> None:
     if not getattr(optimizer, "track_origin", False):
         raise FtpluginsError("this SparseAdamW was built with track_origin=False, so it does not know W0; "
                              "build it with track_origin=True, or use diff_delta(model_weights, base_weights)")
-    out = SparseDelta()
-    for name, param in optimizer.named_params():
-        state = optimizer.state[param]
-        indices = state["origin_indices"]
-        flat = param.detach().reshape(-1)
-        current = flat if indices is None else flat.index_select(0, indices)
-        change = current.to(VALUES_DTYPE) - state["origin_values"].to(VALUES_DTYPE)
-        out.tensors[name] = _entry(tuple(param.shape), indices, change, keep_dense=indices is None)
-    return out
+
+
+def _optimizer_entry(optimizer: Any, param: torch.Tensor) -> DeltaTensor:
+    state = optimizer.state[param]
+    indices = state["origin_indices"]
+    flat = param.detach().reshape(-1)
+    current = flat if indices is None else flat.index_select(0, indices)
+    change = current.to(VALUES_DTYPE) - state["origin_values"].to(VALUES_DTYPE)
+    return _entry(tuple(param.shape), indices, change, keep_dense=indices is None)
 
 
 def _entry(shape: tuple[int, ...], indices: torch.Tensor | None, change: torch.Tensor, keep_dense: bool) -> DeltaTensor:
@@ -150,19 +156,49 @@ def _entry(shape: tuple[int, ...], indices: torch.Tensor | None, change: torch.T
 
 def save_delta(delta: SparseDelta, path: str) -> str:
     """Write ``delta`` to ``path`` (safetensors), atomically; returns ``path``."""
-    from safetensors.torch import save_file
+    return _write(path, {name: entry.shape for name, entry in delta.tensors.items()}, delta.tensors.__getitem__,
+                  delta.metadata)
 
-    tensors, shapes = {}, {}
-    for name, entry in delta.tensors.items():
-        shapes[name] = list(entry.shape)
-        tensors[_VALUES + name] = entry.values.detach().contiguous().cpu()
+
+def save_optimizer_delta(optimizer: Any, path: str, metadata: Mapping[str, str] | None = None) -> str:
+    """:func:`delta_from_optimizer` written to ``path`` one tensor at a time (the whole delta never exists
+    in memory: at the end of a long run it can be as large as the optimizer's state); returns ``path``."""
+    _check_tracks_origin(optimizer)
+    params = dict(optimizer.named_params())
+    return _write(path, {name: tuple(param.shape) for name, param in params.items()},
+                  lambda name: _optimizer_entry(optimizer, params[name]), metadata or {})
+
+
+def _write(path: str, shapes: Mapping[str, tuple[int, ...]], entry_of: Any, metadata: Mapping[str, str]) -> str:
+    """Two passes over ``entry_of(name)``: sizes for the header, then the tensors, one entry alive at a time."""
+    from ftplugins.safetensors_stream import write_streamed
+
+    def index_dtype(shape):
+        numel = 1
+        for dim in shape:
+            numel *= int(dim)
+        return torch.int32 if numel <= torch.iinfo(torch.int32).max else torch.int64
+
+    layout = []
+    for name, shape in shapes.items():
+        entry = entry_of(name)
+        layout.append((_VALUES + name, entry.values.dtype, (entry.nnz,)))
         if entry.indices is not None:
-            small = entry.numel <= torch.iinfo(torch.int32).max
-            tensors[_INDICES + name] = entry.indices.to(torch.int32 if small else torch.int64).contiguous().cpu()
-    metadata = {**delta.metadata, "format": FORMAT, "version": VERSION, "shapes": json.dumps(shapes)}
+            layout.append((_INDICES + name, index_dtype(shape), (entry.nnz,)))
+        del entry
+
+    def tensors():
+        for name, shape in shapes.items():
+            entry = entry_of(name)
+            yield entry.values.reshape(-1)
+            if entry.indices is not None:
+                yield entry.indices.to(index_dtype(shape))
+
+    header = {**metadata, "format": FORMAT, "version": VERSION,
+              "shapes": json.dumps({name: list(shape) for name, shape in shapes.items()})}
     path = os.path.abspath(path)
     with staged_dir(os.path.dirname(path)) as tmp:
-        save_file(tensors, os.path.join(tmp, os.path.basename(path)), metadata=metadata)
+        write_streamed(os.path.join(tmp, os.path.basename(path)), layout, tensors(), header)
     return path
 
 

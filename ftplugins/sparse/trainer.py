@@ -108,7 +108,7 @@ def save_trainer_delta(trainer: Any, method: str, metadata: dict[str, str]) -> s
     only), tagged with ``method`` and ``metadata``; returns its path. Shared by every sparse method."""
     from ftplugins.errors import FtpluginsError
 
-    from .delta import DELTA_FILE, delta_from_optimizer, save_delta
+    from .delta import DELTA_FILE, save_optimizer_delta
 
     optimizer = sparse_optimizer_of(trainer.optimizer)
     if optimizer is None:
@@ -118,6 +118,5 @@ def save_trainer_delta(trainer: Any, method: str, metadata: dict[str, str]) -> s
         )
     if not trainer.args.should_save:
         return None
-    delta = delta_from_optimizer(optimizer)
-    delta.metadata.update({"method": method, **metadata, "global_step": str(trainer.state.global_step)})
-    return save_delta(delta, f"{trainer.args.output_dir}/{DELTA_FILE}")
+    return save_optimizer_delta(optimizer, f"{trainer.args.output_dir}/{DELTA_FILE}",
+                                {"method": method, **metadata, "global_step": str(trainer.state.global_step)})
