@@ -59,9 +59,12 @@ def numpy_lift_mask(weight: np.ndarray, rank: int, k: int) -> np.ndarray:
     (5, {"density": 0.1}, 96),
     (1, {"k": 10}, 10),
 ])
-def test_mask_equals_an_independent_computation(rank, kwargs, k):
+@pytest.mark.parametrize("svd", ["gram", "full"])
+@pytest.mark.parametrize("transpose", [False, True])  # the Gram matrix of the smaller side either way
+def test_mask_equals_an_independent_computation(rank, kwargs, k, svd, transpose):
     weight = torch.randn(24, 40, generator=torch.Generator().manual_seed(0))
-    mask = select(weight, rank=rank, **kwargs)
+    weight = weight.T.contiguous() if transpose else weight
+    mask = select(weight, rank=rank, svd=svd, **kwargs)
     assert mask.dtype == torch.bool and mask.shape == weight.shape and int(mask.sum()) == k
     assert np.array_equal(mask.numpy(), numpy_lift_mask(weight.numpy(), rank, k))
     assert not torch.equal(mask, select(weight, rank=24, **kwargs))  # rank reduction matters (not just |W|)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from ftplugins.options import check_choice, check_range
 
-SVD_KINDS = ("full", "randomized")
+SVD_KINDS = ("gram", "full", "randomized")
 _MANY = float(2**62)
 
 
@@ -43,9 +43,10 @@ class LiftOptions:
         },
     )
     lift_svd: str = field(
-        default="full",
-        metadata={"help": "How to compute the rank-r_f approximation: 'full' (exact fp32 SVD, as the paper) or "
-                          "'randomized' (torch.svd_lowrank, seeded; faster for large matrices)."},
+        default="gram",
+        metadata={"help": "How to compute the rank-r_f approximation: 'gram' (top eigenvectors of the smaller Gram "
+                          "matrix: the SVD's truncation to fp32 rounding, ~4x faster, a third of the memory), 'full' "
+                          "(fp32 SVD, as the paper's code) or 'randomized' (torch.svd_lowrank, seeded; approximate)."},
     )
     lift_save_delta: bool = field(
         default=True,
