@@ -152,12 +152,9 @@ class SparseAdamW(torch.optim.Optimizer):
             indices = as_indices(raw[name], param.shape, name)
             if indices is not None and indices.numel() == param.numel():
                 indices = None  # every entry: dense state, no index list (8 bytes an entry saved)
-            out[name] = None if indices is None else indices.to(param.device)
-        if self._world_size() > 1:
-            out = self._broadcast_selection(out)
-        params = dict(named)
-        return {name: None if indices is None else compact_indices(indices, params[name].numel())
-                for name, indices in out.items()}
+            # Compacted at once: a model's worth of int64 lists would outweigh the int32 ones kept.
+            out[name] = None if indices is None else compact_indices(indices.to(param.device), param.numel())
+        return self._broadcast_selection(out) if self._world_size() > 1 else out
 
     def _fresh_state(self, param: nn.Parameter, indices: torch.Tensor | None) -> dict[str, Any]:
         k = param.numel() if indices is None else indices.numel()
@@ -518,7 +515,7 @@ class SparseAdamW(torch.optim.Optimizer):
         dist.broadcast(sizes, src=0)
         total = int(sizes.clamp(min=0).sum())
         if dist.get_rank() == 0 and total:
-            flat = torch.cat([selected[n].to(device) for n in names if selected[n] is not None])
+            flat = torch.cat([selected[n].to(device=device, dtype=torch.int64) for n in names if selected[n] is not None])
         else:
             flat = torch.empty(total, dtype=torch.int64, device=device)
         dist.broadcast(flat, src=0)
@@ -528,7 +525,7 @@ class SparseAdamW(torch.optim.Optimizer):
             if size < 0:
                 out[name] = None
                 continue
-            out[name] = flat[offset:offset + size].to(params[name].device)
+            out[name] = compact_indices(flat[offset:offset + size].to(params[name].device), params[name].numel())
             offset += size
         return out
 
