@@ -324,7 +324,7 @@ class SparseAdamW(torch.optim.Optimizer):
         if origin_indices is indices:
             return state["origin_values"]
         if origin_indices is None:
-            return state["origin_values"][indices]
+            return state["origin_values"].index_select(0, indices)
         return state["origin_values"][torch.searchsorted(origin_indices, indices)]
 
     def grad_norm(self) -> torch.Tensor:
