@@ -22,6 +22,25 @@ def accelerate_bin() -> str:
     return shutil.which("accelerate", path=os.path.dirname(sys.executable)) or "accelerate"
 
 
+def single_vs_two_processes(tmp_path, model_dir, data, **options):
+    """Train with ``options`` once in 1 process (batch 4) and once under DDP (2 x 2, the same global
+    batch); returns (base, one, two) state dicts, after checking both runs and their world sizes."""
+    common = dict(max_steps=3, dataloader_drop_last=True, seed=0, gradient_accumulation_steps=1, **options)
+    one = trl_yaml(tmp_path / "one.yaml", model_dir, data, tmp_path / "one", per_device_train_batch_size=4, **common)
+    two = trl_yaml(tmp_path / "two.yaml", model_dir, data, tmp_path / "two", per_device_train_batch_size=2, **common)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    single = subprocess.run([sys.executable, "-m", "ftplugins.train", "sft", "--config", one],
+                            capture_output=True, text=True, env=env)
+    assert single.returncode == 0, single.stderr[-3000:]
+    ddp = subprocess.run([accelerate_bin(), "launch", *DDP_FLAGS, "-m", "ftplugins.train", "sft", "--config", two],
+                         capture_output=True, text=True, env=env)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert json.loads((tmp_path / "one" / "ftplugins_run.json").read_text())["world_size"] == 1
+    assert json.loads((tmp_path / "two" / "ftplugins_run.json").read_text())["world_size"] == 2
+    base = load_file(os.path.join(model_dir, "model.safetensors"))
+    return base, load_file(str(tmp_path / "one" / "model.safetensors")), load_file(str(tmp_path / "two" / "model.safetensors"))
+
+
 def ddp_command(form, config):
     """The two launch forms users have: our CLI, and the wrapper around TRL's unmodified sft.py."""
     if form == "train":

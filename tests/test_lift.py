@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 from conftest import cpu_args
-from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 import ftplugins
@@ -257,28 +256,10 @@ def test_bf16_model_trains_through_fp32_master_copies(tmp_path):
 
 @pytest.mark.slow
 def test_two_process_ddp_matches_one_process(tiny_model_dir, data_dir, tmp_path):
-    from test_distributed import DDP_FLAGS, accelerate_bin
-    from test_train_cli import trl_yaml
+    from test_distributed import single_vs_two_processes
 
-    common = dict(plugins=["lift"], max_steps=3, learning_rate=5e-2, dataloader_drop_last=True, seed=0,
-                  gradient_accumulation_steps=1, lift_rank=4, lift_budget_rank=2, lift_interval=2)
-    one = trl_yaml(tmp_path / "one.yaml", tiny_model_dir, f"{data_dir}/arithmetic", tmp_path / "one",
-                   per_device_train_batch_size=4, **common)
-    two = trl_yaml(tmp_path / "two.yaml", tiny_model_dir, f"{data_dir}/arithmetic", tmp_path / "two",
-                   per_device_train_batch_size=2, **common)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    single = subprocess.run([sys.executable, "-m", "ftplugins.train", "sft", "--config", one],
-                            capture_output=True, text=True, env=env)
-    assert single.returncode == 0, single.stderr[-3000:]
-    ddp = subprocess.run([accelerate_bin(), "launch", *DDP_FLAGS, "-m", "ftplugins.train", "sft", "--config", two],
-                         capture_output=True, text=True, env=env)
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
-    assert json.loads((tmp_path / "two" / "ftplugins_run.json").read_text())["world_size"] == 2
-    assert json.loads((tmp_path / "one" / "ftplugins_run.json").read_text())["world_size"] == 1
-
-    base = load_file(os.path.join(tiny_model_dir, "model.safetensors"))
-    a = load_file(str(tmp_path / "one" / "model.safetensors"))
-    b = load_file(str(tmp_path / "two" / "model.safetensors"))
+    base, a, b = single_vs_two_processes(tmp_path, tiny_model_dir, f"{data_dir}/arithmetic", plugins=["lift"],
+                                         learning_rate=5e-2, lift_rank=4, lift_budget_rank=2, lift_interval=2)
     assert sum(int((a[k] != base[k]).sum()) for k in a) > 0
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)

@@ -296,3 +296,20 @@ def test_resume_matches_uninterrupted_across_the_progressive_step(tmp_path):
     for name in LINEAR:
         sa, sb = a.state[straight.model.get_parameter(name)], b.state[resumed.model.get_parameter(name)]
         assert torch.equal(sa["indices"], sb["indices"]) and sa["step"] == sb["step"] == 2
+
+
+@pytest.mark.slow
+def test_two_process_ddp_matches_one_process(tiny_model_dir, data_dir, tmp_path):
+    from test_distributed import single_vs_two_processes
+
+    base, a, b = single_vs_two_processes(tmp_path, tiny_model_dir, f"{data_dir}/arithmetic", plugins=["sara"],
+                                         learning_rate=5e-2, sara_threshold=0.01, sara_rank_lambda=5e-4,
+                                         sara_rank_min_dim=16)  # progressive re-selection at step 2 of 3
+    assert sum(int((a[k] != base[k]).sum()) for k in a) > 0
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+    da = load_delta(str(tmp_path / "one" / "sparse_delta.safetensors"))
+    db = load_delta(str(tmp_path / "two" / "sparse_delta.safetensors"))
+    assert da.tensors.keys() == db.tensors.keys()
+    for name in da.tensors:
+        assert torch.equal(da.tensors[name].indices, db.tensors[name].indices), name  # the same entries trained
