@@ -82,16 +82,21 @@ METHODS: list[MethodSpec] = [
     MethodSpec("bottleneck-parallel", ("bottleneck",),
                {"bottleneck_preset": "llama_parallel", "bottleneck_reduction_factor": 16},
                learning_rate=ADAPTER_LR, note="LLM-Adapters LLaMA parallel recipe (up/down)"),
-    # Pfeiffer / Houlsby placements on a decoder: series adapters on the FFN output (AdapterHub SeqBn) and on
-    # the attention and FFN outputs (DoubleSeqBn). The PETL-AST block presets (pfeiffer, houlsby) adapt
-    # ViT/AST/BERT blocks only; the quality harness's encoder scenario is where they belong.
+    # AdapterHub's configurations as block placements on the decoder (PETL-AST presets; reduction 16, ReLU, norms
+    # frozen as AdapterHub leaves them): SeqBn = series after the FFN, DoubleSeqBn = series after attention and FFN,
+    # ParBn = parallel to the FFN from its input, scaling 4.
     MethodSpec("bottleneck-pfeiffer", ("bottleneck",),
-               {"bottleneck_preset": "llm_adapters_adapterp", "bottleneck_reduction_factor": 16},
-               learning_rate=ADAPTER_LR, note="series adapter on the FFN output (≈ AdapterHub SeqBn)"),
+               {"bottleneck_preset": "pfeiffer", "bottleneck_block_mode": "sequential", "bottleneck_activation": "relu",
+                "bottleneck_train_norms": False, "bottleneck_reduction_factor": 16},
+               learning_rate=ADAPTER_LR, note="series adapter after the FFN of every block (≈ AdapterHub SeqBn)"),
     MethodSpec("bottleneck-houlsby", ("bottleneck",),
-               {"bottleneck_preset": "llm_adapters_series", "bottleneck_target_modules": ["o_proj", "down_proj"],
-                "bottleneck_series_side": "output", "bottleneck_reduction_factor": 16},
-               learning_rate=ADAPTER_LR, note="series adapters on attention and FFN outputs (≈ DoubleSeqBn)"),
+               {"bottleneck_preset": "houlsby", "bottleneck_block_mode": "sequential", "bottleneck_activation": "relu",
+                "bottleneck_train_norms": False, "bottleneck_reduction_factor": 16},
+               learning_rate=ADAPTER_LR, note="series adapters after attention and FFN (≈ AdapterHub DoubleSeqBn)"),
+    MethodSpec("bottleneck-parbn", ("bottleneck",),
+               {"bottleneck_preset": "pfeiffer", "bottleneck_block_mode": "parallel", "bottleneck_activation": "relu",
+                "bottleneck_scaling": 4.0, "bottleneck_train_norms": False, "bottleneck_reduction_factor": 16},
+               learning_rate=ADAPTER_LR, note="parallel adapter beside the FFN, from its input (≈ AdapterHub ParBn)"),
     MethodSpec("block_lora", ("block_lora",),
                {"block_lora_r": 16, "block_lora_target_modules": ["all-linear"], "block_lora_dropout": 0.0},
                learning_rate=ADAPTER_LR, note="Block-LoRA r=16, n=8 shared down blocks, all linear"),

@@ -316,7 +316,7 @@ LINEAR_CASES = [("llama", {"bottleneck_preset": p}) for p in
 LINEAR_CASES.append(("llama", {"bottleneck_bias": True, "bottleneck_learn_scaling": True, "bottleneck_dropout": 0.1}))
 BLOCK_CASES = [
     (kind, {"bottleneck_preset": "houlsby", "bottleneck_block_mode": mode, "bottleneck_block_position": position})
-    for kind in ("vit", "ast", "bert")
+    for kind in ("vit", "ast", "bert", "llama")
     for mode, position in (("parallel", "before"), ("parallel", "after"), ("sequential", "before"),
                            ("sequential", "after"))
 ] + [(kind, {"bottleneck_preset": "pfeiffer", "bottleneck_block_type": "conformer"}) for kind in ("vit", "ast", "bert")]
@@ -666,9 +666,11 @@ def test_diffusers_unet_attention_projections_train():
 
 
 def test_unsupported_models_are_named_with_what_was_looked_for():
-    model, _ = base("llama")
-    with pytest.raises(UnsupportedModelError, match=r"LlamaForCausalLM \(model_type llama\).*ViTLayer.*BertLayer"):
-        wrap(model, bottleneck_preset="pfeiffer")
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=32))
+    with pytest.raises(UnsupportedModelError, match=r"GPT2LMHeadModel \(model_type gpt2\).*ViTLayer.*BertLayer"):
+        wrap(gpt2, bottleneck_preset="pfeiffer")
     model, _ = base("vit")
     with pytest.raises(UnsupportedModelError, match=r"llm_adapters_series .*ViTForImageClassification \(model_type "
                                                      r"vit\).*llama.*--bottleneck_target_modules"):
@@ -702,3 +704,14 @@ def test_trains_through_compose_and_leaves_the_base_bitwise_unchanged(tmp_path):
     after = wrapped.unload().state_dict()
     assert after.keys() == base_state.keys()
     assert all(torch.equal(after[k], v) for k, v in base_state.items())
+
+
+def test_trainable_count_of_houlsby_blocks_on_a_decoder():
+    """Pre-norm decoder blocks (Llama): adapters after attention and MLP, their RMSNorms and the final norm."""
+    model, _ = base("llama")
+    d, b, n = model.config.hidden_size, 4, model.config.num_hidden_layers
+    norms = [f"model.layers.{i}.{norm}" for i in range(n) for norm in ("input_layernorm", "post_attention_layernorm")]
+    saved = [*norms, "model.norm"]
+    wrapped = wrap(model, bottleneck_preset="houlsby", bottleneck_size=b)
+    assert trainable(wrapped) == n * 2 * (b * 2 * d + b + d) + (2 * n + 1) * d  # RMSNorms: one weight of d each
+    assert sorted(wrapped.peft_config["default"].modules_to_save) == sorted(saved)

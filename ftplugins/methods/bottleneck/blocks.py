@@ -80,6 +80,14 @@ _POST_LN = BlockLayout(
     final_norm=None,
 )
 
+#: Pre-norm decoders (RMSNorm): the same placements as the pre-LN ViT, e.g. AdapterHub's SeqBn / DoubleSeqBn /
+#: ParBn on a Llama (the attention is called with ``hidden_states=`` as a keyword, which the wrapper takes).
+_DECODER = BlockLayout(
+    {MHSA: Sublayer("self_attn", "self_attn", "input_layernorm"),
+     FFN: Sublayer("mlp", "mlp", "post_attention_layernorm")},
+    final_norm="norm",
+)
+
 #: Block classes (by name, as transformers 5 defines them) and where their sublayers are.
 LAYOUTS: dict[str, BlockLayout] = {
     "ViTLayer": _PRE_LN,
@@ -87,6 +95,9 @@ LAYOUTS: dict[str, BlockLayout] = {
     "ASTLayer": _PRE_LN,
     "BertLayer": _POST_LN,
     "RobertaLayer": _POST_LN,
+    "LlamaDecoderLayer": _DECODER,
+    "MistralDecoderLayer": _DECODER,
+    "Qwen2DecoderLayer": _DECODER,
 }
 
 

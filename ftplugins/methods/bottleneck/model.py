@@ -225,6 +225,8 @@ def matches(targets: Any, name: str) -> bool:
 
 def layer_norm_width(norm: nn.Module) -> int:
     shape = getattr(norm, "normalized_shape", None)
+    if not shape and getattr(norm, "weight", None) is not None and norm.weight.dim() == 1:
+        shape = tuple(norm.weight.shape)  # RMSNorm (Llama, Mistral, Qwen2) keeps no normalized_shape
     if not shape:
         raise UnsupportedModelError(f"bottleneck: expected a LayerNorm, found {type(norm).__name__}")
     return int(shape[-1])

@@ -23,7 +23,7 @@ class BottleneckOptions:
         metadata={
             "help": "Where the adapters go. Around named Linear modules (LLM-Adapters): "
             + "; ".join(f"{name}: {PRESETS[name].help}" for name in LINEAR_PRESETS)
-            + ". Around transformer-block sublayers (PETL-AST; ViT, AST, BERT blocks): "
+            + ". Around transformer-block sublayers (PETL-AST; ViT, AST, BERT, Llama/Mistral/Qwen2 blocks): "
             + "; ".join(f"{name}: {PRESETS[name].help}" for name in BLOCK_PRESETS)
             + "."
         },
