@@ -19,10 +19,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED = ("ssf", "masked_thought")
 
 
-def run_module(module: str, out: str, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_module(module: str, out: str, env_extra: dict[str, str] | None = None,
+               extra_args: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env_extra or {})}
-    done = subprocess.run([sys.executable, "-m", module, "--smoke", "--out", out], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900, check=False)
+    done = subprocess.run([sys.executable, "-m", module, "--smoke", "--out", out, *extra_args], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=900, check=False)
     assert done.returncode == 0, f"{module} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done
 
@@ -68,7 +69,8 @@ def test_perf_smoke(tmp_path):
 @pytest.mark.slow
 def test_quality_smoke(tmp_path):
     out = str(tmp_path / "quality")
-    run_module("benchmarks.quality", out, {"FTPLUGINS_BENCH_CACHE": str(tmp_path / "cache")})
+    run_module("benchmarks.quality", out, {"FTPLUGINS_BENCH_CACHE": str(tmp_path / "cache")},
+               ("--scenario", "all"))
     with open(os.path.join(out, "quality.json")) as handle:
         result = json.load(handle)
     with open(os.path.join(out, "quality.md")) as handle:
@@ -82,6 +84,22 @@ def test_quality_smoke(tmp_path):
     assert set(summary["full"]["per_seed"][0]["retention_per_task"]) == set(result["config"]["pretrain"]["tasks"])
     verdicts = {c["claim"]: c["verdict"] for c in result["claims"]}
     assert verdicts["masked_thought>sft"] in ("reproduced", "NOT reproduced")
-    assert verdicts["many_icl>last-answer"] == "not measured yet"
+    # Every scenario ran at smoke size: its rows have numbers, its claims a verdict, its table is in the report.
+    sys.path.insert(0, ROOT)
+    from benchmarks.quality.claims import CLAIMS
+    from benchmarks.quality.scenarios import MODULES
+
+    assert set(result["scenarios"]) == set(MODULES)
+    for name, scenario in result["scenarios"].items():
+        assert scenario["rows"], name
+        for row_name, row in scenario["rows"].items():
+            assert any(finite(row.get(f"{key}_mean")) for key, _ in scenario["metrics"]), (name, row_name)
+        assert f"## Scenario `{name}`" in markdown
+    decided = ("reproduced", "NOT reproduced", "not measured yet")
+    for claim in CLAIMS:
+        assert verdicts[claim.key] in decided, claim.key
+        if claim.scenario in MODULES:
+            detail = next(c["detail"] for c in result["claims"] if c["claim"] == claim.key)
+            assert "not built" not in detail and "was not run" not in detail, (claim.key, detail)
     # The pre-trained model is cached: a second build of the same configuration is not trained again.
     assert any(name.startswith("pretrained-") for name in os.listdir(tmp_path / "cache"))

@@ -5,6 +5,7 @@ Examples::
     python -m benchmarks.quality --smoke --out /tmp/quality     # what CI runs: seconds
     python -m benchmarks.quality                                # 3 seeds, every quality row
     python -m benchmarks.quality --methods masked_thought --seeds 5
+    python -m benchmarks.quality --scenario alignment,grafting   # other experiments (``all``: every one)
 
 A tiny Llama is pre-trained on synthetic procedural tasks (copy, reverse, counting, addition with
 and without written steps; cached after the first build), then fine-tuned on a held-out target
@@ -22,7 +23,7 @@ from dataclasses import asdict, replace
 from typing import Any
 
 from benchmarks import common, methods
-from benchmarks.quality import claims, report, tasks
+from benchmarks.quality import claims, report, scenarios, tasks
 from benchmarks.quality.finetune import FinetuneConfig, finetune_once, load_pretrained, score, train_rows
 from benchmarks.quality.pretrain import PretrainConfig, pretrained
 
@@ -56,9 +57,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, help="fine-tuning steps per method")
     parser.add_argument("--train-examples", type=int, help="target-task training examples per seed")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads")
+    parser.add_argument("--scenario", default="target",
+                        help=f"comma-separated experiments to run (default target; 'all': every one): "
+                             f"{', '.join(scenarios.NAMES)}")
     args = parser.parse_args(argv)
     if args.seeds is None:
         args.seeds = 1 if args.smoke else 3
+    args.scenarios = scenarios.parse(args.scenario)
     return args
 
 
@@ -100,7 +105,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     seeds = list(range(args.seeds))
 
     specs, skipped = [], {}
-    for spec in methods.select(args.methods, "quality", args.baselines):
+    selected = methods.select(args.methods, "quality", args.baselines) if "target" in args.scenarios else []
+    for spec in selected:
         reason = methods.unavailable_reason(spec)
         if reason is None:
             specs.append(spec)
@@ -140,6 +146,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   f"loss {result['final_loss']:.3f}  ({result['train_seconds']:.0f} s)")
 
     summary = summarize(runs, before, specs)
+    from benchmarks.quality.pretrain import cache_root
+    from benchmarks.quality.scenarios._common import Context
+
+    scenario_results: dict[str, Any] = {}
+    for name in args.scenarios:
+        if name == "target":
+            continue
+        module = scenarios.module(name)
+        print(f"scenario {name}: {module.TITLE}")
+        scenario_started = time.perf_counter()
+        ctx = Context(folder=folder, key=record["key"], pretrain=pre_config, seeds=seeds, smoke=args.smoke,
+                      cache_root=cache_root())
+        scenario_results[name] = {"title": module.TITLE, "design": module.DESIGN, **module.run(ctx),
+                                  "elapsed_s": time.perf_counter() - scenario_started}
     machine = common.machine_info("cpu")
     result = {
         "harness": "quality",
@@ -148,15 +168,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "pretrained": {"folder": os.path.relpath(folder, common.REPO_ROOT), "key": record["key"], "parameters": record["parameters"],
                        "build_seconds": record["seconds"], "accuracy": record["accuracy"]},
         "summary": summary,
-        "claims": claims.verdicts(summary, skipped, scenarios={"target"}),
+        "scenarios_run": args.scenarios,
+        "scenarios": scenario_results,
+        "claims": claims.verdicts(summary, skipped, scenarios=set(args.scenarios),
+                                  scenario_results=scenario_results),
         "skipped": skipped,
         "elapsed_s": time.perf_counter() - started,
     }
     common.write_json(os.path.join(out, "quality.json"), result)
     common.write_text(os.path.join(out, "quality.md"), report.markdown(result))
-    png = report.plot(result, os.path.join(out, "quality.png"))
+    # The plot shows the target scenario's method table; scenario-only runs have none to show.
+    png = report.plot(result, os.path.join(out, "quality.png")) if "target" in args.scenarios else None
     print(report.markdown(result))
-    print(f"wrote {out}/quality.json, quality.md" + (", quality.png" if png else " (no PNG: pip install matplotlib)"))
+    print(f"wrote {out}/quality.json, quality.md" + (", quality.png" if png else
+          " (no PNG: pip install matplotlib)" if "target" in args.scenarios else ""))
     return result
 
 

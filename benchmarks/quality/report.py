@@ -32,20 +32,42 @@ def markdown(result: dict[str, Any]) -> str:
         f"{config['seeds']}; scored on {ft['eval_target']} held-out target prompts and {ft['eval_retention']} "
         "held-out prompts of each pre-training task (exact match of greedy answers).\n\n"),
     ]
-    rows = []
-    for name, row in result["summary"].items():
-        rows.append([f"`{name}`", _pm(row, "target"), _pm(row, "retention"), _pm(row, "forgetting"),
-                     fmt(row.get("learning_rate"), ".0e"), f"{row.get('trainable_params', 0):,}", row.get("note", "")])
-    out.append(markdown_table(["method", "target acc.", "retention", "forgetting", "lr", "trainable params", "what"],
-                              rows))
-    out.append("\n`pretrained` is the model before fine-tuning (its retention is the reference; forgetting = "
-               "its retention − the row's).\n\n## Claims\n\n")
+    if "target" not in result.get("scenarios_run", ["target"]):
+        out[-1] = f"Scenarios run: {', '.join(result['scenarios_run'])} (not the `target` method table); seeds " \
+                  f"{config['seeds']}.\n\n"
+    else:
+        rows = []
+        for name, row in result["summary"].items():
+            rows.append([f"`{name}`", _pm(row, "target"), _pm(row, "retention"), _pm(row, "forgetting"),
+                         fmt(row.get("learning_rate"), ".0e"), f"{row.get('trainable_params', 0):,}",
+                         row.get("note", "")])
+        out.append(markdown_table(["method", "target acc.", "retention", "forgetting", "lr", "trainable params",
+                                   "what"], rows))
+        out.append("\n`pretrained` is the model before fine-tuning (its retention is the reference; forgetting = "
+                   "its retention − the row's).\n\n")
+    out += scenario_sections(result)
+    out.append("## Claims\n\n")
     out.append(markdown_table(["claim", "verdict", "numbers / reason", "paper"],
                               [[v["text"], f"**{v['verdict']}**", v["detail"], v["paper"]] for v in result["claims"]]))
     if result.get("skipped"):
         out.append("\n## Skipped rows\n\n")
         out += [f"- `{name}`: {reason}\n" for name, reason in result["skipped"].items()]
     return "".join(out)
+
+
+def scenario_sections(result: dict[str, Any]) -> list[str]:
+    """One section per scenario run besides ``target``: its design and a row × metric table (mean ± std)."""
+    out = []
+    for name, scenario in (result.get("scenarios") or {}).items():
+        metrics = scenario["metrics"]
+        out.append(f"## Scenario `{name}`: {scenario['title']}\n\n{scenario['design']}\n\n")
+        rows = []
+        for row_name, row in scenario["rows"].items():
+            cells = [_pm(row, key) if f"{key}_mean" in row else "–" for key, _ in metrics]
+            rows.append([f"`{row_name}`", *cells, str(len(row.get("per_seed", []))), row.get("note", "")])
+        out.append(markdown_table(["row", *[label for _, label in metrics], "seeds", "what"], rows))
+        out.append(f"\n({scenario.get('elapsed_s', float('nan')):.0f} s)\n\n")
+    return out
 
 
 def plot(result: dict[str, Any], path: str) -> str | None:

@@ -1,0 +1,36 @@
+"""The quality harness's scenarios beyond ``target``: one module each, selected with ``--scenario``.
+
+Each module exposes ``NAME`` (the claims' scenario key), ``TITLE``, ``DESIGN`` and ``run(ctx)``; see
+:mod:`._common` for the result's shape.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+#: scenario name -> module (imported when run). ``target`` is the method table of ``__main__`` itself.
+MODULES = {
+    "alignment": "benchmarks.quality.scenarios.alignment",
+    "many-shot": "benchmarks.quality.scenarios.many_shot",
+    "grafting": "benchmarks.quality.scenarios.grafting",
+    "composition": "benchmarks.quality.scenarios.composition",
+    "minilm-classification": "benchmarks.quality.scenarios.minilm_classification",
+}
+NAMES = ["target", *MODULES]
+
+
+def module(name: str):
+    return importlib.import_module(MODULES[name])
+
+
+def parse(value: str | None) -> list[str]:
+    """``--scenario`` (comma-separated names, or ``all``) -> the scenario names, in the table's order."""
+    if not value:
+        return ["target"]
+    wanted = [v.strip() for v in value.split(",") if v.strip()]
+    if "all" in wanted:
+        return list(NAMES)
+    unknown = [w for w in wanted if w not in NAMES]
+    if unknown:
+        raise SystemExit(f"--scenario {','.join(unknown)}: no such scenario; scenarios are {', '.join(NAMES)}, all")
+    return [n for n in NAMES if n in wanted]

@@ -1,0 +1,113 @@
+"""What the scenarios share: one SFT run through ``ftplugins.compose``, greedy decoding, mean ± std rows.
+
+A scenario is a module of this package with ``NAME`` (the claims' ``scenario`` key), ``TITLE``,
+``DESIGN`` (one paragraph for the report) and ``run(ctx) -> dict`` returning
+``{"rows": {row: {"<metric>_mean", "<metric>_std", "per_seed", "note"}}, "metrics": [[key, label], ...],
+"config": {...}, "extra": {...}}``; :mod:`benchmarks.quality.claims` reads the rows.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from benchmarks import common
+
+
+@dataclass
+class Context:
+    """What ``__main__`` hands a scenario: the pre-trained decoder and the run's size."""
+
+    folder: str  # the pre-trained decoder (save_pretrained folder, tokenizer included)
+    key: str  # its cache key
+    pretrain: Any  # the PretrainConfig
+    seeds: list[int]
+    smoke: bool
+    cache_root: str
+    log: Any = print
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def load(folder: str):
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    return LlamaForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+
+
+def sft(model, tokenizer, rows: list[dict[str, Any]], *, steps: int, lr: float, seed: int, batch_size: int = 16,
+        plugins: Sequence[Any] = (), options: dict[str, Any] | None = None, max_length: int = 64,
+        peft_config: Any = None, keep_dir: str | None = None, schedule: str = "cosine"):
+    """Train ``model`` in place on ``rows`` (prompt/completion[/extra columns]) with ``compose(SFTTrainer, plugins)``.
+
+    Returns the trainer (``trainer.model`` is the trained model; ``trainer.ftplugins_run`` its plugin run).
+    ``keep_dir``: the output folder (the plugins' artifacts stay there); default a temporary one.
+    """
+    from datasets import Dataset
+    from transformers.trainer_callback import PrinterCallback
+    from trl import SFTConfig, SFTTrainer
+
+    import ftplugins
+
+    trainer_cls = ftplugins.compose(SFTTrainer, list(plugins), **(options or {}))
+    with tempfile.TemporaryDirectory(prefix="ftplugins-scenario-") as tmp:
+        output_dir = keep_dir or tmp
+        args = SFTConfig(
+            output_dir=output_dir, use_cpu=True, bf16=False, report_to="none", save_strategy="no",
+            max_steps=steps, per_device_train_batch_size=batch_size, per_device_eval_batch_size=64,
+            learning_rate=lr, lr_scheduler_type=schedule, warmup_steps=max(1, steps // 10), weight_decay=0.0,
+            logging_steps=max(1, steps // 5), disable_tqdm=True, seed=seed, data_seed=seed, max_length=max_length,
+            dataloader_num_workers=0,
+        )
+        kwargs = {"peft_config": peft_config} if peft_config is not None else {}
+        trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                              processing_class=tokenizer, **kwargs)
+        trainer.remove_callback(PrinterCallback)
+        started = time.perf_counter()
+        trainer.train()
+        trainer.train_seconds = time.perf_counter() - started
+    return trainer
+
+
+def final_loss(trainer) -> float:
+    return next((e["loss"] for e in reversed(trainer.state.log_history) if "loss" in e), math.nan)
+
+
+def greedy(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int, batch_size: int = 128) -> list[str]:
+    """Greedy completions (special tokens skipped, stopped at EOS) of already tokenized prompts, left-padded."""
+    import torch
+
+    model.eval()
+    pad = tokenizer.pad_token_id
+    out_texts: list[str] = []
+    for start in range(0, len(prompt_ids), batch_size):
+        chunk = prompt_ids[start : start + batch_size]
+        width = max(len(r) for r in chunk)
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in chunk])
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in chunk])
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+        out_texts += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+    return out_texts
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def summarize_rows(per_seed: dict[str, list[dict[str, Any]]], metrics: list[str],
+                   notes: dict[str, str] | None = None) -> dict[str, Any]:
+    """``{row: {"<metric>_mean", "<metric>_std", "per_seed", "note"}}`` from per-seed results."""
+    out: dict[str, Any] = {}
+    for name, seeds in per_seed.items():
+        entry: dict[str, Any] = {"note": (notes or {}).get(name, ""), "per_seed": seeds}
+        for metric in metrics:
+            values = [s[metric] for s in seeds if metric in s]
+            if values:
+                entry[f"{metric}_mean"], entry[f"{metric}_std"] = common.mean_std(values)
+        out[name] = entry
+    return out
