@@ -80,7 +80,7 @@ def test_plugin_module_does_not_import_torch_and_options_parse():
 
 @pytest.mark.parametrize("options", [
     {"lt_sft_k": 0}, {"lt_sft_proportion": 0.0}, {"lt_sft_proportion": 1.5}, {"lt_sft_phase1_steps": 0},
-    {"lt_sft_iterations": 2}, {"lt_sft_l1": -0.1}, {"lt_sft_kk": 3},
+    {"lt_sft_iterations": 0}, {"lt_sft_l1": -0.1}, {"lt_sft_kk": 3},
 ])
 def test_bad_options_are_refused(options):
     from trl import SFTTrainer
@@ -199,6 +199,49 @@ def test_the_ticket_is_the_top_k_of_phase_one(tmp_path):
     masks = select(diffs, K)
     overlap = sum(int(masks[n].view(-1)[ticket[n]].sum()) for n in ticket)
     assert overlap >= 0.9 * K  # same data and schedule; summation order may differ in the last bits
+
+
+def test_iterations_grow_the_ticket_in_k_over_n_shares_and_the_delta_is_from_theta0(tmp_path):
+    from ftplugins.methods.lt_sft import training
+
+    phases = []
+    real_loop = training.run_loop
+    real_select = training.global_topk_indices
+
+    def loop(trainer, model, optimizer, steps):
+        phases.append(("sparse" if isinstance(optimizer, training.SparseAdamW) else "full", steps))
+        return real_loop(trainer, model, optimizer, steps)
+
+    shares = []
+
+    def select(diffs, k):
+        chosen = real_select(diffs, k)
+        shares.append(chosen)
+        return chosen
+
+    training.run_loop, training.global_topk_indices = loop, select
+    try:
+        trainer = lt_train(tmp_path, options={"lt_sft_iterations": 3, "lt_sft_k": 301})
+    finally:
+        training.run_loop, training.global_topk_indices = real_loop, real_select
+    # iterations 1 and 2 run phase 1 and phase 2 before the Trainer's loop; iteration 3's phase 2 is the loop
+    assert phases == [("full", 3), ("sparse", 3), ("full", 3), ("sparse", 3), ("full", 3)]
+    assert [sum(c.numel() for c in chosen.values()) for chosen in shares] == [100, 100, 101]  # K/n each
+    state = trainer.ftplugins_run.state["lt_sft"]
+    for name, indices in state["selection"].items():
+        parts = [set(chosen[name].tolist()) for chosen in shares]
+        assert set(indices.tolist()) == set().union(*parts), name
+        assert sum(len(p) for p in parts) == indices.numel(), name  # disjoint: only unselected entries are added
+    assert sum(i.numel() for i in state["selection"].values()) == 301
+    # entries never selected are bitwise θ0; the delta is θ_final - θ0 (earlier iterations' moves included)
+    for name, param in trainer.model.named_parameters():
+        if name == HEAD:
+            continue
+        moved = (param.detach() != trainer.initial[name]).view(-1).nonzero().view(-1)
+        assert set(moved.tolist()) <= set(state["selection"][name].tolist()), name
+    delta = load_delta(str(tmp_path / "sparse_delta.safetensors"))
+    applied = apply_delta({n: t.clone() for n, t in trainer.initial.items()}, delta)
+    assert all(torch.equal(applied[n], p) for n, p in trainer.model.named_parameters())
 
 
 def test_l1_pulls_toward_theta0(tmp_path):

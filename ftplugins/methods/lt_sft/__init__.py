@@ -16,8 +16,9 @@ Differences from the reference (cambridgeltl/composable-sft), on purpose:
   reference multiplies gradients by the mask, which leaves weight decay free to move them).
 * The delta keeps every nonzero change in fp64 (the reference drops |Δ| <= 1e-7 and stores fp32),
   so apply / revert / compose are exact.
-* Phase 1 is a compact loop inside the Trainer's optimizer creation, not a second Trainer run; only
-  ``lt_sft_iterations=1`` (the reference default) is supported.
+* Phase 1 is a compact loop inside the Trainer's optimizer creation, not a second Trainer run. With
+  ``lt_sft_iterations=n > 1`` the first n-1 iterations (phase 1, K/n more entries, reset, phase 2 on all
+  masks so far) run there too, and the Trainer's loop is the last phase 2; the delta is still θ - θ0.
 
 This module imports no torch; the pieces are imported inside the hooks.
 """
@@ -82,7 +83,7 @@ class LtSftPlugin(Plugin):
 
     @hookimpl
     def create_optimizer(self, run, model, args):
-        from .training import build_optimizer, find_ticket, placeholder_selection
+        from .training import build_optimizer, find_ticket, placeholder_selection, restore_origin
 
         state = run.state.get(STATE_KEY, {})
         if "targets" not in state:
@@ -94,7 +95,9 @@ class LtSftPlugin(Plugin):
         else:
             state.update(find_ticket(run.trainer, model, options, state["targets"]))
             selection = state["selection"]
-        return build_optimizer(model, args, options, state["targets"], selection)
+        optimizer = build_optimizer(model, args, options, state["targets"], selection)
+        restore_origin(optimizer, state.get("origin") or {})  # earlier iterations trained some entries already
+        return optimizer
 
     @hookimpl
     def post_train(self, run, trainer):

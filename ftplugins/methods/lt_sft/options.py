@@ -32,8 +32,9 @@ class LtSftOptions:
     )
     lt_sft_iterations: int = field(
         default=1,
-        metadata={"help": "n: iterations of (phase 1, select K/n more entries, reset, phase 2). Only 1 (the "
-                          "reference default) is supported so far."},
+        metadata={"help": "n: iterations of (phase 1, select K/n more entries, reset, phase 2 on every entry selected "
+                          "so far); the first n-1 run before the Trainer's loop, which is the last phase 2 (1: the "
+                          "reference default)."},
     )
     lt_sft_l1: float = field(
         default=0.0,
@@ -53,5 +54,5 @@ class LtSftOptions:
             raise ValueError(f"--lt_sft_proportion {self.lt_sft_proportion!r}: expected a fraction in (0, 1]")
         if self.lt_sft_phase1_steps != -1:
             check_range("lt_sft_phase1_steps", self.lt_sft_phase1_steps, 1, _MANY)
-        check_range("lt_sft_iterations", self.lt_sft_iterations, 1, 1)
+        check_range("lt_sft_iterations", self.lt_sft_iterations, 1, 1000)
         check_range("lt_sft_l1", self.lt_sft_l1, 0.0, _MANY)

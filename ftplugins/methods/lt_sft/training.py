@@ -26,9 +26,8 @@ import torch
 from torch import nn
 
 from ftplugins.errors import FtpluginsError, UnsupportedModelError
-from ftplugins.sparse.optimizer import SparseAdamW
-
-from .selection import select_indices
+from ftplugins.sparse.optimizer import SparseAdamW, release_grad_hooks
+from ftplugins.sparse.selection import global_topk_indices
 
 logger = logging.getLogger("ftplugins.lt_sft")
 
@@ -86,8 +85,6 @@ def phase2_steps(trainer: Any) -> int:
 
 def run_phase1(trainer: Any, model: nn.Module, names: list[str], steps: int) -> None:
     """Full fine-tuning of ``names`` for ``steps`` optimizer steps (a loop of its own, not the Trainer's)."""
-    from transformers import get_scheduler
-
     args = trainer.args
     params = dict(model.named_parameters())
     decay = set(trainer.get_decay_parameter_names(model))
@@ -95,23 +92,33 @@ def run_phase1(trainer: Any, model: nn.Module, names: list[str], steps: int) -> 
               {"params": [params[n] for n in names if n not in decay], "weight_decay": 0.0}]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=args.learning_rate,
                                   betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
+    run_loop(trainer, model, optimizer, steps)
+
+
+def run_loop(trainer: Any, model: nn.Module, optimizer: Any, steps: int) -> None:
+    """``steps`` optimizer steps of ``optimizer`` over the Trainer's dataloader and ``compute_loss``, with the
+    Trainer's gradient accumulation, clipping, warm-up and schedule type (a scheduler of its own)."""
+    from transformers import get_scheduler
+
+    args = trainer.args
     scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.get_warmup_steps(steps),
                               num_training_steps=steps, scheduler_specific_kwargs=args.lr_scheduler_kwargs or {})
     dataloader = trainer.get_train_dataloader()
     batches = iter(dataloader)
     accumulation = max(1, int(args.gradient_accumulation_steps))
+    sparse = isinstance(optimizer, SparseAdamW)  # clips its compact gradients itself
     was_training = model.training
     model.train()
     for _ in range(steps):
         for _ in range(accumulation):
             try:
                 batch = next(batches)
-            except StopIteration:  # phase 1 longer than an epoch: the next epoch
+            except StopIteration:  # a phase longer than an epoch: the next epoch
                 batches = iter(dataloader)
                 batch = next(batches)
             loss = trainer.compute_loss(model, trainer._prepare_inputs(batch))
             (loss / accumulation).backward()
-        if args.max_grad_norm and args.max_grad_norm > 0:
+        if not sparse and args.max_grad_norm and args.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
                                            args.max_grad_norm)
         optimizer.step()
@@ -120,7 +127,7 @@ def run_phase1(trainer: Any, model: nn.Module, names: list[str], steps: int) -> 
     model.train(was_training)
     metrics = getattr(trainer, "_metrics", None)
     if isinstance(metrics, dict) and "train" in metrics:
-        metrics["train"].clear()  # phase 1's token counts / accuracies are not phase 2's
+        metrics["train"].clear()  # these steps' token counts / accuracies are not the Trainer loop's
 
 
 def build_optimizer(model: nn.Module, args: Any, options: Any, targets: dict[str, list[str]],
@@ -151,19 +158,85 @@ def build_optimizer(model: nn.Module, args: Any, options: Any, targets: dict[str
 
 @torch.no_grad()
 def find_ticket(trainer: Any, model: nn.Module, options: Any, targets: dict[str, list[str]]) -> dict[str, Any]:
-    """Phase 1, the global top-K of |θ1 - θ_prev|, and the reset θ ← θ_prev; returns the masks (indices)."""
+    """Every iteration but the Trainer's last phase 2; returns the masks (indices) and θ0 where they trained.
+
+    Iteration i of n: snapshot θ_prev, phase 1 (full fine-tuning), add the K/n not-yet-selected entries
+    with the largest |θ - θ_prev| (= |θ - θ0| there: unselected entries never moved) to the masks,
+    reset θ ← θ_prev, then phase 2 on all masks so far with a fresh SparseAdamW and scheduler. The last
+    iteration's phase 2 is the Trainer's own loop (the optimizer returned by the hook).
+    """
     params = dict(model.named_parameters())
     names = targets["maskable"] + targets["head"]
-    before = {n: params[n].detach().clone() for n in names}  # θ_prev (= θ0 with one iteration)
     steps = options.lt_sft_phase1_steps if options.lt_sft_phase1_steps > 0 else phase2_steps(trainer)
-    with torch.enable_grad():
-        run_phase1(trainer, model, names, steps)
     k = budget(sum(params[n].numel() for n in targets["maskable"]), options)
-    selection = select_indices({n: (lambda n=n: params[n].detach() - before[n]) for n in targets["maskable"]}, k)
-    for name in names:
-        params[name].detach().copy_(before[name])  # phase 1's weights are discarded
-    logger.info("lt_sft: phase 1 ran %d steps; %d entries selected", steps, k)
-    return {"selection": selection, "phase1_steps": steps, "k": k}
+    iterations = options.lt_sft_iterations
+    selection: dict[str, torch.Tensor] = {}
+    origin: dict[str, tuple[torch.Tensor | None, torch.Tensor]] = {}
+    for iteration in range(iterations):
+        before = {n: params[n].detach().clone() for n in names}  # θ_prev (= θ0 in the first iteration)
+        with torch.enable_grad():
+            run_phase1(trainer, model, names, steps)
+        share = k * (iteration + 1) // iterations - k * iteration // iterations
+        added = global_topk_indices({n: _unselected_scores(params[n], before[n], selection.get(n))
+                                     for n in targets["maskable"]}, share)
+        for name in names:
+            params[name].detach().copy_(before[name])  # phase 1's weights are discarded
+        del before
+        selection = {n: _union(selection.get(n), added[n]) for n in targets["maskable"]}
+        if iteration < iterations - 1:
+            optimizer = build_optimizer(model, trainer.args, options, targets, selection)
+            restore_origin(optimizer, origin)
+            with torch.enable_grad():
+                run_loop(trainer, model, optimizer, phase2_steps(trainer))
+            origin = origin_of(optimizer)
+            release_grad_hooks(optimizer.trained_params())
+            del optimizer
+    logger.info("lt_sft: %d iteration(s), phase 1 of %d steps each; %d entries selected", iterations, steps, k)
+    return {"selection": selection, "origin": origin, "phase1_steps": steps, "k": k}
+
+
+def _unselected_scores(param: torch.Tensor, before: torch.Tensor, selected: torch.Tensor | None):
+    """|θ - θ_prev| (LT-SFT's score), with the entries already in the masks pushed below every candidate (-1)."""
+
+    def scores():
+        out = (param.detach() - before).abs()
+        if selected is not None and selected.numel():
+            out.view(-1).index_fill_(0, selected.long(), -1.0)
+        return out
+
+    return scores
+
+
+def _union(a: torch.Tensor | None, b: torch.Tensor) -> torch.Tensor:
+    return b if a is None or not a.numel() else torch.unique(torch.cat([a.long(), b.long()]), sorted=True)
+
+
+def origin_of(optimizer: SparseAdamW) -> dict[str, tuple[torch.Tensor | None, torch.Tensor]]:
+    """θ0 where ``optimizer`` trained: ``{name: (flat indices or None for dense, values)}`` (copies)."""
+    out = {}
+    for name, param in optimizer.named_params():
+        state = optimizer.state[param]
+        indices = state["origin_indices"]
+        out[name] = (None if indices is None else indices.clone(), state["origin_values"].clone())
+    return out
+
+
+def restore_origin(optimizer: SparseAdamW, origin: dict[str, tuple[torch.Tensor | None, torch.Tensor]]) -> None:
+    """Make a fresh optimizer's θ0 (taken from the current weights) the true θ0 where earlier iterations trained,
+    so that the delta and the L1 pull are measured from the base model, not from this phase's start."""
+    for name, param in optimizer.named_params():
+        if name not in origin:
+            continue
+        earlier, values = origin[name]
+        state = optimizer.state[param]
+        current = state["origin_indices"]
+        if current is None and earlier is None:
+            state["origin_values"].copy_(values)
+        elif current is None:
+            state["origin_values"].index_copy_(0, earlier.long(), values)
+        elif earlier is not None and earlier.numel():
+            at = torch.searchsorted(current.long(), earlier.long())
+            state["origin_values"].index_copy_(0, at, values)
 
 
 def placeholder_selection(model: nn.Module, targets: dict[str, list[str]]) -> dict[str, Any]:
