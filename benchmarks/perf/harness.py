@@ -206,17 +206,25 @@ def forward_seconds(model, input_ids, device: str, repeats: int) -> float:
 
 
 def state_bytes(optimizer) -> int:
-    """Bytes of every tensor the optimizer keeps between steps (moments, step counters, masks, ...)."""
+    """Bytes of every tensor the optimizer keeps between steps (moments, step counters, masks, ...); a tensor
+    shared by two state entries (the sparse engine's indices and origin indices) is counted once."""
     import torch
 
     inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps it
-    total = 0
+    seen, total = set(), 0
     for per_param in inner.state.values():
         values = per_param.values() if isinstance(per_param, dict) else [per_param]
         for value in values:
-            if isinstance(value, torch.Tensor):
+            if isinstance(value, torch.Tensor) and value.data_ptr() not in seen:
+                seen.add(value.data_ptr())
                 total += value.numel() * value.element_size()
     return total
+
+
+def sparse_engine_of(optimizer):
+    """The sparse engine's optimizer inside ``optimizer`` (it trains selected entries of whole tensors), or None."""
+    inner = getattr(optimizer, "optimizer", optimizer)
+    return inner if hasattr(inner, "selected_numel") else None
 
 
 def train_once(
@@ -277,6 +285,10 @@ def train_once(
         trainable = [p for p in trained.parameters() if p.requires_grad]
         result.trainable_params = sum(p.numel() for p in trainable)
         result.trainable_bytes = sum(p.numel() * p.element_size() for p in trainable)
+        engine = sparse_engine_of(trainer.optimizer)
+        if engine is not None:  # whole tensors require grad, only the selected entries train
+            result.trainable_params = engine.selected_numel()
+            result.trainable_bytes = result.trainable_params * 4  # the compact gradient, fp32
         result.optimizer_state_bytes = state_bytes(trainer.optimizer)
 
         if isinstance(trained, PeftModel):
