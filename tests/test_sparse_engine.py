@@ -510,3 +510,18 @@ def test_two_processes_train_like_one(tmp_path):
     for name in one:
         assert torch.equal(two[name], other[name]), name  # the ranks agree bitwise
         torch.testing.assert_close(two[name], one[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_freed_heap_is_returned_between_selections(monkeypatch):
+    """The engine trims the C heap after each CPU tensor's selection (a no-op where glibc is absent)."""
+    import sys
+
+    from ftplugins.sparse import heap, optimizer as engine
+
+    if sys.platform.startswith("linux"):
+        assert heap.release_freed_memory() is True
+    calls = []
+    monkeypatch.setattr(engine, "release_freed_memory", lambda: calls.append(1))
+    model = MLP()
+    SparseAdamW(list(model.named_parameters()), per_tensor(lambda w: topk_indices(w.abs(), 3)), lr=0.1)
+    assert len(calls) == len(list(model.parameters()))

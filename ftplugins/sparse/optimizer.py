@@ -45,6 +45,7 @@ from torch import nn
 
 from ftplugins.kernels.sparse_adamw import sparse_adamw_
 
+from .heap import release_freed_memory
 from .selection import SelectionRule, as_indices
 
 STATE_FORMAT = 1
@@ -150,6 +151,8 @@ class SparseAdamW(torch.optim.Optimizer):
         out = {}
         for name, param in named:
             indices = as_indices(raw[name], param.shape, name)
+            if param.device.type == "cpu":
+                release_freed_memory()  # the rule's temporaries for this tensor: see ftplugins.sparse.heap
             if indices is not None and indices.numel() == param.numel():
                 indices = None  # every entry: dense state, no index list (8 bytes an entry saved)
             # Compacted at once: a model's worth of int64 lists would outweigh the int32 ones kept.
