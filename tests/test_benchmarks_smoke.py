@@ -103,3 +103,28 @@ def test_quality_smoke(tmp_path):
             assert "not built" not in detail and "was not run" not in detail, (claim.key, detail)
     # The pre-trained model is cached: a second build of the same configuration is not trained again.
     assert any(name.startswith("pretrained-") for name in os.listdir(tmp_path / "cache"))
+
+
+@pytest.mark.slow
+def test_quality_lr_sweep_smoke(tmp_path):
+    """``--lr-sweep`` picks each swept row's learning rate on a validation split and records the whole sweep."""
+    out = str(tmp_path / "quality")
+    run_module("benchmarks.quality", out, {"FTPLUGINS_BENCH_CACHE": str(tmp_path / "cache")},
+               ("--methods", "ssf", "--baselines", "full", "--lr-sweep", "full=1e-4,3e-4;ssf=1e-2,3e-2"))
+    with open(os.path.join(out, "quality.json")) as handle:
+        result = json.load(handle)
+    with open(os.path.join(out, "quality.md")) as handle:
+        markdown = handle.read()
+
+    sweep = result["lr_sweep"]
+    assert sweep["val_examples"] > 0
+    for name, candidates in (("full", ["1e-04", "3e-04"]), ("ssf", ["1e-02", "3e-02"])):
+        row = sweep["rows"][name]
+        assert row["candidates"] == candidates and row["chosen"] in candidates
+        for entry in row["per_lr"].values():
+            assert finite(entry["val_target_mean"]) and finite(entry["target_mean"]), (name, entry)
+            assert len(entry["per_seed"]) == len(result["config"]["seeds"])
+        # The table row (and the claims) use the chosen learning rate's runs.
+        assert result["summary"][name]["learning_rate"] == row["chosen_lr"]
+    assert "## Learning-rate sweep" in markdown
+    assert os.path.exists(os.path.join(out, "lr-sweep-runs.jsonl"))

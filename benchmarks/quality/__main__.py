@@ -6,6 +6,7 @@ Examples::
     python -m benchmarks.quality                                # 3 seeds, every quality row
     python -m benchmarks.quality --methods masked_thought --seeds 5
     python -m benchmarks.quality --scenario alignment,grafting   # other experiments (``all``: every one)
+    python -m benchmarks.quality --methods lift-5pct --baselines full --lr-sweep "full=1e-4,3e-4,1e-3;lift-5pct=3e-4,1e-3,3e-3"
 
 A tiny Llama is pre-trained on synthetic procedural tasks (copy, reverse, counting, addition with
 and without written steps; cached after the first build), then fine-tuned on a held-out target
@@ -23,7 +24,7 @@ from dataclasses import asdict, replace
 from typing import Any
 
 from benchmarks import common, methods
-from benchmarks.quality import claims, report, scenarios, tasks
+from benchmarks.quality import claims, lr_sweep, report, scenarios, tasks
 from benchmarks.quality.finetune import FinetuneConfig, finetune_once, load_pretrained, score, train_rows
 from benchmarks.quality.pretrain import PretrainConfig, pretrained
 
@@ -60,7 +61,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--scenario", default="target",
                         help=f"comma-separated experiments to run (default target; 'all': every one): "
                              f"{', '.join(scenarios.NAMES)}")
+    parser.add_argument("--lr-sweep", metavar="ROW=LR,LR[;ROW=LR,...]",
+                        help="train each named row at every candidate learning rate and keep the one with the best "
+                             "mean validation target accuracy (held-out prompts disjoint from train and test; tie: "
+                             "the lower lr); the table and the claims use its test numbers, the whole sweep goes to "
+                             "quality.json / quality.md. Named rows must be selected (--methods / --baselines)")
+    parser.add_argument("--val-examples", type=int,
+                        help="validation target prompts of --lr-sweep (default 100; smoke 4)")
     args = parser.parse_args(argv)
+    args.lr_sweep = lr_sweep.parse(args.lr_sweep)
+    if args.val_examples is None:
+        args.val_examples = 4 if args.smoke else 100
     if args.seeds is None:
         args.seeds = 1 if args.smoke else 3
     args.scenarios = scenarios.parse(args.scenario)
@@ -129,7 +140,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     del model
 
     runs: dict[str, list[dict[str, Any]]] = {}
-    for seed in seeds:
+    sweep_record: dict[str, Any] | None = None
+    if args.lr_sweep:
+        missing = [n for n in args.lr_sweep if n not in {s.name for s in specs} and n not in skipped]
+        if missing:
+            raise SystemExit(f"--lr-sweep names rows that are not selected: {', '.join(missing)} (add them to --methods)")
+        test_prompts = {r["prompt"] for r in target_test}
+        target_val = [r for r in tasks.held_out(ft_config.target, args.val_examples, seed=lr_sweep.VAL_SEED,
+                                                exclude=target_exclude | test_prompts)
+                      if r["prompt"] not in target_exclude | test_prompts]
+        print(f"lr sweep: {len(target_val)} validation target prompts (disjoint from train and test); "
+              f"{ {k: v for k, v in args.lr_sweep.items()} }")
+        runs, rows = lr_sweep.run(
+            specs, args.lr_sweep, seeds, out,
+            cache_key={"pretrained": record["key"], "finetune": asdict(ft_config), "val": args.val_examples,
+                       "val_seed": lr_sweep.VAL_SEED},
+            train=lambda spec, seed: finetune_once(spec, folder, ft_config, seed, target_test, retention_tasks,
+                                                   retention_exclude, target_val=target_val),
+            before_retention=before["retention"], skipped=skipped, full_lr=ft_config.full_lr)
+        specs = [s for s in specs if s.name in runs]
+        sweep_record = {"val_examples": len(target_val), "val_seed": lr_sweep.VAL_SEED,
+                        "rule": "the candidate with the highest mean validation target accuracy over the seeds "
+                                "(tie: the lower lr); the row's test numbers are that lr's",
+                        "rows": rows}
+    for seed in seeds if not args.lr_sweep else []:
         for spec in specs:
             try:
                 result = finetune_once(spec, folder, ft_config, seed, target_test, retention_tasks, retention_exclude)
@@ -169,6 +203,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                        "build_seconds": record["seconds"], "accuracy": record["accuracy"]},
         "summary": summary,
         "scenarios_run": args.scenarios,
+        **({"lr_sweep": sweep_record} if sweep_record is not None else {}),
         "scenarios": scenario_results,
         "claims": claims.verdicts(summary, skipped, scenarios=set(args.scenarios),
                                   scenario_results=scenario_results),

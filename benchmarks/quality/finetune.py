@@ -55,8 +55,13 @@ def score(model, tokenizer, config: FinetuneConfig, target_test: list[dict[str, 
 
 
 def finetune_once(spec: MethodSpec, folder: str, config: FinetuneConfig, seed: int, target_test: list[dict[str, str]],
-                  retention_tasks: list[str], retention_exclude: set[str]) -> dict[str, Any]:
-    """Fine-tune a fresh copy of the pre-trained model with ``spec``; its scores and training record."""
+                  retention_tasks: list[str], retention_exclude: set[str],
+                  target_val: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    """Fine-tune a fresh copy of the pre-trained model with ``spec``; its scores and training record.
+
+    ``target_val`` (the learning-rate sweep's validation prompts, disjoint from train and test) adds
+    ``val_target``, the target accuracy on them, which picks the sweep's learning rate.
+    """
     from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback
     from trl import SFTConfig, SFTTrainer
@@ -84,6 +89,9 @@ def finetune_once(spec: MethodSpec, folder: str, config: FinetuneConfig, seed: i
     seconds = time.perf_counter() - started
     trained = trainer.model
     result = score(trained, tokenizer, config, target_test, retention_tasks, retention_exclude)
+    if target_val is not None:
+        result["val_target"] = accuracy(trained, tokenizer, target_val, tasks.TASKS[config.target],
+                                        max_new_tokens=config.max_new_tokens)
     result.update({
         "seed": seed,
         "learning_rate": learning_rate,

@@ -45,6 +45,7 @@ def markdown(result: dict[str, Any]) -> str:
                                    "what"], rows))
         out.append("\n`pretrained` is the model before fine-tuning (its retention is the reference; forgetting = "
                    "its retention − the row's).\n\n")
+        out += sweep_section(result)
     out += scenario_sections(result)
     out.append("## Claims\n\n")
     out.append(markdown_table(["claim", "verdict", "numbers / reason", "paper"],
@@ -53,6 +54,27 @@ def markdown(result: dict[str, Any]) -> str:
         out.append("\n## Skipped rows\n\n")
         out += [f"- `{name}`: {reason}\n" for name, reason in result["skipped"].items()]
     return "".join(out)
+
+
+def sweep_section(result: dict[str, Any]) -> list[str]:
+    """The ``--lr-sweep`` table: validation and test numbers per row and candidate learning rate."""
+    sweep = result.get("lr_sweep")
+    if not sweep:
+        return []
+    out = [(f"## Learning-rate sweep\n\nEach row's learning rate: {sweep['rule']}; validation: "
+            f"{sweep['val_examples']} held-out target prompts disjoint from the training and test prompts. The "
+            "table above shows the chosen lr's test numbers, and the claims are judged on them. **bold** = chosen.\n\n")]
+    rows = []
+    for name, row in sweep["rows"].items():
+        for key, entry in row["per_lr"].items():
+            mark = "**" if key == row["chosen"] else ""
+            rows.append([f"`{name}`", f"{mark}{key}{mark}", _pm(entry, "val_target"), _pm(entry, "target"),
+                         _pm(entry, "retention"), _pm(entry, "forgetting"),
+                         "default" if entry["learning_rate"] == row["default_lr"] else ""])
+    out.append(markdown_table(["row", "lr", "val target acc.", "test target acc.", "retention", "forgetting",
+                               "row's default lr"], rows))
+    out.append("\n")
+    return out
 
 
 def scenario_sections(result: dict[str, Any]) -> list[str]:
