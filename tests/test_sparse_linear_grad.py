@@ -112,3 +112,20 @@ def test_unrouting_and_a_dropped_optimizer_give_plain_linear_layers():
     gc.collect()
     model(torch.randn(2, 6)).sum().backward()  # routed layers fall back to autograd's own gradients
     assert model.up.weight.grad is not None and model.down.weight.grad is not None
+
+
+def test_a_deep_copy_of_a_routed_model_is_a_plain_model():
+    import copy
+
+    model = Net()
+    optimizer = SparseAdamW(list(model.named_parameters()), masks(model), lr=0.1)
+    route_linear_gradients(model, optimizer)
+    x = torch.randn(2, 6)
+    clone = copy.deepcopy(model)
+    torch.testing.assert_close(clone(x), model(x))
+    clone(x).sum().backward()  # the copy's weights are not the optimizer's: autograd's own .grad
+    assert clone.up.weight.grad is not None and clone.head.weight.grad is not None
+    model(x).sum().backward()
+    assert model.up.weight.grad is None  # the original is still routed
+    assert optimizer._grads
+

@@ -18,15 +18,14 @@ compact buffer. When the optimizer is gone, a routed layer is a plain ``Linear``
 
 from __future__ import annotations
 
+import functools
+import types
 import weakref
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-_ATTR = "_ftplugins_compact_grad"
-
 
 class _CompactGradLinear(torch.autograd.Function):
     @staticmethod
@@ -52,6 +51,11 @@ class _CompactGradLinear(torch.autograd.Function):
         return grad_x, None, grad_bias, None
 
 
+#: Routed layer -> weak reference to its optimizer. Kept outside the module, so a deep copy or an unpickled
+#: copy of a routed layer is a plain ``Linear`` (its gradients go to its own ``.grad``).
+_ROUTES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def route_linear_gradients(model: nn.Module, optimizer: Any) -> int:
     """Route the weight gradient of every plain ``nn.Linear`` whose weight ``optimizer`` trains to
     ``optimizer.add_linear_grad``; returns how many layers were routed. Reversible:
@@ -63,37 +67,35 @@ def route_linear_gradients(model: nn.Module, optimizer: Any) -> int:
         if type(module) is not nn.Linear or id(module.weight) not in trained:
             continue
         unroute(module)
-        module.forward = _routed_forward(module, ref)
-        setattr(module, _ATTR, True)
+        module.forward = types.MethodType(forward, module)
+        _ROUTES[module] = ref
         routed += 1
     return routed
 
 
-def _routed_forward(module: nn.Linear, ref: weakref.ref):
-    weight_ref = weakref.ref(module.weight)
-    plain = type(module).forward.__get__(module)
+def forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """A routed layer's forward (named ``forward`` so that pickling the bound method resolves to the
+    class's own forward when the layer is loaded again)."""
+    ref = _ROUTES.get(self)
+    owner = ref() if ref is not None else None
+    weight = self.weight
+    if owner is None or not torch.is_grad_enabled() or not weight.requires_grad or not owner.trains(weight):
+        return nn.Linear.forward(self, x)
+    return _CompactGradLinear.apply(x, weight, self.bias, functools.partial(_sink, ref, weight))
 
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        owner, weight = ref(), weight_ref()
-        if owner is None or weight is None or module.weight is not weight or not torch.is_grad_enabled() \
-                or not weight.requires_grad or not owner.trains(weight):
-            return plain(x)
 
-        def sink(grad_out_2d: torch.Tensor, x_2d: torch.Tensor) -> None:
-            live = ref()
-            if live is not None:
-                live.add_linear_grad(weight, grad_out_2d, x_2d)
-
-        return _CompactGradLinear.apply(x, weight, module.bias, sink)
-
-    return forward
+def _sink(ref: weakref.ref, weight: nn.Parameter, grad_out_2d: torch.Tensor, x_2d: torch.Tensor) -> None:
+    owner = ref()
+    if owner is not None:
+        owner.add_linear_grad(weight, grad_out_2d, x_2d)
 
 
 def unroute(module: nn.Module) -> None:
     """Give ``module`` its class's ``forward`` back (no-op when it was not routed)."""
-    if getattr(module, _ATTR, False):
+    _ROUTES.pop(module, None)
+    own = vars(module).get("forward")
+    if isinstance(own, types.MethodType) and own.__func__ is forward:
         del module.forward
-        delattr(module, _ATTR)
 
 
 def unroute_linear_gradients(model: nn.Module) -> None:
