@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+
 class _CompactGradLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, sink):
@@ -45,9 +46,10 @@ class _CompactGradLinear(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, weight = ctx.saved_tensors
         grad_out = grad_out.to(weight.dtype)
+        rows = grad_out.reshape(-1, grad_out.shape[-1])
         grad_x = grad_out.matmul(weight) if ctx.needs_input_grad[0] else None
-        grad_bias = grad_out.reshape(-1, grad_out.shape[-1]).sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        ctx.sink(grad_out.reshape(-1, grad_out.shape[-1]), x.reshape(-1, x.shape[-1]))
+        grad_bias = rows.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        ctx.sink(rows, x.reshape(-1, x.shape[-1]))
         return grad_x, None, grad_bias, None
 
 

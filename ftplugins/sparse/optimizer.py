@@ -518,7 +518,8 @@ class SparseAdamW(torch.optim.Optimizer):
         dist.broadcast(sizes, src=0)
         total = int(sizes.clamp(min=0).sum())
         if dist.get_rank() == 0 and total:
-            flat = torch.cat([selected[n].to(device=device, dtype=torch.int64) for n in names if selected[n] is not None])
+            flat = torch.cat([selected[n].to(device=device, dtype=torch.int64)
+                              for n in names if selected[n] is not None])
         else:
             flat = torch.empty(total, dtype=torch.int64, device=device)
         dist.broadcast(flat, src=0)
