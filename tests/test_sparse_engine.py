@@ -525,3 +525,24 @@ def test_freed_heap_is_returned_between_selections(monkeypatch):
     model = MLP()
     SparseAdamW(list(model.named_parameters()), per_tensor(lambda w: topk_indices(w.abs(), 3)), lr=0.1)
     assert len(calls) == len(list(model.parameters()))
+
+
+def test_trainer_sparse_adamw_takes_the_trainers_hyperparameters_and_trains_extras_dense(caplog):
+    from types import SimpleNamespace
+
+    from ftplugins.errors import FtpluginsError
+    from ftplugins.sparse.trainer import trainer_sparse_adamw
+
+    model = MLP()
+    args = SimpleNamespace(learning_rate=0.01, adam_beta1=0.8, adam_beta2=0.9, adam_epsilon=1e-6, weight_decay=0.1,
+                           max_grad_norm=0.0)
+    with caplog.at_level("WARNING", logger="ftplugins.demo"):
+        optimizer = trainer_sparse_adamw("demo", model, args, ["up.weight"], {"up.weight": torch.tensor([1, 2]),
+                                         "up.bias": None, "down.weight": None, "down.bias": None})
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["betas"], group["eps"], group["weight_decay"]) == (0.01, (0.8, 0.9), 1e-6, 0.1)
+    assert optimizer.max_grad_norm is None  # 0 disables clipping, as in the Trainer
+    assert [n for n, _ in optimizer.named_params()] == ["up.weight", "up.bias", "down.weight", "down.bias"]
+    assert "3 other trainable parameter(s) train dense" in caplog.text
+    with pytest.raises(FtpluginsError, match="demo: the model no longer has the weights it prepared"):
+        trainer_sparse_adamw("demo", model, args, ["gone.weight"], {})

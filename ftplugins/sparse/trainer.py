@@ -24,6 +24,7 @@ Put in front of a (TRL / transformers) trainer whose optimizer is a
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 
@@ -120,3 +121,38 @@ def save_trainer_delta(trainer: Any, method: str, metadata: dict[str, str]) -> s
         return None
     return save_optimizer_delta(optimizer, f"{trainer.args.output_dir}/{DELTA_FILE}",
                                 {"method": method, **metadata, "global_step": str(trainer.state.global_step)})
+
+
+def trainer_sparse_adamw(method: str, model: Any, args: Any, targets: list[str], selection: Any,
+                         **engine: Any) -> Any:
+    """A :class:`~ftplugins.sparse.optimizer.SparseAdamW` over ``targets`` (names a sparse method prepared)
+    with the Trainer's hyperparameters (lr, betas, eps, weight decay, clipping); ``engine`` goes to it as is.
+
+    Any other parameter that still requires grad (another plugin unfroze it) trains dense in the same
+    optimizer, with a warning, rather than silently not at all. Shared by every selection-rule method.
+    """
+    from ftplugins.errors import FtpluginsError
+
+    from .optimizer import SparseAdamW
+
+    params = dict(model.named_parameters())
+    missing = [n for n in targets if n not in params]
+    if missing:
+        raise FtpluginsError(f"{method}: the model no longer has the weights it prepared, e.g. {missing[:2]}; "
+                             f"a plugin after {method} replaced them")
+    wanted = set(targets)
+    others = [(n, p) for n, p in params.items() if p.requires_grad and n not in wanted]
+    if others:
+        logging.getLogger(f"ftplugins.{method}").warning(
+            "%s: %d other trainable parameter(s) train dense, e.g. %s", method, len(others), others[0][0])
+    max_grad_norm = getattr(args, "max_grad_norm", None)
+    return SparseAdamW(
+        [(n, params[n]) for n in targets] + others,
+        selection,
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_epsilon,
+        weight_decay=args.weight_decay,
+        max_grad_norm=max_grad_norm if max_grad_norm and max_grad_norm > 0 else None,
+        **engine,
+    )

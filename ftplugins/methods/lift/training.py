@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from torch import nn
@@ -10,10 +9,10 @@ from torch import nn
 from ftplugins.errors import FtpluginsError, UnsupportedModelError
 from ftplugins.sparse.optimizer import SparseAdamW
 from ftplugins.sparse.selection import per_tensor
+from ftplugins.sparse.trainer import trainer_sparse_adamw
 
 from .selection import select_indices
 
-logger = logging.getLogger("ftplugins.lift")
 
 
 def lift_targets(model: nn.Module) -> list[str]:
@@ -66,34 +65,14 @@ def build_optimizer(model: nn.Module, args: Any, options: Any, targets: list[str
     Any other parameter that still requires grad (another plugin unfroze it after lift) trains dense,
     in the same optimizer, rather than silently not at all.
     """
-    params = dict(model.named_parameters())
-    missing = [n for n in targets if n not in params]
-    if missing:
-        raise FtpluginsError(f"lift: the model no longer has the weights it prepared, e.g. {missing[:2]}; "
-                             "a plugin after lift replaced them")
-    named = [(n, params[n]) for n in targets]
-    others = [(n, p) for n, p in params.items() if p.requires_grad and n not in set(targets)]
-    if others:
-        logger.warning("lift: %d other trainable parameter(s) train dense, e.g. %s", len(others), others[0][0])
     seed = int(getattr(args, "seed", 0) or 0)
     rule = per_tensor(
         lambda weight: select_indices(weight, rank=options.lift_rank, density=options.lift_density,
                                       budget_rank=options.lift_budget_rank, svd=options.lift_svd, seed=seed),
         names=targets,
     )
-
-    max_grad_norm = getattr(args, "max_grad_norm", None)
-    return SparseAdamW(
-        named + others,
-        rule,
-        lr=args.learning_rate,
-        betas=(args.adam_beta1, args.adam_beta2),
-        eps=args.adam_epsilon,
-        weight_decay=args.weight_decay,
-        max_grad_norm=max_grad_norm if max_grad_norm and max_grad_norm > 0 else None,
-        refresh_interval=options.lift_interval,
-        track_origin=options.lift_save_delta,
-    )
+    return trainer_sparse_adamw("lift", model, args, targets, rule, refresh_interval=options.lift_interval,
+                                track_origin=options.lift_save_delta)
 
 
 def save_delta_of(trainer: Any, options: Any) -> str | None:

@@ -12,7 +12,7 @@ from transformers import TrainerCallback
 from ftplugins.errors import FtpluginsError, UnsupportedModelError
 from ftplugins.sparse.optimizer import SparseAdamW
 from ftplugins.sparse.selection import per_tensor
-from ftplugins.sparse.trainer import sparse_optimizer_of
+from ftplugins.sparse.trainer import sparse_optimizer_of, trainer_sparse_adamw
 
 from . import select
 
@@ -116,38 +116,19 @@ def build_optimizer(model: nn.Module, args: Any, options: Any, targets: list[str
     """A :class:`SparseAdamW` over the SaRA targets with the Trainer's hyperparameters (other parameters
     that still require grad, unfrozen by another plugin, train dense in the same optimizer)."""
     params = dict(model.named_parameters())
-    missing = [n for n in targets if n not in params]
-    if missing:
-        raise FtpluginsError(f"sara: the model no longer has the weights it prepared, e.g. {missing[:2]}; "
-                             "a plugin after sara replaced them")
-    target_set = set(targets)
-    named = [(n, params[n]) for n in targets]
-    others = [(n, p) for n, p in params.items() if p.requires_grad and n not in target_set]
-    if others:
-        logger.warning("sara: %d other trainable parameter(s) train dense, e.g. %s", len(others), others[0][0])
     threshold = options.sara_threshold
-    rule = per_tensor(lambda weight: select(weight, threshold), names=target_set)
-
+    rule = per_tensor(lambda weight: select(weight, threshold), names=targets)
     terms = []
     if options.sara_rank_lambda > 0:
         term = NuclearNormTerm(targets, options.sara_rank_lambda, options.sara_rank_min_dim,
                                int(getattr(args, "seed", 0) or 0))
-        if not any(min(params[n].shape) > options.sara_rank_min_dim for n in targets if params[n].dim() == 2):
+        if not any(min(params[n].shape) > options.sara_rank_min_dim
+                   for n in targets if n in params and params[n].dim() == 2):
             logger.warning("sara: no 2-D trained weight has min(dim) > sara_rank_min_dim=%d; the low-rank "
                            "regulariser is inactive", options.sara_rank_min_dim)
         terms.append(term)
-    max_grad_norm = getattr(args, "max_grad_norm", None)
-    optimizer = SparseAdamW(
-        named + others,
-        rule,
-        lr=args.learning_rate,
-        betas=(args.adam_beta1, args.adam_beta2),
-        eps=args.adam_epsilon,
-        weight_decay=args.weight_decay,
-        max_grad_norm=max_grad_norm if max_grad_norm and max_grad_norm > 0 else None,
-        track_origin=True,  # the nuclear norm acts on θ - θ0, and the delta is written from it
-        grad_terms=terms,
-    )
+    # track_origin: the nuclear norm acts on θ - θ0, and the delta is written from it
+    optimizer = trainer_sparse_adamw("sara", model, args, targets, rule, track_origin=True, grad_terms=terms)
     optimizer.sara_targets = list(targets)  # what the progressive stage shrinks (not dense extras)
     if optimizer.selected_numel() == 0:
         logger.warning("sara: no entry has |θ0| < sara_threshold=%g; nothing trains", threshold)
