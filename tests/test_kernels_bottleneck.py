@@ -194,6 +194,32 @@ def test_cpu_tensors_without_the_interpreter_use_the_reference(monkeypatch):
     assert type(node).__name__ != TRITON_NODE
 
 
+class _CudaLike:
+    is_cuda = True
+
+
+def test_gpu_policy_default_kernels_only_where_they_measured_faster(monkeypatch):
+    from ftplugins.kernels import bottleneck as bottleneck_dispatcher
+    from ftplugins.kernels.dispatch import use_triton
+
+    monkeypatch.delenv("TRITON_INTERPRET")
+    gpu = _CudaLike()
+    assert use_triton(gpu) and not use_triton(gpu, faster_on_gpu=False)
+    monkeypatch.setenv("FTPLUGINS_KERNELS", "all")
+    assert use_triton(gpu, faster_on_gpu=False)
+    monkeypatch.setenv("FTPLUGINS_KERNELS", "off")
+    assert not use_triton(gpu)
+    monkeypatch.setenv("FTPLUGINS_KERNELS", "fastest")
+    with pytest.raises(ValueError, match="auto .*all or off"):
+        use_triton(gpu)
+    monkeypatch.delenv("FTPLUGINS_KERNELS")
+    asked = []
+    monkeypatch.setattr(bottleneck_dispatcher, "use_triton", lambda *t, **kw: asked.append(kw) or False)
+    bottleneck_dispatcher.bottleneck_adapter(**make_inputs((3,), 8, 2, 8, residual=False, biases=False,
+                                                           scale="float"), activation="relu")
+    assert asked == [{"faster_on_gpu": False}]  # the fused adapter lost to cuBLAS on an H200
+
+
 @pytest.mark.parametrize("case", ["wide bottleneck", "2-d scale", "broadcast residual", "unknown activation"])
 def test_calls_the_kernel_does_not_take_fall_back_to_the_reference(case):
     b = 300 if case == "wide bottleneck" else 8

@@ -1,7 +1,8 @@
 """Optional fused kernels, each beside a pure-torch reference of the same signature.
 
 Every kernel is reached through a dispatcher that uses Triton on CUDA tensors when Triton is
-installed, and the torch reference otherwise (CPU, no Triton, or ``FTPLUGINS_KERNELS=off``).
+installed and the kernel measured faster than its reference on a GPU, and the torch reference otherwise
+(CPU, no Triton, ``FTPLUGINS_KERNELS=off``); ``FTPLUGINS_KERNELS=all`` uses every kernel (see ``dispatch``).
 Tests compare each Triton kernel with its reference on CPU under ``TRITON_INTERPRET=1``.
 
 This lives inside the ``ftplugins`` package rather than in a top-level ``kernels/`` folder
@@ -9,6 +10,6 @@ This lives inside the ``ftplugins`` package rather than in a top-level ``kernels
 ``kernels`` package that transformers probes for.
 """
 
-from .dispatch import kernels_enabled, use_triton
+from .dispatch import kernel_mode, kernels_enabled, use_triton
 
-__all__ = ["kernels_enabled", "use_triton"]
+__all__ = ["kernel_mode", "kernels_enabled", "use_triton"]

@@ -3,6 +3,10 @@
 The Triton kernel takes the calls it supports (see :func:`bottleneck_triton.supports`: bottleneck
 width up to 256, a scalar or per-output scale, fp32/fp16/bf16); any other call, CPU tensors without
 ``TRITON_INTERPRET=1``, a missing Triton and ``FTPLUGINS_KERNELS=off`` use the reference.
+
+Not on by default on CUDA: on an H200 the fused kernel measured 2-30x slower than the reference's cuBLAS
+products (its weight-gradient kernels reduce over every row in one program per column tile, too few programs
+for a large GPU; BENCHMARKS.md, "Kernels on a GPU"). ``FTPLUGINS_KERNELS=all`` still selects it.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ def bottleneck_adapter(
 ) -> torch.Tensor:
     """``residual + scale * up(act(down(x)))``; see :func:`bottleneck_adapter_reference`."""
     args = (x, down_weight, up_weight, scale, activation, residual, down_bias, up_bias)
-    if use_triton(x, down_weight, up_weight):
+    if use_triton(x, down_weight, up_weight, faster_on_gpu=False):
         try:
             from .bottleneck_triton import bottleneck_adapter_triton, supports
         except ImportError:  # the Triton kernel is optional

@@ -1,0 +1,152 @@
+"""``python -m benchmarks.perf.kernels``: the Triton kernels against their torch references on a GPU.
+
+Times, with CUDA events (median of ``--repeats`` after warm-up):
+
+* the sparse masked AdamW step over index lists (what LIFT / LT-SFT / SaRA run every step) for the selected
+  entries of an 85M-parameter model's linear weights at several densities: Triton fused kernel vs the torch
+  reference (index_select / index_copy_) vs ``torch.optim.AdamW(fused=True)`` on a dense tensor of the same
+  number of entries (a floor: no gather/scatter) vs the same fused AdamW on every weight (full fine-tuning);
+* the bottleneck adapter forward + backward (Triton fused vs the torch reference) at LLM shapes.
+
+Writes ``kernels.json`` and ``kernels.md`` to ``--out``. Needs CUDA and Triton.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+
+from benchmarks import common
+
+# The linear weights of the 85M Llama-shaped benchmark model (12 layers, d=768, FFN 2048).
+LINEAR_SHAPES = [(768, 768)] * 4 + [(2048, 768)] * 2 + [(768, 2048)]
+LAYERS = 12
+HYPER = dict(lr=1e-4, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01)
+
+
+def cuda_time_ms(fn, repeats: int, warmup: int = 5) -> float:
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return common.median(times)
+
+
+def sparse_adamw_rows(density: float, dtype: torch.dtype, repeats: int) -> dict:
+    from ftplugins.kernels.sparse_adamw_reference import sparse_adamw_reference
+    from ftplugins.kernels.sparse_adamw_triton import sparse_adamw_triton
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    tensors = []
+    for shape in LINEAR_SHAPES * LAYERS:
+        param = torch.randn(shape, device="cuda", generator=gen).to(dtype).view(-1)
+        k = max(1, int(density * param.numel()))
+        indices = torch.randperm(param.numel(), device="cuda", generator=gen)[:k].sort().values.to(torch.int32)
+        state = [torch.randn(k, device="cuda", generator=gen), torch.zeros(k, device="cuda"),
+                 torch.zeros(k, device="cuda")]
+        master = param[indices.long()].float() if dtype != torch.float32 else None
+        tensors.append((param, state[0], state[1], state[2], indices, master))
+    selected = sum(t[4].numel() for t in tensors)
+    total = sum(t[0].numel() for t in tensors)
+
+    def run(kernel):
+        def step():
+            for param, grad, m, v, idx, master in tensors:
+                kernel(param, grad, m, v, idx, master, **HYPER, step=3)
+        return step
+
+    dense_same = torch.nn.Parameter(torch.randn(selected, device="cuda"))
+    dense_same.grad = torch.randn(selected, device="cuda")
+    fused_same = torch.optim.AdamW([dense_same], lr=1e-4, fused=True)
+    full = [torch.nn.Parameter(torch.randn(s, device="cuda")) for s in LINEAR_SHAPES * LAYERS]
+    for p in full:
+        p.grad = torch.randn_like(p)
+    fused_full = torch.optim.AdamW(full, lr=1e-4, fused=True)
+    return {
+        "density": density, "dtype": str(dtype).removeprefix("torch."), "selected": selected, "weights": total,
+        "triton_ms": cuda_time_ms(run(sparse_adamw_triton), repeats),
+        "reference_ms": cuda_time_ms(run(sparse_adamw_reference), repeats),
+        "dense_same_count_fused_ms": cuda_time_ms(fused_same.step, repeats),
+        "dense_all_weights_fused_ms": cuda_time_ms(fused_full.step, repeats),
+    }
+
+
+def bottleneck_rows(tokens: int, d: int, b: int, dtype: torch.dtype, repeats: int) -> dict:
+    from ftplugins.kernels.bottleneck_reference import bottleneck_adapter_reference
+    from ftplugins.kernels.bottleneck_triton import bottleneck_adapter_triton
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+
+    def leaf(*shape, std=1.0):
+        return (std * torch.randn(shape, device="cuda", generator=gen)).to(dtype).requires_grad_()
+
+    x, residual = leaf(tokens, d), leaf(tokens, d)
+    down, up = leaf(b, d, std=d**-0.5), leaf(d, b, std=b**-0.5)
+    down_bias, up_bias, scale = leaf(b), leaf(d), leaf(d)
+    upstream = torch.randn(tokens, d, device="cuda", generator=gen).to(dtype)
+    args = (x, down, up, scale, "relu", residual, down_bias, up_bias)
+
+    def run(fn):
+        def step():
+            out = fn(*args)
+            torch.autograd.backward(out, upstream)
+        return step
+
+    return {"tokens": tokens, "d": d, "b": b, "dtype": str(dtype).removeprefix("torch."),
+            "triton_ms": cuda_time_ms(run(bottleneck_adapter_triton), repeats),
+            "reference_ms": cuda_time_ms(run(bottleneck_adapter_reference), repeats)}
+
+
+def markdown(result: dict) -> str:
+    lines = [f"Kernels on {result['machine']['device_name']} (torch {result['machine']['versions'].get('torch')}); "
+             f"`{result['machine']['command']}`\n",
+             "Sparse masked AdamW over the selected entries of an 85M model's 84 linear weights (one optimizer step):\n"]
+    lines.append(common.markdown_table(
+        ["density", "dtype", "selected", "Triton ms", "torch reference ms", "Triton speed-up",
+         "fused AdamW, same count dense ms", "fused AdamW, all weights ms"],
+        [[f"{r['density']:.0%}", r["dtype"], f"{r['selected']:,}", common.fmt(r["triton_ms"]),
+          common.fmt(r["reference_ms"]), f"{r['reference_ms'] / r['triton_ms']:.1f}×",
+          common.fmt(r["dense_same_count_fused_ms"]), common.fmt(r["dense_all_weights_fused_ms"])]
+         for r in result["sparse_adamw"]]))
+    lines.append("\nBottleneck adapter forward + backward (ReLU, residual, biases, per-output scale):\n")
+    lines.append(common.markdown_table(
+        ["tokens", "d", "b", "dtype", "Triton ms", "torch reference ms", "Triton speed-up"],
+        [[r["tokens"], r["d"], r["b"], r["dtype"], common.fmt(r["triton_ms"]), common.fmt(r["reference_ms"]),
+          f"{r['reference_ms'] / r['triton_ms']:.2f}×"] for r in result["bottleneck"]]))
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.perf.kernels", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=os.path.join(common.RESULTS_DIR, "kernels-gpu"))
+    parser.add_argument("--repeats", type=int, default=50)
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("benchmarks.perf.kernels needs a CUDA GPU (the CPU runs the kernels only under the "
+                         "Triton interpreter, which the tests use for correctness).")
+    os.environ.pop("TRITON_INTERPRET", None)
+    result = {
+        "machine": common.machine_info("cuda", packages=["triton"]),
+        "sparse_adamw": [sparse_adamw_rows(density, dtype, args.repeats)
+                         for density in (0.01, 0.05, 0.2) for dtype in (torch.float32, torch.bfloat16)],
+        "bottleneck": [bottleneck_rows(tokens, d, b, dtype, args.repeats)
+                       for tokens in (4096, 32768) for d, b in ((768, 48), (4096, 256))
+                       for dtype in (torch.float32, torch.bfloat16)],
+    }
+    os.makedirs(args.out, exist_ok=True)
+    common.write_json(os.path.join(args.out, "kernels.json"), result)
+    common.write_text(os.path.join(args.out, "kernels.md"), markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
