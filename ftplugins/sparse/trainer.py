@@ -123,6 +123,29 @@ def save_trainer_delta(trainer: Any, method: str, metadata: dict[str, str]) -> s
                                 {"method": method, **metadata, "global_step": str(trainer.state.global_step)})
 
 
+
+def prepare_sparse_targets(model: Any, method: str, names: list[str], looks_for: str) -> list[str]:
+    """Freeze everything but ``names`` (the method's target weights) after checking the model suits a sparse
+    method: no PEFT adapter on it (the engine trains the base's own weights) and at least one target.
+    ``looks_for`` says, for the error, which modules the method trains."""
+    from ftplugins.errors import FtpluginsError, UnsupportedModelError
+
+    if getattr(model, "peft_config", None):
+        raise FtpluginsError(
+            f"{method} trains the base model's own weights, and this model carries a PEFT adapter (a peft_config "
+            f"from --use_peft or another plugin); drop the adapter or the {method} plugin."
+        )
+    if not names:
+        model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+        raise UnsupportedModelError(
+            f"{method} found no weight to train in model type {model_type!r}: it looks for {looks_for} other than "
+            "the input/output embeddings (quantized layers do not count)."
+        )
+    wanted = set(names)
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in wanted)
+    return names
+
 def trainer_sparse_adamw(method: str, model: Any, args: Any, targets: list[str], selection: Any,
                          **engine: Any) -> Any:
     """A :class:`~ftplugins.sparse.optimizer.SparseAdamW` over ``targets`` (names a sparse method prepared)

@@ -6,10 +6,9 @@ from typing import Any
 
 from torch import nn
 
-from ftplugins.errors import FtpluginsError, UnsupportedModelError
 from ftplugins.sparse.optimizer import SparseAdamW
 from ftplugins.sparse.selection import per_tensor
-from ftplugins.sparse.trainer import trainer_sparse_adamw
+from ftplugins.sparse.trainer import prepare_sparse_targets, trainer_sparse_adamw
 
 from .selection import select_indices
 
@@ -35,28 +34,8 @@ def lift_targets(model: nn.Module) -> list[str]:
     return names
 
 
-def freeze_all_but(model: nn.Module, names: list[str]) -> None:
-    """Everything else frozen (requires_grad False): embeddings, lm_head, norms, biases."""
-    wanted = set(names)
-    for name, param in model.named_parameters():
-        param.requires_grad_(name in wanted)
-
-
 def prepare(model: nn.Module) -> list[str]:
-    if getattr(model, "peft_config", None):
-        raise FtpluginsError(
-            "lift trains the base model's own Linear weights, and this model carries a PEFT adapter (a peft_config "
-            "from --use_peft or another plugin); drop the adapter or the lift plugin."
-        )
-    names = lift_targets(model)
-    if not names:
-        model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
-        raise UnsupportedModelError(
-            f"lift found no weight to train in model type {model_type!r}: it looks for torch.nn.Linear modules with "
-            "2-D float weights other than the input/output embeddings (quantized layers do not count)."
-        )
-    freeze_all_but(model, names)
-    return names
+    return prepare_sparse_targets(model, "lift", lift_targets(model), "torch.nn.Linear modules with 2-D float weights")
 
 
 def build_optimizer(model: nn.Module, args: Any, options: Any, targets: list[str]) -> SparseAdamW:

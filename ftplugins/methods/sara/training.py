@@ -9,10 +9,10 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
-from ftplugins.errors import FtpluginsError, UnsupportedModelError
+from ftplugins.errors import FtpluginsError
 from ftplugins.sparse.optimizer import SparseAdamW
 from ftplugins.sparse.selection import per_tensor
-from ftplugins.sparse.trainer import sparse_optimizer_of, trainer_sparse_adamw
+from ftplugins.sparse.trainer import prepare_sparse_targets, sparse_optimizer_of, trainer_sparse_adamw
 
 from . import select
 
@@ -43,22 +43,7 @@ def sara_targets(model: nn.Module) -> list[str]:
 
 
 def prepare(model: nn.Module) -> list[str]:
-    if getattr(model, "peft_config", None):
-        raise FtpluginsError(
-            "sara trains the base model's own weights, and this model carries a PEFT adapter (a peft_config from "
-            "--use_peft or another plugin); drop the adapter or the sara plugin."
-        )
-    names = sara_targets(model)
-    if not names:
-        model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
-        raise UnsupportedModelError(
-            f"sara found no weight to train in model type {model_type!r}: it looks for torch.nn.Linear / Conv "
-            "modules with float weights other than the input/output embeddings (quantized layers do not count)."
-        )
-    wanted = set(names)
-    for name, param in model.named_parameters():
-        param.requires_grad_(name in wanted)
-    return names
+    return prepare_sparse_targets(model, "sara", sara_targets(model), "torch.nn.Linear / Conv modules with float weights")
 
 
 def nuclear_norm_grad(matrix: torch.Tensor) -> torch.Tensor:
