@@ -464,6 +464,26 @@ def test_a_new_optimizer_takes_over_the_gradient_hooks():
     assert all(p.grad is not None for p in model.parameters())  # plain autograd again
 
 
+def test_a_trained_model_pickles_and_its_copy_has_inert_hooks():
+    import pickle
+
+    from ftplugins.sparse.linear_grad import route_linear_gradients
+
+    model = MLP()
+    optimizer = SparseAdamW(list(model.named_parameters()), random_masks(model), lr=1e-2)
+    route_linear_gradients(model, optimizer)
+    x, y = batch(0)
+    loss_of(model, x, y).backward()
+    optimizer.step()
+    copy_ = pickle.loads(pickle.dumps(model))  # torch.save(model) pickles the same way
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), copy_.parameters()))
+    loss_of(copy_, x, y).backward()
+    assert all(p.grad is not None for p in copy_.parameters())  # plain autograd in the copy
+    optimizer.zero_grad()
+    loss_of(model, x, y).backward()
+    assert all(p.grad is None for p in model.parameters()) and len(optimizer._grads) == 4  # the original still routes
+
+
 def test_bad_arguments_are_refused():
     model = MLP()
     named = list(model.named_parameters())

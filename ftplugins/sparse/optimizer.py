@@ -572,14 +572,23 @@ def _own_grad_hook(param: nn.Parameter, optimizer: SparseAdamW) -> None:
     previous = getattr(param, "_ftplugins_sparse_hook", None)
     if previous is not None:
         previous.remove()
-    ref = weakref.ref(optimizer)
+    param._ftplugins_sparse_hook = param.register_post_accumulate_grad_hook(_GradHook(optimizer))
 
-    def hook(p: torch.Tensor) -> None:
-        owner = ref()
+
+class _GradHook:
+    """The post-accumulate-grad hook: a module-level class, not a closure, so that a model the engine
+    trains can still be pickled (``torch.save(model)``); a pickled copy's hook is inert (no optimizer)."""
+
+    def __init__(self, optimizer: SparseAdamW | None) -> None:
+        self._ref = weakref.ref(optimizer) if optimizer is not None else None
+
+    def __call__(self, param: torch.Tensor) -> None:
+        owner = self._ref() if self._ref is not None else None
         if owner is not None:
-            owner._accumulate(p)
+            owner._accumulate(param)
 
-    param._ftplugins_sparse_hook = param.register_post_accumulate_grad_hook(hook)
+    def __reduce__(self):
+        return _GradHook, (None,)
 
 
 def release_grad_hooks(params: Iterable[nn.Parameter]) -> None:
