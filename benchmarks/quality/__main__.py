@@ -7,16 +7,19 @@ Examples::
     python -m benchmarks.quality --methods masked_thought --seeds 5
     python -m benchmarks.quality --scenario alignment,grafting   # other experiments (``all``: every one)
     python -m benchmarks.quality --methods lift-5pct --baselines full --lr-sweep "full=1e-4,3e-4,1e-3;lift-5pct=3e-4,1e-3,3e-3"
+    python -m benchmarks.quality --replot benchmarks/results/quality-small-grafting   # redraw the PNGs only
 
 A tiny Llama is pre-trained on synthetic procedural tasks (copy, reverse, counting, addition with
 and without written steps; cached after the first build), then fine-tuned on a held-out target
-task with each method at an equal step budget. Writes ``quality.json``, ``quality.md`` and
-``quality.png`` (with matplotlib) to ``--out`` (default ``benchmarks/results/quality-<size>/``).
+task with each method at an equal step budget. Writes ``quality.json``, ``quality.md`` and, with
+matplotlib, ``quality.png`` (the target method table) and ``quality-scenarios.png`` (one panel per other
+scenario) to ``--out`` (default ``benchmarks/results/quality-<size>/``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -68,6 +71,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "quality.json / quality.md. Named rows must be selected (--methods / --baselines)")
     parser.add_argument("--val-examples", type=int,
                         help="validation target prompts of --lr-sweep (default 100; smoke 4)")
+    parser.add_argument("--replot", metavar="DIR",
+                        help="redraw the PNGs of DIR/quality.json (an earlier run's folder) into DIR and exit; "
+                             "nothing is trained")
     args = parser.parse_args(argv)
     args.lr_sweep = lr_sweep.parse(args.lr_sweep)
     if args.val_examples is None:
@@ -99,8 +105,25 @@ def summarize(runs: dict[str, list[dict[str, Any]]], before: dict[str, Any], spe
     return summary
 
 
+def wrote(out: str, names: list[str]) -> str:
+    """The run's last line: what it wrote, or why there is no PNG."""
+    pngs = [n for n in names if n.endswith(".png")]
+    return f"wrote {out}/" + ", ".join(names) + ("" if pngs or common.have_matplotlib()
+                                                 else " (no PNG: pip install matplotlib)")
+
+
+def replot(folder: str) -> dict[str, Any]:
+    """``--replot``: the figures of an earlier run, from its ``quality.json`` (plots change without retraining)."""
+    with open(os.path.join(folder, "quality.json")) as handle:
+        result = json.load(handle)
+    print(wrote(folder, report.plots(result, folder)))
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.replot:
+        return replot(args.replot)
     sys.stdout.reconfigure(line_buffering=True)  # progress lines show up live when piped
     common.offline_environment()
     common.quiet_warnings()
@@ -212,11 +235,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     common.write_json(os.path.join(out, "quality.json"), result)
     common.write_text(os.path.join(out, "quality.md"), report.markdown(result))
-    # The plot shows the target scenario's method table; scenario-only runs have none to show.
-    png = report.plot(result, os.path.join(out, "quality.png")) if "target" in args.scenarios else None
+    pngs = report.plots(result, out)
     print(report.markdown(result))
-    print(f"wrote {out}/quality.json, quality.md" + (", quality.png" if png else
-          " (no PNG: pip install matplotlib)" if "target" in args.scenarios else ""))
+    print(wrote(out, ["quality.json", "quality.md", *pngs]))
     return result
 
 

@@ -30,6 +30,8 @@ from benchmarks.quality.scenarios._common import Context, final_loss, load, sft,
 NAME = "grafting"
 TITLE = "Grafting: a ≤1% region of the fine-tuning's changes vs the fine-tuned model"
 DESIGN = __doc__.split("\n\n", 1)[1].strip()
+#: The plot's metrics: accuracy and the share of it recovered (density, 1e-3-1e-1, is off that scale; the table has it).
+PLOT_METRICS = ("target", "ratio")
 
 FULL = dict(train_examples=256, steps=400, batch=16, lr=3e-4, max_batches=16, epochs=10, eval_target=200,
             max_new_tokens=None)
