@@ -231,6 +231,27 @@ def test_resume_matches_uninterrupted_across_a_refresh(tmp_path):
     assert all(torch.equal(first.tensors[n].values, second.tensors[n].values) for n in LINEAR)
 
 
+def test_step_in_backward_trains_like_the_default_without_persistent_gradients(tmp_path):
+    common = dict(max_steps=4, max_grad_norm=0.0, gradient_accumulation_steps=1)
+    default = lift_train(tmp_path / "default", options={"lift_interval": 2}, **common)
+    lean = lift_train(tmp_path / "lean", options={"lift_interval": 2, "lift_step_in_backward": True}, **common)
+    for (name, a), b in zip(default.model.named_parameters(), lean.model.parameters()):
+        assert torch.equal(a, b), name
+    optimizer = sparse_optimizer_of(lean.optimizer)
+    assert optimizer.step_in_backward and optimizer.steps == 4 and not optimizer._grad_buffers
+    first, second = (load_delta(str(tmp_path / d / "sparse_delta.safetensors")) for d in ("default", "lean"))
+    assert all(torch.equal(first.tensors[n].values, second.tensors[n].values) for n in LINEAR)
+
+
+@pytest.mark.parametrize("args,message", [
+    ({"max_grad_norm": 1.0}, "--max_grad_norm 0"),
+    ({"max_grad_norm": 0.0, "gradient_accumulation_steps": 2}, "--gradient_accumulation_steps 1"),
+])
+def test_step_in_backward_refuses_clipping_and_accumulation(tmp_path, args, message):
+    with pytest.raises(FtpluginsError, match=message):
+        lift_train(tmp_path, options={"lift_step_in_backward": True}, **args)
+
+
 def test_bf16_model_trains_through_fp32_master_copies(tmp_path):
     model = tiny_llama().to(torch.bfloat16)
     trainer = lift_train(tmp_path, model=model, options={"lift_interval": 0}, max_steps=2, learning_rate=1e-2)

@@ -168,6 +168,59 @@ def test_clipping_uses_the_norm_of_the_compact_gradients():
     assert not torch.equal(unclipped.up.weight, ours.up.weight)
 
 
+def lean_pair(route: bool, dtype=torch.float32, steps=4):
+    """The default step and the update inside the backward, same masks / batches / hyperparameters."""
+    from ftplugins.sparse.linear_grad import route_linear_gradients
+
+    models, optimizers = [], []
+    for lean in (False, True):
+        model = MLP(dtype=dtype)
+        optimizer = SparseAdamW(list(model.named_parameters()), random_masks(model, dense=("down.bias",)), lr=3e-2,
+                                betas=(0.9, 0.95), weight_decay=0.1, step_in_backward=lean)
+        if route:
+            route_linear_gradients(model, optimizer)
+        norms = []
+        for step in range(steps):
+            x, y = batch(step, dtype=dtype)
+            loss_of(model, x, y).backward()
+            if lean:  # already updated: the backward changed the weights before step()
+                assert not optimizer._grads and len(optimizer._stepped) == 4
+            norms.append(float(optimizer.grad_norm()))
+            optimizer.step()
+            optimizer.zero_grad()
+        models.append(model)
+        optimizers.append((optimizer, norms))
+    return models, optimizers
+
+
+@pytest.mark.parametrize("route", [False, True], ids=["hooks", "routed"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_update_inside_the_backward_equals_the_step(route, dtype):
+    (default, lean), ((opt_a, norms_a), (opt_b, norms_b)) = lean_pair(route, dtype)
+    for (name, a), b in zip(default.named_parameters(), lean.parameters()):
+        assert torch.equal(a, b), name
+    for pa, pb in zip(default.parameters(), lean.parameters()):
+        for key, value in opt_a.state[pa].items():
+            other = opt_b.state[pb][key]
+            assert torch.equal(value, other) if isinstance(value, torch.Tensor) else value == other, key
+    assert norms_b == pytest.approx(norms_a, rel=1e-5)  # the logged norm is the same
+    assert opt_a._grad_buffers and not opt_b._grad_buffers  # no persistent compact gradients
+
+
+def test_update_inside_the_backward_refuses_what_it_cannot_do():
+    model = MLP()
+    named = list(model.named_parameters())
+    for bad in ({"max_grad_norm": 1.0}, {"l1": 1e-3}, {"grad_terms": [lambda optimizer: None]}):
+        with pytest.raises(ValueError, match="max_grad_norm=None"):
+            SparseAdamW(named, random_masks(model), lr=1e-2, step_in_backward=True, **bad)
+    optimizer = SparseAdamW(named, random_masks(model), lr=1e-2, step_in_backward=True)
+    x, y = batch(0)
+    loss_of(model, x, y).backward()
+    assert len(optimizer._stepped) == 4
+    with pytest.raises(RuntimeError, match="second gradient reached .*gradient_accumulation_steps=1"):
+        loss_of(model, x, y).backward()  # a second micro-batch before step()
+
+
 def test_no_dense_gradient_outlives_its_tensor():
     model = MLP()
     optimizer = SparseAdamW(list(model.named_parameters()), random_masks(model), lr=1e-2)

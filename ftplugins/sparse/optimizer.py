@@ -16,6 +16,13 @@ How a step works, and why:
 * **Update.** :func:`ftplugins.kernels.sparse_adamw.sparse_adamw_`: AdamW on the compact values,
   scattered into the weight in place (Triton on CUDA). Decoupled weight decay multiplies the
   *selected* entries only; the LIFT reference decays a temporary copy, a no-op, which we do not copy.
+* **Update inside the backward** (``step_in_backward=True``, opt-in). Each weight is updated as soon as
+  its gradient arrives (the hook, or a routed ``Linear``'s backward), from a scratch buffer, so no
+  compact gradient outlives its tensor: 4 bytes per trained entry less (the persistent compact
+  buffers), the "per-parameter step in a post-accumulate-grad hook" of LOMO-style trainers. The
+  price: no clipping by the global norm, no gradient accumulation, no L1 / regulariser terms over all
+  gradients, one process, and each weight used once per forward (a second gradient before
+  :meth:`step` is refused by name). Same result as the default path when none of those is used.
 * **Clipping.** With ``max_grad_norm`` the compact gradients are clipped by their global norm
   inside :meth:`step` (the Trainer clips dense ``.grad``, which is ``None`` here; the
   :class:`~ftplugins.sparse.trainer.SparseTrainerMixin` makes the Trainer log this norm).
@@ -74,6 +81,7 @@ class SparseAdamW(torch.optim.Optimizer):
             term, before clipping; each adds a regulariser's gradient to the compact gradients with
             :meth:`add_to_grad` (SaRA's nuclear-norm term). They see the same averaged gradients
             and weights on every process, so they must be deterministic (seed from :attr:`steps`).
+        step_in_backward: update each weight during the backward, as its gradient arrives (see above).
     """
 
     def __init__(
@@ -91,6 +99,7 @@ class SparseAdamW(torch.optim.Optimizer):
         track_origin: bool = False,
         distributed: bool | None = None,
         grad_terms: Iterable[Any] = (),
+        step_in_backward: bool = False,
     ) -> None:
         if lr < 0 or eps < 0 or weight_decay < 0 or l1 < 0:
             raise ValueError(f"SparseAdamW: lr, eps, weight_decay and l1 must be >= 0 "
@@ -113,12 +122,20 @@ class SparseAdamW(torch.optim.Optimizer):
         self.track_origin = bool(track_origin or l1 > 0)
         self.distributed = distributed
         self.grad_terms = list(grad_terms)
+        self.step_in_backward = bool(step_in_backward)
+        if self.step_in_backward and ((max_grad_norm or 0) > 0 or l1 > 0 or self.grad_terms):
+            raise ValueError("SparseAdamW(step_in_backward=True) updates each weight as its gradient arrives, so it "
+                             "cannot clip by the global norm, add an L1 term or regularisers over all gradients: "
+                             "set max_grad_norm=None (Trainer: --max_grad_norm 0), l1=0 and no grad_terms")
         self.steps = 0
         self._grads: dict[nn.Parameter, torch.Tensor] = {}  # this step's compact gradients
         self._grad_buffers: dict[nn.Parameter, torch.Tensor] = {}  # their storage, kept across steps
         self._workspaces: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}  # routed Linear grads
         self._reduced = False
         self._norm: torch.Tensor | None = None
+        self._stepped: set[nn.Parameter] = set()  # step_in_backward: updated during this step's backward
+        self._stepped_sq = torch.zeros(())  # ... and the sum of squares of their gradients (for logging)
+        self._last_norm = torch.zeros(())
         for name, param in self.named_params():
             if not param.is_floating_point():
                 raise ValueError(f"SparseAdamW: parameter {name} has dtype {param.dtype}; only float weights train")
@@ -203,6 +220,9 @@ class SparseAdamW(torch.optim.Optimizer):
     def _add_dense_grad(self, param: nn.Parameter, flat: torch.Tensor) -> None:
         """Add the selected entries of ``flat`` (a dense gradient of ``param``) to its compact gradient."""
         indices = self.state[param].get("indices")
+        if self.step_in_backward:
+            self._step_now(param, flat, indices)
+            return
         buffer = self._grads.get(param)
         if buffer is None:
             # The first micro-batch writes into this parameter's persistent buffer: allocating compact
@@ -218,6 +238,38 @@ class SparseAdamW(torch.optim.Optimizer):
         else:
             buffer.add_(flat if indices is None else flat.index_select(0, indices))
         self._reduced, self._norm = False, None
+
+    def _step_now(self, param: nn.Parameter, flat: torch.Tensor, indices: torch.Tensor | None) -> None:
+        """``step_in_backward``: this step's update of ``param`` from its dense gradient ``flat``, at once."""
+        if param in self._stepped:
+            name = next(n for n, p in self.named_params() if p is param)
+            raise RuntimeError(
+                f"SparseAdamW(step_in_backward=True): a second gradient reached {name} before optimizer.step(); "
+                "updating inside the backward needs gradient_accumulation_steps=1 and each trained weight used once "
+                "per forward (not tied to another use). Use one of those, or step_in_backward=False."
+            )
+        if self._world_size() > 1:
+            raise RuntimeError("SparseAdamW(step_in_backward=True) runs in one process only: the compact gradients "
+                               "are averaged over processes before any update, which an update inside the backward "
+                               "cannot wait for; use step_in_backward=False under DDP.")
+        k = param.numel() if indices is None else indices.numel()
+        if indices is None and flat.dtype == torch.float32:
+            grad = flat
+        else:
+            grad = self._workspace(k, torch.float32, flat.device, scratch=True)
+            if indices is None:
+                grad.copy_(flat)
+            elif flat.dtype == torch.float32:
+                torch.index_select(flat, 0, indices, out=grad)
+            else:
+                grad.copy_(flat.index_select(0, indices))
+        with torch.no_grad():
+            self._stepped_sq = self._stepped_sq.to(grad.device) + grad.pow(2).sum()
+            self._update(param, self._group_of(param), grad, scale=1.0)
+        self._stepped.add(param)
+
+    def _group_of(self, param: nn.Parameter) -> dict[str, Any]:
+        return next(group for group in self.param_groups if any(p is param for p in group["params"]))
 
     # --- compact gradients of routed nn.Linear layers (ftplugins.sparse.linear_grad) ---------------
 
@@ -236,11 +288,15 @@ class SparseAdamW(torch.optim.Optimizer):
         torch.mm(grad_out.t(), inputs, out=dense)
         self._add_dense_grad(weight, dense.view(-1))
 
-    def _workspace(self, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        key = (dtype, device)
+    def _workspace(self, numel: int, dtype: torch.dtype, device: torch.device, scratch: bool = False) -> torch.Tensor:
+        """A reused buffer of at least ``numel``: the dense products of routed layers, or (``scratch``) the
+        compact gradient of the tensor being updated inside the backward (sized for the largest selection)."""
+        key = (dtype, device, scratch)
         buffer = self._workspaces.get(key)
         if buffer is None or buffer.numel() < numel:
-            largest = max((p.numel() for p in self.trained_params() if p.dim() == 2), default=numel)
+            sizes = ([s["exp_avg"].numel() for s in self.state.values()] if scratch
+                     else [p.numel() for p in self.trained_params() if p.dim() == 2])
+            largest = max(sizes, default=numel)
             buffer = torch.empty(max(numel, largest), dtype=dtype, device=device)
             self._workspaces[key] = buffer
         return buffer[:numel]
@@ -331,7 +387,10 @@ class SparseAdamW(torch.optim.Optimizer):
         return state["origin_values"][torch.searchsorted(origin_indices, indices)]
 
     def grad_norm(self) -> torch.Tensor:
-        """Global L2 norm of the (averaged) compact gradients of this step, before clipping."""
+        """Global L2 norm of the (averaged) compact gradients of this step, before clipping (with
+        ``step_in_backward``: of the gradients applied in this step's backward, or the last step's)."""
+        if self.step_in_backward:
+            return (self._stepped_sq if self._stepped else self._last_norm ** 2).sqrt()
         self._reduce()
         if self._norm is None:
             squares = [g.float().pow(2).sum() for g in self._grads.values()]
@@ -357,34 +416,41 @@ class SparseAdamW(torch.optim.Optimizer):
             # As torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6) when that is below 1.
             scale = min(1.0, self.max_grad_norm / (float(self.grad_norm()) + 1e-6))
         for group in self.param_groups:
-            beta1, beta2 = group["betas"]
             for param in group["params"]:
                 grad = self._grads.pop(param, None)
-                if grad is None:
-                    continue
-                state = self.state[param]
-                state["step"] += 1
-                sparse_adamw_(
-                    param.detach().view(-1),
-                    grad,
-                    state["exp_avg"],
-                    state["exp_avg_sq"],
-                    state.get("indices"),
-                    state.get("master"),
-                    lr=group["lr"],
-                    beta1=beta1,
-                    beta2=beta2,
-                    eps=group["eps"],
-                    weight_decay=group["weight_decay"],
-                    step=state["step"],
-                    grad_scale=scale,
-                )
+                if grad is not None:
+                    self._update(param, group, grad, scale)
         self._grads.clear()
         self._reduced, self._norm = False, None
+        if self._stepped:
+            self._last_norm = self._stepped_sq.sqrt()
+            self._stepped.clear()
+            self._stepped_sq = torch.zeros(())
         self.steps += 1
         if self.refresh_interval and self.steps % self.refresh_interval == 0:
             self.refresh()
         return loss
+
+    def _update(self, param: nn.Parameter, group: dict[str, Any], grad: torch.Tensor, scale: float) -> None:
+        """One AdamW step of ``param``'s selected entries from its compact gradient ``grad``."""
+        state = self.state[param]
+        state["step"] += 1
+        beta1, beta2 = group["betas"]
+        sparse_adamw_(
+            param.detach().view(-1),
+            grad,
+            state["exp_avg"],
+            state["exp_avg_sq"],
+            state.get("indices"),
+            state.get("master"),
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            step=state["step"],
+            grad_scale=scale,
+        )
 
     # --- refresh -------------------------------------------------------------------------------
 

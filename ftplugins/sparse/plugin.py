@@ -35,6 +35,20 @@ class SparseMethodPlugin(Plugin):
                 "the sparse engine replaces by compact gradients, so the scaler cannot work; use bf16=True or fp32 "
                 "(an fp16 *model* is fine: it trains through fp32 master copies)."
             )
+        options = run.options_for(self)
+        if args is not None and getattr(options, f"{self.name}_step_in_backward", False):
+            flag = f"--{self.name}_step_in_backward"
+            if (getattr(args, "max_grad_norm", 0) or 0) > 0:
+                raise FtpluginsError(f"{flag} updates each weight during the backward, before a global gradient norm "
+                                     f"exists, so it cannot clip: add --max_grad_norm 0 (got {args.max_grad_norm}).")
+            if getattr(args, "gradient_accumulation_steps", 1) > 1:
+                raise FtpluginsError(f"{flag} updates each weight as its gradient arrives, so micro-batches cannot "
+                                     "accumulate: use --gradient_accumulation_steps 1 (a larger batch instead), or "
+                                     f"drop {flag}.")
+            if getattr(args, "world_size", 1) > 1:
+                raise FtpluginsError(f"{flag} runs in one process: the engine averages gradients over processes "
+                                     f"before updating, which an update inside the backward cannot wait for; drop "
+                                     f"{flag} under DDP.")
 
     @hookimpl
     def trainer_mixins(self, run):

@@ -54,6 +54,13 @@ class LiftOptions:
                           "output_dir/sparse_delta.safetensors (apply it with `ftplugins delta apply`)."},
     )
 
+    lift_step_in_backward: bool = field(
+        default=False,
+        metadata={"help": "Update each weight inside the backward, as soon as its gradient arrives (no compact "
+                          "gradient kept until the step: 4 bytes less per trained entry). Needs --max_grad_norm 0, "
+                          "--gradient_accumulation_steps 1 and one process; otherwise the same result."},
+    )
+
     def __post_init__(self):
         check_range("lift_rank", self.lift_rank, 1, _MANY)
         check_range("lift_budget_rank", self.lift_budget_rank, 1, _MANY)

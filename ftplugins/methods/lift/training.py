@@ -51,7 +51,7 @@ def build_optimizer(model: nn.Module, args: Any, options: Any, targets: list[str
         names=targets,
     )
     return trainer_sparse_adamw("lift", model, args, targets, rule, refresh_interval=options.lift_interval,
-                                track_origin=options.lift_save_delta)
+                                track_origin=options.lift_save_delta, step_in_backward=options.lift_step_in_backward)
 
 
 def save_delta_of(trainer: Any, options: Any) -> str | None:
