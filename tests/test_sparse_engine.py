@@ -193,9 +193,13 @@ def lean_pair(route: bool, dtype=torch.float32, steps=4):
     return models, optimizers
 
 
-@pytest.mark.parametrize("route", [False, True], ids=["hooks", "routed"])
+@pytest.mark.parametrize("route", [False, True, "blocks"], ids=["hooks", "routed", "routed-by-row-blocks"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_update_inside_the_backward_equals_the_step(route, dtype):
+def test_update_inside_the_backward_equals_the_step(route, dtype, monkeypatch):
+    if route == "blocks":
+        import ftplugins.sparse.linear_grad as linear_grad
+
+        monkeypatch.setattr(linear_grad, "PRODUCT_BLOCK", 12)  # up: 2 rows of 6 per block, down: 1 row of 12
     (default, lean), ((opt_a, norms_a), (opt_b, norms_b)) = lean_pair(route, dtype)
     for (name, a), b in zip(default.named_parameters(), lean.parameters()):
         assert torch.equal(a, b), name

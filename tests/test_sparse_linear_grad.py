@@ -74,6 +74,20 @@ def test_routed_compact_gradients_equal_the_hook_path():
     assert all(p.grad is None for p in model.parameters())  # no dense .grad was left anywhere
 
 
+@pytest.mark.parametrize("autocast", [False, True])
+def test_products_computed_by_blocks_of_rows_equal_the_whole_product(monkeypatch, autocast):
+    import ftplugins.sparse.linear_grad as linear_grad
+
+    whole, _, _, _ = compact_grads(route=True, autocast=autocast)
+    monkeypatch.setattr(linear_grad, "PRODUCT_BLOCK", 12)  # blocks of 2, 1 and 2 rows for up, down and head
+    blocked, _, optimizer, model = compact_grads(route=True, autocast=autocast)
+    assert [linear_grad.rows_per_block(m.weight, optimizer.state[m.weight].get("indices"))
+            for m in (model.up, model.down, model.head)] == [2, 1, 2]
+    assert max(w.numel() for w in optimizer._workspaces.values()) == 12  # a block, not the largest weight (60)
+    for name in whole:
+        torch.testing.assert_close(blocked[name], whole[name], rtol=1e-6, atol=1e-7, msg=name)
+
+
 def test_routed_gradients_follow_autocast_like_plain_autograd():
     plain, plain_x, _, _ = compact_grads(route=False, autocast=True)
     routed, routed_x, _, _ = compact_grads(route=True, autocast=True)

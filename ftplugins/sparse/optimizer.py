@@ -220,27 +220,43 @@ class SparseAdamW(torch.optim.Optimizer):
     def _add_dense_grad(self, param: nn.Parameter, flat: torch.Tensor) -> None:
         """Add the selected entries of ``flat`` (a dense gradient of ``param``) to its compact gradient."""
         indices = self.state[param].get("indices")
-        if self.step_in_backward:
-            self._step_now(param, flat, indices)
+        if self.step_in_backward and indices is None and flat.dtype == torch.float32:
+            self._check_step_now(param)
+            self._step_now(param, flat)  # a dense parameter's gradient is already compact
             return
-        buffer = self._grads.get(param)
-        if buffer is None:
-            # The first micro-batch writes into this parameter's persistent buffer: allocating compact
-            # buffers during backward, between autograd's dense gradients, fragments the heap.
-            buffer = self._grad_buffer(param)
-            if indices is None:
-                buffer.copy_(flat)
-            elif flat.dtype == buffer.dtype:
-                torch.index_select(flat, 0, indices, out=buffer)
-            else:
-                buffer.copy_(flat.index_select(0, indices))
-            self._grads[param] = buffer
+        slot, accumulate = self.compact_grad_slot(param)
+        if accumulate:
+            slot.add_(flat if indices is None else flat.index_select(0, indices))
+        elif indices is None:
+            slot.copy_(flat)
+        elif flat.dtype == slot.dtype:
+            torch.index_select(flat, 0, indices, out=slot)
         else:
-            buffer.add_(flat if indices is None else flat.index_select(0, indices))
+            slot.copy_(flat.index_select(0, indices))
+        self.compact_grad_written(param, slot)
+
+    def compact_grad_slot(self, param: nn.Parameter) -> tuple[torch.Tensor, bool]:
+        """Where this backward's compact gradient of ``param`` goes (one fp32 value per selected entry), and
+        whether to add to it (a later micro-batch) rather than overwrite it; then :meth:`compact_grad_written`.
+
+        The first micro-batch writes into the parameter's persistent buffer (allocating compact buffers during
+        backward, between autograd's dense gradients, fragments the heap); with ``step_in_backward`` a scratch
+        buffer shared by all parameters is used and the update follows at once."""
+        if self.step_in_backward:
+            self._check_step_now(param)
+            k = self.state[param]["exp_avg"].numel()
+            return self._workspace(k, torch.float32, param.device, scratch=True), False
+        buffer = self._grads.get(param)
+        return (self._grad_buffer(param), False) if buffer is None else (buffer, True)
+
+    def compact_grad_written(self, param: nn.Parameter, slot: torch.Tensor) -> None:
+        if self.step_in_backward:
+            self._step_now(param, slot)
+            return
+        self._grads[param] = slot
         self._reduced, self._norm = False, None
 
-    def _step_now(self, param: nn.Parameter, flat: torch.Tensor, indices: torch.Tensor | None) -> None:
-        """``step_in_backward``: this step's update of ``param`` from its dense gradient ``flat``, at once."""
+    def _check_step_now(self, param: nn.Parameter) -> None:
         if param in self._stepped:
             name = next(n for n, p in self.named_params() if p is param)
             raise RuntimeError(
@@ -252,17 +268,9 @@ class SparseAdamW(torch.optim.Optimizer):
             raise RuntimeError("SparseAdamW(step_in_backward=True) runs in one process only: the compact gradients "
                                "are averaged over processes before any update, which an update inside the backward "
                                "cannot wait for; use step_in_backward=False under DDP.")
-        k = param.numel() if indices is None else indices.numel()
-        if indices is None and flat.dtype == torch.float32:
-            grad = flat
-        else:
-            grad = self._workspace(k, torch.float32, flat.device, scratch=True)
-            if indices is None:
-                grad.copy_(flat)
-            elif flat.dtype == torch.float32:
-                torch.index_select(flat, 0, indices, out=grad)
-            else:
-                grad.copy_(flat.index_select(0, indices))
+
+    def _step_now(self, param: nn.Parameter, grad: torch.Tensor) -> None:
+        """``step_in_backward``: this step's update of ``param`` from its compact gradient, at once."""
         with torch.no_grad():
             self._stepped_sq = self._stepped_sq.to(grad.device) + grad.pow(2).sum()
             self._update(param, self._group_of(param), grad, scale=1.0)
@@ -282,11 +290,10 @@ class SparseAdamW(torch.optim.Optimizer):
 
     def add_linear_grad(self, weight: nn.Parameter, grad_out: torch.Tensor, inputs: torch.Tensor) -> None:
         """Add ``grad_outᵀ @ inputs`` (the weight gradient of a ``Linear``; 2-D operands) to ``weight``'s
-        compact gradient, computing the dense product into a reused workspace instead of a fresh tensor."""
-        rows, cols = weight.shape
-        dense = self._workspace(rows * cols, grad_out.dtype, grad_out.device).view(rows, cols)
-        torch.mm(grad_out.t(), inputs, out=dense)
-        self._add_dense_grad(weight, dense.view(-1))
+        compact gradient without a fresh dense tensor (see :func:`ftplugins.sparse.linear_grad.add_product`)."""
+        from .linear_grad import add_product
+
+        add_product(self, weight, grad_out, inputs)
 
     def _workspace(self, numel: int, dtype: torch.dtype, device: torch.device, scratch: bool = False) -> torch.Tensor:
         """A reused buffer of at least ``numel``: the dense products of routed layers, or (``scratch``) the
@@ -294,8 +301,12 @@ class SparseAdamW(torch.optim.Optimizer):
         key = (dtype, device, scratch)
         buffer = self._workspaces.get(key)
         if buffer is None or buffer.numel() < numel:
-            sizes = ([s["exp_avg"].numel() for s in self.state.values()] if scratch
-                     else [p.numel() for p in self.trained_params() if p.dim() == 2])
+            if scratch:
+                sizes = [s["exp_avg"].numel() for s in self.state.values()]
+            else:
+                from .linear_grad import product_numel
+
+                sizes = [product_numel(p, self.state[p].get("indices")) for p in self.trained_params() if p.dim() == 2]
             largest = max(sizes, default=numel)
             buffer = torch.empty(max(numel, largest), dtype=dtype, device=device)
             self._workspaces[key] = buffer
