@@ -170,6 +170,20 @@ def test_lift_on_gpu_equals_the_reference_path_and_trains_only_selected_entries(
         assert torch.isin(moved, state["indices"].long()).all(), name
 
 
+def test_lift_update_inside_the_backward_on_gpu_equals_the_step(tmp_path, monkeypatch):
+    import ftplugins.sparse.linear_grad as linear_grad
+    from ftplugins.sparse.trainer import sparse_optimizer_of
+
+    monkeypatch.setattr(linear_grad, "PRODUCT_BLOCK", 256)  # the tiny model's weights by blocks of rows too
+    common = dict(max_grad_norm=0.0)
+    default = train(tmp_path / "step", ["lift"], LIFT, tiny_llama(), monkeypatch, **common)
+    lean = train(tmp_path / "lean", ["lift"], {**LIFT, "lift_step_in_backward": True}, tiny_llama(), monkeypatch,
+                 **common)
+    assert sparse_optimizer_of(lean.optimizer).step_in_backward
+    for (name, a), b in zip(default.model.named_parameters(), lean.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+
+
 def test_lift_bf16_model_on_gpu_keeps_fp32_masters(tmp_path, monkeypatch):
     from ftplugins.sparse.trainer import sparse_optimizer_of
 
