@@ -7,6 +7,10 @@ benchmarks is adding a row here; the harnesses have no per-method code. A row wh
 installed, fails to import, or rejects the row's options is skipped with the reason printed, so
 rows for methods still being written can sit here before their plugin lands.
 
+Most rows train on random token ids. A row whose plugin reads text columns (it tokenizes, packs, prefixes or
+generates from the rows) names a :class:`TextRows` layout instead, and a row whose options depend on the
+model or the batch shape (a module name, a minibatch size) computes them in ``sized_options``.
+
 Rows whose note says "option names expected" were written before their plugin existed: when the
 plugin lands and rejects them, the skip message names the valid options; fix the row.
 """
@@ -16,6 +20,35 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+
+@dataclass(frozen=True)
+class TextRows:
+    """Random-text prompt/completion rows laid out to fill the benchmarked batch shape (perf harness).
+
+    Each text character is one token of the benchmark tokenizer, so lengths are exact. A training sequence of
+    ``tokens`` holds ``examples_per_sequence`` examples (or as many of ``example_tokens`` as fit); each example
+    takes ``tokens // examples`` tokens: ``overhead`` of them are what the plugin adds around it (the EOS, a
+    separator, a leading space), ``completion`` of the rest is the completion, the remainder the prompt.
+
+    Attributes:
+        examples_per_sequence: examples rendered into one training sequence (few-shot prefix: k + 1).
+        example_tokens: when set, as many examples of this size as fit in the sequence (many-shot packing).
+        completion: fraction of an example's tokens in the completion (the target).
+        overhead: tokens per example beyond prompt + completion.
+        packed: the plugin packs the examples of a sequence from the rows themselves, so rows x examples are
+            needed; otherwise the extra examples come from elsewhere (a pool) and one row makes one sequence.
+        extra_rows: rows the plugin holds out of the training rows (a few-shot pool).
+        target_column: the completion's column name.
+    """
+
+    examples_per_sequence: int = 1
+    example_tokens: int | None = None
+    completion: float = 0.5
+    overhead: int = 1
+    packed: bool = False
+    extra_rows: int = 0
+    target_column: str = "completion"
 
 
 @dataclass(frozen=True)
@@ -34,6 +67,9 @@ class MethodSpec:
         learning_rate: the quality harness's learning rate for this row (adapters need larger ones
             than full fine-tuning); ``None`` uses the harness's full fine-tuning rate.
         note: one line for the tables.
+        dataset: the perf harness's training rows: ``None`` random token ids, or a :class:`TextRows` layout.
+        sized_options: ``(model, shape) -> options`` merged over ``options`` by the perf harness, for options
+            that depend on the model (a module name) or the batch shape (``shape.batch``, ``shape.tokens``).
     """
 
     name: str
@@ -45,6 +81,8 @@ class MethodSpec:
     quality: bool = True
     learning_rate: float | None = None
     note: str = ""
+    dataset: TextRows | None = None
+    sized_options: Callable[[Any, Any], dict[str, Any]] | None = None
 
 
 def lora(rank: int) -> Callable[[], Any]:
@@ -59,6 +97,20 @@ def lora(rank: int) -> Callable[[], Any]:
 
     make.__name__ = f"lora_r{rank}"
     return make
+
+
+def s3ft_budget(model: Any, shape: Any) -> dict[str, Any]:
+    """S3FT's generation budget: the sequence length, twice the gold answer of :class:`TextRows` (the recipe gives
+    48 tokens for ~30-token answers). The random model rarely stops early, so each row costs that many tokens for
+    the answer and as many for the paraphrase."""
+    return {"s3ft_max_new_tokens": shape.tokens}
+
+
+def locft_module(model: Any, shape: Any) -> dict[str, Any]:
+    """LocFT's module at the paper's depth (layer 22 of Llama-3-8B's 32: 2/3) and one minibatch = the batch
+    (LocFT sets the batch size from ``locft_batch_size``)."""
+    layer = 2 * model.config.num_hidden_layers // 3
+    return {"locft_modules": f"model.layers.{layer}.mlp.down_proj", "locft_batch_size": shape.batch}
 
 
 # Learning rates of the quality harness (tiny pre-trained decoder, Adam-style optimizers).
@@ -109,9 +161,23 @@ METHODS: list[MethodSpec] = [
     # perf harness times phase 2 but its memory peak includes phase 1; the quality budget is 2x the others'.
     MethodSpec("lt_sft", ("lt_sft",), {"lt_sft_proportion": 0.01}, note="LT-SFT, 1% of the entries (phase 2)"),
     MethodSpec("sara", ("sara",), {}, note="SaRA, entries with abs(θ0) < 2e-3"),
-    # --- objectives / data (issue 5): quality scenarios of their own, not timed here --------------
-    MethodSpec("many_icl", ("many_icl",), {}, perf=False, quality=False, note="many-shot in-context fine-tuning"),
-    MethodSpec("deep_align", ("deep_align",), {}, perf=False, quality=False, note="token-wise constrained objective"),
+    # --- objectives / data (issue 5): timed here on random-text rows; quality scenarios of their own ----
+    # Much of their cost is before the first step, in the perf table's "setup" column (trainer construction until
+    # the first step, for batch x (warm-up + timed steps) rows): s3ft's generation, deep_align's reference pass,
+    # the dataset transforms. The step columns time what every step does.
+    MethodSpec("deep_align", ("deep_align",), {}, quality=False, dataset=TextRows(),
+               note="token-wise constrained SFT; reference log-probs precomputed (setup: a no-grad pass)"),
+    MethodSpec("deep_align-otf", ("deep_align",), {"deep_align_ref": "on_the_fly"}, quality=False, dataset=TextRows(),
+               note="token-wise constrained SFT; frozen reference copy, + a no-grad forward per step"),
+    MethodSpec("many_icl", ("many_icl",), {}, quality=False, dataset=TextRows(example_tokens=8, packed=True),
+               note="many-shot packing (8-token shots up to max_length), loss on every answer"),
+    MethodSpec("s3ft", ("s3ft",), {}, quality=False, dataset=TextRows(), sized_options=s3ft_budget,
+               note="setup: greedy answer + paraphrase of every row (budget 2x the gold answer); steps: SFT"),
+    MethodSpec("locft", ("locft",), {}, quality=False, dataset=TextRows(completion=0.125, overhead=2, target_column="target"),
+               sized_options=locft_module, note="one down_proj at 2/3 depth trains (model editing), per-sample loss"),
+    MethodSpec("fewshot_prefix", ("fewshot_prefix",), {}, quality=False,
+               dataset=TextRows(examples_per_sequence=5, overhead=2, extra_rows=32),
+               note="k=4 pool examples before every prompt (5 examples per sequence), loss on the answer"),
 ]
 
 BY_NAME = {spec.name: spec for spec in METHODS}

@@ -2,11 +2,12 @@
 
 Benchmarks are not tests: nothing here asserts a speed or an accuracy, only that each harness runs
 from its one command, writes its JSON and markdown, and fills the baseline rows (and the rows of
-the methods already shipped) with finite numbers.
+the methods already shipped) with finite numbers, and (with matplotlib) draws its PNGs.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -46,7 +47,7 @@ def test_perf_smoke(tmp_path):
     for name in ("full", "lora-r8", "lora-r16", "trl-plain", "noop-plugin", *SHIPPED):
         row = rows[name]
         assert row["status"] == "ok", (name, row)
-        for key in ("step_s", "compute_s", "peak_train_bytes", "persistent_bytes", "step_vs_full",
+        for key in ("step_s", "compute_s", "setup_s", "peak_train_bytes", "persistent_bytes", "step_vs_full",
                     "step_vs_lora-r16", "memory_vs_lora-r16", "inference_vs_base"):
             assert finite(row[key]), (name, key, row[key])
         assert row["trainable_params"] > 0
@@ -64,6 +65,10 @@ def test_perf_smoke(tmp_path):
     for spec in METHODS:
         if spec.perf:
             assert spec.name in rows or spec.name in result["skipped"], spec.name
+        # Rows on their own random-text data or with model/shape-sized options run wherever their plugin is installed.
+        if spec.perf and (spec.dataset is not None or spec.sized_options is not None) and spec.name in rows:
+            assert rows[spec.name]["status"] == "ok", (spec.name, rows[spec.name])
+            assert finite(rows[spec.name]["step_s"]) and finite(rows[spec.name]["setup_s"]), spec.name
 
 
 @pytest.mark.slow
@@ -103,6 +108,27 @@ def test_quality_smoke(tmp_path):
             assert "not built" not in detail and "was not run" not in detail, (claim.key, detail)
     # The pre-trained model is cached: a second build of the same configuration is not trained again.
     assert any(name.startswith("pretrained-") for name in os.listdir(tmp_path / "cache"))
+    if importlib.util.find_spec("matplotlib"):  # the plots are optional (the bench extra)
+        for png in ("quality.png", "quality-scenarios.png"):
+            assert os.path.getsize(os.path.join(out, png)) > 0, png
+
+
+def test_quality_replot(tmp_path):
+    """``--replot`` redraws a scenario-only run's figure from its quality.json, without training."""
+    pytest.importorskip("matplotlib")
+    row = {"target_mean": 0.5, "target_std": 0.1, "ratio_mean": 0.8, "ratio_std": 0.05, "density_mean": 0.01,
+           "density_std": 0.0, "per_seed": [{}, {}], "note": ""}
+    result = {"config": {"seeds": [0, 1]}, "scenarios_run": ["grafting"], "scenarios": {"grafting": {
+        "title": "Grafting", "rows": {"pretrained": {"target_mean": 0.0, "target_std": 0.0, "per_seed": [{}]},
+                                      "graft-1pct": row},
+        "metrics": [["target", "target acc."], ["ratio", "grafted / fine-tuned acc."], ["density", "density"]]}}}
+    (tmp_path / "quality.json").write_text(json.dumps(result))
+    done = subprocess.run([sys.executable, "-m", "benchmarks.quality", "--replot", str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "quality-scenarios.png" in done.stdout
+    assert (tmp_path / "quality-scenarios.png").stat().st_size > 0
+    assert not (tmp_path / "quality.png").exists()  # no target method table in a scenario-only run
 
 
 @pytest.mark.slow

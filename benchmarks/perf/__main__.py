@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> dict:
             "seed": args.seed,
             "loop": "ftplugins.compose(trl.SFTTrainer, plugins, **options).train() (LoRA via peft_config=); step "
                     "time = wall time between consecutive on_step_end callbacks (batch fetch + collate + "
-                    "forward + backward + clip + AdamW + scheduler), random token ids, lr 1e-4 constant",
+                    "forward + backward + clip + AdamW + scheduler), random token ids (random-text prompt/completion "
+                    "rows for the plugins that read text), lr 1e-4 constant",
         },
         "machine": machine,
         "memory_method": common.PeakMemory(device).method,

@@ -7,7 +7,12 @@ What is timed is what users get: each configuration trains through the real trai
 step i is the wall time between the ends of steps i-1 and i, so it includes fetching and collating
 the batch (where a collator plugin such as masked_thought works), forward, backward, clipping, the
 optimizer and the scheduler. Warm-up steps are discarded. The *compute* time (begin to end of a
-step) is recorded beside it.
+step) is recorded beside it, and the *setup* time (building the trainer until the first step begins:
+dataset transforms, a plugin's generation or reference pass, optimizer construction) once per run.
+
+Rows train on random token ids, or on random-text prompt/completion rows (a row's ``TextRows``
+layout) when their plugin reads text; options that depend on the model or the batch shape come from
+the row's ``sized_options``.
 
 Repetitions are interleaved (for each repetition, every method once) so that drifting machine
 load spreads over all methods instead of biasing one; every run starts from a fresh copy of the
@@ -27,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from benchmarks.common import PeakMemory, median, release_memory, synchronize
-from benchmarks.methods import MethodSpec
+from benchmarks.methods import MethodSpec, TextRows
 
 #: Llama shapes by name (fp32). Vocabulary: the locally trained tiny tokenizer's (~320 ids) unless
 #: the row sets one, so the 85M model's parameters sit in the transformer blocks, not the embeddings.
@@ -116,6 +121,7 @@ class RunResult:
 
     step_s: list[float] = field(default_factory=list)
     compute_s: list[float] = field(default_factory=list)
+    setup_s: float = math.nan
     peak_bytes: float | None = None
     trainable_params: int = 0
     trainable_bytes: int = 0
@@ -157,6 +163,51 @@ def random_dataset(shape: Shape, rows: int, vocab: int, seed: int):
     return Dataset.from_dict({"input_ids": ids.tolist()})
 
 
+def single_token_alphabet(tokenizer) -> str:
+    """Letters and digits that the tokenizer maps to one token each and no two of which merge, so that a string
+    of n of them is exactly n tokens."""
+    import string
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    alphabet: list[str] = []
+    for char in string.ascii_letters + string.digits:
+        if count(char) == 1 and all(count(char + other) == 2 and count(other + char) == 2
+                                    for other in [*alphabet, char]):
+            alphabet.append(char)
+    if len(alphabet) < 8:
+        raise SystemExit(f"the benchmark tokenizer has only {len(alphabet)} non-merging single-token characters; "
+                         "TextRows needs a byte-level tokenizer like ftplugins.testing.tiny_tokenizer")
+    return "".join(alphabet)
+
+
+def text_dataset(layout: TextRows, shape: Shape, rows: int, tokenizer, seed: int):
+    """Random-text prompt/completion rows laid out by ``layout`` so that each of ``rows`` training sequences
+    fills ``shape.tokens`` (see :class:`benchmarks.methods.TextRows`)."""
+    import random
+
+    from datasets import Dataset
+
+    alphabet = single_token_alphabet(tokenizer)
+    examples = layout.examples_per_sequence
+    if layout.example_tokens:
+        examples = max(1, shape.tokens // layout.example_tokens)
+    budget = shape.tokens // examples - layout.overhead  # prompt + completion tokens of one example
+    if budget < 2:
+        raise SystemExit(f"{shape}: {examples} examples per sequence leave no room for a prompt and a completion")
+    completion = min(budget - 1, max(1, round(layout.completion * budget)))
+    prompt = budget - completion
+    count = rows * (examples if layout.packed else 1) + layout.extra_rows
+    rng = random.Random(seed)
+
+    def text(n: int) -> str:
+        return "".join(rng.choice(alphabet) for _ in range(n))
+
+    pairs = [(text(prompt), text(completion)) for _ in range(count)]
+    return Dataset.from_dict({"prompt": [p for p, _ in pairs], layout.target_column: [c for _, c in pairs]})
+
+
 def make_step_timer(device: str):
     from transformers import TrainerCallback
 
@@ -166,10 +217,13 @@ def make_step_timer(device: str):
         def __init__(self):
             self.begins: list[float] = []
             self.ends: list[float] = []
+            self.first_train_begin: float | None = None
 
         def on_train_begin(self, args, state, control, **kwargs):
             synchronize(device)
             self.train_begin = time.perf_counter()
+            if self.first_train_begin is None:  # a method that trains twice (lt_sft's phase 1) begins twice
+                self.first_train_begin = self.train_begin
 
         def on_step_begin(self, args, state, control, **kwargs):
             synchronize(device)
@@ -248,9 +302,11 @@ def train_once(
 
     import ftplugins
 
-    trainer_cls = SFTTrainer if spec is TRL_PLAIN else ftplugins.compose(SFTTrainer, list(spec.plugins), **spec.options)
     model = copy.deepcopy(template)
     timer = make_step_timer(device)
+    options = {**spec.options, **(spec.sized_options(model, shape) if spec.sized_options else {})}
+    setup_started = time.perf_counter()
+    trainer_cls = SFTTrainer if spec is TRL_PLAIN else ftplugins.compose(SFTTrainer, list(spec.plugins), **options)
     with tempfile.TemporaryDirectory(prefix="ftplugins-perf-") as output_dir:
         args = SFTConfig(
             output_dir=output_dir,
@@ -280,6 +336,7 @@ def train_once(
         trainer.train()
         result = RunResult(peak_bytes=memory.peak_above_base())
         result.step_s, result.compute_s = timer.timed(warmup)
+        result.setup_s = timer.first_train_begin - setup_started
 
         trained = trainer.model
         trainable = [p for p in trained.parameters() if p.requires_grad]
@@ -327,7 +384,11 @@ def measure_shape(
     import torch
 
     vocab = template.get_input_embeddings().num_embeddings
-    dataset = random_dataset(shape, shape.batch * (warmup + steps), vocab, seed)
+    rows = shape.batch * (warmup + steps)
+    datasets = {None: random_dataset(shape, rows, vocab, seed)}  # by TextRows layout; None: random token ids
+    for spec in specs:
+        if spec.dataset not in datasets:
+            datasets[spec.dataset] = text_dataset(spec.dataset, shape, rows, tokenizer, seed)
     probe = torch.randint(5, vocab, (shape.batch, shape.tokens), generator=torch.Generator().manual_seed(seed + 1))
     template.to(device)
     probe = probe.to(device)
@@ -337,7 +398,7 @@ def measure_shape(
     base_forward: list[float] = []
     # One untimed run first: the process's first trainer pays one-off costs (lazy imports, allocator
     # growth, kernel selection) that would otherwise land on whichever row comes first.
-    train_once(specs[0], template, tokenizer, dataset, shape, probe, device=device, warmup=1,
+    train_once(specs[0], template, tokenizer, datasets[specs[0].dataset], shape, probe, device=device, warmup=1,
                steps=1, inference_repeats=1, seed=seed)
     for rep in range(repeats):
         base_forward.append(forward_seconds(template, probe, device, inference_repeats))
@@ -346,7 +407,8 @@ def measure_shape(
                 continue
             started = time.perf_counter()
             try:
-                run = train_once(spec, template, tokenizer, dataset, shape, probe, device=device, warmup=warmup,
+                run = train_once(spec, template, tokenizer, datasets[spec.dataset], shape, probe, device=device,
+                                 warmup=warmup,
                                  steps=steps, inference_repeats=inference_repeats, seed=seed)
             except Exception as exc:
                 if spec.baseline or spec.name in ("trl-plain", "noop-plugin"):
@@ -357,7 +419,8 @@ def measure_shape(
                 continue
             runs[spec.name].append(run)
             log(f"  [{shape}] rep {rep + 1}/{repeats} {spec.name:<22} step {median(run.step_s) * 1e3:8.1f} ms  "
-                f"peak +{_mb(run.peak_bytes):8.1f} MB  ({time.perf_counter() - started:.1f} s)")
+                f"peak +{_mb(run.peak_bytes):8.1f} MB  setup {run.setup_s:6.2f} s  "
+                f"({time.perf_counter() - started:.1f} s)")
     return {"runs": runs, "errors": errors, "base_forward_s": base_forward}
 
 
@@ -380,6 +443,9 @@ def summarize(specs: list[MethodSpec], measured: dict[str, Any]) -> dict[str, An
             "step_s": median(s for r in runs for s in r.step_s),
             "step_s_per_rep": [median(r.step_s) for r in runs],
             "compute_s": median(s for r in runs for s in r.compute_s),
+            "setup_s": median(r.setup_s for r in runs),
+            "setup_s_per_rep": [r.setup_s for r in runs],
+            "dataset": "random token ids" if spec.dataset is None else f"random text, {spec.dataset}",
             "peak_train_bytes": median(r.peak_bytes for r in runs if r.peak_bytes is not None),
             "peak_train_bytes_per_rep": [r.peak_bytes for r in runs],
             "trainable_params": first.trainable_params,

@@ -23,19 +23,23 @@ def markdown(result: dict[str, Any]) -> str:
         f"peft {machine['versions'].get('peft')}; commit {machine.get('git_commit')}.  \n"
         f"Loop: {config['loop']}  \n"
         f"{config['warmup']} warm-up + {config['steps']} timed steps per run, {config['repeats']} interleaved "
-        f"repetitions; medians. Training memory: {result['memory_method']}.\n"),
+        f"repetitions; medians. Training memory: {result['memory_method']}.  \n"
+        f"Setup: wall time from building the trainer to the start of the first step, on a dataset of batch × "
+        f"{config['warmup'] + config['steps']} rows (dataset transforms, generation, reference passes, "
+        f"optimizer construction); the same for every repetition, it is not part of the step time.\n"),
     ]
     for shape, block in result["results"].items():
         rows = []
         for name, row in block["methods"].items():
             if row["status"] == "error":
-                rows.append([f"`{name}`", "error: " + row["reason"][:100]] + [""] * 10)
+                rows.append([f"`{name}`", "error: " + row["reason"][:100]] + [""] * 11)
                 continue
             rows.append([
                 f"`{name}`",
                 fmt(row["step_s"] * 1e3, ".1f"),
                 fmt(row["step_vs_full"], ".2f"),
                 fmt(row["step_vs_lora-r16"], ".2f"),
+                fmt(row.get("setup_s"), ".2f"),
                 fmt(row["peak_train_bytes"] / MB if row["peak_train_bytes"] is not None else None, ".0f"),
                 fmt(row["memory_vs_full"], ".2f"),
                 fmt(row["memory_vs_lora-r16"], ".2f"),
@@ -47,7 +51,7 @@ def markdown(result: dict[str, Any]) -> str:
             ])
         out.append(f"\n## Batch {shape.replace('x', ' × ')} tokens\n\n")
         out.append(markdown_table(
-            ["method", "step ms", "× full", "× LoRA16", "train peak MB", "× full", "× LoRA16",
+            ["method", "step ms", "× full", "× LoRA16", "setup s", "train peak MB", "× full", "× LoRA16",
              "trainable+optim MB", "trainable params", "inference × base", "inference model", "what"],
             rows,
         ))
