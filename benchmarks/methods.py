@@ -70,6 +70,8 @@ class MethodSpec:
         dataset: the perf harness's training rows: ``None`` random token ids, or a :class:`TextRows` layout.
         sized_options: ``(model, shape) -> options`` merged over ``options`` by the perf harness, for options
             that depend on the model (a module name) or the batch shape (``shape.batch``, ``shape.tokens``).
+        train_args: training arguments this row needs (e.g. ``{"max_grad_norm": 0.0}``), over both harnesses'
+            ``SFTConfig`` (keys the harnesses do not set); a user passes them on the command line with the options.
     """
 
     name: str
@@ -83,6 +85,7 @@ class MethodSpec:
     note: str = ""
     dataset: TextRows | None = None
     sized_options: Callable[[Any, Any], dict[str, Any]] | None = None
+    train_args: dict[str, Any] = field(default_factory=dict)
 
 
 def lora(rank: int) -> Callable[[], Any]:
@@ -156,6 +159,9 @@ METHODS: list[MethodSpec] = [
     MethodSpec("lift-5pct", ("lift",), {"lift_density": 0.05}, note="LIFT, top 5% principal weights per matrix"),
     MethodSpec("lift-lora-budget", ("lift",), {"lift_budget_rank": 16},
                note="LIFT, (m+n)·16 entries per matrix (LoRA r=16's count)"),
+    MethodSpec("lift-lean", ("lift",), {"lift_budget_rank": 16, "lift_step_in_backward": True, "lift_save_delta": False},
+               train_args={"max_grad_norm": 0.0}, quality=False,
+               note="lift-lora-budget updated inside the backward, no delta (no θ0), no clipping"),
     MethodSpec("hft", ("hft",), {}, note="Half Fine-Tuning: half of every block trains"),
     # Phase 1 (full fine-tuning, as many steps as phase 2) runs inside train() before the timed steps: the
     # perf harness times phase 2 but its memory peak includes phase 1; the quality budget is 2x the others'.

@@ -325,6 +325,7 @@ def train_once(
             disable_tqdm=True,
             dataloader_num_workers=0,
             seed=seed,
+            **spec.train_args,
         )
         kwargs = {"peft_config": spec.peft()} if spec.peft is not None else {}
         trainer = trainer_cls(

@@ -81,6 +81,7 @@ def finetune_once(spec: MethodSpec, folder: str, config: FinetuneConfig, seed: i
             lr_scheduler_type="cosine", warmup_steps=max(1, config.steps // 10), weight_decay=0.0,
             logging_steps=max(1, config.steps // 5), disable_tqdm=True, seed=seed, data_seed=seed, max_length=64,
             dataloader_num_workers=0,
+            **spec.train_args,
         )
         kwargs = {"peft_config": spec.peft()} if spec.peft is not None else {}
         trainer = trainer_cls(model=model, args=args, train_dataset=train, processing_class=tokenizer, **kwargs)
