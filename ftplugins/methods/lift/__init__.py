@@ -16,6 +16,9 @@ Differences from the reference code (zihanghliu/LIFT), on purpose:
 * bf16/fp16 weights train through fp32 master copies of the selected entries.
 * Gradient clipping uses the norm of the compact gradients (the trained entries), not of the
   masked dense gradient; the two are equal, the reference just pays for the dense one.
+* ``lift_step_in_backward`` (opt-in) updates each weight inside the backward as its gradient arrives, so no
+  compact gradient is kept until the step; with ``lift_save_delta false`` (no original values kept) the state is
+  LoRA's 12 bytes per trained entry (needs ``max_grad_norm 0``, no gradient accumulation, one process).
 * The mask is stored as sorted int32 flat indices on the weight's device (the reference keeps masks on
   the CPU), and is saved in checkpoints, so a resumed run continues with the same mask.
 
