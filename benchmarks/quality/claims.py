@@ -150,6 +150,28 @@ def with_context(check: Callable[[dict[str, Any]], tuple[bool, str]], *context: 
     return wrapped
 
 
+#: Edit success an editing row must reach for its edits to count as "succeeding".
+EDIT_SUCCESS = 0.8
+
+
+def edits_locally(a: str, b: str, tolerance: float = PARITY) -> Callable[[dict[str, Any]], tuple[bool, str]]:
+    """``a`` makes edits succeed (edit success ≥ EDIT_SUCCESS) and generalise (paraphrase success at ``b``'s level)
+    while keeping more of the neighbourhood prompts and of the pre-training tasks (retention) than ``b``."""
+
+    def check(summary):
+        m = {(row, k): _m(summary, row, k) for row in (a, b)
+             for k in ("edit_success", "paraphrase_success", "neighbourhood_preservation", "retention")}
+        ok = (m[a, "edit_success"][0] >= EDIT_SUCCESS and m[a, "edit_success"][0] >= m[b, "edit_success"][0] - tolerance
+              and m[a, "paraphrase_success"][0] >= m[b, "paraphrase_success"][0] - tolerance
+              and m[a, "neighbourhood_preservation"][0] > m[b, "neighbourhood_preservation"][0]
+              and m[a, "retention"][0] > m[b, "retention"][0])
+        parts = [f"{k}: {a} {_pm(*m[a, k])} vs {b} {_pm(*m[b, k])}" for k in
+                 ("edit_success", "paraphrase_success", "neighbourhood_preservation", "retention")]
+        return ok, "; ".join(parts) + f" (edit success ≥ {EDIT_SUCCESS}, parity tolerance {tolerance})"
+
+    return check
+
+
 CLAIMS: list[Claim] = [
     Claim("masked_thought>sft", "Masked Thought improves multi-step arithmetic (written intermediate steps) over "
           "plain SFT", "Chen et al. 2024 (2403.02178)", ("masked_thought", "full"),
@@ -203,6 +225,27 @@ CLAIMS: list[Claim] = [
                        ("composed", "source_lang"), ("task-only", "source_lang"), ("language-only", "lang_add"),
                        ("composed", "lang_add"), ("composed-task-head", "target_lang"),
                        ("composed-task-head", "source_lang")), scenario="composition"),
+    Claim("s3ft<sft forgetting", "S3FT reaches the target accuracy of SFT on gold answers while forgetting less, by "
+          "training on the model's own judge-accepted answers (gold written in another style)",
+          "Gupta et al. 2025 (2502.08130)", ("s3ft", "sft"),
+          with_context(forgets_less("s3ft", "sft"), ("s3ft", "forgetting"), ("sft", "forgetting"),
+                       ("s3ft", "from_self"), ("s3ft", "from_paraphrase"), ("s3ft", "from_gold")),
+          scenario="self-generated"),
+    Claim("fewshot_prefix>sft at few labels", "Few-shot-prompted SFT (k=4 in-context examples before every train and "
+          "test prompt, counted in the label budget) beats plain SFT at 16 gold labels (hidden-rule tasks, equal "
+          "steps)", "Mallen & Belrose 2024 (2410.13215)", ("fewshot-k4-n16", "sft-n16"),
+          with_context(better("acc", "fewshot-k4-n16", "sft-n16"), ("fewshot-k4-n64", "acc"), ("sft-n64", "acc"),
+                       ("fewshot-k4-n16", "acc_bare")), scenario="few-shot-sft"),
+    Claim("locft edits locally", "LocFT-BF (one mid-depth MLP module, breadth-first, target-only loss) makes edits "
+          "succeed and generalise to paraphrases while preserving neighbourhood prompts and the pre-training tasks "
+          "better than full fine-tuning on the same edits", "LocFT-BF (ICT-STAR/LocFT)", ("locft", "full"),
+          with_context(edits_locally("locft", "full"), ("full-bf", "edit_success"),
+                       ("full-bf", "neighbourhood_preservation"), ("full-bf", "retention"),
+                       ("locft-layer0", "edit_success"), ("locft-layer2", "edit_success"),
+                       ("pre-edit", "retention"), ("locft-750u", "edit_success"),
+                       ("locft-750u", "paraphrase_success"), ("locft-750u", "neighbourhood_preservation"),
+                       ("locft-750u", "retention"), ("full-750u", "neighbourhood_preservation"),
+                       ("full-750u", "retention")), scenario="editing"),
 ]
 
 

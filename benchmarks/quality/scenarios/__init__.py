@@ -16,6 +16,9 @@ MODULES = {
     "grafting": "benchmarks.quality.scenarios.grafting",
     "composition": "benchmarks.quality.scenarios.composition",
     "minilm-classification": "benchmarks.quality.scenarios.minilm_classification",
+    "self-generated": "benchmarks.quality.scenarios.self_generated",
+    "few-shot-sft": "benchmarks.quality.scenarios.few_shot_sft",
+    "editing": "benchmarks.quality.scenarios.editing",
 }
 NAMES = ["target", *MODULES]
 

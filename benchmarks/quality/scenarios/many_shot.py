@@ -100,7 +100,7 @@ def run(ctx: Context) -> dict[str, Any]:
     per_seed: dict[str, list[dict[str, Any]]] = {}
     model, tokenizer = load(ctx.folder)
     per_seed["pretrained"] = [scores(model, tokenizer, queries, pool)]
-    ctx.log(f"  pretrained             " + "  ".join(f"k={k} {per_seed['pretrained'][0][f'k{k}']:.3f}" for k in SHOTS))
+    ctx.log("  pretrained             " + "  ".join(f"k={k} {per_seed['pretrained'][0][f'k{k}']:.3f}" for k in SHOTS))
     for seed in ctx.seeds:
         for name, loss in (("many_icl", "all"), ("last-answer", "last")):
             model, tokenizer = load(ctx.folder)
