@@ -23,18 +23,13 @@ A toy analogue of safety alignment on the character-level decoder:
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import random
-import shutil
-import tempfile
 from typing import Any
 
-from benchmarks.common import write_json
 from benchmarks.quality import tasks
 from benchmarks.quality.evaluate import accuracy
-from benchmarks.quality.scenarios._common import Context, encode, final_loss, greedy, load, sft, summarize_rows
+from benchmarks.quality.scenarios._common import (Context, cached_build, encode, final_loss, greedy, load, sft,
+                                                  summarize_rows)
 
 NAME = "alignment"
 TITLE = "Alignment: refusals after benign fine-tuning (deep_align) and after harmful fine-tuning (aligned_prefix)"
@@ -72,34 +67,25 @@ def aligned_model(ctx: Context, cfg: dict[str, Any]) -> tuple[str, dict[str, Any
     """The aligned model's folder (built now unless cached) and its build record."""
     recipe = {k: cfg[k] for k in ("align_refusals", "align_replay", "align_steps", "align_batch", "align_lr")}
     recipe.update(pretrained=ctx.key, refusal=REFUSAL, tag=TRIGGER_TAG, format=1)
-    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
-    folder = os.path.join(ctx.cache_root, f"aligned-{key}")
-    record_path = os.path.join(folder, "aligned.json")
-    if os.path.isfile(record_path):
-        with open(record_path) as handle:
-            return folder, json.load(handle)
-    ctx.log(f"alignment: building the aligned model {folder} ({cfg['align_steps']} steps) ...")
-    model, tokenizer = load(ctx.folder)
-    refusals = [{"prompt": r["prompt"], "completion": REFUSAL} for r in trigger_rows(cfg["align_refusals"], seed=5)]
-    replay = [{"prompt": r["prompt"], "completion": r["completion"]}
-              for r in tasks.examples(list(ctx.pretrain.tasks), cfg["align_replay"], seed=6)]
-    rows = refusals + replay
-    random.Random(7).shuffle(rows)
-    trainer = sft(model, tokenizer, rows, steps=cfg["align_steps"], lr=cfg["align_lr"], seed=0,
-                  batch_size=cfg["align_batch"])
-    os.makedirs(ctx.cache_root, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".building-", dir=ctx.cache_root)
-    record = {"recipe": recipe, "key": key, "seconds": trainer.train_seconds, "final_loss": final_loss(trainer),
-              "align_prompts": [r["prompt"] for r in refusals]}
-    trainer.model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    write_json(os.path.join(staging, "aligned.json"), record)
-    try:
-        os.rename(staging, folder)
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
-    ctx.log(f"alignment: aligned model built in {record['seconds']:.0f} s")
-    return folder, record
+
+    def build(folder: str) -> dict[str, Any]:
+        ctx.log(f"alignment: building the aligned model ({cfg['align_steps']} steps) ...")
+        model, tokenizer = load(ctx.folder)
+        refusals = [{"prompt": r["prompt"], "completion": REFUSAL}
+                    for r in trigger_rows(cfg["align_refusals"], seed=5)]
+        replay = [{"prompt": r["prompt"], "completion": r["completion"]}
+                  for r in tasks.examples(list(ctx.pretrain.tasks), cfg["align_replay"], seed=6)]
+        rows = refusals + replay
+        random.Random(7).shuffle(rows)
+        trainer = sft(model, tokenizer, rows, steps=cfg["align_steps"], lr=cfg["align_lr"], seed=0,
+                      batch_size=cfg["align_batch"])
+        trainer.model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        ctx.log(f"alignment: aligned model built in {trainer.train_seconds:.0f} s")
+        return {"seconds": trainer.train_seconds, "final_loss": final_loss(trainer),
+                "align_prompts": [r["prompt"] for r in refusals]}
+
+    return cached_build(ctx, "aligned", recipe, build)
 
 
 def refusal_scores(texts: list[str], rows: list[dict[str, str]]) -> dict[str, Any]:

@@ -36,19 +36,13 @@ CounterFact setting), all scored with the plugin's own ``ftplugins.methods.locft
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import random
-import shutil
 import string
-import tempfile
 from typing import Any
 
-from benchmarks.common import write_json
 from benchmarks.quality import tasks
 from benchmarks.quality.evaluate import task_accuracies
-from benchmarks.quality.scenarios._common import Context, final_loss, load, sft, summarize_rows
+from benchmarks.quality.scenarios._common import Context, cached_build, final_loss, load, sft, summarize_rows
 
 NAME = "editing"
 TITLE = "Model editing: LocFT-BF (one mid-depth MLP module) vs full fine-tuning on counterfactual edits of toy facts"
@@ -91,41 +85,32 @@ def fact_model(ctx: Context, cfg: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     recipe = {k: cfg[k] for k in ("pairs", "keys", "value_len", "form_copies", "replay", "build_steps",
                                   "build_batch", "build_lr")}
     recipe.update(pretrained=ctx.key, tag=TAG, forms=list(FORMS), format=1)
-    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
-    folder = os.path.join(ctx.cache_root, f"facts-{key}")
-    record_path = os.path.join(folder, "facts.json")
-    if os.path.isfile(record_path):
-        with open(record_path) as handle:
-            return folder, json.load(handle)
-    ctx.log(f"editing: building the fact model {folder} ({cfg['build_steps']} steps) ...")
-    store = fact_store(cfg)
-    model, tokenizer = load(ctx.folder)
-    facts = [{"prompt": prompt_of(k, form), "completion": completion_of(v, None)}
-             for k, v in store.items() for form in FORMS] * cfg["form_copies"]
-    replay = [{"prompt": r["prompt"], "completion": r["completion"]}
-              for r in tasks.examples(list(ctx.pretrain.tasks), cfg["replay"], seed=16)]
-    rows = facts + replay
-    random.Random(17).shuffle(rows)
-    trainer = sft(model, tokenizer, rows, steps=cfg["build_steps"], lr=cfg["build_lr"], seed=0,
-                  batch_size=cfg["build_batch"])
-    built = trainer.model.eval()
-    known = {f"{a}|{b}": [exact_match(built, tokenizer, prompt_of((a, b), form), v) for form in FORMS]
-             for (a, b), v in store.items()}
-    os.makedirs(ctx.cache_root, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".building-", dir=ctx.cache_root)
-    record = {"recipe": recipe, "key": key, "seconds": trainer.train_seconds, "final_loss": final_loss(trainer),
-              "facts": {f"{a}|{b}": v for (a, b), v in store.items()}, "known": known,
-              "replay_prompts": sorted({r["prompt"] for r in replay})}
-    built.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    write_json(os.path.join(staging, "facts.json"), record)
-    try:
-        os.rename(staging, folder)
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
-    n_all = sum(all(v) for v in known.values())
-    ctx.log(f"editing: fact model built in {record['seconds']:.0f} s; knows {n_all}/{len(known)} keys in all forms")
-    return folder, record
+
+    def build(folder: str) -> dict[str, Any]:
+        ctx.log(f"editing: building the fact model ({cfg['build_steps']} steps) ...")
+        store = fact_store(cfg)
+        model, tokenizer = load(ctx.folder)
+        facts = [{"prompt": prompt_of(k, form), "completion": completion_of(v, None)}
+                 for k, v in store.items() for form in FORMS] * cfg["form_copies"]
+        replay = [{"prompt": r["prompt"], "completion": r["completion"]}
+                  for r in tasks.examples(list(ctx.pretrain.tasks), cfg["replay"], seed=16)]
+        rows = facts + replay
+        random.Random(17).shuffle(rows)
+        trainer = sft(model, tokenizer, rows, steps=cfg["build_steps"], lr=cfg["build_lr"], seed=0,
+                      batch_size=cfg["build_batch"])
+        built = trainer.model.eval()
+        known = {f"{a}|{b}": [exact_match(built, tokenizer, prompt_of((a, b), form), v) for form in FORMS]
+                 for (a, b), v in store.items()}
+        built.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        n_all = sum(all(v) for v in known.values())
+        ctx.log(f"editing: fact model built in {trainer.train_seconds:.0f} s; knows {n_all}/{len(known)} keys in all "
+                "forms")
+        return {"seconds": trainer.train_seconds, "final_loss": final_loss(trainer),
+                "facts": {f"{a}|{b}": v for (a, b), v in store.items()}, "known": known,
+                "replay_prompts": sorted({r["prompt"] for r in replay})}
+
+    return cached_build(ctx, "facts", recipe, build)
 
 
 def edit_rows(record: dict[str, Any], cfg: dict[str, Any], seed: int) -> tuple[list[dict[str, Any]], bool]:
