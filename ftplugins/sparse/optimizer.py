@@ -130,7 +130,7 @@ class SparseAdamW(torch.optim.Optimizer):
         self.steps = 0
         self._grads: dict[nn.Parameter, torch.Tensor] = {}  # this step's compact gradients
         self._grad_buffers: dict[nn.Parameter, torch.Tensor] = {}  # their storage, kept across steps
-        self._workspaces: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}  # routed Linear grads
+        self._workspaces: dict[tuple[torch.dtype, torch.device, bool], torch.Tensor] = {}  # products; scratch
         self._reduced = False
         self._norm: torch.Tensor | None = None
         self._stepped: set[nn.Parameter] = set()  # step_in_backward: updated during this step's backward

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import random
 import shutil
 import tempfile
 import time
@@ -99,6 +100,16 @@ def cached_build(ctx: Context, kind: str, recipe: dict[str, Any], build: Callabl
     except OSError:  # another process built it first
         shutil.rmtree(staging, ignore_errors=True)
     return folder, record
+
+
+def with_replay(ctx: Context, rows: list[dict[str, Any]], replay: int, seed: int) -> list[dict[str, Any]]:
+    """``rows`` mixed with ``replay`` pre-training examples (so a derived model keeps its tasks), shuffled."""
+    from benchmarks.quality import tasks
+
+    mixed = rows + [{"prompt": r["prompt"], "completion": r["completion"]}
+                    for r in tasks.examples(list(ctx.pretrain.tasks), replay, seed=seed)]
+    random.Random(seed + 1).shuffle(mixed)
+    return mixed
 
 
 def final_loss(trainer) -> float:

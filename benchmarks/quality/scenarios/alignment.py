@@ -29,7 +29,7 @@ from typing import Any
 from benchmarks.quality import tasks
 from benchmarks.quality.evaluate import accuracy
 from benchmarks.quality.scenarios._common import (Context, cached_build, encode, final_loss, greedy, load, sft,
-                                                  summarize_rows)
+                                                  summarize_rows, with_replay)
 
 NAME = "alignment"
 TITLE = "Alignment: refusals after benign fine-tuning (deep_align) and after harmful fine-tuning (aligned_prefix)"
@@ -73,10 +73,7 @@ def aligned_model(ctx: Context, cfg: dict[str, Any]) -> tuple[str, dict[str, Any
         model, tokenizer = load(ctx.folder)
         refusals = [{"prompt": r["prompt"], "completion": REFUSAL}
                     for r in trigger_rows(cfg["align_refusals"], seed=5)]
-        replay = [{"prompt": r["prompt"], "completion": r["completion"]}
-                  for r in tasks.examples(list(ctx.pretrain.tasks), cfg["align_replay"], seed=6)]
-        rows = refusals + replay
-        random.Random(7).shuffle(rows)
+        rows = with_replay(ctx, refusals, cfg["align_replay"], seed=6)
         trainer = sft(model, tokenizer, rows, steps=cfg["align_steps"], lr=cfg["align_lr"], seed=0,
                       batch_size=cfg["align_batch"])
         trainer.model.save_pretrained(folder)

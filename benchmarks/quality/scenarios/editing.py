@@ -42,7 +42,8 @@ from typing import Any
 
 from benchmarks.quality import tasks
 from benchmarks.quality.evaluate import task_accuracies
-from benchmarks.quality.scenarios._common import Context, cached_build, final_loss, load, sft, summarize_rows
+from benchmarks.quality.scenarios._common import (Context, cached_build, final_loss, load, sft, summarize_rows,
+                                                  with_replay)
 
 NAME = "editing"
 TITLE = "Model editing: LocFT-BF (one mid-depth MLP module) vs full fine-tuning on counterfactual edits of toy facts"
@@ -92,10 +93,8 @@ def fact_model(ctx: Context, cfg: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         model, tokenizer = load(ctx.folder)
         facts = [{"prompt": prompt_of(k, form), "completion": completion_of(v, None)}
                  for k, v in store.items() for form in FORMS] * cfg["form_copies"]
-        replay = [{"prompt": r["prompt"], "completion": r["completion"]}
-                  for r in tasks.examples(list(ctx.pretrain.tasks), cfg["replay"], seed=16)]
-        rows = facts + replay
-        random.Random(17).shuffle(rows)
+        replay = [r["prompt"] for r in tasks.examples(list(ctx.pretrain.tasks), cfg["replay"], seed=16)]
+        rows = with_replay(ctx, facts, cfg["replay"], seed=16)
         trainer = sft(model, tokenizer, rows, steps=cfg["build_steps"], lr=cfg["build_lr"], seed=0,
                       batch_size=cfg["build_batch"])
         built = trainer.model.eval()
@@ -108,7 +107,7 @@ def fact_model(ctx: Context, cfg: dict[str, Any]) -> tuple[str, dict[str, Any]]:
                 "forms")
         return {"seconds": trainer.train_seconds, "final_loss": final_loss(trainer),
                 "facts": {f"{a}|{b}": v for (a, b), v in store.items()}, "known": known,
-                "replay_prompts": sorted({r["prompt"] for r in replay})}
+                "replay_prompts": sorted(set(replay))}
 
     return cached_build(ctx, "facts", recipe, build)
 
