@@ -60,6 +60,16 @@ def train(argv: Sequence[str]) -> None:
     run = Run(plugins=plugins, options=options)
     with plugins_active(run, [trainer_name]):
         script.main(*trl_args)
+    leave_process_group()
+
+
+def leave_process_group() -> None:
+    """Destroy the distributed process group a DDP run created, before the interpreter exits: gloo's threads
+    torn down at exit can abort the process after the work is done (torch also warns when it is left)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 @exit_on_user_error

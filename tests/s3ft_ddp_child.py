@@ -29,6 +29,9 @@ def main(output_dir: str) -> None:
     with open(os.path.join(output_dir, f"rank{rank}.json"), "w") as handle:
         json.dump({"report": report, "input_ids": list(trainer.train_dataset["input_ids"])}, handle)
     trainer.train()
+    # Leave the process group before exiting: gloo's threads torn down at interpreter exit can abort
+    # ("terminate called without an active exception"), failing the run after the work is done.
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
