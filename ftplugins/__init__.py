@@ -24,6 +24,15 @@ _EXPORTS = {
 __all__ = ["__version__", *_EXPORTS]
 
 
+def _quiet_foreign_notices() -> None:
+    from .quantized_cpu import quiet_bitsandbytes_notice
+
+    quiet_bitsandbytes_notice()
+
+
+_quiet_foreign_notices()
+
+
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'ftplugins' has no attribute {name!r}")

@@ -19,6 +19,7 @@ from .context import Run
 from .dataset_columns import check_columns
 from .errors import FtpluginsError, ModelPathError
 from .options import build_options
+from .quantized_cpu import guard_cpu_4bit_packing
 
 
 def compose(trainer_cls: type, plugins: list[Any], **options: Any) -> type:
@@ -74,6 +75,7 @@ class PluginTrainerMixin:
             )
 
         run.model = model
+        guard_cpu_4bit_packing(model, training=True)
         adapter = run.call("peft_config", model=model)
         if adapter is not None:
             if call.get("peft_config") is not None:

@@ -116,6 +116,9 @@ def load_adapter(model: Any, path: str, **kwargs: Any) -> Any:
     ensure_peft_type(read_peft_type(os.path.join(path, subfolder) if subfolder else path))
     from peft import PeftModel
 
+    from .quantized_cpu import guard_cpu_4bit_packing
+
+    guard_cpu_4bit_packing(model, training=bool(kwargs.get("is_trainable", False)))
     return PeftModel.from_pretrained(model, path, **kwargs)
 
 

@@ -132,6 +132,12 @@ def tiny_llama(vocab_size: int | None = None, seed: int = 0, **overrides: Any):
     return LlamaForCausalLM(config)
 
 
+#: Widths for a tiny Llama whose Linear layers bitsandbytes quantizes as it would a real model's: every in-feature
+#: count a multiple of the 4-bit block size (64) and every out-feature count a multiple of 32, so that on CPUs with
+#: AVX512-BF16 the 4-bit layers take bitsandbytes' packed CPU kernel in eval mode (narrower layers cannot).
+QUANTIZABLE_WIDTHS = {"hidden_size": 64, "intermediate_size": 128}
+
+
 def save_tiny_llama(path: str, seed: int = 0, **overrides: Any) -> str:
     """Save a tiny Llama and its tokenizer to ``path`` (a model folder for CLI tests); returns ``path``."""
     model = tiny_llama(seed=seed, **overrides)

@@ -25,6 +25,14 @@ def tiny_model_dir(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def quantizable_model_dir(tmp_path_factory) -> str:
+    """A saved tiny Llama of realistic widths for bitsandbytes (see ``ftplugins.testing.QUANTIZABLE_WIDTHS``)."""
+    from ftplugins.testing import QUANTIZABLE_WIDTHS, save_tiny_llama
+
+    return save_tiny_llama(str(tmp_path_factory.mktemp("quantizable-llama")), **QUANTIZABLE_WIDTHS)
+
+
+@pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> str:
     from ftplugins.testing import write_builtin_datasets
 

@@ -124,7 +124,7 @@ def test_quality_replot(tmp_path):
         "metrics": [["target", "target acc."], ["ratio", "grafted / fine-tuned acc."], ["density", "density"]]}}}
     (tmp_path / "quality.json").write_text(json.dumps(result))
     done = subprocess.run([sys.executable, "-m", "benchmarks.quality", "--replot", str(tmp_path)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120, check=False)
+                          capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "quality-scenarios.png" in done.stdout
     assert (tmp_path / "quality-scenarios.png").stat().st_size > 0

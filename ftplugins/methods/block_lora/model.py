@@ -18,6 +18,7 @@ from torch import nn
 
 from ftplugins.errors import FtpluginsError, UnsupportedModelError
 
+from ftplugins.quantized_cpu import guard_cpu_4bit_packing
 from ftplugins.tuners import classifier_heads, describe, output_heads, unwrapped_modules
 
 from .layer import SUPPORTED, BlockLoraLayer, check_divisible, linear_features
@@ -34,6 +35,10 @@ class BlockLoraModel(BaseTuner):
     prefix = "block_lora_"
     tuner_layer_cls = BlockLoraLayer
     target_module_mapping: dict[str, list[str]] = {}  # unused: defaults come from the model, see module docstring
+
+    def _prepare_model(self, peft_config: Any, model: nn.Module) -> None:
+        """An adapted model is trained: its bitsandbytes 4-bit layers must pass gradients on every CPU."""
+        guard_cpu_4bit_packing(model, training=True)
 
     def _prepare_adapter_config(self, peft_config: Any, model_config: dict) -> Any:
         model = self.model  # BaseTuner hands this hook only the model's config; the defaults need the modules

@@ -17,6 +17,7 @@ from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
 from ftplugins.errors import FtpluginsError, OptionError, UnsupportedModelError
+from ftplugins.quantized_cpu import guard_cpu_4bit_packing
 from ftplugins.tuners import classifier_heads, describe, model_type_of, unwrapped_modules
 
 from .blocks import LAYOUTS, BottleneckSublayer, InputTap, find_blocks, parts_needed, resolved_position
@@ -30,6 +31,10 @@ class BottleneckModel(BaseTuner):
     prefix = "bottleneck_"
     tuner_layer_cls = BottleneckLayer
     target_module_mapping: dict[str, list[str]] = {}  # unused: targets come from the presets, see module docstring
+
+    def _prepare_model(self, peft_config: Any, model: nn.Module) -> None:
+        """An adapted model is trained: its bitsandbytes 4-bit layers must pass gradients on every CPU."""
+        guard_cpu_4bit_packing(model, training=True)
 
     def _prepare_adapter_config(self, peft_config: Any, model_config: dict) -> Any:
         model = self.model  # BaseTuner hands this hook only the model's config; the roles need the modules
