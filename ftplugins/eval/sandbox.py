@@ -55,7 +55,7 @@ logger = logging.getLogger(__name__)
 
 LAUNCHER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_launcher.py")
 LAUNCHER_GRACE = 10.0  # seconds the trainer allows the launcher beyond the candidate's timeout before it kills it
-LAUNCHER_PROCESSES = 2  # the launcher and, with namespaces, the supervisor: counted in the run's pids cgroup
+LAUNCHER_PROCESSES = 1  # the launcher, counted in the run's pids cgroup (plus the supervisor with namespaces)
 
 NO_NETWORK = '''\
 import socket as _s, _socket as _cs
@@ -110,8 +110,6 @@ class SandboxResult:
 @functools.lru_cache(maxsize=None)
 def namespaces_available() -> bool:
     """Whether this machine lets the sandbox use user, mount, network and PID namespaces (probed once)."""
-    if sys.platform != "linux":
-        return False
     result = _run("pass", timeout=10.0, limits=Limits(), namespaces=True)
     if not result.passed:
         logger.warning(
@@ -132,6 +130,11 @@ def run_code(source: str, tests: str = "", *, timeout: float = 10.0, limits: Lim
     the in-process network block (on by default; the network namespace is the wall where it exists)."""
     if not timeout > 0:
         raise FtpluginsError(f"run_code(timeout={timeout!r}): expected a positive number of seconds.")
+    if sys.platform != "linux":
+        raise FtpluginsError(
+            f"ftplugins.eval.sandbox runs untrusted code on Linux only (it relies on /proc, prctl and namespaces); "
+            f"this is {sys.platform}: run the code judge or harness on Linux or in a Linux container."
+        )
     limits = limits or Limits()
     if namespaces is None:
         namespaces = namespaces_available()
@@ -146,7 +149,7 @@ def _run(script: str, *, timeout: float, limits: Limits, namespaces: bool) -> Sa
     with tempfile.TemporaryDirectory(prefix="ftplugins-sandbox-", ignore_cleanup_errors=True) as folder:
         with open(os.path.join(folder, "request.json"), "w", encoding="utf-8") as handle:
             json.dump(request, handle)
-        cgroup = RunCgroup.create(limits.processes + LAUNCHER_PROCESSES)
+        cgroup = RunCgroup.create(limits.processes + LAUNCHER_PROCESSES + int(namespaces))
         report_path, log_path = os.path.join(folder, "report.json"), os.path.join(folder, "launcher.log")
         with open(report_path, "wb") as report, open(log_path, "wb") as log:
             launcher = subprocess.Popen([sys.executable, "-I", "-S", "-B", LAUNCHER, folder], stdin=subprocess.PIPE,
