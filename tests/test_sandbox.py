@@ -76,6 +76,13 @@ def test_an_endless_loop_ends_at_the_timeout(namespaces):
     assert (result.passed, result.reason, result.returncode) == (False, "timeout", None)
 
 
+@pytest.mark.parametrize("namespaces", MODES)
+def test_candidate_output_cannot_pose_as_a_sandbox_failure(namespaces):
+    """Set-up failures raise (they come through a channel closed at exec); anything the code prints is its own."""
+    forged = run("print('sandbox: cannot start the candidate')\nraise SystemExit(126)", namespaces=namespaces)
+    assert (forged.passed, forged.reason, forged.returncode) == (False, "failed", 126)
+
+
 def test_bad_limits_and_timeouts_are_refused():
     with pytest.raises(FtpluginsError, match=r"Limits\(processes=0\)"):
         Limits(processes=0)

@@ -80,7 +80,8 @@ class Limits:
     """Per-process resource limits of the candidate (and the size of its working folder with namespaces).
 
     Memory in MiB. ``cpu_seconds`` defaults to the run's timeout rounded up plus one (a backstop to the wall-clock
-    timeout). ``processes`` counts threads too."""
+    timeout). ``processes`` counts threads too; all processes of a run together stay under
+    ``processes * address_space_mb``."""
 
     address_space_mb: int = 1024
     cpu_seconds: float | None = None
@@ -110,7 +111,12 @@ class SandboxResult:
 @functools.lru_cache(maxsize=None)
 def namespaces_available() -> bool:
     """Whether this machine lets the sandbox use user, mount, network and PID namespaces (probed once)."""
-    result = _run("pass", timeout=10.0, limits=Limits(), namespaces=True)
+    if sys.platform != "linux":
+        return False
+    try:
+        result = _run("pass", timeout=10.0, limits=Limits(), namespaces=True)
+    except FtpluginsError as exc:
+        result = SandboxResult(False, None, str(exc))
     if not result.passed:
         logger.warning(
             "sandbox: user namespaces are not available here (%s); untrusted code runs with resource limits and "
@@ -227,8 +233,14 @@ def _result(report_path: str, log_path: str, finished: bool, exit_code: int | No
         return SandboxResult(False, None, f"sandbox error: the launcher exited {exit_code} without a report",
                              log, protections)
     returncode, output = report["returncode"], report["output"]
+    if not report["swept"]:
+        logger.warning("sandbox: processes of a candidate survived the launcher's sweep; the final kill ran after it")
     if report["timed_out"]:
         return SandboxResult(False, None, "timeout", output, protections)
-    if returncode == 126 and output.startswith("sandbox: cannot start the candidate"):
-        return SandboxResult(False, returncode, "sandbox error: " + output.strip(), output, protections)
+    if report["exec_error"]:  # before the candidate's code ran: a set-up problem, never the candidate's doing
+        raise FtpluginsError(
+            f"sandbox: cannot start the candidate interpreter {sys.executable} ({report['exec_error']}); it must be "
+            "executable and its standard library readable by this user; with namespaces=True the OS must also "
+            "permit a nested user namespace."
+        )
     return SandboxResult(returncode == 0, returncode, "passed" if returncode == 0 else "failed", output, protections)

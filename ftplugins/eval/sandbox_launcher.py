@@ -187,8 +187,9 @@ def _limits(request: dict) -> list[tuple[int, int]]:
     ]
 
 
-def _exec_candidate(libc, request: dict, script: str, work: str, output: int, namespaces: bool) -> None:
-    """In the forked child: never returns."""
+def _exec_candidate(libc, request: dict, script: str, work: str, output: int, errors: int, namespaces: bool) -> None:
+    """In the forked child: never returns. A failure before exec is written to ``errors`` (closed by a successful
+    exec), so the supervisor tells a broken set-up from candidate code that fails: the candidate cannot write there."""
     try:
         os.setsid()  # its own session and group: the supervisor kills the group as a whole
         if namespaces:
@@ -207,12 +208,13 @@ def _exec_candidate(libc, request: dict, script: str, work: str, output: int, na
         os.dup2(null, 0)
         os.dup2(output, 1)
         os.dup2(output, 2)
-        os.closerange(3, 65536)
+        os.closerange(3, errors)
+        os.closerange(errors + 1, 65536)
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": work, "TMPDIR": work, "OMP_NUM_THREADS": "1",
                "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         os.execve(request["python"], [request["python"], "-I", "-B", script], env)
     except BaseException as exc:  # noqa: BLE001 - report anything and leave the forked child at once
-        os.write(output, f"sandbox: cannot start the candidate: {exc}\n".encode())
+        os.write(errors, f"{type(exc).__name__}: {exc}".encode())
     os._exit(126)
 
 
@@ -232,9 +234,12 @@ def _wait(pid: int, timeout: float) -> tuple[int | None, bool]:
 def supervise(libc, request: dict, script: str, work: str, namespaces: bool) -> dict:
     """Run the candidate to its end or the timeout, then kill its session and every process left below us."""
     output = os.memfd_create("candidate-output", 0)
+    errors_in, errors_out = os.pipe()  # close-on-exec
     pid = os.fork()
     if pid == 0:
-        _exec_candidate(libc, request, script, work, output, namespaces)
+        _exec_candidate(libc, request, script, work, output, errors_out, namespaces)
+    os.close(errors_out)
+    exec_error = b"".join(iter(lambda: os.read(errors_in, 4096), b"")).decode("utf-8", "replace")
     returncode, timed_out = _wait(pid, request["timeout"])
     try:
         os.killpg(pid, signal.SIGKILL)  # the candidate's group, passing or not
@@ -244,7 +249,8 @@ def supervise(libc, request: dict, script: str, work: str, namespaces: bool) -> 
     size = os.fstat(output).st_size
     os.lseek(output, max(0, size - OUTPUT_TAIL), os.SEEK_SET)
     tail = os.read(output, OUTPUT_TAIL).decode("utf-8", "replace")
-    return {"returncode": returncode, "timed_out": timed_out, "output": tail, "swept": swept}
+    return {"returncode": returncode, "timed_out": timed_out, "output": tail, "swept": swept,
+            "exec_error": exec_error}
 
 
 def main(folder: str) -> int:
