@@ -283,7 +283,7 @@ def test_the_fallback_hides_the_launcher_not_the_trainer():
 # --- the network ---------------------------------------------------------------------------------------------------
 
 NETWORK = """
-import json, os, socket, subprocess, sys
+import json, shutil, socket, subprocess, sys
 tcp, udp = {tcp}, {udp}
 spawned = '''
 import json, socket
@@ -307,8 +307,9 @@ try:  # in process, around the patched class: its base is the real socket class
     results["mro"] = "succeeded"
 except OSError as e:
     results["mro"] = str(e)
-getent = subprocess.run(["getent", "hosts", "localhost"], capture_output=True) if os.path.exists("/usr/bin/getent") else None
-results["getent"] = "succeeded" if getent is not None and getent.returncode == 0 else "failed"
+getent = shutil.which("getent")  # the system resolver, from a program the in-process block cannot touch
+found = getent is not None and subprocess.run([getent, "hosts", "localhost"], capture_output=True).returncode == 0
+results["getent"] = "succeeded" if found else "failed"
 print(json.dumps(results))
 """
 

@@ -155,14 +155,14 @@ def _run(script: str, *, timeout: float, limits: Limits, namespaces: bool) -> Sa
     with tempfile.TemporaryDirectory(prefix="ftplugins-sandbox-", ignore_cleanup_errors=True) as folder:
         with open(os.path.join(folder, "request.json"), "w", encoding="utf-8") as handle:
             json.dump(request, handle)
-        cgroup = RunCgroup.create(limits.processes + LAUNCHER_PROCESSES + int(namespaces))
         report_path, log_path = os.path.join(folder, "report.json"), os.path.join(folder, "launcher.log")
         with open(report_path, "wb") as report, open(log_path, "wb") as log:
             launcher = subprocess.Popen([sys.executable, "-I", "-S", "-B", LAUNCHER, folder], stdin=subprocess.PIPE,
                                         stdout=report, stderr=log, env={}, start_new_session=True, close_fds=True)
+        cgroup = None
         try:
-            if cgroup is not None:
-                cgroup.add(launcher.pid)  # before the go: everything the run starts is in the cgroup
+            # Before the go, so that everything the run starts is in the cgroup.
+            cgroup = _cgroup_for(launcher.pid, limits.processes + LAUNCHER_PROCESSES + int(namespaces))
             try:
                 launcher.stdin.write(b"g")
                 launcher.stdin.close()
@@ -174,12 +174,27 @@ def _run(script: str, *, timeout: float, limits: Limits, namespaces: bool) -> Sa
         return _result(report_path, log_path, finished, launcher.returncode, namespaces, cgroup is not None)
 
 
+def _cgroup_for(pid: int, max_processes: int) -> RunCgroup | None:
+    cgroup = RunCgroup.create(max_processes)
+    if cgroup is None:
+        return None
+    try:
+        cgroup.add(pid)
+    except OSError:  # e.g. a cgroup v2 subtree we may create but not move processes into
+        cgroup.remove()
+        return None
+    return cgroup
+
+
 def _wait_without_reaping(pid: int, timeout: float) -> bool:
     """Wait for ``pid`` to exit but leave it a zombie, so that its process group id cannot be reused before we
     kill the group."""
     deadline = time.monotonic() + timeout
     while True:
-        if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+        try:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return True
+        except ChildProcessError:  # something else in this process reaped it
             return True
         left = deadline - time.monotonic()
         if left <= 0:
