@@ -28,8 +28,9 @@ With user namespaces (``namespaces_available()``: root, or unprivileged user nam
 
 Without user namespaces (a kernel or a security module forbids them) the file system is writable wherever the
 trainer's user may write, ``/proc/<trainer>/environ`` is readable and the trainer signallable by the candidate
-(same user), the network is open to spawned programs, and RLIMIT_NPROC counts all of the user's processes. A
-warning says so once; run untrusted code in a container there. ``SandboxResult.protections`` lists what held.
+(same user), the network is open to spawned programs, RLIMIT_NPROC counts all of the user's processes, and
+code that kills its launcher first can leave processes behind unless the run's cgroup catches them. A warning
+says so once; run untrusted code in a container there. ``SandboxResult.protections`` lists what held.
 """
 
 from __future__ import annotations
