@@ -158,7 +158,7 @@ print("started", flush=True)
 def test_children_of_the_candidate_do_not_survive_the_run(namespaces, ending):
     marker = f"ftplugins-sandbox-survivor-{uuid.uuid4().hex}"
     source = SPAWN_SURVIVORS.format(marker=marker) + ("while True:\n    pass\n" if ending == "times out" else "")
-    result = run(source, namespaces=namespaces, timeout=3.0)
+    result = run(source, namespaces=namespaces, timeout=5.0)
     assert "started" in result.output
     assert result.reason == ("passed" if ending == "passes" else "timeout")
     assert processes_with(marker) == []
