@@ -8,13 +8,12 @@ keyword, it receives the whole dataset row (the code judge reads the row's unit 
 * ``numeric`` -- the last number of each text (``1,234.5`` style commas dropped) equal within 1e-6
   relative (the paper's final-answer match for maths);
 * ``code`` -- the prediction's code (its first fenced block, else the whole text) followed by the row's
-  tests runs in a fresh interpreter and exits 0 within the timeout.
+  tests runs in the sandbox (a fresh interpreter) and exits 0 within the timeout.
 
-"No network" in the code judge is best effort, not a sandbox: the child runs ``python -I`` (no user site,
-no ``PYTHON*`` variables) with an empty environment (no proxies), in an empty temporary folder, and a
-preamble replaces socket creation and name resolution with functions that raise ``OSError`` before the
-candidate code runs. Code that imports C extensions or spawns programs can get around that; run
-untrusted data inside a container without network.
+The code judge runs untrusted code through the one sandboxed runner, :func:`ftplugins.eval.sandbox.run_code`:
+resource limits, a launcher without secrets between the trainer and the code, every process killed after each
+run, and, where Linux permits user namespaces, no network, a read-only file system and a PID namespace that
+hides the trainer. :mod:`ftplugins.eval.sandbox` says exactly what holds with and without namespaces.
 """
 
 from __future__ import annotations
@@ -22,18 +21,14 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
-import os
 import re
-import signal
 import string
-import subprocess
-import sys
-import tempfile
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 from ftplugins.errors import FtpluginsError
+from ftplugins.eval.sandbox import run_code
 
 Judge = Callable[..., bool]
 
@@ -70,46 +65,10 @@ def numeric_match(prediction: str, gold: str) -> bool:
     return a is not None and b is not None and math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
 
 
-_NO_NETWORK = '''\
-import socket as _s, _socket as _cs
-def _off(*args, **kwargs):
-    raise OSError("network access is disabled in the s3ft code judge")
-class _NoSocket(_s.socket):
-    def __init__(self, *args, **kwargs):
-        raise OSError("network access is disabled in the s3ft code judge")
-_s.socket = _cs.socket = _NoSocket
-for _name in ("create_connection", "create_server", "getaddrinfo", "gethostbyname", "gethostbyname_ex",
-              "socketpair", "fromfd"):
-    if hasattr(_s, _name):
-        setattr(_s, _name, _off)
-    if hasattr(_cs, _name):
-        setattr(_cs, _name, _off)
-del _s, _cs, _off, _NoSocket, _name
-'''
-
-
 def extract_code(text: str) -> str:
     """The first fenced code block of ``text``, else ``text`` itself."""
     match = _FENCE.search(text)
     return match.group(1) if match else text
-
-
-def run_python(source: str, timeout: float) -> bool:
-    """Run ``source`` in a fresh isolated interpreter; True when it exits 0 within ``timeout`` seconds."""
-    with tempfile.TemporaryDirectory(prefix="s3ft-judge-") as folder:
-        path, workdir = os.path.join(folder, "candidate.py"), os.path.join(folder, "work")
-        os.mkdir(workdir)  # the candidate starts in an empty folder that it may write to
-        with open(path, "w", encoding="utf-8") as handle:
-            handle.write(_NO_NETWORK + "\n" + source + "\n")
-        # Own session, so a timeout kills the whole group (children the candidate spawned included).
-        child = subprocess.Popen([sys.executable, "-I", "-B", path], cwd=workdir, env={}, stdin=subprocess.DEVNULL,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        try:
-            return child.wait(timeout=timeout) == 0
-        except subprocess.TimeoutExpired:
-            os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
-            return False
 
 
 def code_tests_pass(prediction: str, gold: str, *, example: dict | None = None, tests_column: str = "tests",
@@ -123,7 +82,7 @@ def code_tests_pass(prediction: str, gold: str, *, example: dict | None = None, 
         )
     if not isinstance(tests, str):
         tests = "\n".join(tests)
-    return run_python(extract_code(prediction) + "\n\n" + tests, timeout)
+    return run_code(extract_code(prediction), tests, timeout=timeout).passed
 
 
 BUILTIN = {
