@@ -261,7 +261,7 @@ def test_code_judge_kills_an_infinite_loop_at_the_timeout():
 
     start = time.monotonic()
     assert not code_tests_pass("def add(a, b):\n    while True:\n        pass\n", "", example=TESTS, timeout=1.0)
-    assert time.monotonic() - start < 8
+    assert time.monotonic() - start < 60  # killed, not run to completion (a bound, not a timing: the machine may be busy)
 
 
 def test_code_judge_blocks_the_network():
