@@ -304,6 +304,7 @@ def test_the_lock_is_reentrant_in_one_process_and_exclusive_across_processes(tmp
     assert other.returncode == 0, other.stderr
 
 
+@pytest.mark.slow
 def test_the_cli_refuses_a_second_run_in_one_line(tmp_path, tiny_model_dir, data_dir):
     from test_train_cli import trl_yaml
 
