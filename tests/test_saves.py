@@ -282,7 +282,8 @@ def test_a_second_run_is_refused_until_the_first_process_dies(tmp_path):
         trainer = trainer_for(run)
         assert json.loads((run / LOCK_FILE).read_text())["pid"] == os.getpid()
         trainer.end()
-        with lock_output_dir(str(run)):  # released by end()
+        assert not (run / LOCK_FILE).exists()  # released (and its file removed) by end()
+        with lock_output_dir(str(run)):
             pass
     finally:
         holder.kill()
