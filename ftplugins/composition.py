@@ -4,9 +4,9 @@
 ``SFTTrainer`` whose ``__init__``, ``create_optimizer``, ``train`` and ``_save`` call the plugins'
 hooks at the points documented in :mod:`ftplugins.hookspecs`. It also owns the output folder for the
 run's life (:mod:`ftplugins.run_output`: a lock, ``ftplugins_run.json``) and makes every save whole
-(staged final saves, checkpoints moved into place as one folder: :mod:`ftplugins.checkpoints`). The command line (``ftplugins.train``)
-and the script wrapper (``ftplugins.run``) are built on this one function, so every usage form
-runs the same code.
+(staged final saves, checkpoints moved into place as one folder: :mod:`ftplugins.checkpoints`).
+The command line (``ftplugins.train``) and the script wrapper (``ftplugins.run``) are built on this one
+function, so every usage form runs the same code.
 """
 
 from __future__ import annotations

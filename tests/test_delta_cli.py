@@ -56,7 +56,8 @@ def test_unreadable_delta_files(damage, base_dir, delta_path, tmp_path, capsys):
 
 def test_a_header_without_shapes(base_dir, tmp_path, capsys):
     path = str(tmp_path / "noshapes.safetensors")
-    save_file({"delta_values/w": torch.ones(2, dtype=torch.float64)}, path, metadata={"format": "ftplugins.sparse_delta"})
+    save_file({"delta_values/w": torch.ones(2, dtype=torch.float64)}, path,
+              metadata={"format": "ftplugins.sparse_delta"})
     line = one_line_error(capsys, ["delta", "apply", base_dir, path, "-o", str(tmp_path / "out")])
     assert "has no valid 'shapes' record" in line
 

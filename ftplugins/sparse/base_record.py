@@ -77,7 +77,8 @@ def tensors_of(metadata: Mapping[str, str]) -> dict[str, str] | None:
     except ValueError:
         raise FtpluginsError(f"the delta's {TENSORS_KEY} record is not valid JSON; the file was damaged") from None
     if not isinstance(value, dict):
-        raise FtpluginsError(f"the delta's {TENSORS_KEY} record is not a name -> checksum mapping; the file was damaged")
+        raise FtpluginsError(f"the delta's {TENSORS_KEY} record is not a name -> checksum mapping; "
+                             "the file was damaged")
     return value
 
 

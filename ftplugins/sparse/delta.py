@@ -358,7 +358,8 @@ def apply_delta(target: nn.Module | Mapping[str, torch.Tensor], *deltas: SparseD
                              f"{missing[:3]}; apply it to the model it was trained from")
     for name, entry in delta.tensors.items():
         if tuple(tensors[name].shape) != tuple(entry.shape):
-            raise FtpluginsError(f"delta for {name} has shape {entry.shape}, the target tensor {tuple(tensors[name].shape)}")
+            raise FtpluginsError(f"delta for {name} has shape {entry.shape}, "
+                                 f"the target tensor {tuple(tensors[name].shape)}")
     if check_base:
         if config is None and isinstance(target, nn.Module):
             config = getattr(target, "config", None)
