@@ -199,3 +199,24 @@ def test_a_trained_delta_applies_to_its_base_folder_and_only_once(tmp_path, caps
     assert tuned.keys() == trained.keys() and all(torch.equal(tuned[k], trained[k]) for k in tuned)
     line = one_line_error(capsys, ["delta", "apply", str(tmp_path / "run"), delta, "-o", str(tmp_path / "twice")])
     assert "was applied to this model already" in line
+
+
+def test_stacked_deltas_from_different_bases_compose_with_a_warning(caplog):
+    """LT-SFT trains its task delta on base + a language delta: composing the two is legitimate, so the tensors
+    their records disagree on go unchecked (with a warning), while the task delta alone is refused on the base."""
+    from test_sparse_delta import base_weights, copy_of, fine_tuned
+
+    from ftplugins.sparse.base_record import WrongBaseError
+    from ftplugins.sparse.delta import apply_delta, compose_deltas, diff_delta
+
+    base = base_weights()
+    language = fine_tuned(base, seed=1)
+    task = fine_tuned(language, seed=2)
+    d_language, d_task = diff_delta(language, base), diff_delta(task, language)
+    with pytest.raises(WrongBaseError, match="another base model"):
+        apply_delta(copy_of(base), d_task)
+    with caplog.at_level(logging.WARNING, logger="ftplugins.sparse"):
+        both = compose_deltas([d_language, d_task])
+    assert any("made from different bases" in r.getMessage() for r in caplog.records)
+    stacked = apply_delta(copy_of(base), both)
+    assert all(torch.allclose(stacked[k], task[k]) for k in base)
