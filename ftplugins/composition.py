@@ -2,24 +2,29 @@
 
 ``compose(SFTTrainer, ["masked_thought"], masked_thought_ratio=0.2)`` returns a subclass of
 ``SFTTrainer`` whose ``__init__``, ``create_optimizer``, ``train`` and ``_save`` call the plugins'
-hooks at the points documented in :mod:`ftplugins.hookspecs`. The command line (``ftplugins.train``)
-and the script wrapper (``ftplugins.run``) are built on this one function, so every usage form
-runs the same code.
+hooks at the points documented in :mod:`ftplugins.hookspecs`. It also owns the output folder for the
+run's life (:mod:`ftplugins.run_output`: a lock, ``ftplugins_run.json``) and makes every save whole
+(staged final saves, checkpoints moved into place as one folder: :mod:`ftplugins.checkpoints`).
+The command line (``ftplugins.train``) and the script wrapper (``ftplugins.run``) are built on this one
+function, so every usage form runs the same code.
 """
 
 from __future__ import annotations
 
 import inspect
 import os
+import weakref
 from typing import Any
 
 from . import registry
-from .atomic import staged_dir
+from .atomic import published_mark, staged_dir
+from .checkpoints import has_checkpoints, last_complete_checkpoint, save_checkpoint_staged
 from .context import Run
 from .dataset_columns import check_columns
 from .errors import FtpluginsError, ModelPathError
 from .options import build_options
 from .quantized_cpu import guard_cpu_4bit_packing
+from .run_output import claim_output_dir, forget_previous_run
 
 
 def compose(trainer_cls: type, plugins: list[Any], **options: Any) -> type:
@@ -61,6 +66,10 @@ class PluginTrainerMixin:
             trainer_cls=type(self), args=call.get("args"), processing_class=call.get("processing_class")
         )
         self._ftplugins_run = run
+        self._ftplugins_staged_run_dir = None
+        self._ftplugins_published = published_mark()
+        if call.get("args") is not None:
+            self._ftplugins_claim_output(call["args"])  # before any hook writes into it (s3ft's cache)
         run.call("validate")
         _check_trainer_supported(run)
         run.call("patch_before_model_load")
@@ -108,6 +117,8 @@ class PluginTrainerMixin:
             call["callbacks"] = [*(call.get("callbacks") or []), *more_callbacks]
 
         super().__init__(**call, **extra)
+        if call.get("args") is None:
+            self._ftplugins_claim_output(self.args)
         run.trainer = self
         if run.processing_class is None:
             run.processing_class = getattr(self, "processing_class", None)
@@ -131,35 +142,80 @@ class PluginTrainerMixin:
                 return optimizer
         return super().create_optimizer(*args, **kwargs)
 
-    def train(self, *args: Any, **kwargs: Any):
-        output = super().train(*args, **kwargs)
+    def _ftplugins_claim_output(self, args: Any) -> None:
+        """One run per output folder, held until :meth:`end`, the trainer's collection or the process's exit."""
+        lock = claim_output_dir(args)
+        self._ftplugins_lock = lock
+        if lock is not None:
+            weakref.finalize(self, lock.release)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
+        resume_from_checkpoint = _complete_checkpoint(self.args.output_dir, resume_from_checkpoint)
+        if self.args.should_save:
+            forget_previous_run(self.args.output_dir)
+        output = super().train(resume_from_checkpoint, *args, **kwargs)
         self._ftplugins_run.call("post_train", trainer=self)
         if self.args.should_save:
-            write_manifest(self._ftplugins_run, self.args.output_dir)
+            write_manifest(self._ftplugins_run, self.args.output_dir, self._ftplugins_published)
         return output
 
     def end(self, *args: Any, **kwargs: Any):
         """Wait for every process before the process group goes: rank 0 may still be writing the model,
         and a rank that tears the group down alone can abort the others (seen with gloo on CPU)."""
         self.accelerator.wait_for_everyone()
-        return super().end(*args, **kwargs)
+        try:
+            return super().end(*args, **kwargs)
+        finally:
+            if getattr(self, "_ftplugins_lock", None) is not None:
+                self._ftplugins_lock.release()
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        """The whole checkpoint folder is written staged and moved into place last (:mod:`ftplugins.checkpoints`)."""
+        save_checkpoint_staged(self, super()._save_checkpoint, model, trial)
+
+    def _get_output_dir(self, trial: Any) -> str:
+        staged = getattr(self, "_ftplugins_staged_run_dir", None)
+        return staged if staged is not None else super()._get_output_dir(trial=trial)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """Stage the save in a temporary folder and move files into place atomically."""
+        """Stage the save in a temporary folder and move files into place atomically; a save into the run's
+        own output folder (the final model) then updates ``ftplugins_run.json``, written last."""
         output_dir = output_dir if output_dir is not None else self.args.output_dir
-        if not self.args.should_save:
-            return super()._save(output_dir, state_dict=state_dict)
+        if not self.args.should_save or getattr(self, "_ftplugins_staged_run_dir", None) is not None:
+            return super()._save(output_dir, state_dict=state_dict)  # not saving, or inside a staged checkpoint
         with staged_dir(output_dir) as tmp:
             super()._save(tmp, state_dict=state_dict)
+        if os.path.abspath(output_dir) == os.path.abspath(self.args.output_dir):
+            write_manifest(self._ftplugins_run, output_dir, self._ftplugins_published)
 
 
-def write_manifest(run: Run, output_dir: str) -> None:
-    """``ftplugins_run.json``: which plugins, options, world size and versions produced this output."""
+def _complete_checkpoint(output_dir: str, resume: str | bool | None) -> str | bool | None:
+    """``resume_from_checkpoint=True`` -> the last *whole* checkpoint; a given one must be whole."""
+    from .checkpoints import checkpoint_problem
+
+    if resume is True:
+        found = last_complete_checkpoint(output_dir)
+        if found is None and has_checkpoints(output_dir):
+            raise FtpluginsError(f"no complete checkpoint in {output_dir!r} to resume from (see the warnings above); "
+                                 "start without resume_from_checkpoint, or point it at a whole checkpoint")
+        return found if found is not None else resume
+    if isinstance(resume, str) and os.path.isdir(resume):
+        problem = checkpoint_problem(resume)
+        if problem:
+            raise FtpluginsError(f"checkpoint {resume!r} is incomplete ({problem}); resume from an earlier one or "
+                                 "with resume_from_checkpoint=True (picks the last whole checkpoint)")
+    return resume
+
+
+def write_manifest(run: Run, output_dir: str, since: int = 0) -> dict:
+    """``ftplugins_run.json``: which plugins, options, world size and versions produced this output, and the
+    files the run published into it (since ``since``, see :func:`ftplugins.atomic.published_mark`) with sha256."""
     import dataclasses
-    import json
     from importlib.metadata import version
 
-    manifest = {
+    from . import run_output
+
+    record = {
         "plugins": [p.name for p in run.plugins],
         "options": {name: dataclasses.asdict(o) if o is not None else None for name, o in run.options.items()},
         "trainer": run.trainer_name,
@@ -167,9 +223,7 @@ def write_manifest(run: Run, output_dir: str) -> None:
         "global_step": run.trainer.state.global_step if run.trainer is not None else None,
         "versions": {pkg: version(pkg) for pkg in ("ftplugins", "torch", "transformers", "trl", "peft", "accelerate")},
     }
-    with staged_dir(output_dir) as tmp:
-        with open(os.path.join(tmp, "ftplugins_run.json"), "w") as handle:
-            json.dump(manifest, handle, indent=2, default=str)
+    return run_output.write_manifest(output_dir, record, since)
 
 
 def _pop_var_keyword(signature: inspect.Signature, call: dict) -> dict:

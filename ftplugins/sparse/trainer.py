@@ -119,8 +119,10 @@ def save_trainer_delta(trainer: Any, method: str, metadata: dict[str, str]) -> s
         )
     if not trainer.args.should_save:
         return None
+    config = getattr(trainer.accelerator.unwrap_model(trainer.model), "config", None)
     return save_optimizer_delta(optimizer, f"{trainer.args.output_dir}/{DELTA_FILE}",
-                                {"method": method, **metadata, "global_step": str(trainer.state.global_step)})
+                                {"method": method, **metadata, "global_step": str(trainer.state.global_step)},
+                                config=config)
 
 
 
