@@ -59,6 +59,23 @@ RELIED_ON: list[Upstream] = [
              "peft_type string -> config class; written to register out-of-tree PEFT types (peft_types)"),
     Upstream("peft.mapping:PEFT_TYPE_TO_TUNER_MAPPING", (), "peft_type string -> tuner class (peft_types)"),
     Upstream("peft.mapping:PEFT_TYPE_TO_PREFIX_MAPPING", (), "peft_type string -> parameter prefix (peft_types)"),
+    # PEFT's tuner subclassing interface: every in-tree tuner overrides these, and so do ours (ssf, block_lora,
+    # bottleneck); they stay in the tuners, checked here.
+    Upstream("peft.tuners.tuners_utils:BaseTuner._create_and_replace",
+             ("peft_config", "adapter_name", "target", "target_name", "parent", "current_key"),
+             "called once per matched module to wrap it in the tuner's layer"),
+    Upstream("peft.tuners.tuners_utils:BaseTuner._prepare_adapter_config", ("peft_config", "model_config"),
+             "completes a config (default target modules) before injection"),
+    Upstream("peft.tuners.tuners_utils:BaseTuner._check_merge_allowed", (),
+             "raises when the adapter cannot merge (our tuners add their own conditions)"),
+    Upstream("peft.tuners.tuners_utils:BaseTuner._replace_module", ("parent", "child_name", "new_module", "child"),
+             "puts the tuner layer in place of the base module"),
+    Upstream("peft.tuners.tuners_utils:BaseTuner._remove_adapter_name_from_key", ("key", "adapter_name"),
+             "maps state-dict keys of a saved adapter (bottleneck's block adapters)"),
+    Upstream("peft.tuners.tuners_utils:BaseTunerLayer._move_adapter_to_device_of_base_layer", ("adapter_name",),
+             "moves a new adapter's parameters to the base layer's device and dtype"),
+    Upstream("peft.tuners.tuners_utils:BaseTunerLayer._cast_input_dtype", ("x", "dtype"),
+             "casts a layer input to the adapter's dtype unless autocast is on"),
 ]
 # Also relied on, checked by tests/test_compat.py on a built trainer: TRL trainers keep their logged
 # metrics in ``trainer._metrics[mode][name]`` (lists averaged at each log), and Trainer keeps the columns

@@ -263,7 +263,7 @@ def _transform(run: Run, key: str, dataset: Any) -> Any:
 def _load_model(path: str, args: Any, plugin_kwargs: dict, quantization_config: Any) -> Any:
     """Load ``path`` the way TRL does, with the plugins' ``model_init_kwargs`` merged in."""
     check_model_path(path)
-    from trl.trainer.utils import create_model_from_path
+    from .compat import create_model_from_path
 
     kwargs = dict(getattr(args, "model_init_kwargs", None) or {})
     kwargs.update(plugin_kwargs)

@@ -1,0 +1,130 @@
+"""Every private upstream API ftplugins relies on still exists with the parameters we use (ftplugins.compat).
+
+When one of these fails after an upgrade, the message names the upstream change; fix the one function in
+``ftplugins/compat.py`` (or the tuner that overrides it), not the plugins.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pathlib
+import re
+from importlib.metadata import version
+
+import pytest
+from conftest import cpu_args
+
+import ftplugins
+from ftplugins import compat
+from ftplugins.compat import RELIED_ON
+
+
+def resolve(path: str):
+    module_name, _, qualname = path.partition(":")
+    target = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        target = getattr(target, part)
+    return target
+
+
+def release(path: str) -> str:
+    package = path.split(".")[0].split(":")[0]
+    return f"{package} {version(package)}"
+
+
+@pytest.mark.parametrize("upstream", RELIED_ON, ids=[u.path for u in RELIED_ON])
+def test_each_private_api_exists_with_the_parameters_we_use(upstream):
+    try:
+        target = resolve(upstream.path)
+    except (ImportError, AttributeError) as exc:
+        pytest.fail(f"{upstream.path} is gone in {release(upstream.path)} ({exc}); ftplugins relies on it: "
+                    f"{upstream.relies_on}. Adapt ftplugins/compat.py to the new release.")
+    if not upstream.parameters:
+        return
+    parameters = inspect.signature(target).parameters
+    missing = [name for name in upstream.parameters if name not in parameters]
+    assert not missing, (
+        f"{upstream.path} changed in {release(upstream.path)}: it no longer takes {missing} (it takes "
+        f"{list(parameters)}); ftplugins relies on it: {upstream.relies_on}. Adapt ftplugins/compat.py."
+    )
+
+
+def test_every_trainer_method_compat_overrides_is_listed_and_exists_in_transformers():
+    from transformers import Trainer
+
+    overridden = [name for name, value in vars(compat.TrainerInternals).items()
+                  if name.startswith("_") and not name.startswith("__") and callable(value)]
+    listed = {u.path.rpartition(".")[2] for u in RELIED_ON if u.path.startswith("transformers.trainer:Trainer.")}
+    assert set(overridden) <= listed, f"list {set(overridden) - listed} in compat.RELIED_ON"
+    for name in overridden:
+        assert callable(getattr(Trainer, name, None)), (
+            f"transformers {version('transformers')} has no Trainer.{name}, which ftplugins.compat overrides to call "
+            "the plugins' hooks; the hook would silently never fire. Adapt ftplugins/compat.py.")
+
+
+@pytest.fixture(scope="module")
+def sft_trainer(tmp_path_factory):
+    from trl import SFTConfig, SFTTrainer
+
+    from ftplugins.testing import arithmetic_dataset, tiny_llama, tiny_tokenizer
+
+    cls = ftplugins.compose(SFTTrainer, [])
+    return cls(model=tiny_llama(), args=cpu_args(SFTConfig, tmp_path_factory.mktemp("out")),
+               train_dataset=arithmetic_dataset(4), processing_class=tiny_tokenizer())
+
+
+def test_trl_keeps_logged_metrics_in_per_mode_lists(sft_trainer):
+    metrics = compat.trainer_metrics(sft_trainer)
+    assert metrics is not None, (
+        f"trl {version('trl')}: SFTTrainer has no _metrics['train'] (per-mode lists of logged values); deep_align, "
+        "lt_sft and graft log / clear metrics through ftplugins.compat.trainer_metrics: adapt it.")
+    metrics["compat/probe"].append(1.0)  # a defaultdict(list): new names need no set-up
+    assert sft_trainer._metrics["train"]["compat/probe"] == [1.0]
+    metrics.pop("compat/probe")
+
+
+def test_the_trainer_keeps_signature_columns(sft_trainer):
+    assert hasattr(sft_trainer, "_signature_columns"), (
+        f"transformers {version('transformers')}: Trainer has no _signature_columns; the dataset_columns hook "
+        "writes there (ftplugins.compat.TrainerInternals._set_signature_columns_if_needed): adapt it.")
+    sft_trainer._set_signature_columns_if_needed()
+    assert "input_ids" in sft_trainer._signature_columns
+
+
+def test_the_helpers_work_on_this_release(sft_trainer):
+    import torch
+
+    batch = compat.prepare_inputs(sft_trainer, next(iter(sft_trainer.get_train_dataloader())))
+    assert isinstance(batch["input_ids"], torch.Tensor)
+    collated = compat.sft_collator(pad_token_id=0)([{"input_ids": [1, 2, 3]}, {"input_ids": [4]}])
+    assert collated["input_ids"].tolist() == [[1, 2, 3], [4, 0, 0]]
+    config_map, tuner_map, prefix_map = compat.peft_type_mappings()
+    assert prefix_map["LORA"] == "lora_" and "LORA" in config_map and "LORA" in tuner_map
+
+
+PRIVATE_NAMES = sorted({u.path.rpartition(".")[2] for u in RELIED_ON if u.path.startswith("transformers.trainer:")}
+                       - {"_save", "end"} | {"_metrics", "_signature_columns"})
+# composition's atomic save and its wait for every rank still override Trainer._save / end themselves
+
+
+def uses(name: str, text: str) -> bool:
+    """``name`` called or read as an attribute (``x._metrics``, ``super()._clip_grad_norm(``, ``"_metrics"``)."""
+    return bool(re.search(rf"\.{re.escape(name)}\b|[\"']{re.escape(name)}[\"']", text))
+
+
+PRIVATE_MODULES = re.compile(r"^\s*(from|import)\s+(trl\.trainer\.utils|trl\.trainer\.sft_trainer|peft\.mapping)\b",
+                             re.MULTILINE)
+
+
+def test_no_module_but_compat_uses_a_private_upstream_api():
+    """Plugins and the core reach upstream internals only through ftplugins.compat (STYLE.md)."""
+    root = pathlib.Path(ftplugins.__file__).parent
+    offenders = []
+    for path in root.rglob("*.py"):
+        if path.name == "compat.py":
+            continue
+        text = path.read_text(encoding="utf-8")
+        offenders += [f"{path.relative_to(root)}: {name}" for name in PRIVATE_NAMES if uses(name, text)]
+        offenders += [f"{path.relative_to(root)}: import {m.group(2)}" for m in PRIVATE_MODULES.finditer(text)]
+    assert not offenders, f"use ftplugins.compat instead: {offenders}"
