@@ -393,3 +393,21 @@ def test_a_given_optimizer_is_refused_when_a_plugin_builds_the_optimizer(tmp_pat
     trainer = plain(model=model, args=cpu_args(SFTConfig, tmp_path), train_dataset=arithmetic_dataset(4),
                     processing_class=tiny_tokenizer(), optimizers=given)
     assert trainer.optimizer is given[0]
+
+
+def test_a_script_importing_the_trainer_at_its_top_level_runs_with_the_composed_class(tmp_path, monkeypatch):
+    """ftplugins.train patches first, then imports the script it runs (not only TRL's call-time lookup)."""
+    import sys
+
+    from ftplugins.context import Run
+    from ftplugins.patching import import_patched, plugins_active
+
+    (tmp_path / "top_level_script.py").write_text("from trl import SFTTrainer\n\ndef main():\n    return SFTTrainer\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import top_level_script  # imported before the patch, as the argument parsing does
+
+    run = Run(plugins=[Tagged("tagged", [])], options={})
+    with plugins_active(run, ["SFTTrainer"]) as composed:
+        assert import_patched("top_level_script").main() is composed["SFTTrainer"]
+    assert sys.modules["top_level_script"] is top_level_script  # nothing left behind
+    assert top_level_script.main().__name__ == "SFTTrainer"
