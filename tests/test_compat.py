@@ -128,3 +128,28 @@ def test_no_module_but_compat_uses_a_private_upstream_api():
         offenders += [f"{path.relative_to(root)}: {name}" for name in PRIVATE_NAMES if uses(name, text)]
         offenders += [f"{path.relative_to(root)}: import {m.group(2)}" for m in PRIVATE_MODULES.finditer(text)]
     assert not offenders, f"use ftplugins.compat instead: {offenders}"
+
+
+def test_dependency_ranges_start_at_the_versions_ci_tests():
+    """CI installs constraints.txt: a range admitting older releases would promise what nobody tested."""
+    tomllib = pytest.importorskip("tomllib")
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    pins = {}
+    for line in (root / "constraints.txt").read_text().splitlines():
+        name, sep, pinned = line.partition("==")
+        if sep and not line.startswith("#"):
+            pins[name.strip().lower().replace("_", "-")] = Version(pinned.strip())
+    requirements = [*project["dependencies"], *(r for extra in project["optional-dependencies"].values() for r in extra)]
+    for requirement in map(Requirement, requirements):
+        pinned = pins.get(requirement.name.lower().replace("_", "-"))
+        if requirement.name == "ftplugins" or pinned is None:
+            continue
+        assert requirement.specifier.contains(pinned), f"{requirement} excludes the tested {requirement.name}=={pinned}"
+        lower = [Version(s.version) for s in requirement.specifier if s.operator == ">="]
+        assert lower and lower[0].release[:2] == pinned.release[:2], (
+            f"{requirement} admits releases older than the tested {requirement.name}=={pinned}: raise its lower "
+            "bound to the tested minor release (or test the older one in CI)")
