@@ -77,11 +77,11 @@ def spec(combine: str, arg: str | None = None):
 def trainer_mixins(run):
     """Return a list of mixin classes to put in front of the base trainer class (the rare case).
 
-    Prefer the hooks below (``train_begin``, ``phase``, ``compute_loss``, ``grad_norm``, ...): a
-    mixin overrides Trainer internals that change between releases. Called once when the trainer
-    class is composed. Mixins are composed over the base trainer in
-    plugin order (the first plugin's mixin is outermost) and must call ``super()`` in every
-    method they override (``compute_loss``, ``training_step``, ...) so that they stack.
+    Prefer the hooks below (``phase``, ``train_begin``, ``compute_loss``, ``grad_norm``, ...): a
+    mixin overrides Trainer methods, whose internals change between releases. Called once when the
+    trainer class is composed. Mixins are composed over the base trainer in plugin order (the first
+    plugin's mixin is outermost) and must call ``super()`` in every method they override so that
+    they stack.
     """
 
 
