@@ -174,6 +174,17 @@ def add_fused_lm_head(model: Any) -> Any:
     return patch(model)
 
 
+def is_fused_lm_head_patched(model: Any) -> bool:
+    """Whether ``add_fused_lm_head`` patched ``model`` (an unwrapped causal LM). Relies on TRL 1.16 patching by
+    setting an instance ``forward`` that takes a ``fused_lm_head`` argument and returns ``log_probs`` /
+    ``label_mask`` (tests/test_compat.py checks both)."""
+    forward = vars(model).get("forward")
+    code = getattr(getattr(forward, "__func__", forward), "__code__", None)
+    if code is None:
+        return False
+    return "fused_lm_head" in code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
+
+
 def sft_collator(pad_token_id: int, padding_free: bool = False) -> Any:
     """SFTTrainer's collator for tokenized rows (``trl.trainer.sft_trainer.DataCollatorForLanguageModeling``)."""
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling

@@ -103,6 +103,27 @@ def test_the_helpers_work_on_this_release(sft_trainer):
     assert prefix_map["LORA"] == "lora_" and "LORA" in config_map and "LORA" in tuner_map
 
 
+def test_trls_fused_lm_head_is_detected_and_returns_label_log_probs():
+    import torch
+
+    from ftplugins.testing import tiny_llama
+
+    model = tiny_llama()
+    assert not compat.is_fused_lm_head_patched(model)
+    compat.add_fused_lm_head(model)
+    assert compat.is_fused_lm_head_patched(model), (
+        f"trl {version('trl')}: add_fused_lm_head no longer sets an instance forward taking fused_lm_head; "
+        "adapt ftplugins.compat.is_fused_lm_head_patched (reference log-probs and deep_align rely on it).")
+    ids = torch.tensor([[1, 5, 6, 7]])
+    labels = torch.tensor([[-100, 5, 6, 7]])
+    with torch.no_grad():
+        out = model(input_ids=ids, labels=labels, fused_lm_head=True, use_cache=False)
+        logits = model(input_ids=ids, use_cache=False).logits
+    expected = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, ids[:, 1:, None])[..., 0]
+    assert out.label_mask.tolist() == [[True, True, True]]
+    torch.testing.assert_close(out.log_probs.float(), expected, rtol=1e-4, atol=1e-5)
+
+
 PRIVATE_NAMES = sorted({u.path.rpartition(".")[2] for u in RELIED_ON if u.path.startswith("transformers.trainer:")}
                        - {"_save", "end"} | {"_metrics", "_signature_columns"})
 # composition's atomic save and its wait for every rank still override Trainer._save / end themselves
