@@ -120,7 +120,8 @@ class TrainerInternals:
         super()._set_signature_columns_if_needed()
         extra = self._ftplugins_run.call("dataset_columns", trainer=self)
         if self._signature_columns is not None:
-            self._signature_columns = [*self._signature_columns, *(c for c in extra if c not in self._signature_columns)]
+            kept = self._signature_columns
+            self._signature_columns = [*kept, *(column for column in extra if column not in kept)]
 
 
 @contextlib.contextmanager

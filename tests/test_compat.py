@@ -164,7 +164,8 @@ def test_dependency_ranges_start_at_the_versions_ci_tests():
         name, sep, pinned = line.partition("==")
         if sep and not line.startswith("#"):
             pins[name.strip().lower().replace("_", "-")] = Version(pinned.strip())
-    requirements = [*project["dependencies"], *(r for extra in project["optional-dependencies"].values() for r in extra)]
+    extras = project["optional-dependencies"].values()
+    requirements = [*project["dependencies"], *(r for extra in extras for r in extra)]
     for requirement in map(Requirement, requirements):
         pinned = pins.get(requirement.name.lower().replace("_", "-"))
         if requirement.name == "ftplugins" or pinned is None:

@@ -4,7 +4,8 @@ A method names its training module (``training_module``), which provides ``prepa
 targets`` (freeze everything else, return what trains), ``build_optimizer(model, args, options,
 targets)`` (a :class:`~ftplugins.sparse.optimizer.SparseAdamW`) and ``save_delta_of(trainer,
 options)``; this base wires them to the hooks, adds the engine's Trainer glue (``grad_norm``,
-``skip_ddp_wrapper``, :mod:`ftplugins.sparse.trainer`) and refuses fp16 mixed precision. Imports nothing heavy: the training module is imported when a hook runs.
+``skip_ddp_wrapper``, :mod:`ftplugins.sparse.trainer`) and refuses fp16 mixed precision. Imports
+nothing heavy: the training module is imported when a hook runs.
 """
 
 from __future__ import annotations
