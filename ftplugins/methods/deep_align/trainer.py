@@ -3,8 +3,8 @@
 :func:`compute_loss` (the plugin's ``compute_loss`` hook) does not re-implement the SFT loss.
 ``SFTTrainer.compute_loss`` calls the model through TRL's fused LM head, which returns the per-token
 log-probs of the labels (no ``[batch, seq, vocab]`` logits), and takes
-``-sum(log_probs) / num_items_in_batch``. For the duration of that call we hook the model's output and multiply ``log_probs`` by the detached weights
-w_t (:mod:`.objective`). Everything else is TRL's: normalisation by the label tokens of the whole
+``-sum(log_probs) / num_items_in_batch``. For the duration of that call we hook the model's output
+and multiply ``log_probs`` by the detached weights w_t (:mod:`.objective`). Everything else is TRL's: normalisation by the label tokens of the whole
 accumulated batch (``num_items_in_batch``, across devices), DDP scaling, MoE auxiliary loss,
 entropy / accuracy metrics. So the loss is the token-level mean of w_t * NLL over the accumulated
 batch - where the reference code takes a mean per micro-batch and divides by the accumulation
