@@ -1,19 +1,20 @@
 """The deep_align loss: TRL's SFT loss with every response token's NLL weighted by w_t.
 
 :func:`compute_loss` (the plugin's ``compute_loss`` hook) does not re-implement the SFT loss.
-``SFTTrainer.compute_loss`` calls the model through TRL's fused LM head, which returns the per-token
-log-probs of the labels (no ``[batch, seq, vocab]`` logits), and takes
+``SFTTrainer.compute_loss`` calls the model through TRL's fused LM head, which returns the
+per-token log-probs of the labels (no ``[batch, seq, vocab]`` logits), and takes
 ``-sum(log_probs) / num_items_in_batch``. For the duration of that call we hook the model's output
-and multiply ``log_probs`` by the detached weights w_t (:mod:`.objective`). Everything else is TRL's: normalisation by the label tokens of the whole
-accumulated batch (``num_items_in_batch``, across devices), DDP scaling, MoE auxiliary loss,
-entropy / accuracy metrics. So the loss is the token-level mean of w_t * NLL over the accumulated
-batch - where the reference code takes a mean per micro-batch and divides by the accumulation
-steps - and with w_t = 1 (theta = theta_ref, or beta -> 0) it *is* SFT's loss, value and gradient.
+and multiply ``log_probs`` by the detached weights w_t (:mod:`.objective`). Everything else is
+TRL's: normalisation by the label tokens of the whole accumulated batch (``num_items_in_batch``,
+across devices), DDP scaling, MoE auxiliary loss, entropy / accuracy metrics. So the loss is the
+token-level mean of w_t * NLL over the accumulated batch - where the reference code takes a mean
+per micro-batch and divides by the accumulation steps - and with w_t = 1 (theta = theta_ref, or
+beta -> 0) it *is* SFT's loss, value and gradient.
 
 The reference log-probs come from :mod:`ftplugins.objectives.ref_logprobs`: precomputed into the
-training set when ``train()`` starts (``train_begin``) (before a checkpoint is loaded, so from the initial weights),
-or on the fly per batch. Evaluation reports the plain SFT NLL (no reference for eval sets), so eval
-losses compare directly with an SFT run.
+training set when ``train()`` starts (the ``train_begin`` hook, before a checkpoint is loaded, so
+from the initial weights), or on the fly per batch. Evaluation reports the plain SFT NLL (no
+reference for eval sets), so eval losses compare directly with an SFT run.
 """
 
 from __future__ import annotations
