@@ -212,7 +212,11 @@ def _wrap(impls: list[tuple[Any, Any]], hook: str, kwargs: dict, arg: str) -> An
                                      f"{sorted(set(current) - {'run', arg})}")
             return layer(index + 1, {**current, **changes})
 
-        return invoke(plugin, func, hook, {**current, arg: inner})
+        result = invoke(plugin, func, hook, {**current, arg: inner})
+        if result is None:
+            raise FtpluginsError(f"plugin {plugin.name}'s `{hook}` returned None; return {arg}() to keep the result "
+                                 "of the rest of the chain, or the value that replaces it.")
+        return result
 
     return layer(0, kwargs)
 

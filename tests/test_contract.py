@@ -254,6 +254,17 @@ def test_compute_loss_wraps_in_plugin_order_and_inner_takes_changed_arguments(tm
     assert float(loss.detach()) == pytest.approx(4 * float(own.detach()), rel=1e-6)
 
 
+def test_a_compute_loss_returning_nothing_is_an_error_naming_the_plugin(tmp_path):
+    class Forgets(Tagged):
+        @hookimpl
+        def compute_loss(self, run, inner):
+            inner()
+
+    trainer = sft_trainer([Forgets("forgetful", [])], tmp_path)
+    with pytest.raises(FtpluginsError, match="plugin forgetful's `compute_loss` returned None; return inner()"):
+        trainer.train()
+
+
 def test_phase_contexts_enter_in_order_and_exit_in_reverse_also_on_errors(tmp_path):
     log = []
 
