@@ -19,7 +19,8 @@ from typing import Any
 from . import registry
 from .atomic import published_mark, staged_dir
 from .checkpoints import has_checkpoints, last_complete_checkpoint, save_checkpoint_staged
-from .context import Run
+from .compat import TrainerInternals
+from .context import Run, implementations
 from .dataset_columns import check_columns
 from .errors import FtpluginsError, ModelPathError
 from .options import build_options
@@ -45,8 +46,9 @@ def compose_run(trainer_cls: type, run: Run, mixins: list[type] | None = None) -
     return cls
 
 
-class PluginTrainerMixin:
-    """Calls the hooks around a (TRL or transformers) trainer's own methods."""
+class PluginTrainerMixin(TrainerInternals):
+    """Calls the hooks around a (TRL or transformers) trainer's own methods (the private ones through
+    :class:`ftplugins.compat.TrainerInternals`)."""
 
     _ftplugins_template: Run
     _ftplugins_base: type
@@ -72,6 +74,7 @@ class PluginTrainerMixin:
             self._ftplugins_claim_output(call["args"])  # before any hook writes into it (s3ft's cache)
         run.call("validate")
         _check_trainer_supported(run)
+        _refuse_given_optimizer(run, call.get("optimizers"))
         run.call("patch_before_model_load")
         init_kwargs = run.call("model_init_kwargs")
         model = call.get("model")
@@ -149,15 +152,35 @@ class PluginTrainerMixin:
         if lock is not None:
             weakref.finalize(self, lock.release)
 
-    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
+    def train(self, resume_from_checkpoint: Any = None, *args: Any, **kwargs: Any):
+        run = self._ftplugins_run
         resume_from_checkpoint = _complete_checkpoint(self.args.output_dir, resume_from_checkpoint)
         if self.args.should_save:
             forget_previous_run(self.args.output_dir)
-        output = super().train(resume_from_checkpoint, *args, **kwargs)
-        self._ftplugins_run.call("post_train", trainer=self)
-        if self.args.should_save:
-            write_manifest(self._ftplugins_run, self.args.output_dir, self._ftplugins_published)
+        with run.call("phase", trainer=self, phase="train"):
+            run.call("train_begin", trainer=self, resume_from_checkpoint=resume_from_checkpoint)
+            output = super().train(resume_from_checkpoint, *args, **kwargs)
+            run.call("post_train", trainer=self)
+            if self.args.should_save:
+                write_manifest(run, self.args.output_dir, self._ftplugins_published)
         return output
+
+    def evaluate(self, *args: Any, **kwargs: Any):
+        with self._ftplugins_run.call("phase", trainer=self, phase="evaluate"):
+            return super().evaluate(*args, **kwargs)
+
+    def predict(self, *args: Any, **kwargs: Any):
+        with self._ftplugins_run.call("phase", trainer=self, phase="predict"):
+            return super().predict(*args, **kwargs)
+
+    def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False, num_items_in_batch: Any = None):
+        trainers_own = super().compute_loss
+        return self._ftplugins_run.call(
+            "compute_loss", trainer=self, model=model, inputs=inputs, return_outputs=return_outputs,
+            num_items_in_batch=num_items_in_batch,
+            inner=lambda trainer, model, inputs, return_outputs, num_items_in_batch: trainers_own(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch),
+        )
 
     def end(self, *args: Any, **kwargs: Any):
         """Wait for every process before the process group goes: rank 0 may still be writing the model,
@@ -233,6 +256,20 @@ def _pop_var_keyword(signature: inspect.Signature, call: dict) -> dict:
     return {}
 
 
+def _refuse_given_optimizer(run: Run, optimizers: Any) -> None:
+    """A user's ``optimizers=(optimizer, scheduler)`` would make the trainer skip ``create_optimizer``, so the
+    plugins that build the optimizer would silently not apply."""
+    if not optimizers or optimizers[0] is None:
+        return
+    owners = [plugin.name for plugin, _ in implementations(run.manager, "create_optimizer")]
+    if owners:
+        raise FtpluginsError(
+            f"an optimizer was passed with optimizers=, and plugin(s) {', '.join(owners)} build the optimizer "
+            "themselves (create_optimizer), which the trainer would then skip; drop optimizers= (set the learning "
+            f"rate and its schedule in the training arguments) or drop {', '.join(owners)}."
+        )
+
+
 def _check_trainer_supported(run: Run) -> None:
     for plugin in run.plugins:
         allowed = getattr(plugin, "trainers", None)
@@ -282,7 +319,7 @@ def _transform(run: Run, key: str, dataset: Any) -> Any:
 def _load_model(path: str, args: Any, plugin_kwargs: dict, quantization_config: Any) -> Any:
     """Load ``path`` the way TRL does, with the plugins' ``model_init_kwargs`` merged in."""
     check_model_path(path)
-    from trl.trainer.utils import create_model_from_path
+    from .compat import create_model_from_path
 
     kwargs = dict(getattr(args, "model_init_kwargs", None) or {})
     kwargs.update(plugin_kwargs)

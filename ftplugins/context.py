@@ -8,6 +8,8 @@ combines their answers as the hook's spec says (see :mod:`ftplugins.hookspecs`).
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import logging
 import os
 import sys
@@ -82,6 +84,8 @@ class Run:
         combine, arg = hookspecs.COMBINE[hook]
         impls = implementations(self.manager, hook)
         kwargs["run"] = self
+        if combine == "wrap":
+            return _wrap(impls, hook, kwargs, arg)
         if combine == "chain":
             value = kwargs[arg]
             for plugin, func in impls:
@@ -92,6 +96,10 @@ class Run:
         answers = [(plugin, invoke(plugin, func, hook, kwargs)) for plugin, func in impls]
         if combine == "all":
             return None
+        if combine == "any":
+            return any(bool(answer) for _, answer in answers)
+        if combine == "enter":
+            return _enter_in_order([answer for _, answer in answers if answer is not None])
         if combine == "concat":
             out: list = []
             for _, answer in answers:
@@ -122,7 +130,8 @@ class Run:
 
 
 def make_manager(plugins: list[Any]) -> pluggy.PluginManager:
-    """Register ``plugins`` in order; a misspelled hook name fails here, loudly."""
+    """Register ``plugins`` in order; a misspelled hook name, or an implementation :meth:`Run.call`
+    could not honour, fails here, loudly."""
     manager = pluggy.PluginManager(hookspecs.PROJECT)
     manager.add_hookspecs(hookspecs)
     for plugin in plugins:
@@ -131,7 +140,37 @@ def make_manager(plugins: list[Any]) -> pluggy.PluginManager:
         manager.check_pending()
     except pluggy.PluginValidationError as exc:
         raise FtpluginsError(f"{exc}; valid hooks are: {', '.join(hookspecs.ORDER)}") from None
+    for hook in hookspecs.ORDER:
+        for impl in getattr(manager.hook, hook).get_hookimpls():
+            _check_honourable(impl, hook)
     return manager
+
+
+#: pluggy hookimpl options that Run.call does not implement: plugins are called in the user's order
+#: and combined by the spec's rule, so a wrapper or a priority would silently do nothing.
+UNSUPPORTED_IMPL_OPTIONS = {
+    "wrapper": "use a `wrap` or `enter` hook (compute_loss, phase) to run code around a step",
+    "hookwrapper": "use a `wrap` or `enter` hook (compute_loss, phase) to run code around a step",
+    "tryfirst": "plugins are called in the order the user lists them (--plugins a,b)",
+    "trylast": "plugins are called in the order the user lists them (--plugins a,b)",
+}
+
+
+def _check_honourable(impl: Any, hook: str) -> None:
+    name = getattr(impl.plugin, "name", impl.plugin_name)
+    for option, instead in UNSUPPORTED_IMPL_OPTIONS.items():
+        if getattr(impl, option, False):
+            raise FtpluginsError(
+                f"plugin {name}: @hookimpl({option}=True) on `{hook}` is not supported by ftplugins; drop "
+                f"{option}=True ({instead})."
+            )
+    params = inspect.signature(impl.function).parameters.values()
+    if any(p.kind in (p.VAR_POSITIONAL, p.POSITIONAL_ONLY) for p in params):
+        raise FtpluginsError(
+            f"plugin {name}: `{hook}` takes positional-only or *args parameters, but hooks are called with keyword "
+            f"arguments only; name the arguments it uses (e.g. `def {hook}(self, run)`), and decorate with "
+            "functools.wraps so a wrapper shows the wrapped function's signature."
+        )
 
 
 def implementations(manager: pluggy.PluginManager, hook: str) -> list[tuple[Any, Any]]:
@@ -142,16 +181,52 @@ def implementations(manager: pluggy.PluginManager, hook: str) -> list[tuple[Any,
 
 def invoke(plugin: Any, func: Any, hook: str, kwargs: dict) -> Any:
     wanted = _argnames(func)
-    result = func(**{k: v for k, v in kwargs.items() if k in wanted})
+    result = func(**(kwargs if wanted is None else {k: v for k, v in kwargs.items() if k in wanted}))
     if tracing():
         print(f"[ftplugins] {hook} -> {plugin.name}: {_short(result)}", file=sys.stderr, flush=True)
     return result
 
 
-def _argnames(func: Any) -> set[str]:
-    code = func.__code__
-    names = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
-    return set(names)
+def _argnames(func: Any) -> set[str] | None:
+    """The keyword arguments ``func`` takes (``None``: any, it has ``**kwargs``). ``inspect.signature``
+    follows ``functools.wraps``, so a decorated implementation gets its wrapped function's arguments."""
+    params = inspect.signature(func).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params}
+
+
+def _wrap(impls: list[tuple[Any, Any]], hook: str, kwargs: dict, arg: str) -> Any:
+    """Call a ``wrap`` hook: plugin i gets ``inner`` running plugins i+1.. and, last, ``kwargs[arg]``."""
+    innermost = kwargs[arg]
+
+    def layer(index: int, current: dict) -> Any:
+        if index == len(impls):
+            return innermost(**{k: v for k, v in current.items() if k not in ("run", arg)})
+        plugin, func = impls[index]
+
+        def inner(**changes: Any) -> Any:
+            unknown = set(changes) - set(current) | ({"run", arg} & set(changes))
+            if unknown:
+                raise FtpluginsError(f"plugin {plugin.name} called `{hook}`'s inner with {sorted(unknown)}; it takes "
+                                     f"{sorted(set(current) - {'run', arg})}")
+            return layer(index + 1, {**current, **changes})
+
+        result = invoke(plugin, func, hook, {**current, arg: inner})
+        if result is None:
+            raise FtpluginsError(f"plugin {plugin.name}'s `{hook}` returned None; return {arg}() to keep the result "
+                                 "of the rest of the chain, or the value that replaces it.")
+        return result
+
+    return layer(0, kwargs)
+
+
+@contextlib.contextmanager
+def _enter_in_order(managers: list[Any]):
+    with contextlib.ExitStack() as stack:
+        for manager in managers:
+            stack.enter_context(manager)
+        yield
 
 
 def _short(value: Any) -> str:

@@ -15,6 +15,13 @@ spec (``combine=``) so that :meth:`Run.call` applies it:
 * ``chain``    - each plugin receives the previous plugin's result in the argument named by
                  ``arg=`` and returns the new value (``None`` means "unchanged").
 * ``concat``   - list answers are concatenated in plugin order.
+* ``any``      - true when any plugin answers true.
+* ``enter``    - each plugin returns a context manager (or ``None``); they are entered in plugin
+                 order around the phase and exited in reverse order, also when it raises.
+* ``wrap``     - each plugin receives, in the argument named by ``arg=``, a callable that runs the
+                 rest of the chain (the next plugin, and at the end the trainer's own method) and
+                 returns what that returns; it may call it with changed arguments
+                 (``inner(inputs=...)``), or not at all. The first plugin is the outermost wrapper.
 
 Order of a run (``ftplugins.compose`` and everything built on it):
 
@@ -29,8 +36,19 @@ Order of a run (``ftplugins.compose`` and everything built on it):
    -- the base trainer's own ``__init__`` runs here (TRL applies the adapter and tokenizes) --
 9. ``prepare_model``
 10. ``data_collator``
-11. ``create_optimizer`` when training starts
-12. ``post_train``      exactly once per process, after ``train()`` returns
+   -- ``trainer.train()``: --
+11. ``phase``            entered with ``phase="train"`` around all of ``train()`` (``"evaluate"`` /
+                         ``"predict"`` around those calls, also inside training)
+12. ``train_begin``      before the base trainer's ``train()``: no checkpoint loaded, no optimizer yet
+13. ``dataset_columns``  when the trainer builds a dataloader and drops unused columns
+14. ``create_optimizer`` when training starts
+15. ``skip_ddp_wrapper`` when the trainer prepares the model for training (after the optimizer)
+16. ``load_optimizer_state`` only when resuming, before the checkpoint's optimizer state is loaded
+17. ``compute_loss``     once per micro-batch
+18. ``grad_norm``        once per optimizer step, before ``optimizer.step()``
+19. ``post_train``       exactly once per process, after ``train()`` returns
+
+``trainer_mixins`` is for the rare case no hook covers: a method is its hooks.
 """
 
 from __future__ import annotations
@@ -57,11 +75,13 @@ def spec(combine: str, arg: str | None = None):
 
 @spec("concat")
 def trainer_mixins(run):
-    """Return a list of mixin classes to put in front of the base trainer class.
+    """Return a list of mixin classes to put in front of the base trainer class (the rare case).
 
-    Called once when the trainer class is composed. Mixins are composed over the base trainer in
-    plugin order (the first plugin's mixin is outermost) and must call ``super()`` in every
-    method they override (``compute_loss``, ``training_step``, ...) so that they stack.
+    Prefer the hooks below (``phase``, ``train_begin``, ``compute_loss``, ``grad_norm``, ...): a
+    mixin overrides Trainer methods, whose internals change between releases. Called once when the
+    trainer class is composed. Mixins are composed over the base trainer in plugin order (the first
+    plugin's mixin is outermost) and must call ``super()`` in every method they override so that
+    they stack.
     """
 
 
@@ -130,11 +150,82 @@ def data_collator(run, collator):
     """Return a collator that wraps ``collator`` (the trainer's own, built by TRL)."""
 
 
+@spec("enter")
+def phase(run, trainer, phase):
+    """Return a context manager to hold around a phase of the trainer, or ``None``.
+
+    ``phase`` is ``"train"`` (all of ``trainer.train()``, from before ``train_begin`` to after
+    ``post_train``), ``"evaluate"`` or ``"predict"`` (the trainer's ``evaluate()`` / ``predict()``,
+    which also run inside training). Entered once per call of that method; phases nest.
+    """
+
+
+@spec("all")
+def train_begin(run, trainer, resume_from_checkpoint):
+    """Called once at the start of ``trainer.train()``, before the base trainer's ``train()``.
+
+    No checkpoint has been loaded and no optimizer exists yet: the place for work on the initial
+    weights (reference log-probs). ``resume_from_checkpoint`` is the argument given to ``train()``
+    (a path, ``True`` for the latest checkpoint, or ``None`` / ``False``).
+    """
+
+
+@spec("concat")
+def dataset_columns(run, trainer):
+    """Return the names of dataset columns the trainer must keep for the collator.
+
+    Called each time the trainer builds a dataloader and drops the columns its model's forward does
+    not take (``remove_unused_columns``); the names are kept beside the trainer's own.
+    """
+
+
 @spec("single")
 def create_optimizer(run, model, args):
     """Return a ``torch.optim.Optimizer`` for ``model`` or ``None`` to keep the trainer's.
 
     At most one plugin may answer. The learning-rate scheduler is built by the trainer around it.
+    Called once when ``train()`` creates the optimizer, after ``train_begin``. An optimizer given
+    to the trainer (``optimizers=``) is refused when a plugin implements this hook.
+    """
+
+
+@spec("any")
+def skip_ddp_wrapper(run, trainer):
+    """Return ``True`` when the model must not be wrapped in ``DistributedDataParallel``.
+
+    Called once per ``train()`` when the trainer prepares the model (after ``create_optimizer``).
+    For methods that reduce their gradients across processes themselves (DDP's reducer would hold
+    a dense copy of every trained gradient); Accelerate still places the model and applies mixed
+    precision. The plugin must then make the processes start equal and average the gradients.
+    """
+
+
+@spec("all")
+def load_optimizer_state(run, trainer, checkpoint):
+    """Called when ``train()`` resumes, before the optimizer and scheduler state of ``checkpoint``
+    (a folder) are loaded: re-create what the optimizer's parameter groups depended on at save
+    time. Never called for a run that does not resume."""
+
+
+@spec("wrap", arg="inner")
+def compute_loss(run, trainer, model, inputs, return_outputs, num_items_in_batch, inner):
+    """Return the loss of one micro-batch, as the trainer's ``compute_loss`` returns it.
+
+    ``inner(**changes)`` computes it the way the rest of the chain would (at the end the trainer's
+    own ``compute_loss``), with any of ``model``, ``inputs``, ``return_outputs``,
+    ``num_items_in_batch`` replaced: wrap it (reweight, add a term, pop a column the model does not
+    take) or replace it. Called once per micro-batch, in training and in evaluation
+    (``model.training`` tells which).
+    """
+
+
+@spec("single")
+def grad_norm(run, trainer, model):
+    """Return this optimizer step's gradient norm when the plugin computes it, or ``None``.
+
+    Called once per optimizer step, before ``optimizer.step()``. An answer replaces the trainer's
+    norm of the dense ``.grad`` tensors *and* its clipping to ``max_grad_norm``: for optimizers that
+    keep their gradients elsewhere and clip by this norm themselves. At most one plugin may answer.
     """
 
 

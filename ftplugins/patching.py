@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -62,6 +63,21 @@ def plugins_active(run: Run, names: list[str] | None = None) -> Iterator[dict[st
             else:
                 with contextlib.suppress(AttributeError):
                     delattr(module, name)
+
+
+def import_patched(module_name: str) -> Any:
+    """Import ``module_name`` anew, inside :func:`plugins_active`: names its top level imports
+    (``from trl import SFTTrainer``) are bound to the composed classes, whether the module looks the
+    trainer up at call time or at import. ``sys.modules`` keeps the module it had (if any), so the
+    patch leaves nothing behind."""
+    saved = sys.modules.pop(module_name, None)
+    try:
+        return importlib.import_module(module_name)
+    finally:
+        if saved is not None:
+            sys.modules[module_name] = saved
+        else:
+            sys.modules.pop(module_name, None)
 
 
 def require_trainer_built(run: Run, runs_before: int) -> None:

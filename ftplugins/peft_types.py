@@ -38,8 +38,11 @@ class PeftTypeName(str):
 
 def register_peft_type(peft_type: str, config_cls: type, tuner_cls: type, prefix: str) -> None:
     """Make ``peft_type`` known to PEFT. Registering the same classes again is a no-op."""
-    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
     from peft.utils import PeftType
+
+    from .compat import peft_type_mappings
+
+    PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING = peft_type_mappings()
 
     if peft_type in {member.value for member in PeftType}:
         raise FtpluginsError(f"peft_type {peft_type!r} is a built-in PEFT type; choose another name for the method.")
@@ -62,9 +65,10 @@ def register_peft_type(peft_type: str, config_cls: type, tuner_cls: type, prefix
 
 def ensure_peft_type(peft_type: str) -> None:
     """Import the plugin that owns ``peft_type`` unless PEFT knows the type already (built-in or loaded)."""
-    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
-
     from . import registry
+    from .compat import peft_type_mappings
+
+    PEFT_TYPE_TO_CONFIG_MAPPING = peft_type_mappings()[0]
 
     if peft_type in PEFT_TYPE_TO_CONFIG_MAPPING:
         return

@@ -15,7 +15,7 @@ from . import registry
 from .cli_errors import exit_on_user_error
 from .composition import check_model_path
 from .context import Run
-from .patching import plugins_active
+from .patching import import_patched, plugins_active
 from .selection import parse, selected_names
 
 #: Sub-command -> (TRL script module, trainer class it builds).
@@ -44,8 +44,9 @@ def train(argv: Sequence[str]) -> None:
         raise FtpluginsError(f"unknown command {command!r};{did_you_mean(command, COMMANDS)} use one of: {', '.join(COMMANDS)}")
     module_name, trainer_name = COMMANDS[command]
     plugins = registry.select(selected_names(rest))
-    script = importlib.import_module(module_name)
-    dataclass_types = list(script.make_parser().dataclass_types)
+    # This import only reads the script's argument classes; the script that runs is imported again below,
+    # with the plugins active (patch first, then import).
+    dataclass_types = list(importlib.import_module(module_name).make_parser().dataclass_types)
     if any(a in ("-h", "--help") for a in rest):
         from trl import TrlParser
 
@@ -59,7 +60,7 @@ def train(argv: Sequence[str]) -> None:
     check_model_path(model_args.model_name_or_path)
     run = Run(plugins=plugins, options=options)
     with plugins_active(run, [trainer_name]):
-        script.main(*trl_args)
+        import_patched(module_name).main(*trl_args)
     leave_process_group()
 
 

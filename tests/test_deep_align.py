@@ -147,7 +147,7 @@ def test_training_gradient_is_the_gradient_of_the_constrained_objective():
 def test_at_the_reference_weights_are_one_and_gradients_equal_sft(tmp_path):
     plain = build(tmp_path / "sft", plugins=())
     deep = build(tmp_path / "deep")
-    deep.deep_align_prepare_reference()
+    deep_trainer_module.prepare_reference(deep.ftplugins_run, deep)
     batch = batch_of(deep)
     assert REF_COLUMN in batch
     sft_loss, sft_grads = loss_and_grads(plain, {k: v for k, v in batch.items() if k != REF_COLUMN})
@@ -160,7 +160,7 @@ def test_at_the_reference_weights_are_one_and_gradients_equal_sft(tmp_path):
 def test_beta_to_zero_gives_sft_gradients_away_from_the_reference(tmp_path):
     plain = build(tmp_path / "sft", plugins=())
     deep = build(tmp_path / "deep")
-    deep.deep_align_prepare_reference()  # reference = the initial weights
+    deep_trainer_module.prepare_reference(deep.ftplugins_run, deep)  # reference = the initial weights
     perturb(plain.model, deep.model)  # now Delta != 0
     batch = batch_of(deep)
     _, sft_grads = loss_and_grads(plain, {k: v for k, v in batch.items() if k != REF_COLUMN})
@@ -176,7 +176,7 @@ def test_beta_to_zero_gives_sft_gradients_away_from_the_reference(tmp_path):
 def test_loss_is_the_weighted_nll_with_beta_counted_per_row_from_its_first_response_token(tmp_path):
     """An independent per-row oracle, as the reference computes it: beta list by index over each row's tokens."""
     deep = build(tmp_path, data=arithmetic_dataset(12, max_value=99))  # prompts of different lengths
-    deep.deep_align_prepare_reference()
+    deep_trainer_module.prepare_reference(deep.ftplugins_run, deep)
     perturb(deep.model, scale=0.2)
     batch = batch_of(deep)
     labels = batch["labels"]
@@ -203,16 +203,16 @@ def test_loss_is_the_weighted_nll_with_beta_counted_per_row_from_its_first_respo
 
 def test_precomputed_reference_equals_on_the_fly_with_a_frozen_copy(tmp_path):
     pre = build(tmp_path / "pre")
-    pre.deep_align_prepare_reference()
+    deep_trainer_module.prepare_reference(pre.ftplugins_run, pre)
     fly = build(tmp_path / "fly", deep_align_ref="on_the_fly")
-    fly.deep_align_prepare_reference()
+    deep_trainer_module.prepare_reference(fly.ftplugins_run, fly)
     state = fly.ftplugins_run.state["deep_align"]
     assert state.ref_model is not None and state.ref_model is not fly.model
     assert REF_COLUMN not in fly.train_dataset.column_names
     batch = batch_of(pre)
     stored = batch.pop(REF_COLUMN)[:, 1:]
     perturb(fly.model)  # training moves the model; the copy stays at the initial weights
-    computed = fly._deep_align_reference(fly.model, dict(batch), None)
+    computed = deep_trainer_module.reference_log_probs(fly.ftplugins_run, fly, fly.model, dict(batch), None)
     torch.testing.assert_close(computed, stored, rtol=1e-5, atol=1e-5)
     mask = batch["labels"][:, 1:] != -100
     assert (stored[mask] < 0).all() and (stored[~mask] == 0).all()
@@ -228,7 +228,7 @@ def test_with_lora_the_reference_is_the_adapter_disabled_model_and_no_copy_is_ma
     monkeypatch.setattr(deep_trainer_module, "frozen_copy", no_copy)
     lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)  # not the identity
     deep = build(tmp_path, peft_config=lora, deep_align_ref=ref, args=sft_args(tmp_path, max_steps=2))
-    deep.deep_align_prepare_reference()
+    deep_trainer_module.prepare_reference(deep.ftplugins_run, deep)
     batch = batch_of(deep)
     stored = batch.pop(REF_COLUMN, None)
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
@@ -236,7 +236,8 @@ def test_with_lora_the_reference_is_the_adapter_disabled_model_and_no_copy_is_ma
     with torch.no_grad():
         with_adapter, _ = token_logprobs(deep.model, inputs, batch["labels"])
     assert not torch.allclose(with_adapter.float(), base, atol=1e-4)
-    reference = stored[:, 1:] if ref == "precompute" else deep._deep_align_reference(deep.model, dict(batch), None)
+    reference = stored[:, 1:] if ref == "precompute" else deep_trainer_module.reference_log_probs(
+        deep.ftplugins_run, deep, deep.model, dict(batch), None)
     torch.testing.assert_close(reference, base, rtol=1e-5, atol=1e-5)
     deep.train()
     assert deep.ftplugins_run.state["deep_align"].ref_model is None
@@ -248,7 +249,7 @@ def test_padding_free_batches_restart_the_schedule_per_sequence(tmp_path):
     padded = build(tmp_path / "padded")
     packed = build(tmp_path / "free", args=sft_args(tmp_path / "free", padding_free=True, max_length=None))
     for trainer in (padded, packed):
-        trainer.deep_align_prepare_reference()
+        deep_trainer_module.prepare_reference(trainer.ftplugins_run, trainer)
     perturb(padded.model, packed.model, scale=0.2)
     a, b = batch_of(padded), batch_of(packed)
     assert b["input_ids"].shape[0] == 1 and "position_ids" in b
@@ -261,7 +262,7 @@ def test_padding_free_batches_restart_the_schedule_per_sequence(tmp_path):
 def test_objective_sft_is_plain_sft(tmp_path):
     plain = build(tmp_path / "sft", plugins=())
     deep = build(tmp_path / "deep", deep_align_objective="sft")
-    deep.deep_align_prepare_reference()
+    deep_trainer_module.prepare_reference(deep.ftplugins_run, deep)
     assert REF_COLUMN not in deep.train_dataset.column_names
     batch = batch_of(plain)
     loss_a, grads_a = loss_and_grads(plain, batch)
@@ -279,7 +280,7 @@ def test_dropout_is_turned_off_in_the_trained_model(tmp_path, disable):
 def test_evaluation_reports_the_plain_nll(tmp_path):
     plain = build(tmp_path / "sft", plugins=(), eval_dataset=arithmetic_dataset(6, seed=1))
     deep = build(tmp_path / "deep", eval_dataset=arithmetic_dataset(6, seed=1))
-    deep.deep_align_prepare_reference()
+    deep_trainer_module.prepare_reference(deep.ftplugins_run, deep)
     perturb(plain.model, deep.model)
     assert deep.evaluate()["eval_loss"] == pytest.approx(plain.evaluate()["eval_loss"], rel=1e-6)
 

@@ -112,7 +112,7 @@ def frozen_copy(model: Any) -> Any:
     clone = copy.deepcopy(source)
     vars(clone).pop("forward", None)
     if has_fused_lm_head(source):
-        from trl.trainer.utils import add_fused_lm_head
+        from ftplugins.compat import add_fused_lm_head
 
         add_fused_lm_head(clone)
     clone.requires_grad_(False)

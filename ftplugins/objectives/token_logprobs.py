@@ -46,11 +46,9 @@ def unwrap_model(model: Any) -> Any:
 
 def has_fused_lm_head(model: Any) -> bool:
     """Whether TRL's ``add_fused_lm_head`` patched the causal LM inside ``model``."""
-    forward = vars(unwrap_model(model)).get("forward")
-    code = getattr(getattr(forward, "__func__", forward), "__code__", None)
-    if code is None:
-        return False
-    return "fused_lm_head" in code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
+    from ftplugins.compat import is_fused_lm_head_patched
+
+    return is_fused_lm_head_patched(unwrap_model(model))
 
 
 def token_logprobs(

@@ -9,8 +9,8 @@ to, per tensor, the flat indices that train. The engine does the rest:
 * :mod:`~ftplugins.sparse.optimizer` - :class:`SparseAdamW`, whose state (Adam moments, fp32 master
   values of low-precision weights, the indices) exists only for selected entries and which never
   keeps a dense gradient for more than one tensor at a time; mask refresh; DDP; exact resume.
-* :mod:`~ftplugins.sparse.trainer` - :class:`SparseTrainerMixin`, the Trainer-side glue
-  (gradient-norm logging and clipping of compact gradients, keeping DDP's dense buckets away).
+* :mod:`~ftplugins.sparse.trainer` - the Trainer-side glue, as hook implementations (gradient-norm
+  logging and clipping of compact gradients, keeping DDP's dense buckets away).
 * :mod:`~ftplugins.sparse.delta` - the artifact: a sparse delta (indices + values of W - W0 in
   safetensors) that can be applied, reverted and composed onto a base model.
 * :mod:`~ftplugins.sparse.cli` - ``ftplugins delta apply|revert|compose``.
@@ -26,7 +26,7 @@ from typing import Any
 
 _EXPORTS = {
     "SparseAdamW": "optimizer",
-    "SparseTrainerMixin": "trainer",
+    "around_optimizer": "trainer",
     "sparse_optimizer_of": "trainer",
     "release_grad_hooks": "optimizer",
     "SparseDelta": "delta",

@@ -24,8 +24,8 @@ How a step works, and why:
   gradients, one process, and each weight used once per forward (a second gradient before
   :meth:`step` is refused by name). Same result as the default path when none of those is used.
 * **Clipping.** With ``max_grad_norm`` the compact gradients are clipped by their global norm
-  inside :meth:`step` (the Trainer clips dense ``.grad``, which is ``None`` here; the
-  :class:`~ftplugins.sparse.trainer.SparseTrainerMixin` makes the Trainer log this norm).
+  inside :meth:`step` (the Trainer clips dense ``.grad``, which is ``None`` here; the ``grad_norm``
+  hook of :mod:`ftplugins.sparse.trainer` makes the Trainer log this norm).
 * **DDP.** The compact gradients are averaged over the processes with one ``all_reduce`` per
   optimizer step (before clipping), i.e. what DDP does to dense gradients, on k entries instead of
   the model. The model must therefore not be wrapped in DDP (whose reducer would see no gradient

@@ -3,8 +3,9 @@
 A method names its training module (``training_module``), which provides ``prepare(model) ->
 targets`` (freeze everything else, return what trains), ``build_optimizer(model, args, options,
 targets)`` (a :class:`~ftplugins.sparse.optimizer.SparseAdamW`) and ``save_delta_of(trainer,
-options)``; this base wires them to the hooks, adds the engine's trainer mixin and refuses fp16
-mixed precision. Imports nothing heavy: the training module is imported when a hook runs.
+options)``; this base wires them to the hooks, adds the engine's Trainer glue (``grad_norm``,
+``skip_ddp_wrapper``, :mod:`ftplugins.sparse.trainer`) and refuses fp16 mixed precision. Imports
+nothing heavy: the training module is imported when a hook runs.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from ftplugins.plugin import Plugin, hookimpl
 
 
 class SparseMethodPlugin(Plugin):
-    """Hooks shared by LIFT, SaRA, ...: ``validate``, ``trainer_mixins``, ``prepare_model``,
-    ``create_optimizer`` and ``post_train`` (writes the sparse delta when ``<name>_save_delta``)."""
+    """Hooks shared by LIFT, SaRA, ...: ``validate``, ``prepare_model``, ``create_optimizer``,
+    ``skip_ddp_wrapper``, ``grad_norm`` and ``post_train`` (writes the sparse delta when ``<name>_save_delta``)."""
 
     #: Dotted path of the module with ``prepare``, ``build_optimizer`` and ``save_delta_of``.
     training_module: ClassVar[str] = ""
@@ -51,12 +52,6 @@ class SparseMethodPlugin(Plugin):
                                      f"{flag} under DDP.")
 
     @hookimpl
-    def trainer_mixins(self, run):
-        from .trainer import SparseTrainerMixin
-
-        return [SparseTrainerMixin]
-
-    @hookimpl
     def prepare_model(self, run, model):
         run.state[self.name] = {"targets": self.training().prepare(model)}
         return model
@@ -67,7 +62,22 @@ class SparseMethodPlugin(Plugin):
         if state is None:
             raise FtpluginsError(f"{self.name}: create_optimizer ran before prepare_model; build the trainer with "
                                  "ftplugins.compose so that the hooks run in order")
-        return self.training().build_optimizer(model, args, run.options_for(self), state["targets"])
+        from .trainer import around_optimizer
+
+        return around_optimizer(
+            model, lambda: self.training().build_optimizer(model, args, run.options_for(self), state["targets"]))
+
+    @hookimpl
+    def skip_ddp_wrapper(self, run, trainer):
+        from .trainer import skip_ddp_wrapper
+
+        return skip_ddp_wrapper(trainer)
+
+    @hookimpl
+    def grad_norm(self, run, trainer):
+        from .trainer import grad_norm
+
+        return grad_norm(trainer)
 
     @hookimpl
     def post_train(self, run, trainer):

@@ -1,25 +1,22 @@
-"""``SparseTrainerMixin``: the Trainer-side glue of the sparse engine.
+"""The Trainer-side glue of the sparse engine, as hook implementations for every sparse plugin.
 
-Put in front of a (TRL / transformers) trainer whose optimizer is a
-:class:`~ftplugins.sparse.optimizer.SparseAdamW` (every sparse plugin contributes it through
-``trainer_mixins``). It changes two things:
+Used by a plugin whose optimizer is a :class:`~ftplugins.sparse.optimizer.SparseAdamW`
+(:class:`~ftplugins.sparse.plugin.SparseMethodPlugin`, lt_sft). It changes three things:
 
-* **Gradient norm.** The Trainer clips and logs the norm of the dense ``.grad`` tensors, which the
-  engine never leaves behind (its hooks move them into compact buffers), so it would log 0. The
-  mixin reports the optimizer's norm of the compact gradients instead, averaged over processes and
-  before clipping, exactly where the Trainer would clip. The clipping itself happens inside
-  ``SparseAdamW.step`` (``max_grad_norm`` = ``args.max_grad_norm``), so an optimizer used without
-  this mixin still clips.
+* **Gradient norm** (``grad_norm`` hook). The Trainer clips and logs the norm of the dense ``.grad``
+  tensors, which the engine never leaves behind (its hooks move them into compact buffers), so it
+  would log 0. :func:`grad_norm` reports the optimizer's norm of the compact gradients instead,
+  averaged over processes and before clipping, exactly where the Trainer would clip. The clipping
+  itself happens inside ``SparseAdamW.step`` (``max_grad_norm`` = ``args.max_grad_norm``), so an
+  optimizer used without these hooks still clips.
 * **Linear weight gradients** go straight into the optimizer's compact buffers through a reused
-  workspace (:mod:`ftplugins.sparse.linear_grad`), instead of a fresh dense ``.grad`` per weight.
-* **No DDP wrapper.** DDP's reducer would allocate dense gradient buckets for every trained
-  weight (a second copy of the model) and would never see a gradient (the hooks consume them), so
-  the engine averages compact gradients itself (one ``all_reduce`` of k values per step). While the
-  Trainer prepares the model, Accelerate's ``prepare_model`` is called with ``evaluation_mode=True``,
-  its documented switch for "mixed precision, device placement and compilation, no distributed
-  wrapper" (transformers uses it for models that own their gradient reduction). What DDP would
-  also have done, broadcasting rank 0's parameters and buffers so every process starts equal, the
-  mixin does itself before the optimizer is created.
+  workspace (:mod:`ftplugins.sparse.linear_grad`), instead of a fresh dense ``.grad`` per weight
+  (:func:`around_optimizer`, in ``create_optimizer``).
+* **No DDP wrapper** (``skip_ddp_wrapper`` hook). DDP's reducer would allocate dense gradient buckets
+  for every trained weight (a second copy of the model) and would never see a gradient (the hooks
+  consume them), so the engine averages compact gradients itself (one ``all_reduce`` of k values per
+  step). What DDP would also have done, broadcasting rank 0's parameters and buffers so every
+  process starts equal, :func:`around_optimizer` does before the optimizer is created.
 """
 
 from __future__ import annotations
@@ -39,54 +36,27 @@ def sparse_optimizer_of(optimizer: Any) -> Any:
     return optimizer if isinstance(optimizer, SparseAdamW) else None
 
 
-class SparseTrainerMixin:
-    """Compact-gradient norm for logging/clipping, and no DDP wrapper around engine-trained weights."""
+def around_optimizer(model: Any, build: Any) -> Any:
+    """``build()`` the sparse optimizer of ``model`` the way every sparse plugin's ``create_optimizer`` does:
+    every process starts from rank 0's weights (what DDP would have broadcast) before the selection and the
+    optimizer's copies are made from them, and linear weight gradients are routed into its compact buffers."""
+    from .linear_grad import route_linear_gradients
 
-    def _sparse_optimizer(self) -> Any:
-        return sparse_optimizer_of(getattr(self, "optimizer", None))
+    broadcast_from_rank0(model)
+    optimizer = build()
+    route_linear_gradients(model, optimizer)
+    return optimizer
 
-    def create_optimizer(self, *args: Any, **kwargs: Any):
-        if getattr(self, "optimizer", None) is None:
-            # Before the selection and the optimizer's copies of the weights are made from them.
-            broadcast_from_rank0(self.model)
-        optimizer = super().create_optimizer(*args, **kwargs)
-        sparse = self._sparse_optimizer()
-        if sparse is not None:
-            from .linear_grad import route_linear_gradients
 
-            route_linear_gradients(self.model, sparse)
-        return optimizer
+def skip_ddp_wrapper(trainer: Any) -> bool:
+    """The engine reduces compact gradients itself: no DDP wrapper around a model it trains."""
+    return sparse_optimizer_of(getattr(trainer, "optimizer", None)) is not None
 
-    def _prepare_for_training(self, *args: Any, **kwargs: Any):
-        accelerator = self.accelerator
-        own = vars(accelerator).get("prepare_model")
-        prepare_model = accelerator.prepare_model
 
-        def prepare_model_without_ddp(model, device_placement=None, evaluation_mode=False):
-            if self._sparse_optimizer() is None:
-                return prepare_model(model, device_placement=device_placement, evaluation_mode=evaluation_mode)
-            return prepare_model(model, device_placement=device_placement, evaluation_mode=True)
-
-        accelerator.prepare_model = prepare_model_without_ddp
-        try:
-            return super()._prepare_for_training(*args, **kwargs)
-        finally:
-            if own is None:
-                del accelerator.prepare_model
-            else:
-                accelerator.prepare_model = own
-
-    def _clip_grad_norm(self, model: Any):
-        optimizer = self._sparse_optimizer()
-        if optimizer is None:
-            return super()._clip_grad_norm(model)
-        return optimizer.grad_norm()  # the optimizer clips by this norm in step()
-
-    def _get_grad_norm(self, model: Any, grad_norm: Any = None):
-        optimizer = self._sparse_optimizer()
-        if optimizer is None:
-            return super()._get_grad_norm(model, grad_norm=grad_norm)
-        return grad_norm if grad_norm is not None else optimizer.grad_norm()
+def grad_norm(trainer: Any) -> Any:
+    """The compact gradients' norm, in place of the Trainer's (the optimizer clips by it in ``step()``)."""
+    optimizer = sparse_optimizer_of(getattr(trainer, "optimizer", None))
+    return None if optimizer is None else optimizer.grad_norm()
 
 
 def broadcast_from_rank0(model: Any) -> None:

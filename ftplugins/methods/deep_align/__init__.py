@@ -57,10 +57,23 @@ class DeepAlignPlugin(Plugin):
             )
 
     @hookimpl
-    def trainer_mixins(self, run):
-        from .trainer import DeepAlignTrainerMixin
+    def train_begin(self, run, trainer):
+        from .trainer import prepare_reference
 
-        return [DeepAlignTrainerMixin]
+        prepare_reference(run, trainer)
+
+    @hookimpl
+    def dataset_columns(self, run):
+        # the precomputed reference values travel with the rows until the collator takes them
+        from ftplugins.objectives.ref_logprobs import REF_COLUMN
+
+        return [REF_COLUMN]
+
+    @hookimpl
+    def compute_loss(self, run, trainer, model, inputs, inner):
+        from .trainer import compute_loss
+
+        return compute_loss(run, trainer, model, inputs, inner)
 
     @hookimpl
     def transform_dataset(self, run, dataset, split):

@@ -1,19 +1,20 @@
-"""The deep_align trainer mixin: TRL's SFT loss with every response token's NLL weighted by w_t.
+"""The deep_align loss: TRL's SFT loss with every response token's NLL weighted by w_t.
 
-:class:`DeepAlignTrainerMixin` does not re-implement the SFT loss. ``SFTTrainer.compute_loss``
-calls the model through TRL's fused LM head, which returns the per-token log-probs of the labels
-(no ``[batch, seq, vocab]`` logits), and takes ``-sum(log_probs) / num_items_in_batch``. For the
-duration of that call we hook the model's output and multiply ``log_probs`` by the detached weights
-w_t (:mod:`.objective`). Everything else is TRL's: normalisation by the label tokens of the whole
-accumulated batch (``num_items_in_batch``, across devices), DDP scaling, MoE auxiliary loss,
-entropy / accuracy metrics. So the loss is the token-level mean of w_t * NLL over the accumulated
-batch - where the reference code takes a mean per micro-batch and divides by the accumulation
-steps - and with w_t = 1 (theta = theta_ref, or beta -> 0) it *is* SFT's loss, value and gradient.
+:func:`compute_loss` (the plugin's ``compute_loss`` hook) does not re-implement the SFT loss.
+``SFTTrainer.compute_loss`` calls the model through TRL's fused LM head, which returns the
+per-token log-probs of the labels (no ``[batch, seq, vocab]`` logits), and takes
+``-sum(log_probs) / num_items_in_batch``. For the duration of that call we hook the model's output
+and multiply ``log_probs`` by the detached weights w_t (:mod:`.objective`). Everything else is
+TRL's: normalisation by the label tokens of the whole accumulated batch (``num_items_in_batch``,
+across devices), DDP scaling, MoE auxiliary loss, entropy / accuracy metrics. So the loss is the
+token-level mean of w_t * NLL over the accumulated batch - where the reference code takes a mean
+per micro-batch and divides by the accumulation steps - and with w_t = 1 (theta = theta_ref, or
+beta -> 0) it *is* SFT's loss, value and gradient.
 
 The reference log-probs come from :mod:`ftplugins.objectives.ref_logprobs`: precomputed into the
-training set when ``train()`` starts (before a checkpoint is loaded, so from the initial weights),
-or on the fly per batch. Evaluation reports the plain SFT NLL (no reference for eval sets), so eval
-losses compare directly with an SFT run.
+training set when ``train()`` starts (the ``train_begin`` hook, before a checkpoint is loaded, so
+from the initial weights), or on the fly per batch. Evaluation reports the plain SFT NLL (no
+reference for eval sets), so eval losses compare directly with an SFT run.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 
 import torch
 
+from ftplugins.compat import sft_collator, trainer_metrics
 from ftplugins.errors import FtpluginsError
 from ftplugins.objectives.ref_logprobs import (
     REF_COLUMN,
@@ -111,108 +113,97 @@ class TokenReweighting:
             handle.remove()
 
 
-class DeepAlignTrainerMixin:
-    """Token-wise constrained SFT for ``SFTTrainer`` (cooperative: calls ``super()`` everywhere)."""
+def options_of(run: Any) -> Any:
+    return run.options_for("deep_align")
 
-    def _deep_align_options(self) -> Any:
-        return self.ftplugins_run.options_for("deep_align")
 
-    def _deep_align_state(self) -> ReferenceState:
-        return self.ftplugins_run.state.setdefault(STATE_KEY, ReferenceState())
+def state_of(run: Any) -> ReferenceState:
+    return run.state.setdefault(STATE_KEY, ReferenceState())
 
-    def _set_signature_columns_if_needed(self) -> None:
-        super()._set_signature_columns_if_needed()
-        # keep the precomputed column when the trainer drops columns the model does not take
-        if self._signature_columns is not None and REF_COLUMN not in self._signature_columns:
-            self._signature_columns = [*self._signature_columns, REF_COLUMN]
 
-    def train(self, *args: Any, **kwargs: Any):
-        self.deep_align_prepare_reference()
-        return super().train(*args, **kwargs)
-
-    def deep_align_prepare_reference(self) -> None:
-        """Precompute the reference log-probs, or make the frozen copy; once per run, before any update."""
-        opts = self._deep_align_options()
-        if opts.deep_align_objective != "constrained":
-            return
-        if getattr(self, "compute_loss_func", None) is not None:
-            raise FtpluginsError(
-                "deep_align reweights SFTTrainer's own token loss, and a compute_loss_func replaces it; drop "
-                "compute_loss_func or deep_align."
-            )
-        state = self._deep_align_state()
-        if opts.deep_align_ref == "on_the_fly":
-            if state.ref_model is None and not has_adapter(self.model):
-                device = next(self.model.parameters()).device
-                state.ref_model = frozen_copy(self.model).to(device)
-            return
-        if state.precomputed:
-            return
-        dataset = self.train_dataset
-        if not hasattr(dataset, "add_column"):
-            raise FtpluginsError(
-                f"deep_align_ref=precompute stores the reference log-probs with the rows, which a "
-                f"{type(dataset).__name__} cannot hold; use deep_align_ref=on_the_fly."
-            )
-        values = precompute_reference(
-            self.model,
-            dataset,
-            self._deep_align_reference_collator(),
-            batch_size=self.args.per_device_eval_batch_size,
-            device=next(self.model.parameters()).device,
-            # full fine-tuning: the model has not been updated yet, so it is its own reference
-            ref_model=None if has_adapter(self.model) else self.model,
-            accelerator=self.accelerator,
-            progress=not self.args.disable_tqdm and self.is_local_process_zero(),
+def prepare_reference(run: Any, trainer: Any) -> None:
+    """Precompute the reference log-probs, or make the frozen copy; once per run, before any update."""
+    opts = options_of(run)
+    if opts.deep_align_objective != "constrained":
+        return
+    if getattr(trainer, "compute_loss_func", None) is not None:
+        raise FtpluginsError(
+            "deep_align reweights SFTTrainer's own token loss, and a compute_loss_func replaces it; drop "
+            "compute_loss_func or deep_align."
         )
-        self.train_dataset = add_reference_column(dataset, values)
-        state.precomputed = True
-
-    def _deep_align_reference_collator(self) -> Any:
-        from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
-
-        tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
-        return DataCollatorForLanguageModeling(
-            pad_token_id=tokenizer.pad_token_id, padding_free=bool(getattr(self, "padding_free", False))
-        )
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        stored = inputs.pop(REF_COLUMN, None)
-        opts = self._deep_align_options()
-        if opts.deep_align_objective != "constrained" or not self.model.training:
-            return super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                        num_items_in_batch=num_items_in_batch)
-        reference = self._deep_align_reference(model, inputs, stored)
-        starts = inputs["position_ids"][:, 1:] == 0 if "position_ids" in inputs else None
-        reweighting = TokenReweighting(reference, starts, opts)
-        with reweighting.installed(model):
-            result = super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                          num_items_in_batch=num_items_in_batch)
-        if reweighting.calls != 1:
-            raise FtpluginsError(
-                "deep_align: the trainer's compute_loss did not call the model once with TRL's fused LM head "
-                f"({reweighting.calls} calls), so the token weights could not be applied; label smoothing, "
-                "compute_loss_func and sequence parallelism take other loss paths and are not supported."
-            )
-        metrics = getattr(self, "_metrics", None)
-        if metrics is not None:
-            metrics["train"]["deep_align/weight"].append(reweighting.weight_mean)
-            metrics["train"]["deep_align/delta"].append(reweighting.delta_mean)
-        return result
-
-    def _deep_align_reference(self, model: Any, inputs: dict[str, Any], stored: torch.Tensor | None) -> torch.Tensor:
-        opts = self._deep_align_options()
-        if opts.deep_align_ref == "precompute":
-            if stored is None:
-                raise FtpluginsError(
-                    "deep_align: a training batch has no precomputed reference log-probs; call trainer.train() (which "
-                    "precomputes them) or set deep_align_ref=on_the_fly."
-                )
-            return stored[:, 1:]
-        state = self._deep_align_state()
+    state = state_of(run)
+    model = trainer.model
+    if opts.deep_align_ref == "on_the_fly":
         if state.ref_model is None and not has_adapter(model):
-            self.deep_align_prepare_reference()
-        model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
-        return reference_token_logprobs(
-            self.accelerator.unwrap_model(model), model_inputs, inputs["labels"], ref_model=state.ref_model
+            device = next(model.parameters()).device
+            state.ref_model = frozen_copy(model).to(device)
+        return
+    if state.precomputed:
+        return
+    dataset = trainer.train_dataset
+    if not hasattr(dataset, "add_column"):
+        raise FtpluginsError(
+            f"deep_align_ref=precompute stores the reference log-probs with the rows, which a "
+            f"{type(dataset).__name__} cannot hold; use deep_align_ref=on_the_fly."
         )
+    values = precompute_reference(
+        model,
+        dataset,
+        reference_collator(trainer),
+        batch_size=trainer.args.per_device_eval_batch_size,
+        device=next(model.parameters()).device,
+        # full fine-tuning: the model has not been updated yet, so it is its own reference
+        ref_model=None if has_adapter(model) else model,
+        accelerator=trainer.accelerator,
+        progress=not trainer.args.disable_tqdm and trainer.is_local_process_zero(),
+    )
+    trainer.train_dataset = add_reference_column(dataset, values)
+    state.precomputed = True
+
+
+def reference_collator(trainer: Any) -> Any:
+    tokenizer = getattr(trainer.processing_class, "tokenizer", trainer.processing_class)
+    return sft_collator(tokenizer.pad_token_id, padding_free=bool(getattr(trainer, "padding_free", False)))
+
+
+def compute_loss(run: Any, trainer: Any, model: Any, inputs: dict[str, Any], inner: Any) -> Any:
+    """SFT's loss with the token weights applied to the fused head's log-probs (``compute_loss`` hook)."""
+    stored = inputs.pop(REF_COLUMN, None)
+    opts = options_of(run)
+    if opts.deep_align_objective != "constrained" or not trainer.model.training:
+        return inner(inputs=inputs)
+    reference = reference_log_probs(run, trainer, model, inputs, stored)
+    starts = inputs["position_ids"][:, 1:] == 0 if "position_ids" in inputs else None
+    reweighting = TokenReweighting(reference, starts, opts)
+    with reweighting.installed(model):
+        result = inner(inputs=inputs)
+    if reweighting.calls != 1:
+        raise FtpluginsError(
+            "deep_align: the trainer's compute_loss did not call the model once with TRL's fused LM head "
+            f"({reweighting.calls} calls), so the token weights could not be applied; label smoothing, "
+            "compute_loss_func and sequence parallelism take other loss paths and are not supported."
+        )
+    metrics = trainer_metrics(trainer)
+    if metrics is not None:
+        metrics["deep_align/weight"].append(reweighting.weight_mean)
+        metrics["deep_align/delta"].append(reweighting.delta_mean)
+    return result
+
+
+def reference_log_probs(run: Any, trainer: Any, model: Any, inputs: dict[str, Any],
+                        stored: torch.Tensor | None) -> torch.Tensor:
+    opts = options_of(run)
+    if opts.deep_align_ref == "precompute":
+        if stored is None:
+            raise FtpluginsError(
+                "deep_align: a training batch has no precomputed reference log-probs; call trainer.train() (which "
+                "precomputes them) or set deep_align_ref=on_the_fly."
+            )
+        return stored[:, 1:]
+    state = state_of(run)
+    if state.ref_model is None and not has_adapter(model):
+        prepare_reference(run, trainer)
+    model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+    return reference_token_logprobs(
+        trainer.accelerator.unwrap_model(model), model_inputs, inputs["labels"], ref_model=state.ref_model
+    )

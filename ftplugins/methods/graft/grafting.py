@@ -314,8 +314,10 @@ def graft_after_training(trainer: Any, options: Any, state: dict[str, Any]) -> G
         if len(batches) >= options.graft_max_batches:
             break
 
+    from ftplugins.compat import prepare_inputs, trainer_metrics
+
     def loss_fn(m, batch):
-        return trainer.compute_loss(m, trainer._prepare_inputs(batch))
+        return trainer.compute_loss(m, prepare_inputs(trainer, batch))
 
     try:
         with torch.no_grad():
@@ -328,9 +330,9 @@ def graft_after_training(trainer: Any, options: Any, state: dict[str, Any]) -> G
         with torch.no_grad():
             for n in region:  # the trainer keeps the weights it trained (what it saves)
                 params[n].copy_(trained[n])
-    metrics = getattr(trainer, "_metrics", None)
-    if isinstance(metrics, dict) and "train" in metrics:
-        metrics["train"].clear()  # the graft's loss calls are not training steps
+    metrics = trainer_metrics(trainer)
+    if metrics is not None:
+        metrics.clear()  # the graft's loss calls are not training steps
     logger.info("graft: %d of %d entries, best epoch %d (score %.4g)", result.nnz, result.region_numel,
                 result.best_epoch, result.best_score)
     if options.graft_save_delta and trainer.args.should_save:

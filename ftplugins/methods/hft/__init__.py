@@ -56,12 +56,6 @@ class HftPlugin(Plugin):
     distributed = ("single", "ddp")
 
     @hookimpl
-    def trainer_mixins(self, run):
-        from .trainer import HftTrainerMixin
-
-        return [HftTrainerMixin]
-
-    @hookimpl
     def prepare_model(self, run, model):
         from .training import draw
 
@@ -80,6 +74,13 @@ class HftPlugin(Plugin):
         from .trainer import HftRedrawCallback
 
         return [HftRedrawCallback(run)]
+
+    @hookimpl
+    def load_optimizer_state(self, run, trainer, checkpoint):
+        if run.options_for(self).hft_redraw == "epoch":
+            from .trainer import redraw_for_checkpoint
+
+            redraw_for_checkpoint(run, trainer, checkpoint)
 
 
 plugin = HftPlugin()

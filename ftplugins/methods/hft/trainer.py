@@ -1,4 +1,4 @@
-"""Trainer-side glue of HFT's per-epoch redraw: a callback, and the optimizer re-targeting on resume."""
+"""Trainer-side glue of HFT's per-epoch redraw: a callback, and the draw re-made before a resumed optimizer loads."""
 
 from __future__ import annotations
 
@@ -40,15 +40,10 @@ class HftRedrawCallback(TrainerCallback):
         redraw(self.run, self.run.trainer, int(math.floor(float(state.epoch or 0) + 1e-6)))
 
 
-class HftTrainerMixin:
-    """Before a checkpoint's optimizer state is loaded, re-make the draw it was saved under."""
-
-    def _load_optimizer_and_scheduler(self, checkpoint: Any) -> None:
-        run = self.ftplugins_run
-        if checkpoint is not None and run.options_for("hft").hft_redraw == "epoch":
-            path = os.path.join(checkpoint, "trainer_state.json")
-            if os.path.isfile(path):
-                with open(path) as handle:
-                    epoch = json.load(handle).get("epoch") or 0
-                redraw(run, self, epoch_in_progress(epoch))
-        return super()._load_optimizer_and_scheduler(checkpoint)
+def redraw_for_checkpoint(run: Any, trainer: Any, checkpoint: str) -> None:
+    """Before a checkpoint's optimizer state is loaded, re-make the draw it was saved under (its epoch's)."""
+    path = os.path.join(checkpoint, "trainer_state.json")
+    if os.path.isfile(path):
+        with open(path) as handle:
+            epoch = json.load(handle).get("epoch") or 0
+        redraw(run, trainer, epoch_in_progress(epoch))

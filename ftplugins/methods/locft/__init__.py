@@ -61,10 +61,10 @@ class LocftPlugin(Plugin):
         configure_args(run.args, run.options_for(self))
 
     @hookimpl
-    def trainer_mixins(self, run):
-        from .training import LocftTrainerMixin
+    def compute_loss(self, run, model, inputs, return_outputs):
+        from .training import compute_loss
 
-        return [LocftTrainerMixin]
+        return compute_loss(run, model, inputs, return_outputs)
 
     @hookimpl
     def transform_dataset(self, run, dataset, split):

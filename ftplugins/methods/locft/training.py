@@ -135,18 +135,16 @@ def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (tokens.sum(1)[has] / counts[has]).mean()
 
 
-class LocftTrainerMixin:
-    """The per-sample target-only loss; records each minibatch's loss for skipping and stopping."""
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        labels = inputs["labels"]
-        forward = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids") if k in inputs}
-        outputs = model(**forward)
-        loss = per_sample_loss(outputs.logits, labels)
-        run = getattr(self, "_ftplugins_run", None)
-        if run is not None and model.training:
-            monitor_of(run).batch.append(float(loss.detach()))
-        return (loss, outputs) if return_outputs else loss
+def compute_loss(run: Any, model: Any, inputs: dict, return_outputs: bool = False) -> Any:
+    """The per-sample target-only loss in place of the trainer's; records each training minibatch's loss for
+    skipping and stopping."""
+    labels = inputs["labels"]
+    forward = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids") if k in inputs}
+    outputs = model(**forward)
+    loss = per_sample_loss(outputs.logits, labels)
+    if model.training:
+        monitor_of(run).batch.append(float(loss.detach()))
+    return (loss, outputs) if return_outputs else loss
 
 
 class EarlyStop(TrainerCallback):

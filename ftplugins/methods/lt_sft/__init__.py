@@ -42,15 +42,6 @@ def select(diff_by_name: Any, k: int) -> dict[str, Any]:
     return _select(diff_by_name, k)
 
 
-class LtSftTrainerMixin:
-    """Remembers whether ``train()`` resumes from a checkpoint (phase 1 is then skipped)."""
-
-    def train(self, *args: Any, **kwargs: Any):
-        resume = kwargs.get("resume_from_checkpoint", args[0] if args else None)
-        self.ftplugins_run.state.setdefault(STATE_KEY, {})["resuming"] = resume not in (None, False)
-        return super().train(*args, **kwargs)
-
-
 class LtSftPlugin(Plugin):
     name = "lt_sft"
     summary = "LT-SFT: lottery-ticket sparse fine-tuning (full FT finds the K entries that train), composable deltas"
@@ -69,10 +60,9 @@ class LtSftPlugin(Plugin):
             )
 
     @hookimpl
-    def trainer_mixins(self, run):
-        from ftplugins.sparse.trainer import SparseTrainerMixin
-
-        return [LtSftTrainerMixin, SparseTrainerMixin]
+    def train_begin(self, run, resume_from_checkpoint):
+        # A resumed run skips phase 1: the checkpoint's masks replace the ticket.
+        run.state.setdefault(STATE_KEY, {})["resuming"] = resume_from_checkpoint not in (None, False)
 
     @hookimpl
     def prepare_model(self, run, model):
@@ -90,14 +80,32 @@ class LtSftPlugin(Plugin):
             raise FtpluginsError("lt_sft: create_optimizer ran before prepare_model; build the trainer with "
                                  "ftplugins.compose so that the hooks run in order")
         options = run.options_for(self)
+        from ftplugins.sparse.trainer import around_optimizer
+
         if state.get("resuming"):
             selection = placeholder_selection(model, state["targets"])  # the checkpoint's masks replace these
         else:
             state.update(find_ticket(run.trainer, model, options, state["targets"]))
             selection = state["selection"]
-        optimizer = build_optimizer(model, args, options, state["targets"], selection)
-        restore_origin(optimizer, state.get("origin") or {})  # earlier iterations trained some entries already
-        return optimizer
+
+        def phase2_optimizer():
+            optimizer = build_optimizer(model, args, options, state["targets"], selection)
+            restore_origin(optimizer, state.get("origin") or {})  # earlier iterations trained some entries already
+            return optimizer
+
+        return around_optimizer(model, phase2_optimizer)
+
+    @hookimpl
+    def skip_ddp_wrapper(self, run, trainer):
+        from ftplugins.sparse.trainer import skip_ddp_wrapper
+
+        return skip_ddp_wrapper(trainer)
+
+    @hookimpl
+    def grad_norm(self, run, trainer):
+        from ftplugins.sparse.trainer import grad_norm
+
+        return grad_norm(trainer)
 
     @hookimpl
     def post_train(self, run, trainer):

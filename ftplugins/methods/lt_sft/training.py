@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ftplugins.compat import prepare_inputs, trainer_metrics
 from ftplugins.errors import FtpluginsError, UnsupportedModelError
 from ftplugins.sparse.optimizer import SparseAdamW, release_grad_hooks
 from ftplugins.sparse.selection import global_topk_indices
@@ -116,7 +117,7 @@ def run_loop(trainer: Any, model: nn.Module, optimizer: Any, steps: int) -> None
             except StopIteration:  # a phase longer than an epoch: the next epoch
                 batches = iter(dataloader)
                 batch = next(batches)
-            loss = trainer.compute_loss(model, trainer._prepare_inputs(batch))
+            loss = trainer.compute_loss(model, prepare_inputs(trainer, batch))
             (loss / accumulation).backward()
         if not sparse and args.max_grad_norm and args.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
@@ -125,9 +126,9 @@ def run_loop(trainer: Any, model: nn.Module, optimizer: Any, steps: int) -> None
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
     model.train(was_training)
-    metrics = getattr(trainer, "_metrics", None)
-    if isinstance(metrics, dict) and "train" in metrics:
-        metrics["train"].clear()  # these steps' token counts / accuracies are not the Trainer loop's
+    metrics = trainer_metrics(trainer)
+    if metrics is not None:
+        metrics.clear()  # these steps' token counts / accuracies are not the Trainer loop's
 
 
 def build_optimizer(model: nn.Module, args: Any, options: Any, targets: dict[str, list[str]],

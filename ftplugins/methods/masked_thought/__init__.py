@@ -52,10 +52,12 @@ class MaskedThoughtPlugin(Plugin):
             )
 
     @hookimpl
-    def trainer_mixins(self, run):
-        from .collator import MaskedThoughtTrainerMixin
+    def phase(self, run, phase):
+        """Masking on for ``train()``, off for ``evaluate()`` / ``predict()`` (also inside training)."""
+        from .collator import STATE_KEY
 
-        return [MaskedThoughtTrainerMixin]
+        collator = run.state.get(STATE_KEY)
+        return collator.masking(phase == "train") if collator is not None else None
 
     @hookimpl
     def prepare_model(self, run, model):

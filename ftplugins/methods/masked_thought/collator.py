@@ -1,11 +1,11 @@
-"""The training-time collator of Masked Thought, and the trainer mixin that scopes it to training.
+"""The training-time collator of Masked Thought, scoped to training by the plugin's ``phase`` hook.
 
 :class:`MaskedThoughtCollator` wraps the trainer's own collator (TRL builds it; it already holds
 -100 on prompt and padding) and corrupts ``input_ids`` of training batches only. It reads the
 optimizer step from the trainer, in the main process, which is why the plugin refuses dataloader
 worker processes.
 
-Which batches are training batches is decided by :class:`MaskedThoughtTrainerMixin`: masking is
+Which batches are training batches is decided by the plugin's ``phase`` hook: masking is
 on inside ``train()`` and off inside ``evaluate()`` / ``predict()`` (also when they run in the
 middle of training). ``model.training`` would not do: the trainer fetches the micro-batches of a
 step *before* ``training_step`` calls ``model.train()``, so the batches fetched right after an
@@ -129,23 +129,3 @@ class MaskedThoughtCollator:
             yield
         finally:
             self.training, self._position = saved
-
-
-class MaskedThoughtTrainerMixin:
-    """Turns masking on for ``train()`` and off for ``evaluate()`` / ``predict()``."""
-
-    def _masked_thought_masking(self, enabled: bool):
-        collator = self.ftplugins_run.state.get(STATE_KEY)
-        return collator.masking(enabled) if collator is not None else contextlib.nullcontext()
-
-    def train(self, *args: Any, **kwargs: Any):
-        with self._masked_thought_masking(True):
-            return super().train(*args, **kwargs)
-
-    def evaluate(self, *args: Any, **kwargs: Any):
-        with self._masked_thought_masking(False):
-            return super().evaluate(*args, **kwargs)
-
-    def predict(self, *args: Any, **kwargs: Any):
-        with self._masked_thought_masking(False):
-            return super().predict(*args, **kwargs)
