@@ -165,8 +165,9 @@ def train_begin(run, trainer, resume_from_checkpoint):
     """Called once at the start of ``trainer.train()``, before the base trainer's ``train()``.
 
     No checkpoint has been loaded and no optimizer exists yet: the place for work on the initial
-    weights (reference log-probs). ``resume_from_checkpoint`` is the argument given to ``train()``
-    (a path, ``True`` for the latest checkpoint, or ``None`` / ``False``).
+    weights (reference log-probs). ``resume_from_checkpoint`` is the argument given to ``train()``,
+    resolved: ``True`` becomes the path of the last *whole* checkpoint (``ftplugins.checkpoints``), or stays
+    ``True`` when there is none; otherwise a path, or ``None`` / ``False``.
     """
 
 

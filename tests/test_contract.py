@@ -152,7 +152,8 @@ def test_a_resumed_run_loads_the_optimizer_state_once_before_its_first_loss(tmp_
     assert recorder.calls == expected_calls(trainer, resumed=True)
     loads = [e for e in recorder.events if e[0] == "load_optimizer_state"]
     assert loads == [("load_optimizer_state", str(tmp_path / "checkpoint-1"))]
-    assert ("train_begin", True, None) in recorder.events
+    # the resolved checkpoint: `True` is turned into the last *whole* checkpoint before any hook sees it
+    assert ("train_begin", str(tmp_path / "checkpoint-1"), None) in recorder.events
 
 
 def test_evaluate_and_predict_are_phases_whose_losses_are_hooked(tmp_path):
