@@ -15,9 +15,10 @@ from typing import Any
 
 from . import registry
 from .atomic import staged_dir
-from .context import Run
+from .combinations import check_combination
+from .context import Run, implementations
 from .dataset_columns import check_columns
-from .errors import FtpluginsError, ModelPathError
+from .errors import FtpluginsError, HookConflictError, ModelPathError
 from .options import build_options
 
 
@@ -29,14 +30,39 @@ def compose(trainer_cls: type, plugins: list[Any], **options: Any) -> type:
 
 
 def compose_run(trainer_cls: type, run: Run, mixins: list[type] | None = None) -> type:
-    """Compose from a prepared :class:`Run` (``mixins`` lets callers reuse one hook answer)."""
+    """Compose from a prepared :class:`Run` (``mixins`` lets callers reuse one hook answer).
+
+    Conflicting plugins (:mod:`ftplugins.combinations`) are refused first, before any model loads. A mixin that
+    several plugins contribute (a shared engine's) is put in once; mixins whose orders cannot be reconciled are a
+    :class:`HookConflictError` naming the two plugins.
+    """
+    check_combination(run.plugins)
     if mixins is None:
         mixins = run.call("trainer_mixins")
+    mixins = list(dict.fromkeys(mixins))
     names = "".join(p.name.title().replace("_", "") for p in run.plugins) or "NoPlugins"
     namespace = {"_ftplugins_template": run, "_ftplugins_base": trainer_cls, "__module__": trainer_cls.__module__}
-    cls = type(f"{trainer_cls.__name__}With{names}", (*mixins, PluginTrainerMixin, trainer_cls), namespace)
+    try:
+        cls = type(f"{trainer_cls.__name__}With{names}", (*mixins, PluginTrainerMixin, trainer_cls), namespace)
+    except TypeError as exc:
+        raise _mixin_conflict(run, trainer_cls, exc) from None
     cls.__doc__ = f"{trainer_cls.__name__} with ftplugins: {', '.join(p.name for p in run.plugins)}."
     return cls
+
+
+def _mixin_conflict(run: Run, trainer_cls: type, exc: TypeError) -> HookConflictError:
+    """The pair of plugins whose trainer mixins cannot be put in one class (their orders contradict)."""
+    owned = [(p, list(func(run=run) or [])) for p, func in implementations(run.manager, "trainer_mixins")]
+    for i, (a, mixins_a) in enumerate(owned):
+        for b, mixins_b in owned[i + 1 :]:
+            try:
+                type("Probe", (*dict.fromkeys([*mixins_a, *mixins_b]), trainer_cls), {})
+            except TypeError:
+                return HookConflictError(
+                    f"plugins {a.name} and {b.name} contribute trainer mixins that cannot be combined in one class "
+                    f"({exc}); select one of them."
+                )
+    return HookConflictError(f"the plugins' trainer mixins cannot be combined in one class: {exc}")
 
 
 class PluginTrainerMixin:

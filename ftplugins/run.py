@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from . import registry
 from .cli_errors import exit_on_user_error
+from .combinations import check_combination
 from .context import Run
 from .errors import FtpluginsError
 from .patching import plugins_active, require_trainer_built
@@ -36,6 +37,7 @@ def run_script(argv: Sequence[str]) -> None:
     if not os.path.isfile(script):
         raise FtpluginsError(f"script {script!r} does not exist.")
     plugins = registry.select(selected_names(ours))
+    check_combination(plugins)  # before TRL parses, loads data or a model
     _, options = parse([], plugins, ours, config_shared=True)
     run = Run(plugins=plugins, options=options)
     saved_argv, saved_path = sys.argv[:], sys.path[:]

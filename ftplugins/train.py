@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from . import registry
 from .cli_errors import exit_on_user_error
+from .combinations import check_combination
 from .composition import check_model_path
 from .context import Run
 from .patching import plugins_active
@@ -44,6 +45,7 @@ def train(argv: Sequence[str]) -> None:
         raise FtpluginsError(f"unknown command {command!r};{did_you_mean(command, COMMANDS)} use one of: {', '.join(COMMANDS)}")
     module_name, trainer_name = COMMANDS[command]
     plugins = registry.select(selected_names(rest))
+    check_combination(plugins)  # before TRL parses, loads data or a model
     script = importlib.import_module(module_name)
     dataclass_types = list(script.make_parser().dataclass_types)
     if any(a in ("-h", "--help") for a in rest):
