@@ -48,11 +48,12 @@ def train(argv: Sequence[str]) -> None:
     check_combination(plugins)  # before TRL parses, loads data or a model
     script = importlib.import_module(module_name)
     dataclass_types = list(script.make_parser().dataclass_types)
+    program = f"python -m ftplugins.train {command}"
     if any(a in ("-h", "--help") for a in rest):
         from trl import TrlParser
 
-        TrlParser([*dataclass_types, *(p.options for p in plugins if p.options)]).parse_args(["--help"])
-    trl_args, options = parse(dataclass_types, plugins, rest)
+        TrlParser([*dataclass_types, *(p.options for p in plugins if p.options)], prog=program).parse_args(["--help"])
+    trl_args, options = parse(dataclass_types, plugins, rest, command=program)
     model_args = next(a for a in trl_args if hasattr(a, "model_name_or_path"))
     if model_args.model_name_or_path is None:
         from .errors import OptionError
