@@ -96,15 +96,21 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_tiny_model(args: argparse.Namespace) -> None:
+    from transformers.utils import logging as hf_logging
+
     from .testing import save_tiny_llama
 
+    hf_logging.disable_progress_bar()  # a bar for writing one small file is noise
     save_tiny_llama(args.path, seed=args.seed)
     print(f"saved a tiny Llama and its tokenizer to {args.path}")
 
 
 def cmd_tiny_data(args: argparse.Namespace) -> None:
+    import datasets
+
     from .testing import write_builtin_datasets
 
+    datasets.disable_progress_bars()  # one bar per small file written is noise; the paths are printed
     for path in write_builtin_datasets(args.path):
         print(path)
 

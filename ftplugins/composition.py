@@ -9,7 +9,9 @@ runs the same code.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import logging
 import os
 from typing import Any
 
@@ -91,7 +93,8 @@ class PluginTrainerMixin:
         run.call("patch_before_model_load")
         init_kwargs = run.call("model_init_kwargs")
         model = call.get("model")
-        if isinstance(model, str):
+        loaded_here = isinstance(model, str)
+        if loaded_here:
             model = call["model"] = _load_model(model, run.args, init_kwargs, call.get("quantization_config"))
         elif init_kwargs:
             raise FtpluginsError(
@@ -131,7 +134,8 @@ class PluginTrainerMixin:
         if more_callbacks:
             call["callbacks"] = [*(call.get("callbacks") or []), *more_callbacks]
 
-        super().__init__(**call, **extra)
+        with _loading_options_used(loaded_here, type(self)):
+            super().__init__(**call, **extra)
         run.trainer = self
         if run.processing_class is None:
             run.processing_class = getattr(self, "processing_class", None)
@@ -175,6 +179,31 @@ class PluginTrainerMixin:
             return super()._save(output_dir, state_dict=state_dict)
         with staged_dir(output_dir) as tmp:
             super()._save(tmp, state_dict=state_dict)
+
+
+class _DropUsedLoadingOptionsWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "but your model is already instantiated" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _loading_options_used(loaded_here: bool, trainer_cls: type):
+    """Silence TRL's "you passed model_init_kwargs / quantization_config, but your model is already instantiated;
+    they will be ignored" while the base trainer is built on a model *we* loaded from its path with exactly those
+    options (the hooks need the model before the trainer exists): the warning would be false. It stays for a model
+    the user built."""
+    if not loaded_here:
+        yield
+        return
+    loggers = {logging.getLogger(c.__module__) for c in trainer_cls.__mro__ if c.__module__.startswith("trl.")}
+    quiet = _DropUsedLoadingOptionsWarning()
+    for logger in loggers:
+        logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(quiet)
 
 
 def write_manifest(run: Run, output_dir: str) -> None:

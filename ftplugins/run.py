@@ -19,6 +19,7 @@ from .cli_errors import exit_on_user_error
 from .combinations import check_combination
 from .context import Run
 from .errors import FtpluginsError
+from .output import quiet_replicas
 from .patching import plugins_active, require_trainer_built
 from .selection import parse, selected_names
 
@@ -73,6 +74,7 @@ def run_script(argv: Sequence[str]) -> None:
 
 @exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> None:
+    quiet_replicas()
     argv = list(sys.argv[1:] if argv is None else argv)
     ours = argv[: argv.index("--")] if "--" in argv else argv
     if not argv or any(a in ("-h", "--help") for a in ours):

@@ -134,5 +134,14 @@ def _one_line_error(message: str) -> None:
     raise OptionError(cli_error(message))
 
 
+def given_keys(argv: Sequence[str]) -> set[str]:
+    """The option names the user set, on the command line or in the ``--config`` file (defaults excluded)."""
+    argv = list(argv)
+    keys = {a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")}
+    if "--config" in argv and argv.index("--config") + 1 < len(argv):
+        keys |= {str(k) for k in load_config(argv[argv.index("--config") + 1])}
+    return keys - {"config"}
+
+
 def option_values(options: Any) -> dict:
     return dataclasses.asdict(options) if options is not None else {}

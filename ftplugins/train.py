@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 from collections.abc import Sequence
 
 from . import registry
@@ -16,8 +17,9 @@ from .cli_errors import exit_on_user_error
 from .combinations import check_combination
 from .composition import check_model_path
 from .context import Run
+from .output import quiet_replicas
 from .patching import plugins_active
-from .selection import parse, selected_names
+from .selection import given_keys, parse, selected_names
 
 #: Sub-command -> (TRL script module, trainer class it builds).
 COMMANDS = {
@@ -53,7 +55,16 @@ def train(argv: Sequence[str]) -> None:
         from trl import TrlParser
 
         TrlParser([*dataclass_types, *(p.options for p in plugins if p.options)], prog=program).parse_args(["--help"])
-    trl_args, options = parse(dataclass_types, plugins, rest, command=program)
+    given = given_keys(rest)
+    with warnings.catch_warnings():
+        if "gradient_checkpointing" not in given:
+            # TRL's own default (SFTConfig.gradient_checkpointing=True) under transformers 5's new name: not the
+            # user's doing, and nothing they could change.
+            warnings.filterwarnings("ignore", message="`gradient_checkpointing` is deprecated", category=FutureWarning)
+        trl_args, options = parse(dataclass_types, plugins, rest, command=program)
+    for args in trl_args:
+        if hasattr(args, "log_level_replica") and "log_level_replica" not in given:
+            args.log_level_replica = "error"  # processes other than rank 0 would repeat every warning
     model_args = next(a for a in trl_args if hasattr(a, "model_name_or_path"))
     if model_args.model_name_or_path is None:
         from .errors import OptionError
@@ -77,6 +88,7 @@ def leave_process_group() -> None:
 
 @exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> None:
+    quiet_replicas()
     train(sys.argv[1:] if argv is None else argv)
 
 
