@@ -55,5 +55,6 @@ def config_plugin_names(path: str) -> list[str]:
             f"{' (' + options + ')' if options else ''}."
         )
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise OptionError(f"{path}: plugins: {value!r} is not a list of plugin names (plugins: [lift, masked_thought]).")
+        raise OptionError(f"{path}: plugins: {value!r} is not a list of plugin names "
+                          "(plugins: [lift, masked_thought]).")
     return value

@@ -83,7 +83,9 @@ def _one(action: argparse.Action, item: Any, where: str) -> Any:
 
 
 def _show(item: Any) -> str:
-    return ("true" if item else "false") if isinstance(item, bool) else repr(item) if isinstance(item, str) else str(item)
+    if isinstance(item, bool):
+        return "true" if item else "false"  # as the YAML file spells it
+    return repr(item) if isinstance(item, str) else str(item)
 
 
 def _yaml_bool_hint(action: argparse.Action, item: Any) -> str:
