@@ -5,7 +5,9 @@ Whether a pair composes is what the plugins declare (``claims`` / ``excludes``, 
 file checks that the declaration is true: a composing pair really trains a step in both orders (no crash after the
 model loaded, as ``lift,hft`` did), a refused pair is refused at class composition in both orders, naming both.
 Rule for plugins that do not train (``trains = False``, e.g. aligned_prefix, a generation-time defence): they are
-refused in any training run, alone or paired, by their own ``validate`` — before the model loads.
+refused in any training run, alone or paired, by their own ``validate`` — before the model loads. graft trains
+nothing itself but acts after training on what the run changed in the base weights: it composes with every plugin
+that trains base weights and excludes adapters (the base stays unchanged under one).
 """
 
 from __future__ import annotations
