@@ -92,13 +92,13 @@ def test_a_wrong_yaml_value_names_the_file_the_key_and_the_type(tmp_path, keys, 
 
 
 def test_yaml_and_command_line_read_values_alike(tmp_path):
-    config = write(tmp_path, plugins=["ssf", "lift"], ssf_target_modules="q_proj", lift_rank="3", max_steps=7)
-    (args, *_), options = parse_sft(["--config", config])
+    config = write(tmp_path, plugins=["ssf", "many_icl"], ssf_target_modules="q_proj", many_icl_shots="3")
+    _, options = parse_sft(["--config", config])
     assert options["ssf"].ssf_target_modules == ["q_proj"]  # not ['q', '_', 'p', ...]
-    assert options["lift"].lift_rank == 3
-    (_, cli_options) = parse_sft([*CLI, "--plugins", "ssf", "lift", "--ssf_target_modules", "q_proj",
-                                  "--lift_rank", "3"])
-    assert cli_options["ssf"] == options["ssf"] and cli_options["lift"] == options["lift"]
+    assert options["many_icl"].many_icl_shots == 3
+    (_, cli_options) = parse_sft([*CLI, "--plugins", "ssf", "many_icl", "--ssf_target_modules", "q_proj",
+                                  "--many_icl_shots", "3"])
+    assert cli_options == options
 
 
 def test_nested_plugin_options_are_refused_not_ignored(tmp_path):
