@@ -13,15 +13,30 @@ from .cli_errors import exit_on_user_error
 from .plugin import describe
 
 
+def provider(name: str) -> str:
+    """The distribution that registers plugin ``name`` (``ftplugins`` for the built-in methods)."""
+    ep = registry.available_entry_points()[name]
+    dist = getattr(ep, "dist", None)
+    if dist is not None and dist.metadata is not None and dist.metadata["Name"]:
+        return dist.metadata["Name"]
+    return "ftplugins" if ep.value.startswith("ftplugins.") else ep.value.split(".", 1)[0].split(":", 1)[0]
+
+
 def cmd_list(args: argparse.Namespace) -> None:
-    rows = [registry.describe_installed(name) for name in registry.installed_names()]
+    rows = []
+    for name in registry.installed_names():
+        row = registry.describe_installed(name)
+        row["provider"] = provider(name)
+        row["builtin"] = row["provider"] == "ftplugins"
+        rows.append(row)
     if args.json:
         print(json.dumps(rows, indent=2))
         return
     width = max([len(r["name"]) for r in rows] + [4])
     for row in rows:
         flag = "" if row["available"] else f"  [missing: {'; '.join(row['missing'])}]"
-        print(f"{row['name']:<{width}}  {row['summary']}{flag}")
+        origin = "" if row["builtin"] else f"  [third-party: {row['provider']}]"
+        print(f"{row['name']:<{width}}  {row['summary']}{origin}{flag}")
         print(f"{'':<{width}}  paper: {row['paper']}")
         print(f"{'':<{width}}  contributes: {', '.join(row['contributes'])}")
 
@@ -40,11 +55,21 @@ def option_rows(plugin) -> list[dict]:
 def cmd_info(args: argparse.Namespace) -> None:
     from .patching import patched_names
 
+    installed = registry.installed_names()
+    if args.name not in installed and args.name not in registry.disabled():
+        from .errors import UnknownPluginError, did_you_mean
+
+        raise UnknownPluginError(
+            f"ftplugins info {args.name}: no such plugin;{did_you_mean(args.name, installed)} "
+            f"Installed: {', '.join(installed) or '(none)'}. `ftplugins list` shows them."
+        )
     plugin = registry.load(args.name)
     info = describe(plugin)
     info["options"] = option_rows(plugin)
     info["patches"] = patched_names(plugin)
     info["requires"] = dict(getattr(plugin, "requires", {}))
+    info["claims"] = dict(getattr(plugin, "claims", None) or {})
+    info["excludes"] = dict(getattr(plugin, "excludes", None) or {})
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return
@@ -53,6 +78,12 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(f"contributes:  {', '.join(info['contributes'])} (hooks)")
     print(f"trainers:     {', '.join(info['trainers']) if info['trainers'] else 'any'}")
     print(f"distributed:  {', '.join(info['distributed'])}")
+    claims = getattr(plugin, "claims", None) or {}
+    excludes = getattr(plugin, "excludes", None) or {}
+    if claims or excludes:
+        roles = [f"{role} ({what})" for role, what in claims.items()]
+        roles += [f"not beside {role}: {why}" for role, why in excludes.items()]
+        print(f"claims:       {'; '.join(roles)} (one plugin per role)")
     print(f"available:    {'yes' if info['available'] else 'no, run: ' + '; '.join(info['missing'])}")
     print(f"patches (ftplugins.run): {', '.join(info['patches'])}")
     print("options:")
@@ -65,15 +96,21 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_tiny_model(args: argparse.Namespace) -> None:
+    from transformers.utils import logging as hf_logging
+
     from .testing import save_tiny_llama
 
+    hf_logging.disable_progress_bar()  # a bar for writing one small file is noise
     save_tiny_llama(args.path, seed=args.seed)
     print(f"saved a tiny Llama and its tokenizer to {args.path}")
 
 
 def cmd_tiny_data(args: argparse.Namespace) -> None:
+    import datasets
+
     from .testing import write_builtin_datasets
 
+    datasets.disable_progress_bars()  # one bar per small file written is noise; the paths are printed
     for path in write_builtin_datasets(args.path):
         print(path)
 

@@ -11,7 +11,9 @@ function, so every usage form runs the same code.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import logging
 import os
 import weakref
 from typing import Any
@@ -20,9 +22,10 @@ from . import registry
 from .atomic import published_mark, staged_dir
 from .checkpoints import has_checkpoints, last_complete_checkpoint, save_checkpoint_staged
 from .compat import TrainerInternals
+from .combinations import check_combination
 from .context import Run, implementations
 from .dataset_columns import check_columns
-from .errors import FtpluginsError, ModelPathError
+from .errors import FtpluginsError, HookConflictError, ModelPathError
 from .options import build_options
 from .quantized_cpu import guard_cpu_4bit_packing
 from .run_output import claim_output_dir, forget_previous_run
@@ -36,14 +39,39 @@ def compose(trainer_cls: type, plugins: list[Any], **options: Any) -> type:
 
 
 def compose_run(trainer_cls: type, run: Run, mixins: list[type] | None = None) -> type:
-    """Compose from a prepared :class:`Run` (``mixins`` lets callers reuse one hook answer)."""
+    """Compose from a prepared :class:`Run` (``mixins`` lets callers reuse one hook answer).
+
+    Conflicting plugins (:mod:`ftplugins.combinations`) are refused first, before any model loads. A mixin that
+    several plugins contribute (a shared engine's) is put in once; mixins whose orders cannot be reconciled are a
+    :class:`HookConflictError` naming the two plugins.
+    """
+    check_combination(run.plugins)
     if mixins is None:
         mixins = run.call("trainer_mixins")
+    mixins = list(dict.fromkeys(mixins))
     names = "".join(p.name.title().replace("_", "") for p in run.plugins) or "NoPlugins"
     namespace = {"_ftplugins_template": run, "_ftplugins_base": trainer_cls, "__module__": trainer_cls.__module__}
-    cls = type(f"{trainer_cls.__name__}With{names}", (*mixins, PluginTrainerMixin, trainer_cls), namespace)
+    try:
+        cls = type(f"{trainer_cls.__name__}With{names}", (*mixins, PluginTrainerMixin, trainer_cls), namespace)
+    except TypeError as exc:
+        raise _mixin_conflict(run, trainer_cls, exc) from None
     cls.__doc__ = f"{trainer_cls.__name__} with ftplugins: {', '.join(p.name for p in run.plugins)}."
     return cls
+
+
+def _mixin_conflict(run: Run, trainer_cls: type, exc: TypeError) -> HookConflictError:
+    """The pair of plugins whose trainer mixins cannot be put in one class (their orders contradict)."""
+    owned = [(p, list(func(run=run) or [])) for p, func in implementations(run.manager, "trainer_mixins")]
+    for i, (a, mixins_a) in enumerate(owned):
+        for b, mixins_b in owned[i + 1 :]:
+            try:
+                type("Probe", (*dict.fromkeys([*mixins_a, *mixins_b]), trainer_cls), {})
+            except TypeError:
+                return HookConflictError(
+                    f"plugins {a.name} and {b.name} contribute trainer mixins that cannot be combined in one class "
+                    f"({exc}); select one of them."
+                )
+    return HookConflictError(f"the plugins' trainer mixins cannot be combined in one class: {exc}")
 
 
 class PluginTrainerMixin(TrainerInternals):
@@ -78,7 +106,8 @@ class PluginTrainerMixin(TrainerInternals):
         run.call("patch_before_model_load")
         init_kwargs = run.call("model_init_kwargs")
         model = call.get("model")
-        if isinstance(model, str):
+        loaded_here = isinstance(model, str)
+        if loaded_here:
             model = call["model"] = _load_model(model, run.args, init_kwargs, call.get("quantization_config"))
         elif init_kwargs:
             raise FtpluginsError(
@@ -119,7 +148,8 @@ class PluginTrainerMixin(TrainerInternals):
         if more_callbacks:
             call["callbacks"] = [*(call.get("callbacks") or []), *more_callbacks]
 
-        super().__init__(**call, **extra)
+        with _loading_options_used(loaded_here, type(self)):
+            super().__init__(**call, **extra)
         if call.get("args") is None:
             self._ftplugins_claim_output(self.args)
         run.trainer = self
@@ -228,6 +258,31 @@ def _complete_checkpoint(output_dir: str, resume: str | bool | None) -> str | bo
             raise FtpluginsError(f"checkpoint {resume!r} is incomplete ({problem}); resume from an earlier one or "
                                  "with resume_from_checkpoint=True (picks the last whole checkpoint)")
     return resume
+
+
+class _DropUsedLoadingOptionsWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "but your model is already instantiated" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _loading_options_used(loaded_here: bool, trainer_cls: type):
+    """Silence TRL's "you passed model_init_kwargs / quantization_config, but your model is already instantiated;
+    they will be ignored" while the base trainer is built on a model *we* loaded from its path with exactly those
+    options (the hooks need the model before the trainer exists): the warning would be false. It stays for a model
+    the user built."""
+    if not loaded_here:
+        yield
+        return
+    loggers = {logging.getLogger(c.__module__) for c in trainer_cls.__mro__ if c.__module__.startswith("trl.")}
+    quiet = _DropUsedLoadingOptionsWarning()
+    for logger in loggers:
+        logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(quiet)
 
 
 def write_manifest(run: Run, output_dir: str, since: int = 0) -> dict:

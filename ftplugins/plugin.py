@@ -39,6 +39,10 @@ class Plugin:
             ``ftplugins.load_adapter`` calls :meth:`load_tuner` to register it in a fresh process.
         trains: ``False`` for plugins used at generation / evaluation time, not in a training run
             (they carry no training recipe).
+        claims: the roles of a run this plugin fills, one plugin per role (``{"trainable_set": "trains
+            ..."}``, see :data:`ftplugins.combinations.ROLES`); two plugins claiming a role are refused.
+        excludes: roles this plugin cannot run beside, with why (``{"adapter": "needs the base weights
+            trained"}``); a plugin claiming one of them is refused.
     """
 
     name: ClassVar[str] = ""
@@ -50,6 +54,8 @@ class Plugin:
     trainers: ClassVar[tuple[str, ...] | None] = None
     peft_type: ClassVar[str | None] = None
     trains: ClassVar[bool] = True
+    claims: ClassVar[dict[str, str]] = {}
+    excludes: ClassVar[dict[str, str]] = {}
 
     def add_commands(self, subparsers: Any) -> None:
         """Add sub-commands to the ``ftplugins`` command (``argparse`` subparsers); default none.

@@ -16,12 +16,34 @@ from collections.abc import Sequence
 
 from . import registry
 from .cli_errors import exit_on_user_error
+from .combinations import check_combination
 from .context import Run
 from .errors import FtpluginsError
+from .output import quiet_replicas
 from .patching import plugins_active, require_trainer_built
 from .selection import parse, selected_names
 
 USAGE = "usage: python -m ftplugins.run --plugins a,b [--config FILE] [plugin args] -- script.py [script args]"
+
+HELP = f"""{USAGE}
+
+Run an unmodified training script with plugins switched on for every trainer class it builds
+(transformers.Trainer and TRL's trainers); the patching is undone when the script ends.
+
+arguments (before `--`):
+  --plugins a,b        plugins to switch on, in call order (`ftplugins list` shows the installed ones)
+  --config FILE        a YAML file whose `plugins:` and plugin keys (`<plugin>_*`) are read here; its other
+                       keys are left to the script, so the same file can feed both
+  --<plugin>_<option> VALUE
+                       a plugin option (`ftplugins info NAME` lists them with types and defaults)
+  -h, --help           show this help
+
+after `--`:
+  script.py [args]     the script and its own arguments, passed to it unchanged
+
+example:
+  accelerate launch -m ftplugins.run --plugins masked_thought --masked_thought_ratio 0.2 -- sft.py --config sft.yaml
+"""
 
 
 def run_script(argv: Sequence[str]) -> None:
@@ -36,7 +58,8 @@ def run_script(argv: Sequence[str]) -> None:
     if not os.path.isfile(script):
         raise FtpluginsError(f"script {script!r} does not exist.")
     plugins = registry.select(selected_names(ours))
-    _, options = parse([], plugins, ours, config_shared=True)
+    check_combination(plugins)  # before TRL parses, loads data or a model
+    _, options = parse([], plugins, ours, config_shared=True, command="python -m ftplugins.run")
     run = Run(plugins=plugins, options=options)
     saved_argv, saved_path = sys.argv[:], sys.path[:]
     sys.argv = [script, *theirs[1:]]
@@ -51,9 +74,11 @@ def run_script(argv: Sequence[str]) -> None:
 
 @exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
+    quiet_replicas()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ours = argv[: argv.index("--")] if "--" in argv else argv
+    if not argv or any(a in ("-h", "--help") for a in ours):
+        print(HELP)
         return
     run_script(argv)
 

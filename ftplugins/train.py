@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 from collections.abc import Sequence
 
 from . import registry
 from .cli_errors import exit_on_user_error
+from .combinations import check_combination
 from .composition import check_model_path
 from .context import Run
+from .output import quiet_replicas
 from .patching import import_patched, plugins_active
-from .selection import parse, selected_names
+from .selection import given_keys, parse, selected_names
 
 #: Sub-command -> (TRL script module, trainer class it builds).
 COMMANDS = {
@@ -44,14 +47,25 @@ def train(argv: Sequence[str]) -> None:
         raise FtpluginsError(f"unknown command {command!r};{did_you_mean(command, COMMANDS)} use one of: {', '.join(COMMANDS)}")
     module_name, trainer_name = COMMANDS[command]
     plugins = registry.select(selected_names(rest))
+    check_combination(plugins)  # before TRL parses, loads data or a model
     # This import only reads the script's argument classes; the script that runs is imported again below,
     # with the plugins active (patch first, then import).
     dataclass_types = list(importlib.import_module(module_name).make_parser().dataclass_types)
+    program = f"python -m ftplugins.train {command}"
     if any(a in ("-h", "--help") for a in rest):
         from trl import TrlParser
 
-        TrlParser([*dataclass_types, *(p.options for p in plugins if p.options)]).parse_args(["--help"])
-    trl_args, options = parse(dataclass_types, plugins, rest)
+        TrlParser([*dataclass_types, *(p.options for p in plugins if p.options)], prog=program).parse_args(["--help"])
+    given = given_keys(rest)
+    with warnings.catch_warnings():
+        if "gradient_checkpointing" not in given:
+            # TRL's own default (SFTConfig.gradient_checkpointing=True) under transformers 5's new name: not the
+            # user's doing, and nothing they could change.
+            warnings.filterwarnings("ignore", message="`gradient_checkpointing` is deprecated", category=FutureWarning)
+        trl_args, options = parse(dataclass_types, plugins, rest, command=program)
+    for args in trl_args:
+        if hasattr(args, "log_level_replica") and "log_level_replica" not in given:
+            args.log_level_replica = "error"  # processes other than rank 0 would repeat every warning
     model_args = next(a for a in trl_args if hasattr(a, "model_name_or_path"))
     if model_args.model_name_or_path is None:
         from .errors import OptionError
@@ -75,6 +89,7 @@ def leave_process_group() -> None:
 
 @exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> None:
+    quiet_replicas()
     train(sys.argv[1:] if argv is None else argv)
 
 

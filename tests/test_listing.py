@@ -53,3 +53,43 @@ def test_listing_does_not_import_torch():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "masked_thought" in proc.stdout and "ssf" in proc.stdout
+
+
+def test_info_of_a_misspelled_plugin_names_what_was_typed(capsys):
+    import pytest
+
+    from ftplugins.errors import UnknownPluginError
+
+    with pytest.raises(UnknownPluginError) as error:
+        main.__wrapped__(["info", "masked_thougth"])
+    message = str(error.value)
+    assert message.startswith("ftplugins info masked_thougth: no such plugin; did you mean masked_thought?")
+    assert "--plugins" not in message
+
+
+def test_list_marks_third_party_plugins(capsys, recorder_entry_point):
+    main(["list"])
+    lines = capsys.readouterr().out.splitlines()
+    recorder = next(line for line in lines if line.startswith("recorder "))
+    assert "[third-party: conftest]" in recorder
+    assert not any("third-party" in line for line in lines if line.startswith(("masked_thought ", "ssf ")))
+    main(["list", "--json"])
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert rows["recorder"]["builtin"] is False and rows["ssf"]["builtin"] is True
+
+
+def test_info_shows_the_roles_a_plugin_claims(capsys):
+    main(["info", "lift", "--json"])
+    info = json.loads(capsys.readouterr().out)
+    assert set(info["claims"]) >= {"trainable_set", "optimizer"}
+    main(["info", "lift"])
+    assert "claims:       trainable_set (" in capsys.readouterr().out
+
+
+def test_run_help_documents_its_arguments(capsys):
+    from ftplugins.run import main as run_main
+
+    run_main(["--help"])
+    text = capsys.readouterr().out
+    for argument in ("--plugins a,b", "--config FILE", "--<plugin>_<option> VALUE", "script.py [args]", "example:"):
+        assert argument in text

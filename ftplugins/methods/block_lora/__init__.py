@@ -46,6 +46,11 @@ class BlockLoraPlugin(Plugin):
         "arXiv:2501.16720 (2025)"
     )
     options = BlockLoraOptions
+    # One plugin per role of a run (ftplugins.combinations): a second plugin claiming one is refused.
+    claims = {
+        "trainable_set": "trains its Block-LoRA factors only (the base model frozen)",
+        "adapter": "adds the Block-LoRA adapter",
+    }
     distributed = ("single", "ddp")
     #: The PEFT type this plugin owns; ``ftplugins.load_adapter`` calls ``load_tuner`` to register it.
     peft_type = "BLOCK_LORA"

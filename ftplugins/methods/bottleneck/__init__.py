@@ -42,6 +42,11 @@ class BottleneckPlugin(Plugin):
         "Spectrogram Transformers, 2023, arXiv:2312.03694"
     )
     options = BottleneckOptions
+    # One plugin per role of a run (ftplugins.combinations): a second plugin claiming one is refused.
+    claims = {
+        "trainable_set": "trains its bottleneck adapters only (the base model frozen)",
+        "adapter": "adds bottleneck adapters",
+    }
     distributed = ("single", "ddp")
     #: The PEFT type this plugin owns; ``ftplugins.load_adapter`` calls ``load_tuner`` to register it.
     peft_type = "BOTTLENECK"

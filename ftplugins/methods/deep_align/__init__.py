@@ -36,6 +36,10 @@ class DeepAlignPlugin(Plugin):
     summary = "Deep safety alignment: token-wise constrained SFT (beta_t schedule) + safety-recovery augmentation."
     paper = "Qi et al., Safety Alignment Should Be Made More Than Just a Few Tokens Deep, ICLR 2025, arXiv:2406.05946"
     options = DeepAlignOptions
+    # One plugin per role of a run (ftplugins.combinations): a second plugin claiming one is refused.
+    claims = {
+        "loss": "reweights each token's NLL against the initial model",
+    }
     trainers = ("SFTTrainer",)
     # FSDP / DeepSpeed: the reference pass and the frozen copy would need sharding-aware handling.
     distributed = ("single", "ddp")

@@ -35,6 +35,10 @@ class FewshotPrefixPlugin(Plugin):
     summary = "Few-shot-prefixed SFT: k in-context examples from a disjoint pool before every train/eval prompt."
     paper = "Balancing Label Quantity and Quality for Scalable Elicitation, Mallen & Belrose, arXiv:2410.13215"
     options = FewshotPrefixOptions
+    # One plugin per role of a run (ftplugins.combinations): a second plugin claiming one is refused.
+    claims = {
+        "in_context_examples": "puts k pool examples before every prompt",
+    }
     trainers = ("SFTTrainer",)
     # Only the prompts change; the pool is drawn from the seed, the same in every process.
     distributed = ("single", "ddp", "fsdp", "deepspeed")

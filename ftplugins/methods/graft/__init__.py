@@ -44,6 +44,9 @@ class GraftPlugin(Plugin):
     paper = ("Panigrahi et al., Task-Specific Skill Localization in Fine-tuned Language Models, ICML 2023, "
              "arXiv:2302.06600")
     options = GraftOptions
+    excludes = {
+        "adapter": "localizes the skill in the fine-tuned base weights, which an adapter leaves unchanged",
+    }
     distributed = ("single",)  # the mask's gradient is not reduced across processes
     trainers = ("SFTTrainer",)
 

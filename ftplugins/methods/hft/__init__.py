@@ -51,6 +51,10 @@ class HftPlugin(Plugin):
     summary = "Half Fine-Tuning: full fine-tuning of a random, category-balanced half of each transformer block"
     paper = "Hui et al., HFT: Half Fine-Tuning for Large Language Models, ACL 2025, arXiv:2404.18466"
     options = HftOptions
+    # One plugin per role of a run (ftplugins.combinations): a second plugin claiming one is refused.
+    claims = {
+        "trainable_set": "trains a random half of each block's tensors",
+    }
     # Only requires_grad changes: DDP works (find_unused_parameters is not needed, frozen tensors take no
     # gradient); FSDP/DeepSpeed flatten parameters and are not supported.
     distributed = ("single", "ddp")

@@ -47,6 +47,11 @@ class LiftPlugin(SparseMethodPlugin):
     paper = ("Liu et al., LIFT the Veil for the Truth: Principal Weights Emerge after Rank Reduction for "
              "Reasoning-Focused Supervised Fine-Tuning, ICML 2025, arXiv:2506.00772")
     options = LiftOptions
+    # One plugin per role of a run (ftplugins.combinations): a second plugin claiming one is refused.
+    claims = {
+        "trainable_set": "trains the largest entries of each weight's low-rank approximation",
+        "optimizer": "steps them with its sparse AdamW",
+    }
     # Compact gradients are averaged by the engine itself (no DDP reducer); index masks over FSDP's
     # flattened shards or DeepSpeed's partitions are not supported.
     distributed = ("single", "ddp")

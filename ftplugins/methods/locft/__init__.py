@@ -50,6 +50,13 @@ class LocftPlugin(Plugin):
     summary = "LocFT-BF: model editing by breadth-first full fine-tuning of one exactly named module"
     paper = "Localized breadth-first fine-tuning for model editing (LocFT-BF), reference code ICT-STAR/LocFT"
     options = LocftOptions
+    # One plugin per role of a run (ftplugins.combinations): a second plugin claiming one is refused.
+    claims = {
+        "trainable_set": "trains one named module only",
+        "optimizer": "steps it with its loss-skipping Adam",
+        "loss": "trains on a per-sample target-only loss",
+        "targets": "trains on the edit targets of its target column",
+    }
     trainers = ("SFTTrainer",)
     # The skip decision uses this process's minibatch loss; under DDP processes could disagree and diverge.
     distributed = ("single",)

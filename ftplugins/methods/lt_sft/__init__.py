@@ -48,6 +48,11 @@ class LtSftPlugin(Plugin):
     paper = ("Ansell et al., Composable Sparse Fine-Tuning for Cross-Lingual Transfer, ACL 2022, "
              "arXiv:2110.07560")
     options = LtSftOptions
+    # One plugin per role of a run (ftplugins.combinations): a second plugin claiming one is refused.
+    claims = {
+        "trainable_set": "trains the K entries its full fine-tuning phase selects",
+        "optimizer": "steps them with its sparse AdamW",
+    }
     distributed = ("single",)  # phase 1's loop does not reduce gradients across processes
 
     @hookimpl

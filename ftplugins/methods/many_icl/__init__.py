@@ -36,6 +36,14 @@ class ManyIclPlugin(Plugin):
     summary = "ManyICL: pack many shots of one task per sequence, loss on every answer (many-shot in-context FT)."
     paper = "You Only Fine-tune Once: Many-Shot In-Context Fine-Tuning (ManyICL), arXiv:2506.11103"
     options = ManyIclOptions
+    # One plugin per role of a run (ftplugins.combinations): a second plugin claiming one is refused.
+    claims = {
+        "in_context_examples": "packs many shots of one task into each sequence",
+    }
+    excludes = {
+        "targets": ("packs the rows into token sequences, after which their prompt/completion targets cannot be "
+                    "rewritten (the result would depend on the plugins' order)"),
+    }
     trainers = ("SFTTrainer",)
     # Only the rows change; the trainer trains them as it trains any pre-tokenized dataset.
     distributed = ("single", "ddp", "fsdp", "deepspeed")

@@ -68,9 +68,12 @@ class MaskedThoughtPlugin(Plugin):
 
     @hookimpl
     def data_collator(self, run, collator):
+        from .boundary import require_response_boundary
         from .collator import STATE_KEY, MaskedThoughtCollator
 
         opts = run.options_for(self)
+        if opts.masked_thought_ratio > 0:
+            require_response_boundary(run.trainer)
         if opts.masked_thought_variant == "mask_token":
             replacement = {"mask_token_id": tokenizer_of(run).mask_token_id}
         else:

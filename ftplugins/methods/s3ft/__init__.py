@@ -55,6 +55,10 @@ class S3ftPlugin(Plugin):
     paper = ("Selective Self-to-Supervised Fine-Tuning for Generalization in Large Language Models, Gupta et al., "
              "arXiv:2502.08130")
     options = S3ftOptions
+    # One plugin per role of a run (ftplugins.combinations): a second plugin claiming one is refused.
+    claims = {
+        "targets": "replaces the gold answers by the initial model's own",
+    }
     trainers = ("SFTTrainer",)
     distributed = ("single", "ddp")
 

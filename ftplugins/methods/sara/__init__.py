@@ -44,6 +44,11 @@ class SaraPlugin(SparseMethodPlugin):
     paper = ("Hu et al., SaRA: High-Efficient Diffusion Model Fine-tuning with Progressive Sparse Low-Rank "
              "Adaptation, ICLR 2025, arXiv:2409.06633")
     options = SaraOptions
+    # One plugin per role of a run (ftplugins.combinations): a second plugin claiming one is refused.
+    claims = {
+        "trainable_set": "trains the entries with |θ0| < τ",
+        "optimizer": "steps them with its sparse AdamW",
+    }
     distributed = ("single", "ddp")
     training_module = "ftplugins.methods.sara.training"
 

@@ -35,6 +35,11 @@ class SSFPlugin(Plugin):
         "NeurIPS 2022, arXiv:2210.08823"
     )
     options = SSFOptions
+    # One plugin per role of a run (ftplugins.combinations): a second plugin claiming one is refused.
+    claims = {
+        "trainable_set": "trains its scales and shifts only (the base model frozen)",
+        "adapter": "adds the SSF adapter",
+    }
     distributed = ("single", "ddp")
     #: The PEFT type this plugin owns; ``ftplugins.load_adapter`` calls ``load_tuner`` to register it.
     peft_type = "SSF"
