@@ -86,12 +86,14 @@ def test_only_rank_0_prints_warnings(rank, shown):
 @pytest.mark.parametrize("given,level", [([], "error"), (["--log_level_replica", "info"], "info")])
 def test_train_keeps_replicas_quiet_and_hides_trls_default_deprecation(tiny_model_dir, tmp_path, monkeypatch,
                                                                          given, level):
-    from trl.scripts import sft
+    import types
 
+    from ftplugins import train as train_module
     from ftplugins.train import train
 
     seen = {}
-    monkeypatch.setattr(sft, "main", lambda *args: seen.setdefault("args", args))
+    script = types.SimpleNamespace(main=lambda *args: seen.setdefault("args", args))
+    monkeypatch.setattr(train_module, "import_patched", lambda name: script)  # the script the command runs
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         train(["sft", "--model_name_or_path", tiny_model_dir, "--dataset_name", "x", "--output_dir", str(tmp_path),
