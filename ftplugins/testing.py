@@ -1,4 +1,5 @@
-"""Tiny offline models, a locally trained tokenizer and small built-in datasets.
+"""Tiny offline models, a locally trained tokenizer, small built-in datasets, and ``StopAt`` (a callback
+that interrupts training at a step, for resume tests).
 
 Used by the tests, the docs, the recipes and the quick start. Nothing here downloads: models are
 built from configs with random weights, the tokenizer is trained with ``tokenizers`` on a built-in

@@ -57,7 +57,7 @@ class Observer(Plugin):
 
     @hookimpl
     def prepare_model(self, run, model):
-        self.initial = {n: p.detach().clone() for n, p in model.named_parameters()}
+        self.initial = {n: p.detach().cpu().clone() for n, p in model.named_parameters()}
         return model
 
     @hookimpl
@@ -81,7 +81,7 @@ class Observer(Plugin):
     def changed(self) -> dict[str, torch.Tensor]:
         """name -> boolean mask of the entries that training changed."""
         final = self.final()
-        return {n: final[n].cpu() != self.initial[n].cpu() for n in self.initial}
+        return {n: final[n].cpu() != self.initial[n] for n in self.initial}
 
     def changed_names(self) -> set[str]:
         return {n for n, mask in self.changed().items() if bool(mask.any())}
@@ -209,10 +209,10 @@ def check_lift(obs, out):
 
 def check_sara(obs, out):
     """Only small entries change: |θ0| < τ = 0.002, never the embeddings or the head."""
-    moved = obs.changed_names()
+    moved, changed = obs.changed_names(), obs.changed()
     assert moved and not embeddings_and_head(moved)
     for name in moved:
-        mask = obs.changed()[name]
+        mask = changed[name]
         assert bool((obs.initial[name].abs()[mask] < 0.002).all()), name
     sparse_delta_matches(obs, out, "sparse_delta.safetensors")
 
