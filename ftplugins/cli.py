@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -115,6 +116,14 @@ def cmd_tiny_data(args: argparse.Namespace) -> None:
         print(path)
 
 
+def cmd_new(args: argparse.Namespace) -> None:
+    from .scaffold import scaffold
+
+    directory = scaffold(args.name, args.dir)
+    directory = directory if os.path.isabs(directory) else os.path.join(".", directory)  # a path to pip, not a name
+    print(f"wrote the plugin package {directory}; next: pip install -e {directory} && pytest {directory}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ftplugins", description="Fine-tuning methods as plugins for TRL/PEFT.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -132,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tiny-data", help="write the built-in datasets as JSON lines (recipes)")
     p.add_argument("path")
     p.set_defaults(func=cmd_tiny_data)
+    p = sub.add_parser("new", help="write a pip-installable plugin package (entry point, options, a hook, a test)")
+    p.add_argument("name", help="the plugin's name (lowercase, underscores): what users type after --plugins")
+    p.add_argument("dir", nargs="?", help="where to write it (default: ./ftplugins-NAME)")
+    p.set_defaults(func=cmd_new)
     from .sparse.cli import add_subparser as add_delta_subparser
 
     add_delta_subparser(sub)

@@ -18,6 +18,9 @@ from .hookspecs import ORDER, PROJECT
 
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
+#: How ``ftplugins list`` / ``info`` show a plugin without a paper.
+NO_PAPER = "\u2014"
+
 #: Distributed set-ups a plugin may declare in ``Plugin.distributed``.
 DISTRIBUTED_MODES = ("single", "ddp", "fsdp", "deepspeed")
 
@@ -28,7 +31,8 @@ class Plugin:
     Attributes:
         name: the name users select (``--plugins NAME``); also the options prefix.
         summary: one line for ``ftplugins list``.
-        paper: citation or URL of the method's paper.
+        paper: citation or URL of the method's paper; empty for a plugin that implements no paper
+            (listed as :data:`NO_PAPER`).
         options: a dataclass type whose fields are ``<name>_*`` with defaults and
             ``metadata={"help": ...}``; ``None`` when the plugin has no options.
         requires: importable module name -> pip command that installs it.
@@ -96,7 +100,7 @@ def describe(plugin: Any) -> dict[str, Any]:
     return {
         "name": plugin.name,
         "summary": getattr(plugin, "summary", ""),
-        "paper": getattr(plugin, "paper", ""),
+        "paper": getattr(plugin, "paper", "") or NO_PAPER,
         "contributes": contributes,
         "available": not missing,
         "missing": missing,

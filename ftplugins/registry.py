@@ -77,9 +77,12 @@ def describe_installed(name: str) -> dict[str, Any]:
 def check_plugin(plugin: Any, source: str = "") -> None:
     """Reject malformed plugin objects early, with the rule they break."""
     where = f" ({source})" if source else ""
-    for attr in ("name", "summary", "paper"):
+    for attr in ("name", "summary"):
         if not isinstance(getattr(plugin, attr, None), str) or not getattr(plugin, attr):
             raise FtpluginsError(f"plugin {plugin!r}{where} must have a non-empty string attribute {attr!r}.")
+    if not isinstance(getattr(plugin, "paper", ""), str):  # optional: utility plugins have no paper
+        raise FtpluginsError(f"plugin {plugin.name!r}{where}: `paper` must be a string (a citation, or \"\" for none), "
+                             f"not {type(plugin.paper).__name__}.")
     options = getattr(plugin, "options", None)
     if options is not None:
         import dataclasses

@@ -1,4 +1,5 @@
-"""Tiny offline models, a locally trained tokenizer and small built-in datasets.
+"""Tiny offline models, a locally trained tokenizer, small built-in datasets, and ``StopAt`` (a callback
+that interrupts training at a step, for resume tests).
 
 Used by the tests, the docs, the recipes and the quick start. Nothing here downloads: models are
 built from configs with random weights, the tokenizer is trained with ``tokenizers`` on a built-in
@@ -202,3 +203,29 @@ def write_builtin_datasets(root: str) -> list[str]:
             make(seed, n).to_json(path)
             written.append(path)
     return written
+
+
+def _stop_at_class():
+    from transformers import TrainerCallback
+
+    class StopAt(TrainerCallback):
+        """Stops training once ``global_step`` reaches ``step``: an interruption, for resume tests
+        (with ``save_steps=step`` the run stops right after that checkpoint)."""
+
+        def __init__(self, step: int):
+            self.step = step
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= self.step:
+                control.should_training_stop = True
+
+    return StopAt
+
+
+def __getattr__(name: str) -> Any:
+    # PEP 562: ``StopAt`` subclasses a transformers callback (which imports torch); made on first use,
+    # so ``ftplugins tiny-data`` and other light users of this module stay light.
+    if name == "StopAt":
+        cls = globals()["StopAt"] = _stop_at_class()
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

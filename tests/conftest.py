@@ -16,6 +16,17 @@ from ftplugins.hookspecs import ORDER  # noqa: E402
 from ftplugins.plugin import Plugin  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Tiny shapes: one intra-op thread is faster, and OpenMP's second thread only spins on a busy shared CPU."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> str:
     """A saved tiny Llama + tokenizer (for paths given to TRL scripts)."""
@@ -39,6 +50,28 @@ def data_dir(tmp_path_factory) -> str:
     root = str(tmp_path_factory.mktemp("data"))
     write_builtin_datasets(root)
     return root
+
+
+def overlay_venv(path) -> str:
+    """A throwaway virtual environment at ``path`` that sees this interpreter's packages (torch, TRL, ftplugins,
+    pip, setuptools) and installs into its own site-packages: ``pip install`` of a local package really installs
+    it (its entry points included), offline, without touching the test environment. Returns its python."""
+    import glob
+    import site
+    import venv
+
+    venv.EnvBuilder(with_pip=False, symlinks=True).create(str(path))
+    own = glob.glob(os.path.join(str(path), "lib", "python*", "site-packages"))[0]
+    # A venv of a venv does not see the outer one's packages (--system-site-packages means the base Python's):
+    # a .pth line that starts with "import" runs at start-up, and addsitedir also runs the outer .pth files
+    # (an editable install of ftplugins).
+    with open(os.path.join(own, "_outer_site.pth"), "w") as handle:
+        handle.write("import site; " + "; ".join(f"site.addsitedir({p!r})" for p in site.getsitepackages()) + "\n")
+    return os.path.join(str(path), "bin", "python")
+
+
+#: pip's flags for installing a local package offline into an :func:`overlay_venv`.
+OFFLINE_PIP = ("--no-deps", "--no-build-isolation", "--no-index", "--disable-pip-version-check", "-q")
 
 
 def cpu_args(config_cls, output_dir, **overrides):

@@ -16,14 +16,6 @@ from ftplugins.testing import arithmetic_dataset, save_tiny_llama, tiny_llama, t
 PROMPTS = ["1+2=?", "7+8+9+1+2+3=?", "4=?", "5+5+5=?"]  # different lengths: left padding matters
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tokenizer():
     return tiny_tokenizer()

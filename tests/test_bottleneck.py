@@ -62,13 +62,6 @@ def _bert():
 FACTORIES = {"llama": _llama, "vit": _vit, "ast": _ast, "bert": _bert}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny shapes: OpenMP's second thread only spins on a busy 2-core machine (40x slower forwards here)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 _CACHE: dict = {}
 
 

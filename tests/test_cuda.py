@@ -1,16 +1,26 @@
 """On a CUDA GPU: the compiled Triton kernels against their torch references, the sparse engine and the
 adapters training end to end with them, and bitsandbytes 4-bit bases. Skipped without a GPU (CI has none);
-the same kernels run on the CPU under TRITON_INTERPRET=1 in test_kernels_*.py."""
+the same kernels run on the CPU under TRITON_INTERPRET=1 in test_kernels_*.py. On a GPU machine a missing
+triton or bitsandbytes fails the run instead: a skip there would hide that the GPU paths never ran."""
 
 from __future__ import annotations
+
+import importlib.util
 
 import pytest
 import torch
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
-if torch.cuda.is_available():  # the helpers below import Triton-backed modules only where they can run
-    pytest.importorskip("triton")
+#: What the GPU tests need besides torch, with the command that installs it.
+GPU_EXTRAS = {"triton": "pip install 'ftplugins[kernels]'", "bitsandbytes": "pip install 'ftplugins[quant]'"}
+
+if torch.cuda.is_available():
+    missing = [f"{module} ({install})" for module, install in GPU_EXTRAS.items()
+               if importlib.util.find_spec(module) is None]
+    if missing:  # an error at collection, before the helpers below (they would skip without triton)
+        raise ImportError(f"tests/test_cuda.py on a CUDA machine needs {', '.join(missing)}; install it: these tests "
+                          "fail rather than skip where a GPU is present.")
 
 from test_kernels_bottleneck import ACTIVATIONS, SHAPES, make_inputs  # noqa: E402
 from test_kernels_sparse_adamw import CASES, HYPER, problem  # noqa: E402
@@ -222,8 +232,7 @@ def test_bottleneck_trains_on_gpu_with_the_fused_kernel_only_when_asked(kernels,
     ("bottleneck", {"bottleneck_preset": "llm_adapters_series", "bottleneck_size": 8}),
 ])
 def test_adapters_train_on_a_4bit_base_on_gpu(plugin, options, tmp_path, monkeypatch):
-    pytest.importorskip("bitsandbytes")
-    import bitsandbytes as bnb
+    import bitsandbytes as bnb  # present: checked at collection
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)

@@ -30,15 +30,6 @@ from ftplugins.testing import arithmetic_dataset, arithmetic_example, tiny_llama
 DEFAULTS = dict(beta=0.1, first_token_factor=5.0, bias_factor=20.0, bias_length=5)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny shapes run faster on one intra-op thread than on two competing for shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def sft_args(tmp_path, **overrides):
     from trl import SFTConfig
 

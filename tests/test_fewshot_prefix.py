@@ -17,14 +17,6 @@ from ftplugins.testing import arithmetic_dataset, tiny_llama, tiny_tokenizer
 SEP = "\n\n"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def sft_args(tmp_path, **overrides):
     from trl import SFTConfig
 

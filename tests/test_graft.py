@@ -20,14 +20,6 @@ from ftplugins.sparse.selection import global_topk_indices
 from ftplugins.testing import arithmetic_dataset, tiny_llama, tiny_tokenizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --- a tiny task where only a few weights matter ----------------------------------------------------------
 
 

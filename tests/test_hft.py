@@ -15,15 +15,7 @@ import ftplugins
 from ftplugins.errors import OptionError, UnsupportedModelError
 from ftplugins.methods.hft import plugin, select
 from ftplugins.methods.hft.selection import ATTENTION, FFN, NORMS
-from ftplugins.testing import arithmetic_dataset, tiny_llama, tiny_tokenizer
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from ftplugins.testing import StopAt, arithmetic_dataset, tiny_llama, tiny_tokenizer
 
 
 def frozen_modules(trainable: dict[str, bool], layer: int) -> dict[str, set[str]]:
@@ -87,15 +79,6 @@ def test_plugin_module_does_not_import_torch_and_options_parse():
 
     (opts,) = HfArgumentParser(HftOptions).parse_args_into_dataclasses(["--hft_seed", "7", "--hft_redraw", "epoch"])
     assert opts == HftOptions(hft_seed=7, hft_redraw="epoch")
-
-
-class StopAt(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= self.step:
-            control.should_training_stop = True
 
 
 class Record(TrainerCallback):

@@ -12,28 +12,18 @@ import numpy as np
 import pytest
 import torch
 from conftest import cpu_args
-from transformers import TrainerCallback
 
 import ftplugins
 from ftplugins.errors import FtpluginsError, OptionError, UnsupportedModelError
 from ftplugins.methods.lift import plugin, select
 from ftplugins.sparse.delta import apply_delta, load_delta
 from ftplugins.sparse.trainer import sparse_optimizer_of
-from ftplugins.testing import arithmetic_dataset, tiny_llama, tiny_tokenizer
+from ftplugins.testing import StopAt, arithmetic_dataset, tiny_llama, tiny_tokenizer
 
 SMALL = dict(lift_rank=4, lift_budget_rank=2)  # k = (m + n) * 2 entries of each 32x32 ... 64x32 weight
 LINEAR = [f"model.layers.{i}.{m}.weight" for i in range(2) for m in
           ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
            "mlp.up_proj", "mlp.down_proj")]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster, and much faster on a busy shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # --- the selection rule ----------------------------------------------------------------------------
@@ -149,15 +139,6 @@ def test_unsupported_models_are_refused():
 
 
 # --- training through compose ------------------------------------------------------------------------
-
-
-class StopAt(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= self.step:
-            control.should_training_stop = True
 
 
 def lift_train(output_dir, model=None, stop_at=None, resume=False, options=None, **arg_overrides):

@@ -2,42 +2,80 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import re
 import subprocess
 import sys
 
+import pytest
+
 from ftplugins.cli import main
-from ftplugins.registry import load
+from ftplugins.errors import FtpluginsError
+from ftplugins.plugin import NO_PAPER, Plugin
+from ftplugins.registry import available_entry_points, installed_names, load
 
 
-def test_list_json_describes_every_builtin(capsys):
+def test_list_describes_every_installed_plugin(capsys):
     main(["list", "--json"])
     rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
-    assert {"masked_thought", "ssf"} <= set(rows)
-    for name in ("masked_thought", "ssf"):
-        row = rows[name]
-        assert set(row) >= {"name", "summary", "paper", "contributes", "available", "missing"}
-        assert row["available"] is True and row["missing"] == []
-        assert row["summary"] and "arXiv" in row["paper"] or "arxiv" in row["paper"].lower()
+    assert list(rows) == installed_names() and {"masked_thought", "ssf"} <= set(rows)
+    main(["list"])
+    text = capsys.readouterr().out
+    for name, row in rows.items():
+        plugin = load(name)
+        assert set(row) >= {"name", "summary", "paper", "contributes", "available", "missing"}, name
+        assert row["summary"] == plugin.summary and row["summary"], name
+        assert row["paper"] == (plugin.paper or NO_PAPER), name
+        assert row["missing"] == plugin.missing() and row["available"] is (not plugin.missing()), name
+        assert row["contributes"] == plugin.contributes() and row["contributes"], name
+        if available_entry_points()[name].value.startswith("ftplugins.methods."):
+            assert plugin.paper, f"built-in method {name} cites no paper"
+        for shown in (name, row["summary"], row["paper"], *row["contributes"]):
+            assert shown in text, (name, shown)
     assert "data_collator" in rows["masked_thought"]["contributes"]
     assert rows["ssf"]["contributes"] == ["peft_config"]
 
 
-def test_info_shows_every_option_with_type_default_and_help(capsys):
-    for name in ("masked_thought", "ssf"):
-        main(["info", name, "--json"])
-        info = json.loads(capsys.readouterr().out)
-        fields = dataclasses.fields(load(name).options)
-        assert [o["name"] for o in info["options"]] == [f.name for f in fields]
-        for option, field in zip(info["options"], fields):
-            assert option["help"] == field.metadata["help"] and option["help"]
-            assert option["type"]
-            assert json.dumps(option["default"], default=str)
-        main(["info", name])
-        text = capsys.readouterr().out
-        for field in fields:
-            assert f"--{field.name}" in text
+@pytest.mark.parametrize("name", installed_names())
+def test_info_shows_every_option_with_type_default_and_help(name, capsys):
+    plugin = load(name)
+    main(["info", name, "--json"])
+    info = json.loads(capsys.readouterr().out)
+    assert (info["name"], info["summary"], info["paper"]) == (name, plugin.summary, plugin.paper or NO_PAPER)
+    assert info["contributes"] == plugin.contributes() and info["distributed"] == list(plugin.distributed)
+    fields = plugin.option_fields()
+    assert [o["name"] for o in info["options"]] == [f.name for f in fields]
+    for option, field in zip(info["options"], fields):
+        assert option["help"] == field.metadata["help"] and option["help"], option
+        assert option["type"]
+        assert json.dumps(option["default"], default=str)
+    main(["info", name])
+    text = capsys.readouterr().out
+    assert plugin.summary in text and (plugin.paper or NO_PAPER) in text
+    for field in fields:
+        assert f"--{field.name}" in text
+
+
+def test_a_plugin_without_a_paper_is_listed_with_a_dash(monkeypatch, capsys):
+    from importlib.metadata import EntryPoint
+
+    from ftplugins import registry
+
+    class Utility(Plugin):
+        name = "utility"
+        summary = "a utility plugin, no paper"
+
+    eps = {**registry.available_entry_points(),
+           "utility": EntryPoint(name="utility", value="test_listing:Utility", group="ftplugins")}
+    monkeypatch.setattr(registry, "available_entry_points", lambda: eps)
+    monkeypatch.setitem(registry._loaded, "utility", Utility())
+    main(["list"])
+    assert re.search(rf"^utility\s.*\n\s+paper: {NO_PAPER}$", capsys.readouterr().out, re.M)
+    main(["info", "utility"])
+    assert re.search(rf"^paper:\s+{NO_PAPER}$", capsys.readouterr().out, re.M)
+    Utility.paper = None
+    with pytest.raises(FtpluginsError, match="`paper` must be a string"):
+        registry.check_plugin(Utility())
 
 
 def test_info_of_masked_thought_lists_what_the_wrapper_patches(capsys):

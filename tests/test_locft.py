@@ -29,14 +29,6 @@ EDITS = Dataset.from_list([
 ])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --- options, data --------------------------------------------------------------------------------------
 
 

@@ -17,18 +17,10 @@ from ftplugins.errors import FtpluginsError, OptionError, UnsupportedModelError
 from ftplugins.methods.lt_sft import plugin, select
 from ftplugins.sparse.delta import apply_delta, compose_deltas, load_delta, revert_delta
 from ftplugins.sparse.trainer import sparse_optimizer_of
-from ftplugins.testing import arithmetic_dataset, tiny_llama, tiny_tokenizer
+from ftplugins.testing import StopAt, arithmetic_dataset, tiny_llama, tiny_tokenizer
 
 K = 400
 HEAD = "lm_head.weight"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # --- the selection rule ----------------------------------------------------------------------------
@@ -114,15 +106,6 @@ class AtTrainBegin(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.weights = {n: p.detach().clone() for n, p in model.named_parameters()}
-
-
-class StopAt(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= self.step:
-            control.should_training_stop = True
 
 
 def lt_train(output_dir, model=None, options=None, stop_at=None, resume=False, seed=0, **overrides):

@@ -18,15 +18,6 @@ from ftplugins.objectives.sft_tokens import TextFormat, tokenize_prompt_completi
 from ftplugins.testing import arithmetic_dataset, arithmetic_example, tiny_llama, tiny_tokenizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny shapes run faster on one intra-op thread than on two competing for shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def fmt():
     tokenizer = tiny_tokenizer()

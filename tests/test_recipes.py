@@ -1,13 +1,26 @@
-"""Every recipe in recipes/ runs offline (shortened to one step)."""
+"""Every recipe in recipes/ runs offline (shortened to two steps) and shows its method's own effect.
+
+A recipe runs as a user runs it (``python -m ftplugins.train sft --config RECIPE``) with one more plugin
+listed last, ``observer``: it records the weights after every other plugin prepared the model, the
+batches the trainer saw and the trainer itself, so each method's check asserts what the method promises
+(frozen entries unchanged, adapter present and trained, masked inputs seen, ...). A no-op plugin fails
+every check.
+"""
 
 from __future__ import annotations
 
 import glob
+import json
 import os
+import re
+from importlib.metadata import EntryPoint
 
 import pytest
+import torch
 import yaml
 
+from ftplugins import hookimpl
+from ftplugins.plugin import Plugin
 from ftplugins.train import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -16,25 +29,265 @@ RECIPES = sorted(glob.glob(os.path.join(REPO, "recipes", "*.yaml")))
 EXTRA_ARGS = os.environ.get("FTPLUGINS_RECIPE_ARGS", "").split()
 
 
+def recipe_plugins(path: str) -> list[str]:
+    return yaml.safe_load(open(path)).get("plugins", [])
+
+
 def test_one_recipe_per_shipped_method():
-    from ftplugins.registry import available_entry_points
+    from ftplugins.registry import available_entry_points, load
 
-    covered = set()
-    for path in RECIPES:
-        covered.update(yaml.safe_load(open(path)).get("plugins", []))
-    from ftplugins.registry import load
-
+    covered = {name for path in RECIPES for name in recipe_plugins(path)}
     builtin = {name for name, ep in available_entry_points().items()
                if ep.value.startswith("ftplugins.methods.") and load(name).trains}
     assert {"masked_thought", "ssf"} <= builtin
     assert builtin <= covered, f"methods without a recipe: {sorted(builtin - covered)}"
+    assert covered <= set(CHECKS), f"recipes whose method's effect no check asserts: {sorted(covered - set(CHECKS))}"
+
+
+class Observer(Plugin):
+    """Listed after the recipe's plugins: sees the model they prepared, the batches, the trained trainer."""
+
+    name = "observer"
+    summary = "records what a recipe run did (test only)"
+
+    def __init__(self):
+        self.initial: dict[str, torch.Tensor] = {}
+        self.batches: list[dict] = []
+        self.trainer = None
+
+    @hookimpl
+    def prepare_model(self, run, model):
+        self.initial = {n: p.detach().cpu().clone() for n, p in model.named_parameters()}
+        return model
+
+    @hookimpl
+    def data_collator(self, run, collator):
+        def recording(features):
+            batch = collator(features)
+            self.batches.append({k: v.clone() for k, v in batch.items() if isinstance(v, torch.Tensor)})
+            return batch
+
+        return recording
+
+    @hookimpl
+    def post_train(self, run, trainer):
+        self.trainer = trainer
+
+    # --- what the checks read ---------------------------------------------------------------------------
+
+    def final(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach() for n, p in self.trainer.model.named_parameters()}
+
+    def changed(self) -> dict[str, torch.Tensor]:
+        """name -> boolean mask of the entries that training changed."""
+        final = self.final()
+        return {n: final[n].cpu() != self.initial[n] for n in self.initial}
+
+    def changed_names(self) -> set[str]:
+        return {n for n, mask in self.changed().items() if bool(mask.any())}
+
+
+@pytest.fixture
+def observer(monkeypatch) -> Observer:
+    from ftplugins import registry
+
+    plugin = Observer()
+    eps = {**registry.available_entry_points(),
+           "observer": EntryPoint(name="observer", value="test_recipes:Observer", group="ftplugins")}
+    monkeypatch.setattr(registry, "available_entry_points", lambda: eps)
+    monkeypatch.setitem(registry._loaded, "observer", plugin)
+    return plugin
+
+
+def embeddings_and_head(names) -> set[str]:
+    return {n for n in names if "embed_tokens" in n or "lm_head" in n}
+
+
+# --- each method's promise ----------------------------------------------------------------------------------
+
+
+def adapter_only(obs: Observer, out, peft_type: str, modules: tuple[str, ...]) -> None:
+    """A PEFT adapter: saved as one, of its own type; only adapter tensors (on the configured modules) train,
+    the base model stays bitwise unchanged, and the adapter moved."""
+    assert (out / "adapter_model.safetensors").exists() and not (out / "model.safetensors").exists()
+    assert json.loads((out / "adapter_config.json").read_text())["peft_type"] == peft_type
+    trainable = {n for n, p in obs.trainer.model.named_parameters() if p.requires_grad}
+    assert trainable and obs.changed_names() and obs.changed_names() <= trainable
+    base = [n for n in obs.initial if n not in trainable]
+    assert base and not (obs.changed_names() & set(base))
+    if modules:
+        assert all(any(m in n for m in modules) for n in trainable), sorted(trainable)
+
+
+def check_block_lora(obs, out):
+    adapter_only(obs, out, "BLOCK_LORA", ("q_proj", "k_proj", "v_proj"))
+
+
+def check_bottleneck(obs, out):
+    adapter_only(obs, out, "BOTTLENECK", ("up_proj", "gate_proj"))
+
+
+def check_ssf(obs, out):
+    adapter_only(obs, out, "SSF", ())
+
+
+def check_masked_thought(obs, out):
+    """Response inputs replaced, labels kept: at some target position the input id differs from its label
+    (plain SFT feeds exactly the labels). The ratio ramps up from 0, so not every batch has masks."""
+    masked = 0
+    for batch in obs.batches:
+        targets = batch["labels"] != -100
+        masked += int((batch["input_ids"][targets] != batch["labels"][targets]).sum())
+    assert obs.batches and masked > 0
+
+
+def check_deep_align(obs, out):
+    """The token-wise constrained objective: every batch carries the initial model's reference log-probs of its
+    tokens (precomputed once, laid out like the inputs), and the weights train."""
+    for batch in obs.batches:
+        reference = batch["ref_token_logps"]
+        assert reference.shape == batch["input_ids"].shape
+        assert bool(torch.isfinite(reference).all() and (reference <= 0).all() and (reference < 0).any())
+    assert obs.batches and obs.changed_names()
+
+
+def check_fewshot_prefix(obs, out):
+    """k = 4 pool examples before every prompt: each training row holds 5 questions; the 32 pool rows
+    never train (at most 256 - 32 rows)."""
+    tokenizer = obs.trainer.processing_class
+    assert len(obs.trainer.train_dataset) <= 256 - 32
+    for batch in obs.batches:
+        for row in batch["input_ids"]:
+            assert tokenizer.decode(row, skip_special_tokens=True).count("=?") == 5
+
+
+def check_many_icl(obs, out):
+    """Many examples packed into each sequence, the loss on every answer: several label spans per row."""
+    spans = []
+    for batch in obs.batches:
+        for labels in batch["labels"]:
+            target = (labels != -100).int()
+            spans.append(int(((target[1:] - target[:-1]) == 1).sum()) + int(target[0]))
+    assert spans and min(spans) > 1, spans
+
+
+def check_hft(obs, out):
+    """Half of each block frozen: in every layer some matrices are bitwise unchanged, others trained."""
+    changed = obs.changed_names()
+    layers = {re.search(r"layers\.(\d+)\.", n).group(1) for n in obs.initial if ".layers." in n}
+    for layer in layers:
+        block = [n for n in obs.initial if f".layers.{layer}." in n]
+        moved = [n for n in block if n in changed]
+        assert moved and len(moved) < len(block), (layer, moved)
+
+
+def sparse_delta_matches(obs, out, file: str) -> None:
+    """The written sparse delta holds exactly the entries that training changed (θ − θ0 on them)."""
+    from ftplugins.sparse.delta import load_delta
+
+    assert (out / file).exists(), f"no {file} beside the model"
+    delta = load_delta(str(out / file))
+    changed = obs.changed()
+    assert delta.nnz > 0
+    for name, tensor in delta.tensors.items():
+        mask = torch.zeros(tensor.numel, dtype=torch.bool)
+        mask[tensor.flat_indices()] = True
+        assert not (changed[name].flatten() & ~mask).any(), f"{name}: changed outside the delta"
+
+
+def check_lift(obs, out):
+    """Only the principal entries of each Linear weight change: at most k = (m + n)·4 per matrix, never the
+    embeddings or the head; the sparse delta records them."""
+    changed = obs.changed()
+    moved = obs.changed_names()
+    assert moved and not embeddings_and_head(moved)
+    for name in moved:
+        rows, cols = changed[name].shape
+        assert int(changed[name].sum()) <= (rows + cols) * 4, name
+    sparse_delta_matches(obs, out, "sparse_delta.safetensors")
+
+
+def check_sara(obs, out):
+    """Only small entries change: |θ0| < τ = 0.002, never the embeddings or the head."""
+    moved, changed = obs.changed_names(), obs.changed()
+    assert moved and not embeddings_and_head(moved)
+    for name in moved:
+        mask = changed[name]
+        assert bool((obs.initial[name].abs()[mask] < 0.002).all()), name
+    sparse_delta_matches(obs, out, "sparse_delta.safetensors")
+
+
+def check_lt_sft(obs, out):
+    """After the full phase and the reset, at most K = 5% of the maskable entries differ from θ0 (the head
+    trains dense)."""
+    changed = obs.changed()
+    maskable = [n for n in changed if "lm_head" not in n]
+    total = sum(changed[n].numel() for n in maskable)
+    moved = sum(int(changed[n].sum()) for n in maskable)
+    assert 0 < moved <= round(0.05 * total)
+    sparse_delta_matches(obs, out, "sparse_delta.safetensors")
+
+
+def check_locft(obs, out):
+    """Exactly the named module trains; every other weight is bitwise unchanged."""
+    assert obs.changed_names() == {"model.layers.1.mlp.down_proj.weight"}
+
+
+def check_graft(obs, out):
+    """The grafted region is written as a sparse delta: 2-D weights outside the embeddings and the head, a small
+    share of them (the base patch is ρ = 0.1%)."""
+    from ftplugins.sparse.delta import load_delta
+
+    assert (out / "graft_delta.safetensors").exists()
+    delta = load_delta(str(out / "graft_delta.safetensors"))
+    region = {n: t for n, t in obs.initial.items() if t.dim() == 2 and n not in embeddings_and_head(obs.initial)}
+    assert delta.nnz > 0 and set(delta.tensors) <= set(region)
+    assert delta.nnz <= 0.01 * sum(t.numel() for t in region.values()), delta.nnz
+
+
+def check_s3ft(obs, out):
+    """Before training, the model answered every train row and each row took one branch (its own answer, its
+    paraphrase, or the gold answer): the report beside the model counts them, one per row trained on."""
+    report = json.loads((out / "s3ft_report.json").read_text())
+    assert report["self"] + report["paraphrase"] + report["gold"] == report["rows"] == 256
+    assert report["generated_rows"] == 256 and len(obs.trainer.train_dataset) == 256
+
+
+CHECKS = {
+    "block_lora": check_block_lora, "bottleneck": check_bottleneck, "ssf": check_ssf,
+    "masked_thought": check_masked_thought, "deep_align": check_deep_align, "fewshot_prefix": check_fewshot_prefix,
+    "many_icl": check_many_icl, "hft": check_hft, "lift": check_lift, "sara": check_sara, "lt_sft": check_lt_sft,
+    "locft": check_locft, "graft": check_graft, "s3ft": check_s3ft,
+}
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=os.path.basename)
-def test_recipe_runs(recipe, tiny_model_dir, data_dir, tmp_path):
+def test_recipe_runs_and_shows_its_methods_effect(recipe, tiny_model_dir, data_dir, tmp_path, observer):
     out = tmp_path / "out"
+    plugins = recipe_plugins(recipe)
     train(["sft", "--config", recipe, "--model_name_or_path", tiny_model_dir, "--dataset_name",
            f"{data_dir}/arithmetic", "--output_dir", str(out), "--max_steps", "2", "--save_strategy", "no",
-           "--disable_tqdm", "true", *EXTRA_ARGS])
+           "--disable_tqdm", "true", "--plugins", ",".join([*plugins, "observer"]), *EXTRA_ARGS])
     assert (out / "ftplugins_run.json").exists()
-    assert (out / "model.safetensors").exists() or (out / "adapter_model.safetensors").exists()
+    assert observer.trainer is not None and observer.trainer.state.global_step >= 2
+    for name in plugins:
+        CHECKS[name](observer, out)
+
+
+def test_every_check_fails_on_plain_sft(tiny_model_dir, data_dir, tmp_path, observer):
+    """The same run without the method (plain full SFT, the observer alone) fails every method's check."""
+    out = tmp_path / "out"
+    config = yaml.safe_load(open(os.path.join(REPO, "recipes", "masked_thought_sft.yaml")))
+    recipe = tmp_path / "plain_sft.yaml"
+    recipe.write_text(yaml.safe_dump({k: v for k, v in config.items() if not k.startswith(("plugins", "masked_"))}))
+    train(["sft", "--config", str(recipe), "--model_name_or_path", tiny_model_dir, "--dataset_name",
+           f"{data_dir}/arithmetic", "--output_dir", str(out), "--max_steps", "2", "--save_strategy", "no",
+           "--disable_tqdm", "true", "--plugins", "observer", *EXTRA_ARGS])
+    passed = []
+    for name, check in CHECKS.items():
+        try:
+            check(observer, out)
+        except (AssertionError, KeyError, FileNotFoundError):
+            continue
+        passed.append(name)
+    assert not passed, f"checks that a run without the method passes: {passed}"

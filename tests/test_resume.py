@@ -8,21 +8,9 @@ import os
 import pytest
 import torch
 from conftest import cpu_args
-from transformers import TrainerCallback
 
 import ftplugins
-from ftplugins.testing import arithmetic_dataset, tiny_llama, tiny_tokenizer
-
-
-class StopAt(TrainerCallback):
-    """Simulates an interruption right after the checkpoint at ``step``."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= self.step:
-            control.should_training_stop = True
+from ftplugins.testing import StopAt, arithmetic_dataset, tiny_llama, tiny_tokenizer
 
 
 def train(output_dir, plugins, options, stop_at=None, resume=False):

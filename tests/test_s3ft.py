@@ -27,14 +27,6 @@ from ftplugins.testing import arithmetic_dataset, tiny_llama, tiny_tokenizer
 FAST = {"max_new_tokens": 12, "batch_size": 4, "show_progress": False}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def never(prediction, gold):
     """The always-False judge: S3FT must reduce to plain SFT."""
     return False

@@ -18,20 +18,12 @@ from ftplugins.methods.sara import plugin, select
 from ftplugins.methods.sara.training import build_optimizer, nuclear_norm_grad, progressive_step
 from ftplugins.sparse.delta import apply_delta, load_delta
 from ftplugins.sparse.trainer import sparse_optimizer_of
-from ftplugins.testing import arithmetic_dataset, tiny_llama, tiny_tokenizer
+from ftplugins.testing import StopAt, arithmetic_dataset, tiny_llama, tiny_tokenizer
 
 TAU = 2e-3
 LINEAR = [f"model.layers.{i}.{m}.weight" for i in range(2) for m in
           ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
            "mlp.up_proj", "mlp.down_proj")]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # --- the rule and the regulariser's gradient ----------------------------------------------------------
@@ -264,15 +256,6 @@ def test_the_regulariser_changes_the_update(tmp_path):
         before = ranked.initial[name]
         mask = select(before, TAU) if name in LINEAR else torch.zeros_like(before, dtype=torch.bool)
         assert not ((param.detach() != before) & ~mask).any(), name
-
-
-class StopAt(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= self.step:
-            control.should_training_stop = True
 
 
 def test_resume_matches_uninterrupted_across_the_progressive_step(tmp_path):

@@ -13,14 +13,6 @@ from torch import nn
 from ftplugins.sparse.optimizer import SparseAdamW, release_grad_hooks
 from ftplugins.sparse.selection import as_indices, global_topk_indices, per_tensor, topk_indices
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster, and much faster on a busy shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)

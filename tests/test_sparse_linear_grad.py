@@ -12,14 +12,6 @@ from ftplugins.sparse.linear_grad import route_linear_gradients, unroute_linear_
 from ftplugins.sparse.optimizer import SparseAdamW
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Net(nn.Module):
     """Two Linear layers (3-D inputs), one without bias, and a weight also used outside its Linear."""
 

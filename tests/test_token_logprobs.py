@@ -19,15 +19,6 @@ from ftplugins.objectives.token_logprobs import chunked_token_logprobs, has_fuse
 from ftplugins.testing import tiny_llama
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny shapes run faster on one intra-op thread than on two competing for shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def batch(seed=0, rows=3, length=12, vocab=300):
     """A right-padded batch with a prompt of a different length in each row (labels -100 there)."""
     g = torch.Generator().manual_seed(seed)

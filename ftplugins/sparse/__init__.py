@@ -6,6 +6,8 @@ to, per tensor, the flat indices that train. The engine does the rest:
 
 * :mod:`~ftplugins.sparse.selection` - turning masks / scores into sorted index sets, per-tensor
   top-k and an exact global top-k (radix select) that never concatenates the model.
+* :mod:`~ftplugins.sparse.targets` - which weights a method may train (float weights minus the
+  embeddings and the head), one scan for every method.
 * :mod:`~ftplugins.sparse.optimizer` - :class:`SparseAdamW`, whose state (Adam moments, fp32 master
   values of low-precision weights, the indices) exists only for selected entries and which never
   keeps a dense gradient for more than one tensor at a time; mask refresh; DDP; exact resume.
@@ -43,6 +45,7 @@ _EXPORTS = {
     "global_topk_indices": "selection",
     "per_tensor": "selection",
     "topk_indices": "selection",
+    "target_weights": "targets",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -21,7 +21,6 @@ class FreezeEmbeddingsOptions:
 class FreezeEmbeddingsPlugin(Plugin):
     name = "freeze_embeddings"
     summary = "Freeze the input embeddings (and optionally the LM head) while fine-tuning."
-    paper = "n/a (example plugin)"
     options = FreezeEmbeddingsOptions
     distributed = ("single", "ddp", "fsdp", "deepspeed")
 

@@ -38,6 +38,7 @@ from torch import nn
 from ftplugins.errors import FtpluginsError, UnsupportedModelError
 from ftplugins.sparse.delta import SparseDelta, diff_delta
 from ftplugins.sparse.selection import global_topk_indices
+from ftplugins.sparse.targets import target_weights
 
 logger = logging.getLogger("ftplugins.graft")
 
@@ -77,18 +78,7 @@ class GraftResult:
 
 def default_region(model: nn.Module) -> list[str]:
     """R: every 2-D float weight except the input embeddings and the output head (tied or not)."""
-    excluded: set[int] = set()
-    for getter in ("get_input_embeddings", "get_output_embeddings"):
-        module = getattr(model, getter, lambda: None)()
-        if module is not None and getattr(module, "weight", None) is not None:
-            excluded.add(id(module.weight))
-    names, seen = [], set()
-    for name, param in model.named_parameters():
-        if id(param) in seen:
-            continue
-        seen.add(id(param))
-        if param.dim() == 2 and param.is_floating_point() and id(param) not in excluded:
-            names.append(name)
+    names = target_weights(model, ndim=2)
     if not names:
         model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
         raise UnsupportedModelError(f"graft found no 2-D float weight outside the embeddings and the output head in "

@@ -8,6 +8,7 @@ from torch import nn
 
 from ftplugins.sparse.optimizer import SparseAdamW
 from ftplugins.sparse.selection import per_tensor
+from ftplugins.sparse.targets import target_weights
 from ftplugins.sparse.trainer import prepare_sparse_targets, trainer_sparse_adamw
 
 from .selection import select_indices
@@ -17,21 +18,7 @@ from .selection import select_indices
 def lift_targets(model: nn.Module) -> list[str]:
     """Names of the weights LIFT trains: every 2-D float weight of an ``nn.Linear``, except the
     output head (``lm_head``) and anything tied to the input or output embeddings."""
-    excluded: set[int] = set()
-    for getter in ("get_input_embeddings", "get_output_embeddings"):
-        module = getattr(model, getter, lambda: None)()
-        if module is not None and getattr(module, "weight", None) is not None:
-            excluded.add(id(module.weight))
-    names, seen = [], set()
-    for module_name, module in model.named_modules():
-        if not isinstance(module, nn.Linear):
-            continue
-        weight = module.weight
-        if id(weight) in excluded or id(weight) in seen or weight.dim() != 2 or not weight.is_floating_point():
-            continue
-        seen.add(id(weight))
-        names.append(f"{module_name}.weight" if module_name else "weight")
-    return names
+    return target_weights(model, (nn.Linear,), ndim=2)
 
 
 def prepare(model: nn.Module) -> list[str]:

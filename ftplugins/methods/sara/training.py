@@ -12,6 +12,7 @@ from transformers import TrainerCallback
 from ftplugins.errors import FtpluginsError
 from ftplugins.sparse.optimizer import SparseAdamW
 from ftplugins.sparse.selection import per_tensor
+from ftplugins.sparse.targets import target_weights
 from ftplugins.sparse.trainer import prepare_sparse_targets, sparse_optimizer_of, trainer_sparse_adamw
 
 from . import select
@@ -25,21 +26,7 @@ TARGET_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 def sara_targets(model: nn.Module) -> list[str]:
     """Names of the weights SaRA trains: every float weight of a Linear / Conv layer, except the input
     and output embeddings (``lm_head`` and anything tied to them)."""
-    excluded: set[int] = set()
-    for getter in ("get_input_embeddings", "get_output_embeddings"):
-        module = getattr(model, getter, lambda: None)()
-        if module is not None and getattr(module, "weight", None) is not None:
-            excluded.add(id(module.weight))
-    names, seen = [], set()
-    for module_name, module in model.named_modules():
-        if not isinstance(module, TARGET_TYPES):
-            continue
-        weight = module.weight
-        if weight is None or id(weight) in excluded or id(weight) in seen or not weight.is_floating_point():
-            continue
-        seen.add(id(weight))
-        names.append(f"{module_name}.weight" if module_name else "weight")
-    return names
+    return target_weights(model, TARGET_TYPES)
 
 
 def prepare(model: nn.Module) -> list[str]:
