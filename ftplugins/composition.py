@@ -19,6 +19,7 @@ from .context import Run
 from .dataset_columns import check_columns
 from .errors import FtpluginsError, ModelPathError
 from .options import build_options
+from .threads import limit_threads_for_small_model
 
 
 def compose(trainer_cls: type, plugins: list[Any], **options: Any) -> type:
@@ -74,6 +75,7 @@ class PluginTrainerMixin:
             )
 
         run.model = model
+        limit_threads_for_small_model(model, on_cpu=_on_cpu(run.args))
         adapter = run.call("peft_config", model=model)
         if adapter is not None:
             if call.get("peft_config") is not None:
@@ -195,6 +197,11 @@ def _check_trainer_supported(run: Run) -> None:
             )
 
 
+def _on_cpu(args: Any) -> bool:
+    device = getattr(args, "device", None)
+    return device is None or getattr(device, "type", "cpu") == "cpu"
+
+
 def distributed_mode(args: Any) -> str:
     if args is None:
         return "single"
@@ -225,11 +232,11 @@ def _transform(run: Run, key: str, dataset: Any) -> Any:
 
 def _load_model(path: str, args: Any, plugin_kwargs: dict, quantization_config: Any) -> Any:
     """Load ``path`` the way TRL does, with the plugins' ``model_init_kwargs`` merged in."""
-    check_model_path(path)
     from trl.trainer.utils import create_model_from_path
 
     kwargs = dict(getattr(args, "model_init_kwargs", None) or {})
     kwargs.update(plugin_kwargs)
+    check_model_path(path, kwargs.get("revision"))
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
     if args is not None and args.distributed_state.distributed_type in ("MULTI_GPU", "DEEPSPEED"):
@@ -241,21 +248,67 @@ def _load_model(path: str, args: Any, plugin_kwargs: dict, quantization_config: 
     return create_model_from_path(path, **kwargs)
 
 
-def check_model_path(path: str) -> None:
-    """A model path must be a local folder or a model already in the Hugging Face cache."""
+def check_model_path(path: str, revision: str | None = None) -> None:
+    """A local model folder, or a Hub model id that ``from_pretrained`` will download (as ``trl sft`` does).
+
+    Refused before anything loads: a path that does not exist, a folder without ``config.json``, a Hub id
+    that is not in the cache while ``HF_HUB_OFFLINE=1``, and (online) a Hub id the Hub does not have."""
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, "config.json")):
             raise ModelPathError(f"model path {path!r} is a folder without config.json; point to a saved model.")
         return
-    try:
-        from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
 
-        cached = try_to_load_from_cache(path, "config.json")
-    except Exception:  # noqa: BLE001 - an invalid repo id is just "not cached"
-        cached = None
-    if isinstance(cached, str):
+    try:
+        validate_repo_id(path)
+        is_repo_id = not os.path.exists(path) and path.count("/") <= 1 and not path.startswith((".", "~"))
+    except HFValidationError:
+        is_repo_id = False
+    if not is_repo_id:
+        raise ModelPathError(
+            f"model {path!r} does not exist: it is neither a local folder nor a model in the Hugging Face cache, "
+            "and not a Hub model id (org/name). Check the path, or save the model there first."
+        )
+    if isinstance(try_to_load_from_cache(path, "config.json", revision=revision), str):
         return
-    raise ModelPathError(
-        f"model {path!r} does not exist: it is neither a local folder nor a model in the Hugging Face cache. "
-        "Check the path (ftplugins never downloads at run time), or download it first with `hf download`."
-    )
+    if hub_offline():
+        raise ModelPathError(
+            f"model {path!r} does not exist: it is neither a local folder nor a model in the Hugging Face cache, "
+            "and HF_HUB_OFFLINE=1 forbids downloading it. Unset HF_HUB_OFFLINE to download it from the Hub, "
+            f"download it first with `hf download {path}`, or check the path."
+        )
+    _check_hub_model(path, revision)
+
+
+def hub_offline() -> bool:
+    """``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) as huggingface_hub reads it, at call time."""
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return value.upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _check_hub_model(repo_id: str, revision: str | None) -> None:
+    """Fetch the model's config.json (the first file ``from_pretrained`` downloads anyway), so that a wrong id,
+    revision or missing access fails here with the fix rather than deep inside the trainer."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
+
+    where = f"model {repo_id!r}" + (f" at revision {revision!r}" if revision else "")
+    try:
+        hf_hub_download(repo_id, "config.json", revision=revision)
+    except GatedRepoError:
+        raise ModelPathError(f"{where} is gated on the Hub: accept its terms on its page, then log in with "
+                             "`hf auth login` (or set HF_TOKEN).") from None
+    except RepositoryNotFoundError:
+        raise ModelPathError(f"{where} does not exist: it is neither a local folder nor a model on the Hub you can "
+                             "access. Check the path or id; for a private model log in with `hf auth login` "
+                             "(or set HF_TOKEN).") from None
+    except RevisionNotFoundError:
+        raise ModelPathError(f"{where}: no such revision on the Hub; check --model_revision.") from None
+    except EntryNotFoundError:
+        raise ModelPathError(f"{where} has no config.json on the Hub: it is not a transformers model.") from None
+    except LocalEntryNotFoundError as exc:
+        raise ModelPathError(f"{where} is not in the Hugging Face cache and the Hub could not be reached ({exc}). "
+                             "Check the network, or download it first with `hf download`.") from None

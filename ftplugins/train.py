@@ -55,8 +55,8 @@ def train(argv: Sequence[str]) -> None:
     if model_args.model_name_or_path is None:
         from .errors import OptionError
 
-        raise OptionError("--model_name_or_path is required (a local model folder or a cached model id).")
-    check_model_path(model_args.model_name_or_path)
+        raise OptionError("--model_name_or_path is required (a local model folder or a Hub model id).")
+    check_model_path(model_args.model_name_or_path, getattr(model_args, "model_revision", None))
     run = Run(plugins=plugins, options=options)
     with plugins_active(run, [trainer_name]):
         script.main(*trl_args)
