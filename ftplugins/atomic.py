@@ -40,3 +40,18 @@ def publish(src_dir: str, destination: str) -> None:
         target = os.path.join(destination, rel)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         os.replace(os.path.join(src_dir, rel), target)
+
+
+def replace_dir(src_dir: str, destination: str) -> None:
+    """Swap the complete folder ``src_dir`` in as ``destination``: nothing of an earlier ``destination`` stays.
+
+    The old folder is renamed aside, the new one renamed in (both atomic on POSIX), then the old one deleted;
+    a reader sees the old folder or the new one, never a mix (at worst, after a crash, no folder)."""
+    destination = os.path.abspath(destination)
+    old = None
+    if os.path.exists(destination):
+        old = tempfile.mkdtemp(prefix=f".{os.path.basename(destination)}.old-", dir=os.path.dirname(destination))
+        os.rename(destination, os.path.join(old, "previous"))
+    os.rename(src_dir, destination)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
