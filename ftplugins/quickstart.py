@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from .cli_errors import exit_on_user_error
 
 DEFAULT_PLUGINS = ["masked_thought"]
-FULL_LR, ADAPTER_LR = 3e-3, 2e-2
+FULL_LR, ADAPTER_LR = 3e-3, 1e-1
 
 
 @dataclass

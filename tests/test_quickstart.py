@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from ftplugins.quickstart import quickstart
+from ftplugins.quickstart import ADAPTER_LR, quickstart
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -21,7 +21,7 @@ def readme_plugins() -> list[str]:
     """The plugins the README's quick start section suggests (``--plugins NAME`` there), default first."""
     text = open(os.path.join(REPO, "README.md")).read()
     section = text.split("## Quick start", 1)[1].split("\n## ", 1)[0]
-    return ["masked_thought", *dict.fromkeys(re.findall(r"quickstart --plugins (\w+)", section))]
+    return list(dict.fromkeys(["masked_thought", *re.findall(r"quickstart --plugins (\w+)", section)]))
 
 
 def test_masked_thought_corrupts_the_training_inputs_and_records_what_ran(tmp_path, capsys):
@@ -63,7 +63,7 @@ def test_an_adapter_run_replaces_the_folder_and_saves_the_adapter_beside_its_bas
 
     assert not (out / "stale.txt").exists() and not (out / "model" / "model.safetensors").exists()
     assert sorted(os.listdir(out)) == ["base", "metrics.json", "model", "samples.txt"]
-    assert metrics["adapter"] and metrics["settings"]["learning_rate"] == 2e-2
+    assert metrics["adapter"] and metrics["settings"]["learning_rate"] == ADAPTER_LR
     config = json.loads((out / "model" / "adapter_config.json").read_text())
     assert config["peft_type"] == "SSF" and config["base_model_name_or_path"] == str(out / "base")
     assert (out / "model" / "ftplugins_run.json").exists()
