@@ -1,0 +1,36 @@
+"""``ftplugins.cache.cached_build``: built once per recipe, never half-built (the tiny base and the benchmarks use it)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from ftplugins.cache import cached_build, recipe_key
+
+
+def test_a_recipe_is_built_once_and_a_changed_recipe_builds_anew(tmp_path):
+    builds = []
+
+    def build(folder):
+        builds.append(folder)
+        (open(os.path.join(folder, "weights.txt"), "w")).write("w")
+        return {"loss": 0.5}
+
+    folder, record = cached_build(str(tmp_path), "base", {"steps": 10}, build)
+    again, record_again = cached_build(str(tmp_path), "base", {"steps": 10}, build)
+    assert (folder, record) == (again, record_again) and len(builds) == 1
+    assert os.path.basename(folder) == f"base-{recipe_key({'steps': 10})}"
+    assert record == {"recipe": {"steps": 10}, "key": recipe_key({"steps": 10}), "loss": 0.5}
+    other, _ = cached_build(str(tmp_path), "base", {"steps": 11}, build)
+    assert other != folder and len(builds) == 2
+
+
+def test_an_interrupted_build_leaves_nothing_that_looks_cached(tmp_path):
+    def build(folder):
+        open(os.path.join(folder, "half.txt"), "w").write("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        cached_build(str(tmp_path), "base", {"steps": 10}, build)
+    assert os.listdir(tmp_path) == []
