@@ -198,8 +198,13 @@ def _check_trainer_supported(run: Run) -> None:
 
 
 def _on_cpu(args: Any) -> bool:
-    device = getattr(args, "device", None)
-    return device is None or getattr(device, "type", "cpu") == "cpu"
+    """Whether training will run on the CPU (without touching ``args.device``, which sets up distributed state)."""
+    import torch
+
+    if getattr(args, "use_cpu", False):
+        return True
+    mps = getattr(torch.backends, "mps", None)
+    return not torch.cuda.is_available() and not (mps is not None and mps.is_available())
 
 
 def distributed_mode(args: Any) -> str:
