@@ -17,9 +17,10 @@ from . import registry
 from .atomic import staged_dir
 from .context import Run
 from .dataset_columns import check_columns
-from .errors import FtpluginsError, ModelPathError
+from .errors import FtpluginsError
 from .options import build_options
-from .threads import limit_threads_for_small_model
+from .model_path import check_model_path
+from .threads import limit_threads_for_small_model, training_on_cpu
 
 
 def compose(trainer_cls: type, plugins: list[Any], **options: Any) -> type:
@@ -75,7 +76,7 @@ class PluginTrainerMixin:
             )
 
         run.model = model
-        limit_threads_for_small_model(model, on_cpu=_on_cpu(run.args))
+        limit_threads_for_small_model(model, on_cpu=training_on_cpu(run.args))
         adapter = run.call("peft_config", model=model)
         if adapter is not None:
             if call.get("peft_config") is not None:
@@ -197,16 +198,6 @@ def _check_trainer_supported(run: Run) -> None:
             )
 
 
-def _on_cpu(args: Any) -> bool:
-    """Whether training will run on the CPU (without touching ``args.device``, which sets up distributed state)."""
-    import torch
-
-    if getattr(args, "use_cpu", False):
-        return True
-    mps = getattr(torch.backends, "mps", None)
-    return not torch.cuda.is_available() and not (mps is not None and mps.is_available())
-
-
 def distributed_mode(args: Any) -> str:
     if args is None:
         return "single"
@@ -251,69 +242,3 @@ def _load_model(path: str, args: Any, plugin_kwargs: dict, quantization_config: 
         # The reference model of DPO-style trainers is loaded from the same path with these kwargs.
         args.model_init_kwargs = {**(args.model_init_kwargs or {}), **plugin_kwargs}
     return create_model_from_path(path, **kwargs)
-
-
-def check_model_path(path: str, revision: str | None = None) -> None:
-    """A local model folder, or a Hub model id that ``from_pretrained`` will download (as ``trl sft`` does).
-
-    Refused before anything loads: a path that does not exist, a folder without ``config.json``, a Hub id
-    that is not in the cache while ``HF_HUB_OFFLINE=1``, and (online) a Hub id the Hub does not have."""
-    if os.path.isdir(path):
-        if not os.path.isfile(os.path.join(path, "config.json")):
-            raise ModelPathError(f"model path {path!r} is a folder without config.json; point to a saved model.")
-        return
-    from huggingface_hub import try_to_load_from_cache
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    try:
-        validate_repo_id(path)
-        is_repo_id = not os.path.exists(path) and path.count("/") <= 1 and not path.startswith((".", "~"))
-    except HFValidationError:
-        is_repo_id = False
-    if not is_repo_id:
-        raise ModelPathError(
-            f"model {path!r} does not exist: it is neither a local folder nor a model in the Hugging Face cache, "
-            "and not a Hub model id (org/name). Check the path, or save the model there first."
-        )
-    if isinstance(try_to_load_from_cache(path, "config.json", revision=revision), str):
-        return
-    if hub_offline():
-        raise ModelPathError(
-            f"model {path!r} does not exist: it is neither a local folder nor a model in the Hugging Face cache, "
-            "and HF_HUB_OFFLINE=1 forbids downloading it. Unset HF_HUB_OFFLINE to download it from the Hub, "
-            f"download it first with `hf download {path}`, or check the path."
-        )
-    _check_hub_model(path, revision)
-
-
-def hub_offline() -> bool:
-    """``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) as huggingface_hub reads it, at call time."""
-    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
-    return value.upper() in ("1", "ON", "YES", "TRUE")
-
-
-def _check_hub_model(repo_id: str, revision: str | None) -> None:
-    """Fetch the model's config.json (the first file ``from_pretrained`` downloads anyway), so that a wrong id,
-    revision or missing access fails here with the fix rather than deep inside the trainer."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, LocalEntryNotFoundError,
-                                        RepositoryNotFoundError, RevisionNotFoundError)
-
-    where = f"model {repo_id!r}" + (f" at revision {revision!r}" if revision else "")
-    try:
-        hf_hub_download(repo_id, "config.json", revision=revision)
-    except GatedRepoError:
-        raise ModelPathError(f"{where} is gated on the Hub: accept its terms on its page, then log in with "
-                             "`hf auth login` (or set HF_TOKEN).") from None
-    except RepositoryNotFoundError:
-        raise ModelPathError(f"{where} does not exist: it is neither a local folder nor a model on the Hub you can "
-                             "access. Check the path or id; for a private model log in with `hf auth login` "
-                             "(or set HF_TOKEN).") from None
-    except RevisionNotFoundError:
-        raise ModelPathError(f"{where}: no such revision on the Hub; check --model_revision.") from None
-    except EntryNotFoundError:
-        raise ModelPathError(f"{where} has no config.json on the Hub: it is not a transformers model.") from None
-    except LocalEntryNotFoundError as exc:
-        raise ModelPathError(f"{where} is not in the Hugging Face cache and the Hub could not be reached ({exc}). "
-                             "Check the network, or download it first with `hf download`.") from None

@@ -51,3 +51,13 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def training_on_cpu(args) -> bool:
+    """Whether training will run on the CPU (without touching ``args.device``, which sets up distributed state)."""
+    import torch
+
+    if getattr(args, "use_cpu", False):
+        return True
+    mps = getattr(torch.backends, "mps", None)
+    return not torch.cuda.is_available() and not (mps is not None and mps.is_available())

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from . import registry
 from .cli_errors import exit_on_user_error
-from .composition import check_model_path
+from .model_path import check_model_path
 from .context import Run
 from .patching import plugins_active
 from .selection import parse, selected_names

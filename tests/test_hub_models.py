@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from ftplugins.composition import check_model_path
+from ftplugins.model_path import check_model_path
 from ftplugins.errors import ModelPathError
 from ftplugins.testing import save_tiny_llama
 from ftplugins.testing_hub import serve_hub
@@ -22,7 +22,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CHECKS = """
 import json, sys
-from ftplugins.composition import check_model_path
+from ftplugins.model_path import check_model_path
 results = {}
 for name, path, revision in json.loads(sys.argv[1]):
     try:
