@@ -219,7 +219,8 @@ def run_in(staging: str, destination: str, settings: QuickstartArguments, plugin
     total = sum(p.numel() for p in trainer.model.parameters())
     print(f"ftplugins quick start: plugins={','.join(names) or 'none'}, {trainable:,} of {total:,} parameters "
           f"trained, {settings.train_examples} training examples, {settings.max_steps} steps")
-    before = {"eval_loss": trainer.evaluate()["eval_loss"], "answer_accuracy": answer_accuracy(trainer.model, tokenizer, rows)[0]}
+    before = {"eval_loss": trainer.evaluate()["eval_loss"],
+              "answer_accuracy": answer_accuracy(trainer.model, tokenizer, rows)[0]}
     print(f"before: held-out loss {before['eval_loss']:.3f}, answer accuracy {before['answer_accuracy']:.1%}")
     started = time.time()
     train_loss = trainer.train().training_loss

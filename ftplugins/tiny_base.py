@@ -28,12 +28,15 @@ RECIPE: dict[str, Any] = {
 
 
 def recipe() -> dict[str, Any]:
+    """:data:`RECIPE` plus a hash of the code that makes the data, the tokenizer and the model."""
     import hashlib
 
     from . import testing
 
-    source = hashlib.sha256(inspect.getsource(testing).encode()).hexdigest()[:16]
-    return {**RECIPE, "testing_source": source, "format": 1}
+    code = [inspect.getsource(f) for f in (testing.arithmetic_example, testing._corpus, testing._tokenizer_json,
+                                          testing.tiny_tokenizer, testing.tiny_llama, pretraining_rows, build)]
+    code += [testing.CHAT_TEMPLATE, *testing.SPECIAL_TOKENS]
+    return {**RECIPE, "code": hashlib.sha256("\n".join(code).encode()).hexdigest()[:16], "format": 1}
 
 
 def tiny_base(log=print) -> str:
@@ -55,6 +58,7 @@ def pretraining_rows(n: int, seed: int, terms: list[int], max_value: int) -> lis
 
 def build(folder: str, log=print) -> dict[str, Any]:
     """Pre-train the tiny Llama on :data:`RECIPE` and save it with its tokenizer into ``folder``."""
+    import shutil
     import time
 
     import torch
@@ -86,8 +90,6 @@ def build(folder: str, log=print) -> dict[str, Any]:
     loss = next((e["train_loss"] for e in reversed(trainer.state.log_history) if "train_loss" in e), None)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    import shutil
-
     shutil.rmtree(os.path.join(folder, ".trainer"), ignore_errors=True)
     seconds = time.perf_counter() - started
     log(f"ftplugins: tiny base model ready in {seconds:.0f} s")

@@ -1,4 +1,4 @@
-"""``ftplugins.cache.cached_build``: built once per recipe, never half-built (the tiny base and the benchmarks use it)."""
+"""``ftplugins.cache.cached_build``: built once per recipe, never half-built (used by the tiny base, benchmarks)."""
 
 from __future__ import annotations
 

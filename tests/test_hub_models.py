@@ -37,7 +37,8 @@ print(json.dumps(results))
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
     folder = save_tiny_llama(str(tmp_path_factory.mktemp("hub-model")))
-    with serve_hub({"some-org/tiny": folder, "some-org/private": folder}, tokens={"some-org/private": "secret"}) as hub:
+    repos = {"some-org/tiny": folder, "some-org/private": folder}
+    with serve_hub(repos, tokens={"some-org/private": "secret"}) as hub:
         yield hub
 
 
@@ -73,7 +74,8 @@ def test_hub_ids_are_checked_against_the_hub_then_served_from_the_cache_offline(
     assert "no such revision" in online["bad revision"] and "--model_revision" in online["bad revision"]
     assert "hf auth login" in online["private without token"] and "HF_TOKEN" in online["private without token"]
 
-    with_token = run_checks(hub_env(hub, tmp_path / "hf", HF_TOKEN="secret"), [["private", "some-org/private", None]])
+    with_token = run_checks(hub_env(hub, tmp_path / "hf", HF_TOKEN="secret"),
+                            [["private", "some-org/private", None]])
     assert with_token == {"private": "ok"}
 
     # Offline, what the online run cached is accepted; what it did not cache is refused with the fix.

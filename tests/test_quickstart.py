@@ -30,7 +30,8 @@ def test_masked_thought_corrupts_the_training_inputs_and_records_what_ran(tmp_pa
     plain = run(tmp_path / "plain", "--plugins", "none", "--max_steps", "30")
     masked = run(tmp_path / "masked", "--max_steps", "30", "--masked_thought_warmup", "0",
                  "--option", "masked_thought_ratio=0.5")
-    assert "--option masked_thought_ratio=0.5 is deprecated; write --masked_thought_ratio 0.5" in capsys.readouterr().err
+    deprecation = "--option masked_thought_ratio=0.5 is deprecated; write --masked_thought_ratio 0.5"
+    assert deprecation in capsys.readouterr().err
     assert masked["train_loss"] > plain["train_loss"] + 0.1
     assert masked["after"]["eval_loss"] < masked["before"]["eval_loss"]
 
