@@ -1,5 +1,5 @@
 # Two commands for a fresh machine (Python 3.10+, no GPU, no network needed after installation):
-#   make quickstart   installs the core, then a real fine-tuning run with a plugin (under a minute on 2 CPU cores)
+#   make quickstart   installs the core, then a real fine-tuning run with a plugin (2 CPU cores: ~1 min first, ~25 s after)
 #   make test         installs the test extras too, then the test suite (what CI runs, through .ci/run)
 PYTHON ?= python3
 VENV ?= .venv
