@@ -45,9 +45,10 @@ def cached_build(root: str, kind: str, recipe: dict[str, Any], build: Callable[[
     os.makedirs(root, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".building-{kind}-", dir=root)
     try:
-        record = {"recipe": recipe, "key": key, **build(staging)}
+        # As JSON stores it, so that a fresh build and a cached one return equal records.
+        record = json.loads(json.dumps({"recipe": recipe, "key": key, **build(staging)}, default=str))
         with open(os.path.join(staging, f"{kind}.json"), "w") as handle:
-            json.dump(record, handle, indent=2, sort_keys=True, default=str)
+            json.dump(record, handle, indent=2, sort_keys=True)
         try:
             os.rename(staging, folder)
         except OSError:  # another process finished the same build first: keep theirs

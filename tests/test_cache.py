@@ -17,11 +17,12 @@ def test_a_recipe_is_built_once_and_a_changed_recipe_builds_anew(tmp_path):
         (open(os.path.join(folder, "weights.txt"), "w")).write("w")
         return {"loss": 0.5}
 
-    folder, record = cached_build(str(tmp_path), "base", {"steps": 10}, build)
-    again, record_again = cached_build(str(tmp_path), "base", {"steps": 10}, build)
+    folder, record = cached_build(str(tmp_path), "base", {"steps": 10, "tasks": ("a", "b")}, build)
+    again, record_again = cached_build(str(tmp_path), "base", {"steps": 10, "tasks": ("a", "b")}, build)
     assert (folder, record) == (again, record_again) and len(builds) == 1
-    assert os.path.basename(folder) == f"base-{recipe_key({'steps': 10})}"
-    assert record == {"recipe": {"steps": 10}, "key": recipe_key({"steps": 10}), "loss": 0.5}
+    key = recipe_key({"steps": 10, "tasks": ["a", "b"]})
+    assert os.path.basename(folder) == f"base-{key}"
+    assert record == {"recipe": {"steps": 10, "tasks": ["a", "b"]}, "key": key, "loss": 0.5}
     other, _ = cached_build(str(tmp_path), "base", {"steps": 11}, build)
     assert other != folder and len(builds) == 2
 
