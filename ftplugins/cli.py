@@ -99,11 +99,19 @@ def cmd_info(args: argparse.Namespace) -> None:
 def cmd_tiny_model(args: argparse.Namespace) -> None:
     from transformers.utils import logging as hf_logging
 
-    from .testing import save_tiny_llama
-
     hf_logging.disable_progress_bar()  # a bar for writing one small file is noise
-    save_tiny_llama(args.path, seed=args.seed)
-    print(f"saved a tiny Llama and its tokenizer to {args.path}")
+    if args.random:
+        from .testing import save_tiny_llama
+
+        save_tiny_llama(args.path, seed=args.seed)
+        print(f"saved a tiny random Llama and its tokenizer to {args.path}")
+        return
+    import shutil
+
+    from .tiny_base import tiny_base
+
+    shutil.copytree(tiny_base(), args.path, dirs_exist_ok=True, ignore=shutil.ignore_patterns("tiny-base.json"))
+    print(f"saved the tiny pre-trained Llama (the quick start's base) and its tokenizer to {args.path}")
 
 
 def cmd_tiny_data(args: argparse.Namespace) -> None:
@@ -134,9 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_info)
-    p = sub.add_parser("tiny-model", help="save a tiny random Llama + tokenizer (offline fixtures, recipes)")
+    p = sub.add_parser("tiny-model", help="save the tiny pre-trained Llama + tokenizer the recipes use (built once, "
+                       "cached); --random: a randomly initialised one (offline fixtures)")
     p.add_argument("path")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--random", action="store_true", help="random weights instead of the pre-trained tiny base")
+    p.add_argument("--seed", type=int, default=0, help="initialisation seed (with --random)")
     p.set_defaults(func=cmd_tiny_model)
     p = sub.add_parser("tiny-data", help="write the built-in datasets as JSON lines (recipes)")
     p.add_argument("path")

@@ -25,10 +25,12 @@ from .compat import TrainerInternals
 from .combinations import check_combination
 from .context import Run, implementations
 from .dataset_columns import check_columns
-from .errors import FtpluginsError, HookConflictError, ModelPathError
+from .errors import FtpluginsError, HookConflictError
+from .model_path import check_model_path
 from .options import build_options
 from .quantized_cpu import guard_cpu_4bit_packing
 from .run_output import claim_output_dir, forget_previous_run
+from .threads import limit_threads_for_small_model, training_on_cpu
 
 
 def compose(trainer_cls: type, plugins: list[Any], **options: Any) -> type:
@@ -117,6 +119,7 @@ class PluginTrainerMixin(TrainerInternals):
 
         run.model = model
         guard_cpu_4bit_packing(model, training=True)
+        limit_threads_for_small_model(model, on_cpu=training_on_cpu(run.args))
         adapter = run.call("peft_config", model=model)
         if adapter is not None:
             if call.get("peft_config") is not None:
@@ -373,11 +376,11 @@ def _transform(run: Run, key: str, dataset: Any) -> Any:
 
 def _load_model(path: str, args: Any, plugin_kwargs: dict, quantization_config: Any) -> Any:
     """Load ``path`` the way TRL does, with the plugins' ``model_init_kwargs`` merged in."""
-    check_model_path(path)
     from .compat import create_model_from_path
 
     kwargs = dict(getattr(args, "model_init_kwargs", None) or {})
     kwargs.update(plugin_kwargs)
+    check_model_path(path, kwargs.get("revision"))
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
     if args is not None and args.distributed_state.distributed_type in ("MULTI_GPU", "DEEPSPEED"):
@@ -387,23 +390,3 @@ def _load_model(path: str, args: Any, plugin_kwargs: dict, quantization_config: 
         # The reference model of DPO-style trainers is loaded from the same path with these kwargs.
         args.model_init_kwargs = {**(args.model_init_kwargs or {}), **plugin_kwargs}
     return create_model_from_path(path, **kwargs)
-
-
-def check_model_path(path: str) -> None:
-    """A model path must be a local folder or a model already in the Hugging Face cache."""
-    if os.path.isdir(path):
-        if not os.path.isfile(os.path.join(path, "config.json")):
-            raise ModelPathError(f"model path {path!r} is a folder without config.json; point to a saved model.")
-        return
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(path, "config.json")
-    except Exception:  # noqa: BLE001 - an invalid repo id is just "not cached"
-        cached = None
-    if isinstance(cached, str):
-        return
-    raise ModelPathError(
-        f"model {path!r} does not exist: it is neither a local folder nor a model in the Hugging Face cache. "
-        "Check the path (ftplugins never downloads at run time), or download it first with `hf download`."
-    )

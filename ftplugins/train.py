@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from . import registry
 from .cli_errors import exit_on_user_error
 from .combinations import check_combination
-from .composition import check_model_path
+from .model_path import check_model_path
 from .context import Run
 from .output import quiet_replicas
 from .patching import import_patched, plugins_active
@@ -70,8 +70,8 @@ def train(argv: Sequence[str]) -> None:
     if model_args.model_name_or_path is None:
         from .errors import OptionError
 
-        raise OptionError("--model_name_or_path is required (a local model folder or a cached model id).")
-    check_model_path(model_args.model_name_or_path)
+        raise OptionError("--model_name_or_path is required (a local model folder or a Hub model id).")
+    check_model_path(model_args.model_name_or_path, getattr(model_args, "model_revision", None))
     run = Run(plugins=plugins, options=options)
     with plugins_active(run, [trainer_name]):
         import_patched(module_name).main(*trl_args)

@@ -11,17 +11,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from benchmarks.common import REPO_ROOT, write_json
+from benchmarks.common import REPO_ROOT
 from benchmarks.quality import tasks
 from benchmarks.quality.evaluate import task_accuracies
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: the record is pretrained.json (ftplugins.cache)
 
 
 @dataclass(frozen=True)
@@ -41,13 +40,17 @@ class PretrainConfig:
     max_new_tokens: int | None = None  # cap on generated tokens when scoring (smoke runs)
     tasks: tuple[str, ...] = field(default=tuple(tasks.PRETRAIN_TASKS))
 
-    def key(self) -> str:
+    def recipe(self) -> dict[str, Any]:
+        """Only what determines the weights (the scoring settings are not part of it), and the tasks' source."""
         with open(tasks.__file__, "rb") as handle:
             source = hashlib.sha256(handle.read()).hexdigest()
-        # Only what determines the weights: the scoring settings are not part of the key.
         weights = {k: v for k, v in asdict(self).items() if k not in ("eval_per_task", "max_new_tokens")}
-        text = json.dumps({"config": weights, "tasks_source": source, "format": CACHE_FORMAT}, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
+        return {"config": weights, "tasks_source": source, "format": CACHE_FORMAT}
+
+    def key(self) -> str:
+        from ftplugins.cache import recipe_key
+
+        return recipe_key(self.recipe())
 
 
 def cache_root() -> str:
@@ -76,29 +79,23 @@ def new_model(config: PretrainConfig, tokenizer):
 
 
 def pretrained(config: PretrainConfig, log=print) -> tuple[str, dict[str, Any]]:
-    """The folder of the pre-trained model (built now if not cached) and its build record."""
-    folder = os.path.join(cache_root(), f"pretrained-{config.key()}")
-    record_path = os.path.join(folder, "pretrain.json")
-    if os.path.isfile(record_path):
-        with open(record_path) as handle:
-            record = json.load(handle)
-        log(f"pre-trained model: cached at {folder}")
-        return folder, record
-    log(f"pre-trained model: building {folder} ({config.steps} steps) ...")
-    os.makedirs(cache_root(), exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".building-", dir=cache_root())
-    try:
-        record = build(config, staging, log)
-        write_json(os.path.join(staging, "pretrain.json"), record)
-        try:
-            os.rename(staging, folder)
-        except OSError:  # another process finished the same build first: keep theirs
-            shutil.rmtree(staging, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    log(f"pre-trained model: built in {record['seconds']:.0f} s; accuracy {record['accuracy']}")
+    """The folder of the pre-trained model (built now if not cached) and its build record
+    (:func:`ftplugins.cache.cached_build`: ``<cache_root>/pretrained-<key>``, staged and renamed into place)."""
+    from ftplugins.cache import cached_build
+
+    def build_into(staging: str) -> dict[str, Any]:
+        log(f"pre-trained model: building ({config.steps} steps) ...")
+        record = json.loads(json.dumps(build(config, staging, log), default=_plain))
+        log(f"pre-trained model: built in {record['seconds']:.0f} s; accuracy {record['accuracy']}")
+        return record
+
+    folder, record = cached_build(cache_root(), "pretrained", config.recipe(), build_into)
+    log(f"pre-trained model: {folder}")
     return folder, record
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else str(value)
 
 
 def build(config: PretrainConfig, folder: str, log=print) -> dict[str, Any]:

@@ -8,12 +8,8 @@ A scenario is a module of this package with ``NAME`` (the claims' ``scenario`` k
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
 import random
-import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -80,26 +76,11 @@ def sft(model, tokenizer, rows: list[dict[str, Any]], *, steps: int, lr: float, 
 
 def cached_build(ctx: Context, kind: str, recipe: dict[str, Any], build: Callable[[str], dict[str, Any]]
                  ) -> tuple[str, dict[str, Any]]:
-    """A model derived from the pre-trained decoder, built once: ``<cache_root>/<kind>-<hash of recipe>``.
+    """A model derived from the pre-trained decoder, built once: ``<cache_root>/<kind>-<hash of recipe>``
+    (:func:`ftplugins.cache.cached_build`: staged, renamed into place, ``<kind>.json`` marks it complete)."""
+    from ftplugins.cache import cached_build as build_once
 
-    ``build(folder)`` saves the model into ``folder`` and returns its record, written beside it as
-    ``<kind>.json`` with the recipe and key. The build happens in a staging folder moved into place, so an
-    interrupted build leaves nothing that looks cached. Returns the folder and the record."""
-    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
-    folder = os.path.join(ctx.cache_root, f"{kind}-{key}")
-    record_path = os.path.join(folder, f"{kind}.json")
-    if os.path.isfile(record_path):
-        with open(record_path) as handle:
-            return folder, json.load(handle)
-    os.makedirs(ctx.cache_root, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".building-", dir=ctx.cache_root)
-    record = {"recipe": recipe, "key": key, **build(staging)}
-    common.write_json(os.path.join(staging, f"{kind}.json"), record)
-    try:
-        os.rename(staging, folder)
-    except OSError:  # another process built it first
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder, record
+    return build_once(ctx.cache_root, kind, recipe, build)
 
 
 def with_replay(ctx: Context, rows: list[dict[str, Any]], replay: int, seed: int) -> list[dict[str, Any]]:
