@@ -51,3 +51,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from .peft_types import load_adapter, peft_config
     from .plugin import Plugin, hookimpl
     from .registry import select as load_plugins
+
+
+# Adapters of every installed plugin's PEFT type load through PEFT's and transformers' own loaders once
+# ``ftplugins`` is imported: the types are registered when ``peft`` is imported (no PEFT/torch import here).
+from .peft_types import register_when_peft_imported as _register_when_peft_imported  # noqa: E402
+
+_register_when_peft_imported()
