@@ -9,6 +9,16 @@ from .presets import BLOCK_PRESETS, LINEAR_PRESETS, PRESETS
 
 ACTIVATIONS = ("auto", "tanh", "relu", "gelu", "silu", "identity")
 INITS = ("identity", "bert", "petl_zero")
+#: ``--bottleneck_init`` -> the config's ``init_weights`` (PEFT's convention: True the identity, False random).
+INIT_WEIGHTS = {"identity": True, "bert": False, "petl_zero": "petl_zero"}
+
+
+def init_name(init_weights) -> str:
+    """The ``--bottleneck_init`` value an ``init_weights`` stands for (what the adapter modules take)."""
+    for name, value in INIT_WEIGHTS.items():
+        if value is init_weights or (isinstance(value, str) and value == init_weights):
+            return name
+    raise ValueError(f"init_weights {init_weights!r}: expected True, False or 'petl_zero'")
 SERIES_SIDES = ("auto", "input", "output")
 BLOCK_MODES = ("parallel", "sequential")
 BLOCK_POSITIONS = ("auto", "before", "after")

@@ -57,7 +57,7 @@ class SSFPlugin(Plugin):
             target_modules=_copy(opts.ssf_target_modules),
             exclude_modules=_copy(opts.ssf_exclude_modules),
             modules_to_save=_copy(opts.ssf_modules_to_save),
-            init=opts.ssf_init,
+            init_weights=opts.ssf_init == "identity",
             shift_without_bias=opts.ssf_shift_without_bias,
         )
 
