@@ -294,11 +294,13 @@ class FtTuner(BaseTuner):
         layer.update_layer(adapter_name, peft_config)
 
     def _create_and_replace(self, peft_config, adapter_name, target, target_name, parent, current_key, **kwargs):
+        # A model in eval mode must not start dropping adapter inputs: new adapter modules follow the layer's mode.
         if isinstance(target, self.tuner_layer_cls):
             self._update_layer(target, peft_config, adapter_name, current_key)
+            target.train(target.training)
             return
         new_module = self._create_new_module(peft_config, adapter_name, target, current_key)
-        new_module.train(target.training)  # a model wrapped in eval mode must not start dropping adapter inputs
+        new_module.train(target.training)
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)

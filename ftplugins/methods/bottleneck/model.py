@@ -96,13 +96,14 @@ def resolve_layer_roles(model: nn.Module, config: Any) -> dict[str, dict[str, An
     """The preset's roles, in the layers ``layers_to_transform`` selects, less ``exclude_modules`` (a block
     sublayer goes as a whole when any of its wrapped modules is excluded)."""
     preset = PRESETS[config.preset]
-    modules = [(name, module) for name, module in unwrapped_modules(model) if in_selected_layers(config, name)]
+    modules = unwrapped_modules(model)
     if preset.kind == "linear":
         roles = linear_roles(model, modules, config, preset)
     else:
         roles = block_roles(model, modules, config, preset)
-    excluded = {_unit(name, role) for name, role in roles.items() if is_excluded(config, name)}
-    kept = {name: role for name, role in roles.items() if _unit(name, role) not in excluded}
+    dropped = {_unit(name, role) for name, role in roles.items()
+               if is_excluded(config, name) or not in_selected_layers(config, name)}
+    kept = {name: role for name, role in roles.items() if _unit(name, role) not in dropped}
     if not kept:
         raise UnsupportedModelError(
             f"bottleneck: every module preset {preset.name} places adapters on in {describe(model)} is excluded "
