@@ -280,8 +280,56 @@ class FtTuner(BaseTuner):
     """
 
     method: ClassVar[str] = ""
+    #: What the tuner adapts, for error messages ("Linear, Conv2d, LayerNorm and RMSNorm modules").
+    supported: ClassVar[str] = ""
     merge_hint: ClassVar[str] = "use the adapter unmerged"
-    target_module_mapping: dict[str, list[str]] = {}  # defaults come from the model, resolved by each tuner
+    target_module_mapping: dict[str, list[str]] = {}  # defaults come from the model, see default_targets
+
+    # --- what a tuner says about its targets ------------------------------------------------------
+
+    def default_targets(self, peft_config: Any) -> Optional[list[str]]:
+        """Full names of the modules to adapt when ``target_modules`` asks for defaults, else None (the user's
+        ``target_modules`` stand). Resolved from the model and saved, so an adapter loads onto the same modules."""
+        return None
+
+    def supports(self, module: nn.Module) -> bool:
+        """Whether the tuner's layer can wrap ``module``."""
+        return True
+
+    def check_targets(self, peft_config: Any, matched: list[tuple[str, nn.Module]]) -> None:
+        """Checks on all targets together, before any module is replaced (raise to refuse)."""
+
+    def _prepare_adapter_config(self, peft_config: Any, model_config: dict) -> Any:
+        """Defaults resolved from the modules (``modules_to_save``: the classifier head; ``target_modules``:
+        :meth:`default_targets` in the selected layers), then every target checked before any is replaced, so
+        a refused adapter leaves the model untouched."""
+        model = self.model  # BaseTuner hands this hook only the model's config; the defaults need the modules
+        if peft_config.modules_to_save is None:
+            peft_config.modules_to_save = classifier_heads(model, self.method)
+        given = peft_config.target_modules
+        resolved = self.default_targets(peft_config)
+        if resolved is not None:
+            peft_config.target_modules = [name for name in resolved if in_selected_layers(peft_config, name)]
+        modules = unwrapped_modules(model, see_through_aux=False)
+        matched = [(name, module) for name, module in modules if check_target_module_exists(peft_config, name)]
+        option = f"--{self.method}_target_modules"
+        if not matched:
+            raise UnsupportedModelError(
+                f"{self.method}: no module of {describe(model)} matches target_modules={given!r} (exclude_modules="
+                f"{peft_config.exclude_modules!r}, layers_to_transform={peft_config.layers_to_transform!r}); "
+                f"{self.method} adapts {self.supported}. Pass {option} with names from model.named_modules()."
+            )
+        unsupported = [f"{name} ({type(module).__name__})" for name, module in matched if not self.supports(module)]
+        if unsupported:
+            raise UnsupportedModelError(
+                f"{self.method}: target_modules match modules of {describe(model)} that it cannot adapt: "
+                f"{', '.join(unsupported[:5])}{' ...' if len(unsupported) > 5 else ''}; {self.method} adapts "
+                f"{self.supported}. Narrow {option} or add them to --{self.method}_exclude_modules."
+            )
+        self.check_targets(peft_config, matched)
+        return peft_config
+
+    # --- replacing modules and merging ---------------------------------------------------------------
 
     def _prepare_model(self, peft_config: Any, model: nn.Module) -> None:
         """An adapted model is trained: its bitsandbytes 4-bit layers must pass gradients on every CPU."""

@@ -216,6 +216,18 @@ def test_a_series_side_the_tables_do_not_know_must_be_given():
         wrap(model, bottleneck_preset="llama_series", bottleneck_target_modules=["o_proj"])
 
 
+def test_exclude_modules_leaves_linear_modules_and_whole_block_sublayers_out():
+    model, _ = base("llama")
+    wrapped = wrap(model, bottleneck_size=4, bottleneck_exclude_modules=["model.layers.0.mlp.up_proj"])
+    assert "model.layers.0.mlp.up_proj" not in roles(wrapped) and "model.layers.1.mlp.up_proj" in roles(wrapped)
+    # Parallel-before on post-LN BERT wraps the attention's entry and exit; excluding either drops both.
+    model, _ = base("bert")
+    wrapped = wrap(model, bottleneck_preset="houlsby", bottleneck_size=4,
+                   bottleneck_exclude_modules=["bert.encoder.layer.0.attention.self"])
+    left = {name for name in roles(wrapped) if name.startswith("bert.encoder.layer.0.")}
+    assert left == {"bert.encoder.layer.0.intermediate", "bert.encoder.layer.0.output.dense"}
+
+
 @pytest.mark.parametrize("mode, position", [("parallel", "before"), ("sequential", "after"),
                                             ("sequential", "before"), ("parallel", "after")])
 def test_block_presets_wrap_the_sublayers_a_placement_needs(mode, position):

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from peft.tuners.tuners_utils import check_target_module_exists
 from torch import nn
 
 from ftplugins.errors import UnsupportedModelError
-from ftplugins.tuners import FtTuner, classifier_heads, describe, in_selected_layers, output_heads, unwrapped_modules
+from ftplugins.tuners import FtTuner, describe, output_heads, unwrapped_modules
 
 from .layer import SUPPORTED, BlockLoraLayer, check_divisible, linear_features
 from .options import ALL_LINEAR
@@ -33,44 +32,25 @@ class BlockLoraModel(FtTuner):
     prefix = "block_lora_"
     tuner_layer_cls = BlockLoraLayer
     method = "block_lora"
+    supported = SUPPORTED
     merge_hint = (
         "Use it unmerged, or load the base model in full precision, load the adapter onto it with "
         "ftplugins.load_adapter and merge there."
     )
 
-    def _prepare_adapter_config(self, peft_config: Any, model_config: dict) -> Any:
-        model = self.model  # BaseTuner hands this hook only the model's config; the defaults need the modules
-        if peft_config.modules_to_save is None:
-            peft_config.modules_to_save = classifier_heads(model, "block_lora")
+    def default_targets(self, peft_config: Any) -> list[str] | None:
         targets = peft_config.target_modules
         if targets is None:
-            resolved = qkv_targets(model)
-        elif targets == ALL_LINEAR or (isinstance(targets, (list, set, tuple)) and list(targets) == [ALL_LINEAR]):
-            resolved = all_linear_targets(model)
-        else:
-            resolved = None
-        if resolved is not None:
-            peft_config.target_modules = [name for name in resolved if in_selected_layers(peft_config, name)]
-        modules = unwrapped_modules(model, see_through_aux=False)
-        matched = [(n, m) for n, m in modules if check_target_module_exists(peft_config, n)]
-        if not matched:
-            raise UnsupportedModelError(
-                f"block_lora: no module of {describe(model)} matches target_modules={targets!r} "
-                f"(exclude_modules={peft_config.exclude_modules!r}, layers_to_transform="
-                f"{peft_config.layers_to_transform!r}); Block-LoRA adapts {SUPPORTED}. Pass "
-                "--block_lora_target_modules with names from model.named_modules(), or 'all-linear'."
-            )
-        unsupported = [
-            f"{name} ({type(module).__name__})" for name, module in matched if linear_features(module) is None
-        ]
-        if unsupported:
-            raise UnsupportedModelError(
-                f"block_lora: target_modules match modules of {describe(model)} that Block-LoRA cannot adapt: "
-                f"{', '.join(unsupported[:5])}{' ...' if len(unsupported) > 5 else ''}; it adapts {SUPPORTED}. "
-                "Narrow --block_lora_target_modules or add them to --block_lora_exclude_modules."
-            )
+            return qkv_targets(self.model)
+        if targets == ALL_LINEAR or (isinstance(targets, (list, set, tuple)) and list(targets) == [ALL_LINEAR]):
+            return all_linear_targets(self.model)
+        return None
+
+    def supports(self, module: nn.Module) -> bool:
+        return linear_features(module) is not None
+
+    def check_targets(self, peft_config: Any, matched: list[tuple[str, nn.Module]]) -> None:
         check_divisible([(name, linear_features(module)[0]) for name, module in matched], peft_config.num_blocks)
-        return peft_config
 
     def _create_new_module(self, peft_config: Any, adapter_name: str, target: nn.Module, key: str) -> nn.Module:
         return BlockLoraLayer(target, adapter_name, peft_config, module_name=key)

@@ -19,6 +19,7 @@ BOTTLENECK = PeftTypeName("BOTTLENECK")
 OPTION_OF_FIELD = {
     "preset": "bottleneck_preset",
     "target_modules": "bottleneck_target_modules",
+    "exclude_modules": "bottleneck_exclude_modules",
     "series_side": "bottleneck_series_side",
     "bottleneck_size": "bottleneck_size",
     "reduction_factor": "bottleneck_reduction_factor",
@@ -52,6 +53,7 @@ class BottleneckConfig(FtTunerConfig):
     target_modules: Optional[Union[list[str], str]] = field(
         default=None, metadata=_help("bottleneck_target_modules")
     )
+    exclude_modules: Optional[Union[list[str], str]] = field(default=None, metadata=_help("bottleneck_exclude_modules"))
     series_side: str = field(default="auto", metadata=_help("bottleneck_series_side"))
     bottleneck_size: int = field(default=256, metadata=_help("bottleneck_size"))
     reduction_factor: float = field(default=0.0, metadata=_help("bottleneck_reduction_factor"))

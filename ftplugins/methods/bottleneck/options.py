@@ -45,6 +45,13 @@ class BottleneckOptions:
             "v_proj, or to_q to_k to_v to_out.0 on a diffusers UNet). The preset still decides series vs parallel."
         },
     )
+    bottleneck_exclude_modules: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Module names (or name suffixes) to leave untouched; a block sublayer is left out whole when any "
+            "module its adapter wraps is named."
+        },
+    )
     bottleneck_series_side: str = field(
         default="auto",
         metadata={
@@ -92,7 +99,7 @@ class BottleneckOptions:
             "model. For reproducing the papers only (the model no longer starts at the base model, or hardly "
             "trains): bert: down and up ~ N(0, 0.02) (LLM-Adapters' default); petl_zero: PETL-AST's init "
             "(bottleneck blocks all zero, so only the up-bias gets a gradient; conformer blocks PyTorch's "
-            "default init)."
+            "default init). In the PEFT config: init_weights True / False / 'petl_zero'."
         },
     )
     bottleneck_block_mode: str = field(
