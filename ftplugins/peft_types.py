@@ -8,16 +8,16 @@ entries itself. A method's ``config`` module calls it at import.
 
 Finding the owner of a saved adapter in a fresh process: a plugin that contributes a PEFT type
 declares it as a class attribute ``peft_type = "SSF"`` and a method ``load_tuner()`` that imports
-its config module (which registers the type). :func:`load_adapter` reads ``adapter_config.json``;
-if PEFT does not know the type yet, it looks through the installed plugins for the one that
-declares it and calls its ``load_tuner()``. Plugin modules are cheap to import, so the scan costs
-little, and PEFT's own mapping stays the one record of what is registered.
+its config module (which registers the type). Plugin modules are cheap to import (no torch), and
+PEFT's own mapping stays the one record of what is registered.
 
-So that an adapter loads through PEFT's and transformers' *own* loaders too (``PeftModel.from_pretrained``,
-``AutoPeftModel*``, ``AutoModel*.from_pretrained`` on an adapter folder), ``import ftplugins`` calls
-:func:`register_when_peft_imported`: the moment ``peft`` finishes importing (at once if it already has),
-every installed plugin that declares a ``peft_type`` has its tuner loaded. ``import ftplugins`` itself
-imports neither PEFT nor torch, so ``ftplugins list`` stays fast.
+``import ftplugins`` calls :func:`register_when_peft_imported`: the moment ``peft`` finishes importing
+(at once if it already has), every installed plugin that declares a ``peft_type`` has its tuner loaded,
+so an adapter loads through PEFT's and transformers' *own* loaders (``PeftModel.from_pretrained``,
+``AutoPeftModel*``, ``AutoModel*.from_pretrained`` on an adapter folder). ``import ftplugins`` itself
+imports neither PEFT nor torch, so ``ftplugins list`` stays fast. :func:`load_adapter` checks the
+saved type first (:func:`ensure_peft_type`), so a type that no installed plugin declares (or one whose
+plugin failed to load or is disabled) is an error that names the declared types, not PEFT's KeyError.
 """
 
 from __future__ import annotations

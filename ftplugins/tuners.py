@@ -117,11 +117,11 @@ class FtTunerConfig(PeftConfig):
     )
     layers_to_transform: Optional[Union[list[int], int]] = field(
         default=None,
-        metadata={"help": "Adapt only the layers with these indices (PEFT's rule: the first number in the module name)."},
+        metadata={"help": "Adapt only the layers with these indices (PEFT's rule: the first number in a name)."},
     )
     layers_pattern: Optional[Union[list[str], str]] = field(
         default=None,
-        metadata={"help": "With layers_to_transform: the name of the layer list (e.g. 'layers', 'h') holding the index."},
+        metadata={"help": "With layers_to_transform: the name of the layer list holding the index ('layers', 'h')."},
     )
     init_weights: Union[bool, str] = field(
         default=True,
@@ -153,7 +153,9 @@ class FtTunerConfig(PeftConfig):
     def _migrate_init(self) -> None:
         name = type(self).__name__
         if self.init not in self.init_aliases:
-            raise ValueError(f"{name}.init {self.init!r}: expected one of {', '.join(self.init_aliases)} (or use init_weights).")
+            raise ValueError(
+                f"{name}.init {self.init!r}: expected one of {', '.join(self.init_aliases)} (or use init_weights)."
+            )
         value = self.init_aliases[self.init]
         if self.init_weights is not True and self.init_weights != value:
             raise ValueError(
@@ -247,12 +249,14 @@ class FtTunerLayer(BaseTunerLayer):
                 continue
             reason = self.merge_blocker(name)
             if reason:
-                raise FtpluginsError(f"{self.method}: cannot merge adapter {name!r} into {type(base).__name__}: {reason}.")
+                raise FtpluginsError(
+                    f"{self.method}: cannot merge adapter {name!r} into {type(base).__name__}: {reason}."
+                )
             params = self.merged_params(name)
             if safe_merge and not all(value.isfinite().all() for value in params.values()):
                 raise ValueError(
-                    f"{self.method}: NaN or inf in the merged weights of adapter {name!r}; the adapter seems to be broken "
-                    "(nothing was merged)."
+                    f"{self.method}: NaN or inf in the merged weights of adapter {name!r}; the adapter seems to be "
+                    "broken (nothing was merged)."
                 )
             self._write_base_params(params)
             self.merged_adapters.append(name)

@@ -399,7 +399,7 @@ def test_low_cpu_mem_usage_keeps_adapter_weights_on_meta_until_loaded(case, tmp_
 
 def test_bottleneck_series_on_a_custom_model_needs_the_side_and_works_with_it():
     config = PEFT_TYPE_TO_CONFIG_MAPPING["BOTTLENECK"]
-    with pytest.raises(OptionError, match=r"which side of lin0, lin1 a series adapter goes on.*--bottleneck_series_side"):
+    with pytest.raises(OptionError, match=r"which side of lin0, lin1 a series adapter goes on.*_series_side"):
         peft.get_peft_model(MLP(), config(target_modules=["lin0", "lin1"], bottleneck_size=4))
     with pytest.raises(Exception, match="no default target modules for MLP"):
         peft.get_peft_model(MLP(), config(bottleneck_size=4))
