@@ -175,6 +175,10 @@ def test_options_parse_from_the_command_line_and_reach_the_config():
         "llama_parallel", ["up_proj", "o_proj"], 16, "identity")
     assert (config.learn_scaling, config.scaling, config.adapter_bias, config.dropout) == (True, 2.5, True, 0.1)
     assert config.target_modules is not opts.bottleneck_target_modules  # the options are not filled in place
+    # --bottleneck_init is PEFT's init_weights in the config: identity = True, bert (random) = False.
+    inits = {name: ftplugins.peft_config("bottleneck", bottleneck_init=name).init_weights
+             for name in ("identity", "bert", "petl_zero")}
+    assert inits == {"identity": True, "bert": False, "petl_zero": "petl_zero"}
 
 
 # --- presets and placements ----------------------------------------------------------------------

@@ -22,7 +22,7 @@ Differences from the reference (umbertocappellazzo/PETL_AST, src/AST_adapters.py
 
 * The bottleneck block zero-inits only its up-projection and up-bias (identity at init that still
   trains both projections); the reference zeroes all four tensors, so only the up-bias ever gets a
-  gradient. ``init="petl_zero"`` reproduces it.
+  gradient. ``--bottleneck_init petl_zero`` (``init_weights="petl_zero"``) reproduces it.
 * The sequential adapter keeps its skip connection by default (the model starts at the base model);
   ``block_residual=False`` is the reference's ``apply_residual=False``. The reference's parallel
   ``apply_residual`` (adding the LayerNorm output u once more) is not offered: it is no identity and

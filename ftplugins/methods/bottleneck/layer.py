@@ -16,7 +16,7 @@ Differences from the reference (AGI-Edgerunners/LLM-Adapters, peft/src/peft/tune
 
 * The default init is an exact identity (U = 0, u = 0, D Kaiming-uniform), so the adapted model starts
   at the base model bit for bit; the reference's default "bert" init draws U ~ N(0, 0.02) and shifts
-  every output at step 0. ``init="bert"`` reproduces it.
+  every output at step 0. ``--bottleneck_init bert`` (``init_weights=False``) reproduces it.
 * Only a parallel adapter with φ = identity is merged (W' = W + s·U·D, c' = c + s·(U·d + u)); every
   other adapter refuses ``merge_and_unload`` with the reason (non-linear φ, series placement,
   quantized base, adapter bias on a layer without bias). The reference cannot merge at all.
