@@ -329,6 +329,23 @@ def test_several_adapters_add_set_delete_and_save_apart(case, names, tmp_path):
     assert torch.equal(outputs(model, case.model), only_first)
 
 
+@every_case
+def test_two_active_adapters_act_together_and_merge_together(case):
+    # No modules_to_save: PEFT keeps one active copy of a saved module (houlsby trains its LayerNorms in full).
+    torch.manual_seed(0)
+    model = wrapped(case, adapter_name="first", modules_to_save=[])
+    first = outputs(model, case.model)
+    torch.manual_seed(1)
+    model.add_adapter("second", case.make_config(modules_to_save=[]))
+    model.base_model.set_adapter(["first", "second"])
+    both = outputs(model, case.model)
+    assert not torch.allclose(both, first, atol=1e-6)
+    if case.mergeable:
+        merged = model.merge_and_unload(adapter_names=["first", "second"])
+        assert not tuner_layers(merged)
+        assert torch.allclose(outputs(merged, case.model), both, atol=1e-5)
+
+
 # --- which modules: target_modules, exclude_modules, layers_to_transform ----------------------------
 
 
