@@ -113,10 +113,10 @@ def register_installed_peft_types() -> None:
     Runs inside ``import peft``: a plugin that fails is reported as a warning naming it (its adapters
     then fail to load with :func:`ensure_peft_type`'s error), never as a failed ``import peft``.
     """
-    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
-
     from . import registry
+    from .compat import peft_type_mappings
 
+    PEFT_TYPE_TO_CONFIG_MAPPING = peft_type_mappings()[0]
     for name in registry.installed_names():
         try:
             plugin = registry.load(name)
