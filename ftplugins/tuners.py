@@ -212,11 +212,11 @@ def check_layers_options(config: Any) -> None:
         )
 
 
-class FtTunerLayer(BaseTunerLayer):
+class FtTunerLayer(nn.Module, BaseTunerLayer):
     """A tuner layer with PEFT's merge protocol written once.
 
     A subclass sets ``method`` (the plugin name, for messages) and implements the maths:
-    ``merged_params(adapter)`` and ``unmerged_params(adapter)`` return the base layer's parameters after
+    ``apply_adapter(adapter, x, result)`` (the forward pass), ``merged_params(adapter)`` and ``unmerged_params(adapter)`` return the base layer's parameters after
     merging / unmerging that adapter (name -> fp32 tensor), and ``merge_blocker(adapter)`` says why it cannot
     merge (None when it can).
     """
@@ -228,6 +228,23 @@ class FtTunerLayer(BaseTunerLayer):
         self._active_adapter = adapter_name
         self._disable_adapters = False
         self.merged_adapters = []
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The base layer's output, then each active adapter's :meth:`apply_adapter` in turn (a layer whose adapters
+        also act on the input, like bottleneck's series adapters, overrides this)."""
+        if self.disable_adapters and self.merged:
+            self.unmerge()
+        result = self.base_layer(x, *args, **kwargs)
+        if self.disable_adapters or self.merged:
+            return result
+        for name in self.active_adapters:
+            if self.has_adapter(name):
+                result = self.apply_adapter(name, x, result)
+        return result
+
+    def apply_adapter(self, adapter_name: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+        """The layer's output with adapter ``adapter_name`` applied, given its input ``x``."""
+        raise NotImplementedError
 
     def has_adapter(self, adapter_name: str) -> bool:
         """Whether this layer holds ``adapter_name`` (the first of ``adapter_layer_names`` keys the adapters)."""

@@ -53,7 +53,7 @@ def check_divisible(names_and_inputs: list[tuple[str, int]], n: int) -> None:
     )
 
 
-class BlockLoraLayer(nn.Module, FtTunerLayer):
+class BlockLoraLayer(FtTunerLayer):
     """Wraps a linear layer; holds per adapter the shared down-projection A* [r, d_in/n] and B [d_out, r]."""
 
     method = "block_lora"
@@ -113,16 +113,8 @@ class BlockLoraLayer(nn.Module, FtTunerLayer):
         delta = (b @ shared_a.repeat(1, self.num_blocks[adapter_name])) * self.scaling[adapter_name]
         return delta.T if self.fan_in_fan_out else delta
 
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if self.disable_adapters and self.merged:
-            self.unmerge()
-        result = self.base_layer(x, *args, **kwargs)
-        if self.disable_adapters or self.merged:
-            return result
-        for name in self.active_adapters:
-            if name in self.block_lora_A:
-                result = result + self.delta(name, x).to(result.dtype)
-        return result
+    def apply_adapter(self, adapter_name: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+        return result + self.delta(adapter_name, x).to(result.dtype)
 
     def merge_blocker(self, adapter_name: str) -> Optional[str]:
         """Why the update cannot be written into the base weight, or None when it can."""

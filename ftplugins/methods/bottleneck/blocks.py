@@ -240,7 +240,7 @@ def _split_output(out: Any) -> tuple[torch.Tensor, Callable[[torch.Tensor], Any]
     return out, lambda y: y
 
 
-class BottleneckSublayer(nn.Module, BottleneckLayer):
+class BottleneckSublayer(BottleneckLayer):
     """Wraps a sublayer's entry and/or exit module; applies each adapter's part of its placement.
     Never merged: a sublayer has no single weight to take the adapter (``merge_blocker`` says so)."""
 

@@ -162,7 +162,7 @@ def is_quantized(module: nn.Module) -> bool:
     return type(module).__module__.startswith("bitsandbytes")
 
 
-class BottleneckLinear(nn.Module, BottleneckLayer):
+class BottleneckLinear(BottleneckLayer):
     """A Linear module with bottleneck adapters in series (input or output side) or in parallel."""
 
     other_param_names = ("placement",)

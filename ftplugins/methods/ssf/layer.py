@@ -66,7 +66,7 @@ def scales_by_weight(norm: nn.Module) -> bool:
     return torch.equal(out, torch.zeros_like(out) if bias is None else bias.expand_as(out))
 
 
-class SSFLayer(nn.Module, FtTunerLayer):
+class SSFLayer(FtTunerLayer):
     """Wraps a Linear, Conv2d or norm module; holds one scale (and maybe one shift) per adapter."""
 
     method = "ssf"
@@ -100,19 +100,11 @@ class SSFLayer(nn.Module, FtTunerLayer):
     def _channel_view(self, vector: torch.Tensor) -> torch.Tensor:
         return vector.view(-1, 1, 1) if self.channel_dim == 1 else vector
 
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if self.disable_adapters and self.merged:
-            self.unmerge()
-        result = self.base_layer(x, *args, **kwargs)
-        if self.disable_adapters or self.merged:
-            return result
-        for name in self.active_adapters:
-            if name not in self.ssf_scale:
-                continue
-            # In the output's dtype, so a bf16 base stays bf16 while γ, β are kept in fp32.
-            result = result * self._channel_view(self.ssf_scale[name].to(result.dtype))
-            if name in self.ssf_shift:
-                result = result + self._channel_view(self.ssf_shift[name].to(result.dtype))
+    def apply_adapter(self, adapter_name: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+        # In the output's dtype, so a bf16 base stays bf16 while γ, β are kept in fp32.
+        result = result * self._channel_view(self.ssf_scale[adapter_name].to(result.dtype))
+        if adapter_name in self.ssf_shift:
+            result = result + self._channel_view(self.ssf_shift[adapter_name].to(result.dtype))
         return result
 
     def merge_blocker(self, adapter_name: str) -> Optional[str]:
