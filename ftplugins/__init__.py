@@ -33,6 +33,17 @@ def _quiet_foreign_notices() -> None:
 _quiet_foreign_notices()
 
 
+def _register_peft_types_when_peft_is_imported() -> None:
+    """Adapters of every installed plugin's PEFT type load through PEFT's and transformers' own loaders once
+    ``ftplugins`` is imported; nothing is imported here (``peft``, torch) until ``peft`` itself is."""
+    from .peft_types import register_when_peft_imported
+
+    register_when_peft_imported()
+
+
+_register_peft_types_when_peft_is_imported()
+
+
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'ftplugins' has no attribute {name!r}")
@@ -51,3 +62,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from .peft_types import load_adapter, peft_config
     from .plugin import Plugin, hookimpl
     from .registry import select as load_plugins
+

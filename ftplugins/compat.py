@@ -66,6 +66,8 @@ RELIED_ON: list[Upstream] = [
              "called once per matched module to wrap it in the tuner's layer"),
     Upstream("peft.tuners.tuners_utils:BaseTuner._prepare_adapter_config", ("peft_config", "model_config"),
              "completes a config (default target modules) before injection"),
+    Upstream("peft.tuners.tuners_utils:BaseTuner._prepare_model", ("peft_config", "model"),
+             "prepares the model before injection (ftplugins.tuners.FtTuner: bitsandbytes' CPU 4-bit guard)"),
     Upstream("peft.tuners.tuners_utils:BaseTuner._check_merge_allowed", (),
              "raises when the adapter cannot merge (our tuners add their own conditions)"),
     Upstream("peft.tuners.tuners_utils:BaseTuner._replace_module", ("parent", "child_name", "new_module", "child"),

@@ -8,16 +8,26 @@ entries itself. A method's ``config`` module calls it at import.
 
 Finding the owner of a saved adapter in a fresh process: a plugin that contributes a PEFT type
 declares it as a class attribute ``peft_type = "SSF"`` and a method ``load_tuner()`` that imports
-its config module (which registers the type). :func:`load_adapter` reads ``adapter_config.json``;
-if PEFT does not know the type yet, it looks through the installed plugins for the one that
-declares it and calls its ``load_tuner()``. Plugin modules are cheap to import, so the scan costs
-little, and PEFT's own mapping stays the one record of what is registered.
+its config module (which registers the type). Plugin modules are cheap to import (no torch), and
+PEFT's own mapping stays the one record of what is registered.
+
+``import ftplugins`` calls :func:`register_when_peft_imported`: the moment ``peft`` finishes importing
+(at once if it already has), every installed plugin that declares a ``peft_type`` has its tuner loaded,
+so an adapter loads through PEFT's and transformers' *own* loaders (``PeftModel.from_pretrained``,
+``AutoPeftModel*``, ``AutoModel*.from_pretrained`` on an adapter folder). ``import ftplugins`` itself
+imports neither PEFT nor torch, so ``ftplugins list`` stays fast. :func:`load_adapter` checks the
+saved type first (:func:`ensure_peft_type`), so a type that no installed plugin declares (or one whose
+plugin failed to load or is disabled) is an error that names the declared types, not PEFT's KeyError.
 """
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import json
 import os
+import sys
+import warnings
 from typing import Any
 
 from .errors import FtpluginsError, ModelPathError
@@ -95,6 +105,77 @@ def ensure_peft_type(peft_type: str) -> None:
         f"adapter type {peft_type!r} is neither a PEFT type nor declared by an installed ftplugins plugin "
         f"(declared: {', '.join(declared) or 'none'}); install the package that saved the adapter.{hint}"
     )
+
+
+def register_installed_peft_types() -> None:
+    """Load the tuner of every installed plugin that declares a ``peft_type`` not yet known to PEFT.
+
+    Runs inside ``import peft``: a plugin that fails is reported as a warning naming it (its adapters
+    then fail to load with :func:`ensure_peft_type`'s error), never as a failed ``import peft``.
+    """
+    from . import registry
+    from .compat import peft_type_mappings
+
+    PEFT_TYPE_TO_CONFIG_MAPPING = peft_type_mappings()[0]
+    for name in registry.installed_names():
+        try:
+            plugin = registry.load(name)
+            peft_type = getattr(plugin, "peft_type", None)
+            if peft_type is not None and peft_type not in PEFT_TYPE_TO_CONFIG_MAPPING:
+                plugin.load_tuner()
+        except Exception as exc:  # noqa: BLE001 - one broken plugin must not break `import peft`
+            warnings.warn(
+                f"ftplugins: plugin {name} could not register its PEFT type ({type(exc).__name__}: {exc}); "
+                f"adapters of that type will not load until it is fixed or disabled (FTPLUGINS_DISABLE={name}).",
+                stacklevel=2,
+            )
+
+
+class _RegisterAfterExec(importlib.abc.Loader):
+    """Runs ``peft``'s own loader, then :func:`register_installed_peft_types`; then steps out of the way."""
+
+    def __init__(self, loader: Any, hook: _PeftImportHook) -> None:
+        self.loader, self.hook = loader, hook
+
+    def create_module(self, spec: Any) -> Any:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        self.loader.exec_module(module)
+        module.__loader__ = module.__spec__.loader = self.loader  # leave no trace of the wrapper
+        if self.hook in sys.meta_path:
+            sys.meta_path.remove(self.hook)
+        register_installed_peft_types()
+
+    def __getattr__(self, name: str) -> Any:  # resource readers and the like: the real loader's
+        return getattr(self.loader, name)
+
+
+class _PeftImportHook(importlib.abc.MetaPathFinder):
+    """A meta-path finder that finds ``peft`` through the finders after it and wraps its loader in
+    :class:`_RegisterAfterExec`; it removes itself once ``peft`` is imported. A mere ``find_spec("peft")``
+    (transformers' ``is_peft_available``) gets the same wrapped spec and leaves the hook in place."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname != "peft" or self not in sys.meta_path:
+            return None
+        for finder in sys.meta_path[sys.meta_path.index(self) + 1 :]:
+            find = getattr(finder, "find_spec", None)
+            spec = find(fullname, path, target) if find else None
+            if spec is not None:
+                if spec.loader is not None:
+                    spec.loader = _RegisterAfterExec(spec.loader, self)
+                return spec
+        return None
+
+
+def register_when_peft_imported() -> None:
+    """Register the installed plugins' PEFT types now if PEFT is imported, else right after it is."""
+    module = sys.modules.get("peft")
+    if module is not None and not getattr(getattr(module, "__spec__", None), "_initializing", False):
+        register_installed_peft_types()
+    elif module is None and not any(isinstance(finder, _PeftImportHook) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _PeftImportHook())
 
 
 def read_peft_type(path: str) -> str:

@@ -39,8 +39,9 @@ class Plugin:
         distributed: the distributed set-ups this plugin trains correctly under.
         trainers: names of trainer classes this plugin applies to (``SFTTrainer``), or
             ``None`` for any trainer.
-        peft_type: the out-of-tree PEFT type this plugin owns (``"SSF"``), if any;
-            ``ftplugins.load_adapter`` calls :meth:`load_tuner` to register it in a fresh process.
+        peft_type: the out-of-tree PEFT type this plugin owns (``"SSF"``), if any; once ``ftplugins`` is
+            imported, :meth:`load_tuner` is called when ``peft`` is imported, so the type's adapters load
+            through PEFT's and transformers' own loaders (and ``ftplugins.load_adapter``).
         trains: ``False`` for plugins used at generation / evaluation time, not in a training run
             (they carry no training recipe).
         claims: the roles of a run this plugin fills, one plugin per role (``{"trainable_set": "trains

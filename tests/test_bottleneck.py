@@ -168,6 +168,10 @@ def test_options_parse_from_the_command_line_and_reach_the_config():
         "llama_parallel", ["up_proj", "o_proj"], 16, "identity")
     assert (config.learn_scaling, config.scaling, config.adapter_bias, config.dropout) == (True, 2.5, True, 0.1)
     assert config.target_modules is not opts.bottleneck_target_modules  # the options are not filled in place
+    # --bottleneck_init is PEFT's init_weights in the config: identity = True, bert (random) = False.
+    inits = {name: ftplugins.peft_config("bottleneck", bottleneck_init=name).init_weights
+             for name in ("identity", "bert", "petl_zero")}
+    assert inits == {"identity": True, "bert": False, "petl_zero": "petl_zero"}
 
 
 # --- presets and placements ----------------------------------------------------------------------
@@ -207,6 +211,18 @@ def test_a_series_side_the_tables_do_not_know_must_be_given():
     model, _ = base("llama")
     with pytest.raises(OptionError, match=r"o_proj.*LlamaForCausalLM \(model_type llama\).*--bottleneck_series_side"):
         wrap(model, bottleneck_preset="llama_series", bottleneck_target_modules=["o_proj"])
+
+
+def test_exclude_modules_leaves_linear_modules_and_whole_block_sublayers_out():
+    model, _ = base("llama")
+    wrapped = wrap(model, bottleneck_size=4, bottleneck_exclude_modules=["model.layers.0.mlp.up_proj"])
+    assert "model.layers.0.mlp.up_proj" not in roles(wrapped) and "model.layers.1.mlp.up_proj" in roles(wrapped)
+    # Parallel-before on post-LN BERT wraps the attention's entry and exit; excluding either drops both.
+    model, _ = base("bert")
+    wrapped = wrap(model, bottleneck_preset="houlsby", bottleneck_size=4,
+                   bottleneck_exclude_modules=["bert.encoder.layer.0.attention.self"])
+    left = {name for name in roles(wrapped) if name.startswith("bert.encoder.layer.0.")}
+    assert left == {"bert.encoder.layer.0.intermediate", "bert.encoder.layer.0.output.dense"}
 
 
 @pytest.mark.parametrize("mode, position", [("parallel", "before"), ("sequential", "after"),

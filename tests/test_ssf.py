@@ -120,6 +120,8 @@ def test_peft_config_carries_the_options():
     assert type(config).__name__ == "SSFConfig" and config.peft_type == "SSF"
     assert config.target_modules == ["q_proj"] and config.shift_without_bias is True
     assert config.modules_to_save is None and config.trainable_token_indices is None
+    # --ssf_init is PEFT's init_weights in the config: identity = True, the reference's normal init = False.
+    assert config.init_weights is True and ftplugins.peft_config("ssf", ssf_init="normal").init_weights is False
 
 
 # --- the adapter ---------------------------------------------------------------------------------

@@ -52,7 +52,7 @@ class BlockLoraPlugin(Plugin):
         "adapter": "adds the Block-LoRA adapter",
     }
     distributed = ("single", "ddp")
-    #: The PEFT type this plugin owns; ``ftplugins.load_adapter`` calls ``load_tuner`` to register it.
+    #: The PEFT type this plugin owns: ``load_tuner`` registers it as soon as ``peft`` is imported.
     peft_type = "BLOCK_LORA"
 
     def load_tuner(self) -> None:

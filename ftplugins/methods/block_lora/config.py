@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
-from peft.config import PeftConfig
-
 from ftplugins.peft_types import PeftTypeName, register_peft_type
+from ftplugins.tuners import FtTunerConfig
 
 from .model import BlockLoraModel
 
@@ -15,10 +14,11 @@ BLOCK_LORA = PeftTypeName("BLOCK_LORA")
 
 
 @dataclass
-class BlockLoraConfig(PeftConfig):
+class BlockLoraConfig(FtTunerConfig):
     """Where the update ΔW = (alpha/r)·B·[A*, ..., A*] goes and its shape.
 
-    Field meanings match the ``block_lora_*`` options of the plugin (see ``options.py``).
+    Field meanings match the ``block_lora_*`` options of the plugin (see ``options.py``); ``init_weights`` True
+    is LoRA's init (B = 0: the identity), False a random B (a non-identity update, for tests).
     """
 
     num_blocks: int = field(
@@ -33,17 +33,6 @@ class BlockLoraConfig(PeftConfig):
             "help": "Module names, name suffixes or a regex to adapt, or 'all-linear'. None: the attention q/k/v "
             "projections (resolved when the adapter is applied)."
         },
-    )
-    exclude_modules: Optional[Union[list[str], str]] = field(
-        default=None, metadata={"help": "Module names, name suffixes or a regex not to adapt."}
-    )
-    modules_to_save: Optional[list[str]] = field(
-        default=None,
-        metadata={"help": "Modules trained in full and saved. None: the classifier head of classification models."},
-    )
-    # TRL reads and may set this (new tokens); PEFT then trains those embedding rows.
-    trainable_token_indices: Optional[Union[list[int], dict[str, list[int]]]] = field(
-        default=None, metadata={"help": "Token ids whose embedding rows are trained too (set by TRL for new tokens)."}
     )
 
     def __post_init__(self):

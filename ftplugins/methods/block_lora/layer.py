@@ -13,14 +13,13 @@ Merging writes the dense ΔW (A* tiled n times along the input axis) into the ba
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any, Optional
 
 import torch
-from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
 
-from ftplugins.errors import FtpluginsError, UnsupportedModelError
+from ftplugins.errors import UnsupportedModelError
+from ftplugins.tuners import FtTunerLayer
 
 SUPPORTED = (
     "Linear layers (torch.nn.Linear and its subclasses, e.g. bitsandbytes Linear4bit/Linear8bitLt) and transformers' "
@@ -54,9 +53,10 @@ def check_divisible(names_and_inputs: list[tuple[str, int]], n: int) -> None:
     )
 
 
-class BlockLoraLayer(nn.Module, BaseTunerLayer):
+class BlockLoraLayer(FtTunerLayer):
     """Wraps a linear layer; holds per adapter the shared down-projection A* [r, d_in/n] and B [d_out, r]."""
 
+    method = "block_lora"
     adapter_layer_names = ("block_lora_A", "block_lora_B")
     other_param_names = ("r", "scaling", "num_blocks", "block_lora_dropout")
 
@@ -68,29 +68,28 @@ class BlockLoraLayer(nn.Module, BaseTunerLayer):
                 f"block_lora: {module_name or 'module'} is a {type(base_layer).__name__}; "
                 f"Block-LoRA adapts {SUPPORTED}."
             )
+        self._init_tuner_state(base_layer, adapter_name)
         self.in_features, self.out_features, self.fan_in_fan_out = features
         self.module_name = module_name
-        self.base_layer = base_layer
         self.block_lora_A = nn.ParameterDict()
         self.block_lora_B = nn.ParameterDict()
         self.block_lora_dropout = nn.ModuleDict()
         self.r: dict[str, int] = {}
         self.scaling: dict[str, float] = {}
         self.num_blocks: dict[str, int] = {}
-        self._active_adapter = adapter_name
-        self._disable_adapters = False
-        self.merged_adapters = []
         self.update_layer(adapter_name, config)
 
     def update_layer(self, adapter_name: str, config: Any) -> None:
         n, r = config.num_blocks, config.r
         check_divisible([(self.module_name or type(self.get_base_layer()).__name__, self.in_features)], n)
-        shared_a = torch.empty(r, self.in_features // n)
+        shared_a, b = torch.empty(r, self.in_features // n), torch.zeros(self.out_features, r)
         # Standard LoRA init (the paper builds on CLIP-LoRA, which uses it): A* as nn.Linear's default
         # (Kaiming-uniform, a=√5, over A*'s own fan-in d_in/n), B = 0 so the adapted model starts at the base.
         nn.init.kaiming_uniform_(shared_a, a=math.sqrt(5))
+        if config.init_weights is False:  # PEFT's convention: a random, non-identity update (for tests)
+            nn.init.kaiming_uniform_(b, a=math.sqrt(5))
         self.block_lora_A[adapter_name] = nn.Parameter(shared_a)
-        self.block_lora_B[adapter_name] = nn.Parameter(torch.zeros(self.out_features, r))
+        self.block_lora_B[adapter_name] = nn.Parameter(b)
         self.block_lora_dropout[adapter_name] = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.r[adapter_name] = r
         self.scaling[adapter_name] = config.alpha / r
@@ -114,53 +113,27 @@ class BlockLoraLayer(nn.Module, BaseTunerLayer):
         delta = (b @ shared_a.repeat(1, self.num_blocks[adapter_name])) * self.scaling[adapter_name]
         return delta.T if self.fan_in_fan_out else delta
 
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if self.disable_adapters and self.merged:
-            self.unmerge()
-        result = self.base_layer(x, *args, **kwargs)
-        if self.disable_adapters or self.merged:
-            return result
-        for name in self.active_adapters:
-            if name in self.block_lora_A:
-                result = result + self.delta(name, x).to(result.dtype)
-        return result
+    def apply_adapter(self, adapter_name: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+        return result + self.delta(adapter_name, x).to(result.dtype)
 
-    def merge_blocker(self) -> Optional[str]:
+    def merge_blocker(self, adapter_name: str) -> Optional[str]:
         """Why the update cannot be written into the base weight, or None when it can."""
         weight = getattr(self.get_base_layer(), "weight", None)
         if not isinstance(weight, torch.Tensor) or not weight.dtype.is_floating_point:
             kind = type(weight).__name__ if weight is not None else "no weight"
-            return f"the base weight is quantized ({kind}, {getattr(weight, 'dtype', None)})"
+            return (
+                f"the base weight is quantized ({kind}, {getattr(weight, 'dtype', None)}); merge into a full-precision "
+                "copy of the base model instead"
+            )
         return None
 
-    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+    def merged_params(self, adapter_name: str) -> dict[str, torch.Tensor]:
         weight = self.get_base_layer().weight
-        for name in check_adapters_to_merge(self, adapter_names):
-            if name not in self.block_lora_A:
-                continue
-            reason = self.merge_blocker()
-            if reason:
-                raise FtpluginsError(
-                    f"block_lora: cannot merge adapter {name!r} into {self.module_name or 'the layer'}: {reason}; "
-                    "merge into a full-precision copy of the base model instead."
-                )
-            merged = weight.data.float() + self.delta_weight(name).to(weight.device)
-            if safe_merge and not merged.isfinite().all():
-                raise ValueError(
-                    f"block_lora: NaN or inf in the merged weight of adapter {name!r}; the adapter is broken."
-                )
-            weight.data = merged.to(weight.dtype)
-            self.merged_adapters.append(name)
+        return {"weight": weight.data.float() + self.delta_weight(adapter_name).to(weight.device)}
 
-    def unmerge(self) -> None:
-        if not self.merged:
-            warnings.warn("block_lora: already unmerged, nothing to do.")
-            return
+    def unmerged_params(self, adapter_name: str) -> dict[str, torch.Tensor]:
         weight = self.get_base_layer().weight
-        while self.merged_adapters:
-            name = self.merged_adapters.pop()
-            if name in self.block_lora_A:
-                weight.data = (weight.data.float() - self.delta_weight(name).to(weight.device)).to(weight.dtype)
+        return {"weight": weight.data.float() - self.delta_weight(adapter_name).to(weight.device)}
 
     def __repr__(self) -> str:
         return "block_lora." + super().__repr__()

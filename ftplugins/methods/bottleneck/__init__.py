@@ -7,8 +7,8 @@ fixed or learned scale) is trained while the base model stays frozen. Two famili
   on the output side (y = h + f(h)) or parallel (y = Wx + c + f(x)); presets name the paper's recipes
   (``llama_series``: up/gate, ``llama_parallel``: up/down) and LLM-Adapters' defaults; works on
   bitsandbytes 4-bit / 8-bit bases and on diffusers UNets (``--bottleneck_target_modules to_q ...``);
-* around the MHSA / FFN sublayers of ViT, AST, BERT and pre-norm decoder (Llama, Mistral, Qwen2) blocks, as PETL-AST: Pfeiffer (FFN) or Houlsby
-  (MHSA and FFN), parallel or sequential, before or after the sublayer, a bottleneck
+* around the MHSA / FFN sublayers of ViT, AST, BERT and pre-norm decoder (Llama, Mistral, Qwen2) blocks, as
+  PETL-AST: Pfeiffer (FFN) or Houlsby (MHSA and FFN), parallel or sequential, before or after the sublayer, a bottleneck
   (Linear-GELU-Linear) or conformer block; the sublayers' LayerNorms, the final LayerNorm and the head
   train too.
 
@@ -48,7 +48,7 @@ class BottleneckPlugin(Plugin):
         "adapter": "adds bottleneck adapters",
     }
     distributed = ("single", "ddp")
-    #: The PEFT type this plugin owns; ``ftplugins.load_adapter`` calls ``load_tuner`` to register it.
+    #: The PEFT type this plugin owns: ``load_tuner`` registers it as soon as ``peft`` is imported.
     peft_type = "BOTTLENECK"
 
     def load_tuner(self) -> None:

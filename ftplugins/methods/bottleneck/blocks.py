@@ -22,7 +22,7 @@ Differences from the reference (umbertocappellazzo/PETL_AST, src/AST_adapters.py
 
 * The bottleneck block zero-inits only its up-projection and up-bias (identity at init that still
   trains both projections); the reference zeroes all four tensors, so only the up-bias ever gets a
-  gradient. ``init="petl_zero"`` reproduces it.
+  gradient. ``--bottleneck_init petl_zero`` (``init_weights="petl_zero"``) reproduces it.
 * The sequential adapter keeps its skip connection by default (the model starts at the base model);
   ``block_residual=False`` is the reference's ``apply_residual=False``. The reference's parallel
   ``apply_residual`` (adding the LayerNorm output u once more) is not offered: it is no identity and
@@ -37,7 +37,6 @@ Differences from the reference (umbertocappellazzo/PETL_AST, src/AST_adapters.py
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -47,6 +46,7 @@ from torch import nn
 from ftplugins.errors import FtpluginsError
 
 from .layer import BottleneckAdapter, BottleneckLayer, bottleneck_width
+from .options import init_name
 from .presets import FFN, MHSA
 
 ENTRY, EXIT = "entry", "exit"
@@ -205,7 +205,7 @@ def make_block_adapter(config: Any, features: int) -> nn.Module:
     if config.block_type == "conformer":
         return ConformerAdapter(
             features, width, config.conformer_kernel_size, config.scaling, config.learn_scaling, config.dropout,
-            config.init,
+            init_name(config.init_weights),
         )
     return BottleneckAdapter(
         features,
@@ -216,7 +216,7 @@ def make_block_adapter(config: Any, features: int) -> nn.Module:
         scaling=config.scaling,
         learn_scaling=config.learn_scaling,
         dropout=config.dropout,
-        init=config.init,
+        init=init_name(config.init_weights),
     )
 
 
@@ -240,8 +240,11 @@ def _split_output(out: Any) -> tuple[torch.Tensor, Callable[[torch.Tensor], Any]
     return out, lambda y: y
 
 
-class BottleneckSublayer(nn.Module, BottleneckLayer):
-    """Wraps a sublayer's entry and/or exit module; applies each adapter's part of its placement."""
+class BottleneckSublayer(BottleneckLayer):
+    """Wraps a sublayer's entry and/or exit module; applies each adapter's part of its placement.
+    Never merged: a sublayer has no single weight to take the adapter (``merge_blocker`` says so)."""
+
+    other_param_names = ("roles", "taps")
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, config: Any, role: dict, tap: InputTap) -> None:
         super().__init__()
@@ -302,14 +305,6 @@ class BottleneckSublayer(nn.Module, BottleneckLayer):
     def merge_blocker(self, adapter_name: str) -> Optional[str]:
         role = self.roles[adapter_name]
         return f"{role['mode']} block adapter around the {role['sublayer']} sublayer (no single weight to merge into)"
-
-    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
-        for name in adapter_names or self.active_adapters:
-            if name in self.bottleneck_adapter:
-                raise FtpluginsError(f"bottleneck: cannot merge adapter {name!r}: {self.merge_blocker(name)}.")
-
-    def unmerge(self) -> None:
-        warnings.warn("bottleneck: block adapters are never merged, nothing to unmerge.")
 
     def __repr__(self) -> str:
         return "bottleneck." + super().__repr__()

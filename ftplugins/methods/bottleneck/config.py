@@ -6,12 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
-from peft.config import PeftConfig
-
 from ftplugins.peft_types import PeftTypeName, register_peft_type
+from ftplugins.tuners import FtTunerConfig
 
 from .model import BottleneckModel
-from .options import BottleneckOptions
+from .options import INIT_WEIGHTS, BottleneckOptions, init_name
 
 BOTTLENECK = PeftTypeName("BOTTLENECK")
 
@@ -20,6 +19,7 @@ BOTTLENECK = PeftTypeName("BOTTLENECK")
 OPTION_OF_FIELD = {
     "preset": "bottleneck_preset",
     "target_modules": "bottleneck_target_modules",
+    "exclude_modules": "bottleneck_exclude_modules",
     "series_side": "bottleneck_series_side",
     "bottleneck_size": "bottleneck_size",
     "reduction_factor": "bottleneck_reduction_factor",
@@ -28,7 +28,6 @@ OPTION_OF_FIELD = {
     "learn_scaling": "bottleneck_learn_scaling",
     "dropout": "bottleneck_dropout",
     "adapter_bias": "bottleneck_bias",
-    "init": "bottleneck_init",
     "block_mode": "bottleneck_block_mode",
     "block_position": "bottleneck_block_position",
     "block_type": "bottleneck_block_type",
@@ -44,14 +43,17 @@ def _help(option: str) -> dict:
 
 
 @dataclass
-class BottleneckConfig(PeftConfig):
+class BottleneckConfig(FtTunerConfig):
     """Where bottleneck adapters go and what they are. Each field is the plugin option of the same meaning
-    (``OPTION_OF_FIELD``); values are checked by the options' rules."""
+    (``OPTION_OF_FIELD``); values are checked by the options' rules. ``init_weights`` is ``--bottleneck_init``
+    in PEFT's convention (``INIT_WEIGHTS``): True the identity, False LLM-Adapters' random "bert" init,
+    "petl_zero" PETL-AST's."""
 
     preset: str = field(default="llm_adapters_series", metadata=_help("bottleneck_preset"))
     target_modules: Optional[Union[list[str], str]] = field(
         default=None, metadata=_help("bottleneck_target_modules")
     )
+    exclude_modules: Optional[Union[list[str], str]] = field(default=None, metadata=_help("bottleneck_exclude_modules"))
     series_side: str = field(default="auto", metadata=_help("bottleneck_series_side"))
     bottleneck_size: int = field(default=256, metadata=_help("bottleneck_size"))
     reduction_factor: float = field(default=0.0, metadata=_help("bottleneck_reduction_factor"))
@@ -60,7 +62,6 @@ class BottleneckConfig(PeftConfig):
     learn_scaling: bool = field(default=False, metadata=_help("bottleneck_learn_scaling"))
     dropout: float = field(default=0.0, metadata=_help("bottleneck_dropout"))
     adapter_bias: bool = field(default=False, metadata=_help("bottleneck_bias"))
-    init: str = field(default="identity", metadata=_help("bottleneck_init"))
     block_mode: str = field(default="parallel", metadata=_help("bottleneck_block_mode"))
     block_position: str = field(default="auto", metadata=_help("bottleneck_block_position"))
     block_type: str = field(default="bottleneck", metadata=_help("bottleneck_block_type"))
@@ -68,10 +69,6 @@ class BottleneckConfig(PeftConfig):
     conformer_kernel_size: int = field(default=31, metadata=_help("bottleneck_conformer_kernel_size"))
     train_norms: bool = field(default=True, metadata=_help("bottleneck_train_norms"))
     modules_to_save: Optional[list[str]] = field(default=None, metadata=_help("bottleneck_modules_to_save"))
-    # TRL reads and may set this (new tokens); PEFT then trains those embedding rows.
-    trainable_token_indices: Optional[Union[list[int], dict[str, list[int]]]] = field(
-        default=None, metadata={"help": "Token ids whose embedding rows are trained too (set by TRL for new tokens)."}
-    )
     layer_roles: Optional[dict[str, dict[str, Any]]] = field(
         default=None,
         metadata={
@@ -81,12 +78,16 @@ class BottleneckConfig(PeftConfig):
         },
     )
 
+    init_aliases = INIT_WEIGHTS
+    named_inits = ("petl_zero",)
+
     def __post_init__(self):
         super().__post_init__()
         self.peft_type = BOTTLENECK
         # The options' checks, single values and combinations (errors name the plugin options). Once the adapter
         # was applied, target_modules holds the resolved module names of layer_roles, whatever the preset.
         values = {option: getattr(self, name) for name, option in OPTION_OF_FIELD.items()}
+        values["bottleneck_init"] = init_name(self.init_weights)
         if self.layer_roles is not None:
             values["bottleneck_target_modules"] = None
         BottleneckOptions(**values)
@@ -98,7 +99,7 @@ class BottleneckConfig(PeftConfig):
             value = getattr(options, option)
             # PEFT fills list fields in place when it resolves defaults; keep the user's options untouched.
             values[name] = list(value) if isinstance(value, list) else value
-        return cls(**values)
+        return cls(**values, init_weights=INIT_WEIGHTS[options.bottleneck_init])
 
 
 register_peft_type(BOTTLENECK, BottleneckConfig, BottleneckModel, prefix=BottleneckModel.prefix)

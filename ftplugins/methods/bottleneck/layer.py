@@ -16,7 +16,7 @@ Differences from the reference (AGI-Edgerunners/LLM-Adapters, peft/src/peft/tune
 
 * The default init is an exact identity (U = 0, u = 0, D Kaiming-uniform), so the adapted model starts
   at the base model bit for bit; the reference's default "bert" init draws U ~ N(0, 0.02) and shifts
-  every output at step 0. ``init="bert"`` reproduces it.
+  every output at step 0. ``--bottleneck_init bert`` (``init_weights=False``) reproduces it.
 * Only a parallel adapter with φ = identity is merged (W' = W + s·U·D, c' = c + s·(U·d + u)); every
   other adapter refuses ``merge_and_unload`` with the reason (non-linear φ, series placement,
   quantized base, adapter bias on a layer without bias). The reference cannot merge at all.
@@ -25,16 +25,16 @@ Differences from the reference (AGI-Edgerunners/LLM-Adapters, peft/src/peft/tune
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any, Optional
 
 import torch
-from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
 
 from ftplugins.errors import FtpluginsError
 from ftplugins.kernels import bottleneck as bottleneck_kernel
+from ftplugins.tuners import FtTunerLayer
 
+from .options import init_name
 from .presets import PARALLEL, SERIES_INPUT, SERIES_OUTPUT
 
 
@@ -125,17 +125,15 @@ class BottleneckAdapter(nn.Module):
         )
 
 
-class BottleneckLayer(BaseTunerLayer):
+class BottleneckLayer(FtTunerLayer):
     """What every tuner layer of this method shares: one ``nn.ModuleDict`` of adapters by adapter name."""
 
+    method = "bottleneck"
     adapter_layer_names = ("bottleneck_adapter",)
 
     def _init_tuner_state(self, base_layer: nn.Module, adapter_name: str) -> None:
-        self.base_layer = base_layer
+        super()._init_tuner_state(base_layer, adapter_name)
         self.bottleneck_adapter = nn.ModuleDict()
-        self._active_adapter = adapter_name
-        self._disable_adapters = False
-        self.merged_adapters = []
 
     def _active_here(self) -> list[str]:
         return [name for name in self.active_adapters if name in self.bottleneck_adapter]
@@ -145,8 +143,10 @@ class BottleneckLayer(BaseTunerLayer):
         device = next((p.device for p in base.parameters()), None)
         # Device only: adapters stay fp32 on a bf16 / quantized base (PEFT would cast them to the base dtype).
         # Train/eval mode follows the base (a model wrapped in eval mode keeps its dropout and BatchNorm in eval).
+        # Adapters created on the meta device (low_cpu_mem_usage) stay there until their weights are loaded.
         adapter.train(base.training)
-        self.bottleneck_adapter[adapter_name] = adapter if device is None else adapter.to(device)
+        on_meta = any(p.is_meta for p in adapter.parameters())
+        self.bottleneck_adapter[adapter_name] = adapter if device is None or on_meta else adapter.to(device)
         self.set_adapter(self.active_adapters, inference_mode=inference_mode)
 
     def merge_blocker(self, adapter_name: str) -> Optional[str]:
@@ -162,8 +162,10 @@ def is_quantized(module: nn.Module) -> bool:
     return type(module).__module__.startswith("bitsandbytes")
 
 
-class BottleneckLinear(nn.Module, BottleneckLayer):
+class BottleneckLinear(BottleneckLayer):
     """A Linear module with bottleneck adapters in series (input or output side) or in parallel."""
+
+    other_param_names = ("placement",)
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, config: Any, placement: str) -> None:
         super().__init__()
@@ -189,7 +191,7 @@ class BottleneckLinear(nn.Module, BottleneckLayer):
             scaling=config.scaling,
             learn_scaling=config.learn_scaling,
             dropout=config.dropout,
-            init=config.init,
+            init=init_name(config.init_weights),
         )
         self.placement[adapter_name] = placement
         self._place_adapter(adapter_name, adapter, config.inference_mode)
@@ -227,34 +229,20 @@ class BottleneckLinear(nn.Module, BottleneckLayer):
             return "adapter biases on a base layer without bias"
         return None
 
-    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
-        base = self.get_base_layer()
-        for name in check_adapters_to_merge(self, adapter_names):
-            if name not in self.bottleneck_adapter:
-                continue
-            reason = self.merge_blocker(name)
-            if reason:
-                raise FtpluginsError(f"bottleneck: cannot merge adapter {name!r} into {type(base).__name__}: {reason}.")
-            delta_weight, delta_bias = self.bottleneck_adapter[name].delta()
-            weight = base.weight.data.float() + delta_weight
-            bias = None if delta_bias is None else base.bias.data.float() + delta_bias
-            if safe_merge and not (weight.isfinite().all() and (bias is None or bias.isfinite().all())):
-                raise ValueError(f"bottleneck: NaN or inf in the merged weights of adapter {name!r}; it is broken.")
-            base.weight.data = weight.to(base.weight.dtype)
-            if bias is not None:
-                base.bias.data = bias.to(base.bias.dtype)
-            self.merged_adapters.append(name)
+    def merged_params(self, adapter_name: str) -> dict[str, torch.Tensor]:
+        return self._shifted_params(adapter_name, sign=1)
 
-    def unmerge(self) -> None:
-        if not self.merged:
-            warnings.warn("bottleneck: already unmerged, nothing to do.")
-            return
+    def unmerged_params(self, adapter_name: str) -> dict[str, torch.Tensor]:
+        return self._shifted_params(adapter_name, sign=-1)
+
+    def _shifted_params(self, adapter_name: str, sign: int) -> dict[str, torch.Tensor]:
+        """W ± s·U·D and c ± s·(U·d + u), in fp32."""
         base = self.get_base_layer()
-        while self.merged_adapters:
-            delta_weight, delta_bias = self.bottleneck_adapter[self.merged_adapters.pop()].delta()
-            base.weight.data = (base.weight.data.float() - delta_weight).to(base.weight.dtype)
-            if delta_bias is not None:
-                base.bias.data = (base.bias.data.float() - delta_bias).to(base.bias.dtype)
+        delta_weight, delta_bias = self.bottleneck_adapter[adapter_name].delta()
+        params = {"weight": base.weight.data.float() + sign * delta_weight.to(base.weight.device)}
+        if delta_bias is not None:
+            params["bias"] = base.bias.data.float() + sign * delta_bias.to(base.bias.device)
+        return params
 
     def __repr__(self) -> str:
         return "bottleneck." + super().__repr__()

@@ -13,12 +13,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
 from ftplugins.errors import FtpluginsError, OptionError, UnsupportedModelError
-from ftplugins.quantized_cpu import guard_cpu_4bit_packing
-from ftplugins.tuners import classifier_heads, describe, model_type_of, unwrapped_modules
+from ftplugins.tuners import FtTuner, classifier_heads, describe, in_selected_layers, is_excluded, model_type_of
+from ftplugins.tuners import unwrapped_modules
 
 from .blocks import LAYOUTS, BottleneckSublayer, InputTap, find_blocks, parts_needed, resolved_position
 from .layer import BottleneckLayer, BottleneckLinear
@@ -27,14 +26,14 @@ from .presets import PARALLEL, PRESETS, SERIES_INPUT, SERIES_OUTPUT
 ADAPTERS = BottleneckLayer.adapter_layer_names[0]
 
 
-class BottleneckModel(BaseTuner):
+class BottleneckModel(FtTuner):
     prefix = "bottleneck_"
     tuner_layer_cls = BottleneckLayer
-    target_module_mapping: dict[str, list[str]] = {}  # unused: targets come from the presets, see module docstring
-
-    def _prepare_model(self, peft_config: Any, model: nn.Module) -> None:
-        """An adapted model is trained: its bitsandbytes 4-bit layers must pass gradients on every CPU."""
-        guard_cpu_4bit_packing(model, training=True)
+    method = "bottleneck"
+    merge_hint = (
+        "Only parallel adapters with --bottleneck_activation identity on unquantized Linear modules merge "
+        "(W' = W + s·U·D); use this adapter unmerged."
+    )
 
     def _prepare_adapter_config(self, peft_config: Any, model_config: dict) -> Any:
         model = self.model  # BaseTuner hands this hook only the model's config; the roles need the modules
@@ -47,51 +46,37 @@ class BottleneckModel(BaseTuner):
             peft_config.modules_to_save = default_modules_to_save(model, peft_config)
         return peft_config
 
-    def _create_and_replace(self, peft_config, adapter_name, target, target_name, parent, current_key, **kwargs):
-        role = (peft_config.layer_roles or {}).get(current_key)
+    def _role(self, peft_config: Any, key: str) -> dict[str, Any]:
+        role = (peft_config.layer_roles or {}).get(key)
         if role is None:
             raise FtpluginsError(
-                f"bottleneck: {current_key} matches target_modules but the adapter config has no layer_roles entry for "
+                f"bottleneck: {key} matches target_modules but the adapter config has no layer_roles entry for "
                 "it; leave layer_roles unset (it is filled when the adapter is applied) or list the module there."
             )
-        if role["placement"] == "block":
-            # One tap per (adapter, block, sublayer), shared by the entry and exit wrappers of that sublayer.
-            taps = self.__dict__.setdefault("_bottleneck_taps", {})
-            tap = taps.setdefault((adapter_name, role["block"], role["sublayer"]), InputTap())
-            if isinstance(target, BottleneckSublayer):
-                target.update_layer(adapter_name, peft_config, role, tap)
-                return
-            new_module = BottleneckSublayer(target, adapter_name, peft_config, role, tap)
-        else:
-            if isinstance(target, BottleneckLinear):
-                target.update_layer(adapter_name, peft_config, role["placement"])
-                return
-            if not isinstance(target, nn.Linear):
-                raise UnsupportedModelError(
-                    f"bottleneck: {current_key} is a {type(target).__name__}; {role['placement']} adapters wrap Linear "
-                    "modules (bitsandbytes Linear4bit / Linear8bitLt included)."
-                )
-            new_module = BottleneckLinear(target, adapter_name, peft_config, role["placement"])
-        if adapter_name not in self.active_adapters:
-            new_module.requires_grad_(False)
-        self._replace_module(parent, target_name, new_module, target)
+        return role
 
-    def _check_merge_allowed(self) -> None:
-        super()._check_merge_allowed()
-        # Check every layer before any is changed, so a refused merge leaves the model as it was.
-        blocked = [
-            f"{name} ({reason})"
-            for name, module in self.model.named_modules()
-            if isinstance(module, BottleneckLayer)
-            for adapter in module.active_adapters
-            if adapter in getattr(module, ADAPTERS) and (reason := module.merge_blocker(adapter))
-        ]
-        if blocked:
-            raise FtpluginsError(
-                f"bottleneck: the adapter cannot be merged into {len(blocked)} module(s): {', '.join(blocked[:5])}"
-                f"{' ...' if len(blocked) > 5 else ''}. Only parallel adapters with --bottleneck_activation identity "
-                "on unquantized Linear modules merge (W' = W + s·U·D); use this adapter unmerged."
+    def _tap(self, adapter_name: str, role: dict[str, Any]) -> InputTap:
+        # One tap per (adapter, block, sublayer), shared by the entry and exit wrappers of that sublayer.
+        taps = self.__dict__.setdefault("_bottleneck_taps", {})
+        return taps.setdefault((adapter_name, role["block"], role["sublayer"]), InputTap())
+
+    def _update_layer(self, layer: nn.Module, peft_config: Any, adapter_name: str, key: str) -> None:
+        role = self._role(peft_config, key)
+        if isinstance(layer, BottleneckSublayer):
+            layer.update_layer(adapter_name, peft_config, role, self._tap(adapter_name, role))
+        else:
+            layer.update_layer(adapter_name, peft_config, role["placement"])
+
+    def _create_new_module(self, peft_config: Any, adapter_name: str, target: nn.Module, key: str) -> nn.Module:
+        role = self._role(peft_config, key)
+        if role["placement"] == "block":
+            return BottleneckSublayer(target, adapter_name, peft_config, role, self._tap(adapter_name, role))
+        if not isinstance(target, nn.Linear):
+            raise UnsupportedModelError(
+                f"bottleneck: {key} is a {type(target).__name__}; {role['placement']} adapters wrap Linear "
+                "modules (bitsandbytes Linear4bit / Linear8bitLt included)."
             )
+        return BottleneckLinear(target, adapter_name, peft_config, role["placement"])
 
     @classmethod
     def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
@@ -108,11 +93,29 @@ class BottleneckModel(BaseTuner):
 
 
 def resolve_layer_roles(model: nn.Module, config: Any) -> dict[str, dict[str, Any]]:
+    """The preset's roles, in the layers ``layers_to_transform`` selects, less ``exclude_modules`` (a block
+    sublayer goes as a whole when any of its wrapped modules is excluded)."""
     preset = PRESETS[config.preset]
     modules = unwrapped_modules(model)
     if preset.kind == "linear":
-        return linear_roles(model, modules, config, preset)
-    return block_roles(model, modules, config, preset)
+        roles = linear_roles(model, modules, config, preset)
+    else:
+        roles = block_roles(model, modules, config, preset)
+    dropped = {_unit(name, role) for name, role in roles.items()
+               if is_excluded(config, name) or not in_selected_layers(config, name)}
+    kept = {name: role for name, role in roles.items() if _unit(name, role) not in dropped}
+    if not kept:
+        raise UnsupportedModelError(
+            f"bottleneck: every module preset {preset.name} places adapters on in {describe(model)} is excluded "
+            f"(exclude_modules={config.exclude_modules!r}, layers_to_transform={config.layers_to_transform!r}); "
+            "narrow the exclusions."
+        )
+    return kept
+
+
+def _unit(name: str, role: dict[str, Any]) -> tuple:
+    """What is placed or dropped as a whole: a Linear module, or one sublayer of one block."""
+    return (role["block"], role["sublayer"]) if role["placement"] == "block" else (name,)
 
 
 def linear_roles(model: nn.Module, modules: list, config: Any, preset: Any) -> dict[str, dict[str, Any]]:
@@ -197,8 +200,9 @@ def default_modules_to_save(model: nn.Module, config: Any) -> list[str]:
     if preset.kind != "block" or not config.train_norms:
         return saved
     names = {name for name, _ in unwrapped_modules(model)}
+    adapted = {(role["block"], role["sublayer"]) for role in (config.layer_roles or {}).values() if "block" in role}
     for block, layout in find_blocks(unwrapped_modules(model)):
-        saved += [f"{block}.{layout.sublayers[s].norm}" for s in preset.sublayers]
+        saved += [f"{block}.{layout.sublayers[s].norm}" for s in preset.sublayers if (block, s) in adapted]
         final = final_norm(block, layout.final_norm, names)
         if final and final not in saved:
             saved.append(final)

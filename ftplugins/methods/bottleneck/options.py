@@ -9,6 +9,16 @@ from .presets import BLOCK_PRESETS, LINEAR_PRESETS, PRESETS
 
 ACTIVATIONS = ("auto", "tanh", "relu", "gelu", "silu", "identity")
 INITS = ("identity", "bert", "petl_zero")
+#: ``--bottleneck_init`` -> the config's ``init_weights`` (PEFT's convention: True the identity, False random).
+INIT_WEIGHTS = {"identity": True, "bert": False, "petl_zero": "petl_zero"}
+
+
+def init_name(init_weights) -> str:
+    """The ``--bottleneck_init`` value an ``init_weights`` stands for (what the adapter modules take)."""
+    for name, value in INIT_WEIGHTS.items():
+        if value is init_weights or (isinstance(value, str) and value == init_weights):
+            return name
+    raise ValueError(f"init_weights {init_weights!r}: expected True, False or 'petl_zero'")
 SERIES_SIDES = ("auto", "input", "output")
 BLOCK_MODES = ("parallel", "sequential")
 BLOCK_POSITIONS = ("auto", "before", "after")
@@ -33,6 +43,13 @@ class BottleneckOptions:
         metadata={
             "help": "Linear presets: module names or name suffixes to adapt instead of the preset's (e.g. q_proj "
             "v_proj, or to_q to_k to_v to_out.0 on a diffusers UNet). The preset still decides series vs parallel."
+        },
+    )
+    bottleneck_exclude_modules: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Module names (or name suffixes) to leave untouched; a block sublayer is left out whole when any "
+            "module its adapter wraps is named."
         },
     )
     bottleneck_series_side: str = field(
@@ -82,7 +99,7 @@ class BottleneckOptions:
             "model. For reproducing the papers only (the model no longer starts at the base model, or hardly "
             "trains): bert: down and up ~ N(0, 0.02) (LLM-Adapters' default); petl_zero: PETL-AST's init "
             "(bottleneck blocks all zero, so only the up-bias gets a gradient; conformer blocks PyTorch's "
-            "default init)."
+            "default init). In the PEFT config: init_weights True / False / 'petl_zero'."
         },
     )
     bottleneck_block_mode: str = field(

@@ -3,7 +3,7 @@
 Every Linear, Conv2d, LayerNorm and RMSNorm output y becomes γ⊙y + β with one learned scale γ and
 shift β per channel; only γ, β and the classifier head train. The adapter is a real PEFT tuner
 (``peft_type`` "SSF"): it trains through TRL's ``peft_config=``, saves with ``save_pretrained`` and
-loads in a fresh process with ``ftplugins.load_adapter``.
+loads in a fresh process with ``ftplugins.load_adapter`` or PEFT's own loaders.
 
 Differences from the reference code (dongzelian/SSF), on purpose:
 
@@ -41,7 +41,7 @@ class SSFPlugin(Plugin):
         "adapter": "adds the SSF adapter",
     }
     distributed = ("single", "ddp")
-    #: The PEFT type this plugin owns; ``ftplugins.load_adapter`` calls ``load_tuner`` to register it.
+    #: The PEFT type this plugin owns: ``load_tuner`` registers it as soon as ``peft`` is imported.
     peft_type = "SSF"
 
     def load_tuner(self) -> None:
@@ -57,7 +57,7 @@ class SSFPlugin(Plugin):
             target_modules=_copy(opts.ssf_target_modules),
             exclude_modules=_copy(opts.ssf_exclude_modules),
             modules_to_save=_copy(opts.ssf_modules_to_save),
-            init=opts.ssf_init,
+            init_weights=opts.ssf_init == "identity",
             shift_without_bias=opts.ssf_shift_without_bias,
         )
 

@@ -15,14 +15,12 @@ merge, naming the modules.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Optional
 
 import torch
-from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
 
-from ftplugins.errors import FtpluginsError
+from ftplugins.tuners import FtTunerLayer
 
 SUPPORTED = "Linear, Conv2d, LayerNorm and RMSNorm modules"
 
@@ -68,19 +66,17 @@ def scales_by_weight(norm: nn.Module) -> bool:
     return torch.equal(out, torch.zeros_like(out) if bias is None else bias.expand_as(out))
 
 
-class SSFLayer(nn.Module, BaseTunerLayer):
+class SSFLayer(FtTunerLayer):
     """Wraps a Linear, Conv2d or norm module; holds one scale (and maybe one shift) per adapter."""
 
+    method = "ssf"
     adapter_layer_names = ("ssf_scale", "ssf_shift")
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, config: Any) -> None:
         super().__init__()
-        self.base_layer = base_layer
+        self._init_tuner_state(base_layer, adapter_name)
         self.ssf_scale = nn.ParameterDict()
         self.ssf_shift = nn.ParameterDict()
-        self._active_adapter = adapter_name
-        self._disable_adapters = False
-        self.merged_adapters = []
         self.channel_dim = channel_dim(base_layer)
         self.update_layer(adapter_name, config)
 
@@ -91,7 +87,7 @@ class SSFLayer(nn.Module, BaseTunerLayer):
     def update_layer(self, adapter_name: str, config: Any) -> None:
         n = num_channels(self.get_base_layer())
         scale, shift = torch.ones(n), torch.zeros(n)
-        if config.init == "normal":
+        if config.init_weights is False:
             # The reference code's init (dongzelian/SSF, models/vision_transformer.py): not an identity.
             nn.init.normal_(scale, mean=1.0, std=0.02)
             nn.init.normal_(shift, mean=0.0, std=0.02)
@@ -104,19 +100,11 @@ class SSFLayer(nn.Module, BaseTunerLayer):
     def _channel_view(self, vector: torch.Tensor) -> torch.Tensor:
         return vector.view(-1, 1, 1) if self.channel_dim == 1 else vector
 
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if self.disable_adapters and self.merged:
-            self.unmerge()
-        result = self.base_layer(x, *args, **kwargs)
-        if self.disable_adapters or self.merged:
-            return result
-        for name in self.active_adapters:
-            if name not in self.ssf_scale:
-                continue
-            # In the output's dtype, so a bf16 base stays bf16 while γ, β are kept in fp32.
-            result = result * self._channel_view(self.ssf_scale[name].to(result.dtype))
-            if name in self.ssf_shift:
-                result = result + self._channel_view(self.ssf_shift[name].to(result.dtype))
+    def apply_adapter(self, adapter_name: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+        # In the output's dtype, so a bf16 base stays bf16 while γ, β are kept in fp32.
+        result = result * self._channel_view(self.ssf_scale[adapter_name].to(result.dtype))
+        if adapter_name in self.ssf_shift:
+            result = result + self._channel_view(self.ssf_shift[adapter_name].to(result.dtype))
         return result
 
     def merge_blocker(self, adapter_name: str) -> Optional[str]:
@@ -132,44 +120,27 @@ class SSFLayer(nn.Module, BaseTunerLayer):
         # Linear / Conv2d weights hold output channels in dim 0; norm weights in the last dim.
         return scale if is_norm(self.get_base_layer()) else scale.view(-1, *[1] * (weight.dim() - 1))
 
-    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+    def merged_params(self, adapter_name: str) -> dict[str, torch.Tensor]:
         base = self.get_base_layer()
-        for name in check_adapters_to_merge(self, adapter_names):
-            if name not in self.ssf_scale:
-                continue
-            reason = self.merge_blocker(name)
-            if reason:
-                raise FtpluginsError(f"ssf: cannot merge adapter {name!r} into {type(base).__name__}: {reason}.")
-            scale = self.ssf_scale[name].detach().float()
-            weight = base.weight.data.float() * self._weight_view(scale, base.weight)
-            bias = None
-            if self.has_bias:
-                bias = base.bias.data.float() * scale
-                if name in self.ssf_shift:
-                    bias = bias + self.ssf_shift[name].detach().float()
-            if safe_merge and not (weight.isfinite().all() and (bias is None or bias.isfinite().all())):
-                raise ValueError(f"ssf: NaN or inf in the merged weights of adapter {name!r}; the adapter is broken.")
-            base.weight.data = weight.to(base.weight.dtype)
-            if bias is not None:
-                base.bias.data = bias.to(base.bias.dtype)
-            self.merged_adapters.append(name)
+        scale = self.ssf_scale[adapter_name].detach().float()
+        params = {"weight": base.weight.data.float() * self._weight_view(scale, base.weight)}
+        if self.has_bias:
+            params["bias"] = base.bias.data.float() * scale
+            if adapter_name in self.ssf_shift:
+                params["bias"] = params["bias"] + self.ssf_shift[adapter_name].detach().float()
+        return params
 
-    def unmerge(self) -> None:
+    def unmerged_params(self, adapter_name: str) -> dict[str, torch.Tensor]:
         """Divide the scale back out (exact up to rounding, like PEFT's IA³)."""
-        if not self.merged:
-            warnings.warn("ssf: already unmerged, nothing to do.")
-            return
         base = self.get_base_layer()
-        while self.merged_adapters:
-            name = self.merged_adapters.pop()
-            scale = self.ssf_scale[name].detach().float()
-            if self.has_bias:
-                bias = base.bias.data.float()
-                if name in self.ssf_shift:
-                    bias = bias - self.ssf_shift[name].detach().float()
-                base.bias.data = (bias / scale).to(base.bias.dtype)
-            weight = base.weight.data.float() / self._weight_view(scale, base.weight)
-            base.weight.data = weight.to(base.weight.dtype)
+        scale = self.ssf_scale[adapter_name].detach().float()
+        params = {"weight": base.weight.data.float() / self._weight_view(scale, base.weight)}
+        if self.has_bias:
+            bias = base.bias.data.float()
+            if adapter_name in self.ssf_shift:
+                bias = bias - self.ssf_shift[adapter_name].detach().float()
+            params["bias"] = bias / scale
+        return params
 
     def __repr__(self) -> str:
         return "ssf." + super().__repr__()

@@ -33,7 +33,8 @@ class SSFOptions:
         metadata={
             "help": "Initial scale and shift. identity: scale 1, shift 0, so the adapted model starts exactly at the "
             "base model. normal: scale ~ N(1, 0.02), shift ~ N(0, 0.02) as in the reference code (for reproducing "
-            "the paper only; the model no longer starts at the base model)."
+            "the paper only; the model no longer starts at the base model). In the PEFT config: init_weights "
+            "True / False."
         },
     )
     ssf_shift_without_bias: bool = field(
