@@ -1,0 +1,52 @@
+"""What the three selection plugins share: selecting the train split in ``transform_dataset``."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Any
+
+from .extras import requires
+
+logger = logging.getLogger("ftplugins.data")
+REQUIRES = requires()
+
+
+def select_train_split(plugin: Any, run: Any, dataset: Any, split: str) -> Any:
+    """The selected train rows (other splits unchanged); the report goes to OUTPUT_DIR/<plugin>_report.json."""
+    if split != "train" or dataset is None:
+        return None
+    from .pipeline import Context, run_selection
+    from .report import write_report
+
+    args = run.args
+    context = Context(model=run.model, tokenizer=_tokenizer(run),
+                      show_progress=not getattr(args, "disable_tqdm", False) and _is_main(args))
+    with _main_process_first(args):
+        selection = run_selection(plugin, dataset, run.options_for(plugin), context)
+    run.state[plugin.name] = {"indices": selection.indices, "report": selection.report}
+    logger.info("%s kept %d of %d train rows", plugin.name, len(selection.indices), len(dataset))
+    if args is not None and _is_main(args) and getattr(args, "output_dir", None):
+        write_report(selection.report, os.path.join(args.output_dir, f"{plugin.name}_report.json"))
+    return selection.dataset
+
+
+def _tokenizer(run: Any) -> Any:
+    if run.processing_class is None and run.model is None:
+        return None
+    from ftplugins.objectives.sft_tokens import run_tokenizer
+
+    return run_tokenizer(run)
+
+
+def _is_main(args: Any) -> bool:
+    return int(getattr(args, "process_index", 0) or 0) == 0
+
+
+def _main_process_first(args: Any):
+    """Under DDP the main process selects (and fills the cache) first; the others then read the cache and
+    reach the same selection (same seed, same inputs)."""
+    if args is not None and int(getattr(args, "world_size", 1) or 1) > 1:
+        return args.main_process_first(local=False, desc="data selection")
+    return contextlib.nullcontext()
