@@ -10,8 +10,8 @@ whose fixed point is ``(H + damping * scale * I)^-1 v``; each ``H_t h`` is a Hes
 by double back-propagation on a mini-batch, so no Hessian is ever formed and memory is a few parameter
 vectors. ``scale`` must exceed the Hessian's largest eigenvalue for the recursion to converge; a
 diverging recursion is reported, not returned; so is negative curvature beyond ``damping * scale`` (a surrogate
-far from a minimum, e.g. untrained: DEALRec trains it on the pool first). The effort score is ``|grad l(s)|_2`` of the model being
-fine-tuned. Gradients are taken w.r.t. a parameter subset (a LoRA's, or the last block's by default).
+far from a minimum, e.g. untrained: DEALRec trains it on the pool first). The effort score is ``|grad l(s)|_2`` of
+the model being fine-tuned. Gradients are taken w.r.t. a parameter subset (a LoRA's, or the last block's by default).
 """
 
 from __future__ import annotations
@@ -131,8 +131,8 @@ def lissa(hvp_at: Callable[[Any, int], Any], v, depth: int, damping: float, scal
         h = v + (1.0 - damping) * h - hvp_at(h, step) / scale
         if not torch.isfinite(h).all() or float(h.norm()) > limit:
             raise FtpluginsError(
-                f"LiSSA diverged at step {step + 1}/{depth} (|h| grew past 1e6 |v|): the Hessian has negative curvature "
-                f"beyond damping * scale = {damping * scale:g} (an untrained surrogate?) or curvature above 2 * scale; "
+                f"LiSSA diverged at step {step + 1}/{depth} (|h| grew past 1e6 |v|): the Hessian has negative "
+                f"curvature beyond damping * scale = {damping * scale:g} (an untrained surrogate?) or curvature above 2 * scale; "
                 "raise select_influence_damping (or select_influence_scale) and rerun."
             )
     return h / scale
