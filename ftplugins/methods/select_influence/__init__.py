@@ -27,6 +27,7 @@ class SelectInfluencePlugin(Plugin):
     options = SelectInfluenceOptions
     requires = {}  # torch only: no faiss, no POT
     distributed = ("single", "ddp")
+    trainers = ("SFTTrainer",)  # losses over prompt/completion or text rows
 
     def choose(self, pool, budget, settings, context):
         from .choose import choose
