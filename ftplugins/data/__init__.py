@@ -46,6 +46,8 @@ def select(method: Any, data: Any, budget: float | None = None, *, output: str |
     context = Context(model=model, tokenizer=tokenizer, target=target, surrogate=surrogate,
                       show_progress=show_progress)
     selection = run_selection(plugin, data, opts, context)
-    if output:
+    from .shards import process_shard
+
+    if output and process_shard()[0] == 0:  # under a launcher, one process writes
         write_selection(selection, output)
     return selection

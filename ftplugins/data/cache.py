@@ -71,21 +71,44 @@ class ChunkedArrayCache:
         if self.folder:
             _atomic_write(self._path(index), lambda handle: np.save(handle, array, allow_pickle=False))
 
-    def done(self, chunks: int) -> int:
-        """How many of the first ``chunks`` chunks are on disk."""
-        return sum(1 for i in range(chunks) if self.folder and os.path.exists(self._path(i)))
+    def load_path(self, index: int) -> str | None:
+        """The chunk's file if it exists (complete: chunks are published atomically)."""
+        path = self._path(index) if self.folder else None
+        return path if path and os.path.exists(path) else None
 
 
 def chunked_rows(rows: int, chunk_rows: int, cache: ChunkedArrayCache, compute, progress=None) -> np.ndarray:
-    """``[rows, dim]`` assembled from cached chunks, computing (``compute(start, stop)``) only missing ones."""
-    parts = []
-    for index, start in enumerate(range(0, rows, chunk_rows)):
-        stop = min(start + chunk_rows, rows)
+    """``[rows, dim]`` assembled from cached chunks, computing (``compute(start, stop)``) only missing ones.
+
+    With several processes (:mod:`.shards`) each computes its own contiguous shard of the missing chunks, then
+    all read every chunk from the shared cache.
+    """
+    from .shards import my_chunks, process_shard, wait_for_chunks
+
+    bounds = [(start, min(start + chunk_rows, rows)) for start in range(0, rows, chunk_rows)]
+    rank, world = process_shard()
+    if world > 1 and cache.folder is None:
+        from ftplugins.errors import FtpluginsError
+
+        raise FtpluginsError(
+            f"{world} processes share the embedding/scoring work through the cache, but the cache is off "
+            "(cache_dir none); give a cache_dir that every process can read."
+        )
+    mine = my_chunks(len(bounds), rank, world) if world > 1 else range(len(bounds))
+    parts: dict[int, np.ndarray] = {}
+    for index in mine:
+        start, stop = bounds[index]
         array = cache.load(index)
         if array is None or array.shape[0] != stop - start:
             array = np.ascontiguousarray(compute(start, stop))
             cache.save(index, array)
         if progress is not None:
             progress.update(stop - start)
-        parts.append(array)
-    return np.concatenate(parts, axis=0)
+        parts[index] = array
+    if world > 1:
+        wait_for_chunks(lambda: [i for i in range(len(bounds)) if i not in parts and cache.load_path(i) is None],
+                        f"cache {cache.folder}")
+        for index in range(len(bounds)):
+            if index not in parts:
+                parts[index] = cache.load(index)
+    return np.concatenate([parts[i] for i in range(len(bounds))], axis=0)

@@ -132,7 +132,8 @@ def lissa(hvp_at: Callable[[Any, int], Any], v, depth: int, damping: float, scal
         if not torch.isfinite(h).all() or float(h.norm()) > limit:
             raise FtpluginsError(
                 f"LiSSA diverged at step {step + 1}/{depth} (|h| grew past 1e6 |v|): the Hessian has negative "
-                f"curvature beyond damping * scale = {damping * scale:g} (an untrained surrogate?) or curvature above 2 * scale; "
+                f"curvature beyond damping * scale = {damping * scale:g} (an untrained surrogate?) or curvature "
+                "above 2 * scale; "
                 "raise select_influence_damping (or select_influence_scale) and rerun."
             )
     return h / scale

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from typing import Any
@@ -23,8 +22,9 @@ def select_train_split(plugin: Any, run: Any, dataset: Any, split: str) -> Any:
     args = run.args
     context = Context(model=run.model, tokenizer=_tokenizer(run),
                       show_progress=not getattr(args, "disable_tqdm", False) and _is_main(args))
-    with _main_process_first(args):
-        selection = run_selection(plugin, dataset, run.options_for(plugin), context)
+    # Under DDP every process selects: the embedding/scoring chunks are shared through the cache (each process
+    # computes its shard, :mod:`.shards`) and the rest is seeded, so all processes keep the same rows.
+    selection = run_selection(plugin, dataset, run.options_for(plugin), context)
     run.state[plugin.name] = {"indices": selection.indices, "report": selection.report}
     logger.info("%s kept %d of %d train rows", plugin.name, len(selection.indices), len(dataset))
     if args is not None and _is_main(args) and getattr(args, "output_dir", None):
@@ -42,11 +42,3 @@ def _tokenizer(run: Any) -> Any:
 
 def _is_main(args: Any) -> bool:
     return int(getattr(args, "process_index", 0) or 0) == 0
-
-
-def _main_process_first(args: Any):
-    """Under DDP the main process selects (and fills the cache) first; the others then read the cache and
-    reach the same selection (same seed, same inputs)."""
-    if args is not None and int(getattr(args, "world_size", 1) or 1) > 1:
-        return args.main_process_first(local=False, desc="data selection")
-    return contextlib.nullcontext()
