@@ -277,3 +277,62 @@ def test_unknown_method_and_option_name_the_choices():
     with pytest.raises(OptionError, match="did you mean clusters"):
         select("kmeans", mixed_pool(), 3, clusterz=4)
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
+
+
+# --- iterative kMQ ------------------------------------------------------------------------------------------------
+
+
+def test_iterative_rounds_draw_new_rows_toward_clusters_still_unlearned(tmp_path, tiny):
+    from ftplugins.methods.select_kmeans import select_iteratively
+
+    model, tokenizer = tiny
+    pool = mixed_pool()  # 30 arithmetic rows, 10 animal rows
+    seen = []
+
+    def unlearned_animals(model, tokenizer, rows):
+        """d_i: the model 'still fails' the animal rows and has learned the arithmetic ones."""
+        return [5.0 if "Describe" in row["prompt"] else 0.0 for row in rows]
+
+    result = select_iteratively(pool, 15, lambda rows, r: seen.append((r, len(rows))), model=model,
+                                tokenizer=tokenizer, rounds=3, clusters=2, iterations=20, restarts=1,
+                                temperature=0.5, score=unlearned_animals, cache_dir=str(tmp_path), **QUIET)
+    assert seen == [(0, 5), (1, 5), (2, 5)]
+    first = [pool[i]["prompt"] for i in result.rounds[0]]
+    assert sum("Describe" in p for p in first) in (2, 3)  # round 1: evenly over the 2 clusters
+    flat = sum(result.rounds, [])
+    assert len(flat) == len(set(flat)) == 15 and sorted(flat) == result.indices  # new rows every round
+    for weights in result.weights:
+        assert abs(sum(weights) - 1) < 1e-12
+    later = [pool[i]["prompt"] for i in result.rounds[1]]
+    assert sum("Describe" in p for p in later) >= 4, later  # the unlearned cluster gets the next slice
+
+
+def test_even_counts_fill_evenly_and_respect_cluster_sizes():
+    from ftplugins.methods.select_kmeans.iterative import draw_counts, even_counts
+
+    assert even_counts(np.array([10, 1, 10]), 9).tolist() == [4, 1, 4]
+    assert even_counts(np.array([3, 3, 3]), 9).tolist() == [3, 3, 3]
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        available = rng.integers(0, 8, size=5)
+        size = int(rng.integers(0, available.sum() + 1))
+        for counts in (even_counts(available, size), draw_counts(rng.random(5), available, size, rng)):
+            assert counts.sum() == size and np.all(counts <= available)
+
+
+def test_iterative_with_a_real_trainer_between_rounds(tmp_path):
+    from trl import SFTConfig, SFTTrainer
+
+    from ftplugins.methods.select_kmeans import select_iteratively
+
+    model, tokenizer = tiny_llama(), tiny_tokenizer()
+    before = [p.detach().clone() for p in model.parameters()]
+
+    def train_round(rows, round_index):
+        args = cpu_args(SFTConfig, tmp_path / f"round{round_index}", max_steps=1)
+        SFTTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer).train()
+
+    result = select_iteratively(arithmetic_dataset(24, seed=8), 8, train_round, model=model, tokenizer=tokenizer,
+                                rounds=2, clusters=3, iterations=10, restarts=1, cache_dir="none", **QUIET)
+    assert len(result.indices) == 8 and len(result.weights) == 1
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the rounds trained it

@@ -9,8 +9,8 @@ k-means, and fill each cluster's share of the budget (proportional to its size) 
 * Offline: ``ftplugins select kmeans --data train.jsonl --budget 5000 -o selected.jsonl``.
 * Python: ``ftplugins.data.select("kmeans", dataset, 5000, clusters=64)``.
 
-The iterative variant (train on a slice, reweight clusters by how the model does on them, draw again) is not
-built yet.
+The iterative variant (train on a slice, reweight clusters by how far the model still is from their answers, draw
+the next slice from the unselected rows) needs a trainer between rounds: :func:`select_iteratively` (Python).
 """
 
 from __future__ import annotations
@@ -19,6 +19,13 @@ from ftplugins.data.plugin_support import REQUIRES, select_train_split
 from ftplugins.plugin import Plugin, hookimpl
 
 from .options import SelectKmeansOptions
+
+
+def select_iteratively(data, budget, train_round, **kwargs):
+    """Iterative kMQ; see :func:`.iterative.select_iteratively` (imports torch and faiss lazily)."""
+    from .iterative import select_iteratively as run
+
+    return run(data, budget, train_round, **kwargs)
 
 
 class SelectKmeansPlugin(Plugin):
