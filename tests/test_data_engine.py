@@ -268,3 +268,22 @@ def test_coverage_with_one_stratum_and_no_pruning_is_uniform_sampling():
     chosen, _ = coverage_sample(scores, 12, strata=1, hard_prune=0.0, rng=np.random.default_rng(7))
     expected = np.sort(np.random.default_rng(7).choice(np.arange(50), size=12, replace=False))
     assert np.array_equal(chosen, expected)
+
+
+def test_gradient_features_are_the_projected_row_gradients():
+    from ftplugins.data.gradients import GradientEncoder
+    from ftplugins.data.influence import flat
+
+    model, tokenizer = tiny_llama(), tiny_tokenizer()
+    rows = arithmetic_dataset(4, seed=5).select_columns(["prompt", "completion"])
+    encoder = GradientEncoder(model, tokenizer, ["prompt", "completion"], dim=4096, seed=3, max_length=48)
+    features = embed(rows, encoder, None, **EMBED).vectors
+    assert features.shape == (4, 4096)
+    params = encoder.params
+    with grads_only_for(model, params):
+        gradient = flat(torch.autograd.grad(row_losses(model, tokenizer, [rows[2]], 48).sum(), params))
+    assert np.allclose(features[2], encoder.project(gradient).numpy(), atol=1e-6)
+    # CountSketch keeps norms (in expectation; within 10% at this dimension) and is seeded.
+    assert abs(np.linalg.norm(features[2]) / float(gradient.norm()) - 1) < 0.1
+    again = GradientEncoder(model, tokenizer, ["prompt", "completion"], dim=4096, seed=3, max_length=48)
+    assert np.array_equal(embed(rows, again, None, **EMBED).vectors, features)

@@ -336,3 +336,12 @@ def test_iterative_with_a_real_trainer_between_rounds(tmp_path):
                                 rounds=2, clusters=3, iterations=10, restarts=1, cache_dir="none", **QUIET)
     assert len(result.indices) == 8 and len(result.weights) == 1
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the rounds trained it
+
+
+def test_ot_on_gradient_features(tmp_path, tiny):
+    model, tokenizer = tiny
+    options = dict(target=arithmetic_dataset(4, seed=9), encoder="gradients", gradient_dim=256, model=model,
+                   tokenizer=tokenizer, cache_dir=str(tmp_path), max_length=48, **QUIET)
+    first = select("ot", arithmetic_dataset(16, seed=2), 5, **options)
+    assert len(first.indices) == 5 and first.report["converged"]
+    assert select("ot", arithmetic_dataset(16, seed=2), 5, **options).indices == first.indices

@@ -141,19 +141,25 @@ def embed(dataset: Any, encoder: Any, cache_root: str | None, batch_size: int = 
 
 
 def make_encoder(settings: Any, context: Any, columns: list[str]) -> Any:
-    """The encoder ``settings.encoder`` names: ``model`` (the model being fine-tuned) or an HF encoder."""
-    if settings.encoder == "model":
+    """The encoder ``settings.encoder`` names: ``model`` (the model being fine-tuned), ``gradients`` (its projected
+    per-row gradients, :mod:`.gradients`) or an HF encoder."""
+    if settings.encoder in ("model", "gradients"):
         from ftplugins.errors import FtpluginsError
 
         from .tokens import model_columns
 
         if context.model is None or context.tokenizer is None:
             raise FtpluginsError(
-                "encoder='model' embeds with the model being fine-tuned, but no model/tokenizer was given; pass "
+                f"encoder={settings.encoder!r} uses the model being fine-tuned, but no model/tokenizer was given; pass "
                 "--model PATH (ftplugins select) or model= and tokenizer= (Python), or use a sentence encoder."
             )
-        return ModelEncoder(context.model, context.tokenizer, model_columns(columns, settings.text_field),
-                            settings.max_length)
+        rows = model_columns(columns, settings.text_field)
+        if settings.encoder == "gradients":
+            from .gradients import GradientEncoder
+
+            return GradientEncoder(context.model, context.tokenizer, rows, dim=getattr(settings, "gradient_dim", 8192),
+                                   seed=settings.seed, max_length=settings.max_length)
+        return ModelEncoder(context.model, context.tokenizer, rows, settings.max_length)
     return SentenceEncoder(settings.encoder, settings.text_field, settings.max_length)
 
 

@@ -24,8 +24,9 @@ SHARED: list[tuple[str, type, Any, str]] = [
     ("chunk_rows", int, 1024, "Rows per cache chunk (the unit an interrupted run resumes from)."),
 ]
 ENCODER = ("encoder", str, "minilm", "Embedding model: a Hugging Face encoder path or id (mean pooling; 'minilm': "
-                                     "all-MiniLM-L6-v2), or 'model' for the model being fine-tuned (mean last "
-                                     "hidden state over response tokens).")
+                                     "all-MiniLM-L6-v2), 'model' for the model being fine-tuned (mean last "
+                                     "hidden state over response tokens), or 'gradients' (its per-row gradients "
+                                     "w.r.t. a LoRA's / the last block's parameters, CountSketch-projected).")
 
 
 def selection_options(plugin: str, own: list[tuple[str, type, Any, str]], encoder: bool = True,

@@ -10,8 +10,8 @@ keep the most negative.
 * Offline: ``ftplugins select ot --data pool.jsonl --target target.jsonl --budget 5000 -o selected.jsonl``.
 * Python: ``ftplugins.data.select("ot", pool, 5000, target=target_dataset)``.
 
-Embeddings come from a sentence encoder (default MiniLM) or the model being fine-tuned (``encoder=model``);
-gradient features are not built yet.
+Embeddings come from a sentence encoder (default MiniLM), the model being fine-tuned (``encoder=model``), or its
+per-row gradients w.r.t. a LoRA's / the last block's parameters projected to ``gradient_dim`` (``encoder=gradients``).
 """
 
 from __future__ import annotations
