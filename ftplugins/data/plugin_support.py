@@ -33,11 +33,16 @@ def select_train_split(plugin: Any, run: Any, dataset: Any, split: str) -> Any:
 
 
 def _tokenizer(run: Any) -> Any:
+    """The run's tokenizer, or ``None`` when it has none (a method that needs one says so itself)."""
     if run.processing_class is None and run.model is None:
         return None
+    from ftplugins.errors import FtpluginsError
     from ftplugins.objectives.sft_tokens import run_tokenizer
 
-    return run_tokenizer(run)
+    try:
+        return run_tokenizer(run)
+    except FtpluginsError:
+        return None
 
 
 def _is_main(args: Any) -> bool:
