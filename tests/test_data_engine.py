@@ -182,8 +182,12 @@ def test_sinkhorn_never_builds_a_tile_larger_than_the_chunk(monkeypatch):
 
     monkeypatch.setattr(sinkhorn_module, "_cost_tile", recording)
     x, y = clouds(n=70, m=40)
-    sinkhorn(x, y, reg=0.1, max_iter=20, chunk=16)
+    strict = sinkhorn(x, y, reg=0.1, max_iter=20, chunk=16, keep_bytes=0)
     assert max(r for r, _ in seen) <= 16 and max(c for _, c in seen) <= 16
+    recomputed, seen[:] = len(seen), []
+    kept = sinkhorn(x, y, reg=0.1, max_iter=20, chunk=16)  # tiles kept: each computed once, same answer
+    assert len(seen) == 5 * 3 < recomputed
+    assert torch.equal(kept.log_u, strict.log_u) and kept.cost == strict.cost
 
 
 def test_calibrated_gradient_sums_to_zero_and_ignores_constants():

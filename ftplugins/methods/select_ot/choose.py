@@ -53,7 +53,8 @@ def choose(pool: Any, budget: int, settings: Any, context: Any) -> Choice:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     x = torch.from_numpy(candidates.vectors).to(device)
     y = torch.from_numpy(targets.vectors).to(device)
-    result = sinkhorn(x, y, reg=settings.epsilon, max_iter=settings.max_iter, tol=settings.tol, chunk=settings.chunk)
+    result = sinkhorn(x, y, reg=settings.epsilon, max_iter=settings.max_iter, tol=settings.tol, chunk=settings.chunk,
+                      keep_bytes=settings.keep_mb << 20)
     gradient = calibrated_gradient(result.f.double()).cpu().numpy()
     report = {
         "target_rows": len(target),
