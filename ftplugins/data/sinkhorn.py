@@ -4,9 +4,9 @@ The squared-Euclidean cost matrix ``C[i, j] = |x_i - y_j|^2`` need never be held
 half-step streams over ``chunk x chunk`` tiles and folds their log-sum-exps together, so memory is
 ``O((N + M) d + chunk^2)`` and a million candidates fit in a few GB. Tiles already computed are kept between
 iterations while they fit in ``keep_bytes`` (1 GiB by default; 0 for the strict bound), so at sizes POT can
-hold no matmul is repeated, and beyond that memory stays capped. Iterations, stopping rule and potentials follow POT's ``ot.sinkhorn(..., method="sinkhorn_log")`` exactly (``v`` then ``u``; the column
-marginal error checked every 10 iterations), so the two agree to rounding on sizes POT can hold.
-Runs on CUDA when the tensors are there.
+hold no matmul is repeated, and beyond that memory stays capped. Iterations, stopping rule and potentials follow
+POT's ``ot.sinkhorn(..., method="sinkhorn_log")`` exactly (``v`` then ``u``; the column marginal error checked
+every 10 iterations), so the two agree to rounding on sizes POT can hold. Runs on CUDA when the tensors are there.
 """
 
 from __future__ import annotations
