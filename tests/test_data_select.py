@@ -343,3 +343,13 @@ def test_ot_on_gradient_features(tmp_path, tiny):
     first = select("ot", arithmetic_dataset(16, seed=2), 5, **options)
     assert len(first.indices) == 5 and first.report["converged"]
     assert select("ot", arithmetic_dataset(16, seed=2), 5, **options).indices == first.indices
+
+
+def test_cli_influence_with_a_model_folder(tmp_path, tiny_model_dir, capsys):
+    data = tmp_path / "pool.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in arithmetic_dataset(12, seed=4).to_list()))
+    out = tmp_path / "inf.jsonl"
+    cli(["select", "influence", "--data", str(data), "--model", tiny_model_dir, "--budget", "4", "--damping", "0.3",
+         "--depth", "10", "--strata", "2", "--max_length", "48", "-o", str(out), "--quiet", "--cache_dir", "none"])
+    assert len(out.read_text().splitlines()) == 4
+    assert json.load(open(tmp_path / "inf.report.json"))["per_stratum"]

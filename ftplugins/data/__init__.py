@@ -36,6 +36,12 @@ def select(method: Any, data: Any, budget: float | None = None, *, output: str |
     plugin = resolve(method)
     prefix = plugin.name + "_"
     valid = [f.name.removeprefix(prefix) for f in plugin.option_fields()]
+    # ``target`` / ``surrogate`` are objects (a Dataset, a model) or, as strings, the plugin's path options.
+    for name, value in (("target", target), ("surrogate", surrogate)):
+        if isinstance(value, str) and value and name in valid:
+            options[name] = value
+    target = None if isinstance(target, str) else target
+    surrogate = None if isinstance(surrogate, str) else surrogate
     unknown = [k for k in options if k not in valid]
     if unknown:
         raise OptionError(f"{plugin.name}: unknown option(s) {', '.join(unknown)};{did_you_mean(unknown[0], valid)} "
