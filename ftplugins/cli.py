@@ -158,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .sparse.cli import add_subparser as add_delta_subparser
 
     add_delta_subparser(sub)
+    from .data.cli import add_subparser as add_select_subparser
+
+    add_select_subparser(sub)
     add_plugin_commands(sub)
     for name, help_text in (
         ("train", "python -m ftplugins.train ..."),

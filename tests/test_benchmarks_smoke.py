@@ -164,3 +164,17 @@ def test_quality_lr_sweep_smoke(tmp_path):
         assert result["summary"][name]["learning_rate"] == row["chosen_lr"]
     assert "## Learning-rate sweep" in markdown
     assert os.path.exists(os.path.join(out, "lr-sweep-runs.jsonl"))
+
+
+@pytest.mark.slow
+def test_selection_perf_smoke(tmp_path):
+    pytest.importorskip("faiss")
+    pytest.importorskip("ot")
+    out = str(tmp_path / "selection")
+    run_module("benchmarks.perf.selection", out)
+    with open(os.path.join(out, "selection.json")) as handle:
+        result = json.load(handle)
+    assert finite(result["kmeans"]["ratio"]) and finite(result["embedding"]["ratio"])
+    assert finite(result["ot"]["pot"]["ratio"]) and finite(result["ot"]["big"]["s"])
+    assert finite(result["influence"]["s_per_10k_rows"])
+    assert "| measurement |" in open(os.path.join(out, "selection.md")).read()

@@ -246,6 +246,27 @@ CLAIMS: list[Claim] = [
                        ("locft-750u", "paraphrase_success"), ("locft-750u", "neighbourhood_preservation"),
                        ("locft-750u", "retention"), ("full-750u", "neighbourhood_preservation"),
                        ("full-750u", "retention")), scenario="editing"),
+    Claim("kmq>random", "kMQ (k-means, per-cluster shares drawn by perplexity) beats random selection at equal budget "
+          "(mean accuracy over the pool's tasks)", "Yu et al. 2024 (2409.11378)", ("kmq", "random"),
+          with_context(better("acc", "kmq", "random"), ("kmq", "noisy_share"), ("random", "noisy_share")),
+          scenario="data-selection"),
+    Claim("kmq-iter>kmq", "Iterative kMQ (clusters reweighted between training rounds) beats single-shot kMQ",
+          "Yu et al. 2024 (2409.11378)", ("kmq-iter", "kmq"), better("acc", "kmq-iter", "kmq"),
+          scenario="data-selection"),
+    Claim("ot>random on target", "GOT-D (OT toward a target set) beats random selection on the target task",
+          "Kang et al. 2024 (2405.02774)", ("ot", "random"),
+          with_context(better("acc_target", "ot", "random"), ("ot", "target_share"), ("random", "target_share")),
+          scenario="data-selection"),
+    Claim("ot>closest on target", "GOT-D beats selecting the rows closest to the target by embedding distance",
+          "Kang et al. 2024 (2405.02774)", ("ot", "closest"),
+          with_context(better("acc_target", "ot", "closest"), ("closest", "target_share")),
+          scenario="data-selection"),
+    Claim("influence+coverage>random", "DEALRec (influence + effort, coverage-enhanced sampling) beats random "
+          "selection at a small budget", "Lin et al. 2024 (2401.17197)", ("influence", "random"),
+          better("acc", "influence", "random"), scenario="data-selection"),
+    Claim("influence+coverage>influence alone", "Coverage-enhanced sampling beats taking the highest scores alone",
+          "Lin et al. 2024 (2401.17197)", ("influence", "influence-top"),
+          better("acc", "influence", "influence-top"), scenario="data-selection"),
 ]
 
 

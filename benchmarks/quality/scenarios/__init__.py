@@ -19,6 +19,7 @@ MODULES = {
     "self-generated": "benchmarks.quality.scenarios.self_generated",
     "few-shot-sft": "benchmarks.quality.scenarios.few_shot_sft",
     "editing": "benchmarks.quality.scenarios.editing",
+    "data-selection": "benchmarks.quality.scenarios.data_selection",
 }
 NAMES = ["target", *MODULES]
 

@@ -1,0 +1,159 @@
+"""Data selection at equal budget: kMQ, iterative kMQ, OT toward a target (GOT-D), influence + coverage (DEALRec)
+against random selection and the simpler baselines each paper argues against, hidden-rule tasks.
+
+A synthetic pool with known structure: four tasks, each under its own tag (``c:<word>=`` copy, ``r:`` reverse,
+``f:`` first letter, ``l:`` last letter), of unequal size (copy 96 rows, reverse 64, last 64, first 32) and
+quality: 30% of the copy and last rows are noise (a random answer of the same length). Every selector picks
+the same budget (48 rows) from the same pool; each selection fine-tunes the cached pre-trained decoder (full
+fine-tuning, lr 3e-4, equal steps) and is scored by exact match of greedy answers on held-out queries of every
+task. ``acc`` is the mean over the four tasks (kMQ's and DEALRec's claims: a good general subset); ``acc_target``
+is the first-letter task (GOT-D's claim: select toward a target, given 16 target-task examples that are not in
+the pool). Rows: ``random``; ``kmq`` (select_kmeans, 8 clusters over MiniLM embeddings of prompt + answer,
+perplexity-weighted draws under the pre-trained decoder); ``kmq-iter`` (select_iteratively, 3 rounds, the same
+fine-tune split over the rounds); ``ot`` (select_ot toward the target examples); ``closest`` (the rows nearest to
+the target examples' mean embedding); ``influence`` (select_influence: LiSSA influence + effort on the
+pre-trained decoder, coverage over 10 strata); ``influence-top`` (the same scores, highest first, no strata).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+
+from benchmarks.quality import tasks
+from benchmarks.quality.scenarios._common import Context, encode, final_loss, greedy, load, sft, summarize_rows
+
+NAME = "data-selection"
+TITLE = "Data selection (kMQ, iterative kMQ, GOT-D, DEALRec) vs random and simple baselines at equal budget"
+DESIGN = __doc__.split("\n\n", 1)[1].strip()
+
+TASKS = {"c": lambda w: w, "r": lambda w: w[::-1], "f": lambda w: w[0], "l": lambda w: w[-1]}
+TARGET = "f"
+FULL = dict(sizes={"c": 96, "r": 64, "l": 64, "f": 32}, noise={"c": 0.3, "l": 0.3}, budget=48, steps=90, batch=8,
+            lr=3e-4, max_length=32, eval_per_task=50, target_examples=16, clusters=8, strata=10)
+SMOKE = dict(sizes={"c": 6, "r": 4, "l": 4, "f": 4}, noise={"c": 0.3, "l": 0.3}, budget=6, steps=3, batch=2,
+             lr=3e-4, max_length=32, eval_per_task=2, target_examples=2, clusters=2, strata=2)
+ROWS = ["random", "kmq", "kmq-iter", "ot", "closest", "influence", "influence-top"]
+
+
+def task_rows(tag: str, n: int, rng: random.Random, seen: set[str], noise: float = 0.0) -> list[dict[str, Any]]:
+    out = []
+    while len(out) < n:
+        word = "".join(rng.choice(tasks.LETTERS) for _ in range(rng.randint(3, 5)))
+        prompt = f"{tag}:{word}="
+        if prompt in seen:
+            continue
+        seen.add(prompt)
+        answer = TASKS[tag](word)
+        noisy = rng.random() < noise
+        if noisy:
+            answer = "".join(rng.choice(tasks.LETTERS) for _ in answer)
+        out.append({"prompt": prompt, "completion": answer, "text": prompt + answer, "task": tag, "noisy": noisy})
+    return out
+
+
+def build(cfg: dict[str, Any], seed: int) -> tuple[list[dict], list[dict], dict[str, list[dict]]]:
+    """(pool, target examples, held-out queries per task); the pool is fixed per seed."""
+    rng, seen = random.Random(f"data-selection:{seed}"), set()
+    pool = [row for tag, n in cfg["sizes"].items() for row in task_rows(tag, n, rng, seen, cfg["noise"].get(tag, 0))]
+    target = task_rows(TARGET, cfg["target_examples"], rng, seen)
+    queries = {tag: task_rows(tag, cfg["eval_per_task"], rng, seen) for tag in TASKS}
+    return pool, target, queries
+
+
+def accuracy(model, tokenizer, queries: list[dict]) -> float:
+    texts = greedy(model, tokenizer, [encode(tokenizer, q["prompt"]) for q in queries], max_new_tokens=7)
+    return sum(t.strip() == q["completion"] for t, q in zip(texts, queries)) / max(1, len(queries))
+
+
+def choose(name: str, pool: list[dict], target: list[dict], cfg: dict[str, Any], ctx: Context, seed: int,
+           train_round) -> list[int]:
+    from ftplugins.data import select
+    from ftplugins.data.embed import SentenceEncoder, embed
+    from ftplugins.data.source import load_pool
+
+    budget = cfg["budget"]
+    quiet = {"show_progress": False, "cache_dir": ctx.cache_root + "/selection-cache", "seed": seed}
+    if name == "random":
+        return sorted(np.random.default_rng(seed).choice(len(pool), budget, replace=False).tolist())
+    if name == "kmq":
+        model, tokenizer = load(ctx.folder)
+        return select("kmeans", pool, budget, clusters=cfg["clusters"], text_field="text", model=model,
+                      tokenizer=tokenizer, **quiet).indices
+    if name == "kmq-iter":
+        from ftplugins.methods.select_kmeans import select_iteratively
+
+        model, tokenizer = load(ctx.folder)
+        return select_iteratively(pool, budget, lambda rows, r: train_round(model, tokenizer, rows, r), model=model,
+                                  tokenizer=tokenizer, rounds=3, clusters=cfg["clusters"], text_field="text",
+                                  **quiet).indices
+    if name == "ot":
+        return select("ot", pool, budget, target=target, text_field="text", **quiet).indices
+    if name == "closest":
+        encoder = SentenceEncoder("minilm", "text", 64)
+        x = embed(load_pool(pool), encoder, quiet["cache_dir"], show_progress=False).vectors
+        y = embed(load_pool(target), encoder, quiet["cache_dir"], show_progress=False).vectors
+        return sorted(np.argsort(((x - y.mean(0)) ** 2).sum(1), kind="stable")[:budget].tolist())
+    model, tokenizer = load(ctx.folder)
+    options = dict(strata=cfg["strata"], damping=0.3, depth=50, max_length=cfg["max_length"], model=model,
+                   tokenizer=tokenizer, **quiet)
+    result = select("influence", pool, budget, **options)
+    if name == "influence":
+        return result.indices
+    return sorted(np.argsort(-result.scores, kind="stable")[:budget].tolist())  # influence-top
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    cfg = SMOKE if ctx.smoke else FULL
+    per_seed: dict[str, list[dict[str, Any]]] = {}
+    for seed in ctx.seeds:
+        pool, target, queries = build(cfg, seed)
+        trained: dict[str, Any] = {}
+
+        def train_round(model, tokenizer, rows, round_index, seed=seed):
+            keep = [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]
+            trained["kmq-iter"] = sft(model, tokenizer, keep, steps=cfg["steps"] // 3, lr=cfg["lr"], seed=seed,
+                                      batch_size=cfg["batch"], max_length=cfg["max_length"])
+
+        for name in ROWS:
+            chosen = choose(name, pool, target, cfg, ctx, seed, train_round)
+            rows = [{"prompt": pool[i]["prompt"], "completion": pool[i]["completion"]} for i in chosen]
+            if name == "kmq-iter":
+                trainer = trained.pop("kmq-iter")
+            else:
+                model, tokenizer = load(ctx.folder)
+                trainer = sft(model, tokenizer, rows, steps=cfg["steps"], lr=cfg["lr"], seed=seed,
+                              batch_size=cfg["batch"], max_length=cfg["max_length"])
+            tokenizer = trainer.processing_class
+            res = {"seed": seed, "selected": len(chosen), "final_loss": final_loss(trainer),
+                   "noisy_share": sum(pool[i]["noisy"] for i in chosen) / len(chosen),
+                   "target_share": sum(pool[i]["task"] == TARGET for i in chosen) / len(chosen)}
+            for tag in TASKS:
+                res[f"acc_{tag}"] = accuracy(trainer.model, tokenizer, queries[tag])
+            res["acc"] = sum(res[f"acc_{tag}"] for tag in TASKS) / len(TASKS)
+            res["acc_target"] = res[f"acc_{TARGET}"]
+            ctx.log(f"  seed {seed} {name:<14} acc {res['acc']:.3f} target {res['acc_target']:.3f} "
+                    f"(noisy {res['noisy_share']:.2f}, target rows {res['target_share']:.2f})")
+            per_seed.setdefault(name, []).append(res)
+
+    notes = {
+        "random": "uniform draw of the budget",
+        "kmq": f"select_kmeans: {cfg['clusters']} clusters, perplexity-weighted draws",
+        "kmq-iter": "select_iteratively: 3 rounds, fine-tuning steps split over the rounds",
+        "ot": "select_ot toward the target examples (MiniLM, eps 0.1)",
+        "closest": "nearest to the target examples' mean MiniLM embedding",
+        "influence": f"select_influence: influence + 0.5 effort, coverage over {cfg['strata']} strata",
+        "influence-top": "the same scores, highest first (no coverage)",
+    }
+    metric_keys = ["acc", "acc_target", *(f"acc_{t}" for t in TASKS), "noisy_share", "target_share"]
+    labels = {"acc": "acc. (mean over tasks)", "acc_target": "acc. target task (first letter)",
+              "noisy_share": "share of noisy rows", "target_share": "share of target-task rows",
+              **{f"acc_{t}": f"acc. {t}:" for t in TASKS}}
+    return {
+        "rows": summarize_rows(per_seed, metric_keys, notes),
+        "metrics": [[key, labels[key]] for key in metric_keys],
+        "config": {**cfg, "target_task": TARGET},
+        "extra": {},
+    }

@@ -1,0 +1,50 @@
+"""select_kmeans: Diversify and Conquer's kMQ data selection (Yu et al., 2024; for-ai/iterative-data-selection).
+
+Embed every train row (a sentence encoder, or the model being fine-tuned), cluster the embeddings with faiss
+k-means, and fill each cluster's share of the budget (proportional to its size) by quality-weighted draws
+(perplexity under the model, or your own scorer). Diversity first: every region of the pool is represented.
+
+* Plugin: selects the train split in ``transform_dataset``, before training (``--plugins select_kmeans
+  --select_kmeans_budget 0.05``); the report goes to OUTPUT_DIR/select_kmeans_report.json.
+* Offline: ``ftplugins select kmeans --data train.jsonl --budget 5000 -o selected.jsonl``.
+* Python: ``ftplugins.data.select("kmeans", dataset, 5000, clusters=64)``.
+
+The iterative variant (train on a slice, reweight clusters by how far the model still is from their answers, draw
+the next slice from the unselected rows) needs a trainer between rounds: :func:`select_iteratively` (Python).
+"""
+
+from __future__ import annotations
+
+from ftplugins.data.plugin_support import REQUIRES, select_train_split
+from ftplugins.plugin import Plugin, hookimpl
+
+from .options import SelectKmeansOptions
+
+
+def select_iteratively(data, budget, train_round, **kwargs):
+    """Iterative kMQ; see :func:`.iterative.select_iteratively` (imports torch and faiss lazily)."""
+    from .iterative import select_iteratively as run
+
+    return run(data, budget, train_round, **kwargs)
+
+
+class SelectKmeansPlugin(Plugin):
+    name = "select_kmeans"
+    summary = "kMQ data selection: k-means over embeddings, per-cluster shares drawn by quality (before training)."
+    paper = ("Diversify and Conquer: Diversity-Centric Data Selection with Iterative Refinement, Yu et al., "
+             "arXiv:2409.11378")
+    options = SelectKmeansOptions
+    requires = REQUIRES
+    distributed = ("single", "ddp")
+
+    def choose(self, pool, budget, settings, context):
+        from .choose import choose
+
+        return choose(pool, budget, settings, context)
+
+    @hookimpl
+    def transform_dataset(self, run, dataset, split):
+        return select_train_split(self, run, dataset, split)
+
+
+plugin = SelectKmeansPlugin()
