@@ -24,6 +24,7 @@ ROLES: dict[str, str] = {
     "loss": "define the training loss",
     "targets": "decide the training targets",
     "in_context_examples": "fill the sequences with in-context examples",
+    "row_selection": "choose which training rows to keep",
 }
 
 

@@ -13,6 +13,7 @@ that trains base weights and excludes adapters (the base stays unchanged under o
 from __future__ import annotations
 
 import itertools
+import os
 
 import pytest
 import torch
@@ -32,6 +33,12 @@ FAST = dict(
     graft_epochs=1, graft_max_batches=1, s3ft_judge="numeric", s3ft_max_new_tokens=4, s3ft_cache=False,
     s3ft_paraphrase=False, many_icl_shots=2, many_icl_task_column="", fewshot_prefix_k=1, fewshot_prefix_pool_size=2,
     locft_modules="model.layers.1.mlp.down_proj", locft_target_column="answer", locft_batch_size=2,
+    select_kmeans_budget=4, select_kmeans_clusters=2, select_kmeans_quality="none", select_kmeans_cache_dir="none",
+    select_ot_budget=4, select_ot_cache_dir="none",
+    select_ot_target=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes", "data",
+                                  "select_ot_target.jsonl"),
+    select_influence_budget=4, select_influence_strata=2, select_influence_depth=10,
+    select_influence_damping=0.3, select_influence_cache_dir="none",  # a random tiny model: see its recipe
 )
 
 
@@ -74,7 +81,8 @@ def test_pair_composes_in_either_order_or_is_refused_naming_both(first, second, 
         if idle:
             from trl import SFTConfig, SFTTrainer
 
-            cls = ftplugins.compose(SFTTrainer, list(names))
+            options = {k: v for k, v in FAST.items() if k.startswith(tuple(f"{n}_" for n in names))}
+            cls = ftplugins.compose(SFTTrainer, list(names), **options)
             args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none")
             # A model path that does not exist: the refusal must come before anything is loaded.
             with pytest.raises(FtpluginsError, match=idle[0].name):

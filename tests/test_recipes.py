@@ -54,6 +54,13 @@ class Observer(Plugin):
         self.initial: dict[str, torch.Tensor] = {}
         self.batches: list[dict] = []
         self.trainer = None
+        self.raw_train = None
+        self.data_dir = None
+
+    @hookimpl
+    def transform_dataset(self, run, dataset, split):
+        if split == "train":
+            self.raw_train = dataset  # the rows after every other plugin's transform, before tokenization
 
     @hookimpl
     def prepare_model(self, run, model):
@@ -253,11 +260,29 @@ def check_s3ft(obs, out):
     assert report["generated_rows"] == 256 and len(obs.trainer.train_dataset) == 256
 
 
+def check_selection(method: str):
+    def check(obs, out):
+        """Before training, the selection kept 64 of the 256 train rows (every kept row one of the source's,
+        unchanged) and wrote its report beside the model."""
+        from datasets import load_dataset
+
+        assert (out / f"{method}_report.json").exists()
+        kept = obs.trainer.train_dataset
+        assert len(kept) == 64
+        source = load_dataset("json", data_files=os.path.join(obs.data_dir, "arithmetic", "train.jsonl"), split="train")
+        rows = {json.dumps(r, sort_keys=True) for r in source}
+        assert all(json.dumps({k: r[k] for k in source.column_names}, sort_keys=True) in rows
+                   for r in obs.raw_train) and len(obs.raw_train) == 64
+
+    return check
+
+
 CHECKS = {
     "block_lora": check_block_lora, "bottleneck": check_bottleneck, "ssf": check_ssf,
     "masked_thought": check_masked_thought, "deep_align": check_deep_align, "fewshot_prefix": check_fewshot_prefix,
     "many_icl": check_many_icl, "hft": check_hft, "lift": check_lift, "sara": check_sara, "lt_sft": check_lt_sft,
     "locft": check_locft, "graft": check_graft, "s3ft": check_s3ft,
+    **{m: check_selection(m) for m in ("select_kmeans", "select_ot", "select_influence")},
 }
 
 
@@ -265,6 +290,7 @@ CHECKS = {
 def test_recipe_runs_and_shows_its_methods_effect(recipe, tiny_model_dir, data_dir, tmp_path, observer):
     out = tmp_path / "out"
     plugins = recipe_plugins(recipe)
+    observer.data_dir = data_dir
     train(["sft", "--config", recipe, "--model_name_or_path", tiny_model_dir, "--dataset_name",
            f"{data_dir}/arithmetic", "--output_dir", str(out), "--max_steps", "2", "--save_strategy", "no",
            "--disable_tqdm", "true", "--plugins", ",".join([*plugins, "observer"]), *EXTRA_ARGS])
@@ -277,6 +303,7 @@ def test_recipe_runs_and_shows_its_methods_effect(recipe, tiny_model_dir, data_d
 def test_every_check_fails_on_plain_sft(tiny_model_dir, data_dir, tmp_path, observer):
     """The same run without the method (plain full SFT, the observer alone) fails every method's check."""
     out = tmp_path / "out"
+    observer.data_dir = data_dir
     config = yaml.safe_load(open(os.path.join(REPO, "recipes", "masked_thought_sft.yaml")))
     recipe = tmp_path / "plain_sft.yaml"
     recipe.write_text(yaml.safe_dump({k: v for k, v in config.items() if not k.startswith(("plugins", "masked_"))}))

@@ -43,6 +43,8 @@ class ManyIclPlugin(Plugin):
     excludes = {
         "targets": ("packs the rows into token sequences, after which their prompt/completion targets cannot be "
                     "rewritten (the result would depend on the plugins' order)"),
+        "row_selection": ("packs the rows into multi-example sequences, which a selection method cannot score as "
+                          "rows; select first with `ftplugins select`, then train the selected rows with many_icl"),
     }
     trainers = ("SFTTrainer",)
     # Only the rows change; the trainer trains them as it trains any pre-tokenized dataset.

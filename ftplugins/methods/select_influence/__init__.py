@@ -25,6 +25,8 @@ class SelectInfluencePlugin(Plugin):
     summary = "DEALRec data pruning: LiSSA influence on a surrogate + effort (gradient norm), coverage sampling."
     paper = ("Data-efficient Fine-tuning for LLM-based Recommendation, Lin et al., SIGIR 2024, arXiv:2401.17197")
     options = SelectInfluenceOptions
+    # One plugin per role of a run (ftplugins.combinations): two selections in a row would depend on their order.
+    claims = {"row_selection": "keeps the rows of highest influence + effort, across score strata"}
     requires = {}  # torch only: no faiss, no POT
     distributed = ("single", "ddp")
     trainers = ("SFTTrainer",)  # losses over prompt/completion or text rows

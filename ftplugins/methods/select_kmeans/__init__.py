@@ -34,6 +34,8 @@ class SelectKmeansPlugin(Plugin):
     paper = ("Diversify and Conquer: Diversity-Centric Data Selection with Iterative Refinement, Yu et al., "
              "arXiv:2409.11378")
     options = SelectKmeansOptions
+    # One plugin per role of a run (ftplugins.combinations): two selections in a row would depend on their order.
+    claims = {"row_selection": "keeps each embedding cluster's share of the budget (kMQ)"}
     requires = REQUIRES
     distributed = ("single", "ddp")
 

@@ -28,6 +28,8 @@ class SelectOtPlugin(Plugin):
     paper = ("Get more for less: Principled Data Selection for Warming Up Fine-Tuning in LLMs, Kang et al., "
              "ICLR 2024, arXiv:2405.02774")
     options = SelectOtOptions
+    # One plugin per role of a run (ftplugins.combinations): two selections in a row would depend on their order.
+    claims = {"row_selection": "keeps the rows that move the pool toward the target set fastest (OT)"}
     requires = REQUIRES
     distributed = ("single", "ddp")
 
