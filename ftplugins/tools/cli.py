@@ -1,0 +1,70 @@
+"""``ftplugins soup`` and ``ftplugins analyze intruders``: the model tools from the command line.
+
+* ``ftplugins soup A B C -o OUT`` writes the uniform soup of model (or adapter) folders;
+  ``--greedy --heldout FILE.jsonl`` the greedy soup scored by held-out loss, or by ``--evaluator pkg.mod:func``
+  (``func(model, tokenizer) -> float``, higher is better). ``--deltas`` soups sparse delta files into one delta.
+* ``ftplugins analyze intruders BASE TUNED`` counts intruder dimensions (see :mod:`ftplugins.tools.intruders`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def cmd_soup(args: argparse.Namespace) -> None:
+    from ftplugins.errors import FtpluginsError
+
+    from . import soup
+
+    if args.deltas:
+        soup.soup_deltas(args.ingredients, args.output, overwrite=args.overwrite)
+        print(f"wrote the mean of {len(args.ingredients)} sparse deltas to {args.output}")
+        return
+    if not args.greedy:
+        soup.uniform(args.ingredients, args.output, overwrite=args.overwrite)
+        print(f"wrote the uniform soup of {len(args.ingredients)} ingredients to {args.output}")
+        return
+    if not args.heldout and not args.evaluator:
+        raise FtpluginsError("--greedy needs a held-out set to score ingredients: pass --heldout FILE.jsonl (rows with "
+                             "a 'text' field) or --evaluator package.module:function")
+    from transformers import AutoTokenizer
+
+    from .heldout import loss_evaluator, user_evaluator
+    from .ingredients import Ingredient
+
+    first = Ingredient(args.ingredients[0])
+    tokenizer_path = args.base if first.kind == "adapter" and args.base else args.ingredients[0]
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    if args.evaluator:
+        evaluate = user_evaluator(args.evaluator, tokenizer)
+    else:
+        evaluate = loss_evaluator(args.heldout, tokenizer, text_field=args.heldout_text_field)
+    result = soup.greedy(args.ingredients, args.output, evaluate, base=args.base, strict=args.strict,
+                         overwrite=args.overwrite)
+    print(json.dumps({"chosen": result.chosen, "scores": result.scores, "soup_score": result.soup_score}, indent=2))
+    print(f"wrote the greedy soup of {len(result.chosen)}/{len(args.ingredients)} ingredients to {args.output}")
+
+
+def add_soup_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("soup", help="average fine-tuned models or adapters (uniform or greedy model soup)")
+    parser.add_argument("ingredients", nargs="+", help="model or adapter folders (save_pretrained output); with "
+                        "--deltas, sparse delta files")
+    parser.add_argument("-o", "--output", required=True, help="output folder (new or empty; with --deltas, a file)")
+    parser.add_argument("--greedy", action="store_true", help="greedy soup: add ingredients, best first, while the "
+                        "held-out score does not drop")
+    parser.add_argument("--strict", action="store_true", help="greedy: add only if the score strictly improves "
+                        "(the reference code's >; default >=, the paper's Algorithm 1)")
+    parser.add_argument("--heldout", help="held-out .jsonl/.json file; the score is minus the mean token loss")
+    parser.add_argument("--heldout-text-field", default="text", help="the field of each held-out row (default text)")
+    parser.add_argument("--evaluator", help="package.module:function scoring a model: func(model, tokenizer) -> float")
+    parser.add_argument("--base", help="base model folder of adapter ingredients (default: their recorded base)")
+    parser.add_argument("--deltas", action="store_true", help="the ingredients are sparse delta files of one base")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder / over a file")
+    parser.set_defaults(func=cmd_soup)
+    return parser
+
+
+def add_subparsers(subparsers) -> None:
+    """Add the tools' commands to the ``ftplugins`` command."""
+    add_soup_parser(subparsers)
