@@ -158,8 +158,8 @@ def test_adapter_soup_averages_adapter_tensors_and_keeps_the_adapter_config(tmp_
     soup.uniform(folders, str(tmp_path / "soup"))
     assert_equal_weights(weights(tmp_path / "soup"), hand_mean(folders))
     assert json.loads((tmp_path / "soup" / "adapter_config.json").read_text())["r"] == 4
-    result = soup.greedy(folders, str(tmp_path / "greedy"), loss_evaluator(["1 + 2 = 3", "4 + 4 = 8"], tiny_tokenizer()),
-                         base=base)
+    evaluate = loss_evaluator(["1 + 2 = 3", "4 + 4 = 8"], tiny_tokenizer())
+    result = soup.greedy(folders, str(tmp_path / "greedy"), evaluate, base=base)
     assert result.soup_score >= max(result.scores.values())
     assert_equal_weights(weights(tmp_path / "greedy"), hand_mean(result.chosen))
 
@@ -251,9 +251,68 @@ def test_soup_command(tmp_path, capsys):
     cli_main(["soup", *folders, "-o", str(tmp_path / "soup")])
     assert_equal_weights(weights(tmp_path / "soup"), hand_mean(folders))
     (tmp_path / "heldout.jsonl").write_text('{"text": "1 + 2 = 3"}\n{"text": "2 + 2 = 4"}\n')
-    cli_main(["soup", *folders, "-o", str(tmp_path / "greedy"), "--greedy", "--heldout", str(tmp_path / "heldout.jsonl")])
+    cli_main(["soup", *folders, "-o", str(tmp_path / "greedy"), "--greedy",
+              "--heldout", str(tmp_path / "heldout.jsonl")])
     report = json.loads((tmp_path / "greedy" / "soup.json").read_text())
     assert report["soup_score"] >= max(report["scores"].values())
     with pytest.raises(SystemExit):
         cli_main(["soup", *folders, "-o", str(tmp_path / "x"), "--greedy"])  # no held-out set: one line, status 2
     assert "--heldout" in capsys.readouterr().err
+
+
+# --- the plugin: checkpoint soup ------------------------------------------------------------------
+
+
+def soup_trainer(tmp_path, max_steps=3, **options):
+    from conftest import cpu_args
+    from trl import SFTConfig, SFTTrainer
+
+    import ftplugins
+    from ftplugins.testing import arithmetic_dataset
+    from ftplugins.tools.soup_plugin import plugin
+
+    args = cpu_args(SFTConfig, tmp_path / "run", max_steps=max_steps, save_strategy="steps", save_steps=1,
+                    learning_rate=1e-2)
+    cls = ftplugins.compose(SFTTrainer, [plugin], **options)
+    return cls(model=tiny_llama(), args=args, train_dataset=arithmetic_dataset(16), processing_class=tiny_tokenizer())
+
+
+def test_checkpoint_soup_averages_the_last_k_checkpoints_beside_the_model(tmp_path):
+    trainer = soup_trainer(tmp_path, soup_last_k=2)
+    trainer.train()
+    run = tmp_path / "run"
+    expected = hand_mean([run / "checkpoint-2", run / "checkpoint-3"])
+    assert_equal_weights(weights(run / "soup"), expected)
+    assert not torch.equal(expected["lm_head.weight"], weights(run / "checkpoint-3")["lm_head.weight"])
+    report = json.loads((run / "soup" / "soup.json").read_text())
+    assert report["chosen"] == [str(run / "checkpoint-2"), str(run / "checkpoint-3")]
+    assert (run / "soup" / "config.json").is_file() and not (run / "soup" / "optimizer.pt").exists()
+
+
+def test_checkpoint_soup_greedy_from_the_plugin(tmp_path):
+    (tmp_path / "heldout.jsonl").write_text('{"text": "1 + 2 = 3"}\n{"text": "2 + 2 = 4"}\n')
+    heldout = str(tmp_path / "heldout.jsonl")
+    trainer = soup_trainer(tmp_path, soup_last_k=3, soup_method="greedy", soup_heldout=heldout)
+    trainer.train()
+    report = json.loads((tmp_path / "run" / "soup" / "soup.json").read_text())
+    assert report["method"] == "greedy" and report["soup_score"] >= max(report["scores"].values())
+    assert_equal_weights(weights(tmp_path / "run" / "soup"), hand_mean(report["chosen"]))
+
+
+@pytest.mark.parametrize("args, options, message", [
+    (dict(save_strategy="no"), {}, "save_strategy='no'"),
+    (dict(save_strategy="steps", save_total_limit=2), dict(soup_last_k=3), "save_total_limit=2"),
+    (dict(save_strategy="steps"), dict(soup_method="greedy"), "needs a held-out score"),
+])
+def test_checkpoint_soup_bad_settings(tmp_path, args, options, message):
+    from conftest import cpu_args
+    from trl import SFTConfig, SFTTrainer
+
+    import ftplugins
+    from ftplugins.testing import arithmetic_dataset
+    from ftplugins.tools.soup_plugin import plugin
+
+    with pytest.raises(FtpluginsError, match=message):
+        cls = ftplugins.compose(SFTTrainer, [plugin], **options)
+        cls(model=tiny_llama(), args=cpu_args(SFTConfig, tmp_path, **args), train_dataset=arithmetic_dataset(8),
+            processing_class=tiny_tokenizer())

@@ -27,7 +27,8 @@ def read_texts(source: str | Sequence[Any], text_field: str = "text") -> list[st
     """
     if isinstance(source, str):
         if not os.path.isfile(source):
-            raise FtpluginsError(f"held-out file {source!r} does not exist; pass a .jsonl file of {{{text_field!r}: ...}} rows")
+            raise FtpluginsError(f"held-out file {source!r} does not exist; pass a .jsonl file of "
+                                 f"{{{text_field!r}: ...}} rows")
         with open(source) as handle:
             if source.endswith(".jsonl"):
                 rows = [json.loads(line) for line in handle if line.strip()]
