@@ -68,3 +68,41 @@ def add_soup_parser(subparsers) -> argparse.ArgumentParser:
 def add_subparsers(subparsers) -> None:
     """Add the tools' commands to the ``ftplugins`` command."""
     add_soup_parser(subparsers)
+    add_analyze_parser(subparsers)
+
+
+def cmd_intruders(args: argparse.Namespace) -> None:
+    from . import intruders
+
+    epsilons = args.epsilon or list(intruders.EPSILONS)
+    report = intruders.analyze(intruders.pairs_for(args.base, args.tuned, args.include), k=args.k, epsilons=epsilons)
+    plots = {}
+    for name in args.plot or []:
+        pair = [(w0, w) for n, w0, w in intruders.pairs_for(args.base, args.tuned, args.include) if n == name]
+        if not pair:
+            from ftplugins.errors import FtpluginsError
+
+            raise FtpluginsError(f"--plot {name}: no such analysed matrix; choose one of "
+                                 f"{[m.name for m in report.matrices][:5]} ...")
+        plots[name] = intruders.similarity(*pair[0], k=args.k)
+    written = intruders.write_report(report, args.output, plots)
+    totals = ", ".join(f"ε={e}: {report.total(e)}" for e in report.epsilons)
+    print(f"intruder dimensions over {len(report.matrices)} matrices (top {args.k}): {totals}; wrote "
+          f"{', '.join(written)}")
+
+
+def add_analyze_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("analyze", help="analyses of a fine-tuned model against its base")
+    sub = parser.add_subparsers(dest="analyze_command", required=True)
+    p = sub.add_parser("intruders", help="intruder dimensions: fine-tuned singular vectors unlike any pre-trained one")
+    p.add_argument("base", help="pre-trained model folder")
+    p.add_argument("tuned", help="fine-tuned model folder, PEFT adapter folder, or sparse delta file")
+    p.add_argument("-o", "--output", default="intruders.json", help="JSON report (a PNG is written beside it when "
+                   "matplotlib is installed); default intruders.json")
+    p.add_argument("--k", type=int, default=10, help="top fine-tuned singular vectors examined per matrix (default 10)")
+    p.add_argument("--epsilon", type=float, action="append", help="cosine threshold; repeat to sweep (default 0.5)")
+    p.add_argument("--include", help="regular expression of matrix names to analyse (default: every 2-D weight but "
+                   "the embeddings and the output head)")
+    p.add_argument("--plot", action="append", help="also draw the similarity matrix of this matrix (repeatable)")
+    p.set_defaults(func=cmd_intruders)
+    return parser

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ftplugins.errors import FtpluginsError
-from ftplugins.options import check_choice, check_range
+from ftplugins.options import check_choice
 from ftplugins.plugin import Plugin, hookimpl
 
 _log = logging.getLogger(__name__)
@@ -34,13 +34,14 @@ class SoupOptions:
     soup_dir: str = field(default="soup", metadata={"help": "Folder, inside output_dir, that receives the soup."})
 
     def __post_init__(self):
-        check_range("soup_last_k", self.soup_last_k, 2, 10**6)
+        if self.soup_last_k < 2:
+            raise ValueError(f"--soup_last_k {self.soup_last_k!r}: expected at least 2 checkpoints to average")
         check_choice("soup_method", self.soup_method, ("uniform", "greedy"))
         if self.soup_method == "greedy" and not (self.soup_heldout or self.soup_evaluator):
-            raise FtpluginsError("soup_method=greedy needs a held-out score: set soup_heldout (a .jsonl file) or "
+            raise ValueError("--soup_method greedy needs a held-out score: set soup_heldout (a .jsonl file) or "
                                  "soup_evaluator (package.module:function)")
         if not self.soup_dir or os.path.isabs(self.soup_dir) or self.soup_dir.startswith("checkpoint-"):
-            raise FtpluginsError(f"soup_dir={self.soup_dir!r}: expected a relative folder name inside output_dir "
+            raise ValueError(f"--soup_dir {self.soup_dir!r}: expected a relative folder name inside output_dir "
                                  "that does not look like a checkpoint, e.g. 'soup'")
 
 
