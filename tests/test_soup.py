@@ -61,6 +61,31 @@ def test_uniform_soup_equals_the_hand_average_and_keeps_config_and_tokenizer(tmp
     assert not (tmp_path / "soup" / ".ftplugins-staging").exists()
 
 
+def test_soups_stream_one_tensor_per_ingredient_at_a_time(tmp_path, monkeypatch):
+    """However many ingredients, at most two tensors read from them are alive at once (the first ingredient's,
+    kept for its dtype, and the one being added): memory does not grow with the number of ingredients."""
+    import weakref
+
+    from ftplugins.tools.ingredients import Ingredient
+
+    folders = [fine_tune(tmp_path / f"ft{i}", i) for i in range(5)]
+    alive, peak, read = set(), [0], Ingredient.get
+
+    def counting_get(self, name):
+        tensor = read(self, name)
+        alive.add(id(tensor))
+        weakref.finalize(tensor, alive.discard, id(tensor))
+        peak[0] = max(peak[0], len(alive))
+        return tensor
+
+    monkeypatch.setattr(Ingredient, "get", counting_get)
+    soup.uniform(folders, str(tmp_path / "soup"))
+    assert 1 <= peak[0] <= 2
+    peak[0] = 0
+    soup.greedy(folders, str(tmp_path / "greedy"), lambda model: 0.0)
+    assert 1 <= peak[0] <= 2  # the running sum is one fp32 model, not one per ingredient
+
+
 def test_sharded_ingredients_give_a_sharded_soup_with_the_same_layout(tmp_path):
     folders = [fine_tune(tmp_path / f"ft{i}", i, shard="20KB") for i in range(2)]
     shards = sorted(n for n in os.listdir(folders[0]) if n.endswith(".safetensors"))

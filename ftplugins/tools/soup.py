@@ -132,36 +132,39 @@ def write_mean(ingredients: Sequence[Ingredient], output: str, report: dict | No
 
     import torch
 
-    from ftplugins.atomic import staged_dir
+    from ftplugins.atomic import clean_staging, staged_dir
+    from ftplugins.output_lock import lock_output_dir
     from ftplugins.safetensors_stream import write_streamed
 
     first = ingredients[0]
-    with staged_dir(output) as tmp:
-        for shard in first.shards:
-            names = [n for n, f in first.files.items() if f == shard]
-            layout = []
-            for name in names:
-                sliced = first.handle(shard).get_slice(name)
-                layout.append((name, _torch_dtype(sliced.get_dtype()), tuple(sliced.get_shape())))
-
-            def tensors(names=names):
+    with lock_output_dir(output, "ftplugins soup"):
+        clean_staging(output)
+        with staged_dir(output, replace=True) as tmp:  # replace: no stale shards of an earlier soup
+            for shard in first.shards:
+                names = [n for n, f in first.files.items() if f == shard]
+                layout = []
                 for name in names:
-                    tensor = first.get(name)
-                    if not tensor.is_floating_point():  # integer buffers (position ids): the first's
-                        yield tensor
-                        continue
-                    total = tensor.to(torch.float64, copy=True)  # never add into a mapped tensor
-                    for other in ingredients[1:]:
-                        total += other.get(name).to(torch.float64)
-                    yield (total / len(ingredients)).to(tensor.dtype)
+                    sliced = first.handle(shard).get_slice(name)
+                    layout.append((name, _torch_dtype(sliced.get_dtype()), tuple(sliced.get_shape())))
 
-            target = os.path.join(tmp, shard)
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            write_streamed(target, layout, tensors(), metadata=first.handle(shard).metadata() or {"format": "pt"})
-        _copy_other_files(first.path, tmp)
-        if report is not None:
-            with open(os.path.join(tmp, REPORT), "w") as handle:
-                json.dump(report, handle, indent=2)
+                def tensors(names=names):
+                    for name in names:
+                        tensor = first.get(name)
+                        if not tensor.is_floating_point():  # integer buffers (position ids): the first's
+                            yield tensor
+                            continue
+                        total = tensor.to(torch.float64, copy=True)  # never add into a mapped tensor
+                        for other in ingredients[1:]:
+                            total += other.get(name).to(torch.float64)
+                        yield (total / len(ingredients)).to(tensor.dtype)
+
+                target = os.path.join(tmp, shard)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                write_streamed(target, layout, tensors(), metadata=first.handle(shard).metadata() or {"format": "pt"})
+            _copy_other_files(first.path, tmp)
+            if report is not None:
+                with open(os.path.join(tmp, REPORT), "w") as handle:
+                    json.dump(report, handle, indent=2)
 
 
 def _torch_dtype(name: str):
