@@ -224,6 +224,32 @@ def test_the_mean_of_sparse_deltas_is_the_delta_of_the_soup_of_their_models(tmp_
     assert_equal_weights(weights(tmp_path / "applied"), weights(tmp_path / "soup"))
 
 
+def test_greedy_soup_of_sparse_deltas_keeps_the_helpful_ones(tmp_path, capsys):
+    from ftplugins.sparse.delta import diff_delta, load_delta, save_delta
+
+    target = {k: v.detach().clone() for k, v in tiny_llama(seed=0).named_parameters()}
+    base = fine_tune(tmp_path / "base", 0, scale=0.0)
+    paths = []
+    for i, scale in enumerate([0.02, 0.02, 0.5, 0.02]):  # the third is far from the optimum
+        folder = fine_tune(tmp_path / f"ft{i}", i, scale=scale)
+        paths.append(save_delta(diff_delta(weights(folder), weights(base)), str(tmp_path / f"d{i}.safetensors")))
+    result = soup.greedy_deltas(paths, base, str(tmp_path / "greedy.safetensors"), distance_score(target))
+    assert sorted(result.chosen) == sorted(paths[:2] + paths[3:])
+    assert result.soup_score >= max(result.scores.values())
+    soup.soup_deltas(result.chosen, str(tmp_path / "expected.safetensors"))
+    got, expected = load_delta(str(tmp_path / "greedy.safetensors")), load_delta(str(tmp_path / "expected.safetensors"))
+    assert got.tensors.keys() == expected.tensors.keys()
+    assert all(torch.equal(got.tensors[k].values, expected.tensors[k].values) for k in got.tensors)
+    (tmp_path / "heldout.jsonl").write_text('{"text": "1 + 2 = 3"}\n')
+    cli_main(["soup", "--deltas", *paths[:2], "-o", str(tmp_path / "cli.safetensors"), "--greedy",
+              "--heldout", str(tmp_path / "heldout.jsonl"), "--base", base])
+    assert (tmp_path / "cli.safetensors").is_file()
+    with pytest.raises(SystemExit):
+        cli_main(["soup", "--deltas", *paths[:2], "-o", str(tmp_path / "x.safetensors"), "--greedy",
+                  "--heldout", str(tmp_path / "heldout.jsonl")])
+    assert "--greedy --deltas needs --base" in capsys.readouterr().err
+
+
 # --- bad input ------------------------------------------------------------------------------------
 
 

@@ -17,7 +17,7 @@ def cmd_soup(args: argparse.Namespace) -> None:
 
     from . import soup
 
-    if args.deltas:
+    if args.deltas and not args.greedy:
         soup.soup_deltas(args.ingredients, args.output, overwrite=args.overwrite)
         print(f"wrote the mean of {len(args.ingredients)} sparse deltas to {args.output}")
         return
@@ -28,20 +28,27 @@ def cmd_soup(args: argparse.Namespace) -> None:
     if not args.heldout and not args.evaluator:
         raise FtpluginsError("--greedy needs a held-out set to score ingredients: pass --heldout FILE.jsonl (rows with "
                              "a 'text' field) or --evaluator package.module:function")
+    if args.deltas and not args.base:
+        raise FtpluginsError("--greedy --deltas needs --base: the model folder the deltas were made from (each "
+                             "candidate soup is scored as base + mean of the deltas)")
     from transformers import AutoTokenizer
 
     from .heldout import loss_evaluator, user_evaluator
     from .ingredients import Ingredient
 
-    first = Ingredient(args.ingredients[0])
-    tokenizer_path = args.base if first.kind == "adapter" and args.base else args.ingredients[0]
+    adapters = not args.deltas and Ingredient(args.ingredients[0]).kind == "adapter"
+    tokenizer_path = args.base if (args.deltas or adapters) and args.base else args.ingredients[0]
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     if args.evaluator:
         evaluate = user_evaluator(args.evaluator, tokenizer)
     else:
         evaluate = loss_evaluator(args.heldout, tokenizer, text_field=args.heldout_text_field)
-    result = soup.greedy(args.ingredients, args.output, evaluate, base=args.base, strict=args.strict,
-                         overwrite=args.overwrite)
+    if args.deltas:
+        result = soup.greedy_deltas(args.ingredients, args.base, args.output, evaluate, strict=args.strict,
+                                    overwrite=args.overwrite)
+    else:
+        result = soup.greedy(args.ingredients, args.output, evaluate, base=args.base, strict=args.strict,
+                             overwrite=args.overwrite)
     print(json.dumps({"chosen": result.chosen, "scores": result.scores, "soup_score": result.soup_score}, indent=2))
     print(f"wrote the greedy soup of {len(result.chosen)}/{len(args.ingredients)} ingredients to {args.output}")
 
@@ -58,7 +65,8 @@ def add_soup_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--heldout", help="held-out .jsonl/.json file; the score is minus the mean token loss")
     parser.add_argument("--heldout-text-field", default="text", help="the field of each held-out row (default text)")
     parser.add_argument("--evaluator", help="package.module:function scoring a model: func(model, tokenizer) -> float")
-    parser.add_argument("--base", help="base model folder of adapter ingredients (default: their recorded base)")
+    parser.add_argument("--base", help="base model folder of adapter ingredients (default: their recorded base), or of "
+                        "sparse deltas (needed with --greedy --deltas)")
     parser.add_argument("--deltas", action="store_true", help="the ingredients are sparse delta files of one base")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder / over a file")
     parser.set_defaults(func=cmd_soup)

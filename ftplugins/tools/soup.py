@@ -8,7 +8,7 @@ increasing inference time", ICML 2022 (arXiv:2203.05482); reference code mlfound
   if the soup's held-out score does not drop (``>=``, the paper's Algorithm 1; ``strict=True`` is the
   reference code's ``>``). One pass. The written soup is the exact mean of the chosen ingredients.
 * :func:`soup_deltas` — sparse deltas of one base (:mod:`ftplugins.sparse.delta`): their mean is the delta
-  of the soup of their models (``W0 + mean(Δ)`` = ``mean(W0 + Δ)``).
+  of the soup of their models (``W0 + mean(Δ)`` = ``mean(W0 + Δ)``); :func:`greedy_deltas` is their greedy soup.
 
 Ingredients are full models (safetensors, sharded or not) or PEFT adapters of one config (any PEFT or
 ftplugins type; for LoRA the A and B matrices are averaged separately, as an adapter soup is). Tensors are
@@ -72,25 +72,25 @@ def greedy(paths: Sequence[str], output: str, evaluate: Callable[[Any], float], 
     ingredients = open_ingredients(paths)
     try:
         model = _evaluation_model(ingredients[0], base, load_model)
-        scores = {}
-        for ingredient in ingredients:
-            _load_weights(model, ingredient, lambda name, ing=ingredient: ing.get(name))
-            scores[ingredient.path] = float(evaluate(model))
-        ranked = sorted(ingredients, key=lambda ing: -scores[ing.path])  # stable: ties keep the given order
-        chosen = [ranked[0]]
-        # copy=True: safe_open tensors may share a private memory map, which an in-place add would alter
-        running = {name: ranked[0].get(name).to(torch.float32, copy=True) for name in ranked[0].files}
-        best = scores[ranked[0].path]
-        for candidate in ranked[1:]:
-            n = len(chosen)
-            _load_weights(model, candidate,
-                          lambda name, c=candidate, n=n: (running[name] + c.get(name).float()) / (n + 1))
-            score = float(evaluate(model))
-            if score > best or (score == best and not strict):
-                chosen.append(candidate)
-                best = score
-                for name in running:
-                    running[name] += candidate.get(name).float()
+        running: dict[str, Any] = {}
+
+        def score_alone(ingredient):
+            _load_weights(model, ingredient, ingredient.get)
+            return float(evaluate(model))
+
+        def score_with(candidate, n):
+            _load_weights(model, candidate, lambda name: (running[name] + candidate.get(name).float()) / (n + 1))
+            return float(evaluate(model))
+
+        def accept(ingredient):
+            for name in ingredient.files:
+                if name in running:
+                    running[name] += ingredient.get(name).float()
+                else:  # copy=True: safe_open tensors may share a private memory map an in-place add would alter
+                    running[name] = ingredient.get(name).to(torch.float32, copy=True)
+
+        chosen, scores, best = select_greedily(ingredients, lambda ing: ing.path, score_alone, score_with, accept,
+                                               strict)
         del running, model
         write_mean(chosen, output, report={"method": "greedy", "strict": strict, "chosen": [c.path for c in chosen],
                                            "scores": scores, "soup_score": best})
@@ -98,6 +98,66 @@ def greedy(paths: Sequence[str], output: str, evaluate: Callable[[Any], float], 
         for ingredient in ingredients:
             ingredient.close()
     return SoupResult(output, [c.path for c in chosen], scores, best)
+
+
+def select_greedily(items: Sequence[Any], key: Callable[[Any], str], score_alone: Callable[[Any], float],
+                    score_with: Callable[[Any, int], float], accept: Callable[[Any], None],
+                    strict: bool) -> tuple[list[Any], dict[str, float], float]:
+    """The greedy-soup recipe (model-soups main.py, one pass): score each item alone, sort best first (ties
+    keep the given order), start from the best, then add each next item whose soup of ``n + 1`` scores at least
+    as well (``strict``: better). ``score_with(item, n)`` scores the current soup of ``n`` plus ``item``;
+    ``accept(item)`` adds it to the running soup. Returns (chosen items, score of each, final soup score)."""
+    scores = {key(item): score_alone(item) for item in items}
+    ranked = sorted(items, key=lambda item: -scores[key(item)])
+    chosen, best = [ranked[0]], scores[key(ranked[0])]
+    accept(ranked[0])
+    for candidate in ranked[1:]:
+        score = score_with(candidate, len(chosen))
+        if score > best or (score == best and not strict):
+            chosen.append(candidate)
+            best = score
+            accept(candidate)
+    return chosen, scores, best
+
+
+def greedy_deltas(paths: Sequence[str], base: str, output: str, evaluate: Callable[[Any], float],
+                  strict: bool = False, overwrite: bool = False,
+                  load_model: Callable[[str], Any] | None = None) -> SoupResult:
+    """Greedy soup of sparse deltas of ``base``: each candidate model is ``base + mean(chosen deltas)``, set in
+    place on one loaded base model (only the tensors the deltas change are kept aside to reset it). Writes the
+    mean of the chosen deltas to the file ``output`` (:func:`soup_deltas`)."""
+    import torch
+
+    from ftplugins.sparse.delta import apply_delta, compose_deltas, load_delta
+
+    if os.path.exists(output) and not overwrite:
+        raise FtpluginsError(f"output {output!r} exists; choose a new file name, or pass --overwrite")
+    if not paths:
+        raise FtpluginsError("a soup needs at least one ingredient; pass sparse delta files")
+    deltas = {path: load_delta(path) for path in paths}
+    model = load_model(base) if load_model is not None else _auto_model(base)
+    params = model.state_dict(keep_vars=True)
+    names = sorted({name for delta in deltas.values() for name in delta.tensors})
+    missing = [name for name in names if name not in params]
+    if missing:
+        raise FtpluginsError(f"the deltas change {missing[:3]}, which the base model {base!r} does not have; pass "
+                             "the base they were made from")
+    original = {name: params[name].detach().clone() for name in names}
+    running: list[Any] = []
+
+    def score_mean(chosen):
+        with torch.no_grad():
+            for name in names:
+                params[name].data.copy_(original[name])
+            mean = compose_deltas(chosen).scaled(1.0 / len(chosen))
+            apply_delta({name: params[name].data for name in mean.tensors}, mean, check_base=False)
+        return float(evaluate(model))
+
+    chosen, scores, best = select_greedily(
+        list(paths), str, lambda path: score_mean([deltas[path]]),
+        lambda path, n: score_mean([*running, deltas[path]]), lambda path: running.append(deltas[path]), strict)
+    soup_deltas(chosen, output, overwrite=overwrite)
+    return SoupResult(output, chosen, scores, best)
 
 
 def soup_deltas(paths: Sequence[str], output: str, overwrite: bool = False) -> str:
@@ -199,23 +259,20 @@ def _check_output(output: str, overwrite: bool, paths: Sequence[str]) -> None:
 
 def _evaluation_model(first: Ingredient, base: str | None, load_model: Callable[[str], Any] | None):
     if first.kind == "model":
-        if load_model is not None:
-            return load_model(first.path)
-        from transformers import AutoModelForCausalLM
-
-        return AutoModelForCausalLM.from_pretrained(first.path)
+        return load_model(first.path) if load_model is not None else _auto_model(first.path)
     base = base or first.config.get("base_model_name_or_path")
     if not base:
         raise FtpluginsError(f"adapter {first.path!r} records no base model; pass base=... (--base) to score it")
-    if load_model is not None:
-        model = load_model(base)
-    else:
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(base)
+    model = load_model(base) if load_model is not None else _auto_model(base)
     from ftplugins.peft_types import load_adapter
 
     return load_adapter(model, first.path)
+
+
+def _auto_model(path: str):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path)
 
 
 def _load_weights(model: Any, ingredient: Ingredient, tensor_of: Callable[[str], Any]) -> None:
