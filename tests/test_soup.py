@@ -314,7 +314,7 @@ def test_soup_command(tmp_path, capsys):
 # --- the plugin: checkpoint soup ------------------------------------------------------------------
 
 
-def soup_trainer(tmp_path, max_steps=3, **options):
+def soup_trainer(tmp_path, max_steps=3, peft_config=None, **options):
     from conftest import cpu_args
     from trl import SFTConfig, SFTTrainer
 
@@ -325,7 +325,8 @@ def soup_trainer(tmp_path, max_steps=3, **options):
     args = cpu_args(SFTConfig, tmp_path / "run", max_steps=max_steps, save_strategy="steps", save_steps=1,
                     learning_rate=1e-2)
     cls = ftplugins.compose(SFTTrainer, [plugin], **options)
-    return cls(model=tiny_llama(), args=args, train_dataset=arithmetic_dataset(16), processing_class=tiny_tokenizer())
+    return cls(model=tiny_llama(), args=args, train_dataset=arithmetic_dataset(16), processing_class=tiny_tokenizer(),
+               peft_config=peft_config)
 
 
 def test_checkpoint_soup_averages_the_last_k_checkpoints_beside_the_model(tmp_path):
@@ -338,6 +339,13 @@ def test_checkpoint_soup_averages_the_last_k_checkpoints_beside_the_model(tmp_pa
     report = json.loads((run / "soup" / "soup.json").read_text())
     assert report["chosen"] == [str(run / "checkpoint-2"), str(run / "checkpoint-3")]
     assert (run / "soup" / "config.json").is_file() and not (run / "soup" / "optimizer.pt").exists()
+
+
+def test_checkpoint_soup_of_a_lora_run_averages_the_adapters(tmp_path):
+    soup_trainer(tmp_path, soup_last_k=3, peft_config=lora()).train()
+    run = tmp_path / "run"
+    assert_equal_weights(weights(run / "soup"), hand_mean([run / f"checkpoint-{i}" for i in (1, 2, 3)]))
+    assert json.loads((run / "soup" / "adapter_config.json").read_text())["r"] == 4
 
 
 def test_checkpoint_soup_greedy_from_the_plugin(tmp_path):
