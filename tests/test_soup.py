@@ -189,6 +189,17 @@ def test_adapter_soup_averages_adapter_tensors_and_keeps_the_adapter_config(tmp_
     assert_equal_weights(weights(tmp_path / "greedy"), hand_mean(result.chosen))
 
 
+def test_adapter_configs_that_list_target_modules_in_another_order_still_soup(tmp_path):
+    base = fine_tune(tmp_path / "base", 0, scale=0.0)
+    folders = [save_adapter(tmp_path / f"lora{i}", i, lora(), base) for i in range(2)]
+    first = json.loads((tmp_path / "lora0" / "adapter_config.json").read_text())
+    config = json.loads((tmp_path / "lora1" / "adapter_config.json").read_text())
+    config["target_modules"] = first["target_modules"][::-1]  # the same set, saved by another process
+    (tmp_path / "lora1" / "adapter_config.json").write_text(json.dumps(config))
+    soup.uniform(folders, str(tmp_path / "soup"))
+    assert_equal_weights(weights(tmp_path / "soup"), hand_mean(folders))
+
+
 def test_ftplugins_adapter_types_soup_too(tmp_path):
     from ftplugins.peft_types import peft_config
 

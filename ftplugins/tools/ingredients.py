@@ -139,9 +139,16 @@ def check_compatible(ingredients: Sequence[Ingredient]) -> None:
 
 def _config_difference(a: dict, b: dict, free: set[str]) -> str:
     for key in sorted((set(a) | set(b)) - free):
-        if a.get(key) != b.get(key):
+        if _comparable(a.get(key)) != _comparable(b.get(key)):
             return f"{key}={a.get(key)!r} vs {b.get(key)!r}"
     return ""
+
+
+def _comparable(value: Any) -> Any:
+    # PEFT keeps target_modules as a set and saves it as a list in the set's (hash-seeded) order.
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return sorted(value)
+    return value
 
 
 def iter_tensors(ingredient: Ingredient) -> Iterator[tuple[str, Any]]:
