@@ -84,9 +84,10 @@ def similarity(w0, w, k: int = K):
     if tuple(w0.shape) != tuple(w.shape) or w0.dim() != 2:
         raise FtpluginsError(f"intruder dimensions compare two matrices of one shape, got {tuple(w0.shape)} and "
                              f"{tuple(w.shape)}")
-    u0 = torch.linalg.svd(w0.detach().float().cpu(), full_matrices=False).U
-    u = torch.linalg.svd(w.detach().float().cpu(), full_matrices=False).U[:, :k]
-    return (u.T @ u0).abs()
+    device = w.device  # the fine-tuned matrix's device: a GPU during training (the callback)
+    u0 = torch.linalg.svd(w0.detach().to(device, torch.float32), full_matrices=False).U
+    u = torch.linalg.svd(w.detach().to(device, torch.float32), full_matrices=False).U[:, :k]
+    return (u.T @ u0).abs().cpu()
 
 
 def matrix_intruders(name: str, w0, w, k: int = K, epsilons: Sequence[float] = EPSILONS) -> MatrixResult:
