@@ -171,6 +171,8 @@ def test_bad_sources_are_one_line_errors(tmp_path):
         intruders.analyze(intruders.pairs_for(base, base, include="no_such_matrix"))
     with pytest.raises(FtpluginsError, match="does not exist"):
         intruders.pairs_for(base, str(tmp_path / "missing"))
+    with pytest.raises(FtpluginsError, match="base model .* is not a folder"):
+        intruders.pairs_for(str(tmp_path / "missing"), base)
 
 
 # --- the plugin: counts logged during training -----------------------------------------------------

@@ -224,6 +224,9 @@ def load_adapter_model(base: str, adapter: str):
 
 def pairs_for(base: str, tuned: str, include: str | None = None) -> Iterator[tuple[str, Any, Any]]:
     """Pick the source from ``tuned``: an adapter folder, a sparse delta file, or a model folder."""
+    if not os.path.isdir(base):
+        raise FtpluginsError(f"base model {base!r} is not a folder; pass the pre-trained model's save_pretrained "
+                             "folder")
     if os.path.isfile(tuned):
         return delta_pair(base, tuned, include)
     if os.path.isfile(os.path.join(tuned, "adapter_config.json")):
