@@ -147,6 +147,42 @@ def test_greedy_soup_with_the_default_held_out_loss(tmp_path):
     assert evaluate(tiny_llama_from(tmp_path / "soup")) == pytest.approx(result.soup_score, rel=1e-5)
 
 
+def constant_predictor(token_id):
+    """A tiny Llama that predicts ``token_id`` after any input: every embedding row is one vector, the blocks
+    add nothing (o_proj, down_proj zero), so the last hidden state is constant, and only the head row of
+    ``token_id`` sees it."""
+    model = tiny_llama(seed=0)
+    with torch.no_grad():
+        embed = model.get_input_embeddings().weight
+        embed.copy_(embed[5].clone().expand_as(embed))  # (row 0 is the zero padding row)
+        for name, param in model.named_parameters():
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                param.zero_()
+        hidden = model.model.norm(embed[:1].unsqueeze(0))[0, 0].clone()
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[token_id] = hidden
+    return model
+
+
+def test_exact_match_held_out_score():
+    """The share of prompt/target rows whose target the model predicts exactly (teacher-forced)."""
+    from ftplugins.tools.heldout import exact_match_evaluator
+
+    tokenizer = tiny_tokenizer()
+    seven = tokenizer(" 7", add_special_tokens=False)["input_ids"]
+    assert len(seven) == 1
+    model = constant_predictor(seven[0])
+    right = [{"prompt": p, "target": "7"} for p in ("1 + 6 =", "3 + 4 =")]
+    wrong = [{"prompt": "1 + 5 =", "completion": " 6"}]
+    assert exact_match_evaluator(right, tokenizer)(model) == 1.0
+    assert exact_match_evaluator(wrong, tokenizer)(model) == 0.0
+    assert exact_match_evaluator(right + wrong + wrong, tokenizer)(model) == 0.5
+    with pytest.raises(FtpluginsError, match="needs 'prompt' and 'target'"):
+        exact_match_evaluator([{"text": "1 + 2 = 3"}], tokenizer)
+    with pytest.raises(FtpluginsError, match="held-out set is empty"):
+        exact_match_evaluator([], tokenizer)
+
+
 def test_an_empty_held_out_set_is_refused(tmp_path):
     with pytest.raises(FtpluginsError, match="held-out set is empty"):
         loss_evaluator([], tiny_tokenizer())
@@ -317,6 +353,10 @@ def test_soup_command(tmp_path, capsys):
               "--heldout", str(tmp_path / "heldout.jsonl")])
     report = json.loads((tmp_path / "greedy" / "soup.json").read_text())
     assert report["soup_score"] >= max(report["scores"].values())
+    (tmp_path / "qa.jsonl").write_text('{"prompt": "1 + 2 =", "target": "3"}\n')
+    cli_main(["soup", *folders, "-o", str(tmp_path / "em"), "--greedy", "--heldout", str(tmp_path / "qa.jsonl"),
+              "--heldout-metric", "exact_match"])
+    assert 0.0 <= json.loads((tmp_path / "em" / "soup.json").read_text())["soup_score"] <= 1.0
     with pytest.raises(SystemExit):
         cli_main(["soup", *folders, "-o", str(tmp_path / "x"), "--greedy"])  # no held-out set: one line, status 2
     assert "--heldout" in capsys.readouterr().err

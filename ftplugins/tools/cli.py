@@ -27,22 +27,20 @@ def cmd_soup(args: argparse.Namespace) -> None:
         return
     if not args.heldout and not args.evaluator:
         raise FtpluginsError("--greedy needs a held-out set to score ingredients: pass --heldout FILE.jsonl (rows with "
-                             "a 'text' field) or --evaluator package.module:function")
+                             "a 'text' field, or prompt/target with --heldout-metric exact_match) or --evaluator "
+                             "package.module:function")
     if args.deltas and not args.base:
         raise FtpluginsError("--greedy --deltas needs --base: the model folder the deltas were made from (each "
                              "candidate soup is scored as base + mean of the deltas)")
     from transformers import AutoTokenizer
 
-    from .heldout import loss_evaluator, user_evaluator
+    from .heldout import make_evaluator
     from .ingredients import Ingredient
 
     adapters = not args.deltas and Ingredient(args.ingredients[0]).kind == "adapter"
     tokenizer_path = args.base if (args.deltas or adapters) and args.base else args.ingredients[0]
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
-    if args.evaluator:
-        evaluate = user_evaluator(args.evaluator, tokenizer)
-    else:
-        evaluate = loss_evaluator(args.heldout, tokenizer, text_field=args.heldout_text_field)
+    evaluate = make_evaluator(tokenizer, args.heldout, args.heldout_metric, args.evaluator, args.heldout_text_field)
     if args.deltas:
         result = soup.greedy_deltas(args.ingredients, args.base, args.output, evaluate, strict=args.strict,
                                     overwrite=args.overwrite)
@@ -62,7 +60,10 @@ def add_soup_parser(subparsers) -> argparse.ArgumentParser:
                         "held-out score does not drop")
     parser.add_argument("--strict", action="store_true", help="greedy: add only if the score strictly improves "
                         "(the reference code's >; default >=, the paper's Algorithm 1)")
-    parser.add_argument("--heldout", help="held-out .jsonl/.json file; the score is minus the mean token loss")
+    parser.add_argument("--heldout", help="held-out .jsonl/.json file (see --heldout-metric)")
+    parser.add_argument("--heldout-metric", choices=("loss", "exact_match"), default="loss",
+                        help="loss: minus the mean token loss of 'text' rows (default); exact_match: share of "
+                        "prompt/target rows whose target the model predicts exactly")
     parser.add_argument("--heldout-text-field", default="text", help="the field of each held-out row (default text)")
     parser.add_argument("--evaluator", help="package.module:function scoring a model: func(model, tokenizer) -> float")
     parser.add_argument("--base", help="base model folder of adapter ingredients (default: their recorded base), or of "

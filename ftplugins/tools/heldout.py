@@ -2,8 +2,9 @@
 
 An evaluator is any callable ``evaluate(model) -> float``. :func:`loss_evaluator` is the default: the
 negated mean token loss of a causal LM on held-out texts (so a lower loss is a higher score).
-:func:`user_evaluator` loads ``pkg.mod:func`` (called as ``func(model, tokenizer)``), for an accuracy or
-any task metric.
+:func:`exact_match_evaluator` is the share of prompt/target rows answered exactly (teacher-forced, as
+locft's ``evaluate_edits``); :func:`user_evaluator` loads ``pkg.mod:func`` (called as
+``func(model, tokenizer)``) for any task metric.
 """
 
 from __future__ import annotations
@@ -25,17 +26,7 @@ def read_texts(source: str | Sequence[Any], text_field: str = "text") -> list[st
 
     A row gives ``row[text_field]``, or ``prompt + completion`` when it has those instead.
     """
-    if isinstance(source, str):
-        if not os.path.isfile(source):
-            raise FtpluginsError(f"held-out file {source!r} does not exist; pass a .jsonl file of "
-                                 f"{{{text_field!r}: ...}} rows")
-        with open(source) as handle:
-            if source.endswith(".jsonl"):
-                rows = [json.loads(line) for line in handle if line.strip()]
-            else:
-                rows = json.load(handle)
-    else:
-        rows = list(source)
+    rows = _read_rows(source) if isinstance(source, str) else list(source)
     texts = []
     for i, row in enumerate(rows):
         if isinstance(row, str):
@@ -52,6 +43,16 @@ def read_texts(source: str | Sequence[Any], text_field: str = "text") -> list[st
         raise FtpluginsError("the held-out set is empty; a greedy soup needs held-out examples to score its "
                              "ingredients (pass a non-empty dataset)")
     return texts
+
+
+def _read_rows(path: str) -> list[Any]:
+    if not os.path.isfile(path):
+        raise FtpluginsError(f"held-out file {path!r} does not exist; pass a .jsonl file (one JSON row a line) or a "
+                             ".json list")
+    with open(path) as handle:
+        if path.endswith(".jsonl"):
+            return [json.loads(line) for line in handle if line.strip()]
+        return json.load(handle)
 
 
 def loss_evaluator(texts: str | Sequence[Any], tokenizer: Any, batch_size: int = 8, max_length: int = 512,
@@ -86,6 +87,37 @@ def loss_evaluator(texts: str | Sequence[Any], tokenizer: Any, batch_size: int =
     return evaluate
 
 
+def exact_match_evaluator(rows: str | Sequence[Any], tokenizer: Any, target_field: str = "target") -> Evaluator:
+    """Share of rows whose ``target`` (or ``completion``) the model predicts token for token after ``prompt``
+    (teacher-forced argmax; the same check as locft's ``evaluate_edits``)."""
+    from ftplugins.methods.locft.data import exact_match
+
+    rows = _read_rows(rows) if isinstance(rows, str) else list(rows)
+    pairs = []
+    for i, row in enumerate(rows):
+        target = row.get(target_field, row.get("completion")) if isinstance(row, dict) else None
+        if target is None or "prompt" not in row:
+            keys = sorted(row) if isinstance(row, dict) else type(row).__name__
+            raise FtpluginsError(f"held-out row {i} needs 'prompt' and {target_field!r} (or 'completion') for the "
+                                 f"exact-match score; it has {keys}")
+        pairs.append((str(row["prompt"]), str(target)))
+    if not pairs:
+        raise FtpluginsError("the held-out set is empty; a greedy soup needs held-out examples to score its "
+                             "ingredients (pass a non-empty dataset)")
+
+    def evaluate(model) -> float:
+        import torch
+
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            hits = sum(exact_match(model, tokenizer, prompt, target) for prompt, target in pairs)
+        model.train(was_training)
+        return hits / len(pairs)
+
+    return evaluate
+
+
 def user_evaluator(spec: str, tokenizer: Any = None) -> Evaluator:
     """Load ``pkg.mod:func`` and call it as ``func(model, tokenizer) -> float`` (higher is better)."""
     module_name, _, attr = spec.partition(":")
@@ -97,3 +129,22 @@ def user_evaluator(spec: str, tokenizer: Any = None) -> Evaluator:
         raise FtpluginsError(f"evaluator {spec!r} could not be loaded ({exc}); check that the module is importable "
                              "and defines the function") from exc
     return functools.partial(func, tokenizer=tokenizer)
+
+
+METRICS = ("loss", "exact_match")
+
+
+def make_evaluator(tokenizer: Any, heldout: Any = None, metric: str = "loss", evaluator: str | None = None,
+                   text_field: str = "text") -> Evaluator:
+    """The evaluator the command line and the ``soup`` plugin ask for: ``evaluator`` (``pkg.mod:func``) if
+    given, else ``metric`` on the ``heldout`` rows."""
+    if evaluator:
+        return user_evaluator(evaluator, tokenizer)
+    if heldout is None:
+        raise FtpluginsError("a greedy soup needs a held-out set (a .jsonl file) or an evaluator "
+                             "package.module:function")
+    if metric == "exact_match":
+        return exact_match_evaluator(heldout, tokenizer)
+    if metric != "loss":
+        raise FtpluginsError(f"held-out metric {metric!r}: expected one of {', '.join(METRICS)}")
+    return loss_evaluator(heldout, tokenizer, text_field=text_field)

@@ -28,7 +28,10 @@ class SoupOptions:
     soup_strict: bool = field(default=False, metadata={
         "help": "Greedy: add a checkpoint only if the score strictly improves (default: does not drop)."})
     soup_heldout: Optional[str] = field(default=None, metadata={
-        "help": "Greedy: held-out .jsonl file ('text' rows); the score is minus the mean token loss."})
+        "help": "Greedy: held-out .jsonl file, scored by soup_heldout_metric."})
+    soup_heldout_metric: str = field(default="loss", metadata={
+        "help": "'loss' (minus the mean token loss of 'text' rows) or 'exact_match' (share of prompt/target rows "
+                "whose target the model predicts exactly, teacher-forced)."})
     soup_evaluator: Optional[str] = field(default=None, metadata={
         "help": "Greedy: package.module:function scoring a model, func(model, tokenizer) -> float, higher is better."})
     soup_dir: str = field(default="soup", metadata={"help": "Folder, inside output_dir, that receives the soup."})
@@ -37,6 +40,7 @@ class SoupOptions:
         if self.soup_last_k < 2:
             raise ValueError(f"--soup_last_k {self.soup_last_k!r}: expected at least 2 checkpoints to average")
         check_choice("soup_method", self.soup_method, ("uniform", "greedy"))
+        check_choice("soup_heldout_metric", self.soup_heldout_metric, ("loss", "exact_match"))
         if self.soup_method == "greedy" and not (self.soup_heldout or self.soup_evaluator):
             raise ValueError("--soup_method greedy needs a held-out score: set soup_heldout (a .jsonl file) or "
                                  "soup_evaluator (package.module:function)")
@@ -82,11 +86,10 @@ class SoupPlugin(Plugin):
         if opts.soup_method == "uniform":
             soup.uniform(chosen, output, overwrite=True)
         else:
-            from .heldout import loss_evaluator, user_evaluator
+            from .heldout import make_evaluator
 
-            tokenizer = trainer.processing_class
-            evaluate = (user_evaluator(opts.soup_evaluator, tokenizer) if opts.soup_evaluator
-                        else loss_evaluator(opts.soup_heldout, tokenizer))
+            evaluate = make_evaluator(trainer.processing_class, opts.soup_heldout, opts.soup_heldout_metric,
+                                      opts.soup_evaluator)
             base = getattr(getattr(trainer.model, "config", None), "_name_or_path", None)
             soup.greedy(chosen, output, evaluate, base=base, strict=opts.soup_strict, overwrite=True)
         _log.info("soup: wrote the %s soup of %s to %s", opts.soup_method, chosen, output)
