@@ -161,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .data.cli import add_subparser as add_select_subparser
 
     add_select_subparser(sub)
+    from .tools.cli import add_subparsers as add_tool_subparsers
+
+    add_tool_subparsers(sub)
     add_plugin_commands(sub)
     for name, help_text in (
         ("train", "python -m ftplugins.train ..."),

@@ -1,0 +1,117 @@
+"""``ftplugins soup`` and ``ftplugins analyze intruders``: the model tools from the command line.
+
+* ``ftplugins soup A B C -o OUT`` writes the uniform soup of model (or adapter) folders;
+  ``--greedy --heldout FILE.jsonl`` the greedy soup scored by held-out loss, or by ``--evaluator pkg.mod:func``
+  (``func(model, tokenizer) -> float``, higher is better). ``--deltas`` soups sparse delta files into one delta.
+* ``ftplugins analyze intruders BASE TUNED`` counts intruder dimensions (see :mod:`ftplugins.tools.intruders`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def cmd_soup(args: argparse.Namespace) -> None:
+    from ftplugins.errors import FtpluginsError
+
+    from . import soup
+
+    if args.deltas and not args.greedy:
+        soup.soup_deltas(args.ingredients, args.output, overwrite=args.overwrite)
+        print(f"wrote the mean of {len(args.ingredients)} sparse deltas to {args.output}")
+        return
+    if not args.greedy:
+        soup.uniform(args.ingredients, args.output, overwrite=args.overwrite)
+        print(f"wrote the uniform soup of {len(args.ingredients)} ingredients to {args.output}")
+        return
+    if not args.heldout and not args.evaluator:
+        raise FtpluginsError("--greedy needs a held-out set to score ingredients: pass --heldout FILE.jsonl (rows with "
+                             "a 'text' field, or prompt/target with --heldout-metric exact_match) or --evaluator "
+                             "package.module:function")
+    if args.deltas and not args.base:
+        raise FtpluginsError("--greedy --deltas needs --base: the model folder the deltas were made from (each "
+                             "candidate soup is scored as base + mean of the deltas)")
+    from transformers import AutoTokenizer
+
+    from .heldout import make_evaluator
+    from .ingredients import Ingredient
+
+    adapters = not args.deltas and Ingredient(args.ingredients[0]).kind == "adapter"
+    tokenizer_path = args.base if (args.deltas or adapters) and args.base else args.ingredients[0]
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    evaluate = make_evaluator(tokenizer, args.heldout, args.heldout_metric, args.evaluator, args.heldout_text_field)
+    if args.deltas:
+        result = soup.greedy_deltas(args.ingredients, args.base, args.output, evaluate, strict=args.strict,
+                                    overwrite=args.overwrite)
+    else:
+        result = soup.greedy(args.ingredients, args.output, evaluate, base=args.base, strict=args.strict,
+                             overwrite=args.overwrite)
+    print(json.dumps({"chosen": result.chosen, "scores": result.scores, "soup_score": result.soup_score}, indent=2))
+    print(f"wrote the greedy soup of {len(result.chosen)}/{len(args.ingredients)} ingredients to {args.output}")
+
+
+def add_soup_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("soup", help="average fine-tuned models or adapters (uniform or greedy model soup)")
+    parser.add_argument("ingredients", nargs="+", help="model or adapter folders (save_pretrained output); with "
+                        "--deltas, sparse delta files")
+    parser.add_argument("-o", "--output", required=True, help="output folder (new or empty; with --deltas, a file)")
+    parser.add_argument("--greedy", action="store_true", help="greedy soup: add ingredients, best first, while the "
+                        "held-out score does not drop")
+    parser.add_argument("--strict", action="store_true", help="greedy: add only if the score strictly improves "
+                        "(the reference code's >; default >=, the paper's Algorithm 1)")
+    parser.add_argument("--heldout", help="held-out .jsonl/.json file (see --heldout-metric)")
+    parser.add_argument("--heldout-metric", choices=("loss", "exact_match"), default="loss",
+                        help="loss: minus the mean token loss of 'text' rows (default); exact_match: share of "
+                        "prompt/target rows whose target the model predicts exactly")
+    parser.add_argument("--heldout-text-field", default="text", help="the field of each held-out row (default text)")
+    parser.add_argument("--evaluator", help="package.module:function scoring a model: func(model, tokenizer) -> float")
+    parser.add_argument("--base", help="base model folder of adapter ingredients (default: their recorded base), or of "
+                        "sparse deltas (needed with --greedy --deltas)")
+    parser.add_argument("--deltas", action="store_true", help="the ingredients are sparse delta files of one base")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder / over a file")
+    parser.set_defaults(func=cmd_soup)
+    return parser
+
+
+def add_subparsers(subparsers) -> None:
+    """Add the tools' commands to the ``ftplugins`` command."""
+    add_soup_parser(subparsers)
+    add_analyze_parser(subparsers)
+
+
+def cmd_intruders(args: argparse.Namespace) -> None:
+    from . import intruders
+
+    epsilons = args.epsilon or list(intruders.EPSILONS)
+    report = intruders.analyze(intruders.pairs_for(args.base, args.tuned, args.include), k=args.k, epsilons=epsilons)
+    plots = {}
+    for name in args.plot or []:
+        pair = [(w0, w) for n, w0, w in intruders.pairs_for(args.base, args.tuned, args.include) if n == name]
+        if not pair:
+            from ftplugins.errors import FtpluginsError
+
+            raise FtpluginsError(f"--plot {name}: no such analysed matrix; choose one of "
+                                 f"{[m.name for m in report.matrices][:5]} ...")
+        plots[name] = intruders.similarity(*pair[0], k=args.k)
+    written = intruders.write_report(report, args.output, plots)
+    totals = ", ".join(f"ε={e}: {report.total(e)}" for e in report.epsilons)
+    print(f"intruder dimensions over {len(report.matrices)} matrices (top {args.k}): {totals}; wrote "
+          f"{', '.join(written)}")
+
+
+def add_analyze_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("analyze", help="analyses of a fine-tuned model against its base")
+    sub = parser.add_subparsers(dest="analyze_command", required=True)
+    p = sub.add_parser("intruders", help="intruder dimensions: fine-tuned singular vectors unlike any pre-trained one")
+    p.add_argument("base", help="pre-trained model folder")
+    p.add_argument("tuned", help="fine-tuned model folder, PEFT adapter folder, or sparse delta file")
+    p.add_argument("-o", "--output", default="intruders.json", help="JSON report (a PNG is written beside it when "
+                   "matplotlib is installed); default intruders.json")
+    p.add_argument("--k", type=int, default=10, help="top fine-tuned singular vectors examined per matrix (default 10)")
+    p.add_argument("--epsilon", type=float, action="append", help="cosine threshold; repeat to sweep (default 0.5)")
+    p.add_argument("--include", help="regular expression of matrix names to analyse (default: every 2-D weight but "
+                   "the embeddings and the output head)")
+    p.add_argument("--plot", action="append", help="also draw the similarity matrix of this matrix (repeatable)")
+    p.set_defaults(func=cmd_intruders)
+    return parser
