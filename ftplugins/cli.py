@@ -148,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .sparse.cli import add_subparser as add_delta_subparser
 
     add_delta_subparser(sub)
+    from .eval.cli import add_subparser as add_eval_subparser
+
+    add_eval_subparser(sub)
     add_plugin_commands(sub)
     for name, help_text in (
         ("train", "python -m ftplugins.train ..."),

@@ -1,0 +1,96 @@
+"""``ftplugins eval HARNESS ...`` (also ``python -m ftplugins.eval HARNESS ...``): the evaluation harnesses.
+
+* ``mbpp``: MBPP-format pass@k (:mod:`.mbpp`).
+
+Each prints one JSON object (metrics, config, per-task or per-question records) or writes it to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_subparser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("eval", help="evaluation harnesses: mbpp (pass@k)")
+    harnesses = p.add_subparsers(dest="harness", required=True)
+
+    m = harnesses.add_parser("mbpp", help="MBPP-format pass@k with sandboxed execution")
+    _model_args(m)
+    m.add_argument("--data", default=None, help="MBPP-format .jsonl/.json/.csv (text, code, test_list); default: "
+                   "the tiny synthetic set shipped with ftplugins")
+    m.add_argument("--n", type=int, default=1, help="samples per task")
+    m.add_argument("--k", default="1", help="comma-separated k of pass@k, each <= n")
+    m.add_argument("--temperature", type=float, default=None, help="default: 0 (greedy) for n=1, else 0.8")
+    m.add_argument("--max_new_tokens", type=int, default=256)
+    m.add_argument("--batch_size", type=int, default=8, help="tasks per generate call")
+    m.add_argument("--shots", default=None, help="comma-separated task ids used as prompt examples; default: MBPP's "
+                   "2,3,4 when present, else none; 'none' for zero-shot")
+    m.add_argument("--timeout", type=float, default=10.0, help="seconds each sample may run")
+    m.add_argument("--workers", type=int, default=1, help="samples executed in parallel")
+    m.set_defaults(func=cmd_mbpp)
+
+    return p
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="model folder (the base model with --adapter)")
+    p.add_argument("--adapter", default=None, help="PEFT adapter folder loaded onto --model")
+    p.add_argument("--out", default=None, help="write the JSON result here instead of printing it")
+
+
+def load_model(args: argparse.Namespace):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ftplugins.composition import check_model_path
+
+    check_model_path(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    model = AutoModelForCausalLM.from_pretrained(args.model)
+    if args.adapter is not None:
+        from ftplugins.peft_types import load_adapter
+
+        model = load_adapter(model, args.adapter)
+    return model.eval(), tokenizer
+
+
+def emit(result: dict, out: str | None) -> None:
+    if out is None:
+        print(json.dumps(result, indent=2))
+        return
+    import os
+
+    from ftplugins.atomic import staged_dir
+
+    folder, name = os.path.split(os.path.abspath(out))
+    with staged_dir(folder) as tmp, open(os.path.join(tmp, name), "w", encoding="utf-8") as handle:
+        json.dump(result, handle, indent=2)
+    print(f"wrote {out}: {json.dumps(result['metrics'])}")
+
+
+def cmd_mbpp(args: argparse.Namespace) -> None:
+    from .mbpp import TINY, evaluate_mbpp, load_mbpp
+    from .report import parse_ks
+
+    data = args.data or TINY
+    load_mbpp(data)  # bad data fails before the model loads
+    ks = parse_ks(args.k, "--k")
+    shots = None if args.shots is None else (
+        [] if args.shots.strip().lower() == "none" else [int(s) if s.strip().isdigit() else s.strip()
+                                                         for s in args.shots.split(",") if s.strip()])
+    model, tokenizer = load_model(args)
+    result = evaluate_mbpp(model, tokenizer, data, n=args.n, ks=ks, temperature=args.temperature,
+                           max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, shot_ids=shots,
+                           timeout=args.timeout, workers=args.workers)
+    emit(result, args.out)
+
+
+def main(argv=None) -> None:
+    from ftplugins.cli_errors import exit_on_user_error
+
+    parser = argparse.ArgumentParser(prog="ftplugins")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_subparser(sub)
+    argv = ["eval", *(argv if argv is not None else __import__("sys").argv[1:])]
+    args = parser.parse_args(argv)
+    exit_on_user_error(args.func)(args)
