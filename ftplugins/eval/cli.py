@@ -1,6 +1,7 @@
 """``ftplugins eval HARNESS ...`` (also ``python -m ftplugins.eval HARNESS ...``): the evaluation harnesses.
 
-* ``mbpp``: MBPP-format pass@k (:mod:`.mbpp`).
+* ``mbpp``: MBPP-format pass@k (:mod:`.mbpp`);
+* ``infusion``: knowledge infusion in the FineTuneBench format (:mod:`.infusion`).
 
 Each prints one JSON object (metrics, config, per-task or per-question records) or writes it to ``--out``.
 """
@@ -12,7 +13,7 @@ import json
 
 
 def add_subparser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("eval", help="evaluation harnesses: mbpp (pass@k)")
+    p = subparsers.add_parser("eval", help="evaluation harnesses: mbpp (pass@k), infusion (FineTuneBench format)")
     harnesses = p.add_subparsers(dest="harness", required=True)
 
     m = harnesses.add_parser("mbpp", help="MBPP-format pass@k with sandboxed execution")
@@ -30,6 +31,27 @@ def add_subparser(subparsers) -> argparse.ArgumentParser:
     m.add_argument("--workers", type=int, default=1, help="samples executed in parallel")
     m.set_defaults(func=cmd_mbpp)
 
+    i = harnesses.add_parser("infusion", help="knowledge infusion (FineTuneBench format): accuracy per question kind")
+    _model_args(i)
+    i.add_argument("--data", default=None, help="CSV with prompt, answer, kind; or KIND=FILE.csv (repeatable) for "
+                   "FineTuneBench's one-file-per-kind CSVs (id, prompt, answer); default: the tiny synthetic set")
+    i.add_argument("--extra", action="append", default=[], metavar="KIND=FILE", help="another KIND=FILE.csv")
+    i.add_argument("--judge", default="auto", help="auto (numeric for number answers, else normalized; default), "
+                   "normalized, numeric, exact, or pkg.mod:func")
+    i.add_argument("--template", default=None, help="question prompt; {prompt} is replaced (default: "
+                   "'Question: {prompt}\\nAnswer:')")
+    i.add_argument("--max_new_tokens", type=int, default=32)
+    i.add_argument("--batch_size", type=int, default=16)
+    i.set_defaults(func=cmd_infusion)
+
+    t = harnesses.add_parser("infusion-train", help="write the memorization questions as prompt/completion JSONL "
+                             "(the rows to fine-tune on, in the prompt format `eval infusion` asks them)")
+    t.add_argument("out", help="output .jsonl")
+    t.add_argument("--data", default=None, help="as for `eval infusion`")
+    t.add_argument("--extra", action="append", default=[], metavar="KIND=FILE")
+    t.add_argument("--kinds", default="memorization", help="comma-separated kinds to train on")
+    t.add_argument("--template", default=None)
+    t.set_defaults(func=cmd_infusion_train)
     return p
 
 
@@ -83,6 +105,35 @@ def cmd_mbpp(args: argparse.Namespace) -> None:
                            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, shot_ids=shots,
                            timeout=args.timeout, workers=args.workers)
     emit(result, args.out)
+
+
+def cmd_infusion(args: argparse.Namespace) -> None:
+    from .infusion import TINY, evaluate_infusion, load_facts
+
+    sources = [s for s in [args.data, *args.extra] if s] or [TINY]
+    rows = load_facts(sources)  # bad data fails before the model loads
+    from .infusion import TEMPLATE, resolve
+
+    resolve(args.judge, option="--judge")  # a misspelled judge fails before the model loads
+    model, tokenizer = load_model(args)
+    result = evaluate_infusion(model, tokenizer, rows, judge=args.judge, template=args.template or TEMPLATE,
+                               max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    emit(result, args.out)
+
+
+def cmd_infusion_train(args: argparse.Namespace) -> None:
+    import os
+
+    from ftplugins.atomic import staged_dir
+
+    from .infusion import TEMPLATE, TINY, load_facts, training_rows
+
+    facts = load_facts([s for s in [args.data, *args.extra] if s] or [TINY])
+    rows = training_rows(facts, [k.strip() for k in args.kinds.split(",") if k.strip()], args.template or TEMPLATE)
+    folder, name = os.path.split(os.path.abspath(args.out))
+    with staged_dir(folder) as tmp, open(os.path.join(tmp, name), "w", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(row) + "\n" for row in rows)
+    print(f"wrote {len(rows)} rows to {args.out}")
 
 
 def main(argv=None) -> None:

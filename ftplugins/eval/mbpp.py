@@ -97,7 +97,7 @@ def split_shots(rows: list[dict], shot_ids: Sequence[Any] | None) -> tuple[list[
 
 def extract_program(completion: str) -> str:
     """The completion's code: its first fenced block, else the text before ``[DONE]``."""
-    from ftplugins.methods.s3ft.judges import extract_code
+    from .judges import extract_code
 
     return extract_code(completion.split("[DONE]", 1)[0])
 
