@@ -1,7 +1,9 @@
 """``ftplugins eval HARNESS ...`` (also ``python -m ftplugins.eval HARNESS ...``): the evaluation harnesses.
 
 * ``mbpp``: MBPP-format pass@k (:mod:`.mbpp`);
-* ``infusion``: knowledge infusion in the FineTuneBench format (:mod:`.infusion`).
+* ``infusion``: knowledge infusion in the FineTuneBench format (:mod:`.infusion`);
+* ``conjugate``: conjugate prompting, a fine-tuned model and its base on original vs transformed prompts
+  (:mod:`ftplugins.tools.conjugate`).
 
 Each prints one JSON object (metrics, config, per-task or per-question records) or writes it to ``--out``.
 """
@@ -13,7 +15,7 @@ import json
 
 
 def add_subparser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("eval", help="evaluation harnesses: mbpp (pass@k), infusion (FineTuneBench format)")
+    p = subparsers.add_parser("eval", help="evaluation harnesses: mbpp (pass@k), infusion (FineTuneBench format), conjugate prompting")
     harnesses = p.add_subparsers(dest="harness", required=True)
 
     m = harnesses.add_parser("mbpp", help="MBPP-format pass@k with sandboxed execution")
@@ -52,6 +54,20 @@ def add_subparser(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--kinds", default="memorization", help="comma-separated kinds to train on")
     t.add_argument("--template", default=None)
     t.set_defaults(func=cmd_infusion_train)
+    c = harnesses.add_parser("conjugate", help="conjugate prompting: accuracy of a fine-tuned model and its base on "
+                             "original vs transformed prompts (cipher, leetspeak, pig latin, synthetic language)")
+    _model_args(c)
+    c.add_argument("--base", default=None, help="the base (pre-trained) model folder; default with --adapter: "
+                   "--model with the adapter disabled; without either, only --model is evaluated")
+    c.add_argument("--data", required=True, help=".jsonl/.json/.csv with prompt and answer columns")
+    c.add_argument("--transforms", default="cipher,leetspeak,pig_latin,language",
+                   help="comma-separated transforms (identity is always evaluated)")
+    c.add_argument("--judge", default="auto", help="auto (default), normalized, numeric, exact, or pkg.mod:func")
+    c.add_argument("--template", default="{prompt}", help="the prompt around each question; {prompt} is replaced")
+    c.add_argument("--max_new_tokens", type=int, default=32)
+    c.add_argument("--batch_size", type=int, default=16)
+    c.add_argument("--seed", type=int, default=0, help="seed of the synthetic language")
+    c.set_defaults(func=cmd_conjugate)
     return p
 
 
@@ -134,6 +150,39 @@ def cmd_infusion_train(args: argparse.Namespace) -> None:
     with staged_dir(folder) as tmp, open(os.path.join(tmp, name), "w", encoding="utf-8") as handle:
         handle.writelines(json.dumps(row) + "\n" for row in rows)
     print(f"wrote {len(rows)} rows to {args.out}")
+
+
+def cmd_conjugate(args: argparse.Namespace) -> None:
+    from ftplugins.tools.conjugate import conjugate_eval, get_transform
+
+    from .infusion import resolve
+    from .rows import load_rows
+
+    rows = load_rows(args.data, ("prompt", "answer"), what="conjugate")
+    names = [t.strip() for t in args.transforms.split(",") if t.strip()]
+    for name in names:
+        get_transform(name, ["probe"])  # a misspelled transform fails before the models load
+    resolve(args.judge, option="--judge")
+    model, tokenizer = load_model(args)
+    models = {"finetuned": model}
+    if args.base is not None:
+        from transformers import AutoModelForCausalLM
+
+        from ftplugins.composition import check_model_path
+        from ftplugins.tools.contrastive import check_same_tokenizer
+
+        check_model_path(args.base)
+        from transformers import AutoTokenizer
+
+        check_same_tokenizer(tokenizer, AutoTokenizer.from_pretrained(args.base), "conjugate")
+        models["base"] = AutoModelForCausalLM.from_pretrained(args.base).eval()
+    elif args.adapter is not None:
+        from ftplugins.tools.contrastive import AdapterDisabled
+
+        models["base"] = AdapterDisabled(model)
+    result = conjugate_eval(models, tokenizer, rows, names, judge=args.judge, template=args.template,
+                            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed)
+    emit(result, args.out)
 
 
 def main(argv=None) -> None:
