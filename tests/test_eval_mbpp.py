@@ -93,12 +93,12 @@ def test_a_csv_with_a_missing_column_is_one_line_from_the_cli(tmp_path):
 
 # --- hostile samples: each a failed sample, nothing left behind -------------------------------------------------------
 
-FORK_BOMB = f"""
-import os, time
-marker = "{{marker}}"
+FORK_BOMB = """
+import ctypes, os, time
 for _ in range(64):  # counted: a broken sandbox cannot hurt the machine
     try:
         if os.fork() == 0:
+            ctypes.CDLL(None).prctl(15, b"{marker}", 0, 0, 0)  # PR_SET_NAME: findable in /proc/PID/comm
             time.sleep(30)
             os._exit(0)
     except OSError:
@@ -106,26 +106,34 @@ for _ in range(64):  # counted: a broken sandbox cannot hurt the machine
 """
 
 
-def _live_processes_with(marker: str) -> list[int]:
+def _live_processes_named(marker: str) -> list[int]:
+    """Host pids whose name (/proc/PID/comm, set by the sample's children) is ``marker``; zombies excluded."""
     found = []
     for name in os.listdir("/proc"):
         if name.isdigit():
             try:
-                with open(f"/proc/{name}/environ", "rb") as handle:
-                    if marker.encode() in handle.read():
-                        found.append(int(name))
+                with open(f"/proc/{name}/comm", "rb") as handle:
+                    comm = handle.read().strip()
+                with open(f"/proc/{name}/stat", "rb") as handle:
+                    state = handle.read().rsplit(b")", 1)[1].split()[0]
             except OSError:
-                pass
+                continue
+            if comm == marker.encode() and state != b"Z":
+                found.append(int(name))
     return found
 
 
-def test_hanging_forking_and_memory_hungry_samples_fail_and_leave_nothing_behind():
-    marker = f"ftplugins-mbpp-{uuid.uuid4().hex}"
+def test_hanging_forking_and_memory_hungry_samples_fail_and_leave_nothing_behind(tmp_path, monkeypatch):
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the runner's per-sample folders go
+    marker = f"mb{uuid.uuid4().hex[:13]}"  # a process name holds 15 characters
     task = {"task_id": 1, "text": "add", "code": "", "test_list": ["assert add(2, 3) == 5"]}
     hostile = [
         "import time\ndef add(a, b):\n    time.sleep(30)\n    return a + b",  # hangs
-        "import os\nos.environ['M'] = '" + marker + "'\n" + FORK_BOMB.format(marker=marker)
-        + "\ndef add(a, b):\n    return a + b\nwhile True: pass",  # forks then spins
+        FORK_BOMB.format(marker=marker) + "\ndef add(a, b):\n    return a + b\nwhile True: pass",  # forks, spins
         "hog = bytearray(10 * 1024 ** 3)\ndef add(a, b):\n    return a + b",  # 10 GB
         "def add(a, b):\n    return a + b",  # the one correct sample
     ]
@@ -135,7 +143,8 @@ def test_hanging_forking_and_memory_hungry_samples_fail_and_leave_nothing_behind
     assert outcomes[3] == "passed"
     assert result["tasks"][0]["correct"] == 1
     assert result["metrics"] == {"pass@1": pytest.approx(0.25), "pass@2": pytest.approx(0.5), "pass@4": 1.0}
-    assert _live_processes_with(marker) == []
+    assert _live_processes_named(marker) == []
+    assert list(scratch.iterdir()) == []  # every sample's folder removed
 
 
 @pytest.mark.skipif(not namespaces_available(), reason="without user namespaces the sandbox documents a writable "
