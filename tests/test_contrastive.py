@@ -191,3 +191,44 @@ def test_beam_search_over_contrastive_scores_matches_rows_to_the_prompt_mask():
     alone = [contrastive_generate_ids(ft, tokenizer, [p], pt, max_new_tokens=5, num_beams=3)[0] for p in prompts]
     assert len(beams) == 2
     assert [b[:len(a)] for b, a in zip(beams, alone)] == alone  # padding and beam expansion change nothing
+
+
+# --- iterative CGE ------------------------------------------------------------------------------------------------
+
+def _weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _nll(model, tokenizer, text):
+    ids_ = torch.tensor([[tokenizer.bos_token_id] + tokenizer(text)["input_ids"]])
+    with torch.no_grad():
+        return float(model(input_ids=ids_, labels=ids_).loss)
+
+
+def test_iterative_exploration_trains_only_the_base_and_towards_its_samples():
+    from ftplugins.tools.cge_explore import explore
+
+    tokenizer, ft, pt = tiny_tokenizer(), peaky_llama(seed=0), peaky_llama(seed=1)
+    ft_before, pt_before = _weights(ft), _weights(pt)
+    initial_pt = copy.deepcopy(pt)
+    seen = []
+    samples = explore(ft, tokenizer, pt, steps=3, learning_rate=1e-2, max_new_tokens=6, num_beams=2,
+                      on_sample=lambda step, text: seen.append((step, text)))
+    assert len(samples) == 3 and seen == list(enumerate(samples))
+    assert all(torch.equal(ft_before[k], v) for k, v in _weights(ft).items())  # the fine-tuned model never changes
+    assert any(not torch.equal(pt_before[k], v) for k, v in _weights(pt).items())
+    assert _nll(pt, tokenizer, samples[0]) < _nll(initial_pt, tokenizer, samples[0])  # pulled towards its samples
+
+    static = peaky_llama(seed=1)
+    explore(ft, tokenizer, static, steps=2, update=False, max_new_tokens=4, num_beams=1)
+    assert all(torch.equal(pt_before[k], v) for k, v in _weights(static).items())  # --no_update
+
+
+def test_iterative_exploration_refuses_a_base_that_shares_the_fine_tuned_weights():
+    from peft import LoraConfig, get_peft_model
+
+    from ftplugins.tools.cge_explore import explore
+
+    peft_model = get_peft_model(tiny_llama(), LoraConfig(r=2, target_modules=["q_proj"]))
+    with pytest.raises(FtpluginsError, match="must be a separate model"):
+        explore(peft_model, tiny_tokenizer(), AdapterDisabled(peft_model), steps=1)

@@ -1,2 +1,2 @@
 """Model tools that are not training: conjugate prompting (:mod:`.conjugate`), contrastive generative exploration
-(:mod:`.contrastive`)."""
+(:mod:`.contrastive`, iterative: :mod:`.cge_explore`)."""

@@ -21,7 +21,7 @@ do_sample=True``). With FT = PT and γ = 1 every head token scores 0: the proces
 
 A model pair must share its tokenizer (same vocabulary and special tokens) and output width; otherwise the
 token-by-token contrast is meaningless and is refused. The iterative variant (one NLL step on PT after each
-generated example) is not implemented here yet.
+generated example) is :func:`ftplugins.tools.cge_explore.explore`.
 """
 
 from __future__ import annotations
