@@ -95,7 +95,8 @@ class PigLatinOnlyLM(torch.nn.Module):
             for question, answer in self.qa.items():
                 if self.pig.encode(question) in prompt:
                     reply = self.pig.encode(answer)
-            outs.append(row_ids.tolist() + self.tokenizer(" " + reply + "\nmore", add_special_tokens=False)["input_ids"])
+            new = self.tokenizer(" " + reply + "\nmore", add_special_tokens=False)["input_ids"]
+            outs.append(row_ids.tolist() + new)
         width = max(map(len, outs))
         return torch.tensor([o + [self.tokenizer.pad_token_id] * (width - len(o)) for o in outs])
 
@@ -145,3 +146,22 @@ def test_the_cli_compares_a_model_and_its_base(tiny_model_dir, tmp_path):
     assert metrics["finetuned/pig_latin"] == metrics["base/pig_latin"]  # the same weights answer the same
     with pytest.raises(SystemExit):
         main(["eval", "conjugate", "--model", tiny_model_dir, "--data", str(data), "--transforms", "klingon"])
+
+
+def test_the_base_of_a_peft_model_is_its_adapter_disabled_view():
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    from ftplugins.tools.contrastive import AdapterDisabled
+
+    tokenizer, base = tiny_tokenizer(), tiny_llama()
+    plain_base = copy.deepcopy(base)
+    peft_model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    rows = [{"prompt": f"what is {i} plus 1", "answer": str(i + 1)} for i in range(3)]
+    viewed = conjugate_eval({"ft": peft_model, "base": AdapterDisabled(peft_model)}, tokenizer, rows, ["cipher"],
+                            max_new_tokens=5)
+    separate = conjugate_eval({"base": plain_base}, tokenizer, rows, ["cipher"], max_new_tokens=5)
+    answers = lambda result, model: [r["raw_answer"] for r in result["rows"] if r["model"] == model]  # noqa: E731
+    assert answers(viewed, "base") == answers(separate, "base")
+    assert answers(viewed, "ft") != answers(viewed, "base")  # the adapter is on for the fine-tuned model

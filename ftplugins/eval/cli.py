@@ -15,7 +15,8 @@ import json
 
 
 def add_subparser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("eval", help="evaluation harnesses: mbpp (pass@k), infusion (FineTuneBench format), conjugate prompting")
+    p = subparsers.add_parser("eval", help="evaluation harnesses: mbpp (pass@k), infusion (FineTuneBench format), "
+                              "conjugate prompting")
     harnesses = p.add_subparsers(dest="harness", required=True)
 
     m = harnesses.add_parser("mbpp", help="MBPP-format pass@k with sandboxed execution")

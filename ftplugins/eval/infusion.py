@@ -64,7 +64,8 @@ def _is_list_of_sources(value: Any) -> bool:
     return isinstance(value, (list, tuple)) and bool(value) and all(isinstance(v, (str, os.PathLike)) for v in value)
 
 
-def training_rows(facts: Sequence[dict], kinds: Sequence[str] = ("memorization",), template: str = TEMPLATE) -> list[dict]:
+def training_rows(facts: Sequence[dict], kinds: Sequence[str] = ("memorization",),
+                  template: str = TEMPLATE) -> list[dict]:
     """The rows to fine-tune on: ``{"prompt", "completion"}`` of the given kinds (FineTuneBench trains on the
     memorization questions), in the prompt format :func:`evaluate_infusion` asks them."""
     rows = [{"prompt": template.replace("{prompt}", f["prompt"]), "completion": " " + f["answer"]}

@@ -117,7 +117,8 @@ class ContrastiveLogitsProcessor(LogitsProcessor):
         if input_ids.shape[0] != prompt.shape[0]:
             if input_ids.shape[0] % prompt.shape[0]:
                 raise FtpluginsError(f"contrastive: {input_ids.shape[0]} rows for a prompt mask of "
-                                     f"{prompt.shape[0]} rows; pass the attention mask of the prompts given to generate.")
+                                     f"{prompt.shape[0]} rows; pass the attention mask of the prompts given to "
+                                     "generate.")
             prompt = prompt.repeat_interleave(input_ids.shape[0] // prompt.shape[0], dim=0)
         full[:, :prompt.shape[1]] = prompt
         return full
