@@ -19,7 +19,8 @@ def generate_texts(model: Any, tokenizer: Any, prompts: Sequence[str], *, n: int
                    stop: Sequence[str] = (), logits_processor: Any = None) -> list[list[str]]:
     """``n`` completions (new text only, special tokens skipped, cut before the first ``stop`` string) per prompt.
 
-    ``batch_size`` counts prompts per ``generate`` call; each call produces ``batch_size * n`` sequences."""
+    ``batch_size`` counts prompts per ``generate`` call; each call produces ``batch_size * n`` sequences.
+    ``seed`` reseeds torch's global generator before sampling (reproducible samples); ``None`` leaves it alone."""
     import torch
 
     if n < 1 or batch_size < 1 or max_new_tokens < 1:
