@@ -164,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .tools.cli import add_subparsers as add_tool_subparsers
 
     add_tool_subparsers(sub)
+    from .eval.cli import add_subparser as add_eval_subparser
+
+    add_eval_subparser(sub)
     add_plugin_commands(sub)
     for name, help_text in (
         ("train", "python -m ftplugins.train ..."),

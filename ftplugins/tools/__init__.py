@@ -1,5 +1,8 @@
-"""Model tools that are not training: soups (:mod:`.soup`), intruder dimensions (:mod:`.intruders`).
+"""Model tools that are not training: soups (:mod:`.soup`), intruder dimensions (:mod:`.intruders`), conjugate
+prompting (:mod:`.conjugate`), contrastive generative exploration (:mod:`.contrastive`, iterative:
+:mod:`.cge_explore`).
 
-Each tool is a plain function first, then a command (``ftplugins soup``, ``ftplugins analyze``), then, where
-it makes sense inside a run, a plugin. This package stays light: the tools import torch inside.
+Each tool is a plain function first, then a command (``ftplugins soup``, ``ftplugins analyze``, ``ftplugins eval
+conjugate``, ``ftplugins generate --contrastive``), then, where it makes sense inside a run, a plugin. This package
+stays light: the tools import torch inside.
 """
