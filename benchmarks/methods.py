@@ -128,7 +128,8 @@ METHODS: list[MethodSpec] = [
     # --- shipped methods -------------------------------------------------------------------------
     # SSF trains only per-channel scales and shifts; like the paper (which uses large rates), it needs a higher one.
     MethodSpec("ssf", ("ssf",), learning_rate=5 * ADAPTER_LR, note="scale and shift every feature (PEFT tuner)"),
-    MethodSpec("masked_thought", ("masked_thought",), {"masked_thought_ratio": 0.2},
+    # Prompt/completion rows: Masked Thought masks response inputs only, and refuses rows that cannot tell them apart.
+    MethodSpec("masked_thought", ("masked_thought",), {"masked_thought_ratio": 0.2}, dataset=TextRows(),
                note="full fine-tuning + Masked Thought collator (p=0.2)"),
     # --- adapters (issue 3); bottleneck size d/16 as AdapterHub's reduction factor 16 --------------
     MethodSpec("bottleneck-series", ("bottleneck",),
