@@ -77,7 +77,7 @@ class DiffusionTrainer(DiffusersCheckpointLoading, Trainer):
         self.text_encoder = _frozen(text_encoder)
         self.vae = _frozen(vae)
         self.noise_scheduler = noise_scheduler
-        resolution = getattr(args, "resolution", None) or int(vae.config.sample_size)
+        resolution = self.resolution = getattr(args, "resolution", None) or int(vae.config.sample_size)
         if data_collator is None:
             data_collator = ImageCaptionCollator(processing_class, resolution,
                                                  image_column=getattr(args, "image_column", "image"),
@@ -130,6 +130,17 @@ class DiffusionTrainer(DiffusersCheckpointLoading, Trainer):
         """VAE latents -> the denoiser's latent space ((z - shift) * scale, as the pipelines do)."""
         shift = getattr(self.vae.config, "shift_factor", None) or 0.0
         return (latents - shift) * self.vae.config.scaling_factor
+
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of one image's latents."""
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return (int(self.vae.config.latent_channels), self.resolution // factor, self.resolution // factor)
+
+    def tokenize(self, captions: list[str]) -> Any:
+        """Token ids of ``captions`` as the collator makes them."""
+        if isinstance(self.data_collator, ImageCaptionCollator):
+            return self.data_collator.tokenize(captions)
+        return ImageCaptionCollator(self.tokenizer, self.resolution).tokenize(captions)
 
     def draw_noise_and_timesteps(self, latents: Any) -> tuple[Any, Any]:
         """ε ~ N(0, I) like ``latents`` and uniform training timesteps (torch's global generator)."""
