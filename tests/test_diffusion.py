@@ -67,7 +67,7 @@ def test_flow_matching_loss_of_a_transformer_denoiser_equals_hand_computation(tm
     out = trainer.text_encoder(input_ids=batch["input_ids"])
     with torch.no_grad():
         prediction = trainer.model(hidden_states=noisy, encoder_hidden_states=out.last_hidden_state,
-                                   pooled_projections=out.text_embeds, timestep=batch["timesteps"]).sample
+                                   pooled_projections=out.pooler_output, timestep=batch["timesteps"]).sample
         expected = ((prediction - (eps - x0)) ** 2).mean()
         loss = trainer.compute_loss(trainer.model, batch)
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
@@ -108,6 +108,12 @@ def test_training_lowers_the_loss_and_leaves_text_encoder_and_vae_untouched(tmp_
             assert torch.equal(value, frozen[name][key]), (name, key)
     optimized = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
     assert optimized == {id(p) for p in trainer.model.parameters()}
+
+
+def test_evaluate_reports_the_denoising_loss(tmp_path):
+    trainer = make_trainer(tmp_path, per_device_eval_batch_size=2)
+    metrics = trainer.evaluate(tiny.shapes_dataset(4, seed=1))
+    assert metrics["eval_loss"] > 0 and torch.isfinite(torch.tensor(metrics["eval_loss"]))
 
 
 def test_cached_latents_are_the_vae_moments(tmp_path):
@@ -151,14 +157,17 @@ ADAPTERS = {
 }
 
 
+@pytest.mark.parametrize("denoiser", ["unet", "sd3"])
 @pytest.mark.parametrize("name", sorted(ADAPTERS))
-def test_adapters_train_on_the_unet_attention_only(tmp_path, name):
+def test_adapters_train_on_the_attention_of_the_denoiser_only(tmp_path, name, denoiser):
     from peft import PeftModel
 
     trainer_cls = ftplugins.compose(DiffusionTrainer, [name], **ADAPTERS[name])
-    unet = tiny.tiny_unet()
+    unet = tiny.tiny_unet() if denoiser == "unet" else tiny.tiny_sd3_transformer()
+    scheduler = tiny.ddpm_scheduler() if denoiser == "unet" else tiny.flow_scheduler()
     base = {k: v.clone() for k, v in unet.state_dict().items()}
-    trainer = make_trainer(tmp_path, model=unet, trainer_cls=trainer_cls, max_steps=3, learning_rate=1e-2)
+    trainer = make_trainer(tmp_path, model=unet, scheduler=scheduler, trainer_cls=trainer_cls, max_steps=3,
+                           learning_rate=1e-2)
     assert isinstance(trainer.model, PeftModel)
     trained = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
     assert trained and all(any(f".{m}." in n for m in ATTENTION) for n in trained), sorted(trained)[:5]
@@ -231,3 +240,42 @@ def test_an_unreadable_image_names_its_row(tmp_path):
     trainer = make_trainer(tmp_path, dataset=Dataset.from_list([{"image": str(broken), "caption": "a red disc"}]))
     with pytest.raises(FtpluginsError, match="row 0: the image in column 'image' cannot be read"):
         trainer.data_collator([trainer.train_dataset[0]])
+
+
+# --- pipelines built from a saved run ---------------------------------------------------------------------------
+
+
+def generate(unet, text_encoder, vae):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tiny.tiny_tokenizer(), unet=unet,
+                                   scheduler=tiny.few_step_scheduler(), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe("a red disc", num_inference_steps=4, guidance_scale=0.0, height=tiny.RESOLUTION,
+                width=tiny.RESOLUTION, generator=torch.Generator().manual_seed(0), output_type="pt").images
+
+
+def test_a_pipeline_built_from_a_saved_run_generates_what_the_trained_denoiser_does(tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    trainer = make_trainer(tmp_path / "full", max_steps=3, learning_rate=1e-2)
+    trainer.train()
+    trainer.save_model()
+    with torch.no_grad():
+        expected = generate(trainer.model.eval(), trainer.text_encoder, trainer.vae)
+        images = generate(UNet2DConditionModel.from_pretrained(tmp_path / "full"), trainer.text_encoder, trainer.vae)
+    assert images.shape == (1, 3, tiny.RESOLUTION, tiny.RESOLUTION) and torch.isfinite(images).all()
+    torch.testing.assert_close(images, expected)
+
+    adapted_cls = ftplugins.compose(DiffusionTrainer, ["ssf"], ssf_target_modules=ATTENTION)
+    adapted = make_trainer(tmp_path / "ssf", trainer_cls=adapted_cls, max_steps=3, learning_rate=1e-2)
+    adapted.train()
+    adapted.save_model()
+    with torch.no_grad():
+        expected = generate(adapted.model.eval(), adapted.text_encoder, adapted.vae)
+        loaded = ftplugins.load_adapter(tiny.tiny_unet(), str(tmp_path / "ssf"))  # a fresh base + the saved adapter
+        images = generate(loaded.eval(), adapted.text_encoder, adapted.vae)
+        base = generate(tiny.tiny_unet().eval(), adapted.text_encoder, adapted.vae)
+    torch.testing.assert_close(images, expected)
+    assert not torch.allclose(images, base)  # the adapter changes what the pipeline generates

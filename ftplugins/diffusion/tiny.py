@@ -32,18 +32,19 @@ def tiny_tokenizer():
 
 
 def tiny_text_encoder(seed: int = 0):
-    """A 2-layer CLIP text encoder with a projection (``text_embeds`` feed transformer denoisers' pooled input)."""
+    """A 2-layer ``CLIPTextModel`` (what Stable Diffusion pipelines take; its ``pooler_output`` feeds transformer
+    denoisers' pooled input)."""
     import torch
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = tiny_tokenizer()
     config = CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=TEXT_WIDTH, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=CAPTION_LENGTH, projection_dim=TEXT_WIDTH,
+        num_attention_heads=4, max_position_embeddings=CAPTION_LENGTH,
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
     )
     torch.manual_seed(seed)
-    return CLIPTextModelWithProjection(config)
+    return CLIPTextModel(config)
 
 
 def tiny_vae(seed: int = 0):
@@ -107,7 +108,7 @@ def few_step_scheduler():
     from diffusers import EulerDiscreteScheduler
 
     return EulerDiscreteScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
-                                  beta_end=0.012, timestep_spacing="trailing")
+                                  beta_end=0.012, timestep_spacing="trailing", steps_offset=1)
 
 
 def shape_image(shape: str, colour: str, background: tuple[int, int, int] = (0, 0, 0), rng: random.Random | None = None):

@@ -104,6 +104,8 @@ class DiffusionTrainer(DiffusersCheckpointLoading, Trainer):
         # computes it although the batch has no labels (both are public Trainer attributes).
         self.model_accepts_loss_kwargs = False
         self.can_return_loss = True
+        if self.args.label_names is None:
+            self.label_names = []  # not the UNet's ``class_labels`` argument, which the Trainer takes for labels
         self.text_encoder.to(self.args.device)
         self.vae.to(self.args.device)
 
