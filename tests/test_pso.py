@@ -202,3 +202,73 @@ def test_pso_composes_with_each_adapter_and_sara_in_either_order(tmp_path, partn
         trainer.train()
         assert trainer.state.global_step == 1
         assert "margin" in trainer.ftplugins_run.state["pso"]["last"]
+
+
+# --- online PSO -------------------------------------------------------------------------------------------------
+
+
+def mean_brightness(images, prompts):
+    """A reward for the tests: the mean pixel value of each image."""
+    assert images.min() >= 0 and images.max() <= 1 and len(prompts) == len(images)
+    return images.flatten(1).mean(dim=1)
+
+
+def test_pareto_preference():
+    from ftplugins.methods.pso.online import pareto_preference
+
+    a = torch.tensor([[2.0, 3.0], [1.0, 2.0], [1.0, 1.0], [0.5, 4.0]])
+    b = torch.tensor([[1.0, 3.0], [0.0, 3.0], [1.0, 1.0], [0.6, 4.0]])
+    assert pareto_preference(a, b).tolist() == [1.0, 0.0, 0.0, -1.0]
+    assert pareto_preference(torch.tensor([1.0, 2.0]), torch.tensor([2.0, 2.0])).tolist() == [-1.0, 0.0]
+
+
+def test_online_loss_is_log_2_at_the_reference_favours_the_winner_and_clips():
+    from ftplugins.methods.pso.online import online_pso_loss
+
+    zero = torch.zeros(3, 4)
+    preference = torch.tensor([1.0, -1.0, 0.0, 1.0])
+    assert math.isclose(float(online_pso_loss(zero, zero, preference, 50.0, 0.1)), math.log(2), rel_tol=1e-6)
+    a = torch.full((3, 4), 0.05, requires_grad=True)
+    b = torch.full((3, 4), -0.05, requires_grad=True)
+    loss = online_pso_loss(a, b, preference, 50.0, 0.1)
+    loss.backward()
+    assert (a.grad[:, 0] < 0).all() and (a.grad[:, 1] > 0).all()  # raise the winner's log-ratio, lower the loser's
+    assert (a.grad[:, 2] == 0).all()  # a tie trains nothing
+    far = torch.full((3, 4), 1.0, requires_grad=True)  # beyond log(1 + ε): clipped, no gradient
+    online_pso_loss(far, zero, preference, 50.0, 0.1).backward()
+    assert (far.grad == 0).all()
+
+
+def test_online_pso_trains_every_step_but_the_last_and_starts_at_log_2(tmp_path):
+    from datasets import Dataset
+
+    prompts = Dataset.from_list([{"caption": c} for c in ("a red disc", "a blue bar", "a green square", "a disc")])
+    trainer_cls = ftplugins.compose(DiffusionTrainer, [pso, "ssf"], pso_mode="online",
+                                    pso_scorer="test_pso:mean_brightness", ssf_target_modules=ATTENTION)
+    args = cpu_args(DiffusionConfig, tmp_path, per_device_train_batch_size=2, max_steps=2, image_column="",
+                    learning_rate=1e-2)
+    trainer = trainer_cls(model=tiny.tiny_unet(), args=args, train_dataset=prompts,
+                          text_encoder=tiny.tiny_text_encoder(), vae=tiny.tiny_vae(),
+                          noise_scheduler=tiny.ddpm_scheduler(), processing_class=tiny.tiny_tokenizer())
+    run = trainer.ftplugins_run
+    run.call("train_begin", trainer=trainer, resume_from_checkpoint=None)
+    batch = trainer.data_collator([prompts[0], prompts[1]])
+    assert "pixel_values" not in batch
+    loss = trainer.compute_loss(trainer.model, batch)
+    last = run.state["pso"]["last"]
+    assert last["log_ratio"].shape == (3, 4)  # 4 sampling steps, 3 trained, 2 prompts x 2 trajectories
+    assert torch.equal(last["log_ratio"], torch.zeros(3, 4))  # SSF at the identity: θ = θ_ref
+    assert (last["preference"] != 0).all() and math.isclose(float(loss.detach()), math.log(2), rel_tol=1e-5)
+    trainer.train()
+    assert trainer.state.global_step == 2
+
+
+def test_online_pso_needs_a_loadable_scorer(tmp_path):
+    for scorer, message in (("", "pso_mode=online needs pso_scorer"), ("nowhere", "expected 'package.module:function'"),
+                            ("no_such_module:f", "cannot be loaded")):
+        trainer_cls = ftplugins.compose(DiffusionTrainer, [pso], pso_mode="online", pso_scorer=scorer)
+        with pytest.raises(FtpluginsError, match=message):
+            trainer_cls(model=tiny.tiny_unet(), args=cpu_args(DiffusionConfig, tmp_path),
+                        train_dataset=tiny.shapes_dataset(2), text_encoder=tiny.tiny_text_encoder(),
+                        vae=tiny.tiny_vae(), noise_scheduler=tiny.ddpm_scheduler(),
+                        processing_class=tiny.tiny_tokenizer())

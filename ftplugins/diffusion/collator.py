@@ -35,7 +35,7 @@ class ImageCaptionCollator:
         batch = {"input_ids": self.tokenize([row[self.caption_column] for row in rows])}
         if all(LATENT_COLUMN in row for row in rows):
             batch[LATENT_COLUMN] = torch.stack([torch.as_tensor(row[LATENT_COLUMN]) for row in rows]).float()
-        else:
+        elif self.image_column:  # '' = prompt-only rows
             batch["pixel_values"] = torch.stack([self.pixels(row, i) for i, row in enumerate(rows)])
         return batch
 

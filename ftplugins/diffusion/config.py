@@ -11,7 +11,9 @@ class DiffusionConfig(TrainingArguments):
     prediction_type: str = field(default=None, metadata={
         "help": "epsilon, v_prediction, sample or flow_matching; default: flow_matching for a flow-matching "
                 "scheduler, else the noise scheduler's prediction_type."})
-    image_column: str = field(default="image", metadata={"help": "Dataset column of the images."})
+    image_column: str = field(default="image", metadata={
+        "help": "Dataset column of the images; '' for prompt-only rows (methods that sample their own images, "
+                "such as online PSO)."})
     caption_column: str = field(default="caption", metadata={"help": "Dataset column of the captions."})
     resolution: int = field(default=None, metadata={
         "help": "Side of the (square) training images; default: the VAE's sample_size."})

@@ -121,6 +121,9 @@ class DiffusionTrainer(DiffusersCheckpointLoading, Trainer):
 
         if "latents" in inputs:
             return inputs["latents"]
+        if LATENT_COLUMN not in inputs and "pixel_values" not in inputs:
+            raise FtpluginsError("the batch has no images (image_column is ''): this loss needs (image, caption) "
+                                 "rows; set image_column to the dataset's image column.")
         with torch.no_grad():
             if LATENT_COLUMN in inputs:
                 latents = DiagonalGaussianDistribution(inputs[LATENT_COLUMN].to(self.vae.dtype)).sample()
@@ -204,7 +207,7 @@ def _check_columns(dataset: Any, split: str, image_column: str, caption_column: 
     if names is None:
         return
     missing = [c for c in (caption_column,) if c not in names]
-    if image_column not in names and LATENT_COLUMN not in names:
+    if image_column and image_column not in names and LATENT_COLUMN not in names:
         missing.insert(0, image_column)
     if missing:
         raise FtpluginsError(f"the {split} dataset has columns ({', '.join(names)}) but DiffusionTrainer needs "

@@ -1,5 +1,5 @@
 """PSO: Pairwise Sample Optimization for timestep-distilled diffusion models (Miao et al., ICLR 2025,
-arXiv:2410.03190), offline form.
+arXiv:2410.03190).
 
 Fine-tuning a few-step model (SDXL-Turbo, LCM, DMD2) with the plain denoising loss erodes its few-step sampling.
 PSO instead contrasts each target image x⁺ with a reference sample x⁻ drawn from the model itself: a reference
@@ -17,8 +17,10 @@ e(x) (ε-MSE):
   reference model.
 
 Runs on :class:`ftplugins.diffusion.DiffusionTrainer`; its loss goes through the ``compute_loss`` hook, so any
-adapter plugin (ssf, block_lora, bottleneck) or full fine-tuning trains under it. Not implemented yet: online PSO
-(pairs of trajectories from the current model scored by a reward) and flow-matching denoisers (refused).
+adapter plugin (ssf, block_lora, bottleneck) or full fine-tuning trains under it. ``pso_mode=online`` (:mod:`.online`): per prompt two trajectories from the current model, scored by a user reward
+``pso_scorer``, the Pareto winner's per-step Gaussian transitions favoured against the reference (clipped ratio,
+β = 50, the last deterministic step untrained). Not implemented: built-in aesthetic / CLIP-score scorers (no
+such model offline), flow-matching denoisers (refused).
 """
 
 from ftplugins.errors import FtpluginsError
@@ -41,6 +43,14 @@ class PsoPlugin(Plugin):
     @hookimpl
     def validate(self, run):
         opts = run.options_for(self) or PsoOptions()
+        if opts.pso_mode == "online":
+            if not opts.pso_scorer:
+                raise FtpluginsError("pso_mode=online needs pso_scorer, the reward: 'package.module:function' "
+                                     "(function(images, prompts) -> one score per image).")
+            from .online import load_scorer
+
+            load_scorer(opts.pso_scorer)
+            return
         if not opts.pso_class_prompt.strip():
             raise FtpluginsError("pso needs pso_class_prompt, the class prompt its reference set is sampled with "
                                  "(e.g. --pso_class_prompt 'a photo of a dog').")
