@@ -272,3 +272,27 @@ def test_online_pso_needs_a_loadable_scorer(tmp_path):
                         train_dataset=tiny.shapes_dataset(2), text_encoder=tiny.tiny_text_encoder(),
                         vae=tiny.tiny_vae(), noise_scheduler=tiny.ddpm_scheduler(),
                         processing_class=tiny.tiny_tokenizer())
+
+
+@pytest.mark.slow
+def test_two_process_ddp_trains_the_same_adapter_on_both_ranks(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from test_distributed import DDP_FLAGS, accelerate_bin
+
+    child = os.path.join(os.path.dirname(__file__), "diffusion_ddp_child.py")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run([accelerate_bin(), "launch", *DDP_FLAGS, child, str(tmp_path)], capture_output=True,
+                          text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "ftplugins_run.json").read_text())["world_size"] == 2
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    assert ranks[0].keys() == ranks[1].keys() and ranks[0]
+    for name, value in ranks[0].items():
+        assert torch.equal(value, ranks[1][name]), name  # gradients averaged: one model on both ranks
+    # and it trained: SSF starts at scale 1, shift 0
+    assert any(not (torch.equal(v, torch.ones_like(v)) or torch.equal(v, torch.zeros_like(v))) for v in ranks[0].values())
+    assert (tmp_path / references.FILENAME).is_file() and (tmp_path / "adapter_config.json").is_file()
