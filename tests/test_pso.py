@@ -279,7 +279,6 @@ def test_two_process_ddp_trains_the_same_adapter_on_both_ranks(tmp_path):
     import json
     import os
     import subprocess
-    import sys
 
     from test_distributed import DDP_FLAGS, accelerate_bin
 
@@ -294,5 +293,6 @@ def test_two_process_ddp_trains_the_same_adapter_on_both_ranks(tmp_path):
     for name, value in ranks[0].items():
         assert torch.equal(value, ranks[1][name]), name  # gradients averaged: one model on both ranks
     # and it trained: SSF starts at scale 1, shift 0
-    assert any(not (torch.equal(v, torch.ones_like(v)) or torch.equal(v, torch.zeros_like(v))) for v in ranks[0].values())
+    assert any(not (torch.equal(v, torch.ones_like(v)) or torch.equal(v, torch.zeros_like(v)))
+               for v in ranks[0].values())
     assert (tmp_path / references.FILENAME).is_file() and (tmp_path / "adapter_config.json").is_file()

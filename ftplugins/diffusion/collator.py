@@ -27,11 +27,10 @@ class ImageCaptionCollator:
     def __call__(self, rows: list[dict]) -> dict[str, Any]:
         import torch
 
-        for name in (self.caption_column,):
-            missing = [i for i, row in enumerate(rows) if not isinstance(row.get(name), str)]
-            if missing:
-                raise FtpluginsError(f"rows {missing} of the batch have no text in column {name!r} (columns: "
-                                     f"{sorted(rows[missing[0]])}); set caption_column to the caption column.")
+        missing = [i for i, row in enumerate(rows) if not isinstance(row.get(self.caption_column), str)]
+        if missing:
+            raise FtpluginsError(f"rows {missing} of the batch have no text in column {self.caption_column!r} "
+                                 f"(columns: {sorted(rows[missing[0]])}); set caption_column to the caption column.")
         batch = {"input_ids": self.tokenize([row[self.caption_column] for row in rows])}
         if all(LATENT_COLUMN in row for row in rows):
             batch[LATENT_COLUMN] = torch.stack([torch.as_tensor(row[LATENT_COLUMN]) for row in rows]).float()
@@ -49,12 +48,13 @@ class ImageCaptionCollator:
 
 def load_image(value: Any, column: str, index: int) -> Any:
     """A PIL RGB image from a PIL image, a path, or a ``datasets.Image`` dict; a clear error otherwise."""
+    import io
+
     from PIL import Image
 
     try:
-        if isinstance(value, dict):
-            value = value.get("path") or (Image.open(__import__("io").BytesIO(value["bytes"])) if value.get("bytes")
-                                          else None)
+        if isinstance(value, dict):  # datasets.Image without decoding: {"bytes": ..., "path": ...}
+            value = Image.open(io.BytesIO(value["bytes"])) if value.get("bytes") else value.get("path")
         if isinstance(value, str):
             value = Image.open(value)
         if isinstance(value, Image.Image):

@@ -111,7 +111,8 @@ def few_step_scheduler():
                                   beta_end=0.012, timestep_spacing="trailing", steps_offset=1)
 
 
-def shape_image(shape: str, colour: str, background: tuple[int, int, int] = (0, 0, 0), rng: random.Random | None = None):
+def shape_image(shape: str, colour: str, background: tuple[int, int, int] = (0, 0, 0),
+                rng: random.Random | None = None):
     """A ``RESOLUTION`` px PIL image of one coloured ``shape`` at a random position on ``background``."""
     from PIL import Image, ImageDraw
 

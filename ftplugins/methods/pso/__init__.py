@@ -17,7 +17,9 @@ e(x) (ε-MSE):
   reference model.
 
 Runs on :class:`ftplugins.diffusion.DiffusionTrainer`; its loss goes through the ``compute_loss`` hook, so any
-adapter plugin (ssf, block_lora, bottleneck) or full fine-tuning trains under it. ``pso_mode=online`` (:mod:`.online`): per prompt two trajectories from the current model, scored by a user reward
+adapter plugin (ssf, block_lora, bottleneck) or full fine-tuning trains under it.
+
+``pso_mode=online`` (:mod:`.online`): per prompt two trajectories from the current model, scored by a user reward
 ``pso_scorer``, the Pareto winner's per-step Gaussian transitions favoured against the reference (clipped ratio,
 β = 50, the last deterministic step untrained). Not implemented: built-in aesthetic / CLIP-score scorers (no
 such model offline), flow-matching denoisers (refused).
