@@ -46,6 +46,9 @@ RELIED_ON: list[Upstream] = [
              "moves a collated batch to the device, as the training loop does (phase loops of lt_sft, graft)"),
     Upstream("transformers.trainer:Trainer._save", ("output_dir", "state_dict"),
              "writes the model files of save_model / checkpoints (composition stages it atomically)"),
+    Upstream("transformers.trainer:Trainer._load_from_checkpoint", ("resume_from_checkpoint", "model"),
+             "loads the model weights of a checkpoint when resuming; DiffusionTrainer reads the diffusers layout "
+             "(diffusion_pytorch_model.safetensors) there (DiffusersCheckpointLoading) and leaves the rest to it"),
     Upstream("transformers.trainer:Trainer.end", (),
              "tears the process group down at the end of a script (composition waits for every rank first)"),
     Upstream("trl.trainer.utils:create_model_from_path", ("model_id",),
@@ -124,6 +127,25 @@ class TrainerInternals:
         if self._signature_columns is not None:
             kept = self._signature_columns
             self._signature_columns = [*kept, *(column for column in extra if column not in kept)]
+
+
+
+class DiffusersCheckpointLoading:
+    """Resuming from a checkpoint saved in diffusers' layout (:class:`ftplugins.diffusion.DiffusionTrainer`).
+
+    ``Trainer._load_from_checkpoint`` knows transformers' weight file names only; when the checkpoint holds
+    ``diffusion_pytorch_model.safetensors`` the trainer's ``load_diffusers_weights(folder, model)`` reads it.
+    """
+
+    DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        # Relies on: Trainer calls this with the checkpoint folder (and model=None) when resuming.
+        import os
+
+        if os.path.isfile(os.path.join(resume_from_checkpoint, self.DIFFUSERS_WEIGHTS)):
+            return self.load_diffusers_weights(resume_from_checkpoint, model if model is not None else self.model)
+        return super()._load_from_checkpoint(resume_from_checkpoint, model=model)
 
 
 @contextlib.contextmanager

@@ -102,8 +102,10 @@ class PluginTrainerMixin(TrainerInternals):
         self._ftplugins_published = published_mark()
         if call.get("args") is not None:
             self._ftplugins_claim_output(call["args"])  # before any hook writes into it (s3ft's cache)
-        run.call("validate")
+        # Trainers and distributed set-ups first: a plugin's own validate may assume its trainer (an LLM
+        # plugin's checks on a DiffusionTrainer would fail with a message about the wrong thing).
         _check_trainer_supported(run)
+        run.call("validate")
         _refuse_given_optimizer(run, call.get("optimizers"))
         run.call("patch_before_model_load")
         init_kwargs = run.call("model_init_kwargs")

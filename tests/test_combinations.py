@@ -77,8 +77,18 @@ def train_one_step(names, parts, tmp_path):
 def test_pair_composes_in_either_order_or_is_refused_naming_both(first, second, parts, tmp_path):
     a, b = load(first), load(second)
     idle = [p for p in (a, b) if not p.trains]
+    # Plugins of another trainer (pso: DiffusionTrainer) are refused on this SFT run by name, before anything loads;
+    # their own pairs are trained on their trainer in their tests (tests/test_pso.py).
+    elsewhere = [p for p in (a, b) if p.trainers and "SFTTrainer" not in p.trainers]
     for names in ((first, second), (second, first)):
-        if idle:
+        if elsewhere and not conflict(a, b):
+            from trl import SFTConfig, SFTTrainer
+
+            cls = ftplugins.compose(SFTTrainer, list(names))
+            args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none")
+            with pytest.raises(FtpluginsError, match=f"plugin {elsewhere[0].name} applies to "):
+                cls(model=str(tmp_path / "never-loaded"), args=args, train_dataset=parts[1])
+        elif idle:
             from trl import SFTConfig, SFTTrainer
 
             options = {k: v for k, v in FAST.items() if k.startswith(tuple(f"{n}_" for n in names))}
