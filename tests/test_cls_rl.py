@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -215,3 +217,33 @@ def test_grpo_trains_two_steps_and_logs_the_rewards_it_computed(mode, names, tmp
     for step, entry in enumerate(logs):
         total = [0.5 + sum(values) for values in zip(*(seen[n][step] for n in names))]
         assert entry["reward"] == pytest.approx(sum(total) / 4)  # what GRPO's advantages are computed from
+
+
+def test_the_grpo_script_trains_with_the_plugin_rewards_alone(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    """`python -m ftplugins.train grpo --config ... --plugins cls_rl`: TRL's GRPO script, no reward argument."""
+    from importlib.metadata import EntryPoint
+
+    import yaml
+
+    from ftplugins import registry
+    from ftplugins.train import train
+
+    eps = dict(registry.available_entry_points())
+    eps["cls_rl"] = EntryPoint(name="cls_rl", value="ftplugins.methods.cls_rl:plugin", group="ftplugins")
+    monkeypatch.setattr(registry, "available_entry_points", lambda: eps)
+    data = tmp_path / "classes"
+    data.mkdir()
+    rows().to_json(str(data / "train.jsonl"))
+    out = tmp_path / "out"
+    config = dict(model_name_or_path=tiny_model_dir, dataset_name=str(data), output_dir=str(out), max_steps=2,
+                  per_device_train_batch_size=2, num_generations=2, max_completion_length=4, use_cpu=True,
+                  bf16=False, report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True,
+                  plugins=["cls_rl"], cls_rl_mode="no_think", cls_rl_labels=["bird", "cat", "dog"])
+    path = tmp_path / "grpo.yaml"
+    path.write_text(yaml.safe_dump(config))
+    train(["grpo", "--config", str(path)])
+    printed = capsys.readouterr().out  # disable_tqdm: the trainer prints each step's log dict
+    assert printed.count("'rewards/cls_rl_exact/mean'") == 2
+    manifest = json.loads((out / "ftplugins_run.json").read_text())
+    assert "cls_rl" in json.dumps(manifest)
+    assert (out / "model.safetensors").is_file()

@@ -64,7 +64,8 @@ class Observer(Plugin):
     def data_collator(self, run, collator):
         def recording(features):
             batch = collator(features)
-            self.batches.append({k: v.clone() for k, v in batch.items() if isinstance(v, torch.Tensor)})
+            if isinstance(batch, dict):  # GRPO's collator passes the rows through as a list
+                self.batches.append({k: v.clone() for k, v in batch.items() if isinstance(v, torch.Tensor)})
             return batch
 
         return recording
@@ -129,6 +130,14 @@ def check_bottleneck(obs, out):
 
 def check_ssf(obs, out):
     adapter_only(obs, out, "SSF", ())
+
+
+def check_cls_rl(obs, out):
+    """GRPO scored every step's completions with the CLS-RL rewards (after the user's), and logged them."""
+    names = list(getattr(obs.trainer, "reward_func_names", []))
+    assert names[-2:] == ["cls_rl_format", "cls_rl_accuracy"], names
+    logged = [e for e in obs.trainer.state.log_history if "rewards/cls_rl_accuracy/mean" in e]
+    assert logged and all(0 <= e["rewards/cls_rl_format/mean"] <= 1 for e in logged)
 
 
 def check_masked_thought(obs, out):
@@ -255,7 +264,7 @@ def check_s3ft(obs, out):
 
 CHECKS = {
     "block_lora": check_block_lora, "bottleneck": check_bottleneck, "ssf": check_ssf,
-    "masked_thought": check_masked_thought, "deep_align": check_deep_align, "fewshot_prefix": check_fewshot_prefix,
+    "masked_thought": check_masked_thought, "cls_rl": check_cls_rl, "deep_align": check_deep_align, "fewshot_prefix": check_fewshot_prefix,
     "many_icl": check_many_icl, "hft": check_hft, "lift": check_lift, "sara": check_sara, "lt_sft": check_lt_sft,
     "locft": check_locft, "graft": check_graft, "s3ft": check_s3ft,
 }
@@ -265,8 +274,11 @@ CHECKS = {
 def test_recipe_runs_and_shows_its_methods_effect(recipe, tiny_model_dir, data_dir, tmp_path, observer):
     out = tmp_path / "out"
     plugins = recipe_plugins(recipe)
-    train(["sft", "--config", recipe, "--model_name_or_path", tiny_model_dir, "--dataset_name",
-           f"{data_dir}/arithmetic", "--output_dir", str(out), "--max_steps", "2", "--save_strategy", "no",
+    # ``<method>_<command>.yaml``; the recipe's dataset is one of the built-in ones (``ftplugins tiny-data``).
+    command = os.path.basename(recipe).rsplit("_", 1)[1].removesuffix(".yaml")
+    dataset = os.path.basename(yaml.safe_load(open(recipe))["dataset_name"])
+    train([command, "--config", recipe, "--model_name_or_path", tiny_model_dir, "--dataset_name",
+           f"{data_dir}/{dataset}", "--output_dir", str(out), "--max_steps", "2", "--save_strategy", "no",
            "--disable_tqdm", "true", "--plugins", ",".join([*plugins, "observer"]), *EXTRA_ARGS])
     assert (out / "ftplugins_run.json").exists()
     assert observer.trainer is not None and observer.trainer.state.global_step >= 2
