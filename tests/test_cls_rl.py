@@ -247,3 +247,15 @@ def test_the_grpo_script_trains_with_the_plugin_rewards_alone(tmp_path, tiny_mod
     manifest = json.loads((out / "ftplugins_run.json").read_text())
     assert "cls_rl" in json.dumps(manifest)
     assert (out / "model.safetensors").is_file()
+
+
+def test_a_model_path_run_takes_the_chat_template_of_the_saved_tokenizer(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from ftplugins.context import Run
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    auto = Run(plugins=[plugin], options={"cls_rl": options()}, model=model)
+    assert plugin._conversational(auto)  # the saved tiny tokenizer has a chat template
+    plain = Run(plugins=[plugin], options={"cls_rl": options(cls_rl_prompt_format="plain")}, model=model)
+    assert not plugin._conversational(plain)

@@ -15,6 +15,7 @@ This module stays light (no torch): the pieces are imported inside the hooks.
 
 from __future__ import annotations
 
+from ftplugins.errors import FtpluginsError
 from ftplugins.plugin import Plugin, hookimpl
 
 from .options import ClsRlOptions
@@ -49,8 +50,16 @@ class ClsRlPlugin(Plugin):
         chosen = run.options_for(self).cls_rl_prompt_format
         if chosen != "auto":
             return chosen == "conversational"
-        tokenizer = getattr(run.processing_class, "tokenizer", run.processing_class)
-        return bool(getattr(tokenizer, "chat_template", None))
+        processing_class = run.processing_class
+        if processing_class is None and run.model is not None:  # a model path: the tokenizer TRL will load
+            from ftplugins.objectives.sft_tokens import run_tokenizer
+
+            try:
+                processing_class = run_tokenizer(run)
+            except (FtpluginsError, OSError):
+                return False  # no tokenizer saved with the model: TRL cannot render chat prompts either
+        tokenizer = getattr(processing_class, "tokenizer", processing_class)
+        return bool(getattr(processing_class, "chat_template", None) or getattr(tokenizer, "chat_template", None))
 
 
 plugin = ClsRlPlugin()

@@ -114,10 +114,9 @@ class PetPlugin(Plugin):
                 json.dump({"pet_verbalizer": opts.pet_verbalizer, "pet_patterns": opts.pet_patterns}, handle)
 
     def _tokenizer(self, run):
-        tokenizer = getattr(run.processing_class, "tokenizer", run.processing_class)
-        if tokenizer is None:
-            raise FtpluginsError("pet needs the tokenizer to fill the patterns: pass processing_class= to the trainer")
-        return tokenizer
+        from ftplugins.objectives.sft_tokens import run_tokenizer
+
+        return run_tokenizer(run)  # processing_class, or the tokenizer saved with a model path
 
     def _verbalizer(self, run):
         if "pet_verbalizer" not in run.state:
