@@ -1,4 +1,4 @@
-"""LiST's meta re-weighting (the mechanism only; the self-training plugin is not built yet)."""
+"""LiST's meta re-weighting and weighted distillation, on a small linear model where the answer is known."""
 
 from __future__ import annotations
 

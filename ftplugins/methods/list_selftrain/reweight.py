@@ -7,8 +7,7 @@ One virtual SGD step θ' = θ − η ∇θ Σᵢ εᵢ lᵢ(θ) at ε = 0; wᵢ 
 zero when no example helps). The virtual step is functional (``torch.func``): the real parameters and their ``.grad``
 are never touched. For the first 60% of a session the weights are uniform (the reference's warm-up).
 
-This is the mechanism the ``list_selftrain`` plugin is to run per student step; the plugin itself (teacher / student
-sessions around ``transformers.Trainer``) is not built yet.
+The sessions that call it per student step are in :mod:`.sessions`.
 """
 
 from __future__ import annotations
