@@ -46,6 +46,19 @@ def arithmetic_dataset(n: int = 256, seed: int = 0, terms: int = 3, max_value: i
     return Dataset.from_list([arithmetic_example(rng, terms, max_value) for _ in range(n)])
 
 
+def parity_dataset(n: int = 64, seed: int = 0):
+    """text/label rows for classification: is the sum of the numbers ``even`` or ``odd``?"""
+    from datasets import Dataset
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        prompt = arithmetic_example(rng)["prompt"]
+        total = sum(int(x) for x in prompt[:-2].split("+"))
+        rows.append({"text": prompt, "label": "even" if total % 2 == 0 else "odd"})
+    return Dataset.from_list(rows)
+
+
 def preference_dataset(n: int = 32, seed: int = 0):
     """prompt/chosen/rejected rows (the chosen answer is right, the rejected one off by one)."""
     from datasets import Dataset
@@ -193,6 +206,7 @@ def write_builtin_datasets(root: str) -> list[str]:
         "arithmetic": lambda seed, n: arithmetic_dataset(n, seed=seed),
         "preference": lambda seed, n: preference_dataset(n, seed=seed),
         "prompts": lambda seed, n: prompt_dataset(n, seed=seed),
+        "parity": lambda seed, n: parity_dataset(n, seed=seed),
     }
     written = []
     for name, make in makers.items():

@@ -8,6 +8,9 @@ Rule for plugins that do not train (``trains = False``, e.g. aligned_prefix, a g
 refused in any training run, alone or paired, by their own ``validate`` — before the model loads. graft trains
 nothing itself but acts after training on what the run changed in the base weights: it composes with every plugin
 that trains base weights and excludes adapters (the base stays unchanged under one).
+Plugins for other trainers (``trainers`` without ``SFTTrainer``: cls_rl's GRPO rewards, the encoder methods on
+``transformers.Trainer``) are paired here on SFTTrainer, where the core must refuse them by name before the model
+loads; their own test files train them on their trainer.
 """
 
 from __future__ import annotations
@@ -57,6 +60,10 @@ def parts():
     return tiny_tokenizer(), arithmetic_dataset(6)
 
 
+def applies_to_sft(plugin):
+    return not plugin.trainers or "SFTTrainer" in plugin.trainers
+
+
 def train_one_step(names, parts, tmp_path):
     from trl import SFTConfig, SFTTrainer
 
@@ -76,26 +83,19 @@ def train_one_step(names, parts, tmp_path):
 @pytest.mark.parametrize("first,second", PAIRS, ids=[f"{a}+{b}" for a, b in PAIRS])
 def test_pair_composes_in_either_order_or_is_refused_naming_both(first, second, parts, tmp_path):
     a, b = load(first), load(second)
-    idle = [p for p in (a, b) if not p.trains]
-    # Plugins of another trainer (pso: DiffusionTrainer) are refused on this SFT run by name, before anything loads;
-    # their own pairs are trained on their trainer in their tests (tests/test_pso.py).
-    elsewhere = [p for p in (a, b) if p.trainers and "SFTTrainer" not in p.trainers]
+    # Plugins that do not train, or train on another trainer (pso: DiffusionTrainer; pet, levi: Trainer), are
+    # refused on this SFT run by name, before anything loads; their own pairs are trained in their tests.
+    idle = [p for p in (a, b) if not p.trains or not applies_to_sft(p)]
     for names in ((first, second), (second, first)):
-        if elsewhere and not conflict(a, b):
-            from trl import SFTConfig, SFTTrainer
-
-            cls = ftplugins.compose(SFTTrainer, list(names))
-            args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none")
-            with pytest.raises(FtpluginsError, match=f"plugin {elsewhere[0].name} applies to "):
-                cls(model=str(tmp_path / "never-loaded"), args=args, train_dataset=parts[1])
-        elif idle:
+        if idle:
             from trl import SFTConfig, SFTTrainer
 
             options = {k: v for k, v in FAST.items() if k.startswith(tuple(f"{n}_" for n in names))}
-            cls = ftplugins.compose(SFTTrainer, list(names), **options)
             args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none")
-            # A model path that does not exist: the refusal must come before anything is loaded.
-            with pytest.raises(FtpluginsError, match=idle[0].name):
+            # A model path that does not exist: the refusal must come before anything is loaded (at composition
+            # when the pair also claims one role).
+            with pytest.raises(FtpluginsError, match="|".join(p.name for p in idle)):
+                cls = ftplugins.compose(SFTTrainer, list(names), **options)
                 cls(model=str(tmp_path / "never-loaded"), args=args, train_dataset=parts[1])
         elif conflict(a, b):
             with pytest.raises(HookConflictError) as refused:

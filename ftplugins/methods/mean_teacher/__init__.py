@@ -1,0 +1,95 @@
+"""Mean teacher for test-time learning (PS-TTL's teacher–student part).
+
+Gao et al., "PS-TTL: Prototype-based Soft-labels and Test-Time Learning for Few-shot Object Detection" (ACM MM
+2024); reference gaoyingjay/PS-TTL. An EMA teacher (α 0.9996) labels the unlabelled rows of each batch;
+predictions with confidence ≥ 0.9 become pseudo-labels; the student's loss is the supervised CE on the labelled rows
+plus λ = 0.5 times the CE on the pseudo-labelled ones. Rows whose label is None or -100 are the unlabelled stream.
+
+Built: sequence classification (any model whose output has ``logits`` of shape [batch, classes]) on
+``transformers.Trainer``. Not built: PS-TTL's prototype-based soft labels and the detection heads (no tiny detection
+model here); the teacher is not checkpointed, so resuming is refused.
+
+This module stays light (no torch): the pieces are imported inside the hooks.
+"""
+
+from __future__ import annotations
+
+from ftplugins.errors import FtpluginsError
+from ftplugins.plugin import Plugin, hookimpl
+
+from .options import MeanTeacherOptions
+
+TEACHER = "mean_teacher"
+
+
+class MeanTeacherPlugin(Plugin):
+    name = "mean_teacher"
+    summary = "Mean teacher: an EMA teacher pseudo-labels the unlabelled rows (confidence ≥ τ); CE + λ·pseudo-CE."
+    paper = "Gao et al., PS-TTL, ACM MM 2024 (code: gaoyingjay/PS-TTL)"
+    options = MeanTeacherOptions
+    trainers = ("Trainer",)
+    distributed = ("single",)
+    claims = {"loss": "adds the teacher's confident pseudo-label CE on the unlabelled rows to the supervised CE"}
+
+    @hookimpl
+    def validate(self, run):
+        trl = [c.__name__ for c in (run.trainer_cls.__mro__ if run.trainer_cls else ()) if
+               c.__module__.startswith("trl.")]
+        if trl:
+            raise FtpluginsError(f"plugin mean_teacher trains a classifier with transformers.Trainer, not {trl[0]}; "
+                                 "compose it over transformers.Trainer.")
+
+    @hookimpl
+    def transform_dataset(self, run, dataset, split):
+        if dataset is None or split != "train":
+            return None
+        column = run.options_for(self).mean_teacher_label_column
+        if column not in dataset.column_names:
+            raise FtpluginsError(f"mean_teacher: the dataset has no label column {column!r} (columns: "
+                                 f"{dataset.column_names}); set mean_teacher_label_column.")
+        values = dataset[column]
+        if not any(v is None or v == -100 for v in values):
+            raise FtpluginsError(f"mean_teacher: the training dataset has no unlabelled rows ({column!r} None or "
+                                 "-100); add the unlabelled stream, or train without mean_teacher.")
+        if any(v is not None and not isinstance(v, int) for v in values):
+            bad = next(v for v in values if v is not None and not isinstance(v, int))
+            raise FtpluginsError(f"mean_teacher: label {bad!r} in {column!r} is not a class index; map the labels to "
+                                 "integers (None or -100 for unlabelled rows).")
+        return dataset.map(lambda row: {column: -100 if row[column] is None else row[column]})
+
+    @hookimpl
+    def callbacks(self, run):
+        from .teacher import EmaCallback
+
+        return [EmaCallback(run, run.options_for(self).mean_teacher_alpha, TEACHER)]
+
+    @hookimpl
+    def train_begin(self, run, trainer, resume_from_checkpoint):
+        if resume_from_checkpoint not in (None, False):
+            raise FtpluginsError("mean_teacher does not checkpoint its teacher yet; resuming would restart it from "
+                                 "the student. Train from the start (no resume_from_checkpoint).")
+        from .teacher import frozen_copy
+
+        run.state[TEACHER] = frozen_copy(trainer.accelerator.unwrap_model(trainer.model))
+
+    @hookimpl
+    def compute_loss(self, run, trainer, model, inputs, return_outputs, num_items_in_batch, inner):
+        teacher = run.state.get(TEACHER)
+        if not model.training or teacher is None:
+            return inner()
+        import torch
+
+        from .teacher import mean_teacher_loss
+
+        opts = run.options_for(self)
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        with torch.no_grad():
+            teacher_logits = teacher(**inputs).logits
+        loss = mean_teacher_loss(outputs.logits, teacher_logits, labels, opts.mean_teacher_threshold,
+                                 opts.mean_teacher_weight)
+        return (loss, outputs) if return_outputs else loss
+
+
+plugin = MeanTeacherPlugin()

@@ -1,0 +1,65 @@
+"""The EMA teacher and the mean-teacher loss.
+
+The teacher is a frozen copy of the model, kept outside it (not a submodule: the optimizer never sees it, the trainer
+never saves it). After every optimizer step its weights move toward the student's: t ← α·t + (1 − α)·s.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import TrainerCallback
+
+IGNORE = -100
+
+
+def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    teacher = copy.deepcopy(model)
+    teacher.requires_grad_(False)
+    return teacher.eval()
+
+
+@torch.no_grad()
+def ema_update(teacher: torch.nn.Module, student: torch.nn.Module, alpha: float) -> None:
+    """t ← α·t + (1 − α)·s for every parameter and floating buffer; α = 1 leaves the teacher as it is."""
+    if alpha == 1.0:
+        return
+    students = dict(student.named_parameters())
+    for name, t in teacher.named_parameters():
+        t.mul_(alpha).add_(students[name].detach().to(t.dtype), alpha=1 - alpha)
+    buffers = dict(student.named_buffers())
+    for name, t in teacher.named_buffers():
+        if t.is_floating_point() and name in buffers:
+            t.mul_(alpha).add_(buffers[name].to(t.dtype), alpha=1 - alpha)
+
+
+def mean_teacher_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                      threshold: float, weight: float) -> torch.Tensor:
+    """CE on the labelled rows + λ · CE against the teacher's confident pseudo-labels on the unlabelled rows.
+
+    Each term is the mean over its own rows, 0 when it has none (a batch of only the stream still trains)."""
+    logits = student_logits.float()
+    labelled = labels != IGNORE
+    loss = logits.sum() * 0.0
+    if labelled.any():
+        loss = loss + F.cross_entropy(logits[labelled], labels[labelled])
+    confidence, pseudo = teacher_logits.detach().float().softmax(-1).max(-1)
+    confident = ~labelled & (confidence >= threshold)
+    if confident.any():
+        loss = loss + weight * F.cross_entropy(logits[confident], pseudo[confident])
+    return loss
+
+
+class EmaCallback(TrainerCallback):
+    """Moves the teacher after each optimizer step (``on_step_end`` runs after ``optimizer.step()``)."""
+
+    def __init__(self, run: Any, alpha: float, key: str):
+        self.run, self.alpha, self.key = run, alpha, key
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        teacher = self.run.state.get(self.key)
+        if teacher is not None:
+            ema_update(teacher, self.run.trainer.accelerator.unwrap_model(self.run.trainer.model), self.alpha)
