@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 import ftplugins
 from ftplugins.errors import FtpluginsError, OptionError
@@ -17,13 +16,6 @@ from ftplugins.methods.cls_rl.prompts import build_prompts
 accuracy = R.AccuracyReward("label")
 exact = R.ExactAnswerReward("label")
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def think(reason, answer):

@@ -19,7 +19,6 @@ import itertools
 import os
 
 import pytest
-import torch
 
 import ftplugins
 from ftplugins import hookimpl
@@ -44,13 +43,6 @@ FAST = dict(
     select_influence_damping=0.3, select_influence_cache_dir="none",  # a random tiny model: see its recipe
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -22,13 +22,6 @@ from ftplugins.errors import MissingExtraError
 from ftplugins.testing import arithmetic_dataset, tiny_llama, tiny_tokenizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def minilm():

@@ -23,13 +23,6 @@ from ftplugins.testing import arithmetic_dataset, tiny_llama, tiny_tokenizer
 QUIET = {"show_progress": False, "batch_size": 8, "chunk_rows": 16}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def mixed_pool():
     """Arithmetic problems (many) and sentences about animals (few): two topics a selector can tell apart."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from conftest import cpu_args
 from datasets import Dataset
 
@@ -11,13 +10,6 @@ import ftplugins
 from ftplugins.errors import DatasetColumnsError
 from ftplugins.testing import arithmetic_dataset, tiny_llama, tiny_tokenizer
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def build(tmp_path, dataset, **args):

@@ -11,13 +11,6 @@ from ftplugins.methods.mean_teacher import plugin
 from ftplugins.methods.mean_teacher.teacher import ema_update, mean_teacher_loss
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def tokenizer():

@@ -9,7 +9,6 @@ import sys
 import warnings
 
 import pytest
-import torch
 from conftest import cpu_args
 
 import ftplugins
@@ -17,13 +16,6 @@ from ftplugins.testing import arithmetic_dataset, tiny_llama, tiny_tokenizer
 
 QUIET_ENV = {k: v for k, v in os.environ.items() if k not in ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK")}
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def build_sft(model, tmp_path):

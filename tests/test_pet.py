@@ -19,13 +19,6 @@ NEGATIVE = ["a boring mess", "terrible acting and a dull story", "i hated every 
 VERBALIZER = ["pos:great", "neg:terrible"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def tokenizer():
