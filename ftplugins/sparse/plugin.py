@@ -17,7 +17,24 @@ from ftplugins.errors import FtpluginsError
 from ftplugins.plugin import Plugin, hookimpl
 
 
-class SparseMethodPlugin(Plugin):
+class SparseEngineHooks:
+    """The engine's Trainer glue as hooks, for every plugin that trains on SparseAdamW (LIFT, SaRA, LT-SFT):
+    no DDP wrapper (the engine averages compact gradients itself) and the gradient norm the engine measured."""
+
+    @hookimpl
+    def skip_ddp_wrapper(self, run, trainer):
+        from .trainer import skip_ddp_wrapper
+
+        return skip_ddp_wrapper(trainer)
+
+    @hookimpl
+    def grad_norm(self, run, trainer):
+        from .trainer import grad_norm
+
+        return grad_norm(trainer)
+
+
+class SparseMethodPlugin(SparseEngineHooks, Plugin):
     """Hooks shared by LIFT, SaRA, ...: ``validate``, ``prepare_model``, ``create_optimizer``,
     ``skip_ddp_wrapper``, ``grad_norm`` and ``post_train`` (writes the sparse delta when ``<name>_save_delta``)."""
 
@@ -66,18 +83,6 @@ class SparseMethodPlugin(Plugin):
 
         return around_optimizer(
             model, lambda: self.training().build_optimizer(model, args, run.options_for(self), state["targets"]))
-
-    @hookimpl
-    def skip_ddp_wrapper(self, run, trainer):
-        from .trainer import skip_ddp_wrapper
-
-        return skip_ddp_wrapper(trainer)
-
-    @hookimpl
-    def grad_norm(self, run, trainer):
-        from .trainer import grad_norm
-
-        return grad_norm(trainer)
 
     @hookimpl
     def post_train(self, run, trainer):

@@ -29,6 +29,7 @@ from typing import Any
 
 from ftplugins.errors import FtpluginsError
 from ftplugins.plugin import Plugin, hookimpl
+from ftplugins.sparse.plugin import SparseEngineHooks
 
 from .options import LtSftOptions
 
@@ -42,7 +43,7 @@ def select(diff_by_name: Any, k: int) -> dict[str, Any]:
     return _select(diff_by_name, k)
 
 
-class LtSftPlugin(Plugin):
+class LtSftPlugin(SparseEngineHooks, Plugin):
     name = "lt_sft"
     summary = "LT-SFT: lottery-ticket sparse fine-tuning (full FT finds the K entries that train), composable deltas"
     paper = ("Ansell et al., Composable Sparse Fine-Tuning for Cross-Lingual Transfer, ACL 2022, "
@@ -99,18 +100,6 @@ class LtSftPlugin(Plugin):
             return optimizer
 
         return around_optimizer(model, phase2_optimizer)
-
-    @hookimpl
-    def skip_ddp_wrapper(self, run, trainer):
-        from ftplugins.sparse.trainer import skip_ddp_wrapper
-
-        return skip_ddp_wrapper(trainer)
-
-    @hookimpl
-    def grad_norm(self, run, trainer):
-        from ftplugins.sparse.trainer import grad_norm
-
-        return grad_norm(trainer)
 
     @hookimpl
     def post_train(self, run, trainer):
