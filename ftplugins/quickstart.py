@@ -23,6 +23,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -194,6 +195,13 @@ def quickstart(argv: Sequence[str]) -> dict:
     from .threads import one_thread
 
     settings, plugins, options = parse_args(argv)
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    datasets.disable_progress_bars()  # the quick start prints its own summary: per-file and per-map bars are noise
+    hf_logging.disable_progress_bar()
+    # TRL's own default (SFTConfig.gradient_checkpointing) under transformers 5's new name: nothing a user could change.
+    warnings.filterwarnings("ignore", message=r"`(is_)?gradient_checkpointing` is deprecated", category=FutureWarning)
     destination = os.path.abspath(settings.output_dir)
     os.makedirs(os.path.dirname(destination), exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(destination)}.tmp-", dir=os.path.dirname(destination))
