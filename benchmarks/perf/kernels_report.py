@@ -8,7 +8,8 @@ from benchmarks import common
 def markdown(result: dict) -> str:
     lines = [f"Kernels on {result['machine']['device_name']} (torch {result['machine']['versions'].get('torch')}); "
              f"`{result['machine']['command']}`\n",
-             "Sparse masked AdamW over the selected entries of an 85M model's 84 linear weights (one optimizer step):\n"]
+             "Sparse masked AdamW over the selected entries of an 85M model's 84 linear weights "
+             "(one optimizer step):\n"]
     lines.append(common.markdown_table(
         ["density", "dtype", "selected", "Triton ms", "torch reference ms", "Triton speed-up",
          "fused AdamW, same count dense ms", "fused AdamW, all weights ms"],
