@@ -95,21 +95,43 @@ def package_versions(names: Iterable[str]) -> dict[str, str | None]:
     return found
 
 
-def git_commit() -> str | None:
+def git_commit(root: str = REPO_ROOT) -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
                              check=False)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True,
-                               check=False)
     except OSError:
         return None
     if out.returncode != 0:
         return None
-    return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    return out.stdout.strip() + ("+dirty" if tree_is_dirty(root) else "")
 
 
-def machine_info(device: str, packages: Iterable[str] = ()) -> dict[str, Any]:
-    """What produced the numbers: CPU, cores, threads, load, device, versions, commit."""
+def tree_is_dirty(root: str = REPO_ROOT) -> bool:
+    """Uncommitted changes (untracked files included): the numbers would name a commit that did not make them."""
+    try:
+        status = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True,
+                                check=False)
+    except OSError:
+        return False
+    return status.returncode == 0 and bool(status.stdout.strip())
+
+
+def require_clean_tree(allow_dirty: bool, root: str = REPO_ROOT) -> bool:
+    """Refuse to record results from a dirty tree unless ``--allow-dirty``; returns the ``dirty`` label to record.
+
+    A result names the commit that produced it; with uncommitted changes that name is wrong, so such results are
+    written only when asked for, and then carry ``machine.dirty = true`` (shown as a marker in BENCHMARKS.md).
+    """
+    dirty = tree_is_dirty(root)
+    if dirty and not allow_dirty:
+        raise SystemExit(f"refusing to write benchmark results: the git tree at {root} has uncommitted changes "
+                         "(`git status`), so the recorded commit would not be what ran. Commit or stash them, "
+                         "or pass --allow-dirty to record the results labelled `dirty: true`.")
+    return dirty
+
+
+def machine_info(device: str, packages: Iterable[str] = (), dirty: bool | None = None) -> dict[str, Any]:
+    """What produced the numbers: CPU, cores, threads, load, device, versions, commit (and ``dirty``, when known)."""
     import torch
 
     info = {
@@ -128,6 +150,8 @@ def machine_info(device: str, packages: Iterable[str] = ()) -> dict[str, Any]:
         "git_commit": git_commit(),
         "command": " ".join([os.path.basename(sys.executable), "-m", *_module_argv()]),
     }
+    if dirty is not None:
+        info["dirty"] = dirty
     if device.startswith("cuda"):
         info["cuda"] = torch.version.cuda
     return info

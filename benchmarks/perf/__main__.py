@@ -42,6 +42,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--peer", choices=["adapters"], help="also measure a peer library in its own venv "
                                                               "(benchmarks/.peer-venv; needs PyPI the first time)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--allow-dirty", action="store_true",
+                        help="record results from a git tree with uncommitted changes, labelled dirty: true "
+                             "(refused otherwise; --smoke runs are never committed and need no flag)")
     args = parser.parse_args(argv)
     smoke = args.smoke
     defaults = {"model": "tiny" if smoke else "85m", "batch": "1x32" if smoke else "1x32,4x128", "steps": 2 if smoke else 10,
@@ -60,6 +63,7 @@ def device_tag(device: str, name: str) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    dirty = common.require_clean_tree(args.allow_dirty or args.smoke)
     sys.stdout.reconfigure(line_buffering=True)  # progress lines show up live when piped
     common.offline_environment()
     common.quiet_warnings()
@@ -68,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = common.pick_device(args.device)
-    machine = common.machine_info(device)
+    machine = common.machine_info(device, dirty=dirty)
     out = args.out or os.path.join(common.RESULTS_DIR, f"perf-{args.model}-{device_tag(device, machine['device_name'])}")
     shapes = [harness.Shape.parse(s) for s in args.batch.split(",") if s.strip()]
 

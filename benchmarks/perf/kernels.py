@@ -19,6 +19,7 @@ import os
 import torch
 
 from benchmarks import common
+from benchmarks.perf.kernels_report import markdown
 
 # The linear weights of the 85M Llama-shaped benchmark model (12 layers, d=768, FFN 2048).
 LINEAR_SHAPES = [(768, 768)] * 4 + [(2048, 768)] * 2 + [(768, 2048)]
@@ -106,36 +107,21 @@ def bottleneck_rows(tokens: int, d: int, b: int, dtype: torch.dtype, repeats: in
             "reference_ms": cuda_time_ms(run(bottleneck_adapter_reference), repeats)}
 
 
-def markdown(result: dict) -> str:
-    lines = [f"Kernels on {result['machine']['device_name']} (torch {result['machine']['versions'].get('torch')}); "
-             f"`{result['machine']['command']}`\n",
-             "Sparse masked AdamW over the selected entries of an 85M model's 84 linear weights (one optimizer step):\n"]
-    lines.append(common.markdown_table(
-        ["density", "dtype", "selected", "Triton ms", "torch reference ms", "Triton speed-up",
-         "fused AdamW, same count dense ms", "fused AdamW, all weights ms"],
-        [[f"{r['density']:.0%}", r["dtype"], f"{r['selected']:,}", common.fmt(r["triton_ms"]),
-          common.fmt(r["reference_ms"]), f"{r['reference_ms'] / r['triton_ms']:.1f}×",
-          common.fmt(r["dense_same_count_fused_ms"]), common.fmt(r["dense_all_weights_fused_ms"])]
-         for r in result["sparse_adamw"]]))
-    lines.append("\nBottleneck adapter forward + backward (ReLU, residual, biases, per-output scale):\n")
-    lines.append(common.markdown_table(
-        ["tokens", "d", "b", "dtype", "Triton ms", "torch reference ms", "Triton speed-up"],
-        [[r["tokens"], r["d"], r["b"], r["dtype"], common.fmt(r["triton_ms"]), common.fmt(r["reference_ms"]),
-          f"{r['reference_ms'] / r['triton_ms']:.2f}×"] for r in result["bottleneck"]]))
-    return "\n".join(lines) + "\n"
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.perf.kernels", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=os.path.join(common.RESULTS_DIR, "kernels-gpu"))
     parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--allow-dirty", action="store_true",
+                        help="record results from a git tree with uncommitted changes, labelled dirty: true "
+                             "(refused otherwise)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks.perf.kernels needs a CUDA GPU (the CPU runs the kernels only under the "
                          "Triton interpreter, which the tests use for correctness).")
+    dirty = common.require_clean_tree(args.allow_dirty)
     os.environ.pop("TRITON_INTERPRET", None)
     result = {
-        "machine": common.machine_info("cuda", packages=["triton"]),
+        "machine": common.machine_info("cuda", packages=["triton"], dirty=dirty),
         "sparse_adamw": [sparse_adamw_rows(density, dtype, args.repeats)
                          for density in (0.01, 0.05, 0.2) for dtype in (torch.float32, torch.bfloat16)],
         "bottleneck": [bottleneck_rows(tokens, d, b, dtype, args.repeats)

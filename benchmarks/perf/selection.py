@@ -169,7 +169,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (CI)")
     parser.add_argument("--out", help="output folder (default benchmarks/results/selection-cpu)")
     parser.add_argument("--kmeans-iterations", type=int, default=20)
+    parser.add_argument("--allow-dirty", action="store_true",
+                        help="record results from a git tree with uncommitted changes, labelled dirty: true "
+                             "(refused otherwise; --smoke runs are never committed and need no flag)")
     args = parser.parse_args(argv)
+    dirty = common.require_clean_tree(args.allow_dirty or args.smoke)
     common.offline_environment()
     common.quiet_warnings()
     sizes = SMOKE if args.smoke else FULL
@@ -178,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "harness": "perf.selection",
         "config": {"sizes": sizes, "smoke": args.smoke, "kmeans_iterations": args.kmeans_iterations},
-        "machine": common.machine_info("cpu", packages=("faiss-cpu", "pot", "torch")),
+        "machine": common.machine_info("cpu", packages=("faiss-cpu", "pot", "torch"), dirty=dirty),
         "kmeans": bench_kmeans(sizes["kmeans_rows"], sizes["clusters"], args.kmeans_iterations),
         "embedding": bench_embedding(sizes["embed_rows"]),
         "ot": bench_ot(*sizes["ot"], sizes["ot_big"]),

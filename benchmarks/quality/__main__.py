@@ -74,6 +74,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--replot", metavar="DIR",
                         help="redraw the PNGs of DIR/quality.json (an earlier run's folder) into DIR and exit; "
                              "nothing is trained")
+    parser.add_argument("--allow-dirty", action="store_true",
+                        help="record results from a git tree with uncommitted changes, labelled dirty: true "
+                             "(refused otherwise; --smoke runs are never committed and need no flag)")
     args = parser.parse_args(argv)
     args.lr_sweep = lr_sweep.parse(args.lr_sweep)
     if args.val_examples is None:
@@ -124,6 +127,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.replot:
         return replot(args.replot)
+    dirty = common.require_clean_tree(args.allow_dirty or args.smoke)
     sys.stdout.reconfigure(line_buffering=True)  # progress lines show up live when piped
     common.offline_environment()
     common.quiet_warnings()
@@ -217,7 +221,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                       cache_root=cache_root())
         scenario_results[name] = {"title": module.TITLE, "design": module.DESIGN, **module.run(ctx),
                                   "elapsed_s": time.perf_counter() - scenario_started}
-    machine = common.machine_info("cpu")
+    machine = common.machine_info("cpu", dirty=dirty)
     result = {
         "harness": "quality",
         "config": {"pretrain": asdict(pre_config), "finetune": asdict(ft_config), "seeds": seeds},

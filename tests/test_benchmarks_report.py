@@ -1,0 +1,105 @@
+"""BENCHMARKS.md is generated from the committed result files, and results are not recorded from a dirty tree."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import common, report
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_committed_document_matches_the_results():
+    done = subprocess.run([sys.executable, "-m", "benchmarks.report", "--check"], cwd=ROOT, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": ROOT})
+    assert done.returncode == 0, done.stderr
+    # every result folder has its section, and every section its plot where the harness wrote one
+    document = open(report.DOCUMENT).read()
+    for name in report.result_folders():
+        assert f"<!-- generated: {name} (python -m benchmarks.report) -->" in document
+        for png in ("perf.png", "quality.png", "quality-scenarios.png"):
+            if os.path.isfile(os.path.join(common.RESULTS_DIR, name, png)):
+                assert f"(benchmarks/results/{name}/{png})" in document
+
+
+def test_check_names_the_section_whose_number_was_altered(tmp_path):
+    document = open(report.DOCUMENT).read()
+    match = re.search(r"<!-- generated: (perf-85m-cpu-sparse) .*?\n(.*?)<!-- end generated", document, re.S)
+    body = match.group(2)
+    number = re.search(r"\| `lift-lean` \| (\d+\.\d)", body).group(1)
+    altered_body = body.replace(f"| `lift-lean` | {number}", f"| `lift-lean` | {float(number) + 1:.1f}", 1)
+    altered = tmp_path / "BENCHMARKS.md"
+    altered.write_text(document.replace(body, altered_body, 1))
+    done = subprocess.run([sys.executable, "-m", "benchmarks.report", "--check", "--document", str(altered)],
+                          cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT})
+    assert done.returncode == 1
+    assert "perf-85m-cpu-sparse" in done.stderr
+    # regenerating restores the committed text
+    assert report.main(["--document", str(altered)]) == 0
+    assert altered.read_text() == document
+
+
+def test_a_result_folder_without_a_section_fails_the_check(tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(os.path.join(common.RESULTS_DIR, "kernels-nvidia-h200"), results / "kernels-nvidia-h200")
+    shutil.copytree(os.path.join(common.RESULTS_DIR, "kernels-nvidia-h200"), results / "kernels-extra")
+    document = tmp_path / "doc.md"
+    document.write_text("# x\n\n<!-- generated: kernels-nvidia-h200 (python -m benchmarks.report) -->\n"
+                        "<!-- end generated: kernels-nvidia-h200 -->\n\nprose stays\n")
+    assert report.main(["--document", str(document), "--results", str(results)]) == 0
+    text = document.read_text()
+    assert "| 1% | float32 |" in text and text.endswith("\n\nprose stays\n")
+    assert report.main(["--check", "--document", str(document), "--results", str(results)]) == 1  # kernels-extra
+
+
+def test_dirty_label_from_old_commit_suffix_and_new_field():
+    assert report.is_dirty({"git_commit": "f8a853b+dirty"})
+    assert report.is_dirty({"git_commit": "f8a853b", "dirty": True})
+    assert not report.is_dirty({"git_commit": "a9ace26", "dirty": False})
+    with open(os.path.join(common.RESULTS_DIR, "perf-85m-cpu-1x32-2threads", "perf.json")) as handle:
+        clean = json.load(handle)  # recorded from a clean tree: no marker
+    assert "dirty tree" not in report.provenance(clean["machine"])
+    assert "dirty tree" in report.provenance({"git_commit": "f8a853b+dirty", "command": "x"})
+
+
+def _git(repo, *args):
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
+                   capture_output=True)
+
+
+def test_results_are_refused_from_a_dirty_tree_unless_allowed(tmp_path):
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    (repo / "a.txt").write_text("committed\n")
+    _git(repo, "add", "a.txt")
+    _git(repo, "commit", "-q", "-m", "one")
+    assert common.require_clean_tree(False, root=str(repo)) is False
+    assert not common.git_commit(str(repo)).endswith("+dirty")
+
+    (repo / "a.txt").write_text("changed\n")
+    with pytest.raises(SystemExit, match="--allow-dirty"):
+        common.require_clean_tree(False, root=str(repo))
+    assert common.require_clean_tree(True, root=str(repo)) is True
+    assert common.git_commit(str(repo)).endswith("+dirty")
+
+
+@pytest.mark.parametrize("module", ["benchmarks.perf.__main__", "benchmarks.quality.__main__",
+                                    "benchmarks.perf.selection"])
+def test_each_harness_refuses_a_dirty_tree_before_measuring(module, monkeypatch, tmp_path):
+    import importlib
+
+    harness = importlib.import_module(module)
+    monkeypatch.setattr(common, "tree_is_dirty", lambda root=common.REPO_ROOT: True)
+    with pytest.raises(SystemExit, match="refusing to write benchmark results"):
+        harness.main(["--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
