@@ -17,12 +17,22 @@ from ftplugins.errors import FtpluginsError
 from ftplugins.plugin import Plugin, hookimpl
 
 
+#: Why no method on the sparse engine trains under FSDP (``distributed_refusals``; issue 18 plans shard-local indices).
+FSDP_REFUSAL = (
+    "the sparse engine names the trained entries by flat indices into each whole weight, chosen from the whole "
+    "matrix (LIFT's low-rank approximation, a global top-K), and moves them out of the weight's whole gradient; "
+    "FSDP shards every weight by rows across processes, so each process holds only some rows and their gradient, "
+    "and the indices and their optimizer state would point into rows it does not have"
+)
+
+
 class SparseMethodPlugin(Plugin):
     """Hooks shared by LIFT, SaRA, ...: ``validate``, ``prepare_model``, ``create_optimizer``,
     ``skip_ddp_wrapper``, ``grad_norm`` and ``post_train`` (writes the sparse delta when ``<name>_save_delta``)."""
 
     #: Dotted path of the module with ``prepare``, ``build_optimizer`` and ``save_delta_of``.
     training_module: ClassVar[str] = ""
+    distributed_refusals: ClassVar[dict[str, str]] = {"fsdp": FSDP_REFUSAL}
 
     def training(self) -> Any:
         return importlib.import_module(self.training_module)
