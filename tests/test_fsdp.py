@@ -92,6 +92,33 @@ def test_fsdp2_matches_reference(plugin, tiny_model_dir, data_dir, tmp_path):
 
 
 @pytest.mark.slow
+def test_fsdp2_ssf_adapter_matches_one_process(tiny_model_dir, data_dir, tmp_path):
+    """A PEFT tuner of ours under FSDP2: the adapter rank 0 saves from the gathered state equals the 1-process
+    adapter and loads through PEFT into a fresh unsharded model."""
+    options = dict(plugins=["ssf"])
+    reference = launch(tmp_path, "reference", tiny_model_dir, f"{data_dir}/arithmetic", "one", options)
+    sharded = launch(tmp_path, "fsdp", tiny_model_dir, f"{data_dir}/arithmetic", "fsdp", options)
+    a = load_file(str(reference / "adapter_model.safetensors"))
+    b = load_file(str(sharded / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and len(a) > 0
+    moved = [k for k in a if not torch.equal(a[k], torch.ones_like(a[k]) if "scale" in k else torch.zeros_like(a[k]))]
+    assert moved, "training changed no SSF parameter"
+    for key in a:  # the same tolerance and reason as above
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+
+    from peft import PeftModel, get_peft_model_state_dict
+    from transformers import AutoModelForCausalLM
+
+    import ftplugins  # noqa: F401  (registers the SSF type with PEFT)
+
+    loaded = get_peft_model_state_dict(PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                                                                 str(sharded)))
+    assert loaded.keys() == b.keys()
+    for key, value in b.items():
+        assert torch.equal(loaded[key], value), key
+
+
+@pytest.mark.slow
 def test_fsdp2_refuses_a_plugin_that_cannot_shard(tiny_model_dir, data_dir, tmp_path):
     """The same launch reaches the plugins as FSDP (so the cases above really ran sharded), and a plugin whose
     per-entry state cannot follow FSDP's shards stops the run naming the plugin, the mode and the reason."""
