@@ -71,6 +71,7 @@ def cmd_info(args: argparse.Namespace) -> None:
     info["requires"] = dict(getattr(plugin, "requires", {}))
     info["claims"] = dict(getattr(plugin, "claims", None) or {})
     info["excludes"] = dict(getattr(plugin, "excludes", None) or {})
+    info["distributed_refusals"] = dict(getattr(plugin, "distributed_refusals", None) or {})
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return
@@ -79,6 +80,8 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(f"contributes:  {', '.join(info['contributes'])} (hooks)")
     print(f"trainers:     {', '.join(info['trainers']) if info['trainers'] else 'any'}")
     print(f"distributed:  {', '.join(info['distributed'])}")
+    for mode, why in info["distributed_refusals"].items():
+        print(f"  refuses {mode}: {why}")
     claims = getattr(plugin, "claims", None) or {}
     excludes = getattr(plugin, "excludes", None) or {}
     if claims or excludes:

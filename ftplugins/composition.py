@@ -342,9 +342,11 @@ def _check_trainer_supported(run: Run) -> None:
     for plugin in run.plugins:
         supported = getattr(plugin, "distributed", ("single", "ddp"))
         if mode not in supported:
+            why = (getattr(plugin, "distributed_refusals", None) or {}).get(mode)
             raise FtpluginsError(
-                f"plugin {plugin.name} does not support {mode} training (it supports: {', '.join(supported)}); "
-                "use a supported accelerate config, see `ftplugins info " + plugin.name + "`."
+                f"plugin {plugin.name} does not support {mode} training (it supports: {', '.join(supported)})"
+                + (f": {why}" if why else "")
+                + "; use a supported accelerate config, see `ftplugins info " + plugin.name + "`."
             )
 
 

@@ -37,6 +37,8 @@ class Plugin:
             ``metadata={"help": ...}``; ``None`` when the plugin has no options.
         requires: importable module name -> pip command that installs it.
         distributed: the distributed set-ups this plugin trains correctly under.
+        distributed_refusals: mode -> why the plugin's maths cannot train that way (``{"fsdp": "keeps flat
+            indices into whole weights, which FSDP shards"}``); the refusal and ``ftplugins info`` say it.
         trainers: names of trainer classes this plugin applies to (``SFTTrainer``), or
             ``None`` for any trainer.
         peft_type: the out-of-tree PEFT type this plugin owns (``"SSF"``), if any; once ``ftplugins`` is
@@ -56,6 +58,7 @@ class Plugin:
     options: ClassVar[type | None] = None
     requires: ClassVar[dict[str, str]] = {}
     distributed: ClassVar[tuple[str, ...]] = ("single", "ddp")
+    distributed_refusals: ClassVar[dict[str, str]] = {}
     trainers: ClassVar[tuple[str, ...] | None] = None
     peft_type: ClassVar[str | None] = None
     trains: ClassVar[bool] = True

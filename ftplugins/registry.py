@@ -95,7 +95,7 @@ def check_plugin(plugin: Any, source: str = "") -> None:
                     f"plugin {plugin.name!r}{where}: option {f.name!r} must be prefixed with "
                     f"'{plugin.name}_' so it can sit beside TRL's arguments."
                 )
-    for mode in getattr(plugin, "distributed", ()):
+    for mode in (*getattr(plugin, "distributed", ()), *(getattr(plugin, "distributed_refusals", None) or {})):
         if mode not in DISTRIBUTED_MODES:
             raise FtpluginsError(f"plugin {plugin.name!r}{where}: unknown distributed mode {mode!r}.")
 

@@ -17,6 +17,15 @@ from ftplugins.errors import FtpluginsError
 from ftplugins.plugin import Plugin, hookimpl
 
 
+#: Why no method on the sparse engine trains under FSDP (``distributed_refusals``; issue 18 plans shard-local indices).
+FSDP_REFUSAL = (
+    "the sparse engine names the trained entries by flat indices into each whole weight, chosen from the whole "
+    "matrix (LIFT's low-rank approximation, a global top-K), and moves them out of the weight's whole gradient; "
+    "FSDP shards every weight by rows across processes, so each process holds only some rows and their gradient, "
+    "and the indices and their optimizer state would point into rows it does not have"
+)
+
+
 class SparseEngineHooks:
     """The engine's Trainer glue as hooks, for every plugin that trains on SparseAdamW (LIFT, SaRA, LT-SFT):
     no DDP wrapper (the engine averages compact gradients itself) and the gradient norm the engine measured."""
@@ -40,6 +49,7 @@ class SparseMethodPlugin(SparseEngineHooks, Plugin):
 
     #: Dotted path of the module with ``prepare``, ``build_optimizer`` and ``save_delta_of``.
     training_module: ClassVar[str] = ""
+    distributed_refusals: ClassVar[dict[str, str]] = {"fsdp": FSDP_REFUSAL}
 
     def training(self) -> Any:
         return importlib.import_module(self.training_module)

@@ -24,6 +24,7 @@ from typing import Any
 
 from ftplugins.errors import FtpluginsError
 from ftplugins.plugin import Plugin, hookimpl
+from ftplugins.sparse.plugin import FSDP_REFUSAL
 
 from .options import GraftOptions
 
@@ -47,7 +48,9 @@ class GraftPlugin(Plugin):
     excludes = {
         "adapter": "localizes the skill in the fine-tuned base weights, which an adapter leaves unchanged",
     }
-    distributed = ("single",)  # the mask's gradient is not reduced across processes
+    distributed = ("single",)
+    distributed_refusals = {"ddp": "the graft mask's gradient is not reduced across processes",
+                            "fsdp": FSDP_REFUSAL}
     trainers = ("SFTTrainer",)
 
     @hookimpl

@@ -29,7 +29,7 @@ from typing import Any
 
 from ftplugins.errors import FtpluginsError
 from ftplugins.plugin import Plugin, hookimpl
-from ftplugins.sparse.plugin import SparseEngineHooks
+from ftplugins.sparse.plugin import FSDP_REFUSAL, SparseEngineHooks
 
 from .options import LtSftOptions
 
@@ -54,7 +54,9 @@ class LtSftPlugin(SparseEngineHooks, Plugin):
         "trainable_set": "trains the K entries its full fine-tuning phase selects",
         "optimizer": "steps them with its sparse AdamW",
     }
-    distributed = ("single",)  # phase 1's loop does not reduce gradients across processes
+    distributed = ("single",)
+    distributed_refusals = {"ddp": "phase 1's loop does not reduce gradients across processes",
+                            "fsdp": FSDP_REFUSAL}
 
     @hookimpl
     def validate(self, run):

@@ -1,0 +1,152 @@
+"""FSDP2 on CPU (gloo, two processes, torch's ``fully_shard``) through `accelerate launch` of `ftplugins.train`:
+the weights after a few steps and the saved model equal the run they must equal. On CPU Accelerate would
+silently fall back to DDP; ``fsdp_cpu_child.py`` keeps it FSDP and reports that the parameters were sharded."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from test_distributed import DDP_FLAGS, accelerate_bin
+from test_train_cli import trl_yaml
+
+# Accelerate's FSDP2 on CPU: `use_cpu` gives gloo, `fsdp_version: 2` torch's `fully_shard` (one unit per decoder
+# layer), FULL_STATE_DICT gathers the whole model to rank 0 for the save.
+FSDP2_CPU = dict(
+    compute_environment="LOCAL_MACHINE", distributed_type="FSDP", num_machines=1, num_processes=2,
+    mixed_precision="no", use_cpu=True, dynamo_config={},
+    fsdp_config=dict(fsdp_version=2, fsdp_auto_wrap_policy="TRANSFORMER_BASED_WRAP",
+                     fsdp_state_dict_type="FULL_STATE_DICT", fsdp_reshard_after_forward=True),
+)
+
+# Per plugin: its options, and the run FSDP2 must equal. "one": one process, the same global batch of 4.
+# "ddp": two DDP processes, for masked_thought, whose masks are drawn per process (keyed by the process index, see
+# masked_thought/collator.py), so one process masks other tokens; DDP is tested to be plain data parallelism.
+CASES = {
+    "masked_thought": ("ddp", dict(masked_thought_ratio=0.5, masked_thought_warmup=0.0)),
+    "many_icl": ("one", dict(many_icl_shots=2)),
+    "fewshot_prefix": ("one", dict(fewshot_prefix_k=2, fewshot_prefix_pool_size=8)),
+}
+
+
+def launch(tmp_path, name, model_dir, data, mode, options):
+    """Train 3 steps in ``mode`` ("one", "ddp" or "fsdp"), global batch 4; returns the output folder."""
+    out = tmp_path / name
+    per_device = 4 if mode == "one" else 2
+    config = trl_yaml(tmp_path / f"{name}.yaml", model_dir, data, out, per_device_train_batch_size=per_device,
+                      max_steps=3, learning_rate=5e-2, dataloader_drop_last=True, seed=0, max_length=64,
+                      gradient_accumulation_steps=1, **options)
+    train = ["-m", "ftplugins.train", "sft", "--config", config]
+    if mode == "one":
+        command = [sys.executable, *train]
+    elif mode == "ddp":
+        command = [accelerate_bin(), "launch", *DDP_FLAGS, *train]
+    else:
+        accelerate_config = tmp_path / "fsdp2_cpu.yaml"
+        accelerate_config.write_text(yaml.safe_dump(FSDP2_CPU))
+        child = os.path.join(os.path.dirname(__file__), "fsdp_cpu_child.py")
+        command = [accelerate_bin(), "launch", "--config_file", str(accelerate_config), child, *train[2:]]
+    done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    if mode == "fsdp":  # both ranks trained a model whose weights fully_shard split between them
+        reports = re.findall(r"fsdp_cpu_child: is_fsdp_enabled=True sharded_parameters=([1-9]\d*)", done.stdout)
+        assert len(reports) == 2, done.stdout[-3000:]
+    assert json.loads((out / "ftplugins_run.json").read_text())["world_size"] == (1 if mode == "one" else 2)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("plugin", sorted(CASES))
+def test_fsdp2_matches_reference(plugin, tiny_model_dir, data_dir, tmp_path):
+    reference_mode, options = CASES[plugin]
+    options = dict(plugins=[plugin], **options)
+    data = f"{data_dir}/arithmetic"
+    reference = launch(tmp_path, "reference", tiny_model_dir, data, reference_mode, options)
+    sharded = launch(tmp_path, "fsdp", tiny_model_dir, data, "fsdp", options)
+
+    base = load_file(os.path.join(tiny_model_dir, "model.safetensors"))
+    a = load_file(str(reference / "model.safetensors"))
+    b = load_file(str(sharded / "model.safetensors"))
+    assert a.keys() == b.keys() == base.keys()  # the save gathered whole tensors, not rank 0's shards
+    assert any(not torch.equal(a[k], base[k]) for k in a), "training changed no weight"
+    # fp32 on both sides; only the order of the gradient sums differs (reduce-scatter of two half-batch means
+    # against one mean of four rows): ~1e-7 relative per step, grown by Adam over 3 steps at lr 5e-2.
+    for key in a:
+        assert a[key].shape == b[key].shape, key
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+
+    # The saved folder loads in a fresh single process as the model it was saved from.
+    from transformers import AutoModelForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(str(sharded)).state_dict()
+    for key, value in b.items():
+        assert torch.equal(loaded[key], value), key
+
+
+@pytest.mark.slow
+def test_fsdp2_ssf_adapter_matches_one_process(tiny_model_dir, data_dir, tmp_path):
+    """A PEFT tuner of ours under FSDP2: the adapter rank 0 saves from the gathered state equals the 1-process
+    adapter and loads through PEFT into a fresh unsharded model."""
+    options = dict(plugins=["ssf"])
+    reference = launch(tmp_path, "reference", tiny_model_dir, f"{data_dir}/arithmetic", "one", options)
+    sharded = launch(tmp_path, "fsdp", tiny_model_dir, f"{data_dir}/arithmetic", "fsdp", options)
+    a = load_file(str(reference / "adapter_model.safetensors"))
+    b = load_file(str(sharded / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and len(a) > 0
+    moved = [k for k in a if not torch.equal(a[k], torch.ones_like(a[k]) if "scale" in k else torch.zeros_like(a[k]))]
+    assert moved, "training changed no SSF parameter"
+    for key in a:  # the same tolerance and reason as above
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+
+    from peft import PeftModel, get_peft_model_state_dict
+    from transformers import AutoModelForCausalLM
+
+    import ftplugins  # noqa: F401  (registers the SSF type with PEFT)
+
+    loaded = get_peft_model_state_dict(PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                                                                 str(sharded)))
+    assert loaded.keys() == b.keys()
+    for key, value in b.items():
+        assert torch.equal(loaded[key], value), key
+
+
+@pytest.mark.slow
+def test_fsdp2_refuses_a_plugin_that_cannot_shard(tiny_model_dir, data_dir, tmp_path):
+    """The same launch reaches the plugins as FSDP (so the cases above really ran sharded), and a plugin whose
+    per-entry state cannot follow FSDP's shards stops the run naming the plugin, the mode and the reason."""
+    with pytest.raises(AssertionError) as failure:
+        launch(tmp_path, "lift", tiny_model_dir, f"{data_dir}/arithmetic", "fsdp", dict(plugins=["lift"]))
+    message = str(failure.value)
+    assert "plugin lift does not support fsdp training" in message and "flat indices" in message, message
+
+
+@pytest.mark.parametrize("plugin", ["lift", "sara", "lt_sft", "graft"])
+def test_sparse_methods_refuse_fsdp_with_the_reason(plugin, monkeypatch, capsys):
+    """`accelerate launch` with an FSDP config sets ACCELERATE_USE_FSDP; the trainer check reads it and refuses
+    before training, with the reason `ftplugins info` prints."""
+    from ftplugins.cli import main
+    from ftplugins.composition import _check_trainer_supported
+    from ftplugins.errors import FtpluginsError
+    from ftplugins.registry import load
+
+    loaded = load(plugin)
+    reason = loaded.distributed_refusals["fsdp"]
+    run = type("Run", (), {"plugins": [loaded], "args": SimpleNamespace(world_size=1), "trainer_name": "SFTTrainer",
+                           "has_base": staticmethod(lambda name: True)})()
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(FtpluginsError, match=f"plugin {plugin} does not support fsdp training") as refusal:
+        _check_trainer_supported(run)
+    assert reason in str(refusal.value)
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    _check_trainer_supported(run)  # one process: allowed
+
+    main(["info", plugin])
+    assert f"refuses fsdp: {reason}" in capsys.readouterr().out
