@@ -155,6 +155,7 @@ class PluginTrainerMixin(TrainerInternals):
 
         with _loading_options_used(loaded_here, type(self)):
             super().__init__(**call, **extra)
+        _warn_if_fsdp_was_not_applied(self)
         if call.get("args") is None:
             self._ftplugins_claim_output(self.args)
         run.trainer = self
@@ -245,6 +246,17 @@ class PluginTrainerMixin(TrainerInternals):
             super()._save(tmp, state_dict=state_dict)
         if os.path.abspath(output_dir) == os.path.abspath(self.args.output_dir):
             write_manifest(self._ftplugins_run, output_dir, self._ftplugins_published)
+
+
+def _warn_if_fsdp_was_not_applied(trainer: Any) -> None:
+    """An FSDP config where accelerate does not enable FSDP (accelerate 1.15 on CPU keeps multi-CPU DDP) trains the
+    model unsharded without a word: say so, since the user asked for sharding."""
+    if os.environ.get("ACCELERATE_USE_FSDP") == "true" and getattr(trainer, "is_fsdp_enabled", True) is False:
+        logging.getLogger("ftplugins").warning(
+            "an FSDP config was given, but accelerate did not enable FSDP on this set-up (on CPU it keeps "
+            "multi-process DDP): the model trains unsharded, every process holding all of it. Use a GPU set-up for "
+            "FSDP, or a DDP config to say what runs."
+        )
 
 
 def _complete_checkpoint(output_dir: str, resume: str | bool | None) -> str | bool | None:

@@ -150,3 +150,22 @@ def test_sparse_methods_refuse_fsdp_with_the_reason(plugin, monkeypatch, capsys)
 
     main(["info", plugin])
     assert f"refuses fsdp: {reason}" in capsys.readouterr().out
+
+
+def test_an_fsdp_config_that_accelerate_does_not_apply_is_said(monkeypatch, tmp_path, caplog):
+    """accelerate 1.15 keeps DDP on CPU whatever the FSDP config says: the user is told, not left to believe it."""
+    import logging
+
+    from conftest import cpu_args
+    from trl import SFTConfig, SFTTrainer
+
+    import ftplugins
+    from ftplugins.testing import arithmetic_dataset, tiny_llama, tiny_tokenizer
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    trainer_cls = ftplugins.compose(SFTTrainer, [])
+    with caplog.at_level(logging.WARNING, logger="ftplugins"):
+        trainer = trainer_cls(model=tiny_llama(), args=cpu_args(SFTConfig, tmp_path),
+                              train_dataset=arithmetic_dataset(4), processing_class=tiny_tokenizer())
+    assert trainer.is_fsdp_enabled is False
+    assert any("did not enable FSDP" in r.getMessage() for r in caplog.records)
