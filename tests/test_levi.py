@@ -9,7 +9,7 @@ import ftplugins
 from ftplugins.errors import FtpluginsError, OptionError
 from ftplugins.methods.levi import plugin
 
-from test_mean_teacher import one_thread, tokenizer  # noqa: F401  (shared fixtures)
+from test_mean_teacher import tokenizer  # noqa: F401  (a shared fixture)
 
 
 def reviews(tokenizer):

@@ -11,7 +11,7 @@ from ftplugins.methods.list_selftrain import plugin
 from ftplugins.methods.pet import plugin as pet
 
 from test_pet import NEGATIVE, POSITIVE, VERBALIZER, masked_lm  # noqa: F401  (shared fixtures and data)
-from test_pet import one_thread, tokenizer  # noqa: F401
+from test_pet import tokenizer  # noqa: F401
 
 
 def mixed(unlabelled=4):
