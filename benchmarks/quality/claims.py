@@ -5,7 +5,8 @@ A claim names the method rows it compares and the scenario (experiment) it needs
 :mod:`benchmarks.quality.scenarios` (``--scenario``), whose rows the claim's check reads. A claim
 whose scenario was not run, or has no experiment yet, is listed with "not measured yet", so the
 table shows what is still owed. A verdict quotes its numbers (mean ± std over seeds) and
-says plainly when a claim does not reproduce.
+says plainly when a claim does not reproduce, and refuses "reproduced" when the claim's baseline fell below the
+pre-trained model (a collapsed baseline proves nothing about the method).
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ from typing import Any
 
 #: Accuracy gap (absolute) still called "the same level" when a claim is about parity.
 PARITY = 0.05
+
+
+#: The row of a scenario that holds the pre-trained model's own numbers (before any fine-tuning).
+PRETRAINED = "pretrained"
 
 
 class NotMeasured(Exception):
@@ -31,6 +36,27 @@ class Claim:
     needs: tuple[str, ...]
     check: Callable[[dict[str, Any]], tuple[bool, str]] | None = None
     scenario: str = "target"
+    #: (baseline row, metric): the claim is void when that row ends below the pre-trained model on that metric --
+    #: beating a baseline that training broke says nothing about the method.
+    baseline: tuple[str, str] | None = None
+
+
+def collapsed_baseline(claim: Claim, rows: dict[str, Any]) -> str | None:
+    """Why ``claim`` cannot be judged because its baseline fell below the pre-trained model, or None.
+
+    Needs the scenario's ``pretrained`` row; a run without one cannot tell, and the claim is judged as usual.
+    """
+    if claim.baseline is None:
+        return None
+    name, metric = claim.baseline
+    key = f"{metric}_mean"
+    if name not in rows or key not in rows.get(PRETRAINED, {}) or key not in rows[name]:
+        return None
+    base, before = rows[name][key], rows[PRETRAINED][key]
+    if not base < before:
+        return None
+    return (f"not comparable: the baseline fell below the pre-trained model ({metric}: {name} {base:.3f} < "
+            f"{PRETRAINED} {before:.3f})")
 
 
 def _m(summary: dict[str, Any], name: str, metric: str) -> tuple[float, float]:
@@ -230,7 +256,7 @@ CLAIMS: list[Claim] = [
           "Gupta et al. 2025 (2502.08130)", ("s3ft", "sft"),
           with_context(forgets_less("s3ft", "sft"), ("s3ft", "forgetting"), ("sft", "forgetting"),
                        ("s3ft", "from_self"), ("s3ft", "from_paraphrase"), ("s3ft", "from_gold")),
-          scenario="self-generated"),
+          scenario="self-generated", baseline=("sft", "target")),
     Claim("fewshot_prefix>sft at few labels", "Few-shot-prompted SFT (k=4 in-context examples before every train and "
           "test prompt, counted in the label budget) beats plain SFT at 16 gold labels (hidden-rule tasks, equal "
           "steps)", "Mallen & Belrose 2024 (2410.13215)", ("fewshot-k4-n16", "sft-n16"),
@@ -272,7 +298,9 @@ CLAIMS: list[Claim] = [
 
 def verdicts(summary: dict[str, Any], skipped: dict[str, str], scenarios: set[str],
              scenario_results: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """One verdict per claim: reproduced / not reproduced / not measured yet (with why).
+    """One verdict per claim: reproduced / not reproduced / not comparable / not measured yet (with why).
+
+    "Reproduced" is refused when the claim's baseline fell below the pre-trained model (:func:`collapsed_baseline`).
 
     ``summary`` holds the ``target`` scenario's rows; ``scenario_results[name]["rows"]`` the rows of the others.
     """
@@ -306,6 +334,8 @@ def verdicts(summary: dict[str, Any], skipped: dict[str, str], scenarios: set[st
             except NotMeasured as exc:
                 row.update(verdict="not measured yet", detail=str(exc))
             else:
-                row.update(verdict="reproduced" if ok else "NOT reproduced", detail=detail)
+                void = collapsed_baseline(claim, rows)
+                verdict = void if void and ok else ("reproduced" if ok else "NOT reproduced")
+                row.update(verdict=verdict, detail=detail)
         out.append(row)
     return out
