@@ -112,7 +112,7 @@ def test_quality_smoke(tmp_path):
         assert f"## Scenario `{name}`" in markdown
     decided = ("reproduced", "NOT reproduced", "not measured yet")
     for claim in CLAIMS:
-        assert verdicts[claim.key] in decided, claim.key
+        assert verdicts[claim.key] in decided or verdicts[claim.key].startswith("not comparable: "), claim.key
         if claim.scenario in MODULES:
             detail = next(c["detail"] for c in result["claims"] if c["claim"] == claim.key)
             assert "not built" not in detail and "was not run" not in detail, (claim.key, detail)
