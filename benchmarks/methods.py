@@ -62,6 +62,8 @@ class MethodSpec:
         peft: a factory of a PEFT config handed to the trainer's ``peft_config=`` (the LoRA
             baselines); ``None`` for plugin rows and full fine-tuning.
         baseline: a reference row (always run, never skipped).
+        floor: the perf harness's floor (``benchmarks/perf/floor.py``): the frozen base back-propagating to its
+            inputs only, no trainer; every row's step time and memory are also shown as multiples of it.
         perf: measured by the performance harness.
         quality: fine-tuned by the quality harness.
         learning_rate: the quality harness's learning rate for this row (adapters need larger ones
@@ -79,6 +81,7 @@ class MethodSpec:
     options: dict[str, Any] = field(default_factory=dict)
     peft: Callable[[], Any] | None = None
     baseline: bool = False
+    floor: bool = False
     perf: bool = True
     quality: bool = True
     learning_rate: float | None = None
@@ -122,6 +125,8 @@ ADAPTER_LR = 2e-3
 
 METHODS: list[MethodSpec] = [
     # --- baselines -------------------------------------------------------------------------------
+    MethodSpec("floor", baseline=True, floor=True, quality=False,
+               note="frozen base, backward to the inputs only: no weight gradients, no optimizer (a lower bound)"),
     MethodSpec("full", baseline=True, note="full fine-tuning, AdamW on every weight"),
     MethodSpec("lora-r8", peft=lora(8), baseline=True, learning_rate=ADAPTER_LR, note="PEFT LoRA r=8, all linear"),
     MethodSpec("lora-r16", peft=lora(16), baseline=True, learning_rate=ADAPTER_LR, note="PEFT LoRA r=16, all linear"),
@@ -207,7 +212,7 @@ def select(names: str | None, harness: str, baselines: str | None = None) -> lis
     else:
         chosen = [s for s in METHODS if getattr(s, harness)]
     wanted_baselines = None if baselines is None else {n.strip() for n in baselines.split(",") if n.strip()}
-    added = [s for s in METHODS if s.baseline and s not in chosen
+    added = [s for s in METHODS if s.baseline and getattr(s, harness) and s not in chosen
              and (wanted_baselines is None or s.name in wanted_baselines)]
     return added + chosen
 

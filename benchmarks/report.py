@@ -74,26 +74,35 @@ def _mb(value: float | None) -> float | None:
 
 
 def perf_section(result: dict[str, Any]) -> list[str]:
-    """Per batch shape: step time and training memory, absolute and as ratios to full and to LoRA r=16."""
+    """Per batch shape: step time and training memory, absolute and as ratios to full, to LoRA r=16 and to the
+    floor (result files without a floor row show no floor ratio)."""
     out = []
     for shape, block in result["results"].items():
         methods = block["methods"]
         with_setup = any(row.get("setup_s") is not None for row in methods.values())
+        floor = "floor" in methods
         rows = []
         for name, row in methods.items():
             if row.get("status") == "error":
-                rows.append([f"`{name}`", "error: " + row.get("reason", "")[:80]] + [""] * (9 if with_setup else 8))
+                rows.append([f"`{name}`", "error: " + row.get("reason", "")[:80]]
+                            + [""] * (8 + with_setup + 2 * floor))
                 continue
             cells = [f"`{name}`", common.fmt(row["step_s"] * 1e3, ".1f"), common.fmt(row["step_vs_full"], ".2f"),
                      common.fmt(row["step_vs_lora-r16"], ".2f")]
+            if floor:
+                cells.append(common.fmt(row.get("step_vs_floor"), ".2f"))
             if with_setup:
                 cells.append(common.fmt(row.get("setup_s"), ".2f"))
             cells += [common.fmt(_mb(row["peak_train_bytes"]), ".0f"), common.fmt(row["memory_vs_full"], ".2f"),
-                      common.fmt(row["memory_vs_lora-r16"], ".2f"), common.fmt(_mb(row["persistent_bytes"]), ".1f"),
+                      common.fmt(row["memory_vs_lora-r16"], ".2f")]
+            if floor:
+                cells.append(common.fmt(row.get("memory_vs_floor"), ".2f"))
+            cells += [common.fmt(_mb(row["persistent_bytes"]), ".1f"),
                       f"{row['trainable_params']:,}", common.fmt(row.get("inference_vs_base"), ".2f")]
             rows.append(cells)
-        header = ["method", "step ms", "step × full", "step × LoRA16", *(["setup s"] if with_setup else []),
-                  "train peak MB", "memory × full", "memory × LoRA16", "trainable+optim MB", "trainable params",
+        header = ["method", "step ms", "step × full", "step × LoRA16", *(["step × floor"] if floor else []),
+                  *(["setup s"] if with_setup else []), "train peak MB", "memory × full", "memory × LoRA16",
+                  *(["memory × floor"] if floor else []), "trainable+optim MB", "trainable params",
                   "inference × base"]
         out.append(f"\n**Batch {shape.replace('x', ' × ')}**\n\n")
         out.append(common.markdown_table(header, rows))

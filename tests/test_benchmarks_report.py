@@ -103,3 +103,23 @@ def test_each_harness_refuses_a_dirty_tree_before_measuring(module, monkeypatch,
     with pytest.raises(SystemExit, match="refusing to write benchmark results"):
         harness.main(["--out", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
+
+
+def _perf_row(step_s, peak, floor=None):
+    row = {"status": "ok", "step_s": step_s, "step_vs_full": 1.0, "step_vs_lora-r16": 1.0, "setup_s": 0.1,
+           "peak_train_bytes": peak, "memory_vs_full": 1.0, "memory_vs_lora-r16": 1.0, "persistent_bytes": 0,
+           "trainable_params": 0, "inference_vs_base": 1.0}
+    if floor:
+        row.update(step_vs_floor=step_s / floor[0], memory_vs_floor=peak / floor[1])
+    return row
+
+
+def test_perf_tables_show_the_floor_ratio_only_when_the_results_have_a_floor_row():
+    floor = (0.002, 2 * 2**20)
+    with_floor = {"results": {"1x32": {"methods": {"floor": _perf_row(*floor, floor),
+                                                   "full": _perf_row(0.007, 5 * 2**20, floor)}}}}
+    table = "".join(report.perf_section(with_floor))
+    assert "step × floor" in table and "memory × floor" in table
+    assert "| `full` | 7.0 | 1.00 | 1.00 | 3.50 | 0.10 | 5 | 1.00 | 1.00 | 2.50 |" in table
+    old = {"results": {"1x32": {"methods": {"full": _perf_row(0.007, 5 * 2**20)}}}}
+    assert "floor" not in "".join(report.perf_section(old))

@@ -68,6 +68,20 @@ def test_perf_smoke(tmp_path):
     assert rows["lora-r8"]["trainable_params"] < rows["lora-r16"]["trainable_params"] < rows["full"]["trainable_params"]
     assert rows["full"]["step_vs_full"] == pytest.approx(1.0)
     assert finite(result["results"]["1x32"]["overhead"]["noop_plugin_vs_trl_step"])
+    # The floor (frozen base, backward to the inputs only) trains nothing and holds no optimizer state; every row
+    # is also a multiple of it, in the JSON and in the table.
+    floor = rows["floor"]
+    assert floor["status"] == "ok" and floor["trainable_params"] == 0 and floor["persistent_bytes"] == 0
+    assert finite(floor["step_s"]) and floor["step_vs_floor"] == pytest.approx(1.0)
+    for name in ("full", "lora-r16", *shipped("perf")):
+        assert rows[name]["step_vs_floor"] == pytest.approx(rows[name]["step_s"] / floor["step_s"]), name
+        # On CPU the floor's small peak may fit in memory the process already holds (RSS does not grow): no ratio.
+        if floor["peak_train_bytes"]:
+            assert rows[name]["memory_vs_floor"] == pytest.approx(
+                rows[name]["peak_train_bytes"] / floor["peak_train_bytes"]), name
+        else:
+            assert math.isnan(rows[name]["memory_vs_floor"]), name
+    assert "× floor" in markdown and "`floor`" in markdown
     assert finite(result["cli"]["ftplugins_list_s"])
     # Every row of the table is either measured or skipped with a reason, never silently dropped.
     from benchmarks.methods import METHODS

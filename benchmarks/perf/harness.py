@@ -14,6 +14,9 @@ Rows train on random token ids, or on random-text prompt/completion rows (a row'
 layout) when their plugin reads text; options that depend on the model or the batch shape come from
 the row's ``sized_options``.
 
+The ``floor`` row is the exception: the frozen base back-propagating to its inputs only, in a plain loop
+(:mod:`benchmarks.perf.floor`), the least any parameter-efficient step costs; every row is also a multiple of it.
+
 Repetitions are interleaved (for each repetition, every method once) so that drifting machine
 load spreads over all methods instead of biasing one; every run starts from a fresh copy of the
 same base model.
@@ -302,6 +305,11 @@ def train_once(
 
     import ftplugins
 
+    if spec.floor:
+        from benchmarks.perf.floor import floor_once
+
+        return floor_once(template, dataset, shape, probe_ids, device=device, warmup=warmup, steps=steps,
+                          inference_repeats=inference_repeats, result_cls=RunResult, forward_seconds=forward_seconds)
     model = copy.deepcopy(template)
     timer = make_step_timer(device)
     options = {**spec.options, **(spec.sized_options(model, shape) if spec.sized_options else {})}
@@ -399,7 +407,8 @@ def measure_shape(
     base_forward: list[float] = []
     # One untimed run first: the process's first trainer pays one-off costs (lazy imports, allocator
     # growth, kernel selection) that would otherwise land on whichever row comes first.
-    train_once(specs[0], template, tokenizer, datasets[specs[0].dataset], shape, probe, device=device, warmup=1,
+    first = next((s for s in specs if not s.floor), specs[0])  # the floor runs no trainer: it warms up nothing
+    train_once(first, template, tokenizer, datasets[first.dataset], shape, probe, device=device, warmup=1,
                steps=1, inference_repeats=1, seed=seed)
     for rep in range(repeats):
         base_forward.append(forward_seconds(template, probe, device, inference_repeats))
@@ -426,7 +435,7 @@ def measure_shape(
 
 
 def summarize(specs: list[MethodSpec], measured: dict[str, Any]) -> dict[str, Any]:
-    """Medians per method and their ratios to full fine-tuning and to LoRA r=16."""
+    """Medians per method and their ratios to full fine-tuning, to LoRA r=16 and to the floor (when it ran)."""
     base_forward = median(measured["base_forward_s"])
     rows: dict[str, Any] = {}
     for spec in specs:
@@ -464,7 +473,9 @@ def summarize(specs: list[MethodSpec], measured: dict[str, Any]) -> dict[str, An
     for row in rows.values():
         if row["status"] == "error":
             continue
-        for ref in ("full", "lora-r16"):
+        for ref in ("full", "lora-r16", "floor"):
+            if ref == "floor" and "floor" not in rows:
+                continue
             other = rows.get(ref, {})
             row[f"step_vs_{ref}"] = _ratio(row.get("step_s"), other.get("step_s"))
             row[f"memory_vs_{ref}"] = _ratio(row.get("peak_train_bytes"), other.get("peak_train_bytes"))

@@ -29,20 +29,23 @@ def markdown(result: dict[str, Any]) -> str:
         f"optimizer construction); the same for every repetition, it is not part of the step time.\n"),
     ]
     for shape, block in result["results"].items():
+        floor = "floor" in block["methods"]  # result files from before the floor row show no ratio to it
         rows = []
         for name, row in block["methods"].items():
             if row["status"] == "error":
-                rows.append([f"`{name}`", "error: " + row["reason"][:100]] + [""] * 11)
+                rows.append([f"`{name}`", "error: " + row["reason"][:100]] + [""] * (13 if floor else 11))
                 continue
             rows.append([
                 f"`{name}`",
                 fmt(row["step_s"] * 1e3, ".1f"),
                 fmt(row["step_vs_full"], ".2f"),
                 fmt(row["step_vs_lora-r16"], ".2f"),
+                *([fmt(row.get("step_vs_floor"), ".2f")] if floor else []),
                 fmt(row.get("setup_s"), ".2f"),
                 fmt(row["peak_train_bytes"] / MB if row["peak_train_bytes"] is not None else None, ".0f"),
                 fmt(row["memory_vs_full"], ".2f"),
                 fmt(row["memory_vs_lora-r16"], ".2f"),
+                *([fmt(row.get("memory_vs_floor"), ".2f")] if floor else []),
                 fmt(row["persistent_bytes"] / MB, ".1f"),
                 f"{row['trainable_params']:,}",
                 fmt(row["inference_vs_base"], ".2f"),
@@ -51,8 +54,9 @@ def markdown(result: dict[str, Any]) -> str:
             ])
         out.append(f"\n## Batch {shape.replace('x', ' × ')} tokens\n\n")
         out.append(markdown_table(
-            ["method", "step ms", "× full", "× LoRA16", "setup s", "train peak MB", "× full", "× LoRA16",
-             "trainable+optim MB", "trainable params", "inference × base", "inference model", "what"],
+            ["method", "step ms", "× full", "× LoRA16", *(["× floor"] if floor else []), "setup s", "train peak MB",
+             "× full", "× LoRA16", *(["× floor"] if floor else []), "trainable+optim MB", "trainable params",
+             "inference × base", "inference model", "what"],
             rows,
         ))
         out.append(f"\nBase model forward on the same batch: {block['base_inference_s'] * 1e3:.2f} ms.\n")
