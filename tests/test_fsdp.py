@@ -91,25 +91,42 @@ def test_fsdp2_matches_reference(plugin, tiny_model_dir, data_dir, tmp_path):
         assert torch.equal(loaded[key], value), key
 
 
+# Our PEFT tuners: the tensors their identity init starts at zero (training must move one of them), options, and
+# the tolerance against 1 process. Dropout off: its masks come from each process's own generator, so no 2-process
+# run could equal 1 process with it. bottleneck: its up projection starts at zero, so the down projection's first
+# gradient is exactly zero and its first Adam step (step 2) divides near-zero gradients by their own root mean
+# square, which lifts the reduction-order rounding to ~3e-4 relative (measured: FSDP2 equals 2-process DDP bit for
+# bit there); 1e-3 still fails a missing or halved gradient reduction, which moves weights by O(1) relative.
+TIGHT, BOTTLENECK_STEP = dict(rtol=1e-4, atol=1e-5), dict(rtol=1e-3, atol=2e-4)
+ADAPTERS = {
+    "ssf": (lambda key: "scale" not in key, {}, TIGHT),  # shifts (scales start at one)
+    "bottleneck": (lambda key: ".up" in key, dict(bottleneck_dropout=0.0), BOTTLENECK_STEP),  # up-projection (+bias)
+    "block_lora": (lambda key: "block_lora_B" in key, dict(block_lora_dropout=0.0), TIGHT),
+}
+
+
 @pytest.mark.slow
-def test_fsdp2_ssf_adapter_matches_one_process(tiny_model_dir, data_dir, tmp_path):
+@pytest.mark.parametrize("plugin", sorted(ADAPTERS))
+def test_fsdp2_adapter_matches_one_process(plugin, tiny_model_dir, data_dir, tmp_path):
     """A PEFT tuner of ours under FSDP2: the adapter rank 0 saves from the gathered state equals the 1-process
     adapter and loads through PEFT into a fresh unsharded model."""
-    options = dict(plugins=["ssf"])
+    zero_at_init, options, tolerance = ADAPTERS[plugin]
+    options = dict(plugins=[plugin], **options)
     reference = launch(tmp_path, "reference", tiny_model_dir, f"{data_dir}/arithmetic", "one", options)
     sharded = launch(tmp_path, "fsdp", tiny_model_dir, f"{data_dir}/arithmetic", "fsdp", options)
     a = load_file(str(reference / "adapter_model.safetensors"))
     b = load_file(str(sharded / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and len(a) > 0
-    moved = [k for k in a if not torch.equal(a[k], torch.ones_like(a[k]) if "scale" in k else torch.zeros_like(a[k]))]
-    assert moved, "training changed no SSF parameter"
-    for key in a:  # the same tolerance and reason as above
-        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+    zero_at_init = [k for k in a if zero_at_init(k)]
+    assert zero_at_init, f"no zero-initialised {plugin} tensor in {sorted(a)}"
+    assert any(a[k].count_nonzero() for k in zero_at_init), f"training changed no {plugin} parameter"
+    for key in a:  # the reason as above, the tolerance per tuner
+        torch.testing.assert_close(a[key], b[key], **tolerance, msg=key)
 
     from peft import PeftModel, get_peft_model_state_dict
     from transformers import AutoModelForCausalLM
 
-    import ftplugins  # noqa: F401  (registers the SSF type with PEFT)
+    import ftplugins  # noqa: F401  (registers our PEFT types)
 
     loaded = get_peft_model_state_dict(PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
                                                                  str(sharded)))
