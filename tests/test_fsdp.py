@@ -99,11 +99,11 @@ def test_fsdp2_matches_reference(plugin, tiny_model_dir, data_dir, tmp_path):
 
 
 # Our PEFT tuners: the value their identity init gives a tensor (None: random; training must move a known one),
-# options, and the tolerance against 1 process. Dropout off: its masks come from each process's own generator, so
-# no 2-process run could equal 1 process with it. bottleneck: its up projection starts at zero, so the down projection's first
-# gradient is exactly zero and its first Adam step (step 2) divides near-zero gradients by their own root mean
-# square, which lifts the reduction-order rounding to ~3e-4 relative (measured: FSDP2 equals 2-process DDP bit for
-# bit there); training moves the weights by ~0.1, 500 times the absolute tolerance.
+# options, and the tolerance against 1 process. Dropout off: its masks come from each process's own generator, so no
+# 2-process run could equal 1 process with it. bottleneck: its up projection starts at zero, so the down projection's
+# first gradient is exactly zero and its first Adam step (step 2) divides near-zero gradients by their own root mean
+# square, which lifts the reduction-order rounding to ~3e-4 relative (measured: FSDP2 equals 2-process DDP bit for bit
+# there); training moves the weights by ~0.1, 500 times the absolute tolerance.
 TIGHT, BOTTLENECK_STEP = dict(rtol=1e-4, atol=1e-5), dict(rtol=1e-3, atol=2e-4)
 ADAPTERS = {
     "ssf": (lambda key, t: torch.ones_like(t) if "scale" in key else torch.zeros_like(t), {}, TIGHT),
