@@ -47,7 +47,7 @@ class BottleneckPlugin(Plugin):
         "trainable_set": "trains its bottleneck adapters only (the base model frozen)",
         "adapter": "adds bottleneck adapters",
     }
-    distributed = ("single", "ddp")
+    distributed = ("single", "ddp", "fsdp")
     #: The PEFT type this plugin owns: ``load_tuner`` registers it as soon as ``peft`` is imported.
     peft_type = "BOTTLENECK"
 

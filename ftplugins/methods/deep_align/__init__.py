@@ -41,8 +41,9 @@ class DeepAlignPlugin(Plugin):
         "loss": "reweights each token's NLL against the initial model",
     }
     trainers = ("SFTTrainer",)
-    # FSDP / DeepSpeed: the reference pass and the frozen copy would need sharding-aware handling.
-    distributed = ("single", "ddp")
+    # FSDP: the reference pass and the frozen copy happen in train_begin, before accelerate shards the model, so
+    # on the whole initial weights (tests/test_fsdp.py). DeepSpeed: not run yet.
+    distributed = ("single", "ddp", "fsdp")
 
     @hookimpl
     def validate(self, run):
