@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -38,6 +39,9 @@ CASES = {
 }
 
 
+GLOO_EXIT_ABORT = "terminate called without an active exception"
+
+
 def launch(tmp_path, name, model_dir, data, mode, options, timeout=None):
     """Train 3 steps in ``mode`` ("one", "ddp" or "fsdp"), global batch 4; returns the output folder."""
     out = tmp_path / name
@@ -57,6 +61,13 @@ def launch(tmp_path, name, model_dir, data, mode, options, timeout=None):
         command = [accelerate_bin(), "launch", "--config_file", str(accelerate_config), child, *train[2:]]
     done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
                           timeout=timeout)
+    if done.returncode != 0 and GLOO_EXIT_ABORT in done.stderr:
+        # Known torch/gloo race: a rank can abort in gloo's threads at interpreter exit, after the run's work and
+        # saves are done (seen once in CI here, with the process group destroyed). Run once more from scratch; a
+        # second failure, or any other failure, fails the test.
+        shutil.rmtree(out, ignore_errors=True)
+        done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                              timeout=timeout)
     assert done.returncode == 0, done.stderr[-3000:]
     if mode == "fsdp":  # both ranks trained a model whose weights fully_shard split between them
         reports = re.findall(r"fsdp_cpu_child: is_fsdp_enabled=True sharded_parameters=([1-9]\d*)", done.stdout)
