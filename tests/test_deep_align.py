@@ -148,6 +148,22 @@ def test_at_the_reference_weights_are_one_and_gradients_equal_sft(tmp_path):
     assert deep._metrics["train"]["deep_align/weight"][-1] == pytest.approx(1.0, abs=1e-6)
 
 
+@pytest.mark.parametrize("ref", ["on_the_fly", "precompute"])
+@pytest.mark.parametrize("adapter", [False, True], ids=["full", "lora"])
+def test_under_bf16_mixed_precision_the_first_step_is_exactly_at_the_reference(tmp_path, ref, adapter):
+    """TRL trains in bf16 by default: the reference must be computed under the training forward's autocast, or
+    rounding alone makes Delta != 0 (and the weights != 1) before any update."""
+    from peft import LoraConfig
+
+    extra = {"peft_config": LoraConfig(r=4, target_modules=["q_proj", "v_proj"])} if adapter else {}
+    deep = build(tmp_path, deep_align_ref=ref, args=sft_args(tmp_path, max_steps=2, bf16=True), **extra)
+    assert deep.accelerator.mixed_precision == "bf16"
+    deep.train()
+    logged = [(h["deep_align/weight"], h["deep_align/delta"]) for h in deep.state.log_history if "deep_align/weight" in h]
+    assert logged[0] == (1.0, 0.0)  # exactly: same forward, same precision, same weights
+    assert logged[1] != (1.0, 0.0)  # after one update the policy has moved away from the reference
+
+
 def test_beta_to_zero_gives_sft_gradients_away_from_the_reference(tmp_path):
     plain = build(tmp_path / "sft", plugins=())
     deep = build(tmp_path / "deep")

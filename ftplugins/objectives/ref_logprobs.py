@@ -94,10 +94,16 @@ def _transformers_adapters_disabled(model: Any) -> Iterator[None]:
 
 
 def reference_token_logprobs(
-    model: Any, inputs: dict[str, Any], labels: torch.Tensor, *, ref_model: Any = None
+    model: Any, inputs: dict[str, Any], labels: torch.Tensor, *, ref_model: Any = None,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> torch.Tensor:
-    """The reference's log-prob of each next-token label, ``[batch, seq - 1]`` float32, no gradient."""
-    with torch.no_grad(), reference_model(model, ref_model) as reference:
+    """The reference's log-prob of each next-token label, ``[batch, seq - 1]`` float32, no gradient.
+
+    ``autocast``: the context the training forward runs in (``trainer.accelerator.autocast``). Under mixed
+    precision the reference must be computed in it too, or policy and reference differ by rounding alone at
+    theta = theta_ref (a bf16 vs fp32 forward), and "weights are exactly 1 at the start" no longer holds.
+    """
+    with torch.no_grad(), autocast(), reference_model(model, ref_model) as reference:
         log_probs, _ = token_logprobs(reference, inputs, labels)
     return log_probs.float()
 
@@ -129,6 +135,7 @@ def precompute_reference(
     ref_model: Any = None,
     accelerator: Any = None,
     progress: bool = False,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> list[list[float]]:
     """The reference log-probs of every row of ``dataset``, one list per row aligned with its ``input_ids``.
 
@@ -136,7 +143,9 @@ def precompute_reference(
     and 0 elsewhere (always 0 at ``t = 0``). ``collate`` builds a model batch from rows with
     ``input_ids`` and ``labels`` (and ``seq_lengths`` for packed rows), as the trainer's own
     collator does, padded or padding-free. With an ``accelerator`` of several processes, each
-    computes every ``num_processes``-th row and the results are gathered on every process.
+    computes every ``num_processes``-th row and the results are gathered on every process. ``autocast``: as for
+    :func:`reference_token_logprobs`. (In bf16 a row's values still depend slightly on the padding of the
+    batch it was computed in, which need not be the padding of its training batch.)
     """
     from tqdm.auto import tqdm
 
@@ -155,7 +164,7 @@ def precompute_reference(
         if device is not None:
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
             labels = labels.to(device)
-        log_probs = reference_token_logprobs(model, batch, labels, ref_model=ref_model).cpu()
+        log_probs = reference_token_logprobs(model, batch, labels, ref_model=ref_model, autocast=autocast).cpu()
         lengths = [len(f["input_ids"]) for f in features]
         values.extend(zip(indices, split_rows(log_probs, lengths), strict=True))
     if world > 1:

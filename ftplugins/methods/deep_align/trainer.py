@@ -156,6 +156,7 @@ def prepare_reference(run: Any, trainer: Any) -> None:
         ref_model=None if has_adapter(model) else model,
         accelerator=trainer.accelerator,
         progress=not trainer.args.disable_tqdm and trainer.is_local_process_zero(),
+        autocast=trainer.accelerator.autocast,  # the training forward's precision (bf16 by TRL's default)
     )
     trainer.train_dataset = add_reference_column(dataset, values)
     state.precomputed = True
@@ -205,5 +206,6 @@ def reference_log_probs(run: Any, trainer: Any, model: Any, inputs: dict[str, An
         prepare_reference(run, trainer)
     model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
     return reference_token_logprobs(
-        trainer.accelerator.unwrap_model(model), model_inputs, inputs["labels"], ref_model=state.ref_model
+        trainer.accelerator.unwrap_model(model), model_inputs, inputs["labels"], ref_model=state.ref_model,
+        autocast=trainer.accelerator.autocast,
     )
