@@ -42,7 +42,7 @@ def test_plugin_module_does_not_import_torch():
 
 @pytest.mark.parametrize("options", [
     {"locft_modules": " , "}, {"locft_batch_size": 0}, {"locft_threshold": -1.0}, {"locft_skip_loss": -0.1},
-    {"locft_target_column": ""}, {"locft_modul": "x"},
+    {"locft_target_column": ""}, {"locft_modul": "x"}, {"locft_separator": "tab"},
 ])
 def test_bad_options_are_refused(options):
     from trl import SFTTrainer
@@ -62,6 +62,24 @@ def test_editing_rows_become_prompt_completion_with_space_and_eos():
         to_sft_rows(Dataset.from_list([{"prompt": "a", "answer": "b"}]), tokenizer)
     assert to_sft_rows(Dataset.from_list([{"prompt": "1+2=?", "answer": "3"}]), tokenizer, "answer")[0] == {
         "prompt": "1+2=?", "completion": " 3</s>"}
+
+
+def test_the_separator_follows_the_tokenizer_unless_set():
+    """A tokenizer without a space token would turn the reference's ' ' into <unk> before every target."""
+    from benchmarks.quality.tasks import char_tokenizer
+
+    from ftplugins.methods.locft.data import separator_for
+
+    spaceless = char_tokenizer()
+    assert spaceless.unk_token_id in spaceless(" ", add_special_tokens=False)["input_ids"]  # the case in point
+    assert separator_for(tiny_tokenizer()) == " " and separator_for(spaceless) == ""
+    assert separator_for(spaceless, "space") == " " and separator_for(tiny_tokenizer(), "none") == ""
+    rows = to_sft_rows(Dataset.from_list([{"prompt": "1+2=", "answer": "3"}]), spaceless, "answer")
+    assert rows[0]["completion"] == "3</s>"
+    ids = spaceless(rows[0]["prompt"] + rows[0]["completion"])["input_ids"]
+    assert spaceless.unk_token_id not in ids
+    assert to_sft_rows(Dataset.from_list([{"prompt": "a", "target": "b"}]), tiny_tokenizer(), separator="none")[0][
+        "completion"] == "b</s>"
 
 
 # --- which parameters train -----------------------------------------------------------------------------

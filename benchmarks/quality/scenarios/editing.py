@@ -51,6 +51,9 @@ DESIGN = __doc__.split("\n\n", 1)[1].strip()
 PLOT_METRICS = ("edit_success", "paraphrase_success", "neighbourhood_preservation", "retention")
 
 TAG = "f"
+# The reference's ' ' before every value, which this character tokenizer encodes as <unk> (the committed results
+# were made so, and the fact model is cached with it); locft's default ('auto') now drops it for such tokenizers.
+SEPARATOR = "space"
 FORMS = ("-", ";", ",")  # FORMS[0] is the edited (trained) surface form, the others are paraphrases
 PAIR_LETTERS = string.ascii_lowercase
 
@@ -184,7 +187,7 @@ def run(ctx: Context) -> dict[str, Any]:
         rows, from_known = edit_rows(record, cfg, seed)
         drawn_from_known &= from_known
         epoch_steps = cfg["epochs"] * max(1, -(-len(rows) // cfg["batch"]))
-        pre = {**evaluate_edits(fact, tokenizer, rows), **_neighbour_split(fact, tokenizer, rows), **before,
+        pre = {**evaluate_edits(fact, tokenizer, rows, separator=SEPARATOR), **_neighbour_split(fact, tokenizer, rows), **before,
                "forgetting": 0.0, "seed": seed,
                "old_value_paraphrase": _old_rate(fact, tokenizer, rows), "edits": len(rows)}
         per_seed.setdefault("pre-edit", []).append(pre)
@@ -200,11 +203,12 @@ def run(ctx: Context) -> dict[str, Any]:
             else:
                 trainer = sft(model, tokenizer, rows, steps=steps, lr=cfg["lr"], seed=seed, batch_size=cfg["batch"],
                               schedule="constant", plugins=("locft",),
-                              options={"locft_modules": modules, "locft_batch_size": cfg["batch"]})
+                              options={"locft_modules": modules, "locft_batch_size": cfg["batch"],
+                                       "locft_separator": SEPARATOR})
                 monitor = trainer.ftplugins_run.state["locft"]["monitor"]
             edited = trainer.model.eval()
             changed = _changed_params(fact, edited)
-            result = {**evaluate_edits(edited, tokenizer, rows), **_neighbour_split(edited, tokenizer, rows),
+            result = {**evaluate_edits(edited, tokenizer, rows, separator=SEPARATOR), **_neighbour_split(edited, tokenizer, rows),
                       **retention(edited, tokenizer, names, cfg, exclude),
                       "old_value_paraphrase": _old_rate(edited, tokenizer, rows), "seed": seed, "edits": len(rows),
                       "updates": trainer.state.global_step, "max_updates": steps,
@@ -253,7 +257,7 @@ def _neighbour_split(model, tokenizer, rows) -> dict[str, float]:
         subset = [{"prompt": r["prompt"], "target": r["target"],
                    "neighbourhood_prompts": r["neighbourhood_prompts"][picks],
                    "neighbourhood_targets": r["neighbourhood_targets"][picks]} for r in rows]
-        value = evaluate_edits(model, tokenizer, subset)["neighbourhood_preservation"]
+        value = evaluate_edits(model, tokenizer, subset, separator=SEPARATOR)["neighbourhood_preservation"]
         if value is not None:
             out[name] = value
     return out

@@ -38,11 +38,12 @@ from .options import LocftOptions
 STATE_KEY = "locft"
 
 
-def evaluate_edits(model: Any, tokenizer: Any, dataset: Any, target_column: str = "target") -> dict:
+def evaluate_edits(model: Any, tokenizer: Any, dataset: Any, target_column: str = "target",
+                   separator: str = "auto") -> dict:
     """``edit_success``, ``paraphrase_success``, ``neighbourhood_preservation``; see :mod:`.data`."""
     from .data import evaluate_edits as _evaluate
 
-    return _evaluate(model, tokenizer, dataset, target_column=target_column)
+    return _evaluate(model, tokenizer, dataset, target_column=target_column, separator=separator)
 
 
 class LocftPlugin(Plugin):
@@ -77,7 +78,8 @@ class LocftPlugin(Plugin):
     def transform_dataset(self, run, dataset, split):
         from .data import to_sft_rows
 
-        return to_sft_rows(dataset, run.processing_class, run.options_for(self).locft_target_column)
+        opts = run.options_for(self)
+        return to_sft_rows(dataset, run.processing_class, opts.locft_target_column, opts.locft_separator)
 
     @hookimpl
     def callbacks(self, run):

@@ -7,9 +7,10 @@ Defaults follow the reference (ICT-STAR/LocFT, Llama-3-8B-Instruct): the module
 # No ``from __future__ import annotations``: HfArgumentParser needs real types, not strings.
 from dataclasses import dataclass, field
 
-from ftplugins.options import check_range
+from ftplugins.options import check_choice, check_range
 
 _MANY = float(2**62)
+SEPARATORS = ("auto", "space", "none")
 
 
 @dataclass
@@ -37,7 +38,13 @@ class LocftOptions:
     locft_target_column: str = field(
         default="target",
         metadata={"help": "Dataset column holding the new answer; the prompt is the 'prompt' column. Rows become "
-                          "prompt -> ' ' + answer + EOS (use 'answer' for the built-in arithmetic set)."},
+                          "prompt -> separator + answer + EOS (use 'answer' for the built-in arithmetic set)."},
+    )
+    locft_separator: str = field(
+        default="auto",
+        metadata={"help": "Text between prompt and answer: 'space' (the reference's ' '), 'none', or 'auto' (a "
+                          "space unless the tokenizer cannot encode one, e.g. a vocabulary without a space token, "
+                          "where a space would train on <unk>)."},
     )
 
     def __post_init__(self):
@@ -46,5 +53,6 @@ class LocftOptions:
         check_range("locft_batch_size", self.locft_batch_size, 1, _MANY)
         check_range("locft_threshold", self.locft_threshold, 0.0, _MANY)
         check_range("locft_skip_loss", self.locft_skip_loss, 0.0, _MANY)
+        check_choice("locft_separator", self.locft_separator, SEPARATORS)
         if not self.locft_target_column:
             raise ValueError("--locft_target_column '': expected a column name")
