@@ -201,6 +201,24 @@ def test_grafting_a_tiny_region_recovers_the_fine_tuned_loss():
         assert bool(result.masks["w1.weight"][row, col])
 
 
+def test_hold_density_keeps_every_mask_within_the_budget_where_the_paper_lets_it_grow():
+    region = ["w1.weight", "w2.weight"]
+    n, density = 20 * 40 + 40, 0.005  # k = 4
+    runs = {}
+    for hold in (False, True):
+        pre, ft, batches, loss_fn = sparse_task()
+        runs[hold] = graft(pre, ft, loss_fn, batches, region=region, density=density, epochs=10, hold_density=hold)
+    k = runs[True].base_patch_nnz
+    assert k == int(density * n) == 4
+    assert max(h["nnz"] for h in runs[False].history) > k  # the paper's relaxation switches on more than rho N
+    assert max(h["nnz"] for h in runs[True].history) <= k and runs[True].nnz <= k
+    assert runs[True].delta.metadata["graft_hold_density"] == "True"
+    # with room for the 4 that matter (rho N = 8), the held budget still finds them
+    pre, ft, batches, loss_fn = sparse_task()
+    held = graft(pre, ft, loss_fn, batches, region=region, density=0.01, epochs=10, hold_density=True)
+    assert held.nnz <= 8 and all(bool(held.masks["w1.weight"][r, c]) for r, c in ((0, 1), (5, 2), (9, 3), (17, 4)))
+
+
 def test_graft_is_deterministic_given_the_seed():
     runs = []
     for _ in range(2):

@@ -40,6 +40,12 @@ class GraftOptions:
         metadata={"help": "At most this many batches of the train dataloader are used per epoch (and for the "
                           "evaluation); they are kept in memory for the whole graft."},
     )
+    graft_hold_density: bool = field(
+        default=False,
+        metadata={"help": "Make ρ a guarantee: project every rounded mask to its top floor(ρN) entries by γ. The "
+                          "paper bounds only the base patch, and the learnt mask may grow beyond ρ (off: the "
+                          "paper's behaviour)."},
+    )
     graft_finetuned_path: str = field(
         default="",
         metadata={"help": "Folder (save_pretrained) of the fine-tuned model θ_ft; empty: θ_ft is the model this "
