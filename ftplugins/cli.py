@@ -135,6 +135,13 @@ def cmd_new(args: argparse.Namespace) -> None:
     print(f"wrote the plugin package {directory}; next: pip install -e {directory} && pytest {directory}")
 
 
+def cmd_check(args: argparse.Namespace) -> None:
+    from .recipe_check import check_recipe
+
+    for path in args.configs:
+        print(check_recipe(path, command=args.command_name, accelerate_config=args.accelerate_config).summary())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ftplugins", description="Fine-tuning methods as plugins for TRL/PEFT.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -158,6 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="the plugin's name (lowercase, underscores): what users type after --plugins")
     p.add_argument("dir", nargs="?", help="where to write it (default: ./ftplugins-NAME)")
     p.set_defaults(func=cmd_new)
+    p = sub.add_parser("check", help="validate recipes offline, without loading a model: keys, plugins, options, "
+                       "trainer, distributed mode, local dataset columns")
+    p.add_argument("configs", nargs="+", metavar="CONFIG", help="recipe YAML file(s)")
+    p.add_argument("--command", dest="command_name", default=None,
+                   help="the `python -m ftplugins.train` command (sft, dpo, grpo, ...); default: inferred from the "
+                        "plugins' trainers, else sft")
+    p.add_argument("--accelerate-config", default=None,
+                   help="an accelerate config file: its distributed mode must be supported by every plugin")
+    p.set_defaults(func=cmd_check)
     from .sparse.cli import add_subparser as add_delta_subparser
 
     add_delta_subparser(sub)

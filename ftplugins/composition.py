@@ -343,6 +343,11 @@ def _refuse_given_optimizer(run: Run, optimizers: Any) -> None:
 
 
 def _check_trainer_supported(run: Run) -> None:
+    check_plugins_supported(run, distributed_mode(run.args))
+
+
+def check_plugins_supported(run: Run, mode: str) -> None:
+    """Refuse a plugin that does not apply to the run's trainer or cannot train in distributed ``mode``."""
     for plugin in run.plugins:
         allowed = getattr(plugin, "trainers", None)
         if allowed and not any(run.has_base(name) for name in allowed):
@@ -350,7 +355,6 @@ def _check_trainer_supported(run: Run) -> None:
                 f"plugin {plugin.name} applies to {', '.join(allowed)}, not to {run.trainer_name}; "
                 f"use one of those trainers or drop {plugin.name}."
             )
-    mode = distributed_mode(run.args)
     for plugin in run.plugins:
         supported = getattr(plugin, "distributed", ("single", "ddp"))
         if mode not in supported:

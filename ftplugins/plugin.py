@@ -71,6 +71,12 @@ class Plugin:
         Keep imports inside: every ``ftplugins`` invocation calls this for every installed plugin.
         """
 
+    def input_columns(self, options: Any, split: str) -> list[str]:
+        """The columns this plugin reads from the ``split`` dataset as the user gives it, under ``options`` (its
+        options instance, or ``None``); default none. Declarative: ``ftplugins check`` verifies a recipe's local
+        dataset has them before a model loads (the plugin's ``transform_dataset`` still checks its rows)."""
+        return []
+
     def load_tuner(self) -> None:
         """Import the module that registers :attr:`peft_type` with PEFT (adapter plugins override)."""
 

@@ -31,6 +31,9 @@ class ClsRlPlugin(Plugin):
     distributed = ("single", "ddp", "fsdp", "deepspeed")
     claims = {"targets": "rewards completions whose answer is the example's class label"}
 
+    def input_columns(self, options, split):
+        return [options.cls_rl_label_column, options.cls_rl_text_column or "prompt"]
+
     @hookimpl
     def transform_dataset(self, run, dataset, split):
         if dataset is None:

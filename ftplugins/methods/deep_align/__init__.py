@@ -80,6 +80,11 @@ class DeepAlignPlugin(Plugin):
 
         return compute_loss(run, trainer, model, inputs, inner)
 
+    def input_columns(self, options, split):
+        if not options.deep_align_augment:
+            return []
+        return ["prompt", options.deep_align_harmful_column, options.deep_align_refusal_column]
+
     @hookimpl
     def transform_dataset(self, run, dataset, split):
         opts = run.options_for(self)

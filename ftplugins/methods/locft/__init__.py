@@ -74,6 +74,9 @@ class LocftPlugin(Plugin):
 
         return compute_loss(run, model, inputs, return_outputs)
 
+    def input_columns(self, options, split):
+        return ["prompt", options.locft_target_column]
+
     @hookimpl
     def transform_dataset(self, run, dataset, split):
         from .data import to_sft_rows

@@ -71,6 +71,9 @@ class ManyIclPlugin(Plugin):
                 "(the context budget) or a fixed many_icl_shots."
             )
 
+    def input_columns(self, options, split):
+        return ["prompt", "completion", *([options.many_icl_task_column] if options.many_icl_task_column else [])]
+
     @hookimpl
     def transform_dataset(self, run, dataset, split):
         from ftplugins.objectives.sft_tokens import text_format

@@ -1,0 +1,104 @@
+"""`ftplugins check`: every shipped recipe passes offline, and each way a recipe can be wrong is one clear error,
+found without loading a model."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+
+import pytest
+
+from ftplugins.cli import main as cli_main
+from ftplugins.errors import DatasetColumnsError, FtpluginsError, OptionError
+from ftplugins.recipe_check import check_recipe, distributed_mode_of
+from ftplugins.testing import write_builtin_datasets
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPES = sorted(glob.glob(os.path.join(ROOT, "recipes", "*.yaml")))
+ACCELERATE = os.path.join(ROOT, "recipes", "accelerate")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A folder laid out as the recipes expect after `ftplugins tiny-data runs/data` (the model is never read)."""
+    root = tmp_path_factory.mktemp("recipes")
+    write_builtin_datasets(str(root / "runs" / "data"))
+    shutil.copytree(os.path.join(ROOT, "recipes"), root / "recipes")
+    return root
+
+
+@pytest.fixture
+def in_workdir(workdir, monkeypatch):
+    monkeypatch.chdir(workdir)
+    return workdir
+
+
+def write(folder, name, text):
+    path = folder / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_every_recipe_checks_with_its_local_dataset(in_workdir):
+    assert RECIPES
+    for recipe in RECIPES:
+        result = check_recipe(os.path.join("recipes", os.path.basename(recipe)))
+        assert result.plugins, recipe
+        assert not result.notes, (recipe, result.notes)  # the dataset was local, so its columns were checked
+
+
+def test_the_command_follows_the_plugins_trainer(in_workdir):
+    result = check_recipe("recipes/cls_rl_grpo.yaml")
+    assert result.command == "grpo" and result.checked_columns == ["label", "text"]
+    assert check_recipe("recipes/lift_sft.yaml").command == "sft"
+    with pytest.raises(FtpluginsError, match="cls_rl applies to GRPOTrainer"):
+        check_recipe("recipes/cls_rl_grpo.yaml", command="sft")
+
+
+def test_a_plugin_that_cannot_shard_is_refused_for_an_fsdp_config(in_workdir):
+    fsdp = os.path.join(ACCELERATE, "fsdp2.yaml")
+    assert distributed_mode_of(fsdp) == "fsdp"
+    with pytest.raises(FtpluginsError, match=r"plugin lift does not support fsdp training .*: "):
+        check_recipe("recipes/lift_sft.yaml", accelerate_config=fsdp)
+    assert check_recipe("recipes/ssf_sft.yaml", accelerate_config=fsdp).mode == "fsdp"
+    assert check_recipe("recipes/lift_sft.yaml", accelerate_config=os.path.join(ACCELERATE, "ddp_cpu.yaml")).mode == "ddp"
+
+
+def test_a_misspelt_key_and_a_bad_option_value_are_named(in_workdir):
+    base = open("recipes/lift_sft.yaml").read()
+    typo = write(in_workdir, "typo.yaml", base + "lift_rnak: 4\n")
+    with pytest.raises(OptionError, match="lift_rnak"):
+        check_recipe(typo)
+    bad = write(in_workdir, "bad.yaml", base.replace("lift_rank: 8", "lift_rank: 0"))
+    with pytest.raises(OptionError, match="lift_rank"):
+        check_recipe(bad)
+    unknown = write(in_workdir, "unknown.yaml", base.replace("plugins: [lift]", "plugins: [lfit]"))
+    with pytest.raises(FtpluginsError, match="lfit"):
+        check_recipe(unknown)
+
+
+def test_a_column_a_plugin_reads_must_be_in_the_local_dataset(in_workdir):
+    base = open("recipes/locft_sft.yaml").read()
+    assert "locft_target_column" in base
+    wrong = write(in_workdir, "wrong.yaml", base.replace("locft_target_column: answer", "locft_target_column: target"))
+    with pytest.raises(DatasetColumnsError, match=r"plugin locft reads column\(s\) 'target'"):
+        check_recipe(wrong)
+
+
+def test_a_dataset_without_the_trainers_columns_is_refused_when_no_plugin_rewrites_rows(in_workdir):
+    base = open("recipes/ssf_sft.yaml").read()
+    wrong = write(in_workdir, "prefs.yaml", base.replace("runs/data/arithmetic", "runs/data/preference"))
+    with pytest.raises(DatasetColumnsError, match="SFTTrainer needs"):
+        check_recipe(wrong)
+
+
+def test_the_command_line_prints_one_line_per_recipe_and_fails_with_one_line(in_workdir, capsys):
+    cli_main(["check", "recipes/ssf_sft.yaml", "recipes/lift_sft.yaml"])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 2 and all(": ok (sft" in line for line in out)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["check", "recipes/lift_sft.yaml", "--accelerate-config", os.path.join(ACCELERATE, "fsdp2.yaml")])
+    assert exit_info.value.code != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "lift" in err[0] and "fsdp" in err[0]
