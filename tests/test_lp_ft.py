@@ -76,6 +76,18 @@ def test_fine_tuning_starts_from_the_probed_head(tmp_path, tokenizer):
         torch.testing.assert_close(value, probed[name].detach(), rtol=0, atol=1e-6, msg=name)
 
 
+def test_probing_steps_take_their_own_rate_and_fine_tuning_the_schedule(tmp_path, tokenizer):
+    """Adam's first step moves every entry by about its learning rate (m/sqrt(v) = sign(g)): the head's first
+    step by lp_ft_probe_lr, the body's first step (after the switch) by the run's rate."""
+    seen = Snapshots()
+    _, initial = classifier_run(tmp_path, tokenizer, steps=2, callbacks=[seen], lp_ft_probe_steps=1,
+                                      lp_ft_probe_lr=0.05)
+    head_step = max(float((seen.at[1][n] - initial[n]).abs().max()) for n in initial if n.startswith("classifier."))
+    body_step = float((seen.at[2]["bert.encoder.layer.0.attention.self.query.weight"]
+                       - initial["bert.encoder.layer.0.attention.self.query.weight"]).abs().max())
+    assert head_step == pytest.approx(0.05, rel=1e-3) and body_step == pytest.approx(1e-3, rel=1e-3)
+
+
 def test_with_a_lora_adapter_phase_two_trains_the_adapter_and_the_base_stays(tmp_path, tokenizer):
     from peft import LoraConfig, get_peft_model
 
@@ -126,7 +138,8 @@ def test_resume_across_the_switch_equals_an_uninterrupted_run(tmp_path, stop_at)
 
 
 @pytest.mark.parametrize("key,value", [("lp_ft_probe_ratio", 0.0), ("lp_ft_probe_ratio", 1.5),
-                                       ("lp_ft_probe_steps", -1), ("lp_ft_head", [""])])
+                                       ("lp_ft_probe_steps", -1), ("lp_ft_head", [""]),
+                                       ("lp_ft_probe_lr", -0.1)])
 def test_bad_options_name_the_option(key, value):
     from transformers import Trainer
 

@@ -8,7 +8,9 @@ fine-tuning. Phase 2 trains whatever the run trains (the whole model, or the ada
 
 The switch is a callback: every trainable parameter is in the optimizer from the start; during linear probing the
 parameters outside the head do not require gradients, so they get none and the optimizer (AdamW, SGD) leaves them and
-their weight decay alone. Their optimizer state starts at the switch. One learning-rate schedule spans both phases.
+their weight decay alone. Their optimizer state starts at the switch. One learning-rate schedule spans both phases,
+unless ``lp_ft_probe_lr`` gives the probing steps their own constant rate (set just before each probing step's
+``optimizer.step()`` and put back right after it, so the scheduler and its checkpoint never see it).
 
 This module stays light (no torch): the pieces are imported inside the hooks.
 """
@@ -43,7 +45,7 @@ class LpFtPlugin(Plugin):
         from .phases import LinearProbeThenFineTune
 
         opts = run.options_for(self)
-        return [LinearProbeThenFineTune(run, PARTS, opts.lp_ft_probe_ratio, opts.lp_ft_probe_steps)]
+        return [LinearProbeThenFineTune(run, PARTS, opts.lp_ft_probe_ratio, opts.lp_ft_probe_steps, opts.lp_ft_probe_lr)]
 
 
 plugin = LpFtPlugin()

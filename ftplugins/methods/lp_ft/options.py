@@ -18,6 +18,11 @@ class LpFtOptions:
         default=0,
         metadata={"help": "Optimizer steps of linear probing; when > 0 it overrides lp_ft_probe_ratio (as "
                   "warmup_steps overrides warmup_ratio)."})
+    lp_ft_probe_lr: float = field(
+        default=0.0,
+        metadata={"help": "Learning rate of the optimizer steps that probe (constant); 0 = the run's schedule. The "
+                  "paper fits the probe on its own (a head alone takes a larger rate than fine-tuning the whole "
+                  "model); the fine-tuning steps keep the run's schedule."})
     lp_ft_head: list[str] = field(
         default_factory=list,
         metadata={"help": "Names of the head modules (a module path or its last parts, e.g. classifier). Empty: "
@@ -29,5 +34,6 @@ class LpFtOptions:
             raise ValueError(f"--lp_ft_probe_ratio {self.lp_ft_probe_ratio!r}: expected a fraction in (0, 1] of the "
                              "optimizer steps (0 would be plain fine-tuning: train without lp_ft)")
         check_range("lp_ft_probe_steps", self.lp_ft_probe_steps, 0, 1 << 40)
+        check_range("lp_ft_probe_lr", self.lp_ft_probe_lr, 0, 10)
         if any(not name.strip(".") for name in self.lp_ft_head):
             raise ValueError(f"--lp_ft_head {self.lp_ft_head!r}: expected module names, e.g. classifier")

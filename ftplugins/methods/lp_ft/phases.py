@@ -67,9 +67,10 @@ class LinearProbeThenFineTune(TrainerCallback):
     Decided from ``state.global_step`` at every step's start, so a run resumed on either side of the switch
     continues in the phase it was in."""
 
-    def __init__(self, run, key: str, ratio: float, steps: int):
-        self.run, self.key, self.ratio, self.steps = run, key, ratio, steps
+    def __init__(self, run, key: str, ratio: float, steps: int, probe_lr: float = 0.0):
+        self.run, self.key, self.ratio, self.steps, self.probe_lr = run, key, ratio, steps, probe_lr
         self.switch = None
+        self.scheduled: list[float] | None = None
 
     def _body(self) -> list[torch.nn.Parameter]:
         return self.run.state[self.key][1]
@@ -86,6 +87,18 @@ class LinearProbeThenFineTune(TrainerCallback):
 
     def on_step_begin(self, args, state, control, **kwargs):
         self._apply(state.global_step)
+
+    def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        if self.probe_lr and state.global_step < self.switch:
+            self.scheduled = [group["lr"] for group in optimizer.param_groups]
+            for group in optimizer.param_groups:
+                group["lr"] = self.probe_lr
+
+    def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        if self.scheduled is not None:  # the scheduler steps next, from the rates it set
+            for group, lr in zip(optimizer.param_groups, self.scheduled):
+                group["lr"] = lr
+            self.scheduled = None
 
     def on_train_end(self, args, state, control, **kwargs):
         for p in self._body():  # leave the model as the run found it
