@@ -117,3 +117,21 @@ def test_the_command_line_names_a_missing_file(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(tmp_path / "nope.yaml")])
     assert "nope.yaml' does not exist" in capsys.readouterr().err
+
+
+def test_the_recipe_runs_ssf_then_dpo_from_the_merged_model(tmp_path, tiny_model_dir, data_dir):
+    """recipes/pipelines/sft_then_dpo.yaml, shortened, on the offline tiny model and data."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = yaml.safe_load(open(os.path.join(repo, "recipes", "pipelines", "sft_then_dpo.yaml")))
+    spec.update(output_dir=str(tmp_path / "out"), model_name_or_path=tiny_model_dir)
+    first, second = spec["stages"]
+    first["config"] = os.path.join(repo, first["config"])
+    first["args"].update(dataset_name=f"{data_dir}/arithmetic", max_steps=2, save_steps=1)
+    second["args"].update(dataset_name=f"{data_dir}/preference", max_steps=1, save_strategy="no")
+    records = run_pipeline(write(tmp_path, spec))
+    out = tmp_path / "out"
+    adapter = json.loads((out / "1-sft" / "adapter_config.json").read_text())
+    assert adapter["peft_type"] == "SSF" and records[0]["merged"] == str(out / "1-sft-merged")
+    assert records[1]["model_in"] == str(out / "1-sft-merged") and records[1]["state"] == "trained"
+    merged, base = weights(out / "1-sft-merged"), weights(tiny_model_dir)
+    assert merged.keys() == base.keys() and any(not torch.equal(merged[k], base[k]) for k in base)
