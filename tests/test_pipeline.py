@@ -135,3 +135,41 @@ def test_the_recipe_runs_ssf_then_dpo_from_the_merged_model(tmp_path, tiny_model
     assert records[1]["model_in"] == str(out / "1-sft-merged") and records[1]["state"] == "trained"
     merged, base = weights(out / "1-sft-merged"), weights(tiny_model_dir)
     assert merged.keys() == base.keys() and any(not torch.equal(merged[k], base[k]) for k in base)
+
+
+@pytest.mark.slow
+def test_under_accelerate_launch_two_processes_equal_one(tmp_path, tiny_model_dir, data_dir):
+    """The pipeline under `accelerate launch` (2 CPU processes, gloo; 2 x 2 rows) ends where 1 process (4 rows)
+    does: an SSF stage merged, then full SFT from the merged model."""
+    import subprocess
+    import sys
+
+    from test_distributed import DDP_FLAGS, accelerate_bin
+
+    def spec(name, batch):
+        common = {**CPU, "per_device_train_batch_size": batch, "dataloader_drop_last": True, "seed": 0,
+                  "dataset_name": f"{data_dir}/arithmetic", "max_steps": 2}
+        return write(tmp_path / name, {"output_dir": str(tmp_path / name / "out"), "model_name_or_path": tiny_model_dir,
+                                       "stages": [{"name": "ssf", "command": "sft",
+                                                   "args": {**common, "plugins": ["ssf"], "learning_rate": 5e-2}},
+                                                  {"name": "full", "command": "sft",
+                                                   "args": {**common, "learning_rate": 1e-2}}]})
+
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    single = subprocess.run([sys.executable, "-m", "ftplugins.pipeline", spec("one", 4)], capture_output=True,
+                            text=True, env=env)
+    assert single.returncode == 0, single.stderr[-3000:]
+    ddp = subprocess.run([accelerate_bin(), "launch", *DDP_FLAGS, "-m", "ftplugins.pipeline", spec("two", 2)],
+                         capture_output=True, text=True, env=env)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    for stage in ("1-ssf", "2-full"):
+        assert json.loads((tmp_path / "two" / "out" / stage / "ftplugins_run.json").read_text())["world_size"] == 2
+    stages = json.loads((tmp_path / "two" / "out" / MANIFEST).read_text())["stages"]
+    assert [s["state"] for s in stages] == ["trained", "trained"] and stages[0]["merged"]
+    a, b = weights(tmp_path / "one" / "out" / "2-full"), weights(tmp_path / "two" / "out" / "2-full")
+    base = weights(tiny_model_dir)
+    assert any(not torch.equal(a[k], base[k]) for k in a)
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
