@@ -191,11 +191,11 @@ def run_pipeline(path: str) -> list[dict[str, Any]]:
             done = finished(folder)
             if not done:
                 record["resumed_from"] = config.get("resume_from_checkpoint")
+                recipe = f"{number}-{stage['name']}.yaml"
                 with staged_dir(spec["output_dir"]) as tmp:  # every process writes the same file
-                    with open(os.path.join(tmp, f"{number}-{stage['name']}.yaml"), "w") as handle:
+                    with open(os.path.join(tmp, recipe), "w") as handle:
                         yaml.safe_dump(config, handle)
-                train([stage["command"], "--config", os.path.join(spec["output_dir"], f"{number}-{stage['name']}.yaml")],
-                      leave_group=False)
+                train([stage["command"], "--config", os.path.join(spec["output_dir"], recipe)], leave_group=False)
                 if not finished(folder):
                     raise FtpluginsError(f"stage {stage['name']} ended without a complete run manifest in {folder}; "
                                          "see its log above.")

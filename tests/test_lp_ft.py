@@ -111,8 +111,8 @@ def sft_run(output_dir, stop_at=None, resume=False, **overrides):
     args = cpu_args(SFTConfig, output_dir, **{**dict(max_steps=4, save_strategy="steps", save_steps=1,
                                                        learning_rate=3e-2, per_device_train_batch_size=4), **overrides})
     seen = Snapshots()
-    trainer = cls(model=tiny_llama(), args=args, train_dataset=arithmetic_dataset(32), processing_class=tiny_tokenizer(),
-                  callbacks=[seen] + ([StopAt(stop_at)] if stop_at else []))
+    trainer = cls(model=tiny_llama(), args=args, train_dataset=arithmetic_dataset(32),
+                  processing_class=tiny_tokenizer(), callbacks=[seen] + ([StopAt(stop_at)] if stop_at else []))
     initial = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train(resume_from_checkpoint=resume or None)
     return trainer, initial, seen

@@ -45,7 +45,8 @@ class LpFtPlugin(Plugin):
         from .phases import LinearProbeThenFineTune
 
         opts = run.options_for(self)
-        return [LinearProbeThenFineTune(run, PARTS, opts.lp_ft_probe_ratio, opts.lp_ft_probe_steps, opts.lp_ft_probe_lr)]
+        return [LinearProbeThenFineTune(run, PARTS, opts.lp_ft_probe_ratio, opts.lp_ft_probe_steps,
+                                        opts.lp_ft_probe_lr)]
 
 
 plugin = LpFtPlugin()

@@ -1,5 +1,6 @@
 """Options of LP-FT. Kumar et al. (ICLR 2022) train the head alone to convergence, then everything; the switch
-point here is an option, in optimizer steps or as a fraction of the run (as transformers' warmup_steps / warmup_ratio)."""
+point here is an option, in optimizer steps or as a fraction of the run (as transformers' warmup_steps /
+warmup_ratio)."""
 
 # No ``from __future__ import annotations``: HfArgumentParser needs the real field types.
 from dataclasses import dataclass, field

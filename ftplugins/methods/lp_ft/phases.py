@@ -27,7 +27,10 @@ def head_modules(model: torch.nn.Module, names: Sequence[str]) -> dict[str, torc
     return {path: module for path, module in model.named_modules() if module is output and output is not None}
 
 
-def split_head(model: torch.nn.Module, names: Sequence[str]) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
+Parameters = list[torch.nn.Parameter]
+
+
+def split_head(model: torch.nn.Module, names: Sequence[str]) -> tuple[Parameters, Parameters]:
     """(head, body): the trainable parameters of ``model`` inside its head, and the other trainable ones."""
     heads = head_modules(model, names)
     looked_for = f"modules named {', '.join(names)}" if names else (
