@@ -173,3 +173,28 @@ def test_under_accelerate_launch_two_processes_equal_one(tmp_path, tiny_model_di
     assert any(not torch.equal(a[k], base[k]) for k in a)
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_the_unfinished_stage_resumes_from_its_last_whole_checkpoint(tmp_path, tiny_model_dir, data_dir, monkeypatch):
+    from transformers.trainer_callback import CallbackHandler
+
+    path = sft_then_dpo(tmp_path, tiny_model_dir, data_dir)
+    spec = yaml.safe_load(open(path))
+    spec["stages"][1]["args"].update(max_steps=3, save_strategy="steps", save_steps=1)
+    path = write(tmp_path, spec)
+    own_step_end = CallbackHandler.on_step_end
+
+    def crash_in_dpo_step_two(self, args, state, control):
+        if "2-dpo" in args.output_dir and state.global_step == 2:  # before step 2's checkpoint is saved
+            raise RuntimeError("killed during stage 2")
+        return own_step_end(self, args, state, control)
+
+    monkeypatch.setattr(CallbackHandler, "on_step_end", crash_in_dpo_step_two)
+    with pytest.raises(RuntimeError, match="killed during stage 2"):
+        run_pipeline(path)
+    monkeypatch.setattr(CallbackHandler, "on_step_end", own_step_end)
+    out = tmp_path / "out"
+    assert sorted(p.name for p in (out / "2-dpo").glob("checkpoint-*")) == ["checkpoint-1"]
+    records = run_pipeline(path)
+    assert [r["state"] for r in records] == ["finished earlier", "trained"]
+    assert records[1]["resumed_from"] == str(out / "2-dpo" / "checkpoint-1") and records[1]["global_step"] == 3
