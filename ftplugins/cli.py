@@ -191,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("train", "python -m ftplugins.train ..."),
         ("run", "python -m ftplugins.run ..."),
         ("quickstart", "python -m ftplugins.quickstart ..."),
+        ("pipeline", "run a multi-stage regimen: ftplugins pipeline PIPELINE.yaml (TRL recipes in sequence)"),
     ):
         sub.add_parser(name, help=help_text, add_help=False)
     return parser
@@ -208,7 +209,8 @@ def add_plugin_commands(subparsers) -> None:
             add(subparsers)
 
 
-PASSTHROUGH = {"train": "ftplugins.train", "run": "ftplugins.run", "quickstart": "ftplugins.quickstart"}
+PASSTHROUGH = {"train": "ftplugins.train", "run": "ftplugins.run", "quickstart": "ftplugins.quickstart",
+               "pipeline": "ftplugins.pipeline"}
 
 
 @exit_on_user_error

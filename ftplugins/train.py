@@ -34,8 +34,11 @@ USAGE = (
 )
 
 
-def train(argv: Sequence[str]) -> None:
-    """Parse ``argv`` and run TRL's script for its sub-command with the plugins active."""
+def train(argv: Sequence[str], leave_group: bool = True) -> None:
+    """Parse ``argv`` and run TRL's script for its sub-command with the plugins active.
+
+    ``leave_group=False`` keeps a distributed process group for a next run in the same processes (the stages of
+    ``ftplugins pipeline``); the caller then calls :func:`leave_process_group` once at the end."""
     argv = list(argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
@@ -75,7 +78,8 @@ def train(argv: Sequence[str]) -> None:
     run = Run(plugins=plugins, options=options)
     with plugins_active(run, [trainer_name]):
         import_patched(module_name).main(*trl_args)
-    leave_process_group()
+    if leave_group:
+        leave_process_group()
 
 
 def leave_process_group() -> None:

@@ -273,6 +273,17 @@ def check_s3ft(obs, out):
     assert report["generated_rows"] == 256 and len(obs.trainer.train_dataset) == 256
 
 
+def check_lp_ft(obs, out):
+    """Linear probing first: the head's optimizer state counts every step, the body's only the steps after the switch
+    (plain SFT: every tensor counts every step)."""
+    optimizer = getattr(obs.trainer.optimizer, "optimizer", obs.trainer.optimizer)
+    head = obs.trainer.model.get_output_embeddings().weight
+    steps = {id(p): int(optimizer.state[p]["step"]) for p in obs.trainer.model.parameters() if p in optimizer.state}
+    switch = obs.trainer.state.max_steps // 2  # the recipe's lp_ft_probe_ratio 0.5 of the shortened run
+    assert steps.pop(id(head)) == obs.trainer.state.global_step
+    assert steps and set(steps.values()) == {obs.trainer.state.global_step - switch}, set(steps.values())
+
+
 def check_selection(method: str):
     def check(obs, out):
         """Before training, the selection kept 64 of the 256 train rows (every kept row one of the source's,
@@ -294,7 +305,7 @@ CHECKS = {
     "block_lora": check_block_lora, "bottleneck": check_bottleneck, "ssf": check_ssf,
     "masked_thought": check_masked_thought, "cls_rl": check_cls_rl, "deep_align": check_deep_align, "fewshot_prefix": check_fewshot_prefix,
     "many_icl": check_many_icl, "hft": check_hft, "lift": check_lift, "sara": check_sara, "lt_sft": check_lt_sft,
-    "locft": check_locft, "graft": check_graft, "s3ft": check_s3ft,
+    "locft": check_locft, "graft": check_graft, "s3ft": check_s3ft, "lp_ft": check_lp_ft,
     **{m: check_selection(m) for m in ("select_kmeans", "select_ot", "select_influence")},
 }
 

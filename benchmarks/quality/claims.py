@@ -222,6 +222,10 @@ CLAIMS: list[Claim] = [
                        *((row, "acc50") for row in ("lora-r8", "ssf", "bottleneck-houlsby", "block_lora",
                                                     "block_lora-a16"))),
           scenario="minilm-classification"),
+    Claim("lp_ft>=ft OOD", "LP-FT (head first, then every weight) does at least as well as fine-tuning out of "
+          "distribution (MiniLM, sentiment words unseen in training)", "Kumar et al., ICLR 2022 (2202.10054)",
+          ("lp-ft", "ft"), with_context(parity("ood", "lp-ft", "ft", tolerance=0.0), ("lp-ft", "id"), ("ft", "id"),
+                                        ("lp", "ood")), scenario="minilm-shift"),
     Claim("many_icl>last-answer", "Many-shot in-context fine-tuning (loss on every answer) beats last-answer-only "
           "training at equal steps (k-shot accuracy on hidden-rule tasks)", "ManyICL (2506.11103)",
           ("many_icl", "last-answer"),

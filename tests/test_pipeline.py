@@ -1,0 +1,200 @@
+"""`ftplugins pipeline`: stages run in order, each from the previous stage's output; a rerun after a crash skips the
+finished stages; one manifest of all stages."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from ftplugins.errors import FtpluginsError
+from ftplugins.pipeline import MANIFEST, main, run_pipeline
+
+CPU = dict(use_cpu=True, bf16=False, report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True,
+           per_device_train_batch_size=2, max_length=64)
+
+
+def write(tmp_path, spec) -> str:
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return str(path)
+
+
+def sft_then_dpo(tmp_path, model, data_dir, sft_args=None, dpo_data="preference"):
+    return write(tmp_path, {
+        "output_dir": str(tmp_path / "out"), "model_name_or_path": model,
+        "stages": [
+            {"name": "sft", "command": "sft",
+             "args": {**CPU, "dataset_name": f"{data_dir}/arithmetic", "max_steps": 2, "learning_rate": 1e-2,
+                      **(sft_args or {})}},
+            {"name": "dpo", "command": "dpo",
+             "args": {**CPU, "dataset_name": f"{data_dir}/{dpo_data}", "max_steps": 1, "learning_rate": 1e-6}},
+        ]})
+
+
+def weights(folder):
+    return load_file(os.path.join(folder, "model.safetensors"))
+
+
+def test_sft_then_dpo_each_stage_starts_from_the_previous_output(tmp_path, tiny_model_dir, data_dir):
+    records = run_pipeline(sft_then_dpo(tmp_path, tiny_model_dir, data_dir))
+    out = tmp_path / "out"
+    assert [r["name"] for r in records] == ["sft", "dpo"] and all(r["state"] == "trained" for r in records)
+    assert records[0]["model_in"] == tiny_model_dir and records[1]["model_in"] == str(out / "1-sft")
+    base, first, second = weights(tiny_model_dir), weights(out / "1-sft"), weights(out / "2-dpo")
+    name = "model.layers.0.mlp.down_proj.weight"
+    moved_by_sft = float((first[name] - base[name]).abs().max())
+    moved_by_dpo = float((second[name] - first[name]).abs().max())
+    assert moved_by_sft > 0 and moved_by_dpo < moved_by_sft / 10, (moved_by_sft, moved_by_dpo)
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert [s["model_out"] for s in manifest["stages"]] == [str(out / "1-sft"), str(out / "2-dpo")]
+    assert [s["global_step"] for s in manifest["stages"]] == [2, 1]
+
+
+def test_a_crash_in_stage_two_resumes_there_and_skips_stage_one(tmp_path, tiny_model_dir, data_dir):
+    later = tmp_path / "later"  # stage 2's data, not there yet: the first run crashes inside stage 2
+    path = sft_then_dpo(tmp_path, tiny_model_dir, data_dir)
+    spec = yaml.safe_load(open(path))
+    spec["stages"][1]["args"]["dataset_name"] = str(later)
+    path = write(tmp_path, spec)
+    with pytest.raises(Exception, match="later"):
+        run_pipeline(path)
+    out = tmp_path / "out"
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert [s["name"] for s in manifest["stages"]] == ["sft"]
+    first_run = (out / "1-sft" / "ftplugins_run.json").stat().st_mtime_ns
+    shutil.copytree(f"{data_dir}/preference", later)
+    records = run_pipeline(path)
+    assert [r["state"] for r in records] == ["finished earlier", "trained"]
+    assert (out / "1-sft" / "ftplugins_run.json").stat().st_mtime_ns == first_run
+    assert records[1]["model_in"] == str(out / "1-sft")
+    assert [s["state"] for s in json.loads((out / MANIFEST).read_text())["stages"]] == ["finished earlier", "trained"]
+
+
+def test_an_adapter_stage_is_merged_for_the_next_stage(tmp_path, tiny_model_dir, data_dir):
+    from transformers import AutoModelForCausalLM
+
+    from ftplugins.peft_types import load_adapter
+
+    path = sft_then_dpo(tmp_path, tiny_model_dir, data_dir, sft_args={"use_peft": True, "lora_r": 4,
+                                                                       "lora_target_modules": ["q_proj", "v_proj"]})
+    records = run_pipeline(path)
+    out = tmp_path / "out"
+    merged = out / "1-sft-merged"
+    assert records[0]["merged"] == str(merged) and records[1]["model_in"] == str(merged)
+    ids = torch.tensor([[1, 5, 9, 13, 2]])
+    with torch.no_grad():
+        adapted = load_adapter(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(out / "1-sft"))(ids).logits
+        full = AutoModelForCausalLM.from_pretrained(merged)(ids).logits
+    torch.testing.assert_close(full, adapted, rtol=1e-4, atol=1e-5)
+    assert not torch.equal(weights(merged)["model.layers.0.self_attn.q_proj.weight"],
+                           weights(tiny_model_dir)["model.layers.0.self_attn.q_proj.weight"])
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"stages": []}, r"stages must be a non-empty list"),
+    ({"chain": "stack"}, r"chain 'stack': expected one of merge"),
+    ({"stages": [{"name": "a", "command": "ppo"}]}, r"stage 1: command 'ppo': expected one of sft, dpo, grpo"),
+    ({"stages": [{"command": "sft", "args": {"output_dir": "x"}}]}, r"stage 1: sets output_dir, which the pipeline"),
+    ({"stages": [{"command": "sft"}, {"command": "sft"}]}, r"stage 2: name 'sft': expected a unique name"),
+    ({"stages": [{"command": "sft", "max_steps": 3}]}, r"stage 1: unknown key\(s\) max_steps.*go under args"),
+    ({"epochs": 3}, r"unknown key\(s\) epochs"),
+])
+def test_bad_pipeline_files_are_refused_in_one_line(tmp_path, change, message):
+    path = write(tmp_path, {"output_dir": str(tmp_path / "out"), "model_name_or_path": "m",
+                            "stages": [{"command": "sft"}], **change})
+    with pytest.raises(FtpluginsError, match=message) as err:
+        run_pipeline(path)
+    assert "\n" not in str(err.value)
+
+
+def test_the_command_line_names_a_missing_file(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "nope.yaml")])
+    assert "nope.yaml' does not exist" in capsys.readouterr().err
+
+
+def test_the_recipe_runs_ssf_then_dpo_from_the_merged_model(tmp_path, tiny_model_dir, data_dir):
+    """recipes/pipelines/sft_then_dpo.yaml, shortened, on the offline tiny model and data."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = yaml.safe_load(open(os.path.join(repo, "recipes", "pipelines", "sft_then_dpo.yaml")))
+    spec.update(output_dir=str(tmp_path / "out"), model_name_or_path=tiny_model_dir)
+    first, second = spec["stages"]
+    first["config"] = os.path.join(repo, first["config"])
+    first["args"].update(dataset_name=f"{data_dir}/arithmetic", max_steps=2, save_steps=1)
+    second["args"].update(dataset_name=f"{data_dir}/preference", max_steps=1, save_strategy="no")
+    records = run_pipeline(write(tmp_path, spec))
+    out = tmp_path / "out"
+    adapter = json.loads((out / "1-sft" / "adapter_config.json").read_text())
+    assert adapter["peft_type"] == "SSF" and records[0]["merged"] == str(out / "1-sft-merged")
+    assert records[1]["model_in"] == str(out / "1-sft-merged") and records[1]["state"] == "trained"
+    merged, base = weights(out / "1-sft-merged"), weights(tiny_model_dir)
+    assert merged.keys() == base.keys() and any(not torch.equal(merged[k], base[k]) for k in base)
+
+
+@pytest.mark.slow
+def test_under_accelerate_launch_two_processes_equal_one(tmp_path, tiny_model_dir, data_dir):
+    """The pipeline under `accelerate launch` (2 CPU processes, gloo; 2 x 2 rows) ends where 1 process (4 rows)
+    does: an SSF stage merged, then full SFT from the merged model."""
+    import subprocess
+    import sys
+
+    from test_distributed import DDP_FLAGS, accelerate_bin
+
+    def spec(name, batch):
+        common = {**CPU, "per_device_train_batch_size": batch, "dataloader_drop_last": True, "seed": 0,
+                  "dataset_name": f"{data_dir}/arithmetic", "max_steps": 2}
+        return write(tmp_path / name, {"output_dir": str(tmp_path / name / "out"), "model_name_or_path": tiny_model_dir,
+                                       "stages": [{"name": "ssf", "command": "sft",
+                                                   "args": {**common, "plugins": ["ssf"], "learning_rate": 5e-2}},
+                                                  {"name": "full", "command": "sft",
+                                                   "args": {**common, "learning_rate": 1e-2}}]})
+
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    single = subprocess.run([sys.executable, "-m", "ftplugins.pipeline", spec("one", 4)], capture_output=True,
+                            text=True, env=env)
+    assert single.returncode == 0, single.stderr[-3000:]
+    ddp = subprocess.run([accelerate_bin(), "launch", *DDP_FLAGS, "-m", "ftplugins.pipeline", spec("two", 2)],
+                         capture_output=True, text=True, env=env)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    for stage in ("1-ssf", "2-full"):
+        assert json.loads((tmp_path / "two" / "out" / stage / "ftplugins_run.json").read_text())["world_size"] == 2
+    stages = json.loads((tmp_path / "two" / "out" / MANIFEST).read_text())["stages"]
+    assert [s["state"] for s in stages] == ["trained", "trained"] and stages[0]["merged"]
+    a, b = weights(tmp_path / "one" / "out" / "2-full"), weights(tmp_path / "two" / "out" / "2-full")
+    base = weights(tiny_model_dir)
+    assert any(not torch.equal(a[k], base[k]) for k in a)
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_the_unfinished_stage_resumes_from_its_last_whole_checkpoint(tmp_path, tiny_model_dir, data_dir, monkeypatch):
+    from transformers.trainer_callback import CallbackHandler
+
+    path = sft_then_dpo(tmp_path, tiny_model_dir, data_dir)
+    spec = yaml.safe_load(open(path))
+    spec["stages"][1]["args"].update(max_steps=3, save_strategy="steps", save_steps=1)
+    path = write(tmp_path, spec)
+    own_step_end = CallbackHandler.on_step_end
+
+    def crash_in_dpo_step_two(self, args, state, control):
+        if "2-dpo" in args.output_dir and state.global_step == 2:  # before step 2's checkpoint is saved
+            raise RuntimeError("killed during stage 2")
+        return own_step_end(self, args, state, control)
+
+    monkeypatch.setattr(CallbackHandler, "on_step_end", crash_in_dpo_step_two)
+    with pytest.raises(RuntimeError, match="killed during stage 2"):
+        run_pipeline(path)
+    monkeypatch.setattr(CallbackHandler, "on_step_end", own_step_end)
+    out = tmp_path / "out"
+    assert sorted(p.name for p in (out / "2-dpo").glob("checkpoint-*")) == ["checkpoint-1"]
+    records = run_pipeline(path)
+    assert [r["state"] for r in records] == ["finished earlier", "trained"]
+    assert records[1]["resumed_from"] == str(out / "2-dpo" / "checkpoint-1") and records[1]["global_step"] == 3
