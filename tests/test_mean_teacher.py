@@ -121,3 +121,51 @@ def test_bad_options_name_the_option(key, value):
 
     with pytest.raises(OptionError, match=key):
         ftplugins.compose(Trainer, [plugin], **{key: value})
+
+
+def test_the_teacher_is_checkpointed_and_a_resumed_run_equals_an_uninterrupted_one(tmp_path, tokenizer):
+    from transformers import Trainer, TrainingArguments
+
+    from ftplugins.methods.mean_teacher.teacher import TEACHER_FILE
+    from ftplugins.testing import minilm_classifier
+
+    def trainer_for(output_dir):
+        torch.manual_seed(0)
+        cls = ftplugins.compose(Trainer, [plugin], mean_teacher_alpha=0.5, mean_teacher_threshold=0.5)
+        args = TrainingArguments(output_dir=str(output_dir), use_cpu=True, report_to="none", max_steps=2,
+                                 per_device_train_batch_size=4, learning_rate=1e-3, save_strategy="steps",
+                                 save_steps=1, disable_tqdm=True, seed=0)
+        return cls(model=minilm_classifier(num_labels=2), args=args, train_dataset=stream(tokenizer),
+                   processing_class=tokenizer)
+
+    whole = trainer_for(tmp_path / "whole")
+    whole.train()
+    assert (tmp_path / "whole" / "checkpoint-1" / TEACHER_FILE).is_file()
+    resumed = trainer_for(tmp_path / "whole")  # a fresh process's trainer: its teacher starts from the student
+    resumed.train(resume_from_checkpoint=str(tmp_path / "whole" / "checkpoint-1"))
+    for done, again in ((whole.model, resumed.model),
+                        (whole.ftplugins_run.state["mean_teacher"], resumed.ftplugins_run.state["mean_teacher"])):
+        again = dict(again.named_parameters())
+        for name, param in done.named_parameters():
+            assert torch.allclose(param, again[name], atol=1e-6), name
+    teacher = dict(whole.ftplugins_run.state["mean_teacher"].named_parameters())
+    assert any(not torch.allclose(p, teacher[n], atol=1e-4) for n, p in whole.model.named_parameters())
+
+
+def test_resuming_from_a_checkpoint_without_the_teacher_is_refused(tmp_path, tokenizer):
+    from transformers import Trainer, TrainingArguments
+
+    from ftplugins.methods.mean_teacher.teacher import TEACHER_FILE
+    from ftplugins.testing import minilm_classifier
+
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_steps=1,
+                             per_device_train_batch_size=8, save_strategy="steps", save_steps=1, disable_tqdm=True,
+                             save_only_model=True)
+    plain = stream(tokenizer).map(lambda row: {"label": 0 if row["label"] is None else row["label"]})
+    ftplugins.compose(Trainer, [])(model=minilm_classifier(), args=args, train_dataset=plain,
+                                   processing_class=tokenizer).train()  # a run without the mean teacher
+    args.max_steps = 2
+    trainer = ftplugins.compose(Trainer, [plugin])(model=minilm_classifier(), args=args,
+                                                  train_dataset=stream(tokenizer), processing_class=tokenizer)
+    with pytest.raises(FtpluginsError, match=f"checkpoint-1 has no {TEACHER_FILE}"):
+        trainer.train(resume_from_checkpoint=True)

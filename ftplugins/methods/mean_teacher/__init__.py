@@ -6,8 +6,9 @@ predictions with confidence ≥ 0.9 become pseudo-labels; the student's loss is 
 plus λ = 0.5 times the CE on the pseudo-labelled ones. Rows whose label is None or -100 are the unlabelled stream.
 
 Built: sequence classification (any model whose output has ``logits`` of shape [batch, classes]) on
-``transformers.Trainer``. Not built: PS-TTL's prototype-based soft labels and the detection heads (no tiny detection
-model here); the teacher is not checkpointed, so resuming is refused.
+``transformers.Trainer``. The teacher is saved into every checkpoint (``mean_teacher.safetensors``) and restored on
+resume, so a resumed run ends as an uninterrupted one. Not built: PS-TTL's prototype-based soft labels and the
+detection heads (no tiny detection model here).
 
 This module stays light (no torch): the pieces are imported inside the hooks.
 """
@@ -65,12 +66,23 @@ class MeanTeacherPlugin(Plugin):
 
     @hookimpl
     def train_begin(self, run, trainer, resume_from_checkpoint):
-        if resume_from_checkpoint not in (None, False):
-            raise FtpluginsError("mean_teacher does not checkpoint its teacher yet; resuming would restart it from "
-                                 "the student. Train from the start (no resume_from_checkpoint).")
         from .teacher import frozen_copy
 
+        # The initial student; a resumed run replaces its weights with the checkpoint's (load_optimizer_state).
         run.state[TEACHER] = frozen_copy(trainer.accelerator.unwrap_model(trainer.model))
+
+    @hookimpl
+    def save_checkpoint(self, run, trainer, checkpoint):
+        from .teacher import save_teacher
+
+        if trainer.args.should_save and run.state.get(TEACHER) is not None:
+            save_teacher(run.state[TEACHER], checkpoint)
+
+    @hookimpl
+    def load_optimizer_state(self, run, trainer, checkpoint):
+        from .teacher import load_teacher
+
+        load_teacher(run.state[TEACHER], checkpoint)
 
     @hookimpl
     def compute_loss(self, run, trainer, model, inputs, return_outputs, num_items_in_batch, inner):
