@@ -237,7 +237,8 @@ class PluginTrainerMixin(TrainerInternals):
             from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
             trainers_own(model, trial)
-            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            folder = os.path.join(self._get_output_dir(trial=trial), name)  # inside the staging folder
             self._ftplugins_run.call("save_checkpoint", trainer=self, checkpoint=folder)
 
         save_checkpoint_staged(self, save_with_plugins, model, trial)

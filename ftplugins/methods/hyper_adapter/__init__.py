@@ -72,7 +72,8 @@ class HyperAdapterPlugin(Plugin):
             return
         from .export import export_all
 
-        export_all(trainer.accelerator.unwrap_model(trainer.model), os.path.join(trainer.args.output_dir, "task_adapters"))
+        root = os.path.join(trainer.args.output_dir, "task_adapters")
+        export_all(trainer.accelerator.unwrap_model(trainer.model), root)
 
 
 plugin = HyperAdapterPlugin()

@@ -6,9 +6,10 @@ predictions with confidence ≥ 0.9 become pseudo-labels; the student's loss is 
 plus λ = 0.5 times the CE on the pseudo-labelled ones. Rows whose label is None or -100 are the unlabelled stream.
 
 Built: sequence classification (any model whose output has ``logits`` of shape [batch, classes]) on
-``transformers.Trainer``. The teacher is saved into every checkpoint (``mean_teacher.safetensors``) and restored on
-resume, so a resumed run ends as an uninterrupted one. Not built: PS-TTL's prototype-based soft labels and the
-detection heads (no tiny detection model here).
+``transformers.Trainer``, and object detection with DETR-style models (:mod:`.detection`: the teacher's confident
+detections are the unlabelled images' targets). The teacher is saved into every checkpoint
+(``mean_teacher.safetensors``) and restored on resume, so a resumed run ends as an uninterrupted one. Not built:
+PS-TTL's prototype-based soft labels.
 
 This module stays light (no torch): the pieces are imported inside the hooks.
 """
@@ -49,6 +50,11 @@ class MeanTeacherPlugin(Plugin):
             raise FtpluginsError(f"mean_teacher: the dataset has no label column {column!r} (columns: "
                                  f"{dataset.column_names}); set mean_teacher_label_column.")
         values = dataset[column]
+        if any(isinstance(v, dict) for v in values):  # detection targets: None marks an unlabelled image
+            from .detection import check_detection_targets
+
+            check_detection_targets(values, column)
+            return None
         if not any(v is None or v == -100 for v in values):
             raise FtpluginsError(f"mean_teacher: the training dataset has no unlabelled rows ({column!r} None or "
                                  "-100); add the unlabelled stream, or train without mean_teacher.")
@@ -94,6 +100,12 @@ class MeanTeacherPlugin(Plugin):
         from .teacher import mean_teacher_loss
 
         opts = run.options_for(self)
+        from .detection import is_detection_batch, mean_teacher_detection_loss
+
+        if is_detection_batch(inputs):
+            loss, outputs = mean_teacher_detection_loss(model, teacher, inputs, opts.mean_teacher_threshold,
+                                                        opts.mean_teacher_weight)
+            return (loss, outputs) if return_outputs else loss
         inputs = dict(inputs)
         labels = inputs.pop("labels")
         outputs = model(**inputs)
