@@ -1,6 +1,6 @@
 """FM3's multitask hypernetwork adapters: one hypernetwork emits every layer's adapter weights per task.
 
-Ahmed et al., "FM3: Few-shot Multimodal Multitask Multilingual" (arXiv:2303.12489); no public code or body text. Spec
+"FM3: Few-shot Multimodal Multitask Multilingual" (arXiv:2303.12489); no public code or body text was found. Spec
 C §7 reads it as: a SetFit-style contrastive stage, task-specific hypernetworks that generate the adapters
 (HyperFormer-like: task + layer + position embeddings in, adapter weights out) and task-specific heads. Built here
 for text classification on ``transformers.Trainer``: the base classifier stays frozen; the hypernetwork and one head
@@ -23,7 +23,7 @@ from .options import HyperAdapterOptions
 class HyperAdapterPlugin(Plugin):
     name = "hyper_adapter"
     summary = "FM3: a hypernetwork generates every layer's adapters per task; task heads; SetFit contrastive stage."
-    paper = "Ahmed et al., arXiv:2303.12489"
+    paper = "FM3: Few-shot Multimodal Multitask Multilingual, arXiv:2303.12489"
     options = HyperAdapterOptions
     trainers = ("Trainer",)
     distributed = ("single",)
