@@ -197,3 +197,27 @@ def test_missing_tasks_and_trl_trainers_are_refused_before_the_model_loads(tmp_p
     with pytest.raises(FtpluginsError, match="hyper_adapter trains classifiers with transformers.Trainer, not SFT"):
         ftplugins.compose(SFTTrainer, [plugin], hyper_adapter_tasks=TASKS)(
             model=str(tmp_path / "never-loaded"), args=args, train_dataset=[])
+
+
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, tokenizer):  # noqa: F811
+    from transformers import Trainer, TrainingArguments
+
+    from ftplugins.testing import minilm_classifier
+
+    def trainer_for():
+        torch.manual_seed(0)
+        cls = ftplugins.compose(Trainer, [plugin], hyper_adapter_tasks=TASKS, hyper_adapter_export=False,
+                                hyper_adapter_contrastive_steps=1)
+        args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_steps=3,
+                                 per_device_train_batch_size=4, learning_rate=1e-2, save_strategy="steps",
+                                 save_steps=1, disable_tqdm=True, seed=0, save_only_model=False)
+        return cls(model=minilm_classifier(num_labels=2), args=args, train_dataset=dataset(tokenizer),
+                   processing_class=tokenizer)
+
+    whole = trainer_for()
+    whole.train()
+    resumed = trainer_for()
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-1"))  # the contrastive step, then 2 CE steps
+    again = dict(resumed.model.named_parameters())
+    trained = [n for n, _ in whole.model.named_parameters() if n.startswith(("hypernetwork.", "heads."))]
+    assert trained and all(torch.equal(p, again[n]) for n, p in whole.model.named_parameters())
