@@ -229,8 +229,19 @@ class PluginTrainerMixin(TrainerInternals):
                 self._ftplugins_lock.release()
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
-        """The whole checkpoint folder is written staged and moved into place last (:mod:`ftplugins.checkpoints`)."""
-        save_checkpoint_staged(self, super()._save_checkpoint, model, trial)
+        """The whole checkpoint folder is written staged and moved into place last (:mod:`ftplugins.checkpoints`);
+        the plugins' ``save_checkpoint`` hook writes into it before that."""
+        trainers_own = super()._save_checkpoint
+
+        def save_with_plugins(model: Any, trial: Any) -> None:
+            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+            trainers_own(model, trial)
+            name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            folder = os.path.join(self._get_output_dir(trial=trial), name)  # inside the staging folder
+            self._ftplugins_run.call("save_checkpoint", trainer=self, checkpoint=folder)
+
+        save_checkpoint_staged(self, save_with_plugins, model, trial)
 
     def _get_output_dir(self, trial: Any) -> str:
         staged = getattr(self, "_ftplugins_staged_run_dir", None)

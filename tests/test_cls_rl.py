@@ -251,3 +251,48 @@ def test_a_model_path_run_takes_the_chat_template_of_the_saved_tokenizer(tiny_mo
     assert plugin._conversational(auto)  # the saved tiny tokenizer has a chat template
     plain = Run(plugins=[plugin], options={"cls_rl": options(cls_rl_prompt_format="plain")}, model=model)
     assert not plugin._conversational(plain)
+
+
+def vowel_reward(completions, **kwargs):
+    """Varies across a group, so GRPO's advantages are non-zero and the model (vision tower included) moves."""
+    return [float(sum(ch in "aeiou" for ch in c[0]["content"])) for c in completions]
+
+
+def test_grpo_trains_a_tiny_vision_language_model_on_image_rows(tmp_path, monkeypatch):
+    """TRL's VLM path (Idefics3, the SmolVLM architecture, built from a config): the images reach the model, the
+    plugin's rewards score every completion against its row's label, and the weights train."""
+    import numpy as np
+    import torch
+    from datasets import Dataset
+    from PIL import Image
+    from trl import GRPOConfig, GRPOTrainer
+
+    from ftplugins.testing import tiny_vlm
+
+    model, processor = tiny_vlm()
+    seen_labels, images_seen = [], []
+    accuracy = R.AccuracyReward.__call__
+
+    def record(self, completions, **kwargs):
+        seen_labels.extend(kwargs["label"])
+        return accuracy(self, completions, **kwargs)
+
+    monkeypatch.setattr(R.AccuracyReward, "__call__", record)
+    model.model.vision_model.register_forward_hook(
+        lambda module, args, output: images_seen.append(output.last_hidden_state.shape[0]))
+    pictures = [Image.fromarray((np.random.RandomState(i).rand(32, 32, 3) * 255).astype("uint8")) for i in range(8)]
+    data = Dataset.from_list([{"text": f"picture {i}", "label": ["cat", "dog", "bird"][i % 3], "image": pictures[i]}
+                              for i in range(8)])
+    cls = ftplugins.compose(GRPOTrainer, [plugin], cls_rl_prompt_format="conversational")
+    args = GRPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", max_steps=2,
+                      per_device_train_batch_size=4, num_generations=2, max_completion_length=6, logging_steps=1,
+                      learning_rate=1e-2, save_strategy="no", disable_tqdm=True, seed=0)
+    trainer = cls(model=model, reward_funcs=[vowel_reward], args=args, train_dataset=data, processing_class=processor)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer.train()
+    assert trainer.state.global_step == 2
+    assert trainer.reward_func_names == ["vowel_reward", "cls_rl_format", "cls_rl_accuracy"]
+    assert len(seen_labels) == 8 and set(seen_labels) <= {"cat", "dog", "bird"}  # B = 4 per step, names not ids
+    assert images_seen and all(n > 0 for n in images_seen)
+    changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(before[n], p)}
+    assert any(n.startswith("model.vision_model.") for n in changed) and any("text_model" in n for n in changed)

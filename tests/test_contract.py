@@ -33,6 +33,7 @@ DOCUMENTED_ORDER = [
     "load_optimizer_state",
     "compute_loss",
     "grad_norm",
+    "save_checkpoint",
     "post_train",
 ]
 
@@ -86,11 +87,19 @@ class TrainingRecorder(RecordingPlugin):
     def grad_norm(self, run, trainer, model):
         self._rec("grad_norm")
 
+    @hookimpl
+    def save_checkpoint(self, run, trainer, checkpoint):
+        import os
+
+        self._rec("save_checkpoint", checkpoint=checkpoint, files=sorted(os.listdir(checkpoint)))
+
 
 def expected_calls(trainer, resumed=False):
-    """The documented order of a one-step run: load_optimizer_state only when resuming, dataset_columns only
-    when the trainer drops unused columns (GRPO keeps them all)."""
+    """The documented order of a one-step run: load_optimizer_state only when resuming, save_checkpoint only when
+    it saves one, dataset_columns only when the trainer drops unused columns (GRPO keeps them all)."""
     skip = {"load_optimizer_state"} - ({"load_optimizer_state"} if resumed else set())
+    if trainer.args.save_strategy == "no":
+        skip.add("save_checkpoint")
     if not trainer.args.remove_unused_columns:
         skip.add("dataset_columns")
     return [hook for hook in DOCUMENTED_ORDER if hook not in skip]
@@ -134,7 +143,7 @@ def test_every_hook_fires_once_in_order(kind, tmp_path):
     trainer = build(kind, recorder, tmp_path)
     trainer.train()
     assert recorder.calls == expected_calls(trainer)
-    assert set(ALL_HOOKS) - set(recorder.calls) <= {"load_optimizer_state", "dataset_columns"}
+    assert set(ALL_HOOKS) - set(recorder.calls) <= {"load_optimizer_state", "dataset_columns", "save_checkpoint"}
     assert trainer.ftplugins_run.plugins == [recorder]
     details = dict((event[0], event[1:]) for event in recorder.events)
     assert details["phase"] == ("train",) and recorder.events[-1] == ("phase exit", "train")  # around all of train()
@@ -147,13 +156,17 @@ def test_a_resumed_run_loads_the_optimizer_state_once_before_its_first_loss(tmp_
     first = build("sft", TrainingRecorder(), tmp_path, save_strategy="steps", save_steps=1)
     first.train()
     recorder = TrainingRecorder()
-    trainer = build("sft", recorder, tmp_path, max_steps=2)
+    trainer = build("sft", recorder, tmp_path, max_steps=2, save_strategy="steps", save_steps=1)
     trainer.train(resume_from_checkpoint=True)
     assert recorder.calls == expected_calls(trainer, resumed=True)
     loads = [e for e in recorder.events if e[0] == "load_optimizer_state"]
     assert loads == [("load_optimizer_state", str(tmp_path / "checkpoint-1"))]
     # the resolved checkpoint: `True` is turned into the last *whole* checkpoint before any hook sees it
     assert ("train_begin", str(tmp_path / "checkpoint-1"), None) in recorder.events
+    # checkpoint-2 is handed over while it is written: staged, with the trainer's files, not sealed or in place yet
+    (saved,) = [e for e in recorder.events if e[0] == "save_checkpoint"]
+    assert saved[1].startswith(str(tmp_path / ".ftplugins-staging")) and saved[1].endswith("checkpoint-2")
+    assert "trainer_state.json" in saved[2] and "ftplugins_checkpoint.json" not in saved[2]
 
 
 def test_evaluate_and_predict_are_phases_whose_losses_are_hooked(tmp_path):

@@ -21,6 +21,7 @@ MODULES = {
     "few-shot-sft": "benchmarks.quality.scenarios.few_shot_sft",
     "editing": "benchmarks.quality.scenarios.editing",
     "data-selection": "benchmarks.quality.scenarios.data_selection",
+    "fm3-multitask": "benchmarks.quality.scenarios.fm3_multitask",
 }
 NAMES = ["target", *MODULES]
 

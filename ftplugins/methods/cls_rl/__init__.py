@@ -8,6 +8,10 @@ the model answers directly and only an exact match is rewarded. The rewards are 
 ``reward_funcs`` hook, after the user's own, so ``python -m ftplugins.train grpo --plugins cls_rl`` needs no reward
 argument; the prompts are built in ``transform_dataset`` from a text and a label column.
 
+Images (the paper's setting): rows with an ``image`` column, a vision-language model and its processor, and
+``cls_rl_prompt_format=conversational``; TRL's GRPO VLM path puts the image into the user turn. Tested on a tiny
+Idefics3 (``ftplugins.testing.tiny_vlm``); Qwen2-VL / SmolVLM processors need torchvision for their video processor.
+
 Where the paper is silent or the reference differs, the choices are in :mod:`.rewards` and :mod:`.prompts`.
 
 This module stays light (no torch): the pieces are imported inside the hooks.

@@ -6,8 +6,10 @@ predictions with confidence ≥ 0.9 become pseudo-labels; the student's loss is 
 plus λ = 0.5 times the CE on the pseudo-labelled ones. Rows whose label is None or -100 are the unlabelled stream.
 
 Built: sequence classification (any model whose output has ``logits`` of shape [batch, classes]) on
-``transformers.Trainer``. Not built: PS-TTL's prototype-based soft labels and the detection heads (no tiny detection
-model here); the teacher is not checkpointed, so resuming is refused.
+``transformers.Trainer``, and object detection with DETR-style models (:mod:`.detection`: the teacher's confident
+detections are the unlabelled images' targets). The teacher is saved into every checkpoint
+(``mean_teacher.safetensors``) and restored on resume, so a resumed run ends as an uninterrupted one. Not built:
+PS-TTL's prototype-based soft labels.
 
 This module stays light (no torch): the pieces are imported inside the hooks.
 """
@@ -48,6 +50,11 @@ class MeanTeacherPlugin(Plugin):
             raise FtpluginsError(f"mean_teacher: the dataset has no label column {column!r} (columns: "
                                  f"{dataset.column_names}); set mean_teacher_label_column.")
         values = dataset[column]
+        if any(isinstance(v, dict) for v in values):  # detection targets: None marks an unlabelled image
+            from .detection import check_detection_targets
+
+            check_detection_targets(values, column)
+            return None
         if not any(v is None or v == -100 for v in values):
             raise FtpluginsError(f"mean_teacher: the training dataset has no unlabelled rows ({column!r} None or "
                                  "-100); add the unlabelled stream, or train without mean_teacher.")
@@ -65,12 +72,23 @@ class MeanTeacherPlugin(Plugin):
 
     @hookimpl
     def train_begin(self, run, trainer, resume_from_checkpoint):
-        if resume_from_checkpoint not in (None, False):
-            raise FtpluginsError("mean_teacher does not checkpoint its teacher yet; resuming would restart it from "
-                                 "the student. Train from the start (no resume_from_checkpoint).")
         from .teacher import frozen_copy
 
+        # The initial student; a resumed run replaces its weights with the checkpoint's (load_optimizer_state).
         run.state[TEACHER] = frozen_copy(trainer.accelerator.unwrap_model(trainer.model))
+
+    @hookimpl
+    def save_checkpoint(self, run, trainer, checkpoint):
+        from .teacher import save_teacher
+
+        if trainer.args.should_save and run.state.get(TEACHER) is not None:
+            save_teacher(run.state[TEACHER], checkpoint)
+
+    @hookimpl
+    def load_optimizer_state(self, run, trainer, checkpoint):
+        from .teacher import load_teacher
+
+        load_teacher(run.state[TEACHER], checkpoint)
 
     @hookimpl
     def compute_loss(self, run, trainer, model, inputs, return_outputs, num_items_in_batch, inner):
@@ -82,6 +100,12 @@ class MeanTeacherPlugin(Plugin):
         from .teacher import mean_teacher_loss
 
         opts = run.options_for(self)
+        from .detection import is_detection_batch, mean_teacher_detection_loss
+
+        if is_detection_batch(inputs):
+            loss, outputs = mean_teacher_detection_loss(model, teacher, inputs, opts.mean_teacher_threshold,
+                                                        opts.mean_teacher_weight)
+            return (loss, outputs) if return_outputs else loss
         inputs = dict(inputs)
         labels = inputs.pop("labels")
         outputs = model(**inputs)

@@ -1,25 +1,48 @@
 """The EMA teacher and the mean-teacher loss.
 
-The teacher is a frozen copy of the model, kept outside it (not a submodule: the optimizer never sees it, the trainer
-never saves it). After every optimizer step its weights move toward the student's: t ← α·t + (1 − α)·s.
+The teacher is a frozen copy of the model, kept outside it (not a submodule: the optimizer never sees it, the model
+files never hold it). After every optimizer step its weights move toward the student's: t ← α·t + (1 − α)·s. Each
+checkpoint carries it as ``mean_teacher.safetensors`` (parameters and buffers), read back when the run resumes.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from transformers import TrainerCallback
 
+from ftplugins.errors import FtpluginsError
+
 IGNORE = -100
+TEACHER_FILE = "mean_teacher.safetensors"
 
 
 def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
     teacher = copy.deepcopy(model)
     teacher.requires_grad_(False)
     return teacher.eval()
+
+
+def save_teacher(teacher: torch.nn.Module, checkpoint: str) -> None:
+    """Into the checkpoint being written (staged by ftplugins: it appears whole or not at all)."""
+    from safetensors.torch import save_model
+
+    save_model(teacher, os.path.join(checkpoint, TEACHER_FILE))  # handles tied weights, unlike save_file
+
+
+def load_teacher(teacher: torch.nn.Module, checkpoint: str) -> None:
+    from safetensors.torch import load_model
+
+    path = os.path.join(checkpoint, TEACHER_FILE)
+    if not os.path.exists(path):
+        raise FtpluginsError(f"mean_teacher: checkpoint {checkpoint} has no {TEACHER_FILE} (saved without the "
+                             "mean_teacher plugin, or by an older version); resuming would restart the teacher from "
+                             "the student. Resume from a checkpoint of a mean_teacher run, or train from the start.")
+    load_model(teacher, path, strict=True)
 
 
 @torch.no_grad()

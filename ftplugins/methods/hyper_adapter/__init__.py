@@ -1,0 +1,79 @@
+"""FM3's multitask hypernetwork adapters: one hypernetwork emits every layer's adapter weights per task.
+
+"FM3: Few-shot Multimodal Multitask Multilingual" (arXiv:2303.12489); no public code or body text was found. Spec
+C §7 reads it as: a SetFit-style contrastive stage, task-specific hypernetworks that generate the adapters
+(HyperFormer-like: task + layer + position embeddings in, adapter weights out) and task-specific heads. Built here
+for text classification on ``transformers.Trainer``: the base classifier stays frozen; the hypernetwork and one head
+per task train on a dataset that mixes the tasks (a ``task`` column). Each task exports to a plain PEFT
+``bottleneck`` adapter with its head. The multimodal part (image encoders, VQA) is not built.
+
+This module stays light (no torch): the pieces are imported inside the hooks.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ftplugins.errors import FtpluginsError
+from ftplugins.plugin import Plugin, hookimpl
+
+from .options import HyperAdapterOptions
+
+
+class HyperAdapterPlugin(Plugin):
+    name = "hyper_adapter"
+    summary = "FM3: a hypernetwork generates every layer's adapters per task; task heads; SetFit contrastive stage."
+    paper = "FM3: Few-shot Multimodal Multitask Multilingual, arXiv:2303.12489"
+    options = HyperAdapterOptions
+    trainers = ("Trainer",)
+    distributed = ("single",)
+    claims = {"adapter": "generates bottleneck adapters per task with a hypernetwork",
+              "trainable_set": "trains only the hypernetwork and the task heads",
+              "loss": "each row's cross-entropy under its task's head (or the contrastive stage's cosine loss)"}
+
+    @hookimpl
+    def validate(self, run):
+        trl = [c.__name__ for c in (run.trainer_cls.__mro__ if run.trainer_cls else ()) if
+               c.__module__.startswith("trl.")]
+        if trl:
+            raise FtpluginsError(f"plugin hyper_adapter trains classifiers with transformers.Trainer, not {trl[0]}; "
+                                 "compose it over transformers.Trainer.")
+        if not run.options_for(self).hyper_adapter_tasks:
+            raise FtpluginsError("plugin hyper_adapter needs its tasks: --hyper_adapter_tasks NAME:NUM_LABELS ... "
+                                 "(e.g. sst2:2 mnli:3), one per task in the dataset's 'task' column.")
+
+    @hookimpl
+    def transform_dataset(self, run, dataset, split):
+        from .tasks import index_tasks
+
+        return index_tasks(dataset, run.options_for(self).task_list(), split, require_all=split == "train")
+
+    @hookimpl
+    def prepare_model(self, run, model):
+        from .model import HyperAdapterModel
+
+        if hasattr(model, "peft_config"):
+            raise FtpluginsError("plugin hyper_adapter generates its own adapters: give the trainer the plain "
+                                 "classifier, without a PEFT adapter on it.")
+        opts = run.options_for(self)
+        return HyperAdapterModel(model, opts.task_list(), opts).to(next(model.parameters()).device)
+
+    @hookimpl
+    def compute_loss(self, run, trainer, model, inputs, return_outputs, num_items_in_batch, inner):
+        steps = run.options_for(self).hyper_adapter_contrastive_steps
+        if not model.training or trainer.state.global_step >= steps:
+            return inner()
+        loss = trainer.accelerator.unwrap_model(model).contrastive_loss(**inputs)
+        return (loss, None) if return_outputs else loss
+
+    @hookimpl
+    def post_train(self, run, trainer):
+        if not run.options_for(self).hyper_adapter_export or not trainer.is_world_process_zero():
+            return
+        from .export import export_all
+
+        root = os.path.join(trainer.args.output_dir, "task_adapters")
+        export_all(trainer.accelerator.unwrap_model(trainer.model), root)
+
+
+plugin = HyperAdapterPlugin()

@@ -1,0 +1,223 @@
+"""FM3 hypernetwork adapters on the real MiniLM classifier: generated weights per task, frozen base, gradients into
+the hypernetwork, the exported per-task PEFT adapter equal to the hypernetwork path, contrastive stage, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import ftplugins
+from ftplugins.errors import FtpluginsError, OptionError
+from ftplugins.methods.hyper_adapter import plugin
+from ftplugins.methods.hyper_adapter.contrastive import cosine_pair_loss
+
+from test_mean_teacher import tokenizer  # noqa: F401  (a shared fixture)
+
+TASKS = ["sentiment:2", "topic:3", "formality:2"]
+ROWS = [("a wonderful film", "sentiment", 1), ("a boring mess", "sentiment", 0),
+        ("the striker scored twice", "topic", 0), ("shares fell on monday", "topic", 1),
+        ("the new chip is fast", "topic", 2), ("dear sir, kindly reply", "formality", 1),
+        ("hey wassup lol", "formality", 0), ("truly awful", "sentiment", 0)]
+
+
+def dataset(tokenizer, rows=ROWS):
+    from datasets import Dataset
+
+    data = Dataset.from_dict({"text": [r[0] for r in rows], "task": [r[1] for r in rows],
+                              "label": [r[2] for r in rows]})
+    return data.map(lambda row: tokenizer(row["text"], truncation=True, max_length=16), remove_columns=["text"])
+
+
+def build(tmp_path, tokenizer, rows=ROWS, steps=3, **options):
+    from transformers import Trainer, TrainingArguments
+
+    from ftplugins.testing import minilm_classifier
+
+    options.setdefault("hyper_adapter_tasks", TASKS)
+    torch.manual_seed(0)
+    cls = ftplugins.compose(Trainer, [plugin], **options)
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_steps=steps,
+                             per_device_train_batch_size=8, learning_rate=1e-2, save_strategy="no",
+                             disable_tqdm=True, seed=0)
+    return cls(model=minilm_classifier(num_labels=2), args=args, train_dataset=dataset(tokenizer, rows),
+               processing_class=tokenizer)
+
+
+def batch_of(tokenizer, texts, tasks):
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    return dict(batch, task=torch.tensor(tasks))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tokenizer):  # noqa: F811
+    trainer = build(tmp_path_factory.mktemp("hyper"), tokenizer)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    return trainer, before
+
+
+def test_the_base_stays_frozen_and_only_the_hypernetwork_and_heads_train(trained):
+    trainer, before = trained
+    after = dict(trainer.model.named_parameters())
+    base = [n for n in before if n.startswith("adapted.")]
+    assert base and all(torch.equal(before[n], after[n]) for n in base)
+    assert all(not after[n].requires_grad for n in base)
+    changed = {n for n in before if not torch.equal(before[n], after[n].detach())}
+    assert changed <= {n for n in before if n.startswith(("hypernetwork.", "heads."))}
+    assert all(any(n.startswith(f"heads.{t}.") for n in changed) for t in range(3))
+
+
+def test_every_hypernetwork_parameter_receives_a_gradient(trained, tokenizer):  # noqa: F811
+    trainer, _ = trained
+    model = trainer.model.train()
+    model.zero_grad()
+    out = model(**batch_of(tokenizer, ["a wonderful film", "shares fell", "hey lol"], [0, 1, 2]),
+                labels=torch.tensor([1, 1, 0]))
+    out.loss.backward()
+    grads = {n: p.grad for n, p in model.hypernetwork.named_parameters()}
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads.values()), [
+        n for n, g in grads.items() if g is None or g.abs().sum() == 0]
+    model.zero_grad()
+
+
+def test_the_same_task_gets_identical_adapter_weights_and_tasks_differ(trained):
+    model = trained[0].model
+    first, again, other = model.generated(1), model.generated(1), model.generated(2)
+    assert len(first) == 12  # MiniLM: 6 layers x (attention output, FFN output)
+    assert all(torch.equal(first[m][k], again[m][k]) for m in first for k in first[m])
+    assert any(not torch.equal(first[m]["up"], other[m]["up"]) for m in first)
+
+
+def test_a_mixed_batch_gives_each_row_its_own_tasks_output(trained, tokenizer):  # noqa: F811
+    model = trained[0].model.eval()
+    texts, tasks = ["a wonderful film", "the striker scored", "dear sir", "a boring mess"], [0, 1, 2, 0]
+    with torch.no_grad():
+        mixed = model(**batch_of(tokenizer, texts, tasks)).logits
+        for i, (text, task) in enumerate(zip(texts, tasks)):
+            alone = model.task_logits(task, **tokenizer([text], return_tensors="pt"))
+            width = alone.shape[1]
+            assert torch.allclose(mixed[i, :width], alone[0], atol=1e-5)
+            assert torch.isinf(mixed[i, width:]).all()
+
+
+def test_at_init_every_generated_adapter_is_the_identity(tmp_path, tokenizer):  # noqa: F811
+    model = build(tmp_path, tokenizer).model.eval()
+    inputs = tokenizer(["a wonderful film"], return_tensors="pt")
+    with torch.no_grad():
+        base = model.adapted.get_base_model()
+        with model.adapted.disable_adapter():
+            expected = base.bert(**inputs).pooler_output
+        assert torch.equal(model.task_features(2, **inputs), expected)
+
+
+def test_the_exported_adapter_loads_with_peft_and_equals_the_hypernetwork(trained, tokenizer):  # noqa: F811
+    import json
+    import os
+
+    from transformers import AutoModelForSequenceClassification
+
+    from ftplugins.methods.hyper_adapter.export import load_task_model
+    from ftplugins.testing import minilm_path
+
+    trainer, _ = trained
+    model = trainer.model.eval()
+    root = os.path.join(trainer.args.output_dir, "task_adapters")
+    assert sorted(os.listdir(root)) == ["formality", "sentiment", "topic"]  # written by post_train
+    with open(os.path.join(root, "topic", "adapter_config.json")) as handle:
+        assert json.load(handle)["peft_type"] == "BOTTLENECK"
+    inputs = tokenizer(["the striker scored twice", "kindly reply"], padding=True, return_tensors="pt")
+    loaded = load_task_model(os.path.join(root, "topic"), base=minilm_path()).eval()
+    by_peft = ftplugins.load_adapter(
+        AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=3), os.path.join(root, "topic"))
+    with torch.no_grad():
+        expected = model.task_logits(1, **inputs)
+        assert expected.shape == (2, 3)
+        assert torch.allclose(loaded(**inputs).logits, expected, atol=1e-5)
+        assert torch.allclose(by_peft.eval()(**inputs).logits, expected, atol=1e-5)
+        adapted = loaded.get_base_model().bert(**inputs).pooler_output
+        with loaded.disable_adapter():  # the trained adapters are not the identity: the export carries them
+            assert not torch.allclose(loaded.get_base_model().bert(**inputs).pooler_output, adapted, atol=1e-4)
+
+
+def test_the_contrastive_stage_trains_the_hypernetwork_before_the_heads(tmp_path, tokenizer):  # noqa: F811
+    trainer = build(tmp_path, tokenizer, steps=2, hyper_adapter_contrastive_steps=2, hyper_adapter_export=False)
+    heads = {n: p.detach().clone() for n, p in trainer.model.heads.named_parameters()}
+    hyper = {n: p.detach().clone() for n, p in trainer.model.hypernetwork.named_parameters()}
+    trainer.train()
+    assert all(torch.equal(heads[n], p) for n, p in trainer.model.heads.named_parameters())
+    assert any(not torch.equal(hyper[n], p) for n, p in trainer.model.hypernetwork.named_parameters())
+    assert not (tmp_path / "task_adapters").exists()
+
+
+def test_the_cosine_pair_loss_is_setfits_over_same_task_pairs():
+    u = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    v = torch.tensor([[2.0, 0.0], [3.0, 0.0]])
+    loss = cosine_pair_loss([u, v], [torch.tensor([0, 0, 1]), torch.tensor([1, 0])])
+    c = 2 ** -0.5  # pairs: (u0,u1) same label cos 0; (u0,u2) diff cos c; (u1,u2) diff cos c; (v0,v1) diff cos 1
+    assert float(loss) == pytest.approx(((0 - 1) ** 2 + c ** 2 + c ** 2 + 1) / 4)
+    single = torch.ones(1, 2, requires_grad=True)
+    zero = cosine_pair_loss([single], [torch.tensor([0])])
+    assert zero.detach().item() == 0 and zero.requires_grad
+
+
+def test_a_task_without_examples_is_one_clear_error(tmp_path, tokenizer):  # noqa: F811
+    rows = [r for r in ROWS if r[1] != "topic"]
+    with pytest.raises(FtpluginsError, match=r"tasks \['topic'\] have no examples in the train dataset"):
+        build(tmp_path, tokenizer, rows=rows)
+
+
+@pytest.mark.parametrize("rows,message", [
+    ([("x", "sports", 0)], r"task 'sports'; expected a name in \['sentiment', 'topic', 'formality'\]"),
+    ([("x", "sentiment", 2)], r"task 'sentiment' with label 2; the task has 2 labels"),
+])
+def test_bad_rows_are_refused_naming_the_row(rows, message, tmp_path, tokenizer):  # noqa: F811
+    with pytest.raises(FtpluginsError, match=message):
+        build(tmp_path, tokenizer, rows=ROWS + rows)
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("hyper_adapter_tasks", ["sst2"], "NAME:NUM_LABELS"), ("hyper_adapter_tasks", ["a:2", "a:3"], r"\['a'\]"),
+    ("hyper_adapter_activation", "swish", "hyper_adapter_activation"), ("hyper_adapter_size", 0, "hyper_adapter_size"),
+])
+def test_bad_options_name_the_option(key, value, message):
+    from transformers import Trainer
+
+    with pytest.raises(OptionError, match=message):
+        ftplugins.compose(Trainer, [plugin], **{key: value})
+
+
+def test_missing_tasks_and_trl_trainers_are_refused_before_the_model_loads(tmp_path):
+    from transformers import Trainer, TrainingArguments
+    from trl import SFTConfig, SFTTrainer
+
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    with pytest.raises(FtpluginsError, match="needs its tasks: --hyper_adapter_tasks"):
+        ftplugins.compose(Trainer, [plugin])(model=str(tmp_path / "never-loaded"), args=args, train_dataset=[])
+    args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none")
+    with pytest.raises(FtpluginsError, match="hyper_adapter trains classifiers with transformers.Trainer, not SFT"):
+        ftplugins.compose(SFTTrainer, [plugin], hyper_adapter_tasks=TASKS)(
+            model=str(tmp_path / "never-loaded"), args=args, train_dataset=[])
+
+
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, tokenizer):  # noqa: F811
+    from transformers import Trainer, TrainingArguments
+
+    from ftplugins.testing import minilm_classifier
+
+    def trainer_for():
+        torch.manual_seed(0)
+        cls = ftplugins.compose(Trainer, [plugin], hyper_adapter_tasks=TASKS, hyper_adapter_export=False,
+                                hyper_adapter_contrastive_steps=1)
+        args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_steps=3,
+                                 per_device_train_batch_size=4, learning_rate=1e-2, save_strategy="steps",
+                                 save_steps=1, disable_tqdm=True, seed=0, save_only_model=False)
+        return cls(model=minilm_classifier(num_labels=2), args=args, train_dataset=dataset(tokenizer),
+                   processing_class=tokenizer)
+
+    whole = trainer_for()
+    whole.train()
+    resumed = trainer_for()
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-1"))  # the contrastive step, then 2 CE steps
+    again = dict(resumed.model.named_parameters())
+    trained = [n for n, _ in whole.model.named_parameters() if n.startswith(("hypernetwork.", "heads."))]
+    assert trained and all(torch.equal(p, again[n]) for n, p in whole.model.named_parameters())
