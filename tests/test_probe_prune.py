@@ -208,3 +208,107 @@ def test_bad_inputs_are_one_clear_line():
     other = tiny_llama(seed=0, intermediate_size=48)
     with pytest.raises(FtpluginsError, match="compare a fine-tune with its base"):
         wrapper_units.rank_units(other, tuned)
+
+
+# --- the command ---------------------------------------------------------------------------------------------------
+
+
+def write_rows(path, texts, labels):
+    path.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in zip(texts, labels)))
+    return str(path)
+
+
+def test_the_command_reports_a_model_pair_and_an_adapter(tmp_path, capsys):
+    from peft import LoraConfig, get_peft_model
+
+    from ftplugins.cli import main as cli_main
+
+    base, tuned = constructed_pair()
+    tokenizer = tiny_tokenizer()
+    for model, folder in ((base, "base"), (tuned, "tuned")):
+        model.save_pretrained(tmp_path / folder)
+        tokenizer.save_pretrained(tmp_path / folder)
+    data = write_rows(tmp_path / "rows.jsonl", *digit_texts(24))
+    cli_main(["analyze", "probe-prune", str(tmp_path / "base"), str(tmp_path / "tuned"), "--data", data,
+              "--units", "5", "--probe", "torch", "-o", str(tmp_path / "out" / "pp.json")])
+    report = json.loads((tmp_path / "out" / "pp.json").read_text())
+    assert report["behaviour"]["pruned_5"]["kl_to_base"] < 1e-10 < report["behaviour"]["tuned"]["kl_to_base"]
+    assert (tmp_path / "out" / "pp.png").exists() and "wrote" in capsys.readouterr().out
+
+    lora = get_peft_model(copy.deepcopy(base), LoraConfig(r=2, target_modules=["up_proj"], init_lora_weights=False))
+    lora.save_pretrained(tmp_path / "adapter")
+    cli_main(["analyze", "probe-prune", str(tmp_path / "base"), str(tmp_path / "adapter"), "--data", data,
+              "--units", "0", "--probe", "torch", "-o", str(tmp_path / "adapter.json")])
+    report = json.loads((tmp_path / "adapter.json").read_text())
+    assert set(report["behaviour"]) == {"base", "tuned"} and report["behaviour"]["tuned"]["kl_to_base"] > 0
+    assert report["wrapper"] == [] and report["pruning"]["total_change"] > 0  # the merged LoRA moved up_proj rows
+
+
+def test_the_command_names_a_missing_column(tmp_path):
+    from ftplugins.cli import main as cli_main
+
+    (tmp_path / "rows.jsonl").write_text('{"text": "Q: 1+2"}\n')
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["analyze", "probe-prune", str(tmp_path), str(tmp_path), "--data", str(tmp_path / "rows.jsonl")])
+    assert exit_info.value.code not in (0, None)
+
+
+# --- the plugin --------------------------------------------------------------------------------------------------
+
+
+def train(tmp_path, peft_config=None, **options):
+    from conftest import cpu_args
+    from trl import SFTConfig, SFTTrainer
+
+    import ftplugins
+    from ftplugins.testing import arithmetic_dataset
+    from ftplugins.tools.probe_prune_plugin import plugin
+
+    options.setdefault("probe_prune_data", write_rows(tmp_path / "rows.jsonl", *digit_texts(24)))
+    cls = ftplugins.compose(SFTTrainer, [plugin], probe_prune_probe="torch", **options)
+    trainer = cls(model=tiny_llama(seed=0), args=cpu_args(SFTConfig, tmp_path / "run", max_steps=3, learning_rate=5e-2),
+                  train_dataset=arithmetic_dataset(16), processing_class=tiny_tokenizer(), peft_config=peft_config)
+    trainer.train()
+    return trainer
+
+
+def test_the_plugin_compares_the_initial_weights_with_the_trained_model(tmp_path):
+    trainer = train(tmp_path, probe_prune_units="2,8", probe_prune_every=2, probe_prune_reverse_steps=2)
+    report = json.loads((tmp_path / "run" / "probe_prune.json").read_text())
+    tokenizer, texts = tiny_tokenizer(), digit_texts(24)[0]
+    _, test = probing.split_indices(24, 0.3, 0)
+    held_out = [texts[i] for i in test.tolist()]
+    expected_base = behaviour.lm_loss(tiny_llama(seed=0), tokenizer, held_out)  # the model before training
+    assert report["behaviour"]["base"]["loss"] == pytest.approx(expected_base, abs=1e-6)
+    assert report["behaviour"]["tuned"]["loss"] == pytest.approx(behaviour.lm_loss(trainer.model, tokenizer, held_out),
+                                                                abs=1e-6)
+    assert report["behaviour"]["tuned"]["kl_to_base"] > 0 and set(report["probes"]) >= {"pruned_2", "pruned_8"}
+    assert len(report["reverse"]["tuned"]["loss"]) == 3 and (tmp_path / "run" / "probe_prune.png").exists()
+    logs = trainer.state.log_history
+    assert [e["step"] for e in logs if "probe_prune/layer_0" in e] == [2]
+    assert any("probe_prune/tuned_best_probe" in e for e in logs)
+
+
+def test_the_plugin_on_a_lora_run_prunes_the_merged_units_and_leaves_the_adapter_alone(tmp_path):
+    from peft import LoraConfig
+
+    trainer = train(tmp_path, LoraConfig(r=2, lora_alpha=4, target_modules=["up_proj", "down_proj"]),
+                    probe_prune_units="4")
+    report = json.loads((tmp_path / "run" / "probe_prune.json").read_text())
+    assert report["behaviour"]["tuned"]["kl_to_base"] > 0
+    assert hasattr(trainer.model, "peft_config")  # the run's model is still the adapter model (a copy was merged)
+    assert len(report["wrapper"]) == 4 and report["wrapper"][0]["change"] > 0
+
+
+def test_plugin_options_and_data_are_checked(tmp_path):
+    import ftplugins
+    from trl import SFTTrainer
+
+    from ftplugins.tools.probe_prune_plugin import plugin
+
+    with pytest.raises(FtpluginsError, match="probe_prune_mode"):
+        ftplugins.compose(SFTTrainer, [plugin], probe_prune_mode="cut")
+    with pytest.raises(FtpluginsError, match="set --probe_prune_data"):
+        train(tmp_path, probe_prune_data="")
+    with pytest.raises(FtpluginsError, match="at least two labels"):
+        train(tmp_path, probe_prune_data=write_rows(tmp_path / "one.jsonl", ["a b", "c d"], ["x", "x"]))

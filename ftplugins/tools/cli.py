@@ -4,6 +4,8 @@
   ``--greedy --heldout FILE.jsonl`` the greedy soup scored by held-out loss, or by ``--evaluator pkg.mod:func``
   (``func(model, tokenizer) -> float``, higher is better). ``--deltas`` soups sparse delta files into one delta.
 * ``ftplugins analyze intruders BASE TUNED`` counts intruder dimensions (see :mod:`ftplugins.tools.intruders`).
+* ``ftplugins analyze probe-prune BASE TUNED --data FILE`` probes, prunes the wrapper units and optionally reverse
+  fine-tunes (see :mod:`ftplugins.tools.probe_prune`).
 """
 
 from __future__ import annotations
@@ -114,4 +116,46 @@ def add_analyze_parser(subparsers) -> argparse.ArgumentParser:
                    "the embeddings and the output head)")
     p.add_argument("--plot", action="append", help="also draw the similarity matrix of this matrix (repeatable)")
     p.set_defaults(func=cmd_intruders)
+    add_probe_prune_parser(sub)
     return parser
+
+
+def cmd_probe_prune(args: argparse.Namespace) -> None:
+    from ftplugins.eval.report import parse_ks
+
+    from . import probe_prune
+
+    units = [] if args.units.strip() == "0" else parse_ks(args.units, "--units")
+    texts, labels = probe_prune.load_texts(args.data, args.text_field, args.label_field)
+    base, tuned, tokenizer = probe_prune.load_pair(args.base, args.tuned)
+    report = probe_prune.analyze(base, tuned, tokenizer, texts, labels, units=units, mode=args.mode,
+                                 reverse_steps=args.reverse_steps, reverse_learning_rate=args.reverse_lr,
+                                 backend=args.probe, seed=args.seed)
+    written = probe_prune.write_report(report, args.output)
+    best = {v: round(max(a), 3) for v, a in report.probes.items()}
+    print(f"best probe accuracy per model: {best}; KL to base: "
+          f"{ {v: round(b['kl_to_base'], 5) for v, b in report.behaviour.items()} }; wrote {', '.join(written)}")
+
+
+def add_probe_prune_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("probe-prune", help="per-layer probes of a pre-training property, base vs fine-tuned; prune "
+                       "the units fine-tuning changed most; optional reverse fine-tuning")
+    p.add_argument("base", help="pre-trained causal LM folder")
+    p.add_argument("tuned", help="fine-tuned model folder, or a PEFT adapter folder of the base (merged in memory)")
+    p.add_argument("--data", required=True, help=".jsonl/.json/.csv of texts labelled with a pre-training property")
+    p.add_argument("--text-field", default="text", help="the texts' column (default text)")
+    p.add_argument("--label-field", default="label", help="the property's column (default label)")
+    p.add_argument("--units", default="1,4,16", help="how many of the most-changed MLP units to prune, comma "
+                   "separated (default 1,4,16; 0: no pruning)")
+    p.add_argument("--mode", choices=("zero", "revert"), default="zero", help="pruning: zero the unit's output "
+                   "(default, the paper's) or revert the unit to its pre-trained weights")
+    p.add_argument("--reverse-steps", type=int, default=0, help="reverse fine-tuning steps on the texts, from the "
+                   "fine-tune and from a fresh control (default 0: skipped)")
+    p.add_argument("--reverse-lr", type=float, default=1e-3, help="reverse fine-tuning learning rate (default 1e-3)")
+    p.add_argument("--probe", choices=("auto", "sklearn", "torch"), default="auto", help="probe fitter (default: "
+                   "scikit-learn when installed, else torch)")
+    p.add_argument("--seed", type=int, default=0, help="train/test split and reverse fine-tuning seed")
+    p.add_argument("-o", "--output", default="probe_prune.json", help="JSON report (a PNG is written beside it when "
+                   "matplotlib is installed); default probe_prune.json")
+    p.set_defaults(func=cmd_probe_prune)
+    return p

@@ -5,7 +5,7 @@ steps on the original task, far fewer than a model without it needs. Here both r
 the pre-training-task texts (causal-LM loss, AdamW, constant learning rate): one from an exact copy of the
 fine-tuned model, one from the control, a freshly initialised model of the same config. A run has *recovered* at
 the first step whose held-out loss is within ``tolerance`` of the way from the fine-tuned loss back to the base's.
-The analysed models are never changed (the runs train deep copies).
+The analysed models are never changed (the runs train copies).
 """
 
 from __future__ import annotations
@@ -33,6 +33,18 @@ class ReverseRun:
         return {"loss": [round(x, 6) for x in self.losses], "steps_to_recover": self.recovered_at}
 
 
+def fresh_copy(model: Any, device: Any = None) -> Any:
+    """A new model of ``model``'s class and config holding a copy of its weights.
+
+    Not ``copy.deepcopy``: a model that went through a Trainer carries an instance ``forward`` bound to the original
+    object (accelerate's output conversion), so a deep copy would still run the original's weights.
+    """
+    clone = type(model)(copy.deepcopy(model.config))
+    clone.load_state_dict(model.state_dict())
+    parameter = next(model.parameters())
+    return clone.to(device or parameter.device, parameter.dtype)
+
+
 def control_model(like: Any, seed: int = 0) -> Any:
     """A freshly initialised model of ``like``'s class and config (seeded), on its device."""
     torch.manual_seed(seed)
@@ -46,7 +58,7 @@ def reverse_finetune(start: Any, tokenizer: Any, train_texts: Sequence[str], eva
     if steps < 1 or not learning_rate > 0:
         raise FtpluginsError(f"reverse fine-tuning: steps={steps}, learning_rate={learning_rate}; expected steps >= 1 "
                              "and a positive learning rate")
-    model = copy.deepcopy(start)
+    model = fresh_copy(start)
     device = next(model.parameters()).device
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate)
     order = torch.randperm(len(train_texts), generator=torch.Generator().manual_seed(seed)).tolist()
