@@ -54,6 +54,8 @@ class ContrastiveExplorePlugin(Plugin):
                             "fsdp": "each process would sample its own rows, so the processes' pools would differ",
                             "deepspeed": "each process would sample its own rows, so the processes' pools would differ"}
     trainers = ("SFTTrainer",)
+    excludes = {"loss": "adds generated rows that hold tokens only, without the per-row columns a custom loss reads "
+                        "(reference log-probs, edit targets)"}
 
     @hookimpl
     def train_begin(self, run, trainer, resume_from_checkpoint):
