@@ -23,7 +23,8 @@ def digit_texts(n=80, seed=0):
     texts, labels = [], []
     for i in range(n):
         digits = "123" if i % 2 else "789"
-        texts.append(f"Q: {''.join(rng.choice(digits) for _ in range(3))}+{''.join(rng.choice(digits) for _ in range(2))}")
+        first, second = ("".join(rng.choice(digits) for _ in range(n)) for n in (3, 2))
+        texts.append(f"Q: {first}+{second}")
         labels.append("low" if i % 2 else "high")
     return texts, labels
 
@@ -79,7 +80,8 @@ def test_the_torch_probe_agrees_with_sklearn_on_three_classes():
 
     x_train, x_test = probing.standardise(features[train], features[test])
     ours = probing.fit_torch_probe(x_train, labels[train]).predict(x_test)
-    theirs = LogisticRegression(C=1.0, max_iter=1000).fit(x_train.numpy(), labels[train].numpy()).predict(x_test.numpy())
+    fitted = LogisticRegression(C=1.0, max_iter=1000).fit(x_train.numpy(), labels[train].numpy())
+    theirs = fitted.predict(x_test.numpy())
     assert (ours == torch.as_tensor(theirs)).float().mean() >= 0.97  # same model and loss; solvers may differ a hair
 
 

@@ -356,7 +356,8 @@ CHECKS = {
     "many_icl": check_many_icl, "hft": check_hft, "lift": check_lift, "sara": check_sara, "lt_sft": check_lt_sft,
     "locft": check_locft, "graft": check_graft, "s3ft": check_s3ft,
     **{m: check_selection(m) for m in ("select_kmeans", "select_ot", "select_influence")},
-    "soup": check_soup, "intruders": check_intruders, "mbpp_eval": check_mbpp_eval, "infusion_eval": check_infusion_eval,
+    "soup": check_soup, "intruders": check_intruders, "mbpp_eval": check_mbpp_eval,
+    "infusion_eval": check_infusion_eval,
     "probe_prune": check_probe_prune, "contrastive_explore": check_contrastive_explore,
 }
 

@@ -107,7 +107,8 @@ def test_a_tiny_sweep_trains_nested_points_and_resumes_only_what_did_not_finish(
     # A crash while the last point trained: its result was never written, a half run folder is left.
     os.remove(os.path.join(output, "points", "fraction-1", "result.json"))
     lines = []
-    summary_again = sweep.run_sweep(recipe, output, sweep.Scorer(heldout=heldout), fractions=[0.25, 1.0], log=lines.append)
+    summary_again = sweep.run_sweep(recipe, output, sweep.Scorer(heldout=heldout), fractions=[0.25, 1.0],
+                                    log=lines.append)
     assert lines[0].startswith("fraction-0.25: 2 rows, done before")  # not trained again
     assert os.stat(small_model).st_mtime_ns == first_small
     assert any(line.startswith("fraction-1: training on 8 rows") for line in lines)

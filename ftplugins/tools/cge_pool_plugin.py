@@ -6,8 +6,8 @@ is the fine-tuned model: at the end of every round (an epoch, or ``contrastive_e
 writes ``contrastive_explore_samples`` sampled sequences contrasted with its base -- the same model with its adapter
 disabled for a PEFT run (no copy), a frozen copy of the initial weights for full fine-tuning -- and they join the
 training pool; later epochs draw their batches from the grown pool (the Trainer fixes the number of steps per epoch
-when training starts, so an epoch takes that many batches, now sampled from more rows). The rows generated so far are kept
-in OUTPUT_DIR/contrastive_explore_pool.jsonl (with the step that made them), so a resumed run starts from the rows
+when training starts, so an epoch takes that many batches, now sampled from more rows). The rows generated so far are
+kept in OUTPUT_DIR/contrastive_explore_pool.jsonl (with the step that made them), so a resumed run starts from the rows
 of its checkpoint. (The reference's other iterative variant, which trains the *base* between samples, is
 :func:`ftplugins.tools.cge_explore.explore`.) This module stays light: torch is imported inside the hooks.
 """
