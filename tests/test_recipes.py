@@ -29,6 +29,15 @@ RECIPES = sorted(glob.glob(os.path.join(REPO, "recipes", "*.yaml")))
 EXTRA_ARGS = os.environ.get("FTPLUGINS_RECIPE_ARGS", "").split()
 
 
+def declared_entry_points() -> dict[str, EntryPoint]:
+    """The built-in plugins pyproject.toml declares (an editable install sees new ones only once reinstalled)."""
+    import tomllib
+
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as handle:
+        table = tomllib.load(handle)["project"]["entry-points"]["ftplugins"]
+    return {name: EntryPoint(name=name, value=value, group="ftplugins") for name, value in table.items()}
+
+
 def recipe_plugins(path: str) -> list[str]:
     return yaml.safe_load(open(path)).get("plugins", [])
 
@@ -104,7 +113,7 @@ def observer(monkeypatch) -> Observer:
     from ftplugins import registry
 
     plugin = Observer()
-    eps = {**registry.available_entry_points(),
+    eps = {**declared_entry_points(), **registry.available_entry_points(),
            "observer": EntryPoint(name="observer", value="test_recipes:Observer", group="ftplugins")}
     monkeypatch.setattr(registry, "available_entry_points", lambda: eps)
     monkeypatch.setitem(registry._loaded, "observer", plugin)
@@ -301,12 +310,77 @@ def check_selection(method: str):
     return check
 
 
+# --- tool and evaluation plugins: what each writes or logs after (or during) the run -------------------------
+
+
+def check_soup(obs, out):
+    """The soup of the last 2 checkpoints is their exact mean."""
+    from safetensors.torch import load_file
+
+    soup = load_file(str(out / "soup" / "model.safetensors"))
+    first, second = (load_file(str(out / f"checkpoint-{s}" / "model.safetensors")) for s in (1, 2))
+    assert soup.keys() == first.keys()
+    assert all(torch.allclose(soup[k], (first[k] + second[k]) / 2, atol=1e-7) for k in soup)
+    assert any(not torch.equal(first[k], second[k]) for k in first)  # two different checkpoints were averaged
+
+
+def check_intruders(obs, out):
+    """Intruder counts were logged at every step (intruders_every 1)."""
+    steps = [e["step"] for e in obs.trainer.state.log_history if "intruders/total" in e]
+    assert steps == [1, 2]
+
+
+def check_mbpp_eval(obs, out):
+    """pass@1 of the trained model on the 5 tiny MBPP tasks (3 are prompt examples) logged and written."""
+    result = json.loads((out / "mbpp_eval.json").read_text())
+    assert len(result["tasks"]) == 5 and 0 <= result["metrics"]["pass@1"] <= 1
+    assert any("mbpp/pass@1" in e for e in obs.trainer.state.log_history)
+
+
+def check_infusion_eval(obs, out):
+    """Accuracy per FineTuneBench question kind logged and written."""
+    result = json.loads((out / "infusion_eval.json").read_text())
+    assert {"accuracy/memorization", "accuracy/rephrased", "accuracy"} <= set(result["metrics"])
+    assert any("infusion/accuracy" in e for e in obs.trainer.state.log_history)
+
+
+def check_probe_prune(obs, out):
+    """The report compares the initial weights with the trained model: probes per layer, pruned variants, reFT."""
+    report = json.loads((out / "probe_prune.json").read_text())
+    assert set(report["probes"]) == {"base", "tuned", "pruned_1", "pruned_4"} and report["layers"] == 2
+    assert report["behaviour"]["base"]["kl_to_base"] == 0 < report["behaviour"]["tuned"]["kl_to_base"]
+    assert len(report["reverse"]["tuned"]["loss"]) == 3 and (out / "probe_prune.png").exists()
+
+
+def check_contrastive_explore(obs, out):
+    """Two contrastive samples per step joined the training pool and the pool file."""
+    from ftplugins.tools.cge_pool_plugin import POOL_FILE
+
+    rows = [json.loads(line) for line in (out / POOL_FILE).read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 1, 2, 2]
+    assert len(obs.trainer.train_dataset) == len(obs.raw_train) + 4
+
+
 CHECKS = {
     "block_lora": check_block_lora, "bottleneck": check_bottleneck, "ssf": check_ssf,
     "masked_thought": check_masked_thought, "cls_rl": check_cls_rl, "deep_align": check_deep_align, "fewshot_prefix": check_fewshot_prefix,
     "many_icl": check_many_icl, "hft": check_hft, "lift": check_lift, "sara": check_sara, "lt_sft": check_lt_sft,
     "locft": check_locft, "graft": check_graft, "s3ft": check_s3ft, "lp_ft": check_lp_ft,
     **{m: check_selection(m) for m in ("select_kmeans", "select_ot", "select_influence")},
+    "soup": check_soup, "intruders": check_intruders, "mbpp_eval": check_mbpp_eval,
+    "infusion_eval": check_infusion_eval,
+    "probe_prune": check_probe_prune, "contrastive_explore": check_contrastive_explore,
+}
+
+#: Per-plugin arguments of the two-step run, so that the plugin acts within two steps (later arguments win).
+RUN_ARGS = {
+    "soup": ["--save_strategy", "steps", "--save_steps", "1", "--save_total_limit", "2", "--soup_last_k", "2"],
+    "intruders": ["--intruders_every", "1"],
+    "mbpp_eval": ["--mbpp_eval_max_new_tokens", "8"],
+    "infusion_eval": ["--infusion_eval_max_new_tokens", "4"],
+    "probe_prune": ["--probe_prune_units", "1,4", "--probe_prune_reverse_steps", "2", "--probe_prune_every", "1"],
+    "contrastive_explore": ["--contrastive_explore_every", "1", "--contrastive_explore_samples", "2",
+                            "--contrastive_explore_max_new_tokens", "4"],
 }
 
 
@@ -320,7 +394,8 @@ def test_recipe_runs_and_shows_its_methods_effect(recipe, tiny_model_dir, data_d
     dataset = os.path.basename(yaml.safe_load(open(recipe))["dataset_name"])
     train([command, "--config", recipe, "--model_name_or_path", tiny_model_dir, "--dataset_name",
            f"{data_dir}/{dataset}", "--output_dir", str(out), "--max_steps", "2", "--save_strategy", "no",
-           "--disable_tqdm", "true", "--plugins", ",".join([*plugins, "observer"]), *EXTRA_ARGS])
+           "--disable_tqdm", "true", "--plugins", ",".join([*plugins, "observer"]),
+           *[a for name in plugins for a in RUN_ARGS.get(name, [])], *EXTRA_ARGS])
     assert (out / "ftplugins_run.json").exists()
     assert observer.trainer is not None and observer.trainer.state.global_step >= 2
     for name in plugins:

@@ -4,6 +4,10 @@
   ``--greedy --heldout FILE.jsonl`` the greedy soup scored by held-out loss, or by ``--evaluator pkg.mod:func``
   (``func(model, tokenizer) -> float``, higher is better). ``--deltas`` soups sparse delta files into one delta.
 * ``ftplugins analyze intruders BASE TUNED`` counts intruder dimensions (see :mod:`ftplugins.tools.intruders`).
+* ``ftplugins sweep --config RECIPE --train-fraction 0.01,0.25,1 -o OUT`` trains a recipe on nested subsets and
+  plots score vs data (see :mod:`ftplugins.tools.sweep`).
+* ``ftplugins analyze probe-prune BASE TUNED --data FILE`` probes, prunes the wrapper units and optionally reverse
+  fine-tunes (see :mod:`ftplugins.tools.probe_prune`).
 """
 
 from __future__ import annotations
@@ -78,6 +82,7 @@ def add_subparsers(subparsers) -> None:
     """Add the tools' commands to the ``ftplugins`` command."""
     add_soup_parser(subparsers)
     add_analyze_parser(subparsers)
+    add_sweep_parser(subparsers)
 
 
 def cmd_intruders(args: argparse.Namespace) -> None:
@@ -114,4 +119,91 @@ def add_analyze_parser(subparsers) -> argparse.ArgumentParser:
                    "the embeddings and the output head)")
     p.add_argument("--plot", action="append", help="also draw the similarity matrix of this matrix (repeatable)")
     p.set_defaults(func=cmd_intruders)
+    add_probe_prune_parser(sub)
     return parser
+
+
+def cmd_probe_prune(args: argparse.Namespace) -> None:
+    from ftplugins.eval.report import parse_ks
+
+    from . import probe_prune
+
+    units = [] if args.units.strip() == "0" else parse_ks(args.units, "--units")
+    texts, labels = probe_prune.load_texts(args.data, args.text_field, args.label_field)
+    base, tuned, tokenizer = probe_prune.load_pair(args.base, args.tuned)
+    report = probe_prune.analyze(base, tuned, tokenizer, texts, labels, units=units, mode=args.mode,
+                                 reverse_steps=args.reverse_steps, reverse_learning_rate=args.reverse_lr,
+                                 backend=args.probe, seed=args.seed)
+    written = probe_prune.write_report(report, args.output)
+    best = {v: round(max(a), 3) for v, a in report.probes.items()}
+    print(f"best probe accuracy per model: {best}; KL to base: "
+          f"{ {v: round(b['kl_to_base'], 5) for v, b in report.behaviour.items()} }; wrote {', '.join(written)}")
+
+
+def add_probe_prune_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("probe-prune", help="per-layer probes of a pre-training property, base vs fine-tuned; prune "
+                       "the units fine-tuning changed most; optional reverse fine-tuning")
+    p.add_argument("base", help="pre-trained causal LM folder")
+    p.add_argument("tuned", help="fine-tuned model folder, or a PEFT adapter folder of the base (merged in memory)")
+    p.add_argument("--data", required=True, help=".jsonl/.json/.csv of texts labelled with a pre-training property")
+    p.add_argument("--text-field", default="text", help="the texts' column (default text)")
+    p.add_argument("--label-field", default="label", help="the property's column (default label)")
+    p.add_argument("--units", default="1,4,16", help="how many of the most-changed MLP units to prune, comma "
+                   "separated (default 1,4,16; 0: no pruning)")
+    p.add_argument("--mode", choices=("zero", "revert"), default="zero", help="pruning: zero the unit's output "
+                   "(default, the paper's) or revert the unit to its pre-trained weights")
+    p.add_argument("--reverse-steps", type=int, default=0, help="reverse fine-tuning steps on the texts, from the "
+                   "fine-tune and from a fresh control (default 0: skipped)")
+    p.add_argument("--reverse-lr", type=float, default=1e-3, help="reverse fine-tuning learning rate (default 1e-3)")
+    p.add_argument("--probe", choices=("auto", "sklearn", "torch"), default="auto", help="probe fitter (default: "
+                   "scikit-learn when installed, else torch)")
+    p.add_argument("--seed", type=int, default=0, help="train/test split and reverse fine-tuning seed")
+    p.add_argument("-o", "--output", default="probe_prune.json", help="JSON report (a PNG is written beside it when "
+                   "matplotlib is installed); default probe_prune.json")
+    p.set_defaults(func=cmd_probe_prune)
+    return p
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from . import subsets, sweep
+
+    if (args.train_fraction is None) == (args.k_shot is None):
+        from ftplugins.errors import FtpluginsError
+
+        raise FtpluginsError("ftplugins sweep: give --train-fraction 0.01,0.05,0.25,1 or --k-shot 1,3,8 (one of them)")
+    scorer = sweep.Scorer(args.heldout, args.heldout_metric, args.evaluator, args.score_file, args.score_key)
+    summary = sweep.run_sweep(
+        args.config, args.output, scorer,
+        fractions=subsets.parse_fractions(args.train_fraction) if args.train_fraction else None,
+        shots=subsets.parse_shots(args.k_shot) if args.k_shot else None, label_column=args.label_column,
+        seed=args.seed, data=args.data, command=args.command, launcher=args.launcher,
+        extra_args=args.train_args, overwrite=args.overwrite)
+    curve = ", ".join(f"{p['rows']} rows: {p['score']:.4g}" for p in summary["points"])
+    print(f"{summary['metric']} vs data: {curve}; wrote {args.output}/sweep.json")
+
+
+def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("sweep", help="sample-efficiency sweep: train a recipe on nested data subsets, score "
+                              "each run, plot score vs data (resumable)")
+    p.add_argument("--config", required=True, help="the training recipe (a python -m ftplugins.train --config file)")
+    p.add_argument("--train-fraction", help="fractions of the training rows, e.g. 0.01,0.05,0.25,1 (nested, seeded)")
+    p.add_argument("--k-shot", help="examples per class, e.g. 1,3,8 (nested, seeded; needs --label-column)")
+    p.add_argument("--label-column", default="label", help="the class column for --k-shot (default label)")
+    p.add_argument("-o", "--output", required=True, help="the sweep folder (points/, sweep.json, sweep.png); "
+                   "running again resumes it")
+    p.add_argument("--heldout", help="held-out .jsonl scored on each saved model (see --heldout-metric)")
+    p.add_argument("--heldout-metric", choices=("loss", "exact_match"), default="loss",
+                   help="loss: minus the mean token loss of 'text' rows (default); exact_match: prompt/target rows")
+    p.add_argument("--evaluator", help="package.module:function scoring a model: func(model, tokenizer) -> float")
+    p.add_argument("--score-file", help="a JSON file a plugin of the recipe writes into the run (e.g. mbpp_eval.json)")
+    p.add_argument("--score-key", help="the metric to read from --score-file (e.g. pass@1)")
+    p.add_argument("--data", help="take the subsets of this .jsonl/.json file instead of the recipe's train split")
+    p.add_argument("--seed", type=int, default=0, help="the subsets' seed (default 0)")
+    p.add_argument("--command", choices=("sft", "dpo", "grpo"), default="sft", help="the trainer (default sft)")
+    p.add_argument("--launcher", help="run each point under this command instead of the current python, e.g. "
+                   "'accelerate launch --num_processes 2'")
+    p.add_argument("--overwrite", action="store_true", help="start over when --output holds another sweep")
+    p.add_argument("train_args", nargs="*", help="after --: more training arguments for every point "
+                   "(e.g. -- --max_steps 50)")
+    p.set_defaults(func=cmd_sweep)
+    return p
