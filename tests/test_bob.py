@@ -52,7 +52,8 @@ def make_trainer(tmp_path, dataset=None, **options):
     trainer_cls = ftplugins.compose(DiffusionTrainer, [bob], **options)
     args = cpu_args(DiffusionConfig, tmp_path / "run", per_device_train_batch_size=2)
     return trainer_cls(model=tiny.tiny_unet(), args=args, train_dataset=dataset or real_dataset(),
-                       text_encoder=tiny.tiny_text_encoder(), vae=tiny.tiny_vae(), noise_scheduler=tiny.ddpm_scheduler(),
+                       text_encoder=tiny.tiny_text_encoder(), vae=tiny.tiny_vae(),
+                       noise_scheduler=tiny.ddpm_scheduler(),
                        processing_class=tiny.tiny_tokenizer())
 
 

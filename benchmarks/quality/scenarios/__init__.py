@@ -20,6 +20,7 @@ MODULES = {
     "few-shot-sft": "benchmarks.quality.scenarios.few_shot_sft",
     "editing": "benchmarks.quality.scenarios.editing",
     "data-selection": "benchmarks.quality.scenarios.data_selection",
+    "pso-style": "benchmarks.quality.scenarios.pso_style",
 }
 NAMES = ["target", *MODULES]
 
