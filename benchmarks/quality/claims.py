@@ -310,6 +310,11 @@ CLAIMS: list[Claim] = [
           "Miao et al. 2025 (2410.03190)", ("pso", "plain", "distilled"),
           with_context(keeps_quality_while_moving("pso", "plain", "distilled"), ("distilled", "distance"),
                        ("teacher-20step", "distance"), ("clean", "distance")), scenario="pso-style"),
+    Claim("bob>plain synthetic", "A classifier trained on the few real images + BOB synthetic data (attributes in the "
+          "fine-tuning captions, marginalised out at generation) beats real-only and real + plainly fine-tuned "
+          "synthetic data", "Beyond Objects (BOB)", ("real+bob", "real-only", "real+plain"),
+          with_context(beats_each("acc", "real+bob", ("real-only", "real+plain")), ("real+bob", "fidelity"),
+                       ("real+plain", "fidelity"), ("oracle", "acc")), scenario="bob-synthetic"),
     Claim("influence+coverage>influence alone", "Coverage-enhanced sampling beats taking the highest scores alone",
           "Lin et al. 2024 (2401.17197)", ("influence", "influence-top"),
           better("acc", "influence", "influence-top"), scenario="data-selection"),

@@ -21,6 +21,7 @@ MODULES = {
     "editing": "benchmarks.quality.scenarios.editing",
     "data-selection": "benchmarks.quality.scenarios.data_selection",
     "pso-style": "benchmarks.quality.scenarios.pso_style",
+    "bob-synthetic": "benchmarks.quality.scenarios.bob_synthetic",
 }
 NAMES = ["target", *MODULES]
 
