@@ -309,7 +309,8 @@ CLAIMS: list[Claim] = [
           "few-step samples closer to clean images than the plain diffusion loss, both moving toward the style",
           "Miao et al. 2025 (2410.03190)", ("pso", "plain", "distilled"),
           with_context(keeps_quality_while_moving("pso", "plain", "distilled"), ("distilled", "distance"),
-                       ("teacher-20step", "distance"), ("clean", "distance")), scenario="pso-style"),
+                       ("teacher-20step", "distance"), ("clean", "distance"), ("pso", "background"),
+                       ("plain", "background"), ("distilled", "background")), scenario="pso-style"),
     Claim("bob>plain synthetic", "A classifier trained on the few real images + BOB synthetic data (attributes in the "
           "fine-tuning captions, marginalised out at generation) beats real-only and real + plainly fine-tuned "
           "synthetic data", "Beyond Objects (BOB)", ("real+bob", "real-only", "real+plain"),

@@ -34,6 +34,23 @@ def deterministic_vae(images: list[Any]):
     return vae.requires_grad_(False).eval()
 
 
+def noise_scheduler():
+    """Stable Diffusion's training schedule (scaled-linear betas, ε-prediction) *without* clipping x̂₀ to [-1, 1]:
+    diffusers' ``clip_sample`` default (SD's own config turns it off) would squash these unit-variance latents in
+    every DDIM step (the samplers are built from this config)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                         beta_end=0.012, prediction_type="epsilon", clip_sample=False)
+
+
+def background_shift(latents: Any, start: Any, end: Any):
+    """Where each latent's per-channel spatial mean lies on the line from the mean of ``start`` latents (0) to that
+    of ``end`` latents (1): how far its background moved (the background fills most of a shape image)."""
+    a, b = start.mean((0, 2, 3)), end.mean((0, 2, 3))
+    return ((latents.mean((2, 3)) - a) @ (b - a)) / (b - a).pow(2).sum()
+
+
 def encode(vae: Any, images: list[Any], batch: int = 256):
     """Scaled latents of PIL ``images`` ([N, 4, 8, 8]; what the DiffusionTrainer trains on)."""
     import torch

@@ -67,7 +67,7 @@ def world():
     calibration = toy.shape_images(256, seed=99, backgrounds=tuple(toy.BACKGROUNDS))
     vae = toy.deterministic_vae([r[0] for r in calibration])
     tokenizer, encoder = text_parts()
-    return vae, tokenizer, encoder, toy.TextCache(encoder, tokenizer), tiny.ddpm_scheduler()
+    return vae, tokenizer, encoder, toy.TextCache(encoder, tokenizer), toy.noise_scheduler()
 
 
 def build_base(cfg: dict[str, Any], ctx: Context) -> str:
@@ -86,7 +86,7 @@ def build_base(cfg: dict[str, Any], ctx: Context) -> str:
         unet.save_pretrained(os.path.join(folder, "base"))
         return {}
 
-    recipe = {"version": 1, **{k: cfg[k] for k in ("base_images", "base_steps", "base_batch", "base_lr")}}
+    recipe = {"version": 2, **{k: cfg[k] for k in ("base_images", "base_steps", "base_batch", "base_lr")}}
     folder, _ = cached_build(ctx, "bob-toy", recipe, build)
     return os.path.join(folder, "base")
 
