@@ -134,6 +134,14 @@ def test_full_fine_tuning_uses_a_frozen_copy_that_never_changes(tmp_path):
     assert any(not torch.equal(v, initial[k]) for k, v in trainer.model.state_dict().items())
 
 
+def test_a_reference_set_larger_than_one_sampling_batch_is_drawn_with_the_same_sampler(tmp_path):
+    """The Euler sampler counts its steps: every batch of the set must start at the first timestep again."""
+    trainer = make_trainer(tmp_path, [pso], pso_num_references=references.BATCH + 2, pso_loss="pso_db")
+    trainer.ftplugins_run.call("train_begin", trainer=trainer, resume_from_checkpoint=None)
+    drawn = trainer.ftplugins_run.state["pso"]["references"]
+    assert drawn.shape[0] == references.BATCH + 2 and torch.isfinite(drawn).all()
+
+
 def test_the_reference_set_is_drawn_once_and_reused_on_resume(tmp_path, monkeypatch):
     calls = []
     real_draw = references.draw

@@ -155,16 +155,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"skip {spec.name}: {reason}")
 
     started = time.perf_counter()
-    folder, record = pretrained(pre_config)
-    model, tokenizer = load_pretrained(folder)
-    retention_tasks = list(pre_config.tasks)
-    retention_exclude = {r["prompt"] for r in tasks.examples(retention_tasks, pre_config.examples, pre_config.seed)}
-    target_exclude = {r["prompt"] for seed in seeds for r in train_rows(ft_config, seed)}
-    target_test = tasks.held_out(ft_config.target, ft_config.eval_target, seed=0, exclude=target_exclude)
-    before = score(model, tokenizer, ft_config, target_test, retention_tasks, retention_exclude)
-    print(f"pre-trained: target {before['target']:.3f}, retention {before['retention']:.3f} "
-          f"{ {k: round(v, 3) for k, v in before['retention_per_task'].items()} }")
-    del model
+    # Scenarios of other model families (diffusion) declare NEEDS_DECODER = False: a run of only those skips the
+    # decoder's pre-training (tens of CPU-minutes on a busy machine when it is not cached).
+    needs_decoder = "target" in args.scenarios or any(
+        getattr(scenarios.module(name), "NEEDS_DECODER", True) for name in args.scenarios if name != "target")
+    folder = record = before = None
+    if needs_decoder:
+        folder, record = pretrained(pre_config)
+        model, tokenizer = load_pretrained(folder)
+        retention_tasks = list(pre_config.tasks)
+        retention_exclude = {r["prompt"] for r in tasks.examples(retention_tasks, pre_config.examples,
+                                                                 pre_config.seed)}
+        target_exclude = {r["prompt"] for seed in seeds for r in train_rows(ft_config, seed)}
+        target_test = tasks.held_out(ft_config.target, ft_config.eval_target, seed=0, exclude=target_exclude)
+        before = score(model, tokenizer, ft_config, target_test, retention_tasks, retention_exclude)
+        print(f"pre-trained: target {before['target']:.3f}, retention {before['retention']:.3f} "
+              f"{ {k: round(v, 3) for k, v in before['retention_per_task'].items()} }")
+        del model
 
     runs: dict[str, list[dict[str, Any]]] = {}
     sweep_record: dict[str, Any] | None = None
@@ -206,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"  seed {seed} {spec.name:<22} target {result['target']:.3f}  retention {result['retention']:.3f}  "
                   f"loss {result['final_loss']:.3f}  ({result['train_seconds']:.0f} s)")
 
-    summary = summarize(runs, before, specs)
+    summary = summarize(runs, before, specs) if before is not None else {}
     from benchmarks.quality.pretrain import cache_root
     from benchmarks.quality.scenarios._common import Context
 
@@ -217,7 +224,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         module = scenarios.module(name)
         print(f"scenario {name}: {module.TITLE}")
         scenario_started = time.perf_counter()
-        ctx = Context(folder=folder, key=record["key"], pretrain=pre_config, seeds=seeds, smoke=args.smoke,
+        ctx = Context(folder=folder, key=record["key"] if record else None, pretrain=pre_config, seeds=seeds, smoke=args.smoke,
                       cache_root=cache_root())
         scenario_results[name] = {"title": module.TITLE, "design": module.DESIGN, **module.run(ctx),
                                   "elapsed_s": time.perf_counter() - scenario_started}
@@ -226,8 +233,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "harness": "quality",
         "config": {"pretrain": asdict(pre_config), "finetune": asdict(ft_config), "seeds": seeds},
         "machine": machine,
-        "pretrained": {"folder": os.path.relpath(folder, common.REPO_ROOT), "key": record["key"], "parameters": record["parameters"],
-                       "build_seconds": record["seconds"], "accuracy": record["accuracy"]},
+        "pretrained": None if record is None else {
+            "folder": os.path.relpath(folder, common.REPO_ROOT), "key": record["key"],
+            "parameters": record["parameters"], "build_seconds": record["seconds"], "accuracy": record["accuracy"]},
         "summary": summary,
         "scenarios_run": args.scenarios,
         **({"lr_sweep": sweep_record} if sweep_record is not None else {}),

@@ -198,6 +198,21 @@ def edits_locally(a: str, b: str, tolerance: float = PARITY) -> Callable[[dict[s
     return check
 
 
+def keeps_quality_while_moving(a: str, b: str, before: str) -> Callable[[dict[str, Any]], tuple[bool, str]]:
+    """``a`` ends closer to the clean images than ``b`` (lower ``distance``) while both moved toward the new style
+    (``style`` above ``before``'s): PSO's claim on few-step models."""
+
+    def check(summary):
+        (da, sda), (db, sdb) = _m(summary, a, "distance"), _m(summary, b, "distance")
+        styles = {row: _m(summary, row, "style") for row in (a, b, before)}
+        ok = da < db and styles[a][0] > styles[before][0] and styles[b][0] > styles[before][0]
+        spread = "" if abs(da - db) > max(sda, sdb) else "; the distance difference is within one seed std"
+        return ok, (f"distance (↓) {a} {_pm(da, sda)} vs {b} {_pm(db, sdb)}{spread}; style "
+                    + ", ".join(f"{row} {_pm(*styles[row])}" for row in (a, b, before)))
+
+    return check
+
+
 CLAIMS: list[Claim] = [
     Claim("masked_thought>sft", "Masked Thought improves multi-step arithmetic (written intermediate steps) over "
           "plain SFT", "Chen et al. 2024 (2403.02178)", ("masked_thought", "full"),
@@ -301,6 +316,17 @@ CLAIMS: list[Claim] = [
     Claim("influence+coverage>random", "DEALRec (influence + effort, coverage-enhanced sampling) beats random "
           "selection at a small budget", "Lin et al. 2024 (2401.17197)", ("influence", "random"),
           better("acc", "influence", "random"), scenario="data-selection"),
+    Claim("pso keeps few-step quality", "PSO tunes a few-step (distilled) model to a new style while keeping its "
+          "few-step samples closer to clean images than the plain diffusion loss, both moving toward the style",
+          "Miao et al. 2025 (2410.03190)", ("pso", "plain", "distilled"),
+          with_context(keeps_quality_while_moving("pso", "plain", "distilled"), ("distilled", "distance"),
+                       ("teacher-20step", "distance"), ("clean", "distance"), ("pso", "background"),
+                       ("plain", "background"), ("distilled", "background")), scenario="pso-style"),
+    Claim("bob>plain synthetic", "A classifier trained on the few real images + BOB synthetic data (attributes in the "
+          "fine-tuning captions, marginalised out at generation) beats real-only and real + plainly fine-tuned "
+          "synthetic data", "Beyond Objects (BOB)", ("real+bob", "real-only", "real+plain"),
+          with_context(beats_each("acc", "real+bob", ("real-only", "real+plain")), ("real+bob", "fidelity"),
+                       ("real+plain", "fidelity"), ("oracle", "acc")), scenario="bob-synthetic"),
     Claim("influence+coverage>influence alone", "Coverage-enhanced sampling beats taking the highest scores alone",
           "Lin et al. 2024 (2401.17197)", ("influence", "influence-top"),
           better("acc", "influence", "influence-top"), scenario="data-selection"),

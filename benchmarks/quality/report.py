@@ -25,10 +25,11 @@ def markdown(result: dict[str, Any]) -> str:
         f"torch {machine['versions'].get('torch')}, transformers {machine['versions'].get('transformers')}, "
         f"trl {machine['versions'].get('trl')}, peft {machine['versions'].get('peft')}; "
         f"commit {machine.get('git_commit')}.  \n"),
-        f"Pre-trained decoder: Llama {pre['hidden_size']}×{pre['num_hidden_layers']} layers "
-        f"({result['pretrained']['parameters']:,} parameters), {pre['steps']} steps × {pre['batch_size']} on "
-        f"{', '.join(pre['tasks'])}; cache key {result['pretrained']['key']}; accuracy after pre-training: "
-        + ", ".join(f"{k} {v:.2f}" for k, v in result["pretrained"]["accuracy"].items()) + ".  \n",
+        (f"Pre-trained decoder: Llama {pre['hidden_size']}×{pre['num_hidden_layers']} layers "
+         f"({result['pretrained']['parameters']:,} parameters), {pre['steps']} steps × {pre['batch_size']} on "
+         f"{', '.join(pre['tasks'])}; cache key {result['pretrained']['key']}; accuracy after pre-training: "
+         + ", ".join(f"{k} {v:.2f}" for k, v in result["pretrained"]["accuracy"].items()) + ".  \n")
+        if result.get("pretrained") else "No pre-trained decoder: the scenarios run need none (diffusion).  \n",
         (f"Fine-tuning: target `{ft['target']}`, {ft['train_examples']} training examples, {ft['steps']} steps × "
         f"batch {ft['batch_size']} for every method (cosine schedule, per-row learning rate), seeds "
         f"{config['seeds']}; scored on {ft['eval_target']} held-out target prompts and {ft['eval_retention']} "

@@ -24,9 +24,16 @@ def few_step_sampler(noise_scheduler: Any, kind: str = "euler", steps: int = 4) 
 
 def sample_latents(model: Any, text: TextConditioning, sampler: Any, shape: tuple[int, ...], generator: Any,
                    kind: str | None = None) -> Any:
-    """Latents sampled by ``model`` under ``text`` with ``sampler`` (its timesteps already set); no gradient."""
+    """Latents sampled by ``model`` under ``text`` with ``sampler`` (its timesteps already set); no gradient.
+
+    ``sampler`` itself is left untouched: diffusers' samplers count their steps (``EulerDiscreteScheduler``'s step
+    index), so the loop runs on a copy and the same sampler can draw any number of batches (PSO's reference set).
+    """
+    import copy
+
     import torch
 
+    sampler = copy.deepcopy(sampler)
     device = text.hidden_states.device
     latents = torch.randn(shape, generator=generator).to(device) * sampler.init_noise_sigma
     with torch.no_grad():

@@ -22,6 +22,8 @@ MODULES = {
     "editing": "benchmarks.quality.scenarios.editing",
     "data-selection": "benchmarks.quality.scenarios.data_selection",
     "fm3-multitask": "benchmarks.quality.scenarios.fm3_multitask",
+    "pso-style": "benchmarks.quality.scenarios.pso_style",
+    "bob-synthetic": "benchmarks.quality.scenarios.bob_synthetic",
 }
 NAMES = ["target", *MODULES]
 
