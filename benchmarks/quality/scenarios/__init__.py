@@ -20,6 +20,8 @@ MODULES = {
     "few-shot-sft": "benchmarks.quality.scenarios.few_shot_sft",
     "editing": "benchmarks.quality.scenarios.editing",
     "data-selection": "benchmarks.quality.scenarios.data_selection",
+    "few-label": "benchmarks.quality.scenarios.few_label",
+    "cls-rl": "benchmarks.quality.scenarios.cls_rl",
 }
 NAMES = ["target", *MODULES]
 
