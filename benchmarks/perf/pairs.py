@@ -278,7 +278,8 @@ def markdown(result: dict[str, Any]) -> str:
             common.fmt(s * 1e3, ".0f") for s in p["step_s_repeats"])
         table.append([f"`{pair}`", f"{m['label']} vs {p['label']}", common.fmt(m["step_s"] * 1e3, ".1f"),
                       common.fmt(p["step_s"] * 1e3, ".1f"), common.fmt(row["step_ratio"], ".2f"), spread,
-                      common.fmt((m["peak_bytes"] or 0) / 2**20, ".0f"), common.fmt((p["peak_bytes"] or 0) / 2**20, ".0f"),
+                      common.fmt((m["peak_bytes"] or 0) / 2**20, ".0f"),
+                      common.fmt((p["peak_bytes"] or 0) / 2**20, ".0f"),
                       common.fmt(row["memory_ratio"], ".2f")])
     return common.markdown_table(["pair", "method vs plain", "method step ms", "plain step ms", "step ratio",
                                   "per-repeat ms (method vs plain)", "method peak MB", "plain peak MB",
@@ -289,7 +290,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.perf.pairs", description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="one repeat, two timed steps (CI)")
     parser.add_argument("--out", help="output folder (default benchmarks/results/pairs-cpu)")
-    parser.add_argument("--pairs", default=",".join(PAIRS), help=f"comma-separated pairs (default all: {', '.join(PAIRS)})")
+    parser.add_argument("--pairs", default=",".join(PAIRS),
+                        help=f"comma-separated pairs (default all: {', '.join(PAIRS)})")
     parser.add_argument("--steps", type=int, help="timed steps per side and repeat (default 8; smoke 2)")
     parser.add_argument("--warmup", type=int, help="untimed steps first (default 2; smoke 1)")
     parser.add_argument("--repeats", type=int, help="interleaved repeats (default 3; smoke 1)")

@@ -176,8 +176,10 @@ def with_context(check: Callable[[dict[str, Any]], tuple[bool, str]], *context: 
     return wrapped
 
 
-def both(first: Callable[[dict[str, Any]], tuple[bool, str]], second: Callable[[dict[str, Any]], tuple[bool, str]]
-         ) -> Callable[[dict[str, Any]], tuple[bool, str]]:
+Check = Callable[[dict[str, Any]], tuple[bool, str]]
+
+
+def both(first: Check, second: Check) -> Check:
     """Both checks hold; the detail quotes both."""
 
     def check(summary):

@@ -48,7 +48,8 @@ from benchmarks.quality.scenarios import minilm_classification as twoclause
 from benchmarks.quality.scenarios._common import Context, summarize_rows
 
 NAME = "few-label"
-TITLE = "MiniLM encoder, few-label sentiment clauses: PET vs a head, LiST vs its teacher, mean teacher on a shifted stream, LEVI"
+TITLE = ("MiniLM encoder, few-label sentiment clauses: PET vs a head, LiST vs its teacher, mean teacher on a shifted "
+         "stream, LEVI")
 DESIGN = __doc__.split("\n\n", 1)[1].strip()
 
 SHIFT_POSITIVE = ["superb", "brilliant", "delightful", "charming", "splendid", "fantastic", "enjoyable", "marvelous",
