@@ -94,7 +94,7 @@ def test_results_are_refused_from_a_dirty_tree_unless_allowed(tmp_path):
 
 
 @pytest.mark.parametrize("module", ["benchmarks.perf.__main__", "benchmarks.quality.__main__",
-                                    "benchmarks.perf.selection"])
+                                    "benchmarks.perf.selection", "benchmarks.perf.pairs"])
 def test_each_harness_refuses_a_dirty_tree_before_measuring(module, monkeypatch, tmp_path):
     import importlib
 
@@ -123,3 +123,17 @@ def test_perf_tables_show_the_floor_ratio_only_when_the_results_have_a_floor_row
     assert "| `full` | 7.0 | 1.00 | 1.00 | 3.50 | 0.10 | 5 | 1.00 | 1.00 | 2.50 |" in table
     old = {"results": {"1x32": {"methods": {"full": _perf_row(0.007, 5 * 2**20)}}}}
     assert "floor" not in "".join(report.perf_section(old))
+
+
+def test_a_pairs_result_is_a_section_with_each_pairs_ratio(tmp_path):
+    """``pairs.json`` (benchmarks.perf.pairs) renders as a generated section: per pair both sides and the ratio."""
+    side = {"label": "x", "step_s_repeats": [0.1, 0.1]}
+    result = {"harness": "perf.pairs", "machine": {"git_commit": "abc", "device_name": "cpu"}, "pairs": {
+        "pet": {"method": {**side, "step_s": 0.30, "peak_bytes": 300 * 2**20},
+                "plain": {**side, "step_s": 0.20, "peak_bytes": 100 * 2**20}, "step_ratio": 1.5, "memory_ratio": 3.0}}}
+    folder = tmp_path / "pairs-cpu"
+    folder.mkdir()
+    (folder / "pairs.json").write_text(json.dumps(result))
+    assert report.result_folders(str(tmp_path)) == {"pairs-cpu": str(folder / "pairs.json")}
+    body = report.section("pairs-cpu", str(folder / "pairs.json"))
+    assert "| `pet` | x vs x | 300.0 | 200.0 | 1.50 | 100, 100 vs 100, 100 | 300 | 100 | 3.00 |" in body

@@ -192,3 +192,20 @@ def test_selection_perf_smoke(tmp_path):
     assert finite(result["ot"]["pot"]["ratio"]) and finite(result["ot"]["big"]["s"])
     assert finite(result["influence"]["s_per_10k_rows"])
     assert "| measurement |" in open(os.path.join(out, "selection.md")).read()
+
+
+@pytest.mark.slow
+def test_pairs_perf_smoke(tmp_path):
+    """Every pair of ``benchmarks.perf.pairs`` measures both of its sides and their ratio."""
+    out = str(tmp_path / "pairs")
+    run_module("benchmarks.perf.pairs", out, extra_args=("--threads", "1"))
+    with open(os.path.join(out, "pairs.json")) as handle:
+        result = json.load(handle)
+    sys.path.insert(0, ROOT)
+    from benchmarks.perf.pairs import PAIRS
+
+    assert set(result["pairs"]) == set(PAIRS)
+    for name, pair in result["pairs"].items():
+        assert finite(pair["method"]["step_s"]) and finite(pair["plain"]["step_s"]), name
+        assert finite(pair["step_ratio"]) and pair["step_ratio"] > 0, name
+    assert "| `list_selftrain` |" in open(os.path.join(out, "pairs.md")).read()

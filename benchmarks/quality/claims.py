@@ -176,6 +176,19 @@ def with_context(check: Callable[[dict[str, Any]], tuple[bool, str]], *context: 
     return wrapped
 
 
+Check = Callable[[dict[str, Any]], tuple[bool, str]]
+
+
+def both(first: Check, second: Check) -> Check:
+    """Both checks hold; the detail quotes both."""
+
+    def check(summary):
+        (ok_a, detail_a), (ok_b, detail_b) = first(summary), second(summary)
+        return ok_a and ok_b, f"{detail_a}; {detail_b}"
+
+    return check
+
+
 #: Edit success an editing row must reach for its edits to count as "succeeding".
 EDIT_SUCCESS = 0.8
 
@@ -330,6 +343,28 @@ CLAIMS: list[Claim] = [
     Claim("influence+coverage>influence alone", "Coverage-enhanced sampling beats taking the highest scores alone",
           "Lin et al. 2024 (2401.17197)", ("influence", "influence-top"),
           better("acc", "influence", "influence-top"), scenario="data-selection"),
+    Claim("pet>head (16 labels)", "PET with adapters beats a plain classification head (same LoRA) at 16 labels "
+          "(MiniLM)", "Schick & Schütze 2021 (2001.07676)", ("pet-n16", "head-n16"),
+          better("accuracy", "pet-n16", "head-n16"), scenario="few-label"),
+    Claim("pet>head (64 labels)", "PET with adapters beats a plain classification head (same LoRA) at 64 labels "
+          "(MiniLM)", "Schick & Schütze 2021 (2001.07676)", ("pet-n64", "head-n64"),
+          better("accuracy", "pet-n64", "head-n64"), scenario="few-label"),
+    Claim("list>teacher", "LiST self-training on unlabelled data beats its own PET teacher (16 labels, MiniLM)",
+          "Wang et al. 2022 (2110.06274)", ("list", "list-teacher"),
+          with_context(better("accuracy", "list", "list-teacher"), ("pet-n16", "accuracy")), scenario="few-label"),
+    Claim("mean_teacher>source", "Test-time learning with a mean teacher on an unlabelled shifted stream improves over "
+          "the source model on that stream (MiniLM)", "PS-TTL, Gao et al. 2024", ("mean_teacher", "source"),
+          with_context(better("accuracy", "mean_teacher", "source"), ("source-more", "accuracy")),
+          scenario="few-label"),
+    Claim("levi>=head-only, better OOD", "LEVI is at least as accurate as fine-tuning the head alone in distribution "
+          "and more accurate out of distribution (MiniLM, shifted vocabulary)", "Roh et al. 2024 (2402.04644)",
+          ("levi", "head-only"),
+          both(parity("accuracy", "levi", "head-only", tolerance=0.0), better("ood_accuracy", "levi", "head-only")),
+          scenario="few-label"),
+    Claim("cls_rl>start", "GRPO with the cls_rl rewards improves the tiny decoder's classification accuracy over its "
+          "starting point", "Li et al. 2025 (2503.16188)", ("cls_rl", "start"),
+          with_context(better("accuracy", "cls_rl", "start"), ("sft-more", "accuracy"), ("cls_rl", "reward_first"),
+                       ("cls_rl", "reward_last")), scenario="cls-rl"),
 ]
 
 
