@@ -345,7 +345,10 @@ def _refuse_given_optimizer(run: Run, optimizers: Any) -> None:
 def _check_trainer_supported(run: Run) -> None:
     for plugin in run.plugins:
         allowed = getattr(plugin, "trainers", None)
-        if allowed and not any(run.has_base(name) for name in allowed):
+        # A trainer family (DiffusionTrainer) takes only the plugins that name it: "Trainer" means transformers'
+        # Trainer and the text trainers built on it, not a denoiser that merely reuses its loop.
+        family = getattr(run.trainer_cls, "ftplugins_family", None)
+        if allowed and (not any(run.has_base(name) for name in allowed) or (family and family not in allowed)):
             raise FtpluginsError(
                 f"plugin {plugin.name} applies to {', '.join(allowed)}, not to {run.trainer_name}; "
                 f"use one of those trainers or drop {plugin.name}."

@@ -45,7 +45,8 @@ _originals: dict[str, type] = {}
 def patched_names(plugin: Any) -> list[str]:
     """The ``module.Class`` names ``ftplugins.run`` replaces for ``plugin`` (``ftplugins info``)."""
     allowed = getattr(plugin, "trainers", None)
-    return [f"{mods[0]}.{name}" for name, mods in {**DEFERRED, **TRAINERS}.items() if not allowed or name in allowed]
+    return [f"{mods[0]}.{name}" for name, mods in {**DEFERRED, **TRAINERS}.items()
+            if not allowed or name in allowed or ("Trainer" in allowed and name in TRAINERS)]
 
 
 @contextlib.contextmanager

@@ -123,6 +123,30 @@ def test_llm_only_plugins_are_refused_by_name(tiny_diffusion_dir, shapes, tmp_pa
         train(run_args(tiny_diffusion_dir, shapes, tmp_path / "o", "--plugins", "masked_thought"))
 
 
+def restricted_plugins() -> list[str]:
+    from ftplugins.registry import installed_names, load
+
+    return [n for n in installed_names() if load(n).trainers and "DiffusionTrainer" not in load(n).trainers]
+
+
+@pytest.mark.parametrize("name", restricted_plugins())
+def test_every_plugin_for_other_trainers_is_refused_on_diffusion_by_name(tmp_path, name):
+    """Plugins for text or encoder models (SFT-only, GRPO-only, `Trainer` classifiers, text selection and evaluation)
+    are refused by name on a DiffusionTrainer, although it is a transformers Trainer too."""
+    from ftplugins.diffusion import DiffusionConfig, DiffusionTrainer
+    from ftplugins.registry import load
+
+    assert {"masked_thought", "many_icl", "s3ft", "levi", "pet", "mbpp_eval", "select_kmeans"} <= set(
+        restricted_plugins())
+    trainer_cls = ftplugins.compose(DiffusionTrainer, [name])
+    args = DiffusionConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", save_strategy="no")
+    allowed = ", ".join(load(name).trainers)
+    with pytest.raises(FtpluginsError, match=rf"plugin {name} applies to {allowed}, not to DiffusionTrainer"):
+        trainer_cls(model=tiny.tiny_unet(), args=args, train_dataset=tiny.shapes_dataset(2),
+                    text_encoder=tiny.tiny_text_encoder(), vae=tiny.tiny_vae(), noise_scheduler=tiny.ddpm_scheduler(),
+                    processing_class=tiny.tiny_tokenizer())
+
+
 # --- bad input: one line each ---------------------------------------------------------------------------------------
 
 
@@ -195,3 +219,73 @@ def test_a_model_that_is_not_a_pipeline_is_refused(tiny_model_dir, tiny_diffusio
         train(run_args(no_denoiser, shapes, tmp_path / "o"))
     with pytest.raises(ModelPathError, match="HF_HUB_OFFLINE=1 forbids downloading it"):
         train(run_args("someone/not-cached-pipeline", shapes, tmp_path / "o"))
+
+
+# --- ftplugins.run and accelerate launch ----------------------------------------------------------------------------
+
+WRAPPED_SCRIPT = '''
+import sys
+
+from ftplugins.diffusion import DiffusionConfig, DiffusionTrainer, tiny  # first imported inside ftplugins.run
+
+args = DiffusionConfig(output_dir=sys.argv[1], use_cpu=True, max_steps=2, per_device_train_batch_size=2,
+                       report_to="none", save_strategy="no", disable_tqdm=True, learning_rate=1e-2)
+trainer = DiffusionTrainer(model=tiny.tiny_unet(), args=args, train_dataset=tiny.shapes_dataset(4),
+                           text_encoder=tiny.tiny_text_encoder(), vae=tiny.tiny_vae(),
+                           noise_scheduler=tiny.ddpm_scheduler(), processing_class=tiny.tiny_tokenizer())
+trainer.train()
+trainer.save_model()
+composed = [c.__name__ for c in type(trainer).__mro__ if "_ftplugins_template" in vars(c)]
+print("COMPOSED", ",".join(composed))
+'''
+
+
+@pytest.mark.slow
+def test_ftplugins_run_patches_a_diffusion_trainer_the_script_imports(tmp_path):
+    """The script imports ftplugins.diffusion only once it runs (deferred patching): its DiffusionTrainer is composed
+    once, over transformers' own Trainer, and the plugin trains."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "train_t2i.py"
+    script.write_text(WRAPPED_SCRIPT)
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "ftplugins.run", "--plugins", "ssf", "--ssf_target_modules", "to_q",
+                           "to_k", "to_v", "to_out.0", "--", str(script), str(out)], capture_output=True, text=True,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "COMPOSED DiffusionTrainerWithSsf\n" in done.stdout
+    assert json.loads((out / "adapter_config.json").read_text())["peft_type"] == "SSF"
+    assert json.loads((out / "ftplugins_run.json").read_text())["plugins"] == ["ssf"]
+
+
+def test_info_lists_the_diffusion_trainer_among_the_patched_classes():
+    from ftplugins.patching import patched_names
+    from ftplugins.registry import load
+
+    assert "ftplugins.diffusion.DiffusionTrainer" in patched_names(load("ssf"))
+    assert patched_names(load("pso")) == ["ftplugins.diffusion.DiffusionTrainer"]
+    assert "ftplugins.diffusion.DiffusionTrainer" not in patched_names(load("masked_thought"))
+
+
+@pytest.mark.slow
+def test_accelerate_launch_of_the_diffusion_cli_trains_on_two_processes(tiny_diffusion_dir, shapes, tmp_path):
+    import subprocess
+
+    from test_distributed import DDP_FLAGS, accelerate_bin
+
+    out = tmp_path / "ddp"
+    command = [accelerate_bin(), "launch", *DDP_FLAGS, "-m", "ftplugins.train",
+               *run_args(tiny_diffusion_dir, shapes, out, "--per_device_train_batch_size", "2", "--plugins", "ssf",
+                         "--ssf_target_modules", "to_q", "to_k", "to_v", "to_out.0")]
+    done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    manifest = json.loads((out / "ftplugins_run.json").read_text())
+    assert manifest["world_size"] == 2 and manifest["plugins"] == ["ssf"] and manifest["global_step"] == 3
+    from safetensors.torch import load_file
+
+    adapter = load_file(str(out / "adapter_model.safetensors"))
+    # SSF starts at scale 1, shift 0: it trained under DDP
+    assert adapter and any(not (torch.equal(v, torch.ones_like(v)) or torch.equal(v, torch.zeros_like(v)))
+                           for v in adapter.values())

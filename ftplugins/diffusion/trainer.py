@@ -53,6 +53,10 @@ class DiffusionTrainer(DiffusersCheckpointLoading, Trainer):
             ``pytorch_lora_weights.safetensors``, which ``pipe.load_lora_weights`` reads.
     """
 
+    #: Plugins that restrict their trainers apply only if they name this class (``trainers = ("DiffusionTrainer",)``);
+    #: one declared for ``Trainer`` (text / encoder models) is refused by name (:mod:`ftplugins.composition`).
+    ftplugins_family = "DiffusionTrainer"
+
     def __init__(
         self,
         model: Any = None,
