@@ -192,3 +192,20 @@ def test_selection_perf_smoke(tmp_path):
     assert finite(result["ot"]["pot"]["ratio"]) and finite(result["ot"]["big"]["s"])
     assert finite(result["influence"]["s_per_10k_rows"])
     assert "| measurement |" in open(os.path.join(out, "selection.md")).read()
+
+
+@pytest.mark.slow
+def test_diffusion_perf_smoke(tmp_path):
+    pytest.importorskip("diffusers")
+    out = str(tmp_path / "diffusion")
+    run_module("benchmarks.perf.diffusion", out)
+    with open(os.path.join(out, "diffusion.json")) as handle:
+        result = json.load(handle)
+    assert set(result["ratios"]) == {"trainer_vs_hand_loop", "pso_vs_plain", "full_vs_lora", "ssf_vs_lora",
+                                     "block_lora_vs_lora", "bottleneck_vs_lora"}
+    assert all(finite(v) and v > 0 for v in result["ratios"].values())
+    # PSO does two denoiser passes per target (target + reference pair) and a reference pass: never cheaper
+    assert result["ratios"]["pso_vs_plain"] > 1
+    rows = result["rows"]
+    assert rows["adapters/ssf"]["trainable"] < rows["adapters/lora r=4"]["trainable"] < rows["adapters/full"]["trainable"]
+    assert "**Trainer path overhead**" in open(os.path.join(out, "diffusion.md")).read()
