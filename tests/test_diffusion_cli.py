@@ -61,6 +61,15 @@ def test_tiny_model_command_writes_a_pipeline_that_generates(tmp_path, capsys):
                                    for r in rows)
 
 
+def test_help_lists_the_diffusion_arguments_and_the_plugins_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train(["diffusion", "--help", "--plugins", "ssf"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert all(flag in text for flag in ("--dataset_name", "--use_peft", "--resolution", "--cache_latents",
+                                         "--ssf_target_modules"))
+
+
 # --- what a run saves ---------------------------------------------------------------------------------------------
 
 
