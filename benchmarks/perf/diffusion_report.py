@@ -17,7 +17,9 @@ def markdown(result: dict) -> str:
              "the repetitions' medians; wall = median wall time, which on a shared machine includes the others' "
              "load.\n"]
     trainer, loop = rows["overhead/DiffusionTrainer"], rows["overhead/hand-written accelerate loop"]
-    lines.append(f"**Trainer path overhead** (full fine-tuning, UNet {config['overhead_unet']}, "
+    unet = config["overhead_unet"]
+    unet = ", ".join(f"{k}={v}" for k, v in unet.items()) if isinstance(unet, dict) else unet
+    lines.append(f"**Trainer path overhead** (full fine-tuning, UNet {unet}, "
                  f"{config['resolution_overhead_rows']} px images, {trainer['trainable']:,} parameters; goal ≤ 1.05×):\n")
     lines.append(common.markdown_table(
         ["row", "CPU ms / step", "range", "wall ms / step", "ratio"],
