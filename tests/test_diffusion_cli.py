@@ -133,9 +133,19 @@ def test_llm_only_plugins_are_refused_by_name(tiny_diffusion_dir, shapes, tmp_pa
 
 
 def restricted_plugins() -> list[str]:
+    """Installed plugins that name trainers other than DiffusionTrainer (one that cannot be imported, e.g. an entry
+    point of a newer checkout, is left to `ftplugins list` and the listing tests)."""
     from ftplugins.registry import installed_names, load
 
-    return [n for n in installed_names() if load(n).trainers and "DiffusionTrainer" not in load(n).trainers]
+    names = []
+    for name in installed_names():
+        try:
+            trainers = load(name).trainers
+        except ImportError:
+            continue
+        if trainers and "DiffusionTrainer" not in trainers:
+            names.append(name)
+    return names
 
 
 @pytest.mark.parametrize("name", restricted_plugins())
