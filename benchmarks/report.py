@@ -1,7 +1,7 @@
 """BENCHMARKS.md's numeric tables, regenerated from the committed result files (so the document cannot drift).
 
-Every folder ``benchmarks/results/NAME/`` with a ``perf.json``, ``quality.json``, ``kernels.json`` or ``pairs.json``
-is one generated section of BENCHMARKS.md, written between the markers::
+Every folder ``benchmarks/results/NAME/`` with a ``perf.json``, ``quality.json``, ``kernels.json``, ``pairs.json`` or
+``diffusion.json`` is one generated section of BENCHMARKS.md, written between the markers::
 
     <!-- generated: NAME (python -m benchmarks.report) -->
     ...
@@ -23,10 +23,11 @@ import sys
 from typing import Any
 
 from benchmarks import common
+from benchmarks.perf.diffusion_report import markdown as diffusion_markdown
 from benchmarks.perf.kernels_report import markdown as kernels_markdown
 
 DOCUMENT = os.path.join(common.REPO_ROOT, "BENCHMARKS.md")
-RESULT_FILES = ("perf.json", "quality.json", "kernels.json", "pairs.json")
+RESULT_FILES = ("perf.json", "quality.json", "kernels.json", "pairs.json", "diffusion.json")
 BEGIN = "<!-- generated: {name} (python -m benchmarks.report) -->"
 END = "<!-- end generated: {name} -->"
 SECTION = re.compile(r"<!-- generated: (?P<name>[\w.-]+) \(python -m benchmarks\.report\) -->\n"
@@ -197,6 +198,8 @@ def section(name: str, path: str) -> str:
         from benchmarks.perf.pairs import markdown as pairs_markdown
 
         body, pngs = ["\n" + pairs_markdown(result)], ()
+    elif file == "diffusion.json":
+        body, pngs = ["\n" + diffusion_markdown(result)], ()
     else:
         body, pngs = ["\n" + kernels_markdown(result)], ()
     parts = [provenance(result["machine"]) + "\n", *body, "\n", *_figures(folder, rel, pngs)]

@@ -103,6 +103,13 @@ def cmd_tiny_model(args: argparse.Namespace) -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a bar for writing one small file is noise
+    if args.kind == "diffusion":
+        from .diffusion.tiny import save_tiny_pipeline
+
+        save_tiny_pipeline(args.path, seed=args.seed)
+        print(f"saved a tiny random Stable Diffusion-shaped pipeline (UNet, CLIP text encoder + tokenizer, VAE, "
+              f"a 4-step Euler scheduler) to {args.path}")
+        return
     if args.random:
         from .testing import save_tiny_llama
 
@@ -120,10 +127,16 @@ def cmd_tiny_model(args: argparse.Namespace) -> None:
 def cmd_tiny_data(args: argparse.Namespace) -> None:
     import datasets
 
-    from .testing import write_builtin_datasets
-
     datasets.disable_progress_bars()  # one bar per small file written is noise; the paths are printed
-    for path in write_builtin_datasets(args.path):
+    if args.kind == "diffusion":
+        from .diffusion.tiny import write_shapes_folder
+
+        written = write_shapes_folder(os.path.join(args.path, "shapes"))
+    else:
+        from .testing import write_builtin_datasets
+
+        written = write_builtin_datasets(args.path)
+    for path in written:
         print(path)
 
 
@@ -156,10 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "cached); --random: a randomly initialised one (offline fixtures)")
     p.add_argument("path")
     p.add_argument("--random", action="store_true", help="random weights instead of the pre-trained tiny base")
-    p.add_argument("--seed", type=int, default=0, help="initialisation seed (with --random)")
+    p.add_argument("--seed", type=int, default=0, help="initialisation seed (with --random or --kind diffusion)")
+    p.add_argument("--kind", choices=("llama", "diffusion"), default="llama",
+                   help="diffusion: a tiny random text-to-image pipeline (needs ftplugins[diffusion])")
     p.set_defaults(func=cmd_tiny_model)
-    p = sub.add_parser("tiny-data", help="write the built-in datasets as JSON lines (recipes)")
+    p = sub.add_parser("tiny-data", help="write the built-in datasets as JSON lines (recipes); --kind diffusion: "
+                       "an image folder of coloured shapes with captions (PATH/shapes)")
     p.add_argument("path")
+    p.add_argument("--kind", choices=("text", "diffusion"), default="text")
     p.set_defaults(func=cmd_tiny_data)
     p = sub.add_parser("new", help="write a pip-installable plugin package (entry point, options, a hook, a test)")
     p.add_argument("name", help="the plugin's name (lowercase, underscores): what users type after --plugins")

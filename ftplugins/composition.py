@@ -361,7 +361,10 @@ def check_plugins_supported(run: Run, mode: str) -> None:
     """Refuse a plugin that does not apply to the run's trainer or cannot train in distributed ``mode``."""
     for plugin in run.plugins:
         allowed = getattr(plugin, "trainers", None)
-        if allowed and not any(run.has_base(name) for name in allowed):
+        # A trainer family (DiffusionTrainer) takes only the plugins that name it: "Trainer" means transformers'
+        # Trainer and the text trainers built on it, not a denoiser that merely reuses its loop.
+        family = getattr(run.trainer_cls, "ftplugins_family", None)
+        if allowed and (not any(run.has_base(name) for name in allowed) or (family and family not in allowed)):
             raise FtpluginsError(
                 f"plugin {plugin.name} applies to {', '.join(allowed)}, not to {run.trainer_name}; "
                 f"use one of those trainers or drop {plugin.name}."

@@ -11,14 +11,17 @@ import os
 from .errors import ModelPathError
 
 
-def check_model_path(path: str, revision: str | None = None) -> None:
+def check_model_path(path: str, revision: str | None = None, config_name: str = "config.json",
+                     kind: str = "a transformers model") -> None:
     """A local model folder, or a Hub model id that ``from_pretrained`` will download (as ``trl sft`` does).
 
-    Refused before anything loads: a path that does not exist, a folder without ``config.json``, a Hub id
-    that is not in the cache while ``HF_HUB_OFFLINE=1``, and (online) a Hub id the Hub does not have."""
+    Refused before anything loads: a path that does not exist, a folder without ``config_name`` (``config.json``;
+    ``model_index.json`` for a diffusers pipeline, which is ``kind``), a Hub id that is not in the cache while
+    ``HF_HUB_OFFLINE=1``, and (online) a Hub id the Hub does not have."""
     if os.path.isdir(path):
-        if not os.path.isfile(os.path.join(path, "config.json")):
-            raise ModelPathError(f"model path {path!r} is a folder without config.json; point to a saved model.")
+        if not os.path.isfile(os.path.join(path, config_name)):
+            raise ModelPathError(f"model path {path!r} is a folder without {config_name}; point to a saved model "
+                                 f"({kind}).")
         return
     from huggingface_hub import try_to_load_from_cache
     from huggingface_hub.errors import HFValidationError
@@ -34,7 +37,7 @@ def check_model_path(path: str, revision: str | None = None) -> None:
             f"model {path!r} does not exist: it is neither a local folder nor a model in the Hugging Face cache, "
             "and not a Hub model id (org/name). Check the path, or save the model there first."
         )
-    if isinstance(try_to_load_from_cache(path, "config.json", revision=revision), str):
+    if isinstance(try_to_load_from_cache(path, config_name, revision=revision), str):
         return
     if hub_offline():
         raise ModelPathError(
@@ -42,7 +45,7 @@ def check_model_path(path: str, revision: str | None = None) -> None:
             "and HF_HUB_OFFLINE=1 forbids downloading it. Unset HF_HUB_OFFLINE to download it from the Hub, "
             f"download it first with `hf download {path}`, or check the path."
         )
-    _check_hub_model(path, revision)
+    _check_hub_model(path, revision, config_name, kind)
 
 
 def hub_offline() -> bool:
@@ -51,8 +54,9 @@ def hub_offline() -> bool:
     return value.upper() in ("1", "ON", "YES", "TRUE")
 
 
-def _check_hub_model(repo_id: str, revision: str | None) -> None:
-    """Fetch the model's config.json (the first file ``from_pretrained`` downloads anyway), so that a wrong id,
+def _check_hub_model(repo_id: str, revision: str | None, config_name: str = "config.json",
+                     kind: str = "a transformers model") -> None:
+    """Fetch the model's config file (the first file ``from_pretrained`` downloads anyway), so that a wrong id,
     revision or missing access fails here with the fix rather than deep inside the trainer."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, LocalEntryNotFoundError,
@@ -60,7 +64,7 @@ def _check_hub_model(repo_id: str, revision: str | None) -> None:
 
     where = f"model {repo_id!r}" + (f" at revision {revision!r}" if revision else "")
     try:
-        hf_hub_download(repo_id, "config.json", revision=revision)
+        hf_hub_download(repo_id, config_name, revision=revision)
     except GatedRepoError:
         raise ModelPathError(f"{where} is gated on the Hub: accept its terms on its page, then log in with "
                              "`hf auth login` (or set HF_TOKEN).") from None
@@ -71,7 +75,7 @@ def _check_hub_model(repo_id: str, revision: str | None) -> None:
     except RevisionNotFoundError:
         raise ModelPathError(f"{where}: no such revision on the Hub; check --model_revision.") from None
     except EntryNotFoundError:
-        raise ModelPathError(f"{where} has no config.json on the Hub: it is not a transformers model.") from None
+        raise ModelPathError(f"{where} has no {config_name} on the Hub: it is not {kind}.") from None
     except LocalEntryNotFoundError as exc:
         raise ModelPathError(f"{where} is not in the Hugging Face cache and the Hub could not be reached ({exc}). "
                              "Check the network, or download it first with `hf download`.") from None

@@ -21,6 +21,11 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 #: How ``ftplugins list`` / ``info`` show a plugin without a paper.
 NO_PAPER = "\u2014"
 
+#: ``Plugin.trainers`` of a plugin for text (language) models on any transformers / TRL trainer: ``Trainer`` covers
+#: every trainer built on it except trainer families that must be named (``DiffusionTrainer``); TRL's are listed so
+#: that readers (and ``ftplugins info``) see them.
+TEXT_TRAINERS = ("SFTTrainer", "DPOTrainer", "GRPOTrainer", "Trainer")
+
 #: Distributed set-ups a plugin may declare in ``Plugin.distributed``.
 DISTRIBUTED_MODES = ("single", "ddp", "fsdp", "deepspeed")
 

@@ -1,8 +1,10 @@
-"""``python -m ftplugins.train {sft,dpo,grpo} --config FILE --plugins a,b [TRL args] [plugin args]``.
+"""``python -m ftplugins.train {sft,dpo,grpo,diffusion} --config FILE --plugins a,b [TRL args] [plugin args]``.
 
 Runs TRL's own training script for the sub-command (``trl.scripts.sft`` ...) with the selected
 plugins switched on, so a YAML file that ``trl sft --config`` accepts works unchanged; the only
-additions are ``plugins:`` and the plugins' ``<name>_*`` keys. Works under ``accelerate launch``.
+additions are ``plugins:`` and the plugins' ``<name>_*`` keys. ``diffusion`` runs
+:mod:`ftplugins.diffusion.script` (text-to-image fine-tuning of a diffusers pipeline) the same way.
+Works under ``accelerate launch``.
 """
 
 from __future__ import annotations
@@ -26,11 +28,14 @@ COMMANDS = {
     "sft": ("trl.scripts.sft", "SFTTrainer"),
     "dpo": ("trl.scripts.dpo", "DPOTrainer"),
     "grpo": ("trl.scripts.grpo", "GRPOTrainer"),
+    "diffusion": ("ftplugins.diffusion.script", "DiffusionTrainer"),
 }
 
 USAGE = (
-    "usage: python -m ftplugins.train {sft,dpo,grpo} [--config FILE] [--plugins a,b] [TRL args] [plugin args]\n"
-    "TRL args are those of `trl <command> --help`; plugin args are listed by `ftplugins info NAME`."
+    "usage: python -m ftplugins.train {sft,dpo,grpo,diffusion} [--config FILE] [--plugins a,b] [TRL args] "
+    "[plugin args]\n"
+    "TRL args are those of `trl <command> --help` (diffusion: `python -m ftplugins.train diffusion --help`); "
+    "plugin args are listed by `ftplugins info NAME`."
 )
 
 
@@ -53,7 +58,8 @@ def train(argv: Sequence[str], leave_group: bool = True) -> None:
     check_combination(plugins)  # before TRL parses, loads data or a model
     # This import only reads the script's argument classes; the script that runs is imported again below,
     # with the plugins active (patch first, then import).
-    dataclass_types = list(importlib.import_module(module_name).make_parser().dataclass_types)
+    script = importlib.import_module(module_name)
+    dataclass_types = list(script.make_parser().dataclass_types)
     program = f"python -m ftplugins.train {command}"
     if any(a in ("-h", "--help") for a in rest):
         from trl import TrlParser
@@ -74,7 +80,9 @@ def train(argv: Sequence[str], leave_group: bool = True) -> None:
         from .errors import OptionError
 
         raise OptionError("--model_name_or_path is required (a local model folder or a Hub model id).")
-    check_model_path(model_args.model_name_or_path, getattr(model_args, "model_revision", None))
+    # A script may say what its model is (a diffusers pipeline: model_index.json); TRL's load transformers models.
+    check_model = getattr(script, "check_model", check_model_path)
+    check_model(model_args.model_name_or_path, getattr(model_args, "model_revision", None))
     run = Run(plugins=plugins, options=options)
     with plugins_active(run, [trainer_name]):
         import_patched(module_name).main(*trl_args)

@@ -52,6 +52,26 @@ def data_dir(tmp_path_factory) -> str:
     return root
 
 
+@pytest.fixture(scope="session")
+def tiny_diffusion_dir(tmp_path_factory) -> str:
+    """A saved tiny text-to-image pipeline (``ftplugins tiny-model --kind diffusion``)."""
+    pytest.importorskip("diffusers")
+    from ftplugins.diffusion.tiny import save_tiny_pipeline
+
+    return save_tiny_pipeline(str(tmp_path_factory.mktemp("tiny-diffusion")))
+
+
+@pytest.fixture(scope="session")
+def diffusion_data_dir(tmp_path_factory) -> str:
+    """A folder holding ``shapes/``, the image folder of ``ftplugins tiny-data --kind diffusion``."""
+    pytest.importorskip("diffusers")
+    from ftplugins.diffusion.tiny import write_shapes_folder
+
+    root = str(tmp_path_factory.mktemp("diffusion-data"))
+    write_shapes_folder(os.path.join(root, "shapes"))
+    return root
+
+
 def overlay_venv(path) -> str:
     """A throwaway virtual environment at ``path`` that sees this interpreter's packages (torch, TRL, ftplugins,
     pip, setuptools) and installs into its own site-packages: ``pip install`` of a local package really installs

@@ -209,3 +209,19 @@ def test_pairs_perf_smoke(tmp_path):
         assert finite(pair["method"]["step_s"]) and finite(pair["plain"]["step_s"]), name
         assert finite(pair["step_ratio"]) and pair["step_ratio"] > 0, name
     assert "| `list_selftrain` |" in open(os.path.join(out, "pairs.md")).read()
+
+
+def test_diffusion_perf_smoke(tmp_path):
+    pytest.importorskip("diffusers")
+    out = str(tmp_path / "diffusion")
+    run_module("benchmarks.perf.diffusion", out)
+    with open(os.path.join(out, "diffusion.json")) as handle:
+        result = json.load(handle)
+    assert set(result["ratios"]) == {"trainer_vs_hand_loop", "pso_vs_plain", "full_vs_lora", "ssf_vs_lora",
+                                     "block_lora_vs_lora", "bottleneck_vs_lora"}
+    assert all(finite(v) and v > 0 for v in result["ratios"].values())
+    # PSO does two denoiser passes per target (target + reference pair) and a reference pass: never cheaper
+    assert result["ratios"]["pso_vs_plain"] > 1
+    rows = result["rows"]
+    assert rows["adapters/ssf"]["trainable"] < rows["adapters/lora r=4"]["trainable"] < rows["adapters/full"]["trainable"]
+    assert "**Trainer path overhead**" in open(os.path.join(out, "diffusion.md")).read()

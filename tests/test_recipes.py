@@ -42,13 +42,18 @@ def recipe_plugins(path: str) -> list[str]:
     return yaml.safe_load(open(path)).get("plugins", [])
 
 
+def recipe_checks(path: str) -> list[str]:
+    """What a recipe's run must show: its plugins' effects, and a plain LoRA's (``use_peft``) without plugins."""
+    return recipe_plugins(path) or (["lora"] if yaml.safe_load(open(path)).get("use_peft") else [])
+
+
 def test_one_recipe_per_shipped_method():
     from ftplugins.registry import available_entry_points, load
 
-    covered = {name for path in RECIPES for name in recipe_plugins(path)}
+    covered = {name for path in RECIPES for name in recipe_checks(path)}
     # Methods for transformers.Trainer alone (encoders: pet) have no TRL script to put in a recipe; their own test
     # files train them through ftplugins.compose.
-    scripted = {"SFTTrainer", "DPOTrainer", "GRPOTrainer"}
+    scripted = {"SFTTrainer", "DPOTrainer", "GRPOTrainer", "DiffusionTrainer"}
     builtin = {name for name, ep in available_entry_points().items()
                if ep.value.startswith("ftplugins.methods.") and load(name).trains
                and (not load(name).trainers or scripted & set(load(name).trainers))}
@@ -150,6 +155,31 @@ def check_bottleneck(obs, out):
 
 def check_ssf(obs, out):
     adapter_only(obs, out, "SSF", ())
+
+
+def check_lora(obs, out):
+    """``use_peft``: a PEFT LoRA on the denoiser's attention trained (nothing else moved), and it is saved in
+    diffusers' format too (``pytorch_lora_weights.safetensors``, what ``pipe.load_lora_weights`` reads)."""
+    from safetensors.torch import load_file
+
+    assert (out / "pytorch_lora_weights.safetensors").exists()
+    saved = load_file(str(out / "pytorch_lora_weights.safetensors"))
+    assert saved and all("lora" in key for key in saved)
+    trainable = {n for n, p in obs.trainer.model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n and any(f".{m}." in n for m in ("to_q", "to_k", "to_v", "to_out"))
+                             for n in trainable)
+    assert obs.changed_names() and obs.changed_names() <= trainable
+
+
+def check_pso(obs, out):
+    """The reference set was sampled once (20 rows, cached beside the model) and every training timestep is one of
+    the 4-step sampler's (999, 749, 499, 249 for trailing spacing), not the 1000-step grid."""
+    from safetensors.torch import load_file
+
+    state = obs.trainer.ftplugins_run.state.get("pso")
+    assert state is not None and (out / "pso_reference_latents.safetensors").exists()
+    assert load_file(str(out / "pso_reference_latents.safetensors"))["latents"].shape[0] == 20
+    assert sorted(state["timesteps"].tolist()) == [249, 499, 749, 999]
 
 
 def check_cls_rl(obs, out):
@@ -365,7 +395,8 @@ CHECKS = {
     "block_lora": check_block_lora, "bottleneck": check_bottleneck, "ssf": check_ssf,
     "masked_thought": check_masked_thought, "cls_rl": check_cls_rl, "deep_align": check_deep_align, "fewshot_prefix": check_fewshot_prefix,
     "many_icl": check_many_icl, "hft": check_hft, "lift": check_lift, "sara": check_sara, "lt_sft": check_lt_sft,
-    "locft": check_locft, "graft": check_graft, "s3ft": check_s3ft, "lp_ft": check_lp_ft,
+    "locft": check_locft, "graft": check_graft, "s3ft": check_s3ft, "lp_ft": check_lp_ft, "lora": check_lora,
+    "pso": check_pso,
     **{m: check_selection(m) for m in ("select_kmeans", "select_ot", "select_influence")},
     "soup": check_soup, "intruders": check_intruders, "mbpp_eval": check_mbpp_eval,
     "infusion_eval": check_infusion_eval,
@@ -385,20 +416,22 @@ RUN_ARGS = {
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=os.path.basename)
-def test_recipe_runs_and_shows_its_methods_effect(recipe, tiny_model_dir, data_dir, tmp_path, observer):
+def test_recipe_runs_and_shows_its_methods_effect(recipe, request, tmp_path, observer):
     out = tmp_path / "out"
     plugins = recipe_plugins(recipe)
-    observer.data_dir = data_dir
     # ``<method>_<command>.yaml``; the recipe's dataset is one of the built-in ones (``ftplugins tiny-data``).
     command = os.path.basename(recipe).rsplit("_", 1)[1].removesuffix(".yaml")
+    model_dir, data_dir = (request.getfixturevalue(name) for name in (
+        ("tiny_diffusion_dir", "diffusion_data_dir") if command == "diffusion" else ("tiny_model_dir", "data_dir")))
+    observer.data_dir = data_dir
     dataset = os.path.basename(yaml.safe_load(open(recipe))["dataset_name"])
-    train([command, "--config", recipe, "--model_name_or_path", tiny_model_dir, "--dataset_name",
+    train([command, "--config", recipe, "--model_name_or_path", model_dir, "--dataset_name",
            f"{data_dir}/{dataset}", "--output_dir", str(out), "--max_steps", "2", "--save_strategy", "no",
            "--disable_tqdm", "true", "--plugins", ",".join([*plugins, "observer"]),
            *[a for name in plugins for a in RUN_ARGS.get(name, [])], *EXTRA_ARGS])
     assert (out / "ftplugins_run.json").exists()
     assert observer.trainer is not None and observer.trainer.state.global_step >= 2
-    for name in plugins:
+    for name in recipe_checks(recipe):
         CHECKS[name](observer, out)
 
 

@@ -9,3 +9,7 @@ from .config import DiffusionConfig
 from .trainer import DiffusionTrainer
 
 __all__ = ["DiffusionConfig", "DiffusionTrainer", "ImageCaptionCollator"]
+
+from ftplugins.patching import family_imported  # noqa: E402
+
+family_imported(__name__)  # inside `python -m ftplugins.run`: DiffusionTrainer is patched now that it exists

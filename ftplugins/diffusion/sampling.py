@@ -35,6 +35,9 @@ def sample_latents(model: Any, text: TextConditioning, sampler: Any, shape: tupl
 
     sampler = copy.deepcopy(sampler)
     device = text.hidden_states.device
+    # The schedulers count their steps (step_index): start the schedule afresh, or a second call with the same
+    # sampler (another batch) would step past its end.
+    sampler.set_timesteps(sampler.num_inference_steps)
     latents = torch.randn(shape, generator=generator).to(device) * sampler.init_noise_sigma
     with torch.no_grad():
         for t in sampler.timesteps:

@@ -142,3 +142,42 @@ def shapes_dataset(n: int = 16, seed: int = 0, colours: tuple[str, ...] | None =
         shape, colour = rng.choice(SHAPES), rng.choice(colours or tuple(COLOURS))
         rows.append({"image": shape_image(shape, colour, rng=rng), "caption": f"a {colour} {shape}"})
     return Dataset.from_list(rows, features=Features({"image": Image(), "caption": Value("string")}))
+
+
+def tiny_pipeline(seed: int = 0):
+    """A ``StableDiffusionPipeline`` of the tiny components, with the few-step sampler of timestep-distilled models
+    as its scheduler (what ``ftplugins tiny-model --kind diffusion`` saves; random weights, nothing downloads)."""
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline(vae=tiny_vae(seed), text_encoder=tiny_text_encoder(seed), tokenizer=tiny_tokenizer(),
+                                   unet=tiny_unet(seed), scheduler=few_step_scheduler(), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+
+
+def save_tiny_pipeline(path: str, seed: int = 0) -> str:
+    """Save :func:`tiny_pipeline` to ``path`` (``DiffusionPipeline.from_pretrained(path)`` loads it)."""
+    tiny_pipeline(seed).save_pretrained(path)
+    return path
+
+
+def write_shapes_folder(path: str, splits: dict[str, tuple[int, int]] | None = None) -> list[str]:
+    """An image folder of :func:`shapes_dataset` rows in diffusers' ``train_text_to_image.py`` layout: per split,
+    ``path/<split>/NNNN.png`` and ``metadata.jsonl`` lines ``{"file_name": ..., "caption": ...}``. Returns the
+    metadata files."""
+    import json
+    import os
+
+    written = []
+    for split, (n, seed) in (splits or {"train": (32, 0), "test": (8, 1)}).items():
+        folder = os.path.join(path, split)
+        os.makedirs(folder, exist_ok=True)
+        rows = []
+        for index, row in enumerate(shapes_dataset(n, seed=seed)):
+            name = f"{index:04d}.png"
+            row["image"].save(os.path.join(folder, name))
+            rows.append({"file_name": name, "caption": row["caption"]})
+        metadata = os.path.join(folder, "metadata.jsonl")
+        with open(metadata, "w") as handle:
+            handle.writelines(json.dumps(row) + "\n" for row in rows)
+        written.append(metadata)
+    return written

@@ -27,12 +27,17 @@ from transformers import Trainer
 
 from ftplugins.compat import DiffusersCheckpointLoading
 from ftplugins.errors import FtpluginsError
+from ftplugins.patching import unpatched
 
 from .collator import LATENT_COLUMN, ImageCaptionCollator
 from .config import DiffusionConfig
 from .denoiser import TextConditioning, base_denoiser, denoise, denoiser_kind, encode_text
 from .latents import cache_latents
 from .objectives import noisy_latents, per_sample_error, prediction_type_of, regression_target, sample_timesteps
+
+# Imported inside `python -m ftplugins.run` (a wrapped script's first import), transformers.Trainer is the composed
+# class for the script: build on transformers' own, and let the patching compose this class (ftplugins.patching).
+Trainer = unpatched("Trainer", Trainer)
 
 class DiffusionTrainer(DiffusersCheckpointLoading, Trainer):
     """Fine-tunes ``model`` (a diffusers denoiser) on (image, caption) rows.
@@ -44,7 +49,13 @@ class DiffusionTrainer(DiffusersCheckpointLoading, Trainer):
             for flow matching); never ``set_timesteps`` on it.
         processing_class: the tokenizer of ``text_encoder``.
         args: a :class:`DiffusionConfig` (plain ``TrainingArguments`` work with its defaults).
+        peft_config: a PEFT config to wrap ``model`` in (as TRL's trainers take it); a LoRA is also saved as
+            ``pytorch_lora_weights.safetensors``, which ``pipe.load_lora_weights`` reads.
     """
+
+    #: Plugins that restrict their trainers apply only if they name this class (``trainers = ("DiffusionTrainer",)``);
+    #: one declared for ``Trainer`` (text / encoder models) is refused by name (:mod:`ftplugins.composition`).
+    ftplugins_family = "DiffusionTrainer"
 
     def __init__(
         self,
@@ -59,6 +70,7 @@ class DiffusionTrainer(DiffusersCheckpointLoading, Trainer):
         data_collator: Any = None,
         callbacks: Any = None,
         optimizers: tuple = (None, None),
+        peft_config: Any = None,
         **kwargs: Any,
     ) -> None:
         missing = [name for name, value in (("model", model), ("text_encoder", text_encoder), ("vae", vae),
@@ -72,6 +84,10 @@ class DiffusionTrainer(DiffusersCheckpointLoading, Trainer):
             raise FtpluginsError(f"DiffusionTrainer takes a loaded denoiser, got the path {model!r}; load it with "
                                  "UNet2DConditionModel.from_pretrained(path, subfolder='unet') (or the transformer).")
         self.denoiser_kind = denoiser_kind(model)
+        if peft_config is not None:
+            from peft import get_peft_model
+
+            model = get_peft_model(model, peft_config)
         args = args if args is not None else DiffusionConfig(output_dir="trainer_output")
         self.prediction_type = prediction_type_of(noise_scheduler, getattr(args, "prediction_type", None))
         self.text_encoder = _frozen(text_encoder)
@@ -179,7 +195,10 @@ class DiffusionTrainer(DiffusersCheckpointLoading, Trainer):
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
         if hasattr(model, "get_base_model") or not hasattr(model, "save_pretrained"):
-            return super()._save(output_dir, state_dict=state_dict)
+            super()._save(output_dir, state_dict=state_dict)
+            if self.args.should_save and hasattr(model, "get_base_model"):
+                save_lora_for_pipelines(model, self.denoiser_kind, output_dir)
+            return
         if not self.args.should_save:
             return
         os.makedirs(output_dir, exist_ok=True)
@@ -195,6 +214,30 @@ class DiffusionTrainer(DiffusersCheckpointLoading, Trainer):
         target = base_denoiser(model)
         weights = os.path.join(folder, self.DIFFUSERS_WEIGHTS)
         target.load_state_dict(load_file(weights, device=str(next(target.parameters()).device)))
+
+
+def save_lora_for_pipelines(model: Any, kind: str, output_dir: str) -> None:
+    """A PEFT LoRA on the denoiser, also as ``pytorch_lora_weights.safetensors`` in diffusers' format (what
+    ``train_text_to_image_lora.py`` writes; ``pipe.load_lora_weights(output_dir)`` reads it, alpha included).
+    Other adapter types have no diffusers loader: ``ftplugins.load_adapter(pipe.unet, output_dir)`` reads them."""
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    config = model.peft_config.get(model.active_adapter)
+    if not isinstance(config, LoraConfig):
+        return
+    from diffusers.loaders import SD3LoraLoaderMixin, StableDiffusionLoraLoaderMixin
+    from diffusers.utils import convert_state_dict_to_diffusers
+
+    prefix = "base_model.model."
+    layers = {key.removeprefix(prefix): value for key, value in get_peft_model_state_dict(model).items()}
+    layers = convert_state_dict_to_diffusers(layers)
+    metadata = config.to_dict()
+    if kind == "unet":
+        StableDiffusionLoraLoaderMixin.save_lora_weights(output_dir, unet_lora_layers=layers,
+                                                        unet_lora_adapter_metadata=metadata)
+    else:
+        SD3LoraLoaderMixin.save_lora_weights(output_dir, transformer_lora_layers=layers,
+                                             transformer_lora_adapter_metadata=metadata)
 
 
 def _frozen(module: Any) -> Any:

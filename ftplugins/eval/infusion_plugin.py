@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from ftplugins.errors import FtpluginsError
 from ftplugins.options import check_range
-from ftplugins.plugin import Plugin, hookimpl
+from ftplugins.plugin import TEXT_TRAINERS, Plugin, hookimpl
 
 
 @dataclass
@@ -45,6 +45,7 @@ class InfusionEvalPlugin(Plugin):
     paper = ("FineTuneBench: How well do commercial fine-tuning APIs infuse knowledge into LLMs?, Wu et al., "
              "arXiv:2411.05059")
     options = InfusionEvalOptions
+    trainers = TEXT_TRAINERS  # text generation: not a diffusion denoiser
     distributed = ("single", "ddp")
 
     @hookimpl

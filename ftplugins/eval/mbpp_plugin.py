@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from ftplugins.errors import FtpluginsError
 from ftplugins.options import check_range
-from ftplugins.plugin import Plugin, hookimpl
+from ftplugins.plugin import TEXT_TRAINERS, Plugin, hookimpl
 
 
 @dataclass
@@ -43,6 +43,7 @@ class MbppEvalPlugin(Plugin):
     summary = "MBPP-format pass@k after training (sandboxed execution); metrics into the Trainer's log."
     paper = "Program Synthesis with Large Language Models (MBPP), Austin et al., arXiv:2108.07732"
     options = MbppEvalOptions
+    trainers = TEXT_TRAINERS  # text generation: not a diffusion denoiser
     distributed = ("single", "ddp")
 
     @hookimpl

@@ -16,7 +16,7 @@ the next slice from the unselected rows) needs a trainer between rounds: :func:`
 from __future__ import annotations
 
 from ftplugins.data.plugin_support import REQUIRES, select_train_split
-from ftplugins.plugin import Plugin, hookimpl
+from ftplugins.plugin import TEXT_TRAINERS, Plugin, hookimpl
 
 from .options import SelectKmeansOptions
 
@@ -37,6 +37,7 @@ class SelectKmeansPlugin(Plugin):
     # One plugin per role of a run (ftplugins.combinations): two selections in a row would depend on their order.
     claims = {"row_selection": "keeps each embedding cluster's share of the budget (kMQ)"}
     requires = REQUIRES
+    trainers = TEXT_TRAINERS  # selects text rows: not a diffusion denoiser's images
     distributed = ("single", "ddp")
 
     def choose(self, pool, budget, settings, context):

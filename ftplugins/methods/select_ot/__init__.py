@@ -17,7 +17,7 @@ per-row gradients w.r.t. a LoRA's / the last block's parameters projected to ``g
 from __future__ import annotations
 
 from ftplugins.data.plugin_support import REQUIRES, select_train_split
-from ftplugins.plugin import Plugin, hookimpl
+from ftplugins.plugin import TEXT_TRAINERS, Plugin, hookimpl
 
 from .options import SelectOtOptions
 
@@ -31,6 +31,7 @@ class SelectOtPlugin(Plugin):
     # One plugin per role of a run (ftplugins.combinations): two selections in a row would depend on their order.
     claims = {"row_selection": "keeps the rows that move the pool toward the target set fastest (OT)"}
     requires = REQUIRES
+    trainers = TEXT_TRAINERS  # selects text rows: not a diffusion denoiser's images
     distributed = ("single", "ddp")
 
     def choose(self, pool, budget, settings, context):
