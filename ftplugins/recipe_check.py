@@ -60,13 +60,20 @@ def distributed_mode_of(accelerate_config: str | None) -> str:
 
 
 def infer_command(path: str, plugins: Sequence[Any], commands: dict[str, tuple[str, str]]) -> str:
-    """The ``ftplugins.train`` sub-command of a recipe: the one whose trainer every plugin applies to (SFT when
-    several do); a plugin for one trainer only (``cls_rl`` -> GRPO) decides it."""
+    """The ``ftplugins.train`` sub-command of a recipe: the one whose trainer every plugin applies to; when several
+    fit (plugins for any trainer, or none), the recipe's file name ``<name>_<command>.yaml`` (the convention of
+    ``recipes/``), else SFT."""
     fits = [c for c, (_, trainer) in commands.items()
             if all(not getattr(p, "trainers", None) or trainer in p.trainers for p in plugins)]
     if not fits:
         raise FtpluginsError(f"{path}: no `python -m ftplugins.train` command fits every plugin "
                              f"({', '.join(p.name for p in plugins)}); they apply to different trainers.")
+    if len(fits) == 1:
+        return fits[0]
+    stem = os.path.splitext(os.path.basename(path))[0]
+    named = [c for c in fits if stem.endswith("_" + c)]
+    if named:
+        return named[0]
     return "sft" if "sft" in fits else fits[0]
 
 
