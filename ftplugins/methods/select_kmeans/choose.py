@@ -31,7 +31,7 @@ def choose(pool: Any, budget: int, settings: Any, context: Any) -> Choice:
     embeddings = embed_pool(pool, settings, context)
     clusters = min(settings.clusters or auto_clusters(len(pool)), len(pool))
     _, assignment = kmeans(embeddings.vectors, clusters, seed=settings.seed, iterations=settings.iterations,
-                           restarts=settings.restarts, gpu=True)
+                           restarts=settings.restarts, device=settings.device)
     sizes = np.bincount(assignment, minlength=clusters)
     quotas = proportional_quotas(sizes, budget)
     quality = resolve_quality(settings.quality, context)

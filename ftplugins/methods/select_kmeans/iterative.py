@@ -201,7 +201,7 @@ def plan(pool: Any, settings: Any, context: Any) -> tuple[IterativeDraws, dict[s
     embeddings = embed_pool(pool, settings, context)
     clusters = min(settings.clusters or auto_clusters(len(pool)), len(pool))
     _, assignment = kmeans(embeddings.vectors, clusters, seed=settings.seed, iterations=settings.iterations,
-                           restarts=settings.restarts, gpu=True)
+                           restarts=settings.restarts, device=settings.device)
     draws = IterativeDraws(assignment, clusters, total, settings.rounds, settings.seed, settings.temperature,
                            settings.holdout)
     return draws, {"method": "select_kmeans (iterative)", "pool_rows": len(pool), "budget": total,
