@@ -26,7 +26,7 @@ from benchmarks import common
 from benchmarks.perf.kernels_report import markdown as kernels_markdown
 
 DOCUMENT = os.path.join(common.REPO_ROOT, "BENCHMARKS.md")
-RESULT_FILES = ("perf.json", "quality.json", "kernels.json")
+RESULT_FILES = ("perf.json", "quality.json", "kernels.json", "selection.json")
 BEGIN = "<!-- generated: {name} (python -m benchmarks.report) -->"
 END = "<!-- end generated: {name} -->"
 SECTION = re.compile(r"<!-- generated: (?P<name>[\w.-]+) \(python -m benchmarks\.report\) -->\n"
@@ -193,6 +193,10 @@ def section(name: str, path: str) -> str:
         body, pngs = perf_section(result), ("perf.png",)
     elif file == "quality.json":
         body, pngs = quality_section(result), ("quality.png", "quality-scenarios.png")
+    elif file == "selection.json":
+        from benchmarks.perf.selection import markdown as selection_markdown
+
+        body, pngs = ["\n" + selection_markdown(result)], ()
     else:
         body, pngs = ["\n" + kernels_markdown(result)], ()
     parts = [provenance(result["machine"]) + "\n", *body, "\n", *_figures(folder, rel, pngs)]
