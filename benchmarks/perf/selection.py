@@ -208,10 +208,13 @@ def markdown(result: dict) -> str:
     ]
     for big in o["big"] if isinstance(o["big"], list) else [o["big"]]:
         inputs = big.get("input_bytes", 0)
-        rows.append([
-            "chunked Sinkhorn, no tile kept: one iteration, peak memory", f"{big['pool']:,} x {big['target']:,} x 384",
-            f"{common.fmt(big.get('s_per_iteration', big.get('s')))} s; peak {common.fmt((inputs + (big['peak_bytes_above_inputs'] or 0)) / mib)} MiB "
-            f"(inputs {common.fmt(inputs / mib)} MiB; whole cost matrix: {common.fmt(big['cost_matrix_bytes_if_whole'] / mib)} MiB)", ""])
+        seconds = common.fmt(big.get("s_per_iteration", big.get("s")))
+        peak = common.fmt((inputs + (big["peak_bytes_above_inputs"] or 0)) / mib)
+        whole = common.fmt(big["cost_matrix_bytes_if_whole"] / mib)
+        rows.append(["chunked Sinkhorn, no tile kept: one iteration, peak memory",
+                     f"{big['pool']:,} x {big['target']:,} x 384",
+                     f"{seconds} s; peak {peak} MiB (inputs {common.fmt(inputs / mib)} MiB; "
+                     f"whole cost matrix: {whole} MiB)", ""])
         if "extrapolated" in big:
             x = big["extrapolated"]
             rows.append([f"extrapolated to {x['pool']:,} candidates ({big['converge_iterations_assumed']} iterations)",
@@ -220,8 +223,9 @@ def markdown(result: dict) -> str:
     for name, runs in i.items():
         for run in runs if isinstance(runs, list) else [runs]:
             depth = f", LiSSA depth {run['depth']}" if "depth" in run else ""
+            peak = common.fmt((run["peak_bytes"] or 0) / mib)
             rows.append([f"select_influence ({name} model{depth})", f"{run['rows']:,} rows",
-                         f"{common.fmt(run['s_per_10k_rows'])} s / 10k rows; peak {common.fmt((run['peak_bytes'] or 0) / mib)} MiB", ""])
+                         f"{common.fmt(run['s_per_10k_rows'])} s / 10k rows; peak {peak} MiB", ""])
     return common.markdown_table(["measurement", "size", "result", "ratio"], rows) + "\n"
 
 
