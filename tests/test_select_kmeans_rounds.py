@@ -160,3 +160,12 @@ def test_offline_selection_refuses_rounds_and_names_the_two_forms_that_train():
 
     with pytest.raises(FtpluginsError, match="select_iteratively"):
         select("kmeans", two_topics(), 6, rounds=3, cache_dir="none", show_progress=False)
+
+
+def test_draws_within_a_cluster_follow_quality_like_kmq():
+    assignment = np.repeat(np.arange(2), [50, 50])
+    quality = np.where(np.arange(100) % 2 == 0, 0.0, -50.0)  # even rows are the good ones
+    d = IterativeDraws(assignment, 2, 30, 3, seed=0, temperature=1.0, holdout=2, quality=quality)
+    d.first()
+    d.next(np.zeros(len(d.scored_rows())))
+    assert all(i % 2 == 0 for i in d.selected.tolist())

@@ -5,8 +5,9 @@ spread evenly over the clusters; then each round: the model trains on the newest
 the held-out rows are scored by how far the model still is from their gold answer (``d_i``: the paper's
 RM(gold) - RM(generated), here by default the response's mean NLL under the model), each cluster's weight is the
 softmax over clusters of its mean ``d``, and the next slice is drawn from the *unselected* rows: cluster ids ~
-Categorical(w), capped at what each cluster has left, uniform within a cluster. Clusters the model has already
-learned lose weight; the weights are re-estimated every round.
+Categorical(w), capped at what each cluster has left, and within a cluster by quality as kMQ draws
+(``select_kmeans_quality``: perplexity under the initial model by default when there is one; ``none``: uniform).
+Clusters the model has already learned lose weight; the weights are re-estimated every round.
 
 We score held-out rows by default (``holdout``) rather than the paper's rows selected so far: a row trained on a
 moment ago measures memorisation, a held-out row of the same cluster what the model learned of that cluster.
@@ -25,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ftplugins.data.sampling import weighted_sample
 from ftplugins.errors import FtpluginsError, OptionError
 
 
@@ -115,8 +117,9 @@ class IterativeDraws:
     :meth:`scored_rows`. Seeded: the same assignment, seed and scores give the same slices."""
 
     def __init__(self, assignment: np.ndarray, clusters: int, total: int, rounds: int, seed: int,
-                 temperature: float, holdout: int):
+                 temperature: float, holdout: int, quality: np.ndarray | None = None):
         self.assignment, self.clusters, self.rounds, self.temperature = assignment, clusters, rounds, temperature
+        self.quality = quality  # per-row draw scores within a cluster (higher: likelier); None: uniform
         self.rng = np.random.default_rng(seed)
         self.sizes = np.bincount(assignment, minlength=clusters)
         self.held_out = self._hold_out(holdout)
@@ -177,7 +180,11 @@ class IterativeDraws:
         new = []
         for k in np.flatnonzero(counts):
             free = np.flatnonzero((self.assignment == k) & ~self.unavailable)
-            new.extend(self.rng.choice(free, size=int(counts[k]), replace=False).tolist())
+            if self.quality is None:
+                new.extend(self.rng.choice(free, size=int(counts[k]), replace=False).tolist())
+            else:
+                new.extend(free[weighted_sample(self.quality[free], int(counts[k]), self.rng,
+                                                self.temperature)].tolist())
         new = sorted(int(i) for i in new)
         self.unavailable[new] = True
         self.slices.append(new)
@@ -196,16 +203,21 @@ def plan(pool: Any, settings: Any, context: Any) -> tuple[IterativeDraws, dict[s
     from ftplugins.data.embed import embed_pool
     from ftplugins.data.kmeans import auto_clusters, kmeans
     from ftplugins.data.options import budget_rows
+    from ftplugins.data.pipeline import cache_root
+
+    from .quality import quality_scores, resolve_quality
 
     total = budget_rows(settings.budget, len(pool), "select_kmeans_budget")
     embeddings = embed_pool(pool, settings, context)
     clusters = min(settings.clusters or auto_clusters(len(pool)), len(pool))
     _, assignment = kmeans(embeddings.vectors, clusters, seed=settings.seed, iterations=settings.iterations,
                            restarts=settings.restarts, device=settings.device)
+    quality = resolve_quality(settings.quality, context)
+    scores = None if quality == "none" else quality_scores(quality, pool, settings, context, cache_root(settings))
     draws = IterativeDraws(assignment, clusters, total, settings.rounds, settings.seed, settings.temperature,
-                           settings.holdout)
+                           settings.holdout, scores)
     return draws, {"method": "select_kmeans (iterative)", "pool_rows": len(pool), "budget": total,
-                   "seed": settings.seed, "embedding_cache_key": embeddings.key}
+                   "seed": settings.seed, "quality": quality, "embedding_cache_key": embeddings.key}
 
 
 def score_rows(score: Callable, model: Any, tokenizer: Any, pool: Any, settings: Any, rows: np.ndarray) -> Any:
