@@ -189,8 +189,9 @@ def test_selection_perf_smoke(tmp_path):
     with open(os.path.join(out, "selection.json")) as handle:
         result = json.load(handle)
     assert finite(result["kmeans"]["ratio"]) and finite(result["embedding"]["ratio"])
-    assert finite(result["ot"]["pot"]["ratio"]) and finite(result["ot"]["big"]["s"])
-    assert finite(result["influence"]["s_per_10k_rows"])
+    assert finite(result["ot"]["pot"]["ratio"]) and finite(result["ot"]["big"][0]["s_per_iteration"])
+    assert result["ot"]["big"][0]["extrapolated"]["pool"] == 5_000_000
+    assert [finite(run["s_per_10k_rows"]) for run in result["influence"]["tiny"]] == [True, True]
     assert "| measurement |" in open(os.path.join(out, "selection.md")).read()
 
 

@@ -284,3 +284,11 @@ def test_gradient_features_are_the_projected_row_gradients():
     assert abs(np.linalg.norm(features[2]) / float(gradient.norm()) - 1) < 0.1
     again = GradientEncoder(model, tokenizer, ["prompt", "completion"], dim=4096, seed=3, max_length=48)
     assert np.array_equal(embed(rows, again, None, **EMBED).vectors, features)
+
+
+def test_squared_norms_per_chunk_equal_the_whole_computation():
+    from ftplugins.data.sinkhorn import squared_norms
+
+    x = torch.randn(103, 7, generator=torch.Generator().manual_seed(0))
+    for chunk in (1, 10, 103, 500):
+        assert torch.equal(squared_norms(x, chunk), (x * x).sum(1))

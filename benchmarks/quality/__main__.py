@@ -128,6 +128,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.replot:
         return replot(args.replot)
     dirty = common.require_clean_tree(args.allow_dirty or args.smoke)
+    # The commit the run's code came from: read now, since the tree may move on during a long run.
+    commit_at_start = common.git_commit()
     sys.stdout.reconfigure(line_buffering=True)  # progress lines show up live when piped
     common.offline_environment()
     common.quiet_warnings()
@@ -228,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                       cache_root=cache_root())
         scenario_results[name] = {"title": module.TITLE, "design": module.DESIGN, **module.run(ctx),
                                   "elapsed_s": time.perf_counter() - scenario_started}
-    machine = common.machine_info("cpu", dirty=dirty)
+    machine = {**common.machine_info("cpu", dirty=dirty), "git_commit": commit_at_start}
     result = {
         "harness": "quality",
         "config": {"pretrain": asdict(pre_config), "finetune": asdict(ft_config), "seeds": seeds},

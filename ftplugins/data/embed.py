@@ -22,11 +22,9 @@ MINILM = "minilm"
 
 
 def _device(name: str | None):
-    import torch
+    from .devices import AUTO, compute_device
 
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return compute_device(name or AUTO)
 
 
 class SentenceEncoder:
@@ -160,7 +158,7 @@ def make_encoder(settings: Any, context: Any, columns: list[str]) -> Any:
             return GradientEncoder(context.model, context.tokenizer, rows, dim=getattr(settings, "gradient_dim", 8192),
                                    seed=settings.seed, max_length=settings.max_length)
         return ModelEncoder(context.model, context.tokenizer, rows, settings.max_length)
-    return SentenceEncoder(settings.encoder, settings.text_field, settings.max_length)
+    return SentenceEncoder(settings.encoder, settings.text_field, settings.max_length, device=settings.device)
 
 
 def embed_pool(dataset: Any, settings: Any, context: Any, desc: str = "embedding", encoder: Any = None

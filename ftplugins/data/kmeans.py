@@ -1,7 +1,7 @@
 """k-means with faiss (the ``[data]`` extra), seeded: the same inputs and seed give the same clusters.
 
 Diversify and Conquer clusters with faiss (300 iterations, 5 restarts); we do the same. On a machine
-with faiss' GPU build and a CUDA device, ``gpu=True`` runs it there.
+with faiss' GPU build and a CUDA device it runs there (:mod:`.devices`; ``device="cpu"`` keeps it on the CPU).
 """
 
 from __future__ import annotations
@@ -17,13 +17,15 @@ def auto_clusters(rows: int) -> int:
 
 
 def kmeans(vectors: np.ndarray, clusters: int, seed: int = 0, iterations: int = 300, restarts: int = 5,
-           gpu: bool = False) -> tuple[np.ndarray, np.ndarray]:
+           device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """``(centroids [K, d], assignment [N])`` of ``vectors`` (float32, C-contiguous)."""
     faiss = require("faiss")
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     if not 1 <= clusters <= x.shape[0]:
         raise ValueError(f"clusters={clusters}: expected 1..{x.shape[0]} (the number of rows)")
-    use_gpu = bool(gpu and hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0)
+    from .devices import faiss_on_gpu
+
+    use_gpu = faiss_on_gpu(faiss, device)
     model = faiss.Kmeans(x.shape[1], clusters, niter=iterations, nredo=restarts, seed=seed, verbose=False,
                          gpu=use_gpu, min_points_per_centroid=1)
     model.train(x)

@@ -8,6 +8,7 @@ the Python API (``ftplugins.data.select``) take the same fields without the pref
 from __future__ import annotations
 
 import dataclasses
+import re
 from types import SimpleNamespace
 from typing import Any
 
@@ -22,6 +23,9 @@ SHARED: list[tuple[str, type, Any, str]] = [
     ("batch_size", int, 64, "Rows per forward pass."),
     ("max_length", int, 256, "Tokens per row (longer rows are truncated)."),
     ("chunk_rows", int, 1024, "Rows per cache chunk (the unit an interrupted run resumes from)."),
+    ("device", str, "auto", "Where embeddings, OT and k-means run: auto (this process's CUDA device when there is "
+                            "one, else the CPU), cpu, cuda or cuda:N. k-means needs faiss' GPU build for CUDA "
+                            "(faiss-cpu runs it on the CPU)."),
 ]
 ENCODER = ("encoder", str, "minilm", "Embedding model: a Hugging Face encoder path or id (mean pooling; 'minilm': "
                                      "all-MiniLM-L6-v2), 'model' for the model being fine-tuned (mean last "
@@ -42,6 +46,8 @@ def selection_options(plugin: str, own: list[tuple[str, type, Any, str]], encode
         for name in ("batch_size", "max_length", "chunk_rows"):
             if getattr(values, name) < 1:
                 raise ValueError(f"--{plugin}_{name} {getattr(values, name)}: expected an integer >= 1")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", values.device):
+            raise ValueError(f"--{plugin}_device {values.device!r}: expected auto, cpu, cuda or cuda:N")
         if check is not None:
             check(values)
 

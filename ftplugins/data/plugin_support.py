@@ -20,19 +20,19 @@ def select_train_split(plugin: Any, run: Any, dataset: Any, split: str) -> Any:
     from .report import write_report
 
     args = run.args
-    context = Context(model=run.model, tokenizer=_tokenizer(run),
-                      show_progress=not getattr(args, "disable_tqdm", False) and _is_main(args))
+    context = Context(model=run.model, tokenizer=tokenizer_or_none(run),
+                      show_progress=not getattr(args, "disable_tqdm", False) and is_main(args))
     # Under DDP every process selects: the embedding/scoring chunks are shared through the cache (each process
     # computes its shard, :mod:`.shards`) and the rest is seeded, so all processes keep the same rows.
     selection = run_selection(plugin, dataset, run.options_for(plugin), context)
     run.state[plugin.name] = {"indices": selection.indices, "report": selection.report}
     logger.info("%s kept %d of %d train rows", plugin.name, len(selection.indices), len(dataset))
-    if args is not None and _is_main(args) and getattr(args, "output_dir", None):
+    if args is not None and is_main(args) and getattr(args, "output_dir", None):
         write_report(selection.report, os.path.join(args.output_dir, f"{plugin.name}_report.json"))
     return selection.dataset
 
 
-def _tokenizer(run: Any) -> Any:
+def tokenizer_or_none(run: Any) -> Any:
     """The run's tokenizer, or ``None`` when it has none (a method that needs one says so itself)."""
     if run.processing_class is None and run.model is None:
         return None
@@ -45,5 +45,5 @@ def _tokenizer(run: Any) -> Any:
         return None
 
 
-def _is_main(args: Any) -> bool:
+def is_main(args: Any) -> bool:
     return int(getattr(args, "process_index", 0) or 0) == 0

@@ -40,13 +40,18 @@ def _cost_tile(x: torch.Tensor, y: torch.Tensor, x_sq: torch.Tensor, y_sq: torch
     return (x_sq[:, None] + y_sq[None, :] - 2.0 * (x @ y.T)).clamp_(min=0.0)
 
 
+def squared_norms(x: torch.Tensor, chunk: int) -> torch.Tensor:
+    """``|x_i|^2`` per row, ``chunk`` rows at a time: ``(x * x).sum(1)`` would hold a copy of all of ``x``."""
+    return torch.cat([(part * part).sum(1) for part in x.split(chunk)]) if x.shape[0] else x.new_zeros(0)
+
+
 class CostTiles:
     """``C[i:i+chunk, j:j+chunk]`` on demand. Tiles are kept once computed while they fit in ``keep_bytes``
     (at sizes POT can hold they all do, and no iteration recomputes a matmul); beyond it they are recomputed."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, chunk: int, keep_bytes: int):
         self.x, self.y, self.chunk = x, y, chunk
-        self.x_sq, self.y_sq = (x * x).sum(1), (y * y).sum(1)
+        self.x_sq, self.y_sq = squared_norms(x, chunk), squared_norms(y, chunk)
         self.left, self.kept = keep_bytes, {}
 
     def __call__(self, i: int, j: int) -> torch.Tensor:

@@ -9,8 +9,10 @@ k-means, and fill each cluster's share of the budget (proportional to its size) 
 * Offline: ``ftplugins select kmeans --data train.jsonl --budget 5000 -o selected.jsonl``.
 * Python: ``ftplugins.data.select("kmeans", dataset, 5000, clusters=64)``.
 
-The iterative variant (train on a slice, reweight clusters by how far the model still is from their answers, draw
-the next slice from the unselected rows) needs a trainer between rounds: :func:`select_iteratively` (Python).
+The iterative variant (train on a slice, reweight clusters by how far the model still is from the answers of rows
+held out of each cluster, draw the next slice from the unselected rows): ``--select_kmeans_rounds R`` in the plugin
+(the rounds are epochs of the run: a callback draws the next slice between them, :mod:`.rounds`), or
+:func:`select_iteratively` in Python with your own training step between rounds.
 """
 
 from __future__ import annotations
@@ -47,7 +49,30 @@ class SelectKmeansPlugin(Plugin):
 
     @hookimpl
     def transform_dataset(self, run, dataset, split):
+        if _iterative(self, run) and split == "train" and dataset is not None:
+            from .rounds import prepare
+
+            return prepare(self, run, dataset)
         return select_train_split(self, run, dataset, split)
+
+    @hookimpl
+    def callbacks(self, run):
+        if not _iterative(self, run):
+            return None
+        from .rounds import RoundsCallback
+
+        return [RoundsCallback(self, run)]
+
+    @hookimpl
+    def train_begin(self, run, trainer, resume_from_checkpoint):
+        if _iterative(self, run):
+            from .rounds import begin
+
+            begin(self, run, trainer, resume_from_checkpoint)
+
+
+def _iterative(plugin, run) -> bool:
+    return run.options_for(plugin).select_kmeans_rounds > 1
 
 
 plugin = SelectKmeansPlugin()

@@ -16,15 +16,22 @@ from ftplugins.data.embed import embed_pool
 from ftplugins.data.kmeans import auto_clusters, kmeans
 from ftplugins.data.pipeline import Choice, cache_root
 from ftplugins.data.sampling import proportional_quotas, weighted_sample
+from ftplugins.errors import FtpluginsError
 
 from .quality import quality_scores, resolve_quality
 
 
 def choose(pool: Any, budget: int, settings: Any, context: Any) -> Choice:
+    if settings.rounds > 1:
+        raise FtpluginsError(
+            f"select_kmeans_rounds {settings.rounds}: iterative kMQ trains between rounds, which a selection alone "
+            "cannot; use the plugin (--plugins select_kmeans --select_kmeans_rounds R) or, in Python, "
+            "ftplugins.methods.select_kmeans.select_iteratively with your own training step."
+        )
     embeddings = embed_pool(pool, settings, context)
     clusters = min(settings.clusters or auto_clusters(len(pool)), len(pool))
     _, assignment = kmeans(embeddings.vectors, clusters, seed=settings.seed, iterations=settings.iterations,
-                           restarts=settings.restarts, gpu=True)
+                           restarts=settings.restarts, device=settings.device)
     sizes = np.bincount(assignment, minlength=clusters)
     quotas = proportional_quotas(sizes, budget)
     quality = resolve_quality(settings.quality, context)

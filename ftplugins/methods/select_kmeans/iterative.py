@@ -1,14 +1,21 @@
-"""Iterative kMQ (Diversify and Conquer, §3.2; for-ai/iterative-data-selection, selection/iter.py), from Python.
+"""Iterative kMQ (Diversify and Conquer, §3.2; for-ai/iterative-data-selection, selection/iter.py).
 
-Cluster once; take the first slice (budget / rounds) spread evenly over the clusters; then each round: the caller
-trains on the newest slice (``train_round(rows, round)``, e.g. a few steps of its own trainer, continuing the
-same model), every row selected so far is scored by how far the model still is from its gold answer
-(``d_i``: the paper's RM(gold) - RM(generated), here by default the response's mean NLL under the model), each
-cluster's weight is the softmax over clusters of its mean ``d``, and the next slice is drawn from the *unselected*
-rows: cluster ids ~ Categorical(w), capped at what each cluster has left, uniform within a cluster. Clusters the
-model has already learned lose weight; the weights are re-estimated every round.
+Cluster once; hold a few rows of every cluster out (never selected); take the first slice (budget // rounds rows)
+spread evenly over the clusters; then each round: the model trains on the newest slice (continuing the same model),
+the held-out rows are scored by how far the model still is from their gold answer (``d_i``: the paper's
+RM(gold) - RM(generated), here by default the response's mean NLL under the model), each cluster's weight is the
+softmax over clusters of its mean ``d``, and the next slice is drawn from the *unselected* rows: cluster ids ~
+Categorical(w), capped at what each cluster has left, and within a cluster by quality as kMQ draws
+(``select_kmeans_quality``: perplexity under the initial model by default when there is one; ``none``: uniform).
+Clusters the model has already learned lose weight; the weights are re-estimated every round.
 
-Needs a trainer between rounds, so it is a function, not a plugin option.
+We score held-out rows by default (``holdout``) rather than the paper's rows selected so far: a row trained on a
+moment ago measures memorisation, a held-out row of the same cluster what the model learned of that cluster.
+``holdout=0`` gives the paper's choice. Slices are equal (``budget // rounds`` rows; the plugin's rounds are epochs
+over one fixed-length view), so the union may fall short of the budget by fewer than ``rounds`` rows.
+
+:class:`IterativeDraws` holds the draws, one round at a time; :func:`select_iteratively` drives it from Python
+(``train_round`` between rounds) and :mod:`.rounds` from the plugin (a callback between epochs).
 """
 
 from __future__ import annotations
@@ -19,14 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from ftplugins.data.embed import embed_pool
-from ftplugins.data.kmeans import auto_clusters, kmeans
-from ftplugins.data.options import budget_rows, plain
-from ftplugins.data.pipeline import Context
-from ftplugins.data.source import load_pool, resolve_text_field
-from ftplugins.errors import FtpluginsError
-
-from .options import SelectKmeansOptions
+from ftplugins.data.sampling import weighted_sample
+from ftplugins.errors import FtpluginsError, OptionError
 
 
 @dataclass
@@ -53,13 +54,22 @@ def mean_nll(model: Any, tokenizer: Any, rows: list[dict], max_length: int) -> n
         model.train(was_training)
 
 
-def cluster_weights(assignment: np.ndarray, selected: np.ndarray, d: np.ndarray, clusters: int,
+def round_scorer(name: str, max_length: int) -> Callable[[Any, Any, list[dict]], Any]:
+    """``score(model, tokenizer, rows)`` for ``select_kmeans_round_score``: ``nll`` or a user's ``pkg.mod:func``."""
+    if name == "nll":
+        return lambda model, tokenizer, rows: mean_nll(model, tokenizer, rows, max_length)
+    from ftplugins.data.importing import import_callable
+
+    return import_callable("select_kmeans_round_score", name)
+
+
+def cluster_weights(assignment: np.ndarray, scored: np.ndarray, d: np.ndarray, clusters: int,
                     available: np.ndarray, temperature: float) -> np.ndarray:
-    """softmax over clusters (with rows left) of the mean ``d`` of their selected rows; a cluster none of whose
-    rows was selected yet gets the mean over all selected rows."""
+    """softmax over clusters (with rows left) of the mean ``d`` of their scored rows; a cluster none of whose
+    rows was scored gets the mean over all scored rows."""
     means = np.full(clusters, d.mean())
     for k in range(clusters):
-        mine = d[assignment[selected] == k]
+        mine = d[assignment[scored] == k]
         if mine.size:
             means[k] = mine.mean()
     logits = np.where(available > 0, means / temperature, -np.inf)
@@ -102,56 +112,148 @@ def draw_counts(weights: np.ndarray, available: np.ndarray, size: int, rng: np.r
     return counts
 
 
+class IterativeDraws:
+    """The slices of iterative kMQ, one round at a time: :meth:`first`, then :meth:`next` with the scores of
+    :meth:`scored_rows`. Seeded: the same assignment, seed and scores give the same slices."""
+
+    def __init__(self, assignment: np.ndarray, clusters: int, total: int, rounds: int, seed: int,
+                 temperature: float, holdout: int, quality: np.ndarray | None = None):
+        self.assignment, self.clusters, self.rounds, self.temperature = assignment, clusters, rounds, temperature
+        self.quality = quality  # per-row draw scores within a cluster (higher: likelier); None: uniform
+        self.rng = np.random.default_rng(seed)
+        self.sizes = np.bincount(assignment, minlength=clusters)
+        self.held_out = self._hold_out(holdout)
+        self.unavailable = np.zeros(len(assignment), dtype=bool)
+        self.unavailable[self.held_out] = True
+        self.slice_size = total // rounds
+        candidates = len(assignment) - len(self.held_out)
+        if self.slice_size < 1:
+            raise OptionError(f"select_kmeans_budget {total} rows over select_kmeans_rounds {rounds}: every round "
+                              f"needs at least one row; raise the budget to >= {rounds} rows or lower the rounds.")
+        if self.slice_size * rounds > candidates:
+            raise OptionError(f"select_kmeans_budget {total} rows: only {candidates} rows can be selected once "
+                              f"{len(self.held_out)} are held out for scoring; lower the budget or "
+                              "select_kmeans_holdout.")
+        self.slices: list[list[int]] = []
+        self.weights: list[list[float]] = []
+
+    def _hold_out(self, per_cluster: int) -> np.ndarray:
+        held = [self.rng.choice(members, size=min(per_cluster, len(members) // 2), replace=False)
+                for members in (np.flatnonzero(self.assignment == k) for k in range(self.clusters))]
+        return np.sort(np.concatenate(held)).astype(np.int64) if held else np.empty(0, dtype=np.int64)
+
+    @property
+    def selected(self) -> np.ndarray:
+        """Every row selected so far, ascending."""
+        return np.sort(np.concatenate(self.slices)).astype(np.int64) if self.slices else np.empty(0, np.int64)
+
+    @property
+    def done(self) -> bool:
+        return len(self.slices) == self.rounds
+
+    def scored_rows(self) -> np.ndarray:
+        """The rows whose ``d`` reweights the clusters: the held-out rows, or (``holdout=0``) the selected ones."""
+        return self.held_out if len(self.held_out) else self.selected
+
+    def first(self) -> list[int]:
+        """Round 1: evenly over the clusters, capped by their sizes."""
+        return self._take(even_counts(self._available(), self.slice_size))
+
+    def next(self, d: Any) -> list[int]:
+        """The next slice, drawn toward the clusters whose scored rows the model is still far from."""
+        scored = self.scored_rows()
+        d = np.asarray(d, dtype=np.float64).reshape(-1)
+        if d.shape[0] != len(scored):
+            raise FtpluginsError(f"select_kmeans_round_score returned {d.shape[0]} scores for {len(scored)} rows; "
+                                 "return one float per row.")
+        available = self._available()
+        weights = cluster_weights(self.assignment, scored, d, self.clusters, available, self.temperature)
+        self.weights.append(weights.tolist())
+        return self._take(draw_counts(weights, available, self.slice_size, self.rng))
+
+    def _available(self) -> np.ndarray:
+        return self.sizes - np.bincount(self.assignment[self.unavailable], minlength=self.clusters)
+
+    def _take(self, counts: np.ndarray) -> list[int]:
+        if self.done:
+            raise FtpluginsError(f"iterative kMQ: all {self.rounds} rounds are drawn already.")
+        new = []
+        for k in np.flatnonzero(counts):
+            free = np.flatnonzero((self.assignment == k) & ~self.unavailable)
+            if self.quality is None:
+                new.extend(self.rng.choice(free, size=int(counts[k]), replace=False).tolist())
+            else:
+                new.extend(free[weighted_sample(self.quality[free], int(counts[k]), self.rng,
+                                                self.temperature)].tolist())
+        new = sorted(int(i) for i in new)
+        self.unavailable[new] = True
+        self.slices.append(new)
+        return new
+
+    def report(self) -> dict[str, Any]:
+        return {"rounds": self.rounds, "slice_rows": self.slice_size, "clusters": self.clusters,
+                "held_out": self.held_out.tolist(), "slices": self.slices, "cluster_weights": self.weights,
+                "per_cluster": {int(k): {"size": int(self.sizes[k]),
+                                         "chosen": int(np.sum(self.assignment[self.selected] == k))}
+                                for k in range(self.clusters)}}
+
+
+def plan(pool: Any, settings: Any, context: Any) -> tuple[IterativeDraws, dict[str, Any]]:
+    """Embed and cluster ``pool`` once (shared cache) and set up the draws; the report's cache fields."""
+    from ftplugins.data.embed import embed_pool
+    from ftplugins.data.kmeans import auto_clusters, kmeans
+    from ftplugins.data.options import budget_rows
+    from ftplugins.data.pipeline import cache_root
+
+    from .quality import quality_scores, resolve_quality
+
+    total = budget_rows(settings.budget, len(pool), "select_kmeans_budget")
+    embeddings = embed_pool(pool, settings, context)
+    clusters = min(settings.clusters or auto_clusters(len(pool)), len(pool))
+    _, assignment = kmeans(embeddings.vectors, clusters, seed=settings.seed, iterations=settings.iterations,
+                           restarts=settings.restarts, device=settings.device)
+    quality = resolve_quality(settings.quality, context)
+    scores = None if quality == "none" else quality_scores(quality, pool, settings, context, cache_root(settings))
+    draws = IterativeDraws(assignment, clusters, total, settings.rounds, settings.seed, settings.temperature,
+                           settings.holdout, scores)
+    return draws, {"method": "select_kmeans (iterative)", "pool_rows": len(pool), "budget": total,
+                   "seed": settings.seed, "quality": quality, "embedding_cache_key": embeddings.key}
+
+
+def score_rows(score: Callable, model: Any, tokenizer: Any, pool: Any, settings: Any, rows: np.ndarray) -> Any:
+    """``score`` of the pool rows ``rows`` (prompt/completion or the text field, as the other model features)."""
+    from ftplugins.data.tokens import batch_rows, model_columns
+
+    view = pool.select_columns(model_columns(list(pool.column_names), settings.text_field))
+    return score(model, tokenizer, batch_rows(view[rows.tolist()]))
+
+
 def select_iteratively(data: Any, budget: float, train_round: Callable[[Any, int], None], *, model: Any,
                        tokenizer: Any, rounds: int = 3, score: Callable | None = None, show_progress: bool = True,
                        **options: Any) -> IterativeSelection:
     """Iterative kMQ over ``rounds`` rounds; ``options`` are select_kmeans' without the prefix (``clusters=``,
-    ``seed=``, ``encoder=``, ``temperature=`` for the cluster softmax, ...). ``score(model, tokenizer, rows)``
-    replaces the default ``d_i`` (mean response NLL)."""
+    ``seed=``, ``holdout=``, ``encoder=``, ``temperature=`` for the cluster softmax, ...). ``score(model,
+    tokenizer, rows)`` replaces ``round_score`` (default: mean response NLL)."""
+    from ftplugins.data.options import plain
+    from ftplugins.data.pipeline import Context
+    from ftplugins.data.source import load_pool, resolve_text_field
+
+    from .options import SelectKmeansOptions
+
     if rounds < 1:
         raise FtpluginsError(f"rounds={rounds}: expected an integer >= 1.")
-    opts = SelectKmeansOptions(**{f"select_kmeans_{k}": v for k, v in options.items()})
+    opts = SelectKmeansOptions(**{f"select_kmeans_{k}": v for k, v in {**options, "rounds": rounds,
+                                                                        "budget": budget}.items()})
     settings = plain(opts, "select_kmeans")
     pool = load_pool(data)
-    total = budget_rows(budget, len(pool))
     settings.text_field = resolve_text_field(pool, settings.text_field)
-    context = Context(model=model, tokenizer=tokenizer, show_progress=show_progress)
-    vectors = embed_pool(pool, settings, context).vectors
-    clusters = min(settings.clusters or auto_clusters(len(pool)), len(pool))
-    _, assignment = kmeans(vectors, clusters, seed=settings.seed, iterations=settings.iterations,
-                           restarts=settings.restarts)
-    rng = np.random.default_rng(settings.seed)
-    sizes = np.bincount(assignment, minlength=clusters)
-    slices = [total // rounds + (1 if r < total % rounds else 0) for r in range(rounds)]
-    from ftplugins.data.tokens import batch_rows, model_columns
-
-    view = pool.select_columns(model_columns(list(pool.column_names), settings.text_field))
-    score = score or (lambda m, t, rows: mean_nll(m, t, rows, settings.max_length))
-    taken = np.zeros(len(pool), dtype=bool)
-    per_round: list[list[int]] = []
-    weights_log: list[list[float]] = []
-    d = np.empty(0)
-    for r, size in enumerate(slices):
-        available = sizes - np.bincount(assignment[taken], minlength=clusters)
-        if r == 0:  # evenly over clusters, capped by their sizes
-            counts = even_counts(available, size)
-        else:
-            selected = np.flatnonzero(taken)
-            weights = cluster_weights(assignment, selected, d, clusters, available, settings.temperature)
-            weights_log.append(weights.tolist())
-            counts = draw_counts(weights, available, size, rng)
-        new = []
-        for k in np.flatnonzero(counts):
-            free = np.flatnonzero((assignment == k) & ~taken)
-            new.extend(rng.choice(free, size=int(counts[k]), replace=False).tolist())
-        new = sorted(new)
-        taken[new] = True
-        per_round.append(new)
+    draws, report = plan(pool, settings, Context(model=model, tokenizer=tokenizer, show_progress=show_progress))
+    score = score or round_scorer(settings.round_score, settings.max_length)
+    new = draws.first()
+    for r in range(rounds):
         train_round(pool.select(new), r)
         if r + 1 < rounds:
-            selected = np.flatnonzero(taken)
-            d = np.asarray(score(model, tokenizer, batch_rows(view[selected.tolist()])), dtype=np.float64)
-    indices = np.flatnonzero(taken).tolist()
-    report = {"method": "select_kmeans (iterative)", "pool_rows": len(pool), "budget": total, "rounds": rounds,
-              "clusters": clusters, "seed": settings.seed, "slices": slices, "cluster_weights": weights_log}
-    return IterativeSelection(pool.select(indices), indices, per_round, weights_log, report)
+            new = draws.next(score_rows(score, model, tokenizer, pool, settings, draws.scored_rows()))
+    indices = draws.selected.tolist()
+    return IterativeSelection(pool.select(indices), indices, draws.slices, draws.weights,
+                              {**report, **draws.report()})

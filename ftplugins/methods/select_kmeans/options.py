@@ -11,6 +11,12 @@ def _check(values):
         raise ValueError(f"--select_kmeans_temperature {values.temperature}: expected a value > 0")
     if values.iterations < 1 or values.restarts < 1:
         raise ValueError("--select_kmeans_iterations and --select_kmeans_restarts: expected integers >= 1")
+    if values.rounds < 1:
+        raise ValueError(f"--select_kmeans_rounds {values.rounds}: expected 1 (single-shot kMQ) or more rounds")
+    if values.holdout < 0:
+        raise ValueError(f"--select_kmeans_holdout {values.holdout}: expected 0 (score the selected rows) or more")
+    if not values.round_score.strip():
+        raise ValueError("--select_kmeans_round_score '': expected nll or 'pkg.mod:func'")
     if not values.quality.strip():
         raise ValueError("--select_kmeans_quality '': expected auto, none, perplexity or 'pkg.mod:func'")
 
@@ -23,5 +29,15 @@ SelectKmeansOptions = selection_options("select_kmeans", [
                              "likelier; needs the model), none (uniform), auto (perplexity when a model is given), "
                              "or 'pkg.mod:func' taking a column batch (dict of lists) and returning one float per row "
                              "(higher is better)."),
-    ("temperature", float, 1.0, "Draws within a cluster have probability ~ softmax(quality / temperature)."),
+    ("temperature", float, 1.0, "Draws within a cluster have probability ~ softmax(quality / temperature); "
+                                "iterative rounds draw clusters ~ softmax(mean score / temperature)."),
+    ("rounds", int, 1, "1: single-shot kMQ. R > 1: iterative kMQ, R slices of budget // R rows each; the plugin "
+                       "trains num_train_epochs // R epochs on a slice, then scores the model and draws the next "
+                       "slice from the rows not yet selected."),
+    ("holdout", int, 4, "Iterative kMQ: rows held out of every cluster (never selected, at most half of it) whose "
+                        "scores after a round reweight the clusters; 0: score the rows selected so far (the "
+                        "paper's d_i)."),
+    ("round_score", str, "nll", "Iterative kMQ: how far the model still is from a row's answer after a round, "
+                                "higher = farther: nll (mean response-token NLL) or 'pkg.mod:func' taking (model, "
+                                "tokenizer, rows) and returning one float per row."),
 ], check=_check, doc="Options of select_kmeans (kMQ: k-means, then quality-weighted draws per cluster).")

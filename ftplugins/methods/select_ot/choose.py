@@ -50,7 +50,9 @@ def choose(pool: Any, budget: int, settings: Any, context: Any) -> Choice:
     check_target_columns(target, encoder.columns)
     candidates = embed_pool(pool, settings, context, desc="embedding pool", encoder=encoder)
     targets = embed_pool(target, settings, context, desc="embedding target", encoder=encoder)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    from ftplugins.data.devices import compute_device
+
+    device = compute_device(settings.device)
     x = torch.from_numpy(candidates.vectors).to(device)
     y = torch.from_numpy(targets.vectors).to(device)
     result = sinkhorn(x, y, reg=settings.epsilon, max_iter=settings.max_iter, tol=settings.tol, chunk=settings.chunk,

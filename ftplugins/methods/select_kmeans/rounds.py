@@ -1,0 +1,152 @@
+"""Iterative kMQ as a plugin: the rounds are epochs of one training run.
+
+* ``transform_dataset`` embeds and clusters the pool, draws the first slice, and hands the trainer the whole pool
+  (so TRL tokenizes every row once, in pool order);
+* ``train_begin`` replaces ``trainer.train_dataset`` by a :class:`RoundView`: a fixed-length view of the tokenized
+  pool showing the current slice (the dataloader, built next, samples ``range(slice)`` every epoch);
+* :class:`RoundsCallback` ends a round every ``num_train_epochs // rounds`` epochs (left-over epochs stay on the last
+  slice): it scores the held-out rows with the model just trained, draws the next slice from the unselected rows and
+  points the view at it. The next epoch's iterator reads the new rows; nothing of the trainer's loop is touched.
+
+Under DDP every process scores (the same weights, the same rows) and rank 0's scores are broadcast, so every rank
+draws the same slice. Dataloader workers that persist across epochs would keep the old view: refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from transformers import TrainerCallback
+
+from ftplugins.errors import FtpluginsError
+
+from .iterative import IterativeDraws, plan, round_scorer, score_rows
+
+logger = logging.getLogger("ftplugins.data")
+
+
+class RoundView:
+    """The rows ``current`` of ``rows`` (a tokenized pool), as a map-style dataset of fixed length."""
+
+    def __init__(self, rows: Any, current: list[int]):
+        self.rows, self.current = rows, list(current)
+
+    def show(self, indices: list[int]) -> None:
+        if len(indices) != len(self.current):
+            raise AssertionError("a round's slice changed length")  # IterativeDraws keeps slices equal
+        self.current = list(indices)
+
+    def __len__(self) -> int:
+        return len(self.current)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.rows[self.current[i]]
+
+
+@dataclass
+class RoundsState:
+    draws: IterativeDraws
+    pool: Any
+    settings: Any
+    tokenizer: Any
+    report: dict[str, Any]
+    view: RoundView | None = None
+
+
+def prepare(plugin: Any, run: Any, dataset: Any) -> Any:
+    """``transform_dataset`` of the train split: plan the rounds, return the whole pool for the trainer."""
+    from ftplugins.data.options import plain
+    from ftplugins.data.pipeline import Context
+    from ftplugins.data.plugin_support import is_main, tokenizer_or_none
+    from ftplugins.data.source import load_pool, resolve_text_field
+
+    settings = plain(run.options_for(plugin), plugin.name)
+    pool = load_pool(dataset)
+    settings.text_field = resolve_text_field(pool, settings.text_field)
+    tokenizer = tokenizer_or_none(run)
+    show = not getattr(run.args, "disable_tqdm", False) and is_main(run.args)
+    draws, report = plan(pool, settings, Context(model=run.model, tokenizer=tokenizer, show_progress=show))
+    draws.first()
+    run.state[plugin.name] = RoundsState(draws, pool, settings, tokenizer, report)
+    return pool
+
+
+def begin(plugin: Any, run: Any, trainer: Any, resume_from_checkpoint: Any) -> None:
+    """``train_begin``: show the first slice through a view of the tokenized pool."""
+    state = run.state.get(plugin.name)
+    if not isinstance(state, RoundsState):
+        raise FtpluginsError("select_kmeans_rounds > 1 selects the train split while the trainer is built; give "
+                             "the trainer a train_dataset.")
+    if resume_from_checkpoint not in (None, False):
+        raise FtpluginsError("select_kmeans_rounds > 1 does not checkpoint its rounds yet; resuming would redraw "
+                             "them. Train from the start, or select offline (select_iteratively) and resume a plain "
+                             "run on the selected rows.")
+    rows = trainer.train_dataset
+    if len(rows) != len(state.pool):
+        raise FtpluginsError(f"select_kmeans_rounds > 1 maps the trainer's train rows to the pool row by row, but "
+                             f"the trainer holds {len(rows)} rows for a pool of {len(state.pool)} (packing?); train "
+                             "without packing.")
+    state.view = RoundView(rows, state.draws.slices[0])
+    trainer.train_dataset = state.view
+
+
+class RoundsCallback(TrainerCallback):
+    """Ends a round every ``epochs // rounds`` epochs: score, reweight, show the next slice."""
+
+    def __init__(self, plugin: Any, run: Any):
+        self.plugin, self.run = plugin, run
+        self.epochs_done = 0
+        self.per_round = 1
+
+    @property
+    def state(self) -> RoundsState:
+        return self.run.state[self.plugin.name]
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        rounds = self.state.draws.rounds
+        epochs = int(state.num_train_epochs)
+        if epochs < rounds:
+            raise FtpluginsError(f"select_kmeans_rounds {rounds}: each round trains at least one epoch on its "
+                                 f"slice, but this run trains {epochs} epoch(s) of {len(self.state.view)} rows; set "
+                                 f"num_train_epochs to a multiple of {rounds} (and max_steps to -1).")
+        self.per_round = epochs // rounds
+        if args.dataloader_persistent_workers and args.dataloader_num_workers > 0:
+            raise FtpluginsError("select_kmeans_rounds > 1 shows a new slice each round; persistent dataloader "
+                                 "workers would keep the first. Set dataloader_persistent_workers false.")
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        self.epochs_done += 1
+        rounds = self.state
+        if self.epochs_done % self.per_round or rounds.draws.done:
+            return
+        d = score_rows(round_scorer(rounds.settings.round_score, rounds.settings.max_length), model,
+                       rounds.tokenizer, rounds.pool, rounds.settings, rounds.draws.scored_rows())
+        rounds.view.show(rounds.draws.next(_from_rank_zero(d)))
+        logger.info("select_kmeans round %d of %d: cluster weights %s", len(rounds.draws.slices),
+                    rounds.draws.rounds, [round(w, 3) for w in rounds.draws.weights[-1]])
+
+    def on_train_end(self, args, state, control, **kwargs):
+        from ftplugins.data.plugin_support import is_main
+        from ftplugins.data.report import write_report
+
+        rounds = self.state
+        report = {**rounds.report, **rounds.draws.report(), "selected": int(len(rounds.draws.selected)),
+                  "rounds_trained": len(rounds.draws.slices)}
+        self.run.state[f"{self.plugin.name}_rounds"] = {"indices": rounds.draws.selected.tolist(), "report": report}
+        if is_main(args) and getattr(args, "output_dir", None):
+            write_report(report, os.path.join(args.output_dir, f"{self.plugin.name}_report.json"))
+
+
+def _from_rank_zero(d: Any) -> Any:
+    """Rank 0's scores on every process (they agree already with equal weights; this makes it certain)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return d
+    box = [list(map(float, d))]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+

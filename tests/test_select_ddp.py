@@ -1,0 +1,42 @@
+"""Selection plugins under DDP (two CPU processes, gloo, ``accelerate launch``): every rank keeps the same rows,
+those one process would keep (the model-embedding and perplexity passes are shared through the cache, each rank
+computing a shard); with select_kmeans_rounds every rank shows the same slice each round, and together the ranks
+train on exactly that slice."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+from test_distributed import DDP_FLAGS, accelerate_bin
+
+CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "select_ddp_child.py")
+
+
+@pytest.mark.slow
+def test_two_ranks_select_the_same_rows_as_one_process(tmp_path):
+    from select_ddp_child import SHARED
+
+    from ftplugins.data import select
+    from ftplugins.testing import arithmetic_dataset, tiny_llama, tiny_tokenizer
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run([accelerate_bin(), "launch", *DDP_FLAGS, CHILD, str(tmp_path)], capture_output=True,
+                          text=True, env=env, timeout=600, check=False)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+
+    options = {k.removeprefix("select_kmeans_"): v for k, v in SHARED.items()}
+    alone = select("kmeans", arithmetic_dataset(24, seed=3), 8, quality="perplexity", model=tiny_llama(),
+                   tokenizer=tiny_tokenizer(), cache_dir="none", show_progress=False, **options)
+    assert ranks[0]["single"] == ranks[1]["single"] == alone.indices
+
+    slices = ranks[0]["slices"]
+    assert ranks[1]["slices"] == slices and len(slices) == 2 and not set(slices[0]) & set(slices[1])
+    # Each epoch is one round: 4 rows split over 2 ranks, one batch of 2 each; together they cover the slice.
+    assert ranks[0]["steps"] == ranks[1]["steps"] == 2
+    for epoch, rows in enumerate(slices):
+        assert sorted(ranks[0]["trained"][2 * epoch:2 * epoch + 2] + ranks[1]["trained"][2 * epoch:2 * epoch + 2]) \
+            == rows
