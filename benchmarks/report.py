@@ -1,6 +1,6 @@
 """BENCHMARKS.md's numeric tables, regenerated from the committed result files (so the document cannot drift).
 
-Every folder ``benchmarks/results/NAME/`` with a ``perf.json``, ``quality.json`` or ``kernels.json`` is one
+Every folder ``benchmarks/results/NAME/`` with a ``perf.json``, ``quality.json``, ``kernels.json`` or ``soup.json`` is one
 generated section of BENCHMARKS.md, written between the markers::
 
     <!-- generated: NAME (python -m benchmarks.report) -->
@@ -26,7 +26,7 @@ from benchmarks import common
 from benchmarks.perf.kernels_report import markdown as kernels_markdown
 
 DOCUMENT = os.path.join(common.REPO_ROOT, "BENCHMARKS.md")
-RESULT_FILES = ("perf.json", "quality.json", "kernels.json")
+RESULT_FILES = ("perf.json", "quality.json", "kernels.json", "soup.json")
 BEGIN = "<!-- generated: {name} (python -m benchmarks.report) -->"
 END = "<!-- end generated: {name} -->"
 SECTION = re.compile(r"<!-- generated: (?P<name>[\w.-]+) \(python -m benchmarks\.report\) -->\n"
@@ -193,6 +193,10 @@ def section(name: str, path: str) -> str:
         body, pngs = perf_section(result), ("perf.png",)
     elif file == "quality.json":
         body, pngs = quality_section(result), ("quality.png", "quality-scenarios.png")
+    elif file == "soup.json":
+        from benchmarks.perf.soup import markdown as soup_markdown
+
+        body, pngs = ["\n" + soup_markdown(result)], ()
     else:
         body, pngs = ["\n" + kernels_markdown(result)], ()
     parts = [provenance(result["machine"]) + "\n", *body, "\n", *_figures(folder, rel, pngs)]

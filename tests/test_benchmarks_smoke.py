@@ -192,3 +192,20 @@ def test_selection_perf_smoke(tmp_path):
     assert finite(result["ot"]["pot"]["ratio"]) and finite(result["ot"]["big"]["s"])
     assert finite(result["influence"]["s_per_10k_rows"])
     assert "| measurement |" in open(os.path.join(out, "selection.md")).read()
+
+
+@pytest.mark.slow
+def test_soup_perf_smoke(tmp_path):
+    """The soup harness without a mergekit environment: the comparison row says so, the scaling rows still run."""
+    out = str(tmp_path / "soup")
+    run_module("benchmarks.perf.soup", out, extra_args=("--scaling", "2,3", "--threads", "1",
+                                                        "--mergekit-python", str(tmp_path / "no-such-python")))
+    with open(os.path.join(out, "soup.json")) as handle:
+        result = json.load(handle)
+    assert result["mergekit"]["error"].startswith("mergekit not installed")
+    rows = result["scaling"]["rows"]
+    assert set(rows) == {"2", "3"}
+    for row in rows.values():
+        assert finite(row["seconds"]) and row["peak_rss_bytes"] > 0 and finite(row["above_imports_vs_one_model"])
+    markdown = open(os.path.join(out, "soup.md")).read()
+    assert "mergekit not installed" in markdown and "| ingredients |" in markdown
