@@ -1,7 +1,7 @@
 """BENCHMARKS.md's numeric tables, regenerated from the committed result files (so the document cannot drift).
 
-Every folder ``benchmarks/results/NAME/`` with a ``perf.json``, ``quality.json``, ``kernels.json`` or ``soup.json`` is one
-generated section of BENCHMARKS.md, written between the markers::
+Every folder ``benchmarks/results/NAME/`` with a ``perf.json``, ``quality.json``, ``kernels.json`` or ``soup.json`` is
+one generated section of BENCHMARKS.md, written between the markers::
 
     <!-- generated: NAME (python -m benchmarks.report) -->
     ...

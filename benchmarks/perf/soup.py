@@ -279,8 +279,8 @@ def markdown(result: dict[str, Any]) -> str:
         out.append(f"mergekit comparison: {mk['error']}.\n")
     else:
         eq = mk["equality"]
-        rows = [[f"`{side}`", common.fmt(mk[side]["seconds"], ".2f"), common.fmt(mk[side]["peak_rss_bytes"] / MB, ".0f")]
-                for side in ("ours", "mergekit")]
+        rows = [[f"`{side}`", common.fmt(mk[side]["seconds"], ".2f"),
+                 common.fmt(mk[side]["peak_rss_bytes"] / MB, ".0f")] for side in ("ours", "mergekit")]
         rows.append(["ours / mergekit", common.fmt(mk["time_ratio"], ".2f") + "×",
                      common.fmt(mk["memory_ratio"], ".2f") + "×"])
         out.append(f"**Uniform soup of {cfg['ingredients']} ingredients ({cfg['model']}, "
@@ -288,8 +288,8 @@ def markdown(result: dict[str, Any]) -> str:
                    f"{cfg['repeats']} interleaved runs, each a fresh process (start-up included)\n\n")
         out.append(common.markdown_table(["merge", "wall s", "peak RSS MiB"], rows))
         out.append(f"\nOutputs equal to fp32 rounding: **{'yes' if eq['equal'] else 'NO'}** "
-                   f"({eq.get('tensors', 0)} tensors; max |ours − mergekit| {common.fmt(eq.get('max_abs_diff'), '.3g')}"
-                   f", worst tensor at {common.fmt(eq.get('max_diff_over_bound'), '.2f')} of the bound "
+                   f"({eq.get('tensors', 0)} tensors; max |ours − mergekit| "
+                   f"{common.fmt(eq.get('max_abs_diff'), '.3g')}, worst tensor at {common.fmt(eq.get('max_diff_over_bound'), '.2f')} of the bound "
                    f"N·eps32·max|ingredient|).\n")
     sc = result["scaling"]
     rows = [[n, common.fmt(r["seconds"], ".2f"), common.fmt(r["peak_rss_bytes"] / MB, ".0f"),
