@@ -289,8 +289,8 @@ def markdown(result: dict[str, Any]) -> str:
         out.append(common.markdown_table(["merge", "wall s", "peak RSS MiB"], rows))
         out.append(f"\nOutputs equal to fp32 rounding: **{'yes' if eq['equal'] else 'NO'}** "
                    f"({eq.get('tensors', 0)} tensors; max |ours − mergekit| "
-                   f"{common.fmt(eq.get('max_abs_diff'), '.3g')}, worst tensor at {common.fmt(eq.get('max_diff_over_bound'), '.2f')} of the bound "
-                   f"N·eps32·max|ingredient|).\n")
+                   f"{common.fmt(eq.get('max_abs_diff'), '.3g')}, worst tensor at "
+                   f"{common.fmt(eq.get('max_diff_over_bound'), '.2f')} of the bound N·eps32·max|ingredient|).\n")
     sc = result["scaling"]
     rows = [[n, common.fmt(r["seconds"], ".2f"), common.fmt(r["peak_rss_bytes"] / MB, ".0f"),
              common.fmt(r["above_imports_bytes"] / MB, ".0f"), common.fmt(r["above_imports_vs_one_model"], ".2f")]
