@@ -293,6 +293,19 @@ CLAIMS: list[Claim] = [
     Claim("influence+coverage>influence alone", "Coverage-enhanced sampling beats taking the highest scores alone",
           "Lin et al. 2024 (2401.17197)", ("influence", "influence-top"),
           better("acc", "influence", "influence-top"), scenario="data-selection"),
+    Claim("greedy soup>=best single", "A greedy soup of models fine-tuned at several learning rates scores at least "
+          "as well as the best single one on held-out prompts", "Wortsman et al. 2022 (2203.05482)",
+          ("greedy-soup", "best-single"),
+          with_context(parity("target", "greedy-soup", "best-single", tolerance=0.0), ("uniform-soup", "target"),
+                       ("greedy-soup", "ingredients"), ("greedy-soup", "val"), ("best-single", "val")),
+          scenario="soup"),
+    Claim("conjugate recovers", "Conjugate prompting (a cipher applied to prompt and answer) recovers part of a "
+          "capability that fine-tuning suppressed", "Kotha et al. 2024 (2309.10105)",
+          ("finetuned/conjugate", "finetuned/original"),
+          with_context(better("reverse", "finetuned/conjugate", "finetuned/original"),
+                       ("bilingual/original", "reverse"), ("bilingual/conjugate", "reverse"),
+                       ("pretrained/conjugate", "reverse"), ("finetuned/original", "copy")),
+          scenario="conjugate"),
 ]
 
 

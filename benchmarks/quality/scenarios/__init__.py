@@ -20,6 +20,8 @@ MODULES = {
     "few-shot-sft": "benchmarks.quality.scenarios.few_shot_sft",
     "editing": "benchmarks.quality.scenarios.editing",
     "data-selection": "benchmarks.quality.scenarios.data_selection",
+    "soup": "benchmarks.quality.scenarios.soup",
+    "conjugate": "benchmarks.quality.scenarios.conjugate",
 }
 NAMES = ["target", *MODULES]
 
