@@ -304,7 +304,9 @@ CLAIMS: list[Claim] = [
           ("finetuned/conjugate", "finetuned/original"),
           with_context(better("reverse", "finetuned/conjugate", "finetuned/original"),
                        ("bilingual/original", "reverse"), ("bilingual/conjugate", "reverse"),
-                       ("pretrained/conjugate", "reverse"), ("finetuned/original", "copy")),
+                       ("pretrained/conjugate", "reverse"), ("finetuned/original", "copy"),
+                       ("finetuned/conjugate", "copy"), ("finetuned-short/original", "reverse"),
+                       ("finetuned-short/conjugate", "reverse")),
           scenario="conjugate"),
 ]
 

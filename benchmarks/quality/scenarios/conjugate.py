@@ -18,7 +18,10 @@ Each model answers 200 held-out reverse prompts (greedy; ``ftplugins.tools.conju
 match): ``<model>/original`` on the prompts as they are, ``<model>/conjugate`` on their shifted form with the answer
 shifted back. ``reverse``: accuracy; ``copy``: share of answers that are the word itself (the fine-tuned format).
 The claim: conjugate prompting recovers part of what fine-tuning suppressed, i.e. the fine-tuned model's reverse
-accuracy on conjugate prompts is higher than on the original ones (means over seeds).
+accuracy on conjugate prompts is higher than on the original ones (means over seeds). ``finetuned-short`` (added
+after the first run, which did not reproduce the claim; shown, not judged): the same fine-tuning stopped at 30
+steps, to see whether the conjugate form keeps the capability longer than the plain one before the override
+spreads to it.
 """
 
 from __future__ import annotations
@@ -37,9 +40,10 @@ PLOT_METRICS = ("reverse", "copy")
 SHIFT = 12
 TASK = "reverse"
 FULL = dict(bilingual_examples=4_000, bilingual_steps=600, bilingual_batch=32, bilingual_lr=1e-3,
-            ft_examples=256, ft_steps=150, ft_batch=16, ft_lr=3e-4, eval_examples=200, max_new_tokens=None)
+            ft_examples=256, ft_steps=150, ft_short_steps=30, ft_batch=16, ft_lr=3e-4, eval_examples=200,
+            max_new_tokens=None)
 SMOKE = dict(bilingual_examples=32, bilingual_steps=2, bilingual_batch=8, bilingual_lr=1e-3,
-             ft_examples=16, ft_steps=2, ft_batch=8, ft_lr=3e-4, eval_examples=4, max_new_tokens=4)
+             ft_examples=16, ft_steps=2, ft_short_steps=1, ft_batch=8, ft_lr=3e-4, eval_examples=4, max_new_tokens=4)
 
 
 def transform():
@@ -118,20 +122,23 @@ def run(ctx: Context) -> dict[str, Any]:
                 f"{per_seed[f'{name}/conjugate'][0]['reverse']:.3f}")
         del model
     for seed in ctx.seeds:
-        model, tokenizer = load(folder)
-        trainer = sft(model, tokenizer, train[seed], steps=cfg["ft_steps"], lr=cfg["ft_lr"], seed=seed,
-                      batch_size=cfg["ft_batch"])
-        record_scores("finetuned", trainer.model, tokenizer, seed=seed, final_loss=final_loss(trainer),
-                      train_seconds=trainer.train_seconds)
-        o, c = per_seed["finetuned/original"][-1], per_seed["finetuned/conjugate"][-1]
-        ctx.log(f"  seed {seed} finetuned reverse: original {o['reverse']:.3f} (copies {o['copy']:.3f}), conjugate "
-                f"{c['reverse']:.3f} (copies {c['copy']:.3f})  ({trainer.train_seconds:.0f} s)")
+        for name, steps in (("finetuned", cfg["ft_steps"]), ("finetuned-short", cfg["ft_short_steps"])):
+            model, tokenizer = load(folder)
+            trainer = sft(model, tokenizer, train[seed], steps=steps, lr=cfg["ft_lr"], seed=seed,
+                          batch_size=cfg["ft_batch"])
+            record_scores(name, trainer.model, tokenizer, seed=seed, final_loss=final_loss(trainer),
+                          train_seconds=trainer.train_seconds)
+            o, c = per_seed[f"{name}/original"][-1], per_seed[f"{name}/conjugate"][-1]
+            ctx.log(f"  seed {seed} {name} reverse: original {o['reverse']:.3f} (copies {o['copy']:.3f}), "
+                    f"conjugate {c['reverse']:.3f} (copies {c['copy']:.3f})  ({trainer.train_seconds:.0f} s)")
     notes = {"pretrained/original": "the pre-trained decoder, plain prompts",
              "pretrained/conjugate": "the pre-trained decoder, shifted prompts (never seen in pre-training)",
              "bilingual/original": "pre-trained + its tasks in plain and shifted form, plain prompts",
              "bilingual/conjugate": "the bilingual model, shifted prompts, answers shifted back",
              "finetuned/original": "bilingual + SFT on plain r: prompts answered by copying, plain prompts",
-             "finetuned/conjugate": "the fine-tuned model, shifted prompts, answers shifted back"}
+             "finetuned/conjugate": "the fine-tuned model, shifted prompts, answers shifted back",
+             "finetuned-short/original": "the same fine-tuning stopped at 30 steps (added after the first run), plain",
+             "finetuned-short/conjugate": "the 30-step fine-tune, shifted prompts, answers shifted back"}
     return {
         "rows": summarize_rows(per_seed, ["reverse", "copy"], notes),
         "metrics": [["reverse", "reverse acc."], ["copy", "answers = the word (fine-tuned format)"]],
