@@ -299,6 +299,12 @@ CLAIMS: list[Claim] = [
           with_context(parity("target", "greedy-soup", "best-single", tolerance=0.0), ("uniform-soup", "target"),
                        ("greedy-soup", "ingredients"), ("greedy-soup", "val"), ("best-single", "val")),
           scenario="soup"),
+    Claim("greedy soup>=best single (narrow lr grid)", "A greedy soup of fine-tunes at neighbouring learning rates "
+          "(2e-3 to 3.5e-3) scores at least as well as the best single one on held-out prompts",
+          "Wortsman et al. 2022 (2203.05482)", ("greedy-soup", "best-single"),
+          with_context(parity("target", "greedy-soup", "best-single", tolerance=0.0), ("uniform-soup", "target"),
+                       ("greedy-soup", "ingredients"), ("greedy-soup", "val"), ("best-single", "val")),
+          scenario="soup-narrow"),
     Claim("conjugate recovers", "Conjugate prompting (a cipher applied to prompt and answer) recovers part of a "
           "capability that fine-tuning suppressed", "Kotha et al. 2024 (2309.10105)",
           ("finetuned/conjugate", "finetuned/original"),

@@ -21,6 +21,7 @@ MODULES = {
     "editing": "benchmarks.quality.scenarios.editing",
     "data-selection": "benchmarks.quality.scenarios.data_selection",
     "soup": "benchmarks.quality.scenarios.soup",
+    "soup-narrow": "benchmarks.quality.scenarios.soup_narrow",
     "conjugate": "benchmarks.quality.scenarios.conjugate",
 }
 NAMES = ["target", *MODULES]

@@ -36,15 +36,16 @@ TASK = "chain_steps"
 
 
 def lr_name(lr: float) -> str:
-    return f"lr-{lr:.0e}"
+    return f"lr-{lr:.1e}".replace(".0e", "e")  # lr-3e-03, lr-2.5e-03
 
 
-def run(ctx: Context) -> dict[str, Any]:
+def run(ctx: Context, full: dict[str, Any] = FULL, smoke: dict[str, Any] = SMOKE) -> dict[str, Any]:
+    """The scenario with the learning-rate grid of ``full`` (``smoke`` at smoke size)."""
     from transformers import LlamaForCausalLM
 
     from ftplugins.tools import soup
 
-    cfg = SMOKE if ctx.smoke else FULL
+    cfg = smoke if ctx.smoke else full
     train = {seed: tasks.examples([TASK], cfg["train_examples"], seed=1_000 + seed) for seed in ctx.seeds}
     seen = {r["prompt"] for rows in train.values() for r in rows}
     test = tasks.held_out(TASK, cfg["eval_target"], seed=0, exclude=seen)
