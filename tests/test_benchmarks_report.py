@@ -94,7 +94,8 @@ def test_results_are_refused_from_a_dirty_tree_unless_allowed(tmp_path):
 
 
 @pytest.mark.parametrize("module", ["benchmarks.perf.__main__", "benchmarks.quality.__main__",
-                                    "benchmarks.perf.selection", "benchmarks.perf.pairs"])
+                                    "benchmarks.perf.selection", "benchmarks.perf.pairs",
+                                    "benchmarks.perf.soup"])
 def test_each_harness_refuses_a_dirty_tree_before_measuring(module, monkeypatch, tmp_path):
     import importlib
 

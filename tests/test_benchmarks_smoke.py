@@ -226,3 +226,19 @@ def test_diffusion_perf_smoke(tmp_path):
     rows = result["rows"]
     assert rows["adapters/ssf"]["trainable"] < rows["adapters/lora r=4"]["trainable"] < rows["adapters/full"]["trainable"]
     assert "**Trainer path overhead**" in open(os.path.join(out, "diffusion.md")).read()
+
+
+def test_soup_perf_smoke(tmp_path):
+    """The soup harness without a mergekit environment: the comparison row says so, the scaling rows still run."""
+    out = str(tmp_path / "soup")
+    run_module("benchmarks.perf.soup", out, extra_args=("--scaling", "2,3", "--threads", "1",
+                                                        "--mergekit-python", str(tmp_path / "no-such-python")))
+    with open(os.path.join(out, "soup.json")) as handle:
+        result = json.load(handle)
+    assert result["mergekit"]["error"].startswith("mergekit not installed")
+    rows = result["scaling"]["rows"]
+    assert set(rows) == {"2", "3"}
+    for row in rows.values():
+        assert finite(row["seconds"]) and row["peak_rss_bytes"] > 0 and finite(row["above_imports_vs_one_model"])
+    markdown = open(os.path.join(out, "soup.md")).read()
+    assert "mergekit not installed" in markdown and "| ingredients |" in markdown

@@ -86,6 +86,41 @@ def test_soups_stream_one_tensor_per_ingredient_at_a_time(tmp_path, monkeypatch)
     assert 1 <= peak[0] <= 2  # the running sum is one fp32 model, not one per ingredient
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux's /proc/self/smaps")
+def test_soups_do_not_keep_the_ingredient_files_resident(tmp_path, monkeypatch):
+    """safetensors memory-maps what it reads, and a mapping's pages stay in the resident set until it is unmapped:
+    a soup must not keep what it has read of every ingredient resident (its RSS would grow to all of them, the bug
+    the perf harness measured). At every read, the resident pages of the five ingredient files stay under two
+    files' size (the tensors being read, the pages the kernel maps around them, the headers), where keeping them
+    reaches about all five by the last tensor."""
+    from ftplugins.tools.ingredients import Ingredient
+
+    folders = [fine_tune(tmp_path / f"ft{i}", i, num_hidden_layers=4, intermediate_size=512) for i in range(5)]
+    files = {os.path.realpath(os.path.join(f, "model.safetensors")) for f in folders}
+    one_file = os.path.getsize(next(iter(files)))
+    peak, read = [0], Ingredient.get
+
+    def resident_bytes():
+        total, counting = 0, False
+        with open("/proc/self/smaps") as handle:
+            for line in handle:
+                first = line.split(maxsplit=1)[0]
+                if "-" in first and not first.endswith(":"):  # a mapping's header line: its path is the last field
+                    counting = line.split()[-1] in files
+                elif counting and first == "Rss:":
+                    total += int(line.split()[1]) * 1024
+        return total
+
+    def spying_get(self, name):
+        tensor = read(self, name)
+        peak[0] = max(peak[0], resident_bytes())
+        return tensor
+
+    monkeypatch.setattr(Ingredient, "get", spying_get)
+    soup.uniform(folders, str(tmp_path / "soup"))
+    assert 0 < peak[0] < 2 * one_file, (peak[0], one_file)
+
+
 def test_sharded_ingredients_give_a_sharded_soup_with_the_same_layout(tmp_path):
     folders = [fine_tune(tmp_path / f"ft{i}", i, shard="20KB") for i in range(2)]
     shards = sorted(n for n in os.listdir(folders[0]) if n.endswith(".safetensors"))

@@ -365,6 +365,27 @@ CLAIMS: list[Claim] = [
           "starting point", "Li et al. 2025 (2503.16188)", ("cls_rl", "start"),
           with_context(better("accuracy", "cls_rl", "start"), ("sft-more", "accuracy"), ("cls_rl", "reward_first"),
                        ("cls_rl", "reward_last")), scenario="cls-rl"),
+    Claim("greedy soup>=best single", "A greedy soup of models fine-tuned at several learning rates scores at least "
+          "as well as the best single one on held-out prompts", "Wortsman et al. 2022 (2203.05482)",
+          ("greedy-soup", "best-single"),
+          with_context(parity("target", "greedy-soup", "best-single", tolerance=0.0), ("uniform-soup", "target"),
+                       ("greedy-soup", "ingredients"), ("greedy-soup", "val"), ("best-single", "val")),
+          scenario="soup"),
+    Claim("greedy soup>=best single (narrow lr grid)", "A greedy soup of fine-tunes at neighbouring learning rates "
+          "(2e-3 to 3.5e-3) scores at least as well as the best single one on held-out prompts",
+          "Wortsman et al. 2022 (2203.05482)", ("greedy-soup", "best-single"),
+          with_context(parity("target", "greedy-soup", "best-single", tolerance=0.0), ("uniform-soup", "target"),
+                       ("greedy-soup", "ingredients"), ("greedy-soup", "val"), ("best-single", "val")),
+          scenario="soup-narrow"),
+    Claim("conjugate recovers", "Conjugate prompting (a cipher applied to prompt and answer) recovers part of a "
+          "capability that fine-tuning suppressed", "Kotha et al. 2024 (2309.10105)",
+          ("finetuned/conjugate", "finetuned/original"),
+          with_context(better("reverse", "finetuned/conjugate", "finetuned/original"),
+                       ("bilingual/original", "reverse"), ("bilingual/conjugate", "reverse"),
+                       ("pretrained/conjugate", "reverse"), ("finetuned/original", "copy"),
+                       ("finetuned/conjugate", "copy"), ("finetuned-short/original", "reverse"),
+                       ("finetuned-short/conjugate", "reverse")),
+          scenario="conjugate"),
 ]
 
 

@@ -78,7 +78,14 @@ class Ingredient:
         return self._handles[filename]
 
     def get(self, name: str):
-        return self.handle(self.files[name]).get_tensor(name)
+        """One tensor, read through a handle opened for this read alone. safetensors memory-maps the file, and
+        every page a mapping has read stays in the process's resident set until it is unmapped: read through the
+        long-lived handles of :meth:`handle`, a soup's RSS would grow to the whole size of every ingredient by its
+        last tensor (measured in ``benchmarks/perf/soup.py``); this way it holds about one tensor per ingredient."""
+        from safetensors import safe_open
+
+        with safe_open(os.path.join(self.path, self.files[name]), framework="pt") as handle:
+            return handle.get_tensor(name)
 
     def spec(self, name: str) -> tuple[str, tuple[int, ...]]:
         """(dtype string, shape) from the file header, without reading the tensor."""

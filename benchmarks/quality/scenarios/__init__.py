@@ -26,6 +26,9 @@ MODULES = {
     "bob-synthetic": "benchmarks.quality.scenarios.bob_synthetic",
     "few-label": "benchmarks.quality.scenarios.few_label",
     "cls-rl": "benchmarks.quality.scenarios.cls_rl",
+    "soup": "benchmarks.quality.scenarios.soup",
+    "soup-narrow": "benchmarks.quality.scenarios.soup_narrow",
+    "conjugate": "benchmarks.quality.scenarios.conjugate",
 }
 NAMES = ["target", *MODULES]
 
