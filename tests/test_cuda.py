@@ -13,7 +13,8 @@ import torch
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 #: What the GPU tests need besides torch, with the command that installs it.
-GPU_EXTRAS = {"triton": "pip install 'ftplugins[kernels]'", "bitsandbytes": "pip install 'ftplugins[quant]'"}
+GPU_EXTRAS = {"triton": "pip install ./kernels", "ftplugins_kernels": "pip install ./kernels",
+              "bitsandbytes": "pip install 'ftplugins[quant]'"}
 
 if torch.cuda.is_available():
     missing = [f"{module} ({install})" for module, install in GPU_EXTRAS.items()
@@ -46,7 +47,7 @@ def on_gpu(tensors):
 
 @pytest.mark.parametrize("n,k,dtype,with_indices", CASES)
 def test_sparse_adamw_kernel_matches_the_reference(n, k, dtype, with_indices):
-    from ftplugins.kernels.sparse_adamw_triton import sparse_adamw_triton
+    from ftplugins_kernels.sparse_adamw_triton import sparse_adamw_triton
 
     a, b = on_gpu(problem(n, k, dtype, with_indices)), on_gpu(problem(n, k, dtype, with_indices))
     before = a[0].clone()
@@ -70,7 +71,7 @@ def test_sparse_adamw_kernel_matches_the_reference(n, k, dtype, with_indices):
 
 
 def test_the_dispatcher_sends_gpu_tensors_to_the_kernel(monkeypatch):
-    import ftplugins.kernels.sparse_adamw_triton as module
+    import ftplugins_kernels.sparse_adamw_triton as module
     from ftplugins.kernels import sparse_adamw as dispatcher
 
     calls = []
@@ -87,7 +88,7 @@ def test_the_dispatcher_sends_gpu_tensors_to_the_kernel(monkeypatch):
 def test_multi_tensor_sparse_adamw_kernel_matches_the_reference():
     from test_kernels_sparse_adamw_multi import MIXED, assert_equal_to_reference, reference_step, updates_of
 
-    from ftplugins.kernels.sparse_adamw_multi_triton import sparse_adamw_multi_triton
+    from ftplugins_kernels.sparse_adamw_multi_triton import sparse_adamw_multi_triton
 
     got, want = updates_of(MIXED), updates_of(MIXED)
     for updates in (got, want):

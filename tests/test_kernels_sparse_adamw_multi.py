@@ -22,7 +22,7 @@ def multi_kernel(monkeypatch):
     pytest.importorskip("triton")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.delenv("FTPLUGINS_KERNELS", raising=False)
-    import ftplugins.kernels.sparse_adamw_multi_triton as module
+    import ftplugins_kernels.sparse_adamw_multi_triton as module
 
     module = importlib.reload(module)  # @triton.jit reads TRITON_INTERPRET when the module is imported
     yield module

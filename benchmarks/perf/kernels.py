@@ -47,8 +47,8 @@ def cuda_time_ms(fn, repeats: int, warmup: int = 5) -> float:
 def sparse_adamw_rows(density: float, dtype: torch.dtype, repeats: int) -> dict:
     from ftplugins.kernels.sparse_adamw_reference import sparse_adamw_reference
     from ftplugins.kernels.sparse_adamw_multi import SparseAdamWTensor
-    from ftplugins.kernels.sparse_adamw_multi_triton import sparse_adamw_multi_triton
-    from ftplugins.kernels.sparse_adamw_triton import sparse_adamw_triton
+    from ftplugins_kernels.sparse_adamw_multi_triton import sparse_adamw_multi_triton
+    from ftplugins_kernels.sparse_adamw_triton import sparse_adamw_triton
 
     gen = torch.Generator(device="cuda").manual_seed(0)
     tensors = []

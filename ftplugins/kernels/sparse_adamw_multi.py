@@ -62,7 +62,7 @@ def sparse_adamw_multi_(updates: list[SparseAdamWTensor], *, grad_scale: float =
     tensors = [t for u in updates for t in u.tensors()]
     if use_triton(*tensors) and all(triton_takes(u) for u in updates):
         try:
-            from .sparse_adamw_multi_triton import sparse_adamw_multi_triton
+            from ftplugins_kernels.sparse_adamw_multi_triton import sparse_adamw_multi_triton
         except ImportError:  # the Triton kernel is optional
             pass
         else:
