@@ -128,6 +128,10 @@ def test_state_of_another_dtype_is_refused_by_name(multi_kernel):
     updates[1].exp_avg = updates[1].exp_avg.double()
     with pytest.raises(ValueError, match=r"tensor 1's exp_avg is torch.float64, expected torch.float32"):
         multi_kernel.sparse_adamw_multi_triton(updates)
+    updates = updates_of(MIXED[:2])
+    updates[0].exp_avg = updates[0].exp_avg.to("meta")
+    with pytest.raises(ValueError, match=r"tensor 0's weight and state are on \['cpu', 'meta'\]"):
+        multi_kernel.sparse_adamw_multi_triton(updates)
 
 
 def test_the_dispatcher_takes_the_kernel_when_interpreting_and_the_reference_otherwise(multi_kernel, monkeypatch):

@@ -10,12 +10,13 @@ the same number of entries (the floor: no gather/scatter; the multi-tensor kerne
 vs the same fused AdamW on every weight (full fine-tuning). (The fused bottleneck kernel this harness timed
 was 2-30x slower than cuBLAS and was removed.)
 
-Writes ``kernels.json`` and ``kernels.md`` to ``--out``. Needs CUDA and Triton.
+Writes ``kernels.json`` and ``kernels.md`` to ``--out``. Needs CUDA and the kernels (``pip install ./kernels``).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 
 import torch
@@ -99,6 +100,9 @@ def main(argv: list[str] | None = None) -> None:
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks.perf.kernels needs a CUDA GPU (the CPU runs the kernels only under the "
                          "Triton interpreter, which the tests use for correctness).")
+    if importlib.util.find_spec("ftplugins_kernels") is None:
+        raise SystemExit("benchmarks.perf.kernels times the optional Triton kernels: install them with "
+                         "`pip install ./kernels` (import name ftplugins_kernels).")
     dirty = common.require_clean_tree(args.allow_dirty)
     os.environ.pop("TRITON_INTERPRET", None)
     result = {

@@ -5,8 +5,8 @@ moments, indices, fp32 master), its entry count and flags (has indices, has a ma
 scalars (decay, betas, step size, bias correction, eps); per program a (tensor, first entry) pair, so each
 tensor gets ``ceil(count / BLOCK)`` programs and a tensor with no selected entry gets none. Each program then
 does what ``sparse_adamw_triton``'s does for its block. The weight's element type and the index type are
-compile-time, so tensors are launched in one group per (weight dtype, index dtype): one launch for a model of
-one dtype. Tested against the per-tensor reference under ``TRITON_INTERPRET=1``.
+compile-time, so tensors are launched in one group per (device, weight dtype, index dtype): one launch for a
+model of one dtype on one GPU. Tested against the per-tensor reference under ``TRITON_INTERPRET=1``.
 """
 
 from __future__ import annotations
@@ -123,22 +123,20 @@ def _launch(group: list, device: torch.device, grad_scale: float) -> None:
 
 def sparse_adamw_multi_triton(updates: list, *, grad_scale: float = 1.0) -> None:
     """Triton version of :func:`ftplugins.kernels.sparse_adamw_multi.sparse_adamw_multi_` (``updates``: a list
-    of :class:`~ftplugins.kernels.sparse_adamw_multi.SparseAdamWTensor`, all on one device)."""
-    devices = {t.device for u in updates for t in u.tensors()}
-    if len(devices) > 1:
-        raise ValueError(f"sparse_adamw_multi_triton: tensors on {sorted(map(str, devices))}; one launch needs them "
-                         "on one device (call it once per device)")
+    of :class:`~ftplugins.kernels.sparse_adamw_multi.SparseAdamWTensor`): one launch per device, weight dtype
+    and index dtype."""
     groups = defaultdict(list)
     for position, u in enumerate(updates):
         _check(u, position)
-        # Dense tensors (no indices) join any index dtype's group; int32 is the engine's usual one.
+        devices = {t.device for t in u.tensors()}
+        if len(devices) > 1:
+            raise ValueError(f"sparse_adamw_multi_triton: tensor {position}'s weight and state are on "
+                             f"{sorted(map(str, devices))}; keep each tensor's state on its weight's device")
         index_dtype = None if u.indices is None else u.indices.dtype
-        groups[(u.param.dtype, index_dtype)].append(u)
-    for (param_dtype, index_dtype), group in list(groups.items()):
-        if index_dtype is None:
-            continue
-        dense = groups.pop((param_dtype, None), [])
-        group.extend(dense)
-    for group in groups.values():
-        if group:
-            _launch(group, next(iter(devices)), grad_scale)
+        groups[(u.param.device, u.param.dtype, index_dtype)].append(u)
+    # Dense tensors (no indices) join a group of the same device and weight dtype with indices, if any.
+    for device, param_dtype, index_dtype in list(groups):
+        if index_dtype is not None and (device, param_dtype, None) in groups:
+            groups[(device, param_dtype, index_dtype)].extend(groups.pop((device, param_dtype, None)))
+    for (device, _, _), group in groups.items():
+        _launch(group, device, grad_scale)
