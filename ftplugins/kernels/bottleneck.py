@@ -1,20 +1,24 @@
-"""Dispatcher for the fused bottleneck adapter (Triton on CUDA, torch reference elsewhere).
+"""The bottleneck adapter in torch: ``residual + scale * up(act(down(x)))``.
 
-The Triton kernel takes the calls it supports (see :func:`bottleneck_triton.supports`: bottleneck
-width up to 256, a scalar or per-output scale, fp32/fp16/bf16); any other call, CPU tensors without
-``TRITON_INTERPRET=1``, a missing Triton and ``FTPLUGINS_KERNELS=off`` use the reference.
+The one definition of the bottleneck computation, called by the ``bottleneck`` tuner. Computed in fp32
+and cast back to ``x.dtype``, as LLM-Adapters does, so bf16 bases keep a precise adapter path.
 
-Not on by default on CUDA: on an H200 the fused kernel measured 2-30x slower than the reference's cuBLAS
-products (its weight-gradient kernels reduce over every row in one program per column tile, too few programs
-for a large GPU; BENCHMARKS.md, "Kernels on a GPU"). ``FTPLUGINS_KERNELS=all`` still selects it.
+There is no Triton kernel for it: a fused one measured 2-30x slower than these cuBLAS products on an
+H200 (BENCHMARKS.md, "Kernels on a GPU") and was removed rather than shipped off by default.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-from .bottleneck_reference import bottleneck_adapter_reference
-from .dispatch import use_triton
+ACTIVATIONS = {
+    "tanh": torch.tanh,
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "silu": F.silu,
+    "identity": lambda t: t,
+}
 
 
 def bottleneck_adapter(
@@ -27,14 +31,17 @@ def bottleneck_adapter(
     down_bias: torch.Tensor | None = None,
     up_bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``residual + scale * up(act(down(x)))``; see :func:`bottleneck_adapter_reference`."""
-    args = (x, down_weight, up_weight, scale, activation, residual, down_bias, up_bias)
-    if use_triton(x, down_weight, up_weight, faster_on_gpu=False):
-        try:
-            from .bottleneck_triton import bottleneck_adapter_triton, supports
-        except ImportError:  # the Triton kernel is optional
-            pass
-        else:
-            if supports(*args):
-                return bottleneck_adapter_triton(*args)
-    return bottleneck_adapter_reference(*args)
+    """``residual + scale * (act(x @ down_weight.T + down_bias) @ up_weight.T + up_bias)``.
+
+    Shapes: x [..., d_in], down_weight [b, d_in], up_weight [d_out, b], residual [..., d_out].
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation {activation!r}: expected one of {', '.join(ACTIVATIONS)}")
+    dtype = x.dtype
+    h = F.linear(x.float(), down_weight.float(), None if down_bias is None else down_bias.float())
+    h = ACTIVATIONS[activation](h)
+    out = F.linear(h, up_weight.float(), None if up_bias is None else up_bias.float())
+    out = out * (scale.float() if isinstance(scale, torch.Tensor) else scale)
+    if residual is not None:
+        out = out + residual.float()
+    return out.to(dtype)

@@ -36,7 +36,8 @@ def kernels_enabled() -> bool:
 
 
 def triton_available() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    """Triton and the optional kernel distribution (``pip install ./kernels``: ``ftplugins_kernels``)."""
+    return all(importlib.util.find_spec(name) is not None for name in ("triton", "ftplugins_kernels"))
 
 
 def interpreting() -> bool:

@@ -36,7 +36,7 @@ def sparse_adamw_(
         and all(t.dtype == torch.float32 for t in (grad, exp_avg, exp_avg_sq))
     ):
         try:
-            from .sparse_adamw_triton import sparse_adamw_triton
+            from ftplugins_kernels.sparse_adamw_triton import sparse_adamw_triton
         except ImportError:  # the Triton kernel is optional
             pass
         else:

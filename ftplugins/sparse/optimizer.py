@@ -13,9 +13,10 @@ How a step works, and why:
   weight is bf16/fp16 (the weight receives their rounded copy), and with ``track_origin`` the
   weight's values before training at every entry ever selected (``origin_indices`` /
   ``origin_values``, for the sparse delta and for L1 toward θ0). ``step`` counts updates.
-* **Update.** :func:`ftplugins.kernels.sparse_adamw.sparse_adamw_`: AdamW on the compact values,
-  scattered into the weight in place (Triton on CUDA). Decoupled weight decay multiplies the
-  *selected* entries only; the LIFT reference decays a temporary copy, a no-op, which we do not copy.
+* **Update.** :func:`ftplugins.kernels.sparse_adamw_multi.sparse_adamw_multi_` for every tensor of the step
+  (one multi-tensor Triton launch on CUDA; :func:`ftplugins.kernels.sparse_adamw.sparse_adamw_` per tensor
+  inside the backward): AdamW on the compact values, scattered into the weight in place. Decoupled weight
+  decay multiplies the *selected* entries only; the LIFT reference decays a temporary copy, a no-op, which we do not copy.
 * **Update inside the backward** (``step_in_backward=True``, opt-in). Each weight is updated as soon as
   its gradient arrives (the hook, or a routed ``Linear``'s backward), from a scratch buffer, so no
   compact gradient outlives its tensor: 4 bytes per trained entry less (the persistent compact
@@ -51,6 +52,7 @@ import torch
 from torch import nn
 
 from ftplugins.kernels.sparse_adamw import sparse_adamw_
+from ftplugins.kernels.sparse_adamw_multi import SparseAdamWTensor, sparse_adamw_multi_
 
 from .heap import release_freed_memory
 from .selection import SelectionRule, as_indices
@@ -426,11 +428,13 @@ class SparseAdamW(torch.optim.Optimizer):
         if self.max_grad_norm is not None and self.max_grad_norm > 0:
             # As torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6) when that is below 1.
             scale = min(1.0, self.max_grad_norm / (float(self.grad_norm()) + 1e-6))
+        updates = []
         for group in self.param_groups:
             for param in group["params"]:
                 grad = self._grads.pop(param, None)
                 if grad is not None:
-                    self._update(param, group, grad, scale)
+                    updates.append(self._update_of(param, group, grad))
+        sparse_adamw_multi_(updates, grad_scale=scale)  # one launch for every tensor on CUDA
         self._grads.clear()
         self._reduced, self._norm = False, None
         if self._stepped:
@@ -462,6 +466,15 @@ class SparseAdamW(torch.optim.Optimizer):
             step=state["step"],
             grad_scale=scale,
         )
+
+    def _update_of(self, param: nn.Parameter, group: dict[str, Any], grad: torch.Tensor) -> SparseAdamWTensor:
+        """``param``'s share of a whole-model step (its step counter advanced)."""
+        state = self.state[param]
+        state["step"] += 1
+        beta1, beta2 = group["betas"]
+        return SparseAdamWTensor(param.detach().view(-1), grad, state["exp_avg"], state["exp_avg_sq"],
+                                 state.get("indices"), state.get("master"), lr=group["lr"], beta1=beta1, beta2=beta2,
+                                 eps=group["eps"], weight_decay=group["weight_decay"], step=state["step"])
 
     # --- refresh -------------------------------------------------------------------------------
 

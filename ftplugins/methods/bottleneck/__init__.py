@@ -14,8 +14,8 @@ fixed or learned scale) is trained while the base model stays frozen. Two famili
 
 The adapter is a real PEFT tuner (``peft_type`` "BOTTLENECK"): it trains through TRL's
 ``peft_config=``, saves with ``save_pretrained`` and loads in a fresh process with
-``ftplugins.load_adapter``. The bottleneck maths goes through the shared kernel dispatcher
-``ftplugins.kernels.bottleneck`` (fp32, Triton on CUDA).
+``ftplugins.load_adapter``. The bottleneck maths is one torch function,
+``ftplugins.kernels.bottleneck.bottleneck_adapter`` (fp32).
 
 Differences from the reference code, on purpose (details in ``layer.py`` and ``blocks.py``): the
 default init is an exact identity (up-projection and up-bias zero) where LLM-Adapters' default "bert"

@@ -2,8 +2,8 @@
 
 ``BottleneckAdapter`` is f(z) = s·(U·φ(D·drop(z) + d) + u): a down projection D (d_in→b), a
 non-linearity φ, an up projection U (b→d_out), optional biases d, u and a fixed or learned scale s.
-Its maths goes through the shared kernel dispatcher ``ftplugins.kernels.bottleneck`` (a Triton kernel
-on CUDA, the torch reference elsewhere), which computes in fp32 and casts back, as LLM-Adapters does.
+Its maths is the one function ``ftplugins.kernels.bottleneck.bottleneck_adapter`` (torch, cuBLAS on CUDA),
+which computes in fp32 and casts back, as LLM-Adapters does.
 
 ``BottleneckLinear`` wraps an ``nn.Linear`` (or a bitsandbytes ``Linear4bit`` / ``Linear8bitLt``,
 whose forward and backward it only calls) and applies each active adapter at its placement:

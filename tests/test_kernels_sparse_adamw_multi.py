@@ -1,0 +1,208 @@
+"""The multi-tensor masked AdamW: one Triton launch (CPU interpreter) over many tensors equals the torch
+reference called per tensor, and the sparse engine's step goes through it."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+
+from ftplugins.kernels import sparse_adamw_multi as dispatcher
+from ftplugins.kernels.sparse_adamw_multi import SparseAdamWTensor
+from ftplugins.kernels.sparse_adamw_reference import sparse_adamw_reference
+from test_kernels_sparse_adamw import HYPER, problem
+
+BLOCK = 1024
+
+
+@pytest.fixture
+def multi_kernel(monkeypatch):
+    """The multi-tensor kernel module loaded under TRITON_INTERPRET=1 (runs on the CPU)."""
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.delenv("FTPLUGINS_KERNELS", raising=False)
+    import ftplugins_kernels.sparse_adamw_multi_triton as module
+
+    module = importlib.reload(module)  # @triton.jit reads TRITON_INTERPRET when the module is imported
+    yield module
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    importlib.reload(module)
+
+
+# (weight entries, selected entries, weight dtype, indices: True / "int32" / False = dense, step, lr)
+MIXED = [
+    (2500, 1100, torch.float32, "int32", 3, 3e-2),  # 2 blocks, the second partial
+    (700, 700, torch.float32, False, 3, 3e-2),  # dense slice
+    (3000, 0, torch.float32, "int32", 3, 3e-2),  # nothing selected: no program
+    (2049, 3, torch.float32, True, 1, 1e-2),  # int64 indices, another step count and learning rate
+    (1500, 600, torch.bfloat16, "int32", 5, 3e-2),  # fp32 master values
+    (900, 900, torch.float16, False, 2, 3e-2),  # dense, with a master
+    (BLOCK, BLOCK, torch.float32, False, 3, 3e-2),  # exactly one block
+]
+
+
+def updates_of(cases, seed=0):
+    updates = []
+    for position, (n, k, dtype, with_indices, step, lr) in enumerate(cases):
+        param, grad, exp_avg, exp_avg_sq, indices, master = problem(n, max(k, 1), dtype, with_indices,
+                                                                    seed=seed + position)
+        if k == 0:
+            grad, exp_avg, exp_avg_sq = grad[:0], exp_avg[:0], exp_avg_sq[:0]
+            indices = indices[:0] if indices is not None else None
+            master = master[:0] if master is not None else None
+        hyper = dict(HYPER, lr=lr)
+        updates.append(SparseAdamWTensor(param, grad, exp_avg, exp_avg_sq, indices, master, **hyper, step=step))
+    return updates
+
+
+def reference_step(updates, grad_scale):
+    for u in updates:
+        if u.grad.numel():
+            sparse_adamw_reference(u.param, u.grad, u.exp_avg, u.exp_avg_sq, u.indices, u.master, **u.hyper(),
+                                   grad_scale=grad_scale)
+
+
+def assert_equal_to_reference(got, want):
+    for position, (a, b) in enumerate(zip(got, want)):
+        msg = f"tensor {position}"
+        torch.testing.assert_close(a.exp_avg, b.exp_avg, rtol=1e-5, atol=1e-7, msg=msg)
+        torch.testing.assert_close(a.exp_avg_sq, b.exp_avg_sq, rtol=1e-5, atol=1e-7, msg=msg)
+        if a.master is not None:
+            torch.testing.assert_close(a.master, b.master, rtol=1e-5, atol=1e-6, msg=msg)
+            selected = a.param if a.indices is None else a.param[a.indices.long()]
+            # the weight holds the master rounded (the interpreter truncates to bf16: one step at most)
+            rounded = a.master.to(a.param.dtype).float()
+            assert ((selected.float() - rounded).abs() <= torch.finfo(a.param.dtype).eps * rounded.abs()).all(), msg
+            torch.testing.assert_close(a.param.float(), b.param.float(), rtol=2**-7, atol=1e-3, msg=msg)
+        else:
+            torch.testing.assert_close(a.param, b.param, rtol=1e-5, atol=1e-6, msg=msg)
+
+
+def test_one_launch_over_mixed_tensors_equals_the_reference_per_tensor(multi_kernel, monkeypatch):
+    got, want = updates_of(MIXED), updates_of(MIXED)
+    before = [u.param.clone() for u in got]
+    launches = []
+    real = multi_kernel._launch
+    monkeypatch.setattr(multi_kernel, "_launch", lambda group, *a: (launches.append(len(group)), real(group, *a)))
+    for _ in range(2):
+        for u in got + want:
+            u.step += 1
+        multi_kernel.sparse_adamw_multi_triton(got, grad_scale=0.5)
+        reference_step(want, grad_scale=0.5)
+    assert_equal_to_reference(got, want)
+    # per (weight dtype, index dtype): fp32 int32 (with the empty one and both dense), fp32 int64, bf16, fp16
+    assert sorted(launches) == sorted([4, 1, 1, 1] * 2)
+    for u, old in zip(got, before):
+        changed = ~torch.isclose(u.param.float(), old.float(), rtol=0, atol=0)
+        if u.indices is None:
+            assert changed.any()
+        else:
+            outside = torch.ones_like(changed)
+            outside[u.indices.long()] = False
+            assert not changed[outside].any()  # entries outside the index list are never written
+            assert changed.any() == (u.grad.numel() > 0)
+
+
+def test_a_model_of_one_dtype_is_one_launch(multi_kernel, monkeypatch):
+    cases = [(3000, 1500, torch.bfloat16, "int32", 1, 3e-2), (600, 600, torch.bfloat16, False, 1, 3e-2),
+             (2100, 17, torch.bfloat16, "int32", 1, 3e-2), (500, 0, torch.bfloat16, "int32", 1, 3e-2)]
+    got, want = updates_of(cases, seed=5), updates_of(cases, seed=5)
+    blocks = []
+    real = multi_kernel._multi_tensor_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            blocks.append(grid[0])
+            return real[grid]
+
+    monkeypatch.setattr(multi_kernel, "_multi_tensor_kernel", Spy())
+    multi_kernel.sparse_adamw_multi_triton(got)
+    reference_step(want, grad_scale=1.0)
+    assert blocks == [2 + 1 + 1]  # one launch; ceil(count / BLOCK) programs per tensor, none for the empty one
+    assert_equal_to_reference(got, want)
+
+
+def test_state_of_another_dtype_is_refused_by_name(multi_kernel):
+    updates = updates_of(MIXED[:2])
+    updates[1].exp_avg = updates[1].exp_avg.double()
+    with pytest.raises(ValueError, match=r"tensor 1's exp_avg is torch.float64, expected torch.float32"):
+        multi_kernel.sparse_adamw_multi_triton(updates)
+    updates = updates_of(MIXED[:2])
+    updates[0].exp_avg = updates[0].exp_avg.to("meta")
+    with pytest.raises(ValueError, match=r"tensor 0's weight and state are on \['cpu', 'meta'\]"):
+        multi_kernel.sparse_adamw_multi_triton(updates)
+
+
+def test_the_dispatcher_takes_the_kernel_when_interpreting_and_the_reference_otherwise(multi_kernel, monkeypatch):
+    calls = []
+    real = multi_kernel.sparse_adamw_multi_triton
+    monkeypatch.setattr(multi_kernel, "sparse_adamw_multi_triton", lambda u, **k: (calls.append(len(u)), real(u, **k)))
+    got, want = updates_of(MIXED), updates_of(MIXED)
+    dispatcher.sparse_adamw_multi_(got)
+    assert calls == [len(MIXED) - 1]  # the tensor with nothing selected is dropped first
+    reference_step(want, 1.0)
+    assert_equal_to_reference(got, want)
+    odd = updates_of(MIXED[:1])
+    for name in ("param", "grad", "exp_avg", "exp_avg_sq"):  # an fp64 weight and state
+        setattr(odd[0], name, getattr(odd[0], name).double())
+    dispatcher.sparse_adamw_multi_(odd)  # a dtype the kernel does not take: the reference, per tensor
+    assert calls == [len(MIXED) - 1]
+    monkeypatch.setenv("FTPLUGINS_KERNELS", "off")
+    dispatcher.sparse_adamw_multi_(updates_of(MIXED))
+    monkeypatch.delenv("FTPLUGINS_KERNELS")
+    monkeypatch.delenv("TRITON_INTERPRET")
+    dispatcher.sparse_adamw_multi_(updates_of(MIXED))  # plain CPU tensors: the reference
+    assert calls == [len(MIXED) - 1]
+
+
+def test_the_sparse_engine_steps_every_tensor_in_one_call(multi_kernel, monkeypatch):
+    from ftplugins.sparse import SparseAdamW
+
+    def model_and_optimizer():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(40, 30), torch.nn.Linear(30, 20))
+        gen = torch.Generator().manual_seed(1)
+
+        def rule(weights):
+            return {name: None if name.endswith("bias") else torch.rand(w.shape, generator=gen) < 0.3
+                    for name, w in weights.items()}
+
+        return model, SparseAdamW(list(model.named_parameters()), selection=rule, lr=1e-2, weight_decay=0.1)
+
+    calls = []
+    real = multi_kernel.sparse_adamw_multi_triton
+    monkeypatch.setattr(multi_kernel, "sparse_adamw_multi_triton", lambda u, **k: (calls.append(len(u)), real(u, **k)))
+    trained = []
+    for kernels in ("auto", "off"):
+        monkeypatch.setenv("FTPLUGINS_KERNELS", kernels)
+        model, optimizer = model_and_optimizer()
+        for step in range(3):
+            x = torch.randn(8, 40, generator=torch.Generator().manual_seed(step))
+            model(x).pow(2).mean().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        trained.append([p.detach().clone() for p in model.parameters()])
+    assert calls == [4, 4, 4]  # two weights and two biases, one call a step; none with FTPLUGINS_KERNELS=off
+    for a, b in zip(*trained):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_the_kernel_report_shows_the_multi_tensor_column_against_fused_dense_adamw():
+    import copy
+    import json
+    import os
+
+    from benchmarks import common
+    from benchmarks.perf.kernels_report import markdown
+
+    with open(os.path.join(common.RESULTS_DIR, "kernels-nvidia-h200", "kernels.json")) as f:
+        old = json.load(f)
+    assert "multi-tensor" not in markdown(old) and "Bottleneck" in markdown(old)  # the historical run renders as is
+    new = copy.deepcopy(old)
+    del new["bottleneck"]
+    for row in new["sparse_adamw"]:
+        row["multi_tensor_triton_ms"] = 3 * row["dense_same_count_fused_ms"]
+    text = markdown(new)
+    assert "| multi-tensor Triton ms | vs fused dense |" in text and "Bottleneck" not in text
+    assert text.count("| 3.0× |") == len(new["sparse_adamw"])
