@@ -289,6 +289,16 @@ def write_text(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+def publish(out: str, name: str, result: dict[str, Any], text: str) -> dict[str, Any]:
+    """Write a harness's ``NAME.json`` and ``NAME.md`` into ``out`` (each atomically), print the table and where they
+    went; returns ``result``."""
+    write_json(os.path.join(out, f"{name}.json"), result)
+    write_text(os.path.join(out, f"{name}.md"), text)
+    print(text)
+    print(f"wrote {out}/{name}.json, {name}.md")
+    return result
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]

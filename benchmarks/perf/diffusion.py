@@ -246,11 +246,7 @@ def main(argv: list[str] | None = None) -> dict:
     result["elapsed_s"] = time.perf_counter() - started
     from benchmarks.perf.diffusion_report import markdown
 
-    common.write_json(os.path.join(out, "diffusion.json"), result)
-    common.write_text(os.path.join(out, "diffusion.md"), markdown(result))
-    print(markdown(result))
-    print(f"wrote {out}/diffusion.json, diffusion.md")
-    return result
+    return common.publish(out, "diffusion", result, markdown(result))
 
 
 if __name__ == "__main__":

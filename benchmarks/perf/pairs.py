@@ -326,11 +326,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "pairs": measure(pairs, steps, warmup, repeats),
     }
     result["elapsed_s"] = time.perf_counter() - started
-    common.write_json(os.path.join(out, "pairs.json"), result)
-    common.write_text(os.path.join(out, "pairs.md"), markdown(result))
-    print(markdown(result))
-    print(f"wrote {out}/pairs.json, pairs.md")
-    return result
+    return common.publish(out, "pairs", result, markdown(result))
 
 
 if __name__ == "__main__":

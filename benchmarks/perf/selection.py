@@ -255,11 +255,7 @@ def main(argv: list[str] | None = None) -> dict:
                                      sizes["influence_85m_depth"]),
     }
     result["elapsed_s"] = time.perf_counter() - started
-    common.write_json(os.path.join(out, "selection.json"), result)
-    common.write_text(os.path.join(out, "selection.md"), markdown(result))
-    print(markdown(result))
-    print(f"wrote {out}/selection.json, selection.md")
-    return result
+    return common.publish(out, "selection", result, markdown(result))
 
 
 if __name__ == "__main__":

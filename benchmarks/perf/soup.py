@@ -364,11 +364,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "elapsed_s": time.perf_counter() - started,
     }
     result["machine"]["torch_threads"] = args.threads or torch.get_num_threads()
-    common.write_json(os.path.join(out, "soup.json"), result)
-    common.write_text(os.path.join(out, "soup.md"), markdown(result))
-    print(markdown(result))
-    print(f"wrote {out}/soup.json, soup.md")
-    return result
+    return common.publish(out, "soup", result, markdown(result))
 
 
 if __name__ == "__main__":
