@@ -291,10 +291,10 @@ def test_info_lists_the_diffusion_trainer_among_the_patched_classes():
 def test_accelerate_launch_of_the_diffusion_cli_trains_on_two_processes(tiny_diffusion_dir, shapes, tmp_path):
     import subprocess
 
-    from test_distributed import DDP_FLAGS, accelerate_bin
+    from test_distributed import accelerate_bin, ddp_flags
 
     out = tmp_path / "ddp"
-    command = [accelerate_bin(), "launch", *DDP_FLAGS, "-m", "ftplugins.train",
+    command = [accelerate_bin(), "launch", *ddp_flags(), "-m", "ftplugins.train",
                *run_args(tiny_diffusion_dir, shapes, out, "--per_device_train_batch_size", "2", "--plugins", "ssf",
                          "--ssf_target_modules", "to_q", "to_k", "to_v", "to_out.0")]
     done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),

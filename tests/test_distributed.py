@@ -13,9 +13,24 @@ import torch
 from safetensors.torch import load_file
 from test_train_cli import trl_yaml
 
-# `accelerate launch --cpu --num_processes 2` silently runs ONE process (DESIGN.md); these flags give two.
-DDP_FLAGS = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-             "--dynamo_backend", "no"]
+# A launch that hangs (a rank stuck in gloo's rendezvous) fails its test after this long instead of holding CI.
+LAUNCH_TIMEOUT = 600
+
+
+def free_port() -> int:
+    """A port nobody listens on now: every launch gets its own rendezvous, never a store a previous (or a still
+    exiting) launch left on accelerate's default port 29500."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def ddp_flags() -> list[str]:
+    # `accelerate launch --cpu --num_processes 2` silently runs ONE process (DESIGN.md); these flags give two.
+    return ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+            "--dynamo_backend", "no", "--main_process_port", str(free_port())]
 
 
 def accelerate_bin() -> str:
@@ -32,8 +47,8 @@ def single_vs_two_processes(tmp_path, model_dir, data, **options):
     single = subprocess.run([sys.executable, "-m", "ftplugins.train", "sft", "--config", one],
                             capture_output=True, text=True, env=env)
     assert single.returncode == 0, single.stderr[-3000:]
-    ddp = subprocess.run([accelerate_bin(), "launch", *DDP_FLAGS, "-m", "ftplugins.train", "sft", "--config", two],
-                         capture_output=True, text=True, env=env)
+    ddp = subprocess.run([accelerate_bin(), "launch", *ddp_flags(), "-m", "ftplugins.train", "sft", "--config", two],
+                         capture_output=True, text=True, env=env, timeout=LAUNCH_TIMEOUT)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert json.loads((tmp_path / "one" / "ftplugins_run.json").read_text())["world_size"] == 1
     assert json.loads((tmp_path / "two" / "ftplugins_run.json").read_text())["world_size"] == 2
@@ -64,8 +79,8 @@ def test_two_process_ddp_matches_one_process(form, tiny_model_dir, data_dir, tmp
     single = subprocess.run([sys.executable, "-m", "ftplugins.train", "sft", "--config", one],
                             capture_output=True, text=True, env=env)
     assert single.returncode == 0, single.stderr[-3000:]
-    ddp = subprocess.run([accelerate_bin(), "launch", *DDP_FLAGS, *ddp_command(form, two)],
-                         capture_output=True, text=True, env=env)
+    ddp = subprocess.run([accelerate_bin(), "launch", *ddp_flags(), *ddp_command(form, two)],
+                         capture_output=True, text=True, env=env, timeout=LAUNCH_TIMEOUT)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
 
     manifest = json.loads((tmp_path / "two" / "ftplugins_run.json").read_text())

@@ -183,6 +183,7 @@ def sandbox(root, tiny_model_dir: str, data_dir: str) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # every command of a document in one script (its own limit: 1200 s)
 @pytest.mark.parametrize("doc", DOCS)
 def test_the_commands_of(doc, tmp_path, tiny_model_dir, data_dir):
     runnable = [shortened(c) for c in shell_commands(doc) if why_not_run(c) is None]

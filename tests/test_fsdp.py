@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from test_distributed import DDP_FLAGS, accelerate_bin
+from test_distributed import LAUNCH_TIMEOUT, accelerate_bin, ddp_flags, free_port
 from test_train_cli import trl_yaml
 
 # Accelerate's FSDP2 on CPU: `use_cpu` gives gloo, `fsdp_version: 2` torch's `fully_shard` (one unit per decoder
@@ -42,7 +42,7 @@ CASES = {
 GLOO_EXIT_ABORT = "terminate called without an active exception"
 
 
-def launch(tmp_path, name, model_dir, data, mode, options, timeout=None):
+def launch(tmp_path, name, model_dir, data, mode, options, timeout=LAUNCH_TIMEOUT):
     """Train 3 steps in ``mode`` ("one", "ddp" or "fsdp"), global batch 4; returns the output folder."""
     out = tmp_path / name
     per_device = 4 if mode == "one" else 2
@@ -53,10 +53,10 @@ def launch(tmp_path, name, model_dir, data, mode, options, timeout=None):
     if mode == "one":
         command = [sys.executable, *train]
     elif mode == "ddp":
-        command = [accelerate_bin(), "launch", *DDP_FLAGS, *train]
+        command = [accelerate_bin(), "launch", *ddp_flags(), *train]
     else:
         accelerate_config = tmp_path / "fsdp2_cpu.yaml"
-        accelerate_config.write_text(yaml.safe_dump(FSDP2_CPU))
+        accelerate_config.write_text(yaml.safe_dump({**FSDP2_CPU, "main_process_port": free_port()}))
         child = os.path.join(os.path.dirname(__file__), "fsdp_cpu_child.py")
         command = [accelerate_bin(), "launch", "--config_file", str(accelerate_config), child, *train[2:]]
     done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
@@ -193,7 +193,7 @@ def test_sparse_methods_refuse_fsdp_with_the_reason(plugin, monkeypatch, capsys)
     loaded = load(plugin)
     reason = loaded.distributed_refusals["fsdp"]
     run = type("Run", (), {"plugins": [loaded], "args": SimpleNamespace(world_size=1), "trainer_name": "SFTTrainer",
-                           "has_base": staticmethod(lambda name: True)})()
+                           "trainer_cls": None, "has_base": staticmethod(lambda name: True)})()
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     with pytest.raises(FtpluginsError, match=f"plugin {plugin} does not support fsdp training") as refusal:
         _check_trainer_supported(run)

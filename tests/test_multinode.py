@@ -6,21 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_distributed import accelerate_bin
+from test_distributed import LAUNCH_TIMEOUT, accelerate_bin, free_port
 from test_train_cli import trl_yaml
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def node_command(rank: int, port: int, config: str) -> list[str]:
@@ -36,7 +29,7 @@ def two_nodes(config: str) -> None:
     nodes = [subprocess.Popen(node_command(rank, port, config), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env=env) for rank in (0, 1)]
     try:
-        outputs = [node.communicate(timeout=900) for node in nodes]
+        outputs = [node.communicate(timeout=LAUNCH_TIMEOUT) for node in nodes]
     finally:
         for node in nodes:
             if node.poll() is None:

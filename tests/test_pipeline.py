@@ -144,7 +144,7 @@ def test_under_accelerate_launch_two_processes_equal_one(tmp_path, tiny_model_di
     import subprocess
     import sys
 
-    from test_distributed import DDP_FLAGS, accelerate_bin
+    from test_distributed import LAUNCH_TIMEOUT, accelerate_bin, ddp_flags
 
     def spec(name, batch):
         common = {**CPU, "per_device_train_batch_size": batch, "dataloader_drop_last": True, "seed": 0,
@@ -161,8 +161,8 @@ def test_under_accelerate_launch_two_processes_equal_one(tmp_path, tiny_model_di
     single = subprocess.run([sys.executable, "-m", "ftplugins.pipeline", spec("one", 4)], capture_output=True,
                             text=True, env=env)
     assert single.returncode == 0, single.stderr[-3000:]
-    ddp = subprocess.run([accelerate_bin(), "launch", *DDP_FLAGS, "-m", "ftplugins.pipeline", spec("two", 2)],
-                         capture_output=True, text=True, env=env)
+    ddp = subprocess.run([accelerate_bin(), "launch", *ddp_flags(), "-m", "ftplugins.pipeline", spec("two", 2)],
+                         capture_output=True, text=True, env=env, timeout=LAUNCH_TIMEOUT)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     for stage in ("1-ssf", "2-full"):
         assert json.loads((tmp_path / "two" / "out" / stage / "ftplugins_run.json").read_text())["world_size"] == 2

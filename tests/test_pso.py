@@ -288,11 +288,11 @@ def test_two_process_ddp_trains_the_same_adapter_on_both_ranks(tmp_path):
     import os
     import subprocess
 
-    from test_distributed import DDP_FLAGS, accelerate_bin
+    from test_distributed import accelerate_bin, ddp_flags
 
     child = os.path.join(os.path.dirname(__file__), "diffusion_ddp_child.py")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    done = subprocess.run([accelerate_bin(), "launch", *DDP_FLAGS, child, str(tmp_path)], capture_output=True,
+    done = subprocess.run([accelerate_bin(), "launch", *ddp_flags(), child, str(tmp_path)], capture_output=True,
                           text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((tmp_path / "ftplugins_run.json").read_text())["world_size"] == 2

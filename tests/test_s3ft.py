@@ -364,7 +364,10 @@ def test_two_processes_train_on_one_construction(tmp_path):
 
     child = os.path.join(os.path.dirname(os.path.abspath(__file__)), "s3ft_ddp_child.py")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", child,
+    from test_distributed import free_port
+
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", str(free_port()), child,
                            str(tmp_path)], check=False, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     main, other = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))

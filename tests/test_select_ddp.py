@@ -10,7 +10,7 @@ import os
 import subprocess
 
 import pytest
-from test_distributed import DDP_FLAGS, accelerate_bin
+from test_distributed import accelerate_bin, ddp_flags
 
 CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "select_ddp_child.py")
 
@@ -23,7 +23,7 @@ def test_two_ranks_select_the_same_rows_as_one_process(tmp_path):
     from ftplugins.testing import arithmetic_dataset, tiny_llama, tiny_tokenizer
 
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    done = subprocess.run([accelerate_bin(), "launch", *DDP_FLAGS, CHILD, str(tmp_path)], capture_output=True,
+    done = subprocess.run([accelerate_bin(), "launch", *ddp_flags(), CHILD, str(tmp_path)], capture_output=True,
                           text=True, env=env, timeout=600, check=False)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
