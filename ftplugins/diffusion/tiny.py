@@ -159,6 +159,37 @@ def tiny_pipeline(seed: int = 0):
                                    feature_extractor=None, requires_safety_checker=False)
 
 
+def tiny_projected_text_encoder(seed: int = 0):
+    """:func:`tiny_text_encoder` with a projection head (``CLIPTextModelWithProjection``, what SD3 pipelines take):
+    ``text_embeds`` of width ``TEXT_WIDTH`` are the pooled input of :func:`tiny_sd3_transformer`."""
+    import torch
+    from transformers import CLIPTextModelWithProjection
+
+    config = tiny_text_encoder(seed).config
+    config.projection_dim = TEXT_WIDTH
+    torch.manual_seed(seed)
+    return CLIPTextModelWithProjection(config)
+
+
+def tiny_sd3_pipeline(seed: int = 0):
+    """A ``StableDiffusion3Pipeline`` of tiny parts (no T5: ``text_encoder_3=None``) around
+    :func:`tiny_sd3_transformer`, with the flow-matching scheduler: a pipeline folder for training runs of a
+    transformer denoiser and for loading what they save (``pipe.load_lora_weights``).
+
+    Not for judging the trained model's samples: :class:`~ftplugins.diffusion.DiffusionTrainer` conditions on
+    ``text_encoder`` alone (its last hidden states and ``text_embeds``), while SD3's prompt encoding concatenates
+    both CLIP encoders' penultimate states and pooled embeddings (width 2 x ``TEXT_WIDTH``), which this transformer's
+    pooled input does not take. Load it with ``StableDiffusion3Pipeline.from_pretrained(path, text_encoder_3=None,
+    tokenizer_3=None)``."""
+    from diffusers import StableDiffusion3Pipeline
+
+    return StableDiffusion3Pipeline(
+        transformer=tiny_sd3_transformer(seed), scheduler=flow_scheduler(), vae=tiny_vae(seed),
+        text_encoder=tiny_projected_text_encoder(seed), tokenizer=tiny_tokenizer(),
+        text_encoder_2=tiny_projected_text_encoder(seed + 1), tokenizer_2=tiny_tokenizer(), text_encoder_3=None,
+        tokenizer_3=None)
+
+
 def save_tiny_pipeline(path: str, seed: int = 0) -> str:
     """Save :func:`tiny_pipeline` to ``path`` (``DiffusionPipeline.from_pretrained(path)`` loads it)."""
     tiny_pipeline(seed).save_pretrained(path)
