@@ -129,9 +129,9 @@ def cmd_tiny_data(args: argparse.Namespace) -> None:
 
     datasets.disable_progress_bars()  # one bar per small file written is noise; the paths are printed
     if args.kind == "diffusion":
-        from .diffusion.tiny import write_shapes_folder
+        from .diffusion.tiny import write_diffusion_datasets
 
-        written = write_shapes_folder(os.path.join(args.path, "shapes"))
+        written = write_diffusion_datasets(args.path)
     else:
         from .testing import write_builtin_datasets
 
@@ -174,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="diffusion: a tiny random text-to-image pipeline (needs ftplugins[diffusion])")
     p.set_defaults(func=cmd_tiny_model)
     p = sub.add_parser("tiny-data", help="write the built-in datasets as JSON lines (recipes); --kind diffusion: "
-                       "an image folder of coloured shapes with captions (PATH/shapes)")
+                       "image folders of coloured shapes with captions (PATH/shapes) and of shapes on named "
+                       "backgrounds (PATH/backgrounds, for bob)")
     p.add_argument("path")
     p.add_argument("--kind", choices=("text", "diffusion"), default="text")
     p.set_defaults(func=cmd_tiny_data)

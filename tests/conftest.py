@@ -70,12 +70,12 @@ def tiny_diffusion_dir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def diffusion_data_dir(tmp_path_factory) -> str:
-    """A folder holding ``shapes/``, the image folder of ``ftplugins tiny-data --kind diffusion``."""
+    """A folder holding ``shapes/`` and ``backgrounds/``, the image folders of ``ftplugins tiny-data --kind diffusion``."""
     pytest.importorskip("diffusers")
-    from ftplugins.diffusion.tiny import write_shapes_folder
+    from ftplugins.diffusion.tiny import write_diffusion_datasets
 
     root = str(tmp_path_factory.mktemp("diffusion-data"))
-    write_shapes_folder(os.path.join(root, "shapes"))
+    write_diffusion_datasets(root)
     return root
 
 

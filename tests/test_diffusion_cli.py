@@ -59,6 +59,8 @@ def test_tiny_model_command_writes_a_pipeline_that_generates(tmp_path, capsys):
     rows = [json.loads(line) for line in open(tmp_path / "data" / "shapes" / "train" / "metadata.jsonl")]
     assert len(rows) == 32 and all(os.path.isfile(tmp_path / "data" / "shapes" / "train" / r["file_name"])
                                    for r in rows)
+    bob_rows = [json.loads(line) for line in open(tmp_path / "data" / "backgrounds" / "train" / "metadata.jsonl")]
+    assert {r["label"] for r in bob_rows} == set(tiny.BACKGROUND_CLASSES) and len({r["background"] for r in bob_rows}) > 1
 
 
 def test_help_lists_the_diffusion_arguments_and_the_plugins_options(capsys):

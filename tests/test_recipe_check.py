@@ -24,9 +24,9 @@ def workdir(tmp_path_factory):
     """A folder laid out as the recipes expect after `ftplugins tiny-data runs/data` (the model is never read)."""
     root = tmp_path_factory.mktemp("recipes")
     write_builtin_datasets(str(root / "runs" / "data"))
-    from ftplugins.diffusion.tiny import write_shapes_folder
+    from ftplugins.diffusion.tiny import write_diffusion_datasets
 
-    write_shapes_folder(str(root / "runs" / "data" / "shapes"))  # `ftplugins tiny-data --kind diffusion runs/data`
+    write_diffusion_datasets(str(root / "runs" / "data"))  # `ftplugins tiny-data --kind diffusion runs/data`
     shutil.copytree(os.path.join(ROOT, "recipes"), root / "recipes")
     shutil.copytree(os.path.join(ROOT, "ftplugins", "eval", "data"), root / "ftplugins" / "eval" / "data")  # the
     # evaluation recipes name the small sets shipped in the package, relative to the repository root
@@ -91,6 +91,14 @@ def test_a_column_a_plugin_reads_must_be_in_the_local_dataset(in_workdir):
     wrong = write(in_workdir, "wrong.yaml", base.replace("locft_target_column: answer", "locft_target_column: target"))
     with pytest.raises(DatasetColumnsError, match=r"plugin locft reads column\(s\) 'target'"):
         check_recipe(wrong)
+
+
+def test_bob_needs_the_class_column_and_a_column_per_template_attribute(in_workdir):
+    base = open("recipes/bob_diffusion.yaml").read()
+    assert check_recipe("recipes/bob_diffusion.yaml").checked_columns == ["label", "background"]
+    posed = write(in_workdir, "posed.yaml", base.replace('"{class}, {background}"', '"{class}, {background}, {pose}"'))
+    with pytest.raises(DatasetColumnsError, match=r"plugin bob reads column\(s\) 'pose'"):
+        check_recipe(posed)
 
 
 def test_a_dataset_without_the_trainers_columns_is_refused_when_no_plugin_rewrites_rows(in_workdir):

@@ -182,6 +182,25 @@ def check_pso(obs, out):
     assert sorted(state["timesteps"].tolist()) == [249, 499, 749, 999]
 
 
+def check_bob(obs, out):
+    """Every caption the model trained on is the template with its image's class and background (the folder's own
+    captions, which name neither, are gone), the background survives tokenization, and the attribute pool beside
+    the model records each real image's class and background."""
+    pool = json.loads((out / "bob_attributes.json").read_text())
+    metadata = os.path.join(obs.data_dir, "backgrounds", "train", "metadata.jsonl")
+    real = [json.loads(line) for line in open(metadata)]
+    expected = [f"{r['label']}, {r['background']}" for r in real]
+    assert sorted(obs.raw_train["caption"]) == sorted(expected)
+    assert all(set(r["attributes"]) == {"background"} for r in pool["rows"])
+    assert sorted((r["class"], r["attributes"]["background"]) for r in pool["rows"]) == sorted(
+        (r["label"], r["background"]) for r in real)
+    assert pool["classes"] == sorted({r["label"] for r in real})
+    tokenized = {tuple(ids) for ids in obs.trainer.tokenize(expected).tolist()}
+    assert len(tokenized) == len(set(expected))  # truncation kept every (class, background) apart
+    seen = {tuple(ids) for batch in obs.batches for ids in batch["input_ids"].tolist()}
+    assert seen and seen <= tokenized
+
+
 def check_cls_rl(obs, out):
     """GRPO scored every step's completions with the CLS-RL rewards (after the user's), and logged them."""
     names = list(getattr(obs.trainer, "reward_func_names", []))
@@ -396,7 +415,7 @@ CHECKS = {
     "masked_thought": check_masked_thought, "cls_rl": check_cls_rl, "deep_align": check_deep_align, "fewshot_prefix": check_fewshot_prefix,
     "many_icl": check_many_icl, "hft": check_hft, "lift": check_lift, "sara": check_sara, "lt_sft": check_lt_sft,
     "locft": check_locft, "graft": check_graft, "s3ft": check_s3ft, "lp_ft": check_lp_ft, "lora": check_lora,
-    "pso": check_pso,
+    "pso": check_pso, "bob": check_bob,
     **{m: check_selection(m) for m in ("select_kmeans", "select_ot", "select_influence")},
     "soup": check_soup, "intruders": check_intruders, "mbpp_eval": check_mbpp_eval,
     "infusion_eval": check_infusion_eval,

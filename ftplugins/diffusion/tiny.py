@@ -20,6 +20,11 @@ CAPTION_LENGTH = 12
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 70, 220), "yellow": (230, 210, 40)}
 SHAPES = ("square", "disc", "bar")
+#: Backgrounds of the BOB data (:func:`write_backgrounds_folder`): a class-agnostic attribute of each image. Short
+#: names: "square, snow" fits the tiny text encoder's ``CAPTION_LENGTH`` tokens whole.
+BACKGROUNDS = {"moss": (40, 120, 50), "sand": (200, 180, 120), "sky": (120, 170, 230), "snow": (235, 235, 240)}
+#: Classes of the BOB data: one shape each, in its own colour.
+BACKGROUND_CLASSES = {"square": "red", "disc": "blue", "bar": "yellow"}
 
 
 def tiny_tokenizer():
@@ -154,6 +159,37 @@ def tiny_pipeline(seed: int = 0):
                                    feature_extractor=None, requires_safety_checker=False)
 
 
+def tiny_projected_text_encoder(seed: int = 0):
+    """:func:`tiny_text_encoder` with a projection head (``CLIPTextModelWithProjection``, what SD3 pipelines take):
+    ``text_embeds`` of width ``TEXT_WIDTH`` are the pooled input of :func:`tiny_sd3_transformer`."""
+    import torch
+    from transformers import CLIPTextModelWithProjection
+
+    config = tiny_text_encoder(seed).config
+    config.projection_dim = TEXT_WIDTH
+    torch.manual_seed(seed)
+    return CLIPTextModelWithProjection(config)
+
+
+def tiny_sd3_pipeline(seed: int = 0):
+    """A ``StableDiffusion3Pipeline`` of tiny parts (no T5: ``text_encoder_3=None``) around
+    :func:`tiny_sd3_transformer`, with the flow-matching scheduler: a pipeline folder for training runs of a
+    transformer denoiser and for loading what they save (``pipe.load_lora_weights``).
+
+    Not for judging the trained model's samples: :class:`~ftplugins.diffusion.DiffusionTrainer` conditions on
+    ``text_encoder`` alone (its last hidden states and ``text_embeds``), while SD3's prompt encoding concatenates
+    both CLIP encoders' penultimate states and pooled embeddings (width 2 x ``TEXT_WIDTH``), which this transformer's
+    pooled input does not take. Load it with ``StableDiffusion3Pipeline.from_pretrained(path, text_encoder_3=None,
+    tokenizer_3=None)``."""
+    from diffusers import StableDiffusion3Pipeline
+
+    return StableDiffusion3Pipeline(
+        transformer=tiny_sd3_transformer(seed), scheduler=flow_scheduler(), vae=tiny_vae(seed),
+        text_encoder=tiny_projected_text_encoder(seed), tokenizer=tiny_tokenizer(),
+        text_encoder_2=tiny_projected_text_encoder(seed + 1), tokenizer_2=tiny_tokenizer(), text_encoder_3=None,
+        tokenizer_3=None)
+
+
 def save_tiny_pipeline(path: str, seed: int = 0) -> str:
     """Save :func:`tiny_pipeline` to ``path`` (``DiffusionPipeline.from_pretrained(path)`` loads it)."""
     tiny_pipeline(seed).save_pretrained(path)
@@ -181,3 +217,35 @@ def write_shapes_folder(path: str, splits: dict[str, tuple[int, int]] | None = N
             handle.writelines(json.dumps(row) + "\n" for row in rows)
         written.append(metadata)
     return written
+
+
+def write_backgrounds_folder(path: str, per_class: int = 4, seed: int = 0) -> list[str]:
+    """BOB's kind of data: a few real images per class (``label`` "square": a red square, "disc", "bar") on varied
+    backgrounds, with the background named in its own column. An image folder (``path/train/NNNN.png`` and
+    ``metadata.jsonl`` lines ``{"file_name", "caption", "label", "background"}``); returns the metadata file."""
+    import json
+    import os
+
+    rng = random.Random(seed)
+    folder = os.path.join(path, "train")
+    os.makedirs(folder, exist_ok=True)
+    rows = []
+    for label, colour in BACKGROUND_CLASSES.items():
+        for _ in range(per_class):
+            background = rng.choice(sorted(BACKGROUNDS))
+            name = f"{len(rows):04d}.png"
+            shape_image(label, colour, BACKGROUNDS[background], rng).save(os.path.join(folder, name))
+            rows.append({"file_name": name, "caption": f"a {colour} {label}", "label": label,
+                         "background": background})
+    metadata = os.path.join(folder, "metadata.jsonl")
+    with open(metadata, "w") as handle:
+        handle.writelines(json.dumps(row) + "\n" for row in rows)
+    return [metadata]
+
+
+def write_diffusion_datasets(root: str) -> list[str]:
+    """What ``ftplugins tiny-data --kind diffusion ROOT`` writes: ``ROOT/shapes`` (:func:`write_shapes_folder`) and
+    ``ROOT/backgrounds`` (:func:`write_backgrounds_folder`). Returns the metadata files."""
+    import os
+
+    return write_shapes_folder(os.path.join(root, "shapes")) + write_backgrounds_folder(os.path.join(root, "backgrounds"))

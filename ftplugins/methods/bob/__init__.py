@@ -57,6 +57,14 @@ class BobPlugin(Plugin):
 
             import_callable("bob_attribute_fn", opts.bob_attribute_fn)
 
+    def input_columns(self, options, split):
+        """The class column and one column per template attribute (the image instead, with ``bob_attribute_fn``)."""
+        from .template import CaptionTemplate
+
+        opts = options or BobOptions()
+        attributes = ["image"] if opts.bob_attribute_fn else CaptionTemplate(opts.bob_template).attributes
+        return [opts.bob_class_column, *attributes]
+
     @hookimpl
     def transform_dataset(self, run, dataset, split):
         from .attributes import caption_rows, class_names, extract
