@@ -156,23 +156,27 @@ def test_plugin_trains_each_round_on_its_slice_and_draws_toward_the_unlearned_cl
     assert same["slices"] == report["slices"]  # same seed, same rounds
 
 
-@pytest.mark.parametrize("save", ["steps", "epoch"])
-def test_a_run_resumed_after_round_one_trains_the_slices_of_an_uninterrupted_run(tmp_path, save):
-    """Stopped at step 2 (round 1's last step), resumed from checkpoint-2: the same micro-batches as a whole run.
+@pytest.mark.parametrize("save,epochs", [("steps", 3), ("epoch", 3), ("steps", 6)])
+def test_a_run_resumed_after_round_one_trains_the_slices_of_an_uninterrupted_run(tmp_path, save, epochs):
+    """Stopped at step 2 (epoch 1's last step), resumed from checkpoint-2: the same micro-batches as a whole run.
     With save_strategy steps the checkpoint precedes round 1's end (the resumed run draws round 2 itself), with
-    epoch it follows it (round 2 comes from the checkpoint)."""
+    epoch it follows it (round 2 comes from the checkpoint); with 6 epochs the cut is inside round 1 (2 epochs)."""
     from ftplugins.methods.select_kmeans.rounds import ROUNDS_FILE
 
     args = {"save_strategy": save, "save_steps": 2}
     cache = str(tmp_path / "cache")
-    _, whole, report, _ = train_in_rounds(tmp_path / "whole", args=args, select_kmeans_cache_dir=cache)
-    _, cut, _, _ = train_in_rounds(tmp_path / "cut", args=args, stop_at=2, select_kmeans_cache_dir=cache)
+    _, whole, report, _ = train_in_rounds(tmp_path / "whole", epochs, args=args, select_kmeans_cache_dir=cache)
+    _, cut, _, _ = train_in_rounds(tmp_path / "cut", epochs, args=args, stop_at=2, select_kmeans_cache_dir=cache)
     checkpoint = tmp_path / "cut" / "out" / "checkpoint-2"
     assert cut == whole[:2] and (checkpoint / ROUNDS_FILE).is_file()
-    _, resumed, again, _ = train_in_rounds(tmp_path / "cut", args=args, resume=True, select_kmeans_cache_dir=cache)
-    assert resumed == whole[2:]  # rounds 2 and 3: the same rows, in the same order
+    _, resumed, again, _ = train_in_rounds(tmp_path / "cut", epochs, args=args, resume=True,
+                                           select_kmeans_cache_dir=cache)
+    assert resumed == whole[2:]  # the rest of the run: the same rows, in the same order
     assert again["slices"] == report["slices"] and again["cluster_weights"] == report["cluster_weights"]
-    assert len(set(sum(whole[2:4], [])) & set(report["slices"][1])) == 4  # round 2 differs from round 1's rows
+    per_round = epochs // 3
+    for r, rows in enumerate(report["slices"]):  # every epoch of round r trained slice r
+        for e in range(per_round * r, per_round * (r + 1)):
+            assert sorted(whole[2 * e] + whole[2 * e + 1]) == rows, (r, e)
 
 
 def test_resuming_from_a_checkpoint_without_the_rounds_is_refused(tmp_path):
