@@ -42,8 +42,14 @@ def recipe_plugins(path: str) -> list[str]:
     return yaml.safe_load(open(path)).get("plugins", [])
 
 
+#: Recipes of a plugin's other mode, whose run must show that mode's effect rather than the plugin's usual one.
+RECIPE_CHECKS = {"select_kmeans_rounds_sft.yaml": ["select_kmeans_rounds"]}
+
+
 def recipe_checks(path: str) -> list[str]:
     """What a recipe's run must show: its plugins' effects, and a plain LoRA's (``use_peft``) without plugins."""
+    if os.path.basename(path) in RECIPE_CHECKS:
+        return RECIPE_CHECKS[os.path.basename(path)]
     return recipe_plugins(path) or (["lora"] if yaml.safe_load(open(path)).get("use_peft") else [])
 
 
@@ -359,6 +365,22 @@ def check_selection(method: str):
     return check
 
 
+def check_select_kmeans_rounds(obs, out):
+    """Iterative kMQ: 3 disjoint slices of 16 rows, none of them held out, and epoch r trained exactly slice r
+    (the token rows of its two batches of 8 are the slice's rows of the tokenized pool, which holds duplicate rows:
+    compared as sorted token rows); round 2's and 3's cluster weights were recorded."""
+    report = json.loads((out / "select_kmeans_report.json").read_text())
+    slices = report["slices"]
+    assert [len(s) for s in slices] == [16, 16, 16] and len(set(sum(slices, []))) == 48
+    assert not set(sum(slices, [])) & set(report["held_out"]) and len(report["cluster_weights"]) == 2
+    pool = obs.trainer.train_dataset.rows  # the rounds view over the tokenized pool
+    trained = [tuple(ids[mask.bool()].tolist()) for batch in obs.batches
+               for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
+    assert len(trained) == 48
+    for r, rows in enumerate(slices):
+        assert sorted(trained[16 * r:16 * (r + 1)]) == sorted(tuple(pool[i]["input_ids"]) for i in rows), r
+
+
 # --- tool and evaluation plugins: what each writes or logs after (or during) the run -------------------------
 
 
@@ -417,6 +439,7 @@ CHECKS = {
     "locft": check_locft, "graft": check_graft, "s3ft": check_s3ft, "lp_ft": check_lp_ft, "lora": check_lora,
     "pso": check_pso, "bob": check_bob,
     **{m: check_selection(m) for m in ("select_kmeans", "select_ot", "select_influence")},
+    "select_kmeans_rounds": check_select_kmeans_rounds,
     "soup": check_soup, "intruders": check_intruders, "mbpp_eval": check_mbpp_eval,
     "infusion_eval": check_infusion_eval,
     "probe_prune": check_probe_prune, "contrastive_explore": check_contrastive_explore,
@@ -431,6 +454,7 @@ RUN_ARGS = {
     "probe_prune": ["--probe_prune_units", "1,4", "--probe_prune_reverse_steps", "2", "--probe_prune_every", "1"],
     "contrastive_explore": ["--contrastive_explore_every", "1", "--contrastive_explore_samples", "2",
                             "--contrastive_explore_max_new_tokens", "4"],
+    "select_kmeans_rounds": ["--max_steps", "-1"],  # the rounds are the recipe's 3 epochs (6 steps)
 }
 
 
@@ -447,7 +471,7 @@ def test_recipe_runs_and_shows_its_methods_effect(recipe, request, tmp_path, obs
     train([command, "--config", recipe, "--model_name_or_path", model_dir, "--dataset_name",
            f"{data_dir}/{dataset}", "--output_dir", str(out), "--max_steps", "2", "--save_strategy", "no",
            "--disable_tqdm", "true", "--plugins", ",".join([*plugins, "observer"]),
-           *[a for name in plugins for a in RUN_ARGS.get(name, [])], *EXTRA_ARGS])
+           *[a for name in recipe_checks(recipe) for a in RUN_ARGS.get(name, [])], *EXTRA_ARGS])
     assert (out / "ftplugins_run.json").exists()
     assert observer.trainer is not None and observer.trainer.state.global_step >= 2
     for name in recipe_checks(recipe):

@@ -109,8 +109,12 @@ class RecordBatches(Plugin):
         return inner()
 
 
-def train_in_rounds(tmp_path, epochs=3, **options):
+def train_in_rounds(tmp_path, epochs=3, args=None, stop_at=None, resume=None, **options):
+    """Train on the two topics in 3 rounds; the pool rows of every training micro-batch, in order, and the report."""
+    from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
+
+    from ftplugins.testing import StopAt
 
     recorder = RecordBatches()
     settings = dict(select_kmeans_budget=12, select_kmeans_rounds=3, select_kmeans_clusters=2,
@@ -121,20 +125,22 @@ def train_in_rounds(tmp_path, epochs=3, **options):
     settings.update(options)
     trainer_cls = ftplugins.compose(SFTTrainer, [kmeans_plugin, recorder], **settings)
     pool = two_topics()
-    from datasets import Dataset
-
     source = Dataset.from_list(pool)
     trainer = trainer_cls(model=tiny_llama(), processing_class=tiny_tokenizer(), train_dataset=source,
-                          args=cpu_args(SFTConfig, tmp_path / "out", max_steps=-1, num_train_epochs=epochs))
-    trainer.train()
-    view = trainer.train_dataset
-    row_of = {tuple(view.rows[i]["input_ids"]): i for i in range(len(view.rows))}
-    trained = [[row_of[t] for batch in recorder.batches[e * 2:(e + 1) * 2] for t in batch] for e in range(epochs)]
-    return pool, trained, json.load(open(tmp_path / "out" / "select_kmeans_report.json")), source
+                          args=cpu_args(SFTConfig, tmp_path / "out", max_steps=-1, num_train_epochs=epochs,
+                                        **(args or {})),
+                          callbacks=[StopAt(stop_at)] if stop_at else None)
+    trainer.train(resume_from_checkpoint=resume)
+    rows = getattr(trainer.train_dataset, "rows", trainer.train_dataset)  # the tokenized pool under the rounds view
+    row_of = {tuple(rows[i]["input_ids"]): i for i in range(len(rows))}
+    batches = [[row_of[t] for t in batch] for batch in recorder.batches]
+    report = tmp_path / "out" / "select_kmeans_report.json"
+    return pool, batches, json.load(open(report)) if report.exists() else None, source
 
 
 def test_plugin_trains_each_round_on_its_slice_and_draws_toward_the_unlearned_cluster(tmp_path):
-    pool, trained, report, source = train_in_rounds(tmp_path)
+    pool, batches, report, source = train_in_rounds(tmp_path)
+    trained = [batches[e * 2] + batches[e * 2 + 1] for e in range(3)]  # 4-row slices, micro-batches of 2
     assert [sorted(rows) for rows in trained] == report["slices"]  # epoch r trained on exactly slice r
     flat = sum(report["slices"], [])
     assert len(flat) == len(set(flat)) == report["selected"] == 12  # disjoint, the whole budget
@@ -148,6 +154,46 @@ def test_plugin_trains_each_round_on_its_slice_and_draws_toward_the_unlearned_cl
 
     _, again, same, _ = train_in_rounds(tmp_path / "again")
     assert same["slices"] == report["slices"]  # same seed, same rounds
+
+
+@pytest.mark.parametrize("save,epochs", [("steps", 3), ("epoch", 3), ("steps", 6)])
+def test_a_run_resumed_after_round_one_trains_the_slices_of_an_uninterrupted_run(tmp_path, save, epochs):
+    """Stopped at step 2 (epoch 1's last step), resumed from checkpoint-2: the same micro-batches as a whole run.
+    With save_strategy steps the checkpoint precedes round 1's end (the resumed run draws round 2 itself), with
+    epoch it follows it (round 2 comes from the checkpoint); with 6 epochs the cut is inside round 1 (2 epochs)."""
+    from ftplugins.methods.select_kmeans.rounds import ROUNDS_FILE
+
+    args = {"save_strategy": save, "save_steps": 2}
+    cache = str(tmp_path / "cache")
+    _, whole, report, _ = train_in_rounds(tmp_path / "whole", epochs, args=args, select_kmeans_cache_dir=cache)
+    _, cut, _, _ = train_in_rounds(tmp_path / "cut", epochs, args=args, stop_at=2, select_kmeans_cache_dir=cache)
+    checkpoint = tmp_path / "cut" / "out" / "checkpoint-2"
+    assert cut == whole[:2] and (checkpoint / ROUNDS_FILE).is_file()
+    _, resumed, again, _ = train_in_rounds(tmp_path / "cut", epochs, args=args, resume=True,
+                                           select_kmeans_cache_dir=cache)
+    assert resumed == whole[2:]  # the rest of the run: the same rows, in the same order
+    assert again["slices"] == report["slices"] and again["cluster_weights"] == report["cluster_weights"]
+    per_round = epochs // 3
+    for r, rows in enumerate(report["slices"]):  # every epoch of round r trained slice r
+        for e in range(per_round * r, per_round * (r + 1)):
+            assert sorted(whole[2 * e] + whole[2 * e + 1]) == rows, (r, e)
+
+
+def test_resuming_from_a_checkpoint_without_the_rounds_is_refused(tmp_path):
+    from ftplugins.methods.select_kmeans.rounds import ROUNDS_FILE
+
+    args = {"save_strategy": "steps", "save_steps": 2}
+    train_in_rounds(tmp_path, args=args, stop_at=2, select_kmeans_rounds=1)  # single-shot: a whole checkpoint
+    assert not (tmp_path / "out" / "checkpoint-2" / ROUNDS_FILE).exists()
+    with pytest.raises(FtpluginsError, match=f"checkpoint-2 has no {ROUNDS_FILE}"):
+        train_in_rounds(tmp_path, args=args, resume=str(tmp_path / "out" / "checkpoint-2"))
+
+
+def test_resuming_with_other_options_is_refused(tmp_path):
+    args = {"save_strategy": "steps", "save_steps": 2}
+    train_in_rounds(tmp_path, args=args, stop_at=2)
+    with pytest.raises(FtpluginsError, match="drawn from another pool"):
+        train_in_rounds(tmp_path, args=args, resume=True, select_kmeans_holdout=3)
 
 
 def test_plugin_refuses_fewer_epochs_than_rounds(tmp_path):

@@ -68,7 +68,14 @@ class SelectKmeansPlugin(Plugin):
         if _iterative(self, run):
             from .rounds import begin
 
-            begin(self, run, trainer, resume_from_checkpoint)
+            begin(self, run, trainer, resume_from_checkpoint)  # a resumed run reads its rounds back
+
+    @hookimpl
+    def save_checkpoint(self, run, trainer, checkpoint):
+        if _iterative(self, run) and trainer.args.should_save and run.state.get(self.name) is not None:
+            from .rounds import save_rounds
+
+            save_rounds(run.state[self.name], checkpoint)
 
 
 def _iterative(plugin, run) -> bool:

@@ -190,6 +190,33 @@ class IterativeDraws:
         self.slices.append(new)
         return new
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the draws (JSON-able): the slices, weights and the generator's state, with a
+        fingerprint of what they were drawn from (cluster assignment, held-out rows, sizes)."""
+        return {"fingerprint": self.fingerprint(), "slices": self.slices, "weights": self.weights,
+                "rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        """Continue where ``saved`` stopped; a fingerprint mismatch (another pool or other options) raises ValueError."""
+        if saved.get("fingerprint") != self.fingerprint():
+            raise ValueError("drawn from another pool, clustering or select_kmeans options")
+        self.slices = [list(map(int, s)) for s in saved["slices"]]
+        self.weights = [list(map(float, w)) for w in saved["weights"]]
+        self.rng.bit_generator.state = saved["rng"]
+        self.unavailable[:] = False
+        self.unavailable[self.held_out] = True
+        self.unavailable[self.selected] = True
+
+    def fingerprint(self) -> str:
+        import hashlib
+
+        digest = hashlib.sha256(np.ascontiguousarray(self.assignment, dtype=np.int64).tobytes())
+        digest.update(np.ascontiguousarray(self.held_out, dtype=np.int64).tobytes())
+        digest.update(repr((self.clusters, self.rounds, self.slice_size, self.temperature)).encode())
+        if self.quality is not None:  # rounded: a rescored pool may differ in the last bits
+            digest.update(np.round(np.asarray(self.quality, dtype=np.float64), 4).tobytes())
+        return digest.hexdigest()
+
     def report(self) -> dict[str, Any]:
         return {"rounds": self.rounds, "slice_rows": self.slice_size, "clusters": self.clusters,
                 "held_out": self.held_out.tolist(), "slices": self.slices, "cluster_weights": self.weights,

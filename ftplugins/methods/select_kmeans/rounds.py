@@ -7,6 +7,11 @@
 * :class:`RoundsCallback` ends a round every ``num_train_epochs // rounds`` epochs (left-over epochs stay on the last
   slice): it scores the held-out rows with the model just trained, draws the next slice from the unselected rows and
   points the view at it. The next epoch's iterator reads the new rows; nothing of the trainer's loop is touched.
+* ``save_checkpoint`` writes the rounds (slices, cluster weights, the draws' generator, epochs counted) into every
+  checkpoint as ``ROUNDS_FILE``; ``train_begin`` of a resumed run reads them back and shows the checkpoint's slice.
+  A checkpoint written at an epoch's last step precedes that epoch's end of round: the callback's ``on_train_begin``
+  ends the rounds of the epochs the checkpoint completed (the model is the checkpoint's by then), so a resumed run
+  trains exactly the slices an uninterrupted one does.
 
 Under DDP every process scores (the same weights, the same rows) and rank 0's scores are broadcast, so every rank
 draws the same slice. Dataloader workers that persist across epochs would keep the old view: refused.
@@ -14,7 +19,9 @@ draws the same slice. Dataloader workers that persist across epochs would keep t
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +33,7 @@ from ftplugins.errors import FtpluginsError
 from .iterative import IterativeDraws, plan, round_scorer, score_rows
 
 logger = logging.getLogger("ftplugins.data")
+ROUNDS_FILE = "select_kmeans_rounds.json"
 
 
 class RoundView:
@@ -54,6 +62,7 @@ class RoundsState:
     tokenizer: Any
     report: dict[str, Any]
     view: RoundView | None = None
+    epochs_done: int = 0  # whole epochs whose end of round has been handled
 
 
 def prepare(plugin: Any, run: Any, dataset: Any) -> Any:
@@ -80,17 +89,37 @@ def begin(plugin: Any, run: Any, trainer: Any, resume_from_checkpoint: Any) -> N
     if not isinstance(state, RoundsState):
         raise FtpluginsError("select_kmeans_rounds > 1 selects the train split while the trainer is built; give "
                              "the trainer a train_dataset.")
-    if resume_from_checkpoint not in (None, False):
-        raise FtpluginsError("select_kmeans_rounds > 1 does not checkpoint its rounds yet; resuming would redraw "
-                             "them. Train from the start, or select offline (select_iteratively) and resume a plain "
-                             "run on the selected rows.")
+    if isinstance(resume_from_checkpoint, (str, os.PathLike)):
+        load_rounds(state, str(resume_from_checkpoint))
     rows = trainer.train_dataset
     if len(rows) != len(state.pool):
         raise FtpluginsError(f"select_kmeans_rounds > 1 maps the trainer's train rows to the pool row by row, but "
                              f"the trainer holds {len(rows)} rows for a pool of {len(state.pool)} (packing?); train "
                              "without packing.")
-    state.view = RoundView(rows, state.draws.slices[0])
+    state.view = RoundView(rows, state.draws.slices[-1])
     trainer.train_dataset = state.view
+
+
+def save_rounds(state: RoundsState, checkpoint: str) -> None:
+    """Into the checkpoint being written (staged by ftplugins: it appears whole or not at all)."""
+    with open(os.path.join(checkpoint, ROUNDS_FILE), "w") as f:
+        json.dump({"epochs_done": state.epochs_done, "draws": state.draws.state_dict()}, f)
+
+
+def load_rounds(state: RoundsState, checkpoint: str) -> None:
+    path = os.path.join(checkpoint, ROUNDS_FILE)
+    if not os.path.exists(path):
+        raise FtpluginsError(f"select_kmeans_rounds: checkpoint {checkpoint} has no {ROUNDS_FILE} (saved without "
+                             "select_kmeans rounds, or by an older version); resuming would redraw the rounds. Resume "
+                             "from a checkpoint of a select_kmeans_rounds run, or train from the start.")
+    with open(path) as f:
+        saved = json.load(f)
+    try:
+        state.draws.load_state_dict(saved["draws"])
+    except ValueError as error:
+        raise FtpluginsError(f"select_kmeans_rounds: the rounds in {path} were {error}; resume with the train data "
+                             "and select_kmeans options of the interrupted run, or train from the start.") from None
+    state.epochs_done = int(saved["epochs_done"])
 
 
 class RoundsCallback(TrainerCallback):
@@ -98,7 +127,6 @@ class RoundsCallback(TrainerCallback):
 
     def __init__(self, plugin: Any, run: Any):
         self.plugin, self.run = plugin, run
-        self.epochs_done = 0
         self.per_round = 1
 
     @property
@@ -116,12 +144,21 @@ class RoundsCallback(TrainerCallback):
         if args.dataloader_persistent_workers and args.dataloader_num_workers > 0:
             raise FtpluginsError("select_kmeans_rounds > 1 shows a new slice each round; persistent dataloader "
                                  "workers would keep the first. Set dataloader_persistent_workers false.")
+        self._catch_up(state, kwargs.get("model"))  # a resumed run: the checkpoint's completed epochs
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
-        self.epochs_done += 1
+        self._catch_up(state, model)
+
+    def _catch_up(self, state, model) -> None:
+        """End the round of every whole epoch not counted yet (an epoch cut short by a stop is not whole)."""
+        completed = math.floor(state.epoch + 1e-9) if state.epoch else 0
+        while self.state.epochs_done < completed:
+            self.state.epochs_done += 1
+            if self.state.epochs_done % self.per_round == 0 and not self.state.draws.done:
+                self._next_round(model)
+
+    def _next_round(self, model) -> None:
         rounds = self.state
-        if self.epochs_done % self.per_round or rounds.draws.done:
-            return
         d = score_rows(round_scorer(rounds.settings.round_score, rounds.settings.max_length), model,
                        rounds.tokenizer, rounds.pool, rounds.settings, rounds.draws.scored_rows())
         rounds.view.show(rounds.draws.next(_from_rank_zero(d)))
