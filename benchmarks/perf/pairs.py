@@ -12,7 +12,8 @@ that machine load hits both; a side's number is the median over its repeats of t
 * ``pet``: a ``compose(Trainer, ["pet"])`` step (MiniLM masked LM, LoRA r = 8 on query / value, cloze
   scoring of the verbaliser tokens) vs a plain classification-head step with the same LoRA (batch 16);
 * ``mean_teacher``: a ``compose(Trainer, ["mean_teacher"])`` step (teacher forward + EMA update of all 22.7M
-  parameters, and by default the prototype soft labels) vs a plain ``Trainer`` step on the same full-fine-tuning MiniLM classifier and rows (batch 16,
+  parameters, and by default the prototype soft labels) vs a plain ``Trainer`` step on the same
+  full-fine-tuning MiniLM classifier and rows (batch 16,
   half of them unlabelled: label -100, ignored by the plain loss);
 * ``hyper_adapter``: a ``compose(Trainer, ["hyper_adapter"])`` step (FM3: the hypernetwork emits both tasks'
   bottleneck adapters, b = 16, after the attention and FFN outputs of every layer; two tasks, 2 and 3 labels,

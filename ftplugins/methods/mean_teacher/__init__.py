@@ -9,8 +9,8 @@ unconfident unlabelled rows also count, against a soft label from their teacher 
 prototypes; ``hard`` drops them.
 
 Built: sequence classification (any model whose output has ``logits`` of shape [batch, classes]) on
-``transformers.Trainer`` (soft labels included), and object detection with DETR-style models (:mod:`.detection`: the teacher's confident
-detections are the unlabelled images' targets). The teacher is saved into every checkpoint
+``transformers.Trainer`` (soft labels included), and object detection with DETR-style models (:mod:`.detection`:
+the teacher's confident detections are the unlabelled images' targets). The teacher is saved into every checkpoint
 (``mean_teacher.safetensors``, the prototypes in ``mean_teacher_prototypes.safetensors``) and restored on resume,
 so a resumed run ends as an uninterrupted one. Not built: prototype soft labels for detection (PS-TTL's RoI
 prototypes).

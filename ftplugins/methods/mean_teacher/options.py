@@ -27,7 +27,8 @@ class MeanTeacherOptions:
                   "prototypes) or 'hard' (only the confident rows count, with their pseudo-label)."},
     )
     mean_teacher_temperature: float = field(
-        default=0.1, metadata={"help": "Temperature T of the prototype soft labels: softmax(cos(feature, prototype) / T)."})
+        default=0.1,
+        metadata={"help": "Temperature T of the prototype soft labels: softmax(cos(feature, prototype) / T)."})
     mean_teacher_prototype_momentum: float = field(
         default=0.9,
         metadata={"help": "EMA momentum m of the class prototypes across batches (p ← m·p + (1 − m)·batch mean of the "

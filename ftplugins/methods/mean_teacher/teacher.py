@@ -103,7 +103,8 @@ def mean_teacher_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 
 def trusted_rows(teacher_logits: torch.Tensor, labels: torch.Tensor,
                  threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mask, class) of the rows prototypes are built from: labelled rows, and unlabelled ones the teacher is sure of."""
+    """(mask, class) of the rows prototypes are built from: the labelled rows, and the unlabelled ones the teacher
+    is sure of."""
     confidence, pseudo = teacher_logits.detach().float().softmax(-1).max(-1)
     labelled = labels != IGNORE
     mask = labelled | (confidence >= threshold)
