@@ -244,3 +244,104 @@ def test_detection_targets_without_boxes_or_unlabelled_images_are_refused(tmp_pa
                              {"pixel_values": [0.0], "labels": None}])
     with pytest.raises(FtpluginsError, match="row 0 of 'labels' has 2 class_labels and 1 boxes"):
         cls(model=tiny_detr(), args=args, train_dataset=bad, data_collator=collate_detection)
+
+
+# --- PS-TTL's prototype-based soft labels -------------------------------------------------------------------------
+
+def test_a_prototype_is_the_mean_of_its_members_then_an_ema_and_absent_classes_keep_theirs():
+    from ftplugins.methods.mean_teacher.prototypes import Prototypes
+
+    torch.manual_seed(0)
+    protos = Prototypes(momentum=0.75)
+    first, classes = torch.randn(5, 4), torch.tensor([0, 0, 2, 2, 2])
+    protos.update(first, classes, num_classes=3)
+    assert torch.allclose(protos.vectors[0], first[:2].mean(0)) and torch.allclose(protos.vectors[2], first[2:].mean(0))
+    assert protos.seen.tolist() == [True, False, True]
+    second = torch.randn(2, 4)
+    protos.update(second, torch.tensor([0, 1]), num_classes=3)
+    assert torch.allclose(protos.vectors[0], 0.75 * first[:2].mean(0) + 0.25 * second[0])
+    assert torch.allclose(protos.vectors[1], second[1])  # a class's first batch sets its prototype
+    assert torch.allclose(protos.vectors[2], first[2:].mean(0))  # absent from the batch: unchanged
+
+
+def test_soft_labels_sum_to_one_favour_the_nearest_prototype_and_skip_classes_without_one():
+    from ftplugins.methods.mean_teacher.prototypes import Prototypes
+
+    protos = Prototypes(momentum=0.0)
+    assert protos.soft_labels(torch.randn(2, 3), temperature=0.1) is None  # no prototype yet
+    protos.update(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), torch.tensor([0, 2]), num_classes=3)
+    soft = protos.soft_labels(torch.tensor([[2.0, 0.1, 0.0], [0.2, 3.0, 0.0], [1.0, 1.0, 0.0]]), temperature=0.1)
+    assert torch.allclose(soft.sum(-1), torch.ones(3))
+    assert soft[:, 1].eq(0).all()  # class 1 has no prototype
+    assert soft.argmax(-1).tolist()[:2] == [0, 2] and torch.allclose(soft[2, 0], soft[2, 2])
+    sharper = protos.soft_labels(torch.tensor([[2.0, 0.1, 0.0]]), temperature=0.01)
+    assert sharper[0, 0] > soft[0, 0]  # a lower temperature sharpens
+
+
+def test_soft_labels_give_the_unconfident_rows_a_target_and_confident_rows_keep_their_hard_label():
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    student = torch.randn(4, 3, requires_grad=True)
+    teacher = torch.tensor([[9.0, 0, 0], [0, 0.1, 0], [0, 0, 9.0], [0.1, 0, 0]])  # rows 0, 2 confident
+    labels = torch.tensor([-100, -100, -100, -100])
+    soft = torch.tensor([[0.1, 0.8, 0.1], [0.2, 0.7, 0.1], [0.3, 0.3, 0.4], [0.6, 0.2, 0.2]])
+    loss = mean_teacher_loss(student, teacher, labels, threshold=0.9, weight=0.5, soft=soft)
+    targets = torch.stack([F.one_hot(torch.tensor(0), 3).float(), soft[1], F.one_hot(torch.tensor(2), 3).float(),
+                           soft[3]])
+    assert torch.allclose(loss, 0.5 * F.cross_entropy(student, targets))
+    hard = mean_teacher_loss(student, teacher, labels, threshold=0.9, weight=0.5)
+    assert torch.allclose(hard, 0.5 * F.cross_entropy(student[[0, 2]], torch.tensor([0, 2])))
+    assert mean_teacher_loss(student, teacher, labels, 0.9, 0.5, soft=None).item() == pytest.approx(hard.item())
+
+
+def test_minilm_prototypes_are_the_teachers_mean_features_and_the_teacher_gets_no_gradient(tmp_path, tokenizer):
+    from transformers import DataCollatorWithPadding
+
+    from ftplugins.methods.mean_teacher.prototypes import teacher_logits_and_features
+    from ftplugins.methods.mean_teacher.teacher import frozen_copy
+
+    # τ = 1: no unlabelled row is confident, so the members are the labelled rows under their label; α = 1 keeps
+    # the teacher at the initial student; momentum 0: the prototypes are this batch's means.
+    trainer, initial = trained(tmp_path, tokenizer, steps=1, mean_teacher_alpha=1.0, mean_teacher_threshold=1.0,
+                               mean_teacher_prototype_momentum=0.0)
+    run = trainer.ftplugins_run
+    teacher = run.state["mean_teacher"]
+    assert all(not p.requires_grad and p.grad is None for p in teacher.parameters())
+    assert any(not torch.equal(p, initial[n]) for n, p in trainer.model.named_parameters())  # the student trained
+
+    data = stream(tokenizer)
+    batch = DataCollatorWithPadding(tokenizer)([{k: row[k] for k in ("input_ids", "attention_mask")} for row in data])
+    _, features = teacher_logits_and_features(frozen_copy(teacher), dict(batch), num_classes=2)
+    labels = torch.tensor([-100 if v is None else v for v in data["label"]])
+    protos = run.state["mean_teacher_prototypes"]
+    for c in (0, 1):
+        assert torch.allclose(protos.vectors[c], features[labels == c].mean(0), atol=1e-5), c
+
+
+def test_hard_labels_switch_the_soft_labels_off(tmp_path, tokenizer):
+    soft, initial = trained(tmp_path / "soft", tokenizer, mean_teacher_alpha=1.0, mean_teacher_threshold=1.0)
+    hard, _ = trained(tmp_path / "hard", tokenizer, mean_teacher_alpha=1.0, mean_teacher_threshold=1.0,
+                      mean_teacher_labels="hard", mean_teacher_weight=0.5)
+    none, _ = trained(tmp_path / "none", tokenizer, mean_teacher_alpha=1.0, mean_teacher_threshold=1.0,
+                      mean_teacher_weight=0.0)
+    params = lambda t: dict(t.model.named_parameters())  # noqa: E731
+    # τ = 1: hard labels add nothing (= λ 0); soft labels still train on the unconfident stream.
+    assert all(torch.allclose(p, params(none)[n]) for n, p in params(hard).items())
+    assert any(not torch.allclose(p, params(none)[n]) for n, p in params(soft).items())
+    assert "mean_teacher_prototypes" not in hard.ftplugins_run.state or \
+        hard.ftplugins_run.state["mean_teacher_prototypes"].vectors is None
+
+
+@pytest.mark.parametrize("key,value", [("mean_teacher_labels", "soft"), ("mean_teacher_temperature", 0.0),
+                                       ("mean_teacher_prototype_momentum", 1.5)])
+def test_bad_soft_label_options_name_the_option(key, value):
+    with pytest.raises((OptionError, ValueError), match=key):
+        ftplugins.compose(__import__("transformers").Trainer, [plugin], **{key: value})
+
+
+def test_a_model_without_a_per_class_head_is_refused_with_the_way_out():
+    from ftplugins.methods.mean_teacher.prototypes import classification_head
+
+    with pytest.raises(FtpluginsError, match="mean_teacher_labels=hard"):
+        classification_head(torch.nn.Sequential(torch.nn.Linear(4, 5)), num_classes=2)

@@ -57,8 +57,8 @@ def test_one_recipe_per_shipped_method():
     from ftplugins.registry import available_entry_points, load
 
     covered = {name for path in RECIPES for name in recipe_checks(path)}
-    # Methods for transformers.Trainer alone (encoders: pet) have no TRL script to put in a recipe; their own test
-    # files train them through ftplugins.compose.
+    # Methods for transformers.Trainer alone (encoders: pet, ...) have no TRL script to put in a YAML recipe: they run
+    # a plain Trainer script through ftplugins.run (recipes/classifiers/, tests/test_classifier_recipes.py).
     scripted = {"SFTTrainer", "DPOTrainer", "GRPOTrainer", "DiffusionTrainer"}
     builtin = {name for name, ep in available_entry_points().items()
                if ep.value.startswith("ftplugins.methods.") and load(name).trains

@@ -12,12 +12,21 @@ that machine load hits both; a side's number is the median over its repeats of t
 * ``pet``: a ``compose(Trainer, ["pet"])`` step (MiniLM masked LM, LoRA r = 8 on query / value, cloze
   scoring of the verbaliser tokens) vs a plain classification-head step with the same LoRA (batch 16);
 * ``mean_teacher``: a ``compose(Trainer, ["mean_teacher"])`` step (teacher forward + EMA update of all 22.7M
-  parameters) vs a plain ``Trainer`` step on the same full-fine-tuning MiniLM classifier and rows (batch 16,
-  half of them unlabelled: label -100, ignored by the plain loss).
+  parameters, and by default the prototype soft labels) vs a plain ``Trainer`` step on the same
+  full-fine-tuning MiniLM classifier and rows (batch 16,
+  half of them unlabelled: label -100, ignored by the plain loss);
+* ``hyper_adapter``: a ``compose(Trainer, ["hyper_adapter"])`` step (FM3: the hypernetwork emits both tasks'
+  bottleneck adapters, b = 16, after the attention and FFN outputs of every layer; two tasks, 2 and 3 labels,
+  mixed in each batch of 16; base frozen) vs the same multitask model with fixed per-task adapters of the same
+  shapes (``FixedTaskAdapters``: each task's adapters are its own trainable tensors, started from the
+  hypernetwork's output, then the hypernetwork is dropped): the same forward and heads, so the difference is the
+  hypernetwork's forward and backward. Both sides' trainable parameter counts are recorded.
 
 Step time: wall time between consecutive optimizer steps (the perf harness's ``StepTimer``) after ``--warmup``
 untimed steps; the LiST pair times its student step directly. Peak memory: the training phase's peak above the
-resident set at its start (``common.PeakMemory``), the max over repeats. Writes ``pairs.json`` and ``pairs.md``.
+resident set at its start (``common.PeakMemory``), the max over repeats. Writes ``pairs.json`` and ``pairs.md``;
+``--merge`` keeps the other pairs already in the output folder's ``pairs.json`` (so adding or re-measuring one pair
+reruns only that pair) and records which command and commit measured which pairs.
 """
 
 from __future__ import annotations
@@ -152,6 +161,69 @@ def pet_side(steps: int, warmup: int) -> dict[str, float | None]:
     return timed_training(build, warmup)
 
 
+HYPER_TASKS = ["sentiment:2", "topic:3"]
+
+
+def fixed_task_adapters_class():
+    """The plain side of the ``hyper_adapter`` pair (a benchmark baseline, not a method)."""
+    import torch
+    from torch import nn
+
+    from ftplugins.methods.hyper_adapter.model import HyperAdapterModel
+
+    class FixedTaskAdapters(HyperAdapterModel):
+        """Per-task bottleneck adapters as plain trainable tensors, in the hypernetwork's place."""
+
+        def __init__(self, model, tasks, options):
+            super().__init__(model, tasks, options)
+            with torch.no_grad():
+                self.fixed = nn.ModuleList(
+                    nn.ModuleDict({module.replace(".", "/"): nn.ParameterDict(
+                        {name: nn.Parameter(value.detach().clone()) for name, value in tensors.items()})
+                        for module, tensors in self.hypernetwork(task).items()})
+                    for task in range(len(tasks)))
+            del self.hypernetwork
+
+        def generated(self, task):
+            return {key.replace("/", "."): dict(params.items()) for key, params in self.fixed[task].items()}
+
+    return FixedTaskAdapters
+
+
+def hyper_side(hyper: bool, steps: int, warmup: int) -> dict[str, float | None]:
+    """Two tasks mixed in every batch: the hypernetwork's generated adapters, or fixed per-task ones."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer
+
+    import ftplugins
+    from ftplugins.methods.hyper_adapter.options import HyperAdapterOptions
+    from ftplugins.testing import minilm_classifier, minilm_path
+
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_path()))
+    data = [{**tokenizer(r["text"]), "task": i % 2, "label": i % (2 + i % 2)} for i, r in enumerate(rows(128))]
+    trainable: list[int] = []
+
+    def build(out, timer):
+        torch.manual_seed(0)
+        model = minilm_classifier(num_labels=2)
+        if hyper:
+            cls = ftplugins.compose(Trainer, ["hyper_adapter"], hyper_adapter_tasks=HYPER_TASKS,
+                                    hyper_adapter_export=False)
+        else:
+            options = HyperAdapterOptions(hyper_adapter_tasks=HYPER_TASKS)
+            model = fixed_task_adapters_class()(model, options.task_list(), options)
+            cls = ftplugins.compose(Trainer, [])
+        trainer = cls(model=model, args=trainer_args(out, warmup + steps, 16), train_dataset=Dataset.from_list(data),
+                      data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
+                      callbacks=[timer])
+        trainable.append(sum(p.numel() for p in trainer.model.parameters() if p.requires_grad))
+        return trainer
+
+    result = timed_training(build, warmup)
+    return {**result, "trainable_params": trainable[-1]}
+
+
 class ListStudent:
     """LiST's student step on a trained-shape pet model (``sessions.py``'s loop body, timed directly)."""
 
@@ -227,6 +299,8 @@ PAIRS = {
     "list_selftrain": ("LiST student step with meta re-weighting", "LiST student step, uniform weights"),
     "pet": ("pet step (cloze + verbaliser head, LoRA r=8)", "classification-head step (LoRA r=8)"),
     "mean_teacher": ("mean_teacher step (teacher forward + EMA)", "plain step (full fine-tuning)"),
+    "hyper_adapter": ("hyper_adapter step (hypernetwork-generated adapters, 2 tasks)",
+                      "fixed per-task bottleneck adapters, same shapes"),
 }
 
 
@@ -247,6 +321,9 @@ def measure(pairs: list[str], steps: int, warmup: int, repeats: int, log=print) 
             sides[pair] = {"method": lambda: classifier_side(["mean_teacher"], steps, warmup, lora=False,
                                                              unlabelled_half=True),
                            "plain": lambda: classifier_side([], steps, warmup, lora=False, unlabelled_half=True)}
+        elif pair == "hyper_adapter":
+            sides[pair] = {"method": lambda: hyper_side(True, steps, warmup),
+                           "plain": lambda: hyper_side(False, steps, warmup)}
     runs: dict[str, dict[str, list[dict[str, float | None]]]] = {p: {"method": [], "plain": []} for p in pairs}
     for repeat in range(repeats):
         for pair in pairs:
@@ -264,6 +341,8 @@ def measure(pairs: list[str], steps: int, warmup: int, repeats: int, log=print) 
                              "step_s": common.median(v["step_s"] for v in values),
                              "step_s_repeats": [v["step_s"] for v in values],
                              "peak_bytes": max(peaks) if peaks else None}
+            if "trainable_params" in values[0]:
+                summary[side]["trainable_params"] = values[0]["trainable_params"]
         summary["step_ratio"] = common.ratio(summary["method"]["step_s"], summary["plain"]["step_s"])
         summary["memory_ratio"] = common.ratio(summary["method"]["peak_bytes"], summary["plain"]["peak_bytes"])
         out[pair] = summary
@@ -281,9 +360,35 @@ def markdown(result: dict[str, Any]) -> str:
                       common.fmt((m["peak_bytes"] or 0) / 2**20, ".0f"),
                       common.fmt((p["peak_bytes"] or 0) / 2**20, ".0f"),
                       common.fmt(row["memory_ratio"], ".2f")])
+    notes = [f"\n`{pair}` trains {row['method']['trainable_params']:,} parameters (method) vs "
+             f"{row['plain']['trainable_params']:,} (plain).\n"
+             for pair, row in result["pairs"].items() if "trainable_params" in row["method"]]
+    notes += [f"\n{', '.join(f'`{p}`' for p in earlier['pairs'])}: measured earlier, by `{earlier['command']}` at "
+              f"commit `{earlier['git_commit']}` (a separate run, under other load); kept by `--merge`.\n"
+              for earlier in result.get("merged_from", [])]
     return common.markdown_table(["pair", "method vs plain", "method step ms", "plain step ms", "step ratio",
                                   "per-repeat ms (method vs plain)", "method peak MB", "plain peak MB",
-                                  "memory ratio"], table) + "\n"
+                                  "memory ratio"], table) + "\n" + "".join(notes)
+
+
+def merge_earlier(result: dict[str, Any], path: str) -> None:
+    """Put the earlier file's other pairs after this run's, with the command and commit that measured them."""
+    import json
+
+    if not os.path.exists(path):
+        return
+    with open(path) as handle:
+        earlier = json.load(handle)
+    kept = {p: row for p, row in earlier["pairs"].items() if p not in result["pairs"]}
+    if not kept:
+        return
+    sources = [{**e, "pairs": [p for p in e["pairs"] if p in kept]} for e in earlier.get("merged_from", [])]
+    own = [p for p in earlier["config"]["pairs"] if p in kept]
+    if own:
+        sources.insert(0, {"pairs": own, "command": earlier["machine"].get("command"),
+                           "git_commit": earlier["machine"].get("git_commit"), "config": earlier["config"]})
+    result["pairs"] = {**kept, **result["pairs"]}
+    result["merged_from"] = [s for s in sources if s["pairs"]]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -296,6 +401,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--warmup", type=int, help="untimed steps first (default 2; smoke 1)")
     parser.add_argument("--repeats", type=int, help="interleaved repeats (default 3; smoke 1)")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the pairs of the output folder's pairs.json that this run does not measure")
     parser.add_argument("--allow-dirty", action="store_true",
                         help="record results from a git tree with uncommitted changes, labelled dirty: true "
                              "(refused otherwise; --smoke runs are never committed and need no flag)")
@@ -326,6 +433,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "pairs": measure(pairs, steps, warmup, repeats),
     }
     result["elapsed_s"] = time.perf_counter() - started
+    if args.merge:
+        merge_earlier(result, os.path.join(out, "pairs.json"))
     return common.publish(out, "pairs", result, markdown(result))
 
 

@@ -4,12 +4,16 @@ Gao et al., "PS-TTL: Prototype-based Soft-labels and Test-Time Learning for Few-
 2024); reference gaoyingjay/PS-TTL. An EMA teacher (α 0.9996) labels the unlabelled rows of each batch;
 predictions with confidence ≥ 0.9 become pseudo-labels; the student's loss is the supervised CE on the labelled rows
 plus λ = 0.5 times the CE on the pseudo-labelled ones. Rows whose label is None or -100 are the unlabelled stream.
+With ``mean_teacher_labels=prototype`` (the default, PS-TTL's prototype-based soft labels, :mod:`.prototypes`) the
+unconfident unlabelled rows also count, against a soft label from their teacher feature's similarity to class
+prototypes; ``hard`` drops them.
 
 Built: sequence classification (any model whose output has ``logits`` of shape [batch, classes]) on
-``transformers.Trainer``, and object detection with DETR-style models (:mod:`.detection`: the teacher's confident
-detections are the unlabelled images' targets). The teacher is saved into every checkpoint
-(``mean_teacher.safetensors``) and restored on resume, so a resumed run ends as an uninterrupted one. Not built:
-PS-TTL's prototype-based soft labels.
+``transformers.Trainer`` (soft labels included), and object detection with DETR-style models (:mod:`.detection`:
+the teacher's confident detections are the unlabelled images' targets). The teacher is saved into every checkpoint
+(``mean_teacher.safetensors``, the prototypes in ``mean_teacher_prototypes.safetensors``) and restored on resume,
+so a resumed run ends as an uninterrupted one. Not built: prototype soft labels for detection (PS-TTL's RoI
+prototypes).
 
 This module stays light (no torch): the pieces are imported inside the hooks.
 """
@@ -22,6 +26,7 @@ from ftplugins.plugin import Plugin, hookimpl
 from .options import MeanTeacherOptions
 
 TEACHER = "mean_teacher"
+PROTOTYPES = "mean_teacher_prototypes"
 
 
 class MeanTeacherPlugin(Plugin):
@@ -31,7 +36,8 @@ class MeanTeacherPlugin(Plugin):
     options = MeanTeacherOptions
     trainers = ("Trainer",)
     distributed = ("single",)
-    claims = {"loss": "adds the teacher's confident pseudo-label CE on the unlabelled rows to the supervised CE"}
+    claims = {"loss": "adds the CE of the unlabelled rows against the teacher's confident pseudo-labels (and, by "
+                      "default, prototype soft labels for the others) to the supervised CE"}
 
     @hookimpl
     def validate(self, run):
@@ -72,23 +78,27 @@ class MeanTeacherPlugin(Plugin):
 
     @hookimpl
     def train_begin(self, run, trainer, resume_from_checkpoint):
+        from .prototypes import Prototypes
         from .teacher import frozen_copy
 
         # The initial student; a resumed run replaces its weights with the checkpoint's (load_optimizer_state).
         run.state[TEACHER] = frozen_copy(trainer.accelerator.unwrap_model(trainer.model))
+        run.state[PROTOTYPES] = Prototypes(run.options_for(self).mean_teacher_prototype_momentum)
 
     @hookimpl
     def save_checkpoint(self, run, trainer, checkpoint):
-        from .teacher import save_teacher
+        from .teacher import save_prototypes, save_teacher
 
         if trainer.args.should_save and run.state.get(TEACHER) is not None:
             save_teacher(run.state[TEACHER], checkpoint)
+            save_prototypes(run.state[PROTOTYPES], checkpoint)
 
     @hookimpl
     def load_optimizer_state(self, run, trainer, checkpoint):
-        from .teacher import load_teacher
+        from .teacher import load_prototypes, load_teacher
 
         load_teacher(run.state[TEACHER], checkpoint)
+        load_prototypes(run.state[PROTOTYPES], checkpoint)
 
     @hookimpl
     def compute_loss(self, run, trainer, model, inputs, return_outputs, num_items_in_batch, inner):
@@ -109,10 +119,21 @@ class MeanTeacherPlugin(Plugin):
         inputs = dict(inputs)
         labels = inputs.pop("labels")
         outputs = model(**inputs)
-        with torch.no_grad():
-            teacher_logits = teacher(**inputs).logits
+        soft = None
+        if opts.mean_teacher_labels == "prototype":
+            from .prototypes import teacher_logits_and_features
+            from .teacher import trusted_rows
+
+            teacher_logits, features = teacher_logits_and_features(teacher, inputs, outputs.logits.shape[-1])
+            trusted, classes = trusted_rows(teacher_logits, labels, opts.mean_teacher_threshold)
+            prototypes = run.state[PROTOTYPES]
+            prototypes.update(features[trusted], classes[trusted], outputs.logits.shape[-1])
+            soft = prototypes.soft_labels(features, opts.mean_teacher_temperature)
+        else:
+            with torch.no_grad():
+                teacher_logits = teacher(**inputs).logits
         loss = mean_teacher_loss(outputs.logits, teacher_logits, labels, opts.mean_teacher_threshold,
-                                 opts.mean_teacher_weight)
+                                 opts.mean_teacher_weight, soft)
         return (loss, outputs) if return_outputs else loss
 
 

@@ -7,7 +7,8 @@ object class has probability ≥ τ, with that class and the teacher's box (PS-T
 scores). Images where the teacher is confident of nothing are left out of the unsupervised term (as unconfident rows
 are in classification): training them towards "no object everywhere" would teach the student to miss objects.
 Loss = the model's detection loss on the labelled images + λ × its loss on the pseudo-labelled ones.
-Not built: PS-TTL's prototype-based soft labels (class prototypes from RoI features).
+Not built here: PS-TTL's prototype-based soft labels (class prototypes from RoI features); classification has them
+(:mod:`.prototypes`).
 """
 
 from __future__ import annotations

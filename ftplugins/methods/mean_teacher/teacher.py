@@ -19,6 +19,7 @@ from ftplugins.errors import FtpluginsError
 
 IGNORE = -100
 TEACHER_FILE = "mean_teacher.safetensors"
+PROTOTYPES_FILE = "mean_teacher_prototypes.safetensors"
 
 
 def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
@@ -45,6 +46,22 @@ def load_teacher(teacher: torch.nn.Module, checkpoint: str) -> None:
     load_model(teacher, path, strict=True)
 
 
+def save_prototypes(prototypes: Any, checkpoint: str) -> None:
+    """The class prototypes, when any exist yet (hard labels, or no batch seen: nothing to save)."""
+    from safetensors.torch import save_file
+
+    state = prototypes.state_dict()
+    if state:
+        save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(checkpoint, PROTOTYPES_FILE))
+
+
+def load_prototypes(prototypes: Any, checkpoint: str) -> None:
+    from safetensors.torch import load_file
+
+    path = os.path.join(checkpoint, PROTOTYPES_FILE)
+    prototypes.load_state_dict(load_file(path) if os.path.exists(path) else {})
+
+
 @torch.no_grad()
 def ema_update(teacher: torch.nn.Module, student: torch.nn.Module, alpha: float) -> None:
     """t ← α·t + (1 − α)·s for every parameter and floating buffer; α = 1 leaves the teacher as it is."""
@@ -60,10 +77,12 @@ def ema_update(teacher: torch.nn.Module, student: torch.nn.Module, alpha: float)
 
 
 def mean_teacher_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
-                      threshold: float, weight: float) -> torch.Tensor:
-    """CE on the labelled rows + λ · CE against the teacher's confident pseudo-labels on the unlabelled rows.
+                      threshold: float, weight: float, soft: torch.Tensor | None = None) -> torch.Tensor:
+    """CE on the labelled rows + λ · CE on the unlabelled rows against the teacher's targets.
 
-    Each term is the mean over its own rows, 0 when it has none (a batch of only the stream still trains)."""
+    Targets: the confident rows' hard pseudo-label; with ``soft`` (prototype soft labels, one probability row per
+    prediction) also the unconfident unlabelled rows, against their soft label. Each term is the mean over its own
+    rows, 0 when it has none (a batch of only the stream still trains)."""
     logits = student_logits.float()
     labelled = labels != IGNORE
     loss = logits.sum() * 0.0
@@ -71,9 +90,25 @@ def mean_teacher_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
         loss = loss + F.cross_entropy(logits[labelled], labels[labelled])
     confidence, pseudo = teacher_logits.detach().float().softmax(-1).max(-1)
     confident = ~labelled & (confidence >= threshold)
-    if confident.any():
-        loss = loss + weight * F.cross_entropy(logits[confident], pseudo[confident])
+    if soft is None:
+        if confident.any():
+            loss = loss + weight * F.cross_entropy(logits[confident], pseudo[confident])
+        return loss
+    targets = torch.where(confident[..., None], F.one_hot(pseudo, logits.shape[-1]).to(soft.dtype), soft.detach())
+    stream = ~labelled
+    if stream.any():
+        loss = loss + weight * F.cross_entropy(logits[stream], targets[stream])
     return loss
+
+
+def trusted_rows(teacher_logits: torch.Tensor, labels: torch.Tensor,
+                 threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask, class) of the rows prototypes are built from: the labelled rows, and the unlabelled ones the teacher
+    is sure of."""
+    confidence, pseudo = teacher_logits.detach().float().softmax(-1).max(-1)
+    labelled = labels != IGNORE
+    mask = labelled | (confidence >= threshold)
+    return mask, torch.where(labelled, labels, pseudo)
 
 
 class EmaCallback(TrainerCallback):
