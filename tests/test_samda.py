@@ -163,3 +163,14 @@ def test_trl_trainers_are_refused(sam_dir):
 
     with pytest.raises(FtpluginsError, match="not SFTTrainer"):
         ftplugins.compose(SFTTrainer, [plugin], samda_encoder=sam_dir)(model=tiny_segmentation_unet())
+
+
+def test_the_diffusion_trainer_refuses_samda_by_name(tmp_path, sam_dir):
+    from ftplugins.diffusion import DiffusionConfig, DiffusionTrainer, tiny
+
+    cls = ftplugins.compose(DiffusionTrainer, [plugin], samda_encoder=sam_dir)
+    args = DiffusionConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", save_strategy="no")
+    with pytest.raises(FtpluginsError, match="plugin samda applies to Trainer, not to DiffusionTrainer"):
+        cls(model=tiny.tiny_unet(), args=args, train_dataset=tiny.shapes_dataset(2),
+            text_encoder=tiny.tiny_text_encoder(), vae=tiny.tiny_vae(), noise_scheduler=tiny.ddpm_scheduler(),
+            processing_class=tiny.tiny_tokenizer())
