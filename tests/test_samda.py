@@ -174,3 +174,19 @@ def test_the_diffusion_trainer_refuses_samda_by_name(tmp_path, sam_dir):
         cls(model=tiny.tiny_unet(), args=args, train_dataset=tiny.shapes_dataset(2),
             text_encoder=tiny.tiny_text_encoder(), vae=tiny.tiny_vae(), noise_scheduler=tiny.ddpm_scheduler(),
             processing_class=tiny.tiny_tokenizer())
+
+
+def test_the_saved_model_loads_into_a_fresh_samda_model_with_identical_outputs(tmp_path, sam_dir):
+    from safetensors.torch import load_file
+
+    from ftplugins.methods.samda.model import SamdaModel, load_generic_encoder
+
+    trainer = build(tmp_path / "run", sam_dir)
+    trainer.train()
+    trainer.save_model(str(tmp_path / "saved"))
+    fresh = SamdaModel(tiny_segmentation_unet(seed=1), load_generic_encoder(sam_dir))
+    fresh.load_state_dict(load_file(str(tmp_path / "saved" / "model.safetensors")))
+    x = torch.tensor(blobs(2, seed=3)["image"])
+    trainer.model.eval(), fresh.eval()
+    with torch.no_grad():
+        assert torch.equal(fresh(x).logits, trainer.model(x).logits)

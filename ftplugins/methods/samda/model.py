@@ -156,7 +156,9 @@ class SamdaModel(nn.Module):
         self.encoder.eval()  # frozen: no dropout, no statistics updates, whatever the Trainer asks
         return self
 
-    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **_: Any):
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None):
+        """No ``**kwargs`` on purpose: the Trainer then scales the loss for gradient accumulation itself (with them it
+        would pass ``num_items_in_batch`` and expect a summed loss)."""
         if self.adapter is not None:
             with torch.no_grad():
                 self._generic = generic_features(self.encoder, pixel_values).detach()
