@@ -35,14 +35,15 @@ def blobs(count=4, size=32, seed=0):
     return Dataset.from_dict({"image": images, "mask": masks})
 
 
-def build(tmp_path, sam_dir, data=None, steps=2, **options):
+def build(tmp_path, sam_dir, data=None, steps=2, eval_dataset=None, **options):
     from transformers import Trainer, TrainingArguments
 
     cls = ftplugins.compose(Trainer, [plugin], samda_encoder=sam_dir, **options)
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_steps=steps,
                              per_device_train_batch_size=2, learning_rate=1e-2, save_strategy="no",
                              disable_tqdm=True, seed=0)
-    return cls(model=tiny_segmentation_unet(), args=args, train_dataset=data if data is not None else blobs())
+    return cls(model=tiny_segmentation_unet(), args=args, train_dataset=data if data is not None else blobs(),
+               eval_dataset=eval_dataset)
 
 
 def test_the_generic_encoder_gets_no_gradient_and_stays_unchanged_while_the_expert_and_adapter_train(tmp_path,
@@ -190,3 +191,15 @@ def test_the_saved_model_loads_into_a_fresh_samda_model_with_identical_outputs(t
     trainer.model.eval(), fresh.eval()
     with torch.no_grad():
         assert torch.equal(fresh(x).logits, trainer.model(x).logits)
+
+
+def test_evaluation_reports_the_dice_ce_loss(tmp_path, sam_dir):
+    """The trainer's eval_dataset gets the columns renamed like the train split (a dataset given to ``evaluate()``
+    itself skips the plugins: rename it with ``ftplugins.methods.samda.data.rename_columns``)."""
+    rows = blobs(2, seed=4)
+    trainer = build(tmp_path, sam_dir, eval_dataset=rows)
+    metrics = trainer.evaluate()
+    model = trainer.model.eval()
+    with torch.no_grad():
+        expected = model(torch.tensor(rows["image"]), labels=torch.tensor(rows["mask"])).loss
+    assert metrics["eval_loss"] == pytest.approx(float(expected), rel=1e-5)

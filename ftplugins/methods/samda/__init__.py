@@ -53,6 +53,9 @@ class SamdaPlugin(Plugin):
 
         opts = run.options_for(self)
         encoder = load_generic_encoder(opts.samda_encoder).to(next(model.parameters()).device)
+        if run.trainer is not None and run.args.label_names is None:
+            # The Trainer read its label names from the expert's forward (none): evaluation would report no loss.
+            run.trainer.label_names = ["labels"]
         return SamdaModel(model, encoder, opts.samda_bottleneck, opts.samda_fusion, opts.samda_dice_weight,
                           opts.samda_ce_weight)
 
