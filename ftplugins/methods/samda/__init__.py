@@ -21,7 +21,7 @@ from .options import SamdaOptions
 
 class SamdaPlugin(Plugin):
     name = "samda"
-    summary = "SAMDA: frozen SAM (or any image encoder) features fused into a segmentation UNet's bottleneck; Dice + CE."
+    summary = "SAMDA: frozen SAM (or any image encoder) features fused into a segmentation UNet's bottleneck; Dice+CE"
     paper = "SAMDA: Leveraging SAM on Few-Shot Domain Adaptation for Electronic Microscopy Segmentation, 2024"
     options = SamdaOptions
     trainers = ("Trainer",)
