@@ -1,11 +1,11 @@
 """The SAMDA model: a frozen generic encoder, a trainable expert, an adaptation module fused at the expert's bottleneck.
 
 SAMDA (*Leveraging SAM on Few-Shot Domain Adaptation for Electronic Microscopy Segmentation*, 2024) combines SAM
-with nnUNet "in the embedding space"; the adaptation module's exact form is not public. Our choice: the generic feature map g (the encoder's last_hidden_state, frozen, no
-gradient) is resized to the bottleneck's spatial size and projected by A = 1x1 conv → GELU → 1x1 conv into the
-expert's bottleneck channels, then added: z' = z + A(g). The last conv starts at zero (as ControlNet's zero convs),
-so the fused model starts as the expert alone and learns how much generic evidence to let in. ``fusion="none"``
-builds no adapter and no hook: the model *is* the expert.
+with nnUNet "in the embedding space"; the adaptation module's exact form is not public. Our choice: the generic
+feature map g (the encoder's last_hidden_state, frozen, no gradient) is resized to the bottleneck's spatial size and
+projected by A = 1x1 conv → GELU → 1x1 conv into the expert's bottleneck channels, then added: z' = z + A(g). The
+last conv starts at zero (as ControlNet's zero convs), so the fused model starts as the expert alone and learns how
+much generic evidence to let in. ``fusion="none"`` builds no adapter and no hook: the model *is* the expert.
 """
 
 from __future__ import annotations
