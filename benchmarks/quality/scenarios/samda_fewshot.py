@@ -10,8 +10,9 @@ images of random styles (either polarity, random contrast, noise and texture), s
 across styles — the premise of the paper, built in, not discovered. The expert is diffusers' ``UNet2DModel``
 (``ftplugins.methods.samda.tiny``) trained on 256 source images (Dice + CE, through ``compose(Trainer, [samda])``
 with ``samda_fusion=none``). Per seed, k = 1 or 10 labelled target images (drawn with the seed) fine-tune the source
-expert through the same trainer, same steps (150) / batch (min(k, 4)) / learning rate (2e-3, cosine): ``expert-k`` (``samda_fusion=none``, the expert
-alone) or ``samda-k`` (``samda_fusion=add``: the frozen generic features projected into the expert's bottleneck).
+expert through the same trainer, same steps (150), batch (min(k, 4)) and learning rate (2e-3, cosine): ``expert-k``
+(``samda_fusion=none``, the expert alone) or ``samda-k`` (``samda_fusion=add``: the frozen generic features
+projected into the expert's bottleneck, the adapter zero-initialised).
 ``dice`` = foreground Dice of the argmax masks on 128 target test images; ``source-only`` = the source expert
 without target labels. The claim: samda-1 beats expert-1, in direction, 3 seeds.
 """
