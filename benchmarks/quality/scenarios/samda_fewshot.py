@@ -13,8 +13,9 @@ with ``samda_fusion=none``). Per seed, k = 1 or 10 labelled target images (drawn
 expert through the same trainer, same steps (150), batch (min(k, 4)) and learning rate (2e-3, cosine): ``expert-k``
 (``samda_fusion=none``, the expert alone) or ``samda-k`` (``samda_fusion=add``: the frozen generic features
 projected into the expert's bottleneck, the adapter zero-initialised).
-``dice`` = foreground Dice of the argmax masks on 128 target test images; ``source-only`` = the source expert
-without target labels. The claim: samda-1 beats expert-1, in direction, 3 seeds.
+``dice`` = foreground Dice of the argmax masks on 128 target test images; ``adapter_share`` (diagnostic) =
+‖A(g)‖ / ‖z‖, how far the fused generic features move the expert's bottleneck on them; ``source-only`` = the source
+expert without target labels. The claim: samda-1 beats expert-1, in direction, 3 seeds.
 """
 
 from __future__ import annotations
@@ -148,6 +149,26 @@ def dice(model, images, masks) -> float:
     return 2 * inter / max(1, (pred == 1).sum().item() + (masks == 1).sum().item())
 
 
+def adapter_share(model, images) -> float:
+    """‖A(g)‖ / ‖z‖ at the bottleneck on ``images``: how much the fused generic features move the expert's bottleneck
+    (0 for the expert alone)."""
+    import torch
+
+    from ftplugins.methods.samda.model import generic_features
+
+    if model.adapter is None:
+        return 0.0
+    seen = {}
+    handle = model.expert.mid_block.register_forward_hook(lambda m, i, out: seen.setdefault("z", out))
+    model.eval()
+    with torch.no_grad():
+        model.expert(images, 0)  # the expert alone (no generic features set): z
+        handle.remove()
+        z = seen["z"]
+        delta = model.adapter(generic_features(model.encoder, images), tuple(z.shape[-2:]))
+    return (delta.norm() / z.norm()).item()
+
+
 def run(ctx: Context) -> dict[str, Any]:
     import torch
 
@@ -185,10 +206,12 @@ def run(ctx: Context) -> dict[str, Any]:
                     model = train(source_expert(), shots, encoder, fusion, cfg["ft_steps"], cfg["ft_lr"],
                                   min(k, 4), seed)
                     score = dice(model, test_images, test_masks)
-                    per_seed.setdefault(row, []).append({"seed": seed, "dice": score})
-                    ctx.log(f"[samda] seed {seed} {row}: dice {score:.3f}")
+                    share = adapter_share(model, test_images)
+                    per_seed.setdefault(row, []).append({"seed": seed, "dice": score, "adapter_share": share})
+                    ctx.log(f"[samda] seed {seed} {row}: dice {score:.3f}, adapter share {share:.4f}")
     notes = {"source-only": "the source-trained expert, no target labels",
              **{f"expert-{k}": f"the expert alone fine-tuned on {k} target image(s)" for k in SHOTS},
              **{f"samda-{k}": f"generic + expert fused, fine-tuned on {k} target image(s)" for k in SHOTS}}
-    return {"rows": summarize_rows(per_seed, ["dice"], notes), "metrics": [["dice", "target Dice"]],
+    return {"rows": summarize_rows(per_seed, ["dice", "adapter_share"], notes),
+            "metrics": [["dice", "target Dice"], ["adapter_share", "‖A(g)‖ / ‖z‖ at the bottleneck"]],
             "config": cfg, "extra": {"generic_encoder": os.path.basename(encoder)}}
