@@ -340,6 +340,12 @@ CLAIMS: list[Claim] = [
           "synthetic data", "Beyond Objects (BOB)", ("real+bob", "real-only", "real+plain"),
           with_context(beats_each("acc", "real+bob", ("real-only", "real+plain")), ("real+bob", "fidelity"),
                        ("real+plain", "fidelity"), ("oracle", "acc")), scenario="bob-synthetic"),
+    Claim("samda>expert at 1 shot", "With one labelled target image, the generic encoder fused into the "
+          "source-trained expert (SAMDA) segments the shifted target domain better than the expert alone fine-tuned "
+          "on the same image", "SAMDA (Leveraging SAM on Few-Shot Domain Adaptation for EM Segmentation, 2024)",
+          ("samda-1", "expert-1"),
+          with_context(better("dice", "samda-1", "expert-1"), ("source-only", "dice"), ("expert-10", "dice"),
+                       ("samda-10", "dice")), scenario="samda-fewshot"),
     Claim("influence+coverage>influence alone", "Coverage-enhanced sampling beats taking the highest scores alone",
           "Lin et al. 2024 (2401.17197)", ("influence", "influence-top"),
           better("acc", "influence", "influence-top"), scenario="data-selection"),

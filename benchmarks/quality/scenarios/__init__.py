@@ -29,6 +29,7 @@ MODULES = {
     "soup": "benchmarks.quality.scenarios.soup",
     "soup-narrow": "benchmarks.quality.scenarios.soup_narrow",
     "conjugate": "benchmarks.quality.scenarios.conjugate",
+    "samda-fewshot": "benchmarks.quality.scenarios.samda_fewshot",
 }
 NAMES = ["target", *MODULES]
 
