@@ -190,3 +190,44 @@ def test_bad_options_raise_option_error(options, message):
 
     with pytest.raises(OptionError, match=message):
         build_options([plugin], options)
+
+
+class TabularClassifier:
+    """A logistic-regression model over the x, y columns, for transformers.Trainer (built lazily: torch import)."""
+
+    @staticmethod
+    def build():
+        import torch
+
+        class Model(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.linear = torch.nn.Linear(2, 2)
+                self.seen_rows = 0
+
+            def forward(self, x, y, labels):
+                self.seen_rows += len(labels)
+                logits = self.linear(torch.stack([x, y], dim=1).float())
+                return {"loss": torch.nn.functional.cross_entropy(logits, labels), "logits": logits}
+
+        return Model()
+
+
+def test_trains_through_compose_on_the_augmented_rows_and_refuses_trl(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    import ftplugins
+
+    data = few_shot_rows().map(lambda r: {"labels": int(r["label"] == "b")}).select_columns(["x", "y", "labels"])
+    cls = ftplugins.compose(Trainer, [plugin], **FAST, gan_augment_label_column="labels")
+    model = TabularClassifier.build()
+    args = cpu_args(TrainingArguments, tmp_path, max_steps=-1, num_train_epochs=1, per_device_train_batch_size=4)
+    trainer = cls(model=model, args=args, train_dataset=data, eval_dataset=data)
+    assert len(trainer.train_dataset) == 40 and len(trainer.eval_dataset) == 20  # eval stays real
+    trainer.train()
+    assert model.seen_rows == 40  # one epoch over real + synthetic rows
+    from trl import SFTConfig, SFTTrainer
+
+    with pytest.raises(FtpluginsError, match="gan_augment augments numeric tabular rows .* not SFTTrainer"):
+        ftplugins.compose(SFTTrainer, [plugin])(model=str(tmp_path / "never-loaded"),
+                                                args=cpu_args(SFTConfig, tmp_path), train_dataset=data)

@@ -38,7 +38,8 @@ class GanAugmentPlugin(Plugin):
                "Metropolis-Hastings over its calibrated scores, added (marked) to the train split only")
     paper = "Enhancing Few-Shot Learning with Integrated Data and GAN Model Approaches (MhERGAN), 2024"
     options = GanAugmentOptions
-    # Tabular rows for any transformers / TRL trainer; a diffusion denoiser's images are not tabular rows.
+    # Tabular rows for a transformers.Trainer model (TRL trainers are refused in validate: they read text); a
+    # diffusion denoiser's images are not tabular rows.
     trainers = ("Trainer",)
     # Every process trains the same GAN on the CPU from the same seed, so every rank adds the same rows.
     distributed = ("single", "ddp")
@@ -54,6 +55,15 @@ class GanAugmentPlugin(Plugin):
         if split != "train":
             return []
         return [opts.gan_augment_label_column, *opts.feature_columns()]
+
+    @hookimpl
+    def validate(self, run):
+        # TRL's trainers tokenize text rows; numeric tabular rows go to a transformers.Trainer model.
+        trl = [c.__name__ for c in (run.trainer_cls.__mro__ if run.trainer_cls else ()) if
+               c.__module__.startswith("trl.")]
+        if trl:
+            raise FtpluginsError(f"plugin gan_augment augments numeric tabular rows for a transformers.Trainer model, "
+                                 f"not {trl[0]} (it reads text); compose it over transformers.Trainer.")
 
     @hookimpl
     def transform_dataset(self, run, dataset, split):
