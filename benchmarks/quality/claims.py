@@ -340,6 +340,11 @@ CLAIMS: list[Claim] = [
           "synthetic data", "Beyond Objects (BOB)", ("real+bob", "real-only", "real+plain"),
           with_context(beats_each("acc", "real+bob", ("real-only", "real+plain")), ("real+bob", "fidelity"),
                        ("real+plain", "fidelity"), ("oracle", "acc")), scenario="bob-synthetic"),
+    Claim("mhgan>plain augmentation", "A few-shot classifier trained on real rows + MhERGAN samples (MH over the "
+          "discriminator ensemble) beats real-only and real + plain-GAN samples", "MhERGAN (few-shot GAN augmentation)",
+          ("real+mh", "real-only", "real+plain"),
+          with_context(beats_each("acc", "real+mh", ("real-only", "real+plain")), ("real+mh", "fidelity"),
+                       ("real+plain", "fidelity"), ("bayes", "acc")), scenario="gan-augment"),
     Claim("influence+coverage>influence alone", "Coverage-enhanced sampling beats taking the highest scores alone",
           "Lin et al. 2024 (2401.17197)", ("influence", "influence-top"),
           better("acc", "influence", "influence-top"), scenario="data-selection"),
