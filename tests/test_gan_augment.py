@@ -231,3 +231,22 @@ def test_trains_through_compose_on_the_augmented_rows_and_refuses_trl(tmp_path):
     with pytest.raises(FtpluginsError, match="gan_augment augments numeric tabular rows .* not SFTTrainer"):
         ftplugins.compose(SFTTrainer, [plugin])(model=str(tmp_path / "never-loaded"),
                                                 args=cpu_args(SFTConfig, tmp_path), train_dataset=data)
+
+
+def test_a_crash_while_writing_leaves_the_previous_files_whole(tmp_path, monkeypatch):
+    from ftplugins.methods.gan_augment import report as report_module
+
+    data, report = augment(few_shot_rows(), GanAugmentOptions(**FAST))
+    out = tmp_path / "augmented.jsonl"
+    report_module.write_rows_and_report(data, report, str(out))
+    before = out.read_text(), (tmp_path / "augmented.report.json").read_text()
+
+    def broken_dump(obj, handle, **kwargs):
+        handle.write('{"half": ')
+        raise OSError("disk full")
+
+    monkeypatch.setattr(report_module.json, "dump", broken_dump)
+    with pytest.raises(OSError, match="disk full"):
+        report_module.write_rows_and_report(data.select(range(3)), report, str(out))
+    assert (out.read_text(), (tmp_path / "augmented.report.json").read_text()) == before
+    assert sorted(os.listdir(tmp_path)) == ["augmented.jsonl", "augmented.report.json"]
