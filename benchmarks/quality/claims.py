@@ -346,6 +346,11 @@ CLAIMS: list[Claim] = [
           ("samda-1", "expert-1"),
           with_context(better("dice", "samda-1", "expert-1"), ("source-only", "dice"), ("expert-10", "dice"),
                        ("samda-10", "dice")), scenario="samda-fewshot"),
+    Claim("mhgan>plain augmentation", "A few-shot classifier trained on real rows + MhERGAN samples (MH over the "
+          "discriminator ensemble) beats real-only and real + plain-GAN samples", "MhERGAN (few-shot GAN augmentation)",
+          ("real+mh", "real-only", "real+plain"),
+          with_context(beats_each("acc", "real+mh", ("real-only", "real+plain")), ("real+mh", "fidelity"),
+                       ("real+plain", "fidelity"), ("bayes", "acc")), scenario="gan-augment"),
     Claim("influence+coverage>influence alone", "Coverage-enhanced sampling beats taking the highest scores alone",
           "Lin et al. 2024 (2401.17197)", ("influence", "influence-top"),
           better("acc", "influence", "influence-top"), scenario="data-selection"),

@@ -24,6 +24,7 @@ MODULES = {
     "fm3-multitask": "benchmarks.quality.scenarios.fm3_multitask",
     "pso-style": "benchmarks.quality.scenarios.pso_style",
     "bob-synthetic": "benchmarks.quality.scenarios.bob_synthetic",
+    "gan-augment": "benchmarks.quality.scenarios.gan_augment",
     "few-label": "benchmarks.quality.scenarios.few_label",
     "cls-rl": "benchmarks.quality.scenarios.cls_rl",
     "soup": "benchmarks.quality.scenarios.soup",
