@@ -19,6 +19,7 @@ import weakref
 from typing import Any
 
 from . import registry
+from .adapter_chain import stack as stack_on_chain
 from .atomic import published_mark, staged_dir
 from .checkpoints import has_checkpoints, last_complete_checkpoint, save_checkpoint_staged
 from .compat import TrainerInternals
@@ -135,6 +136,9 @@ class PluginTrainerMixin(TrainerInternals):
                 import peft
 
                 call["model"] = peft.get_peft_model(model, adapter)
+        stacked = stack_on_chain(call["model"], call.get("peft_config"))  # a chained pipeline stage, else None
+        if stacked is not None:
+            call["model"], call["peft_config"] = stacked, None
 
         for key in ("train_dataset", "eval_dataset"):
             call[key] = _transform(run, key, call.get(key))

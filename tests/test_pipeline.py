@@ -98,7 +98,7 @@ def test_an_adapter_stage_is_merged_for_the_next_stage(tmp_path, tiny_model_dir,
 
 @pytest.mark.parametrize("change,message", [
     ({"stages": []}, r"stages must be a non-empty list"),
-    ({"chain": "stack"}, r"chain 'stack': expected one of merge"),
+    ({"chain": "stack"}, r"chain 'stack': expected one of merge, adapters"),
     ({"stages": [{"name": "a", "command": "ppo"}]}, r"stage 1: command 'ppo': expected one of sft, dpo, grpo"),
     ({"stages": [{"command": "sft", "args": {"output_dir": "x"}}]}, r"stage 1: sets output_dir, which the pipeline"),
     ({"stages": [{"command": "sft"}, {"command": "sft"}]}, r"stage 2: name 'sft': expected a unique name"),
@@ -198,3 +198,134 @@ def test_the_unfinished_stage_resumes_from_its_last_whole_checkpoint(tmp_path, t
     records = run_pipeline(path)
     assert [r["state"] for r in records] == ["finished earlier", "trained"]
     assert records[1]["resumed_from"] == str(out / "2-dpo" / "checkpoint-1") and records[1]["global_step"] == 3
+
+
+LORA = {"use_peft": True, "lora_r": 4, "lora_target_modules": ["q_proj", "v_proj"]}
+IDS = torch.tensor([[1, 5, 9, 13, 2]])
+
+
+def two_lora_stages(tmp_path, model, data_dir, second=None):
+    args = {**CPU, **LORA, "dataset_name": f"{data_dir}/arithmetic", "max_steps": 2, "learning_rate": 5e-2}
+    return write(tmp_path, {"output_dir": str(tmp_path / "out"), "model_name_or_path": model, "chain": "adapters",
+                            "stages": [{"name": "a", "command": "sft", "args": args},
+                                       {"name": "b", "command": "sft", "args": {**args, **(second or {})}}]})
+
+
+def watch_stage_two(monkeypatch, seen):
+    """Record stage 2's live model at its first and last step: logits on IDS and the parameters by adapter."""
+    from transformers.trainer_callback import CallbackHandler
+
+    own_begin, own_end = CallbackHandler.on_train_begin, CallbackHandler.on_train_end
+
+    def snapshot(model, when):
+        training = model.training
+        model.eval()  # no LoRA dropout
+        with torch.no_grad():
+            seen[when] = {"logits": model(IDS).logits.clone(),
+                          "params": {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n},
+                          "trainable": sorted(n for n, p in model.named_parameters() if p.requires_grad)}
+        model.train(training)
+
+    def begin(self, args, state, control):
+        if "2-b" in args.output_dir:
+            snapshot(self.model, "begin")
+        return own_begin(self, args, state, control)
+
+    def end(self, args, state, control):
+        if "2-b" in args.output_dir:
+            snapshot(self.model, "end")
+        return own_end(self, args, state, control)
+
+    monkeypatch.setattr(CallbackHandler, "on_train_begin", begin)
+    monkeypatch.setattr(CallbackHandler, "on_train_end", end)
+
+
+def chain_logits(base, adapters):
+    from transformers import AutoModelForCausalLM
+
+    from ftplugins.adapter_chain import load_chain
+
+    with torch.no_grad():
+        return load_chain(AutoModelForCausalLM.from_pretrained(base), adapters)(IDS).logits
+
+
+def test_the_adapter_chain_trains_only_the_new_adapter_on_the_frozen_first(tmp_path, tiny_model_dir, data_dir,
+                                                                           monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    seen = {}
+    watch_stage_two(monkeypatch, seen)
+    records = run_pipeline(two_lora_stages(tmp_path, tiny_model_dir, data_dir))
+    out = tmp_path / "out"
+    first, second = str(out / "1-a"), str(out / "2-b")
+    assert [r["model_in"] for r in records] == [tiny_model_dir, tiny_model_dir] and "adapters_in" not in records[0]
+    assert records[1]["adapters_in"] == [first]
+    assert records[1]["model_out"] == {"base": tiny_model_dir, "adapters": [first, second]}
+    assert json.loads((out / MANIFEST).read_text())["stages"][1]["model_out"]["adapters"] == [first, second]
+    # Step 0 of stage 2 computes base + adapter 1 (the new LoRA starts at zero), not the base.
+    torch.testing.assert_close(seen["begin"]["logits"], chain_logits(tiny_model_dir, [first]), rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        base_logits = AutoModelForCausalLM.from_pretrained(tiny_model_dir)(IDS).logits
+    assert not torch.allclose(seen["begin"]["logits"], base_logits)
+    # Only the new adapter trains and changes; the chain's stays as saved.
+    assert seen["begin"]["trainable"] and all(".default." in n for n in seen["begin"]["trainable"])
+    before, after = seen["begin"]["params"], seen["end"]["params"]
+    assert any(".chain-1." in n for n in before)
+    for name in before:
+        assert torch.equal(before[name], after[name]) != (".default." in name), name
+    # Stage 2 saved its adapter alone (no sub-folder for the chain), and base + both in order is the model it trained.
+    saved = load_file(os.path.join(second, "adapter_model.safetensors"))
+    assert len(saved) == len(load_file(os.path.join(first, "adapter_model.safetensors")))
+    assert not (out / "2-b" / "chain-1").exists()
+    torch.testing.assert_close(chain_logits(tiny_model_dir, [first, second]), seen["end"]["logits"], rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_the_adapter_chain_resumes_stage_two_into_its_own_adapter(tmp_path, tiny_model_dir, data_dir, monkeypatch):
+    from transformers.trainer_callback import CallbackHandler
+
+    path = two_lora_stages(tmp_path, tiny_model_dir, data_dir, {"max_steps": 3, "save_strategy": "steps",
+                                                                 "save_steps": 1})
+    own_step_end = CallbackHandler.on_step_end
+
+    def crash_in_step_two(self, args, state, control):
+        if "2-b" in args.output_dir and state.global_step == 2:
+            raise RuntimeError("killed during stage 2")
+        return own_step_end(self, args, state, control)
+
+    monkeypatch.setattr(CallbackHandler, "on_step_end", crash_in_step_two)
+    with pytest.raises(RuntimeError, match="killed during stage 2"):
+        run_pipeline(path)
+    monkeypatch.setattr(CallbackHandler, "on_step_end", own_step_end)
+    out = tmp_path / "out"
+    checkpoint = load_file(str(out / "2-b" / "checkpoint-1" / "adapter_model.safetensors"))
+    seen = {}
+    watch_stage_two(monkeypatch, seen)
+    records = run_pipeline(path)
+    assert [r["state"] for r in records] == ["finished earlier", "trained"]
+    assert records[1]["resumed_from"] == str(out / "2-b" / "checkpoint-1") and records[1]["global_step"] == 3
+    # The checkpoint went into the new adapter, not over the chain's: the chain is adapter 1 as saved.
+    first = load_file(str(out / "1-a" / "adapter_model.safetensors"))
+    live = seen["end"]["params"]
+    for key, value in first.items():
+        live_key = next(n for n in live if ".chain-1." in n and n.replace(".chain-1", "").endswith(
+            key.replace("base_model.model.", "", 1)))
+        torch.testing.assert_close(live[live_key], value)
+    resumed = {n: p for n, p in seen["begin"]["params"].items() if ".default." in n}
+    assert any(not torch.equal(p, torch.zeros_like(p)) for n, p in resumed.items() if "lora_B" in n)
+    assert len(checkpoint) == len(first)
+
+
+def test_a_full_weights_stage_after_adapter_stages_is_refused(tmp_path, tiny_model_dir, data_dir):
+    path = two_lora_stages(tmp_path, tiny_model_dir, data_dir, {"use_peft": False})
+    with pytest.raises(FtpluginsError, match="trains all weights, after stages that trained adapters.*chain: merge"):
+        run_pipeline(path)
+    assert (tmp_path / "out" / "1-a" / "adapter_model.safetensors").exists()
+    assert not (tmp_path / "out" / "2-b" / "model.safetensors").exists()
+
+
+def test_the_adapter_chain_refuses_a_preference_stage_after_the_first(tmp_path):
+    path = write(tmp_path, {"output_dir": str(tmp_path / "out"), "model_name_or_path": "m", "chain": "adapters",
+                            "stages": [{"command": "sft"}, {"command": "dpo"}]})
+    with pytest.raises(FtpluginsError, match="stage 2: command dpo under chain: adapters.*use chain: merge"):
+        run_pipeline(path)
