@@ -17,7 +17,8 @@ runs (a TRL recipe with its own ``plugins:`` and options), started from the prev
 A stage is finished when its run manifest (``ftplugins_run.json``, :mod:`ftplugins.run_output`) is intact and lists
 the saved model: a rerun after a crash skips finished stages and resumes the first unfinished one from its last whole
 checkpoint (:mod:`ftplugins.checkpoints`), if it has one. With ``chain: adapters`` a stage's ``model_out`` is the base
-and the adapters so far, in order (:func:`ftplugins.adapter_chain.load_chain` loads it). ``OUTPUT/ftplugins_pipeline.json`` records every stage
+and the adapters so far, in order (:func:`ftplugins.adapter_chain.load_chain` loads it).
+``OUTPUT/ftplugins_pipeline.json`` records every stage
 (written atomically after each). Under ``accelerate launch -m ftplugins.pipeline PIPELINE.yaml`` every process runs the
 stages together, as one stage would; the main process alone merges adapters and writes the pipeline manifest.
 """

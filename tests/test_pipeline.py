@@ -329,3 +329,54 @@ def test_the_adapter_chain_refuses_a_preference_stage_after_the_first(tmp_path):
                             "stages": [{"command": "sft"}, {"command": "dpo"}]})
     with pytest.raises(FtpluginsError, match="stage 2: command dpo under chain: adapters.*use chain: merge"):
         run_pipeline(path)
+
+
+def test_sft_then_grpo_starts_the_rl_stage_from_the_sft_model(tmp_path, tiny_model_dir, data_dir, monkeypatch):
+    """A cold start then RL (recipes/cls_rl_grpo.yaml's CLS-RL rewards, no reward model; 2 steps each)."""
+    from transformers.trainer_callback import CallbackHandler
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    grpo = {**CPU, "dataset_name": f"{data_dir}/parity", "max_steps": 2, "per_device_train_batch_size": 2,
+            "num_generations": 2, "max_completion_length": 4, "learning_rate": 1e-3}
+    del grpo["max_length"]
+    path = write(tmp_path, {"output_dir": str(tmp_path / "out"), "model_name_or_path": tiny_model_dir, "stages": [
+        {"name": "sft", "command": "sft",
+         "args": {**CPU, "dataset_name": f"{data_dir}/arithmetic", "max_steps": 2, "learning_rate": 1e-2}},
+        {"name": "rl", "command": "grpo", "config": os.path.join(repo, "recipes", "cls_rl_grpo.yaml"), "args": grpo}]})
+    name = "model.layers.0.mlp.down_proj.weight"
+    seen = {}
+    own_begin = CallbackHandler.on_train_begin
+
+    def begin(self, args, state, control):
+        if "2-rl" in args.output_dir:
+            seen["start"] = self.model.get_parameter(name).detach().clone()
+        return own_begin(self, args, state, control)
+
+    monkeypatch.setattr(CallbackHandler, "on_train_begin", begin)
+    records = run_pipeline(path)
+    out = tmp_path / "out"
+    assert [(r["command"], r["state"], r["global_step"]) for r in records] == [("sft", "trained", 2),
+                                                                             ("grpo", "trained", 2)]
+    assert records[1]["model_in"] == str(out / "1-sft")
+    base, sft, rl = weights(tiny_model_dir)[name], weights(out / "1-sft")[name], weights(out / "2-rl")[name]
+    assert torch.equal(seen["start"], sft) and not torch.equal(sft, base)
+    assert rl.shape == sft.shape  # (2 tiny steps: equal rewards within a group give GRPO no gradient, so no change)
+    assert "cls_rl" in (out / "2-rl" / "ftplugins_run.json").read_text()
+
+
+def test_the_chain_recipe_stacks_two_lora_stages(tmp_path, tiny_model_dir, data_dir):
+    """recipes/pipelines/lora_chain.yaml, shortened: the second stage saved its own LoRA, and the result loads as the
+    base + both in order."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = yaml.safe_load(open(os.path.join(repo, "recipes", "pipelines", "lora_chain.yaml")))
+    spec.update(output_dir=str(tmp_path / "out"), model_name_or_path=tiny_model_dir)
+    for stage in spec["stages"]:
+        stage["args"].update(dataset_name=f"{data_dir}/arithmetic", max_steps=2, save_strategy="no",
+                             learning_rate=5e-2)
+    records = run_pipeline(write(tmp_path, spec))
+    out = tmp_path / "out"
+    adapters = [str(out / "1-warm"), str(out / "2-refine")]
+    assert records[-1]["model_out"] == {"base": tiny_model_dir, "adapters": adapters}
+    one, two = (load_file(os.path.join(a, "adapter_model.safetensors")) for a in adapters)
+    assert one.keys() == two.keys() and any(not torch.equal(one[k], two[k]) for k in one)
+    assert not torch.allclose(chain_logits(tiny_model_dir, adapters), chain_logits(tiny_model_dir, adapters[:1]))
