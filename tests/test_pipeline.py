@@ -380,3 +380,24 @@ def test_the_chain_recipe_stacks_two_lora_stages(tmp_path, tiny_model_dir, data_
     one, two = (load_file(os.path.join(a, "adapter_model.safetensors")) for a in adapters)
     assert one.keys() == two.keys() and any(not torch.equal(one[k], two[k]) for k in one)
     assert not torch.allclose(chain_logits(tiny_model_dir, adapters), chain_logits(tiny_model_dir, adapters[:1]))
+
+
+def test_an_ssf_chain_applies_the_frozen_adapter_first_and_refuses_another_adapter_type(tmp_path, tiny_model_dir,
+                                                                                          data_dir, monkeypatch):
+    """Our own tuners chain too (SSF scale-and-shift: order matters); PEFT keeps one adapter type per model."""
+    seen = {}
+    watch_stage_two(monkeypatch, seen)
+    args = {**CPU, "plugins": ["ssf"], "dataset_name": f"{data_dir}/arithmetic", "max_steps": 2, "learning_rate": 5e-2}
+    path = write(tmp_path, {"output_dir": str(tmp_path / "out"), "model_name_or_path": tiny_model_dir,
+                            "chain": "adapters", "stages": [
+                                {"name": "a", "command": "sft", "args": args},
+                                {"name": "b", "command": "sft", "args": args},
+                                {"name": "c", "command": "sft", "args": {**args, **LORA, "plugins": []}}]})
+    with pytest.raises(FtpluginsError, match="this stage's adapter cannot join the chain.*same adapter type"):
+        run_pipeline(path)
+    out = tmp_path / "out"
+    adapters = [str(out / "1-a"), str(out / "2-b")]
+    assert json.loads((out / MANIFEST).read_text())["stages"][-1]["model_out"]["adapters"] == adapters
+    torch.testing.assert_close(seen["begin"]["logits"], chain_logits(tiny_model_dir, adapters[:1]), rtol=1e-5,
+                               atol=1e-6)
+    torch.testing.assert_close(seen["end"]["logits"], chain_logits(tiny_model_dir, adapters), rtol=1e-5, atol=1e-6)
