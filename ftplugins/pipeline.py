@@ -40,7 +40,8 @@ CHAINS = {"merge": "the adapter is merged into its base model (OUTPUT/<n>-<name>
                    "that full model",
           "adapters": "the next stage starts from the same base + the adapters so far, frozen and unmerged, and trains "
                       "and saves only its own new adapter (:mod:`ftplugins.adapter_chain`); the result is the base + "
-                      "the adapters in order. Every stage after the first trains an adapter of the same type, with sft"}
+                      "the adapters in order. Every stage after the first is an sft stage that trains an adapter of "
+                      "the same type"}
 COMMANDS = ("sft", "dpo", "grpo")
 KEYS = {"output_dir", "model_name_or_path", "chain", "stages"}
 STAGE_KEYS = {"name", "command", "config", "args"}
@@ -183,10 +184,9 @@ def run_pipeline(path: str) -> list[dict[str, Any]]:
     """Run (or resume) the pipeline in ``path``; returns the per-stage records of the pipeline manifest."""
     import yaml
 
+    from .adapter_chain import chained
     from .atomic import staged_dir
     from .train import leave_process_group, train
-
-    from .adapter_chain import chained
 
     spec = load(path)
     os.makedirs(spec["output_dir"], exist_ok=True)
