@@ -137,10 +137,9 @@ def test_the_recipe_runs_ssf_then_dpo_from_the_merged_model(tmp_path, tiny_model
     assert merged.keys() == base.keys() and any(not torch.equal(merged[k], base[k]) for k in base)
 
 
-@pytest.mark.slow
-def test_under_accelerate_launch_two_processes_equal_one(tmp_path, tiny_model_dir, data_dir):
-    """The pipeline under `accelerate launch` (2 CPU processes, gloo; 2 x 2 rows) ends where 1 process (4 rows)
-    does: an SSF stage merged, then full SFT from the merged model."""
+def one_and_two_processes(tmp_path, model, data_dir, stages, **top):
+    """Run the pipeline of ``stages(common_args)`` in 1 process (4 rows a step) in tmp_path/one and under
+    ``accelerate launch`` (2 CPU processes, gloo; 2 x 2 rows) in tmp_path/two."""
     import subprocess
     import sys
 
@@ -149,21 +148,28 @@ def test_under_accelerate_launch_two_processes_equal_one(tmp_path, tiny_model_di
     def spec(name, batch):
         common = {**CPU, "per_device_train_batch_size": batch, "dataloader_drop_last": True, "seed": 0,
                   "dataset_name": f"{data_dir}/arithmetic", "max_steps": 2}
-        return write(tmp_path / name, {"output_dir": str(tmp_path / name / "out"), "model_name_or_path": tiny_model_dir,
-                                       "stages": [{"name": "ssf", "command": "sft",
-                                                   "args": {**common, "plugins": ["ssf"], "learning_rate": 5e-2}},
-                                                  {"name": "full", "command": "sft",
-                                                   "args": {**common, "learning_rate": 1e-2}}]})
-
-    for name in ("one", "two"):
         (tmp_path / name).mkdir()
+        return write(tmp_path / name, {"output_dir": str(tmp_path / name / "out"), "model_name_or_path": model,
+                                       "stages": stages(common), **top})
+
     env = dict(os.environ, OMP_NUM_THREADS="1")
     single = subprocess.run([sys.executable, "-m", "ftplugins.pipeline", spec("one", 4)], capture_output=True,
-                            text=True, env=env)
+                            text=True, env=env, timeout=LAUNCH_TIMEOUT)
     assert single.returncode == 0, single.stderr[-3000:]
     ddp = subprocess.run([accelerate_bin(), "launch", *ddp_flags(), "-m", "ftplugins.pipeline", spec("two", 2)],
                          capture_output=True, text=True, env=env, timeout=LAUNCH_TIMEOUT)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_under_accelerate_launch_two_processes_equal_one(tmp_path, tiny_model_dir, data_dir):
+    """The pipeline under `accelerate launch` (2 CPU processes, gloo; 2 x 2 rows) ends where 1 process (4 rows)
+    does: an SSF stage merged, then full SFT from the merged model."""
+    def stages(common):
+        return [{"name": "ssf", "command": "sft", "args": {**common, "plugins": ["ssf"], "learning_rate": 5e-2}},
+                {"name": "full", "command": "sft", "args": {**common, "learning_rate": 1e-2}}]
+
+    one_and_two_processes(tmp_path, tiny_model_dir, data_dir, stages)
     for stage in ("1-ssf", "2-full"):
         assert json.loads((tmp_path / "two" / "out" / stage / "ftplugins_run.json").read_text())["world_size"] == 2
     stages = json.loads((tmp_path / "two" / "out" / MANIFEST).read_text())["stages"]
@@ -401,3 +407,23 @@ def test_an_ssf_chain_applies_the_frozen_adapter_first_and_refuses_another_adapt
     torch.testing.assert_close(seen["begin"]["logits"], chain_logits(tiny_model_dir, adapters[:1]), rtol=1e-5,
                                atol=1e-6)
     torch.testing.assert_close(seen["end"]["logits"], chain_logits(tiny_model_dir, adapters), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_an_adapter_chain_under_accelerate_launch_ends_where_one_process_does(tmp_path, tiny_model_dir, data_dir):
+    """Two SSF stages chained under 2 processes: the process group stays up between the stages (torn down and set up
+    again, a rank could reach the next rendezvous first and hang), and stage 2's adapter equals one process's."""
+    def stages(common):
+        ssf = {**common, "plugins": ["ssf"], "learning_rate": 5e-2}
+        return [{"name": "a", "command": "sft", "args": ssf}, {"name": "b", "command": "sft", "args": ssf}]
+
+    one_and_two_processes(tmp_path, tiny_model_dir, data_dir, stages, chain="adapters")
+    out = tmp_path / "two" / "out"
+    assert json.loads((out / MANIFEST).read_text())["stages"][1]["model_out"]["adapters"] == [str(out / "1-a"),
+                                                                                                str(out / "2-b")]
+    assert json.loads((out / "2-b" / "ftplugins_run.json").read_text())["world_size"] == 2
+    a, b = (load_file(str(tmp_path / run / "out" / "2-b" / "adapter_model.safetensors")) for run in ("one", "two"))
+    first = load_file(str(tmp_path / "one" / "out" / "1-a" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() == first.keys() and any(not torch.equal(a[k], first[k]) for k in a)
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
