@@ -19,6 +19,7 @@ import weakref
 from typing import Any
 
 from . import registry
+from .adapter_chain import stack as stack_on_chain
 from .atomic import published_mark, staged_dir
 from .checkpoints import has_checkpoints, last_complete_checkpoint, save_checkpoint_staged
 from .compat import TrainerInternals
@@ -31,6 +32,19 @@ from .options import build_options
 from .quantized_cpu import guard_cpu_4bit_packing
 from .run_output import claim_output_dir, forget_previous_run
 from .threads import limit_threads_for_small_model, training_on_cpu
+
+
+_keep_process_group: list[bool] = []  # non-empty inside process_group_kept()
+
+
+@contextlib.contextmanager
+def process_group_kept():
+    """While the block runs, a trainer's ``end()`` finishes its trackers but keeps the distributed process group."""
+    _keep_process_group.append(True)
+    try:
+        yield
+    finally:
+        _keep_process_group.pop()
 
 
 def compose(trainer_cls: type, plugins: list[Any], **options: Any) -> type:
@@ -135,6 +149,9 @@ class PluginTrainerMixin(TrainerInternals):
                 import peft
 
                 call["model"] = peft.get_peft_model(model, adapter)
+        stacked = stack_on_chain(call["model"], call.get("peft_config"))  # a chained pipeline stage, else None
+        if stacked is not None:
+            call["model"], call["peft_config"] = stacked, None
 
         for key in ("train_dataset", "eval_dataset"):
             call[key] = _transform(run, key, call.get(key))
@@ -220,9 +237,15 @@ class PluginTrainerMixin(TrainerInternals):
 
     def end(self, *args: Any, **kwargs: Any):
         """Wait for every process before the process group goes: rank 0 may still be writing the model,
-        and a rank that tears the group down alone can abort the others (seen with gloo on CPU)."""
+        and a rank that tears the group down alone can abort the others (seen with gloo on CPU). Inside
+        :func:`process_group_kept` (the stages of ``ftplugins pipeline``) the group stays for the next run: a group
+        torn down and set up again between stages can hang when one rank reaches the next rendezvous first."""
         self.accelerator.wait_for_everyone()
         try:
+            if _keep_process_group:
+                for tracker in self.accelerator.trackers:
+                    tracker.finish()
+                return None
             return super().end(*args, **kwargs)
         finally:
             if getattr(self, "_ftplugins_lock", None) is not None:

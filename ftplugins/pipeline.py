@@ -6,7 +6,7 @@ runs (a TRL recipe with its own ``plugins:`` and options), started from the prev
 
     output_dir: runs/regimen            # stage n writes OUTPUT/<n>-<name>
     model_name_or_path: runs/tiny-llama # the first stage's model
-    chain: merge                        # how a stage that trained an adapter hands it on (see CHAINS)
+    chain: merge                        # how a stage that trained an adapter hands it on: merge | adapters
     stages:
       - name: sft
         command: sft                    # sft | dpo | grpo
@@ -16,7 +16,9 @@ runs (a TRL recipe with its own ``plugins:`` and options), started from the prev
 
 A stage is finished when its run manifest (``ftplugins_run.json``, :mod:`ftplugins.run_output`) is intact and lists
 the saved model: a rerun after a crash skips finished stages and resumes the first unfinished one from its last whole
-checkpoint (:mod:`ftplugins.checkpoints`), if it has one. ``OUTPUT/ftplugins_pipeline.json`` records every stage
+checkpoint (:mod:`ftplugins.checkpoints`), if it has one. With ``chain: adapters`` a stage's ``model_out`` is the base
+and the adapters so far, in order (:func:`ftplugins.adapter_chain.load_chain` loads it).
+``OUTPUT/ftplugins_pipeline.json`` records every stage
 (written atomically after each). Under ``accelerate launch -m ftplugins.pipeline PIPELINE.yaml`` every process runs the
 stages together, as one stage would; the main process alone merges adapters and writes the pipeline manifest.
 """
@@ -35,7 +37,11 @@ from .errors import FtpluginsError
 MANIFEST = "ftplugins_pipeline.json"
 #: How a stage that trained an adapter hands it to the next stage.
 CHAINS = {"merge": "the adapter is merged into its base model (OUTPUT/<n>-<name>-merged); the next stage starts from "
-                   "that full model"}
+                   "that full model",
+          "adapters": "the next stage starts from the same base + the adapters so far, frozen and unmerged, and trains "
+                      "and saves only its own new adapter (:mod:`ftplugins.adapter_chain`); the result is the base + "
+                      "the adapters in order. Every stage after the first is an sft stage that trains an adapter of "
+                      "the same type"}
 COMMANDS = ("sft", "dpo", "grpo")
 KEYS = {"output_dir", "model_name_or_path", "chain", "stages"}
 STAGE_KEYS = {"name", "command", "config", "args"}
@@ -62,8 +68,7 @@ def load(path: str) -> dict[str, Any]:
         raise FtpluginsError(f"{path}: output_dir is required (stage n writes OUTPUT/<n>-<name>).")
     chain = spec.setdefault("chain", "merge")
     if chain not in CHAINS:
-        raise FtpluginsError(f"{path}: chain {chain!r}: expected one of {', '.join(CHAINS)} (the adapter chain, "
-                             "stacked adapters without merging, is not built yet).")
+        raise FtpluginsError(f"{path}: chain {chain!r}: expected one of {', '.join(CHAINS)}.")
     stages = spec.get("stages")
     if not isinstance(stages, list) or not stages:
         raise FtpluginsError(f"{path}: stages must be a non-empty list of {{name, command, config, args}}.")
@@ -81,6 +86,10 @@ def load(path: str) -> dict[str, Any]:
         name = str(stage.get("name") or stage["command"])
         if not name.replace("_", "").replace("-", "").isalnum() or name in names:
             raise FtpluginsError(f"{where}: name {name!r}: expected a unique name of letters, digits, - and _.")
+        if chain == "adapters" and number > 1 and stage["command"] != "sft":
+            raise FtpluginsError(f"{where}: command {stage['command']} under chain: adapters: its reference model "
+                                 "would be the base without the earlier adapters; use chain: merge for dpo / grpo "
+                                 "stages after the first.")
         names.append(name)
         stage["name"] = name
         config = stage.get("config")
@@ -175,12 +184,14 @@ def run_pipeline(path: str) -> list[dict[str, Any]]:
     """Run (or resume) the pipeline in ``path``; returns the per-stage records of the pipeline manifest."""
     import yaml
 
+    from .adapter_chain import chained
     from .atomic import staged_dir
     from .train import leave_process_group, train
 
     spec = load(path)
     os.makedirs(spec["output_dir"], exist_ok=True)
     model = spec.get("model_name_or_path")
+    adapters: list[str] = []  # chain: adapters: the adapters trained so far on `model`, oldest first
     records = []
     try:
         for number, stage in enumerate(spec["stages"], 1):
@@ -188,6 +199,8 @@ def run_pipeline(path: str) -> list[dict[str, Any]]:
             config = stage_config(spec, stage, model, folder)
             record = {"name": stage["name"], "command": stage["command"], "output_dir": os.path.abspath(folder),
                       "model_in": config["model_name_or_path"]}
+            if adapters:
+                record["adapters_in"] = list(adapters)
             done = finished(folder)
             if not done:
                 record["resumed_from"] = config.get("resume_from_checkpoint")
@@ -195,15 +208,27 @@ def run_pipeline(path: str) -> list[dict[str, Any]]:
                 with staged_dir(spec["output_dir"]) as tmp:  # every process writes the same file
                     with open(os.path.join(tmp, recipe), "w") as handle:
                         yaml.safe_dump(config, handle)
-                train([stage["command"], "--config", os.path.join(spec["output_dir"], recipe)], leave_group=False)
+                with chained(adapters):
+                    train([stage["command"], "--config", os.path.join(spec["output_dir"], recipe)],
+                          leave_group=False)
                 if not finished(folder):
                     raise FtpluginsError(f"stage {stage['name']} ended without a complete run manifest in {folder}; "
                                          "see its log above.")
             record["state"] = "finished earlier" if done else "trained"
             with open(os.path.join(folder, "ftplugins_run.json")) as handle:
                 record["global_step"] = json.load(handle).get("global_step")
+            trained_adapter = os.path.isfile(os.path.join(folder, "adapter_config.json"))
+            if spec["chain"] == "adapters" and trained_adapter:
+                adapters.append(os.path.abspath(folder))
+                record["model_out"] = {"base": record["model_in"], "adapters": list(adapters)}
+                records.append(record)
+                if is_main_process():
+                    write_manifest(spec, path, records)
+                wait_for_everyone()
+                continue
             model = folder
-            if os.path.isfile(os.path.join(folder, "adapter_config.json")):
+            adapters = []
+            if trained_adapter:
                 merged = folder + "-merged"
                 if is_main_process():
                     merged_model(record["model_in"], folder, merged)
@@ -233,7 +258,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(USAGE)
     for record in run_pipeline(argv[0]):
         if is_main_process():
-            print(f"stage {record['name']}: {record['state']} -> {record['model_out']}")
+            out = record["model_out"]
+            if isinstance(out, dict):
+                out = " + ".join([out["base"], *out["adapters"]])
+            print(f"stage {record['name']}: {record['state']} -> {out}")
 
 
 if __name__ == "__main__":

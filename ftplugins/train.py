@@ -9,6 +9,7 @@ Works under ``accelerate launch``.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
 import warnings
@@ -84,7 +85,9 @@ def train(argv: Sequence[str], leave_group: bool = True) -> None:
     check_model = getattr(script, "check_model", check_model_path)
     check_model(model_args.model_name_or_path, getattr(model_args, "model_revision", None))
     run = Run(plugins=plugins, options=options)
-    with plugins_active(run, [trainer_name]):
+    from .composition import process_group_kept
+
+    with plugins_active(run, [trainer_name]), (contextlib.nullcontext() if leave_group else process_group_kept()):
         import_patched(module_name).main(*trl_args)
     if leave_group:
         leave_process_group()

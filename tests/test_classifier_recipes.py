@@ -97,3 +97,49 @@ def test_hyper_adapter_recipe_exports_one_generated_peft_adapter_per_task(tmp_pa
     assert shared and any(not torch.equal(adapters["sentiment"][n], adapters["topic"][n]) for n in shared)
     model = load_task_model(os.path.join(out, "task_adapters", "topic"), base=str(minilm_path()))
     assert model.config.num_labels == 3
+
+
+def test_samda_recipe_saves_the_fused_model_with_the_encoder_unchanged(tmp_path):
+    """recipes/segmentation/tiny_segmentation.py under --plugins samda (a tiny SAM from a config, 2 steps)."""
+    from ftplugins.methods.samda.tiny import tiny_sam, tiny_segmentation_unet
+
+    sam = tiny_sam()
+    sam.save_pretrained(tmp_path / "sam")
+    out = tmp_path / "out"
+    run_script(["--plugins", "samda", "--samda_encoder", str(tmp_path / "sam"), "--",
+                os.path.join(REPO, "recipes", "segmentation", "tiny_segmentation.py"), "--output_dir", str(out),
+                "--use_cpu", "--max_steps", "2"])
+    saved = load_file(str(out / "model.safetensors"))
+    encoder = {f"encoder.{k}": v for k, v in sam.vision_encoder.state_dict().items()}
+    assert encoder and all(torch.equal(saved[k], v) for k, v in encoder.items())  # frozen: as built
+    expert = tiny_segmentation_unet(num_classes=2, in_channels=1, size=32, seed=0).state_dict()
+    assert {k for k in saved if k.startswith("expert.")} == {f"expert.{k}" for k in expert}
+    assert any(not torch.equal(saved[f"expert.{k}"], v) for k, v in expert.items())  # the expert trained
+    adapter = {k: v for k, v in saved.items() if k.startswith("adapter.")}
+    assert adapter and any(v.abs().sum() > 0 for v in adapter.values())  # fusion present (its last conv left zero)
+
+
+def test_gan_augment_recipe_marks_synthetic_rows_in_the_train_split_and_none_in_eval(tmp_path):
+    """recipes/classifiers/tabular_classifier.py under --plugins gan_augment (a small GAN, 2 training steps)."""
+    import json
+
+    from datasets import load_dataset
+
+    run_script(["--plugins", "gan_augment", "--gan_augment_steps", "60", "--gan_augment_hidden", "16",
+                "--gan_augment_chain_length", "5", "--",
+                os.path.join(REPO, "recipes", "classifiers", "tabular_classifier.py"), "--data",
+                os.path.join(DATA, "tabular_fewshot.jsonl"), "--output_dir", str(tmp_path), "--use_cpu",
+                "--max_steps", "2"])
+    rows = load_dataset("json", data_files=os.path.join(DATA, "tabular_fewshot.jsonl"),
+                        split="train").train_test_split(test_size=0.25, seed=0)
+    train = [json.loads(line) for line in (tmp_path / "train_rows.jsonl").read_text().splitlines()]
+    held_out = [json.loads(line) for line in (tmp_path / "eval_rows.jsonl").read_text().splitlines()]
+    real = [{k: v for k, v in r.items() if k != "synthetic"} for r in train if not r["synthetic"]]
+    synthetic = [r for r in train if r["synthetic"]]
+    assert real == list(rows["train"]) and len(synthetic) == len(real)  # ratio 1: each class doubled
+    assert {r["label"] for r in synthetic} == {0, 1} and all(r not in real for r in synthetic)
+    assert held_out == list(rows["test"]) and not any(r.get("synthetic") for r in held_out)
+    report = json.loads((tmp_path / "gan_augment_report.json").read_text())
+    assert report["synthetic_rows"] == len(synthetic) and "eval_loss" in json.loads(
+        (tmp_path / "eval_results.json").read_text())
+    assert (tmp_path / "model.safetensors").is_file()

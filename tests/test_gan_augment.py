@@ -250,3 +250,48 @@ def test_a_crash_while_writing_leaves_the_previous_files_whole(tmp_path, monkeyp
         report_module.write_rows_and_report(data.select(range(3)), report, str(out))
     assert (out.read_text(), (tmp_path / "augmented.report.json").read_text()) == before
     assert sorted(os.listdir(tmp_path)) == ["augmented.jsonl", "augmented.report.json"]
+
+
+def bars(per_class=12, side=6, seed=0):
+    """Grey 6x6 images: class 'top' is bright in its top half, 'bottom' in its bottom half (plus noise)."""
+    import datasets
+
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for label in ("top", "bottom"):
+        for _ in range(per_class):
+            image = 0.1 + 0.05 * rng.standard_normal((side, side))
+            rows = slice(0, side // 2) if label == "top" else slice(side // 2, side)
+            image[rows] += 0.8
+            images.append(np.clip(image, 0, 1).tolist())
+            labels.append(label)
+    return datasets.Dataset.from_dict({"image": images, "label": labels})
+
+
+def test_small_images_get_class_conditional_synthetic_images_of_the_same_shape():
+    data = bars()
+    out, report = augment(data, GanAugmentOptions(gan_augment_image_column="image", gan_augment_steps=300,
+                                                  gan_augment_hidden=32, gan_augment_chain_length=5))
+    synthetic = out.filter(lambda r: r["synthetic"])
+    assert len(synthetic) == len(data) and report["image_shape"] == [6, 6]
+    images = np.asarray(synthetic["image"])
+    assert images.shape == (24, 6, 6) and images.min() >= 0.0 and images.max() <= 1.0
+    real = np.asarray(data["image"])
+    assert not any(np.array_equal(s, r) for s in images for r in real)  # generated, not copied
+    labels = np.asarray(synthetic["label"])
+    for label, bright in (("top", slice(0, 3)), ("bottom", slice(3, 6))):  # each class's bright half
+        mine = images[labels == label]
+        dark = slice(3, 6) if bright == slice(0, 3) else slice(0, 3)
+        assert len(mine) == 12 and mine[:, bright].mean() > mine[:, dark].mean() + 0.3, label
+
+
+def test_an_image_column_of_mixed_shapes_or_with_feature_columns_is_refused():
+    import datasets
+
+    from ftplugins.options import build_options
+
+    mixed = datasets.Dataset.from_dict({"image": [[[0.0, 1.0]], [[0.0], [1.0]]], "label": [0, 1]})
+    with pytest.raises(FtpluginsError, match="differ in shape"):
+        augment(mixed, GanAugmentOptions(gan_augment_image_column="image", **FAST))
+    with pytest.raises(OptionError, match="give one of them"):
+        build_options([plugin], {"gan_augment_image_column": "image", "gan_augment_feature_columns": "x"})

@@ -58,7 +58,8 @@ def test_one_recipe_per_shipped_method():
 
     covered = {name for path in RECIPES for name in recipe_checks(path)}
     # Methods for transformers.Trainer alone (encoders: pet, ...) have no TRL script to put in a YAML recipe: they run
-    # a plain Trainer script through ftplugins.run (recipes/classifiers/, tests/test_classifier_recipes.py).
+    # a plain Trainer script through ftplugins.run (recipes/classifiers/: text and tabular (gan_augment),
+    # recipes/segmentation/ (samda); tests/test_classifier_recipes.py).
     scripted = {"SFTTrainer", "DPOTrainer", "GRPOTrainer", "DiffusionTrainer"}
     builtin = {name for name, ep in available_entry_points().items()
                if ep.value.startswith("ftplugins.methods.") and load(name).trains

@@ -3,8 +3,8 @@ Integrated Data and GAN Model Approaches*, 2024; built from the abstract: its de
 
 A class-conditional GAN with an ensemble of discriminators is trained on the real rows; synthetic rows are drawn by
 Metropolis-Hastings over the calibrated ensemble's scores (MH-GAN, :mod:`.mh`), and added with a marker column
-(True on synthetic rows). The choices made where the paper is silent are listed in :mod:`.gan`. Tabular rows only:
-images are not built.
+(True on synthetic rows). The choices made where the paper is silent are listed in :mod:`.gan`. Small images too
+(``--gan_augment_image_column``): the same GAN over their flattened pixels (:mod:`.images`).
 
 * Plugin: ``--plugins gan_augment`` augments the **train** split in ``transform_dataset``; eval splits are never
   augmented (one that carries marked synthetic rows is refused). The report goes to
@@ -54,6 +54,8 @@ class GanAugmentPlugin(Plugin):
         opts = options or GanAugmentOptions()
         if split != "train":
             return []
+        if opts.gan_augment_image_column:
+            return [opts.gan_augment_label_column, opts.gan_augment_image_column]
         return [opts.gan_augment_label_column, *opts.feature_columns()]
 
     @hookimpl

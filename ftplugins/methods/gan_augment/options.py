@@ -16,6 +16,10 @@ class GanAugmentOptions:
     gan_augment_feature_columns: str = field(default="", metadata={
         "help": "Comma-separated numeric feature columns the GAN models; default: every numeric column except the "
                 "label and the marker column."})
+    gan_augment_image_column: str = field(default="", metadata={
+        "help": "A column of small images (nested lists, arrays or PIL images, all of one shape): the GAN models "
+                "their pixels, flattened (our choice: the same MLP GAN; for small images only), instead of feature "
+                "columns; synthetic images keep the real ones' shape, dtype and value range. Default: tabular rows."})
     gan_augment_ratio: float = field(default=1.0, metadata={
         "help": "Synthetic rows per real row, per class (1.0 doubles each class)."})
     gan_augment_marker_column: str = field(default="synthetic", metadata={
@@ -45,6 +49,9 @@ class GanAugmentOptions:
         for name in ("gan_augment_label_column", "gan_augment_marker_column"):
             if not getattr(self, name):
                 raise ValueError(f"--{name} '': expected a column name")
+        if self.gan_augment_image_column and self.gan_augment_feature_columns:
+            raise ValueError("--gan_augment_image_column and --gan_augment_feature_columns: give one of them (the GAN "
+                             "models either an image column or numeric feature columns).")
         if self.gan_augment_marker_column == self.gan_augment_label_column:
             raise ValueError(f"--gan_augment_marker_column {self.gan_augment_marker_column!r}: it is the label column; "
                              "pick another name")

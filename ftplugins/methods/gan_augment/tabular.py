@@ -17,14 +17,9 @@ def feature_columns(dataset: Any, opts: GanAugmentOptions, what: str) -> list[st
     """The named feature columns, checked numeric; default every numeric column but the label and the marker."""
     from datasets import Value
 
+    check_label_and_marker(dataset, opts, what)
     features = dataset.features
-    label, marker = opts.gan_augment_label_column, opts.gan_augment_marker_column
-    if label not in features:
-        raise DatasetColumnsError(f"{what}: no label column {label!r} (columns: {', '.join(features)}); name it with "
-                                  "--gan_augment_label_column.")
-    if marker in features:
-        raise DatasetColumnsError(f"{what} already has the marker column {marker!r}: it looks augmented already; "
-                                  "augment the real rows only, or pick another --gan_augment_marker_column.")
+    label = opts.gan_augment_label_column
 
     def numeric(name):
         kind = features[name]
@@ -35,7 +30,8 @@ def feature_columns(dataset: Any, opts: GanAugmentOptions, what: str) -> list[st
         named = [c for c in features if c != label and numeric(c)]
         if not named:
             raise DatasetColumnsError(f"{what}: no numeric feature columns besides {label!r} (columns: "
-                                      f"{', '.join(features)}); the GAN models numeric tabular features.")
+                                      f"{', '.join(features)}); the GAN models numeric tabular features (or name an "
+                                      "image column with --gan_augment_image_column).")
     for name in named:
         if name not in features:
             raise DatasetColumnsError(f"--gan_augment_feature_columns: {name!r} is not a column of {what} (columns: "
@@ -46,20 +42,40 @@ def feature_columns(dataset: Any, opts: GanAugmentOptions, what: str) -> list[st
     return named
 
 
+def check_label_and_marker(dataset: Any, opts: GanAugmentOptions, what: str) -> None:
+    features = dataset.features
+    label, marker = opts.gan_augment_label_column, opts.gan_augment_marker_column
+    if label not in features:
+        raise DatasetColumnsError(f"{what}: no label column {label!r} (columns: {', '.join(features)}); name it with "
+                                  "--gan_augment_label_column.")
+    if marker in features:
+        raise DatasetColumnsError(f"{what} already has the marker column {marker!r}: it looks augmented already; "
+                                  "augment the real rows only, or pick another --gan_augment_marker_column.")
+
+
 def augment(dataset: Any, opts: GanAugmentOptions, what: str = "the train split") -> tuple[Any, dict]:
     """The real rows (marker False) followed by the synthetic rows (marker True), and a report."""
     from datasets import Dataset
 
     from .gan import fit, sample
 
-    columns = feature_columns(dataset, opts, what)
     label = opts.gan_augment_label_column
-    values = [dataset[c] for c in columns]
-    if any(v is None for col in values for v in col):
-        raise FtpluginsError(f"{what}: empty (null) values in the feature columns; fill or drop those rows first.")
-    x = np.asarray(values, dtype=np.float64).T.reshape(len(dataset), len(columns))
-    if not np.isfinite(x).all():
-        raise FtpluginsError(f"{what}: non-finite values (NaN/inf) in the feature columns; fill or drop those rows.")
+    image_column, layout = opts.gan_augment_image_column, None
+    if image_column:
+        from .images import image_matrix
+
+        check_label_and_marker(dataset, opts, what)
+        columns = [image_column]
+        x, layout = image_matrix(dataset, image_column, what)
+    else:
+        columns = feature_columns(dataset, opts, what)
+        values = [dataset[c] for c in columns]
+        if any(v is None for col in values for v in col):
+            raise FtpluginsError(f"{what}: empty (null) values in the feature columns; fill or drop those rows first.")
+        x = np.asarray(values, dtype=np.float64).T.reshape(len(dataset), len(columns))
+        if not np.isfinite(x).all():
+            raise FtpluginsError(f"{what}: non-finite values (NaN/inf) in the feature columns; fill or drop those "
+                                 "rows.")
     raw_labels = dataset[label]
     if any(v is None for v in raw_labels):
         raise FtpluginsError(f"{what}: rows without a {label!r}; the GAN is conditioned on each row's class.")
@@ -76,10 +92,14 @@ def augment(dataset: Any, opts: GanAugmentOptions, what: str = "the train split"
     marker = opts.gan_augment_marker_column
     real = dataset.add_column(marker, [False] * len(dataset))
     synthetic = {name: [None] * len(drawn.labels) for name in real.features}
-    for j, name in enumerate(columns):
+    for j, name in enumerate([] if layout else columns):
         column = drawn.features[:, j]
         integer = real.features[name].dtype.rstrip("0123456789") in ("int", "uint")
         synthetic[name] = [int(v) for v in np.rint(column)] if integer else [float(v) for v in column]
+    if layout:
+        from .images import to_column
+
+        synthetic[image_column] = to_column(drawn.features, layout)
     synthetic[label] = [classes[i] for i in drawn.labels]
     synthetic[marker] = [True] * len(drawn.labels)
     from datasets import concatenate_datasets
@@ -92,6 +112,7 @@ def augment(dataset: Any, opts: GanAugmentOptions, what: str = "the train split"
         "synthetic_rows": int(len(drawn.labels)),
         "per_class": {repr(c): {"real": int(counts[i]), "synthetic": per_class[i]} for i, c in enumerate(classes)},
         "feature_columns": columns,
+        "image_shape": list(layout["shape"]) if layout else None,
         "label_column": label,
         "marker_column": marker,
         "discriminators": opts.gan_augment_discriminators,
