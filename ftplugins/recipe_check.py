@@ -11,8 +11,9 @@ the recipe names. Nothing is downloaded and no weights are read.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,7 +103,8 @@ def check_recipe(path: str, command: str | None = None, accelerate_config: str |
                                  f"{trainer_name} (`{command}`); check it with the command of its trainer.")
     module = importlib.import_module(module_name)
     dataclass_types = list(module.make_parser().dataclass_types)
-    trl_args, options = parse(dataclass_types, plugins, ["--config", path], command=f"ftplugins check ({command})")
+    with recipe_hardware():
+        trl_args, options = parse(dataclass_types, plugins, ["--config", path], command=f"ftplugins check ({command})")
     args = next((a for a in trl_args if hasattr(a, "output_dir")), None)
     script_args = next((a for a in trl_args if hasattr(a, "dataset_name")), None)
     model_args = next((a for a in trl_args if hasattr(a, "model_name_or_path")), None)
@@ -120,6 +122,20 @@ def check_recipe(path: str, command: str | None = None, accelerate_config: str |
     elif dataset:
         result.notes.append(f"dataset {dataset} is not local: its columns are checked when it loads")
     return result
+
+
+@contextlib.contextmanager
+def recipe_hardware() -> Iterator[None]:
+    """While the recipe is parsed, ``TrainingArguments`` sees bf16 and tf32 as available: it probes the machine it
+    runs on, and the check runs on a laptop or a CPU CI runner while the recipe is for GPUs (``bf16: true`` would
+    fail there with "Your setup doesn't support bf16/gpu"). A recipe asks for them; the launch machine provides."""
+    from unittest import mock
+
+    from transformers import training_args
+
+    with mock.patch.object(training_args, "is_torch_bf16_gpu_available", lambda *a, **k: True), \
+            mock.patch.object(training_args, "is_torch_tf32_available", lambda *a, **k: True):
+        yield
 
 
 def trainer_class(name: str) -> type:
