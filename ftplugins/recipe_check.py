@@ -120,8 +120,24 @@ def check_recipe(path: str, command: str | None = None, accelerate_config: str |
     if dataset and os.path.exists(dataset):
         result.checked_columns = check_dataset_columns(path, dataset, script_args, options, run)
     elif dataset:
-        result.notes.append(f"dataset {dataset} is not local: its columns are checked when it loads")
+        if not looks_like_hub_id(dataset):
+            raise FtpluginsError(f"{path}: dataset_name {dataset} is neither a local file or folder (none there, "
+                                 f"relative to {os.getcwd()}) nor a Hub dataset id (owner/name); fix the path, or run "
+                                 f"the check from the folder the recipe is launched from.")
+        result.notes.append(f"columns not checked: dataset {dataset} is remote (a Hub id, not downloaded)")
     return result
+
+
+def looks_like_hub_id(name: str) -> bool:
+    """``name`` or ``owner/name`` without a file suffix: what ``datasets.load_dataset`` would fetch from the Hub.
+    A missing local path (``runs/data/arithmetc``, ``data/x.jsonl``) is not one, so it is refused, not skipped."""
+    parts = name.split("/")
+    return (0 < len(parts) <= 2 and all(parts) and not name.startswith((".", "~"))
+            and os.path.splitext(parts[-1])[1].lower() not in DATA_SUFFIXES)
+
+
+#: file suffixes of data files: a name ending so is a local path, never a Hub id.
+DATA_SUFFIXES = {".json", ".jsonl", ".csv", ".tsv", ".parquet", ".arrow", ".txt", ".gz", ".zst"}
 
 
 @contextlib.contextmanager
