@@ -59,12 +59,14 @@ def test_one_process_to_two_ranks_and_back_resume_to_the_uninterrupted_weights(t
     common = dict(plugins=["ssf"], max_steps=3, learning_rate=5e-2, dataloader_drop_last=True, seed=0,
                   gradient_accumulation_steps=1, save_strategy="steps", save_steps=1)
     data = f"{data_dir}/arithmetic"
-    one = trl_yaml(tmp_path / "one.yaml", tiny_model_dir, data, tmp_path / "one", per_device_train_batch_size=4, **common)
+    one = trl_yaml(tmp_path / "one.yaml", tiny_model_dir, data, tmp_path / "one", per_device_train_batch_size=4,
+                   **common)
     main(["sft", "--config", one])  # uninterrupted, 1 process; its checkpoint-1 holds rng_state.pth
     assert os.path.isfile(tmp_path / "one" / "checkpoint-1" / "rng_state.pth")
 
     shutil.copytree(tmp_path / "one" / "checkpoint-1", tmp_path / "two" / "checkpoint-1")
-    two = trl_yaml(tmp_path / "two.yaml", tiny_model_dir, data, tmp_path / "two", per_device_train_batch_size=2, **common)
+    two = trl_yaml(tmp_path / "two.yaml", tiny_model_dir, data, tmp_path / "two", per_device_train_batch_size=2,
+                   **common)
     ran = subprocess.run([accelerate_bin(), "launch", *ddp_flags(), "-m", "ftplugins.train", "sft", "--config", two,
                           "--resume_from_checkpoint", str(tmp_path / "two" / "checkpoint-1")],
                          capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
