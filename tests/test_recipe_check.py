@@ -160,6 +160,7 @@ def test_every_paper_recipe_checks_offline_with_the_accelerate_config_its_header
         config = header_accelerate_config(recipe)
         result = check_recipe(os.path.relpath(recipe, ROOT), accelerate_config=config)
         assert result.mode == modes[config and os.path.basename(config)], recipe
+        assert recipe.endswith(f"_{result.command}.yaml"), (recipe, result.command)  # <method>_<command>.yaml
         supported = set.intersection(*(set(registry.load(p).distributed) for p in result.plugins))
         best = "fsdp" if "fsdp" in supported else "ddp" if "ddp" in supported else "single"
         assert result.mode == best, (recipe, supported)  # fsdp2 where supported, else ddp_gpu, else one process
