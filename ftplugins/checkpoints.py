@@ -57,7 +57,9 @@ def save_checkpoint_staged(trainer: Any, save: Any, model: Any, trial: Any) -> N
     if args.should_save:
         if best != trainer.state.best_model_checkpoint:  # the state file recorded the staging path
             trainer.state.save_to_json(os.path.join(staged, "trainer_state.json"))
-        write_seal(staged)
+        from .resume_world import run_layout
+
+        write_seal(staged, run=run_layout(args))
         replace_dir(staged, final)
         remove_if_empty(staged_run_dir)
         remove_if_empty(os.path.join(run_dir, STAGING))
@@ -68,7 +70,8 @@ def save_checkpoint_staged(trainer: Any, save: Any, model: Any, trial: Any) -> N
         trainer._push_from_checkpoint(final)
 
 
-def write_seal(folder: str) -> None:
+def write_seal(folder: str, run: dict[str, int] | None = None) -> None:
+    """Record every file's size (and, given, the saving run's world size and global batch) in the seal."""
     files = {}
     for root, _dirs, names in os.walk(folder):
         for name in names:
@@ -76,7 +79,7 @@ def write_seal(folder: str) -> None:
             files[os.path.relpath(path, folder)] = os.path.getsize(path)
     files.pop(SEAL, None)
     with open(os.path.join(folder, SEAL), "w") as handle:
-        json.dump({"files": files}, handle, indent=1)
+        json.dump({"files": files, **({"run": run} if run else {})}, handle, indent=1)
 
 
 def checkpoint_problem(folder: str) -> str | None:

@@ -208,6 +208,10 @@ class PluginTrainerMixin(TrainerInternals):
     def train(self, resume_from_checkpoint: Any = None, *args: Any, **kwargs: Any):
         run = self._ftplugins_run
         resume_from_checkpoint = _complete_checkpoint(self.args.output_dir, resume_from_checkpoint)
+        if isinstance(resume_from_checkpoint, str) and os.path.isdir(resume_from_checkpoint):
+            from .resume_world import check_resume_layout
+
+            check_resume_layout(resume_from_checkpoint, self.args)
         if self.args.should_save:
             forget_previous_run(self.args.output_dir)
         with run.call("phase", trainer=self, phase="train"):

@@ -11,8 +11,9 @@ the recipe names. Nothing is downloaded and no weights are read.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,7 +103,8 @@ def check_recipe(path: str, command: str | None = None, accelerate_config: str |
                                  f"{trainer_name} (`{command}`); check it with the command of its trainer.")
     module = importlib.import_module(module_name)
     dataclass_types = list(module.make_parser().dataclass_types)
-    trl_args, options = parse(dataclass_types, plugins, ["--config", path], command=f"ftplugins check ({command})")
+    with recipe_hardware():
+        trl_args, options = parse(dataclass_types, plugins, ["--config", path], command=f"ftplugins check ({command})")
     args = next((a for a in trl_args if hasattr(a, "output_dir")), None)
     script_args = next((a for a in trl_args if hasattr(a, "dataset_name")), None)
     model_args = next((a for a in trl_args if hasattr(a, "model_name_or_path")), None)
@@ -118,8 +120,38 @@ def check_recipe(path: str, command: str | None = None, accelerate_config: str |
     if dataset and os.path.exists(dataset):
         result.checked_columns = check_dataset_columns(path, dataset, script_args, options, run)
     elif dataset:
-        result.notes.append(f"dataset {dataset} is not local: its columns are checked when it loads")
+        if not looks_like_hub_id(dataset):
+            raise FtpluginsError(f"{path}: dataset_name {dataset} is neither a local file or folder (none there, "
+                                 f"relative to {os.getcwd()}) nor a Hub dataset id (owner/name); fix the path, or run "
+                                 f"the check from the folder the recipe is launched from.")
+        result.notes.append(f"columns not checked: dataset {dataset} is remote (a Hub id, not downloaded)")
     return result
+
+
+def looks_like_hub_id(name: str) -> bool:
+    """``name`` or ``owner/name`` without a file suffix: what ``datasets.load_dataset`` would fetch from the Hub.
+    A missing local path (``runs/data/arithmetc``, ``data/x.jsonl``) is not one, so it is refused, not skipped."""
+    parts = name.split("/")
+    return (0 < len(parts) <= 2 and all(parts) and not name.startswith((".", "~"))
+            and os.path.splitext(parts[-1])[1].lower() not in DATA_SUFFIXES)
+
+
+#: file suffixes of data files: a name ending so is a local path, never a Hub id.
+DATA_SUFFIXES = {".json", ".jsonl", ".csv", ".tsv", ".parquet", ".arrow", ".txt", ".gz", ".zst"}
+
+
+@contextlib.contextmanager
+def recipe_hardware() -> Iterator[None]:
+    """While the recipe is parsed, ``TrainingArguments`` sees bf16 and tf32 as available: it probes the machine it
+    runs on, and the check runs on a laptop or a CPU CI runner while the recipe is for GPUs (``bf16: true`` would
+    fail there with "Your setup doesn't support bf16/gpu"). A recipe asks for them; the launch machine provides."""
+    from unittest import mock
+
+    from transformers import training_args
+
+    with mock.patch.object(training_args, "is_torch_bf16_gpu_available", lambda *a, **k: True), \
+            mock.patch.object(training_args, "is_torch_tf32_available", lambda *a, **k: True):
+        yield
 
 
 def trainer_class(name: str) -> type:

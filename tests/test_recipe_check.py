@@ -117,3 +117,72 @@ def test_the_command_line_prints_one_line_per_recipe_and_fails_with_one_line(in_
     assert exit_info.value.code != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "lift" in err[0] and "fsdp" in err[0]
+
+
+PAPER = sorted(glob.glob(os.path.join(ROOT, "recipes", "paper", "*.yaml")))
+#: tiny recipes that are no training method of their own: evaluation / analysis plugins, the plain-LoRA baseline,
+#: and the iterative variant of select_kmeans (a comment in recipes/paper/select_kmeans_sft.yaml).
+NOT_METHODS = {"infusion_eval_sft", "intruders_sft", "mbpp_eval_sft", "probe_prune_sft", "lora_diffusion",
+               "select_kmeans_rounds_sft"}
+
+
+def header_accelerate_config(recipe):
+    """The accelerate config a paper recipe's header launches it with (None: `python -m`, one process)."""
+    import re
+
+    header = "".join(line for line in open(recipe) if line.startswith("#"))
+    found = re.search(r"--config_file (\S+\.yaml)", header)
+    return os.path.join(ROOT, found.group(1)) if found else None
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """No socket may connect: a check that tried to download a model or a dataset fails."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("ftplugins check opened a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.chdir(ROOT)
+
+
+def test_every_paper_recipe_checks_offline_with_the_accelerate_config_its_header_names(offline):
+    from ftplugins import registry
+
+    stems = {os.path.splitext(os.path.basename(r))[0] for r in PAPER}
+    tiny = {os.path.splitext(os.path.basename(r))[0] for r in RECIPES}
+    assert tiny - NOT_METHODS <= stems, tiny - NOT_METHODS - stems  # one paper recipe per training method
+    table = open(os.path.join(ROOT, "recipes", "paper", "README.md")).read()
+    modes = {None: "single", "ddp_gpu.yaml": "ddp", "fsdp2.yaml": "fsdp"}
+    for recipe in PAPER:
+        config = header_accelerate_config(recipe)
+        result = check_recipe(os.path.relpath(recipe, ROOT), accelerate_config=config)
+        assert result.mode == modes[config and os.path.basename(config)], recipe
+        assert recipe.endswith(f"_{result.command}.yaml"), (recipe, result.command)  # <method>_<command>.yaml
+        supported = set.intersection(*(set(registry.load(p).distributed) for p in result.plugins))
+        best = "fsdp" if "fsdp" in supported else "ddp" if "ddp" in supported else "single"
+        assert result.mode == best, (recipe, supported)  # fsdp2 where supported, else ddp_gpu, else one process
+        assert len(result.notes) == 1 and "remote" in result.notes[0], (recipe, result.notes)  # a Hub dataset
+        assert os.path.basename(recipe) in table, recipe
+
+
+def test_a_paper_recipe_with_a_config_its_plugin_refuses_fails_naming_the_plugin(offline):
+    with pytest.raises(FtpluginsError, match=r"plugin lift does not support fsdp training"):
+        check_recipe("recipes/paper/lift_sft.yaml", accelerate_config=os.path.join(ACCELERATE, "fsdp2.yaml"))
+    with pytest.raises(FtpluginsError, match=r"plugin locft does not support ddp training"):
+        check_recipe("recipes/paper/locft_sft.yaml", accelerate_config=os.path.join(ACCELERATE, "ddp_gpu.yaml"))
+
+
+def test_a_hub_dataset_is_not_downloaded_and_everything_else_is_still_checked(offline, tmp_path, capsys):
+    cli_main(["check", "recipes/paper/masked_thought_sft.yaml"])  # bf16: true, on a machine without a GPU
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "columns not checked: dataset openai/gsm8k is remote" in out[0]
+    base = open("recipes/paper/masked_thought_sft.yaml").read()
+    typo = write(tmp_path, "typo.yaml", base + "masked_thought_ratoi: 0.2\n")
+    with pytest.raises(OptionError, match="masked_thought_ratoi"):
+        check_recipe(typo)
+    missing = write(tmp_path, "missing.yaml", base.replace("openai/gsm8k", "data/gsm8k_converted/train.jsonl"))
+    with pytest.raises(FtpluginsError, match="neither a local file or folder .* nor a Hub dataset id"):
+        check_recipe(missing)
