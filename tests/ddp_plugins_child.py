@@ -36,7 +36,8 @@ def probe_rows(path: str) -> str:
     with open(path, "w") as handle:
         for i in range(16):
             digits = "123" if i % 2 else "789"
-            text = "Q: " + "".join(rng.choice(digits) for _ in range(3)) + "+" + "".join(rng.choice(digits) for _ in "ab")
+            first, second = ("".join(rng.choice(digits) for _ in range(n)) for n in (3, 2))
+            text = f"Q: {first}+{second}"
             handle.write(json.dumps({"text": text, "label": "low" if i % 2 else "high"}) + "\n")
     return path
 
@@ -80,7 +81,8 @@ def run_case(name: str, root: str, world_size: int):
             recorder.compute_loss(self, model, inputs)
             return super().compute_loss(model, inputs, *rest, **kwargs)
 
-    trainer = Recording(model=tiny_llama(), args=args, train_dataset=arithmetic_dataset(16), processing_class=tiny_tokenizer())
+    trainer = Recording(model=tiny_llama(), args=args, train_dataset=arithmetic_dataset(16),
+                        processing_class=tiny_tokenizer())
     trainer.train()
     rank = args.process_index
     os.makedirs(out, exist_ok=True)
@@ -94,8 +96,12 @@ def main(root: str, names: list[str]) -> None:
     torch.set_num_threads(1)
     for name in names:
         run_case(name, root, 2)
-    # Leave the process group before exiting: gloo's threads torn down at interpreter exit can abort.
     torch.distributed.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip the interpreter's teardown: gloo's threads destroyed there can abort the process ("terminate called
+    # without an active exception", a known torch race, seen here at 4 processes) after every result is saved.
+    os._exit(0)
 
 
 if __name__ == "__main__":

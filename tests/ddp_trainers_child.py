@@ -47,8 +47,9 @@ def diffusion(root: str, world_size: int):
                            per_device_train_batch_size=GLOBAL_BATCH // world_size, save_strategy="no",
                            disable_tqdm=True, seed=0, learning_rate=1e-2, logging_steps=1)
     cls = ftplugins.compose(DiffusionTrainer, [plugin, "ssf"], ssf_target_modules=["to_q", "to_k", "to_v", "to_out.0"])
-    trainer = cls(model=tiny.tiny_unet(), args=args, train_dataset=real_dataset(), text_encoder=tiny.tiny_text_encoder(),
-                  vae=tiny.tiny_vae(), noise_scheduler=tiny.ddpm_scheduler(), processing_class=tiny.tiny_tokenizer())
+    trainer = cls(model=tiny.tiny_unet(), args=args, train_dataset=real_dataset(),
+                  text_encoder=tiny.tiny_text_encoder(), vae=tiny.tiny_vae(), noise_scheduler=tiny.ddpm_scheduler(),
+                  processing_class=tiny.tiny_tokenizer())
     return trainer, list(trainer.train_dataset["caption"])
 
 
@@ -90,7 +91,12 @@ def main(root: str, names: list[str]) -> None:
     torch.set_num_threads(1)
     for name in names:
         run_case(name, root, 2)
-    torch.distributed.destroy_process_group()  # gloo's threads torn down at interpreter exit can abort
+    torch.distributed.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip the interpreter's teardown: gloo's threads destroyed there can abort the process ("terminate called
+    # without an active exception", a known torch race, seen here at 4 processes) after every result is saved.
+    os._exit(0)
 
 
 if __name__ == "__main__":
