@@ -6,7 +6,7 @@ from typing import Any
 
 
 def log_during_step(trainer: Any, logs: dict) -> None:
-    """``trainer.log(logs)`` from ``on_step_end``, keeping ``control.should_log`` as it was.
+    """``trainer.log(logs)`` from ``on_step_end`` (or ``on_epoch_end``), keeping ``control.should_log`` as it was.
 
     ``Trainer.log`` clears ``should_log``; called before the trainer's own logging of the step it would skip that log,
     and when only the main process calls it (the analysis callbacks do), the other ranks still gather the loss there:
