@@ -12,6 +12,7 @@ from transformers import TrainerCallback
 from ftplugins.errors import FtpluginsError
 
 from .cge_pool_plugin import POOL_FILE
+from .step_log import log_during_step
 from .contrastive import AdapterDisabled, contrastive_generate_ids
 
 
@@ -127,5 +128,5 @@ class ExploreCallback(TrainerCallback):
         if args.should_save:
             with staged_dir(args.output_dir) as tmp, open(os.path.join(tmp, POOL_FILE), "w") as handle:
                 handle.writelines(json.dumps(sample) + "\n" for sample in held["samples"])
-        trainer.log({"contrastive_explore/pool_rows": float(len(held["pool"])),
-                     "contrastive_explore/generated": float(len(held["pool"].extra))})
+        log_during_step(trainer, {"contrastive_explore/pool_rows": float(len(held["pool"])),
+                                  "contrastive_explore/generated": float(len(held["pool"].extra))})

@@ -7,6 +7,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from . import intruders
+from .step_log import log_during_step
 
 
 def is_adapted(model: Any) -> bool:
@@ -34,7 +35,7 @@ class IntrudersCallback(TrainerCallback):
         epsilon = report.epsilons[0]
         logs = {"intruders/total": float(report.total(epsilon))}
         logs.update({f"intruders/{kind}": float(n) for kind, n in sorted(report.by("kind", epsilon).items())})
-        self.run.trainer.log(logs)
+        log_during_step(self.run.trainer, logs)
 
     def pairs(self, model: Any):
         if self.initial is None:

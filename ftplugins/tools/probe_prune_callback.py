@@ -10,6 +10,7 @@ from transformers import TrainerCallback
 
 from . import probe_prune, probing
 from .reverse_ft import fresh_copy
+from .step_log import log_during_step
 
 
 def unwrapped(trainer: Any) -> Any:
@@ -33,7 +34,7 @@ class ProbeEveryCallback(TrainerCallback):
         trainer = self.run.trainer
         features = probing.layer_features(unwrapped(trainer), trainer.processing_class, self.texts)
         accuracies = probing.layer_accuracies(features, self.labels, backend=self.options.probe_prune_probe)
-        trainer.log({f"probe_prune/layer_{i}": a for i, a in enumerate(accuracies)})
+        log_during_step(trainer, {f"probe_prune/layer_{i}": a for i, a in enumerate(accuracies)})
 
 
 def initial_copy(trainer: Any) -> Any:
