@@ -69,6 +69,7 @@ def launch(tmp_path, name, model_dir, data, mode, options, timeout=LAUNCH_TIMEOU
         done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
                               timeout=timeout)
     assert done.returncode == 0, done.stderr[-3000:]
+    (tmp_path / f"{name}.stdout").write_text(done.stdout)  # what the child reported, for the tests that read it
     if mode == "fsdp":  # both ranks trained a model whose weights fully_shard split between them
         reports = re.findall(r"fsdp_cpu_child: is_fsdp_enabled=True sharded_parameters=([1-9]\d*)", done.stdout)
         assert len(reports) == 2, done.stdout[-3000:]
