@@ -4,6 +4,7 @@ as one process does with the same global batch, and each process keeps the optim
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -43,7 +44,8 @@ def test_fsdp2_lift_equals_one_process_with_each_rank_holding_its_rows(tiny_mode
     for key in a:  # fp32; only the order of the gradient sums differs (see test_fsdp.py)
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
 
-    one, two = load_delta(str(reference / "sparse_delta.safetensors")), load_delta(str(sharded / "sparse_delta.safetensors"))
+    one = load_delta(str(reference / "sparse_delta.safetensors"))
+    two = load_delta(str(sharded / "sparse_delta.safetensors"))
     assert one.tensors.keys() == two.tensors.keys() and len(one.tensors) > 0
     assert two.metadata.get("global_step") == "3"
     one, two = dense(one), dense(two)
@@ -62,3 +64,20 @@ def test_fsdp2_lift_equals_one_process_with_each_rank_holding_its_rows(tiny_mode
     assert counts[0] + counts[1] == total, (counts, total)
     assert max(counts.values()) < 0.75 * total, (counts, total)  # rows split evenly; the selection roughly so
     print(f"lift under FSDP2: state entries per rank {counts} of {total} in one process")
+
+
+def test_lift_is_allowed_under_fsdp(monkeypatch, capsys):
+    """The trainer check that refuses sara, lt_sft and graft under FSDP (test_fsdp.py) lets lift through, and
+    `ftplugins info lift` lists fsdp among its supported modes with no refusal."""
+    from ftplugins.cli import main
+    from ftplugins.composition import _check_trainer_supported
+    from ftplugins.registry import load
+
+    loaded = load("lift")
+    run = type("Run", (), {"plugins": [loaded], "args": SimpleNamespace(world_size=2), "trainer_name": "SFTTrainer",
+                           "trainer_cls": None, "has_base": staticmethod(lambda name: True)})()
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    _check_trainer_supported(run)
+    main(["info", "lift"])
+    out = capsys.readouterr().out
+    assert "fsdp" in out and "refuses fsdp" not in out, out

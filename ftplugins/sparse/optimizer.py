@@ -32,6 +32,10 @@ How a step works, and why:
   the model. The model must therefore not be wrapped in DDP (whose reducer would see no gradient
   and whose buckets would hold a dense copy); the Trainer mixin sees to that. Selections are
   broadcast from rank 0, so every process trains the same entries.
+* **FSDP2.** A parameter FSDP2 sharded by rows (a ``DTensor``) keeps state for the selected entries of this
+  process's rows only; its gradient is read from the reduce-scattered shard at the step (no second all-reduce)
+  and the norm sums squares over processes; selections are made on the gathered whole tensor
+  (:mod:`ftplugins.sparse.shards`).
 * **Refresh.** With ``refresh_interval = N`` the rule is re-applied to the current weights after
   every N-th step. Moments (and master values) carry over for entries that stay selected; new
   entries start with zero moments; entries that leave keep their trained value, frozen.

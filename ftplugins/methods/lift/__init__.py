@@ -55,7 +55,6 @@ class LiftPlugin(SparseMethodPlugin):
     # DDP: compact gradients are averaged by the engine itself (no DDP reducer). FSDP2: selection on the gathered
     # weight, each process keeps its rows' entries (ftplugins.sparse.shards). DeepSpeed's partitions: not supported.
     distributed = ("single", "ddp", "fsdp")
-    distributed_refusals: dict = {}
     training_module = "ftplugins.methods.lift.training"
 
 
