@@ -1,5 +1,5 @@
-"""The sparse engine on FSDP2's dim-0 shards (2 CPU processes, gloo): LIFT trains, re-selects and saves its delta
-as one process does with the same global batch, and each process keeps the optimizer state of its rows only."""
+"""The sparse engine on FSDP2's dim-0 shards (2 CPU processes, gloo): LIFT and SaRA train, re-select and save their
+delta as one process does with the same global batch, and each process keeps the optimizer state of its rows only."""
 
 from __future__ import annotations
 
@@ -11,8 +11,12 @@ import torch
 from safetensors.torch import load_file
 from test_fsdp import launch
 
-# Small budgets so that selection matters (k < m n), and a re-selection after step 2 of 3.
-LIFT = dict(plugins=["lift"], lift_rank=4, lift_budget_rank=2, lift_interval=2)
+# Each with a re-selection inside the 3 steps: LIFT re-selects after step 2 (small budgets, so that selection matters);
+# SaRA's progressive stage shrinks its mask after step 1 (T_p = 3 // 2) and its nuclear-norm term acts on every step.
+CASES = {
+    "lift": dict(lift_rank=4, lift_budget_rank=2, lift_interval=2),
+    "sara": dict(sara_threshold=0.01, sara_rank_lambda=5e-4, sara_rank_min_dim=16),
+}
 
 
 def dense(delta):
@@ -25,17 +29,21 @@ def dense(delta):
     return out
 
 
-@pytest.mark.slow
-def test_fsdp2_lift_equals_one_process_with_each_rank_holding_its_rows(tiny_model_dir, data_dir, tmp_path):
-    from transformers import AutoModelForCausalLM
+def state_sizes(stdout):
+    """``{rank: (trained entries, bytes of optimizer state)}`` the child reported after training."""
+    found = re.findall(r"rank=(\d) sparse_state_entries=(\d+) sparse_state_bytes=(\d+)", stdout)
+    return {int(rank): (int(entries), int(nbytes)) for rank, entries, nbytes in found}
 
-    from ftplugins.methods.lift.selection import budget
-    from ftplugins.methods.lift.training import lift_targets
+
+@pytest.mark.slow
+@pytest.mark.parametrize("plugin", sorted(CASES))
+def test_fsdp2_sparse_method_equals_one_process_with_each_rank_holding_its_rows(plugin, tiny_model_dir, data_dir,
+                                                                                tmp_path):
     from ftplugins.sparse import load_delta
 
-    data = f"{data_dir}/arithmetic"
-    reference = launch(tmp_path, "one", tiny_model_dir, data, "one", LIFT)
-    sharded = launch(tmp_path, "fsdp", tiny_model_dir, data, "fsdp", LIFT)
+    data, options = f"{data_dir}/arithmetic", dict(plugins=[plugin], **CASES[plugin])
+    reference = launch(tmp_path, "one", tiny_model_dir, data, "one", options, child=True)
+    sharded = launch(tmp_path, "fsdp", tiny_model_dir, data, "fsdp", options)
 
     base = load_file(f"{tiny_model_dir}/model.safetensors")
     a, b = load_file(str(reference / "model.safetensors")), load_file(str(sharded / "model.safetensors"))
@@ -54,30 +62,30 @@ def test_fsdp2_lift_equals_one_process_with_each_rank_holding_its_rows(tiny_mode
         assert torch.equal(one[key] != 0, two[key] != 0), f"{key}: the trained entries differ"
         torch.testing.assert_close(base[key] + two[key], b[key], rtol=0, atol=1e-6, msg=key)
 
-    # Each process holds the compact state of its rows only: the two counts add up to the 1-process selection.
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    weights = dict(model.named_parameters())
-    total = sum(budget(tuple(weights[n].shape), LIFT["lift_budget_rank"]) for n in lift_targets(model))
-    stdout = (tmp_path / "fsdp.stdout").read_text()
-    counts = {int(rank): int(n) for rank, n in re.findall(r"rank=(\d) sparse_state_entries=(\d+)", stdout)}
-    assert sorted(counts) == [0, 1], stdout[-2000:]
-    assert counts[0] + counts[1] == total, (counts, total)
-    assert max(counts.values()) < 0.75 * total, (counts, total)  # rows split evenly; the selection roughly so
-    print(f"lift under FSDP2: state entries per rank {counts} of {total} in one process")
+    # Each process holds the compact state of its rows only: entries and bytes (moments, indices, origin values)
+    # add up to the 1-process state, and neither process holds most of it (rows split evenly, selections roughly).
+    one_entries, one_bytes = state_sizes((tmp_path / "one.stdout").read_text())[0]
+    sizes = state_sizes((tmp_path / "fsdp.stdout").read_text())
+    assert sorted(sizes) == [0, 1], (tmp_path / "fsdp.stdout").read_text()[-2000:]
+    assert sizes[0][0] + sizes[1][0] == one_entries, (sizes, one_entries)
+    assert sizes[0][1] + sizes[1][1] == one_bytes > 0, (sizes, one_bytes)
+    assert max(nbytes for _, nbytes in sizes.values()) < 0.75 * one_bytes, (sizes, one_bytes)
+    print(f"{plugin} under FSDP2: (entries, state bytes) per rank {sizes}; one process ({one_entries}, {one_bytes})")
 
 
-def test_lift_is_allowed_under_fsdp(monkeypatch, capsys):
-    """The trainer check that refuses sara, lt_sft and graft under FSDP (test_fsdp.py) lets lift through, and
-    `ftplugins info lift` lists fsdp among its supported modes with no refusal."""
+@pytest.mark.parametrize("plugin", sorted(CASES))
+def test_allowed_under_fsdp(plugin, monkeypatch, capsys):
+    """The trainer check that refuses lt_sft and graft under FSDP (test_fsdp.py) lets these through, and
+    `ftplugins info` lists fsdp among their supported modes with no refusal."""
     from ftplugins.cli import main
     from ftplugins.composition import _check_trainer_supported
     from ftplugins.registry import load
 
-    loaded = load("lift")
+    loaded = load(plugin)
     run = type("Run", (), {"plugins": [loaded], "args": SimpleNamespace(world_size=2), "trainer_name": "SFTTrainer",
                            "trainer_cls": None, "has_base": staticmethod(lambda name: True)})()
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     _check_trainer_supported(run)
-    main(["info", "lift"])
+    main(["info", plugin])
     out = capsys.readouterr().out
     assert "fsdp" in out and "refuses fsdp" not in out, out

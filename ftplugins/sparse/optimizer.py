@@ -161,7 +161,7 @@ class SparseAdamW(torch.optim.Optimizer):
         """``(name, parameter)`` over every group, in order."""
         return [pair for group in self.param_groups for pair in zip(group["param_names"], group["params"])]
 
-    def _select(self) -> dict[str, torch.Tensor | None]:
+    def _select(self, local_selection: bool = False) -> dict[str, torch.Tensor | None]:
         named = self.named_params()
         if callable(self.selection):
             with torch.no_grad():
@@ -176,6 +176,12 @@ class SparseAdamW(torch.optim.Optimizer):
                              f"unknown {unknown[:3]}")
         out = {}
         for name, param in named:
+            if local_selection and is_sharded(param):  # this process's rows, chosen by it
+                shard = local(param)
+                indices = as_indices(raw[name], shard.shape, name)
+                out[name] = None if indices is None or indices.numel() == shard.numel() else compact_indices(
+                    indices.to(shard.device), max(shard.numel(), 1))
+                continue
             indices = as_indices(raw[name], param.shape, name)
             if param.device.type == "cpu":
                 release_freed_memory()  # the rule's temporaries for this tensor: see ftplugins.sparse.heap
@@ -531,13 +537,14 @@ class SparseAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def refresh(self, selection: Mapping[str, torch.Tensor | None] | None = None, *,
-                reset_state: bool = False) -> None:
+                reset_state: bool = False, local: bool = False) -> None:
         """Re-apply the selection rule to the current weights (LIFT's periodic re-selection).
 
         ``selection`` (``{name: mask | indices | None}``, every parameter) replaces the rule for this
         one re-selection. ``reset_state=True`` restarts Adam afterwards: zero moments and step
         counters for every entry (SaRA's progressive stage restarts its optimizer); trained values,
-        master copies and the origin are kept.
+        master copies and the origin are kept. ``local=True``: ``selection`` holds, for a parameter FSDP2
+        sharded, indices into this process's shard (each process chose among its own rows), not the whole tensor.
         """
         if selection is None and not callable(self.selection):
             raise ValueError("SparseAdamW.refresh needs a selection rule (a callable)")
@@ -548,7 +555,7 @@ class SparseAdamW(torch.optim.Optimizer):
             rule = self.selection
             self.selection = selection
             try:
-                selected = self._select()
+                selected = self._select(local_selection=local)
             finally:
                 self.selection = rule
         for name, param in self.named_params():

@@ -198,3 +198,25 @@ def gathered_optimizer(optimizer: Any) -> Any:
             view._named.append((name, whole))
             view.state[whole] = state
     return view if main else None
+
+
+@torch.no_grad()
+def gather_rows(param: Any, rows: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of which ``rows`` (this process's rows, shaped like its shard of ``param``) is one shard:
+    a collective, every process calls it for the same parameter. ``rows`` itself when ``param`` is not sharded."""
+    if not is_sharded(param):
+        return rows
+    from torch.distributed.tensor import DTensor
+
+    row_range(param)  # refuses a layout other than FSDP2's rows
+    whole = DTensor.from_local(rows.contiguous(), param.device_mesh, param.placements, run_check=False,
+                               shape=param.shape, stride=param.stride())
+    return whole.full_tensor()
+
+
+def own_rows(param: Any, whole: torch.Tensor) -> torch.Tensor:
+    """This process's rows of ``whole`` (a tensor shaped like ``param``), flat; all of it when not sharded."""
+    if not is_sharded(param):
+        return whole.reshape(-1)
+    start, end, cols = row_range(param)
+    return whole.reshape(-1)[start * cols:end * cols]

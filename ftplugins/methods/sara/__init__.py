@@ -28,7 +28,7 @@ from __future__ import annotations
 from typing import Any
 
 from ftplugins.plugin import hookimpl
-from ftplugins.sparse.plugin import FSDP_PART, SparseMethodPlugin
+from ftplugins.sparse.plugin import SparseMethodPlugin
 
 from .options import SaraOptions
 
@@ -49,11 +49,9 @@ class SaraPlugin(SparseMethodPlugin):
         "trainable_set": "trains the entries with |θ0| < τ",
         "optimizer": "steps them with its sparse AdamW",
     }
-    distributed = ("single", "ddp")
-    distributed_refusals = {"fsdp": FSDP_PART + (
-        "SaRA's nuclear-norm term (sara_rank_lambda) takes the SVD of a whole θ - θ0 from each process's compact "
-        "state, and its progressive stage re-selects with indices of whole weights; neither gathers the rows of "
-        "the other processes yet (issue 18). Train SaRA in one process or under DDP")}
+    # FSDP2: the nuclear-norm term gathers θ - θ0 of its weight whole; the progressive stage re-selects among
+    # each process's own rows (ftplugins.sparse.shards).
+    distributed = ("single", "ddp", "fsdp")
     training_module = "ftplugins.methods.sara.training"
 
     @hookimpl
