@@ -19,6 +19,14 @@ CASES = {
 }
 
 
+@pytest.fixture(scope="module")
+def uneven_model_dir(tmp_path_factory) -> str:
+    """The tiny Llama with 63-row gate/up projections: torch's chunking gives process 0 32 rows, process 1 31."""
+    from ftplugins.testing import save_tiny_llama
+
+    return save_tiny_llama(str(tmp_path_factory.mktemp("uneven-llama")), intermediate_size=63)
+
+
 def dense(delta):
     """``{name: W - W0}`` as whole tensors (the delta files may drop different exact zeros)."""
     out = {}
@@ -37,15 +45,17 @@ def state_sizes(stdout):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("plugin", sorted(CASES))
-def test_fsdp2_sparse_method_equals_one_process_with_each_rank_holding_its_rows(plugin, tiny_model_dir, data_dir,
+def test_fsdp2_sparse_method_equals_one_process_with_each_rank_holding_its_rows(plugin, uneven_model_dir, data_dir,
                                                                                 tmp_path):
+    """Weights after 3 steps, the saved model and the saved sparse delta equal 1 process with the same global batch
+    (on uneven shards), and the optimizer state is split between the processes by rows."""
     from ftplugins.sparse import load_delta
 
     data, options = f"{data_dir}/arithmetic", dict(plugins=[plugin], **CASES[plugin])
-    reference = launch(tmp_path, "one", tiny_model_dir, data, "one", options, child=True)
-    sharded = launch(tmp_path, "fsdp", tiny_model_dir, data, "fsdp", options)
+    reference = launch(tmp_path, "one", uneven_model_dir, data, "one", options, child=True)
+    sharded = launch(tmp_path, "fsdp", uneven_model_dir, data, "fsdp", options)
 
-    base = load_file(f"{tiny_model_dir}/model.safetensors")
+    base = load_file(f"{uneven_model_dir}/model.safetensors")
     a, b = load_file(str(reference / "model.safetensors")), load_file(str(sharded / "model.safetensors"))
     assert a.keys() == b.keys() == base.keys()
     assert any(not torch.equal(a[k], base[k]) for k in a), "training changed no weight"
@@ -89,3 +99,17 @@ def test_allowed_under_fsdp(plugin, monkeypatch, capsys):
     main(["info", plugin])
     out = capsys.readouterr().out
     assert "fsdp" in out and "refuses fsdp" not in out, out
+
+
+@pytest.mark.parametrize("plugin", sorted(CASES))
+def test_resume_under_fsdp2_is_refused_by_name(plugin):
+    """FSDP2 checkpoints hold only rank 0's rows of the compact state (Accelerate saves the optimizer through
+    torch.distributed.checkpoint): resuming from one stops with the reason, while DDP / 1-process resume as before."""
+    from ftplugins.errors import FtpluginsError
+    from ftplugins.registry import load
+
+    loaded = load(plugin)
+    with pytest.raises(FtpluginsError, match=f"{plugin}: resuming under FSDP2 is not supported yet") as refusal:
+        loaded.load_optimizer_state(run=None, trainer=SimpleNamespace(is_fsdp_enabled=True), checkpoint="ckpt-2")
+    assert "ckpt-2" in str(refusal.value) and "DDP" in str(refusal.value)
+    loaded.load_optimizer_state(run=None, trainer=SimpleNamespace(is_fsdp_enabled=False), checkpoint="ckpt-2")

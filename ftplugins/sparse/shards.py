@@ -13,6 +13,9 @@ as follows:
   no second all-reduce. The gradient norm sums the squares over processes.
 * **The delta** is gathered to full tensors and global indices (:func:`gathered_optimizer`) and written by the
   main process, so the file equals the 1-process one.
+
+Not yet: resuming from an FSDP2 checkpoint (Accelerate saves the optimizer through torch.distributed.checkpoint,
+which keeps rank 0's compact state only; the plugins refuse such a resume by name), HSDP / tensor-parallel layouts.
 """
 
 from __future__ import annotations
