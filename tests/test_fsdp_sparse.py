@@ -13,9 +13,10 @@ from test_fsdp import launch
 
 # Each with a re-selection inside the 3 steps: LIFT re-selects after step 2 (small budgets, so that selection matters);
 # SaRA's progressive stage shrinks its mask after step 1 (T_p = 3 // 2) and its nuclear-norm term acts on every step.
+# max_grad_norm below the norms (0.15-0.5 here): every step clips by the norm summed over both processes' rows.
 CASES = {
-    "lift": dict(lift_rank=4, lift_budget_rank=2, lift_interval=2),
-    "sara": dict(sara_threshold=0.01, sara_rank_lambda=5e-4, sara_rank_min_dim=16),
+    "lift": dict(lift_rank=4, lift_budget_rank=2, lift_interval=2, max_grad_norm=0.1),
+    "sara": dict(sara_threshold=0.01, sara_rank_lambda=5e-4, sara_rank_min_dim=16, max_grad_norm=0.1),
 }
 
 
@@ -61,6 +62,12 @@ def test_fsdp2_sparse_method_equals_one_process_with_each_rank_holding_its_rows(
     assert any(not torch.equal(a[k], base[k]) for k in a), "training changed no weight"
     for key in a:  # fp32; only the order of the gradient sums differs (see test_fsdp.py)
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+
+    # The logged (pre-clip) gradient norm is the whole model's: the squares of both processes' rows summed.
+    norms = [[float(x) for x in re.findall(r"'grad_norm': '([0-9.e+-]+)'", (tmp_path / f"{run}.stdout").read_text())]
+             for run in ("one", "fsdp")]
+    assert len(norms[0]) == 3 and min(norms[0]) > 0.1, norms
+    torch.testing.assert_close(norms[1], norms[0], rtol=2e-3, atol=0)
 
     one = load_delta(str(reference / "sparse_delta.safetensors"))
     two = load_delta(str(sharded / "sparse_delta.safetensors"))
@@ -113,3 +120,69 @@ def test_resume_under_fsdp2_is_refused_by_name(plugin):
         loaded.load_optimizer_state(run=None, trainer=SimpleNamespace(is_fsdp_enabled=True), checkpoint="ckpt-2")
     assert "ckpt-2" in str(refusal.value) and "DDP" in str(refusal.value)
     loaded.load_optimizer_state(run=None, trainer=SimpleNamespace(is_fsdp_enabled=False), checkpoint="ckpt-2")
+
+
+class _FakeShard:
+    """What the engine reads of an FSDP2 ``DTensor`` parameter: process ``rank``'s rows of ``whole``."""
+
+    def __init__(self, whole, world, rank, placements=None, mesh_ndim=1):
+        from torch.distributed.tensor import Shard
+
+        from ftplugins.sparse.shards import chunk_rows
+
+        self.shape, self._whole = whole.shape, whole
+        self.placements = (Shard(0),) if placements is None else placements
+        self.device_mesh = SimpleNamespace(ndim=mesh_ndim, size=lambda: world, get_local_rank=lambda: rank)
+        start, end = chunk_rows(whole.shape[0], world, rank)
+        self._local = whole[start:end]
+
+    def dim(self):
+        return self._whole.dim()
+
+    def numel(self):
+        return self._whole.numel()
+
+    def to_local(self):
+        return self._local
+
+
+@pytest.mark.parametrize("rows, world", [(63, 2), (5, 4), (2, 3)])  # uneven; the last process with no row
+def test_each_process_state_is_its_rows_of_the_whole_state(rows, world):
+    """The whole-tensor state (as the optimizer builds it before Accelerate shards the model) cut for every process:
+    the pieces are disjoint, re-based to each shard, and put back together give the whole state again."""
+    from ftplugins.sparse.shards import chunk_rows, localize_state
+
+    cols = 3
+    whole = torch.randn(rows, cols)
+    indices = torch.tensor(sorted(torch.randperm(rows * cols)[: rows * cols // 2].tolist()), dtype=torch.int32)
+    state = {"step": 2, "indices": indices, "exp_avg": torch.randn(indices.numel()),
+             "exp_avg_sq": torch.rand(indices.numel()), "origin_indices": indices,
+             "origin_values": whole.reshape(-1)[indices.long()].clone()}
+    pieces = [localize_state(state, _FakeShard(whole, world, rank), "w") for rank in range(world)]
+    assert [chunk_rows(rows, world, r)[1] - chunk_rows(rows, world, r)[0] for r in range(world)] == [
+        len(chunk) for chunk in torch.arange(rows).chunk(world)] + [0] * (world - len(torch.arange(rows).chunk(world)))
+    back = torch.cat([p["indices"].long() + chunk_rows(rows, world, r)[0] * cols for r, p in enumerate(pieces)])
+    assert torch.equal(back, indices.long())
+    for key in ("exp_avg", "exp_avg_sq", "origin_values"):
+        assert torch.equal(torch.cat([p[key] for p in pieces]), state[key]), key
+    for rank, piece in enumerate(pieces):
+        start, end = chunk_rows(rows, world, rank)
+        assert piece["origin_indices"] is piece["indices"] and piece["step"] == 2
+        assert piece["indices"].numel() == 0 or int(piece["indices"].max()) < (end - start) * cols
+        assert torch.equal(whole[start:end].reshape(-1)[piece["indices"].long()], piece["origin_values"])
+
+
+def test_a_sharding_other_than_rows_is_refused_by_name():
+    """HSDP (a 2-D mesh) or tensor parallelism (Shard(1)) would put other entries on a process than the engine
+    assumes: stopped with the layout and what to use instead."""
+    from torch.distributed.tensor import Shard
+
+    from ftplugins.errors import FtpluginsError
+    from ftplugins.sparse.shards import row_range
+
+    whole = torch.zeros(4, 4)
+    with pytest.raises(FtpluginsError, match=r"model.w has placements \(Shard\(dim=1\),\).*Use plain FSDP2"):
+        row_range(_FakeShard(whole, 2, 0, placements=(Shard(1),)), "model.w")
+    with pytest.raises(FtpluginsError, match=r"2-D mesh \(HSDP"):
+        row_range(_FakeShard(whole, 2, 0, mesh_ndim=2), "model.w")
+    assert row_range(_FakeShard(whole, 2, 1), "model.w") == (2, 4, 4)

@@ -60,8 +60,7 @@ def row_range(param: Any, name: str = "a parameter") -> tuple[int, int, int]:
             "parallelism). Use plain FSDP2 (fsdp_version: 2, no hybrid sharding, no tensor parallel) or DDP.")
     rows = int(param.shape[0]) if param.dim() else 1
     world, rank = mesh.size(), mesh.get_local_rank()
-    chunk = -(-rows // world)
-    start, end = min(rank * chunk, rows), min((rank + 1) * chunk, rows)
+    start, end = chunk_rows(rows, world, rank)
     shard = param.to_local()
     cols = param.numel() // rows if rows else 0
     if shard.numel() != (end - start) * cols:
@@ -70,6 +69,13 @@ def row_range(param: Any, name: str = "a parameter") -> tuple[int, int, int]:
             f"{world} processes) on process {rank}, but its shard has {shard.numel()} entries; a sharding other "
             "than FSDP2's default (a custom shard_placement_fn) is not supported: drop it or use DDP.")
     return start, end, cols
+
+
+def chunk_rows(rows: int, world: int, rank: int) -> tuple[int, int]:
+    """Rows ``start:end`` of process ``rank`` in torch's chunking (``torch.chunk``, what ``Shard(0)`` uses):
+    ``ceil(rows / world)`` each, the last processes fewer or none."""
+    chunk = -(-rows // world)
+    return min(rank * chunk, rows), min((rank + 1) * chunk, rows)
 
 
 def localize(indices: torch.Tensor, start: int, end: int, cols: int) -> tuple[int, int, torch.Tensor]:
