@@ -93,6 +93,8 @@ def full_weights(named: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 class _Gathering(dict):
+    """Names to parameters, read as whole detached tensors; ``values`` / ``items`` gather lazily, in order."""
+
     def __init__(self, named: list[tuple[str, Any]]) -> None:
         super().__init__((name, param) for name, param in named)
 
@@ -101,11 +103,14 @@ class _Gathering(dict):
         with torch.no_grad():
             return param.full_tensor() if is_sharded(param) else param.detach()
 
-    def values(self):  # noqa: D102 - the gathered values, in order
-        return [self[name] for name in self]
+    def get(self, name: str, default: Any = None) -> Any:
+        return self[name] if name in self else default
 
-    def items(self):  # noqa: D102
-        return [(name, self[name]) for name in self]
+    def values(self):
+        return (self[name] for name in self)
+
+    def items(self):
+        return ((name, self[name]) for name in self)
 
 
 def localize_state(state: dict[str, Any], param: Any, name: str) -> dict[str, Any]:
