@@ -33,6 +33,12 @@ def _train_and_report(self, *args, **kwargs):
     sharded = [name for name, p in self.model.named_parameters()
                if isinstance(p, DTensor) and p.to_local().shape[0] < p.shape[0]]
     print(f"fsdp_cpu_child: is_fsdp_enabled={self.is_fsdp_enabled} sharded_parameters={len(sharded)}", flush=True)
+    from ftplugins.sparse import sparse_optimizer_of
+
+    sparse = sparse_optimizer_of(self.optimizer)
+    if sparse is not None:  # the sparse engine's state on this process (its rows only under FSDP2)
+        print(f"fsdp_cpu_child: rank={self.args.process_index} sparse_state_entries={sparse.selected_numel()} "
+              f"sparse_state_bytes={sparse.state_nbytes()}", flush=True)
     return result
 
 

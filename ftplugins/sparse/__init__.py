@@ -13,6 +13,8 @@ to, per tensor, the flat indices that train. The engine does the rest:
   keeps a dense gradient for more than one tensor at a time; mask refresh; DDP; exact resume.
 * :mod:`~ftplugins.sparse.trainer` - the Trainer-side glue, as hook implementations (gradient-norm
   logging and clipping of compact gradients, keeping DDP's dense buckets away).
+* :mod:`~ftplugins.sparse.shards` - FSDP2's row shards: selection on the gathered weight, each process keeps the
+  entries (and optimizer state) of its own rows, the delta gathered for the save.
 * :mod:`~ftplugins.sparse.delta` - the artifact: a sparse delta (indices + values of W - W0 in
   safetensors) that can be applied, reverted and composed onto a base model.
 * :mod:`~ftplugins.sparse.cli` - ``ftplugins delta apply|revert|compose``.

@@ -32,6 +32,10 @@ How a step works, and why:
   the model. The model must therefore not be wrapped in DDP (whose reducer would see no gradient
   and whose buckets would hold a dense copy); the Trainer mixin sees to that. Selections are
   broadcast from rank 0, so every process trains the same entries.
+* **FSDP2.** A parameter FSDP2 sharded by rows (a ``DTensor``) keeps state for the selected entries of this
+  process's rows only; its gradient is read from the reduce-scattered shard at the step (no second all-reduce)
+  and the norm sums squares over processes; selections are made on the gathered whole tensor
+  (:mod:`ftplugins.sparse.shards`).
 * **Refresh.** With ``refresh_interval = N`` the rule is re-applied to the current weights after
   every N-th step. Moments (and master values) carry over for entries that stay selected; new
   entries start with zero moments; entries that leave keep their trained value, frozen.
@@ -56,6 +60,7 @@ from ftplugins.kernels.sparse_adamw_multi import SparseAdamWTensor, sparse_adamw
 
 from .heap import release_freed_memory
 from .selection import SelectionRule, as_indices
+from .shards import adopt_shards, full_weights, is_sharded, local, localize, row_range
 
 STATE_FORMAT = 1
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
@@ -143,10 +148,12 @@ class SparseAdamW(torch.optim.Optimizer):
                 raise ValueError(f"SparseAdamW: parameter {name} has dtype {param.dtype}; only float weights train")
             if not param.is_contiguous():
                 raise ValueError(f"SparseAdamW: parameter {name} is not contiguous; call .contiguous() on the model")
+        self._sharded = any(is_sharded(param) for _, param in self.named_params())
         selected = self._select()
         for name, param in self.named_params():
             self.state[param] = self._fresh_state(param, selected[name])
-            _own_grad_hook(param, self)
+            if not is_sharded(param):  # FSDP2 writes a shard's gradient itself: read in _reduce
+                _own_grad_hook(param, self)
 
     # --- parameters and selection ----------------------------------------------------------------
 
@@ -154,11 +161,11 @@ class SparseAdamW(torch.optim.Optimizer):
         """``(name, parameter)`` over every group, in order."""
         return [pair for group in self.param_groups for pair in zip(group["param_names"], group["params"])]
 
-    def _select(self) -> dict[str, torch.Tensor | None]:
+    def _select(self, local_selection: bool = False) -> dict[str, torch.Tensor | None]:
         named = self.named_params()
         if callable(self.selection):
             with torch.no_grad():
-                raw = self.selection({name: param.detach() for name, param in named})
+                raw = self.selection(full_weights(named))
         else:
             raw = self.selection
         names = [name for name, _ in named]
@@ -169,6 +176,12 @@ class SparseAdamW(torch.optim.Optimizer):
                              f"unknown {unknown[:3]}")
         out = {}
         for name, param in named:
+            if local_selection and is_sharded(param):  # this process's rows, chosen by it
+                shard = local(param)
+                indices = as_indices(raw[name], shard.shape, name)
+                out[name] = None if indices is None or indices.numel() == shard.numel() else compact_indices(
+                    indices.to(shard.device), max(shard.numel(), 1))
+                continue
             indices = as_indices(raw[name], param.shape, name)
             if param.device.type == "cpu":
                 release_freed_memory()  # the rule's temporaries for this tensor: see ftplugins.sparse.heap
@@ -176,10 +189,27 @@ class SparseAdamW(torch.optim.Optimizer):
                 indices = None  # every entry: dense state, no index list (8 bytes an entry saved)
             # Compacted at once: a model's worth of int64 lists would outweigh the int32 ones kept.
             out[name] = None if indices is None else compact_indices(indices.to(param.device), param.numel())
-        return self._broadcast_selection(out) if self._world_size() > 1 else out
+            if is_sharded(param):  # this process's rows only (FSDP2), re-based to its shard
+                out[name] = self._local_selection(name, param, out[name])
+        replicated = {name: out[name] for name, param in named if not is_sharded(param)}
+        if self._world_size() > 1 and replicated:
+            out.update(self._broadcast_selection(replicated))
+        return out
+
+    def _local_selection(self, name: str, param: nn.Parameter, indices: torch.Tensor | None) -> torch.Tensor | None:
+        """``indices`` of the whole ``param`` cut to this process's rows (every process selected the same:
+        rank 0's choice is broadcast first, as under DDP)."""
+        start, end, cols = row_range(param, name)
+        if self._world_size() > 1:
+            indices = self._broadcast_selection({name: indices}, {name: param.numel()})[name]
+        if indices is None:
+            return None
+        _, _, kept = localize(indices, start, end, cols)
+        numel = local(param).numel()
+        return None if kept.numel() == numel else compact_indices(kept.contiguous(), max(numel, 1))
 
     def _fresh_state(self, param: nn.Parameter, indices: torch.Tensor | None) -> dict[str, Any]:
-        k = param.numel() if indices is None else indices.numel()
+        k = local(param).numel() if indices is None else indices.numel()
         dtype = _moment_dtype(param)
         state: dict[str, Any] = {"step": 0}
         if indices is not None:
@@ -193,12 +223,23 @@ class SparseAdamW(torch.optim.Optimizer):
             state["origin_values"] = _gather(param, indices).clone()
         return state
 
+    def _adopt(self) -> None:
+        """Follow FSDP2's swap of the parameters for their shards (see :mod:`ftplugins.sparse.shards`)."""
+        self._sharded = adopt_shards(self)
+
+    def sharded(self) -> bool:
+        """Whether FSDP2 sharded the parameters (each process then holds the state of its rows)."""
+        self._adopt()
+        return self._sharded
+
     def selected_numel(self) -> int:
-        """Σk: the number of trained entries over all parameters."""
+        """Σk: the number of trained entries over all parameters (this process's rows under FSDP2)."""
+        self._adopt()
         return sum(state["exp_avg"].numel() for state in self.state.values())
 
     def state_nbytes(self) -> int:
         """Bytes of persistent optimizer state (shared tensors counted once)."""
+        self._adopt()
         seen, total = set(), 0
         for state in self.state.values():
             for value in state.values():
@@ -332,9 +373,15 @@ class SparseAdamW(torch.optim.Optimizer):
         """Average the compact gradients over the processes (once per step) and add the L1 term."""
         if self._reduced:
             return
+        self._adopt()
         world = self._world_size()
-        if world > 1:
-            named = self.named_params()
+        if self._sharded:
+            for _, param in self.named_params():
+                if is_sharded(param) and param.grad is not None:  # reduce-scattered by FSDP: averaged already
+                    self._add_dense_grad(param, param.grad.to_local().reshape(-1))
+                    param.grad = None
+        named = [(name, param) for name, param in self.named_params() if not is_sharded(param)]
+        if world > 1 and named:
             buffers, flags = [], []
             for _, param in named:
                 buffer = self._grads.get(param)
@@ -352,7 +399,9 @@ class SparseAdamW(torch.optim.Optimizer):
                 buffer.copy_(chunk.view_as(buffer)).div_(world)
             received = flat[offset:].tolist()
             # A parameter is updated when some process produced a gradient for it, as with DDP.
+            shards = {param: grad for param, grad in self._grads.items() if is_sharded(param)}
             self._grads = {param: buffer for (_, param), buffer, seen in zip(named, buffers, received) if seen > 0}
+            self._grads.update(shards)
         for group in self.param_groups:
             if group["l1"]:
                 for param in group["params"]:
@@ -406,8 +455,16 @@ class SparseAdamW(torch.optim.Optimizer):
             return (self._stepped_sq if self._stepped else self._last_norm ** 2).sqrt()
         self._reduce()
         if self._norm is None:
-            squares = [g.float().pow(2).sum() for g in self._grads.values()]
-            self._norm = torch.stack(squares).sum().sqrt() if squares else torch.zeros(())
+            squares = [g.float().pow(2).sum() for p, g in self._grads.items() if not is_sharded(p)]
+            total = torch.stack(squares).sum() if squares else torch.zeros(())
+            if self._sharded:  # each process holds its rows' gradients: sum their squares over processes
+                device = local(self.named_params()[0][1]).device
+                shards = [g.float().pow(2).sum() for p, g in self._grads.items() if is_sharded(p)]
+                shard_total = torch.stack(shards).sum() if shards else torch.zeros((), device=device)
+                if self._world_size() > 1:
+                    torch.distributed.all_reduce(shard_total)
+                total = total.to(shard_total.device) + shard_total
+            self._norm = total.sqrt()
         return self._norm
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -452,7 +509,7 @@ class SparseAdamW(torch.optim.Optimizer):
         state["step"] += 1
         beta1, beta2 = group["betas"]
         sparse_adamw_(
-            param.detach().view(-1),
+            local(param).detach().view(-1),
             grad,
             state["exp_avg"],
             state["exp_avg_sq"],
@@ -472,7 +529,7 @@ class SparseAdamW(torch.optim.Optimizer):
         state = self.state[param]
         state["step"] += 1
         beta1, beta2 = group["betas"]
-        return SparseAdamWTensor(param.detach().view(-1), grad, state["exp_avg"], state["exp_avg_sq"],
+        return SparseAdamWTensor(local(param).detach().view(-1), grad, state["exp_avg"], state["exp_avg_sq"],
                                  state.get("indices"), state.get("master"), lr=group["lr"], beta1=beta1, beta2=beta2,
                                  eps=group["eps"], weight_decay=group["weight_decay"], step=state["step"])
 
@@ -480,23 +537,25 @@ class SparseAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def refresh(self, selection: Mapping[str, torch.Tensor | None] | None = None, *,
-                reset_state: bool = False) -> None:
+                reset_state: bool = False, local: bool = False) -> None:
         """Re-apply the selection rule to the current weights (LIFT's periodic re-selection).
 
         ``selection`` (``{name: mask | indices | None}``, every parameter) replaces the rule for this
         one re-selection. ``reset_state=True`` restarts Adam afterwards: zero moments and step
         counters for every entry (SaRA's progressive stage restarts its optimizer); trained values,
-        master copies and the origin are kept.
+        master copies and the origin are kept. ``local=True``: ``selection`` holds, for a parameter FSDP2
+        sharded, indices into this process's shard (each process chose among its own rows), not the whole tensor.
         """
         if selection is None and not callable(self.selection):
             raise ValueError("SparseAdamW.refresh needs a selection rule (a callable)")
+        self._adopt()
         if selection is None:
             selected = self._select()
         else:
             rule = self.selection
             self.selection = selection
             try:
-                selected = self._select()
+                selected = self._select(local_selection=local)
             finally:
                 self.selection = rule
         for name, param in self.named_params():
@@ -513,7 +572,8 @@ class SparseAdamW(torch.optim.Optimizer):
         old = state.get("indices")
         if old is None and new is None:
             return
-        every = torch.arange(param.numel(), device=param.device)
+        numel = local(param).numel()
+        every = torch.arange(numel, device=param.device)
         old_at = every if old is None else old
         new_at = every if new is None else new
         position = torch.searchsorted(old_at, new_at).clamp_(max=max(old_at.numel() - 1, 0))
@@ -538,8 +598,8 @@ class SparseAdamW(torch.optim.Optimizer):
                 merged = torch.cat([origin, added])
                 order = torch.argsort(merged)
                 values = torch.cat([state["origin_values"], _gather(param, added)])[order]
-                state["origin_indices"] = (None if merged.numel() == param.numel()
-                                           else compact_indices(merged[order], param.numel()))
+                state["origin_indices"] = (None if merged.numel() == numel
+                                           else compact_indices(merged[order], numel))
                 state["origin_values"] = values
         if new is None:
             state.pop("indices", None)
@@ -552,6 +612,7 @@ class SparseAdamW(torch.optim.Optimizer):
     # --- checkpoints ---------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
+        self._adopt()
         state_dict = super().state_dict()
         state_dict["sparse_engine"] = {"format": STATE_FORMAT, "steps": self.steps}
         return state_dict
@@ -597,7 +658,8 @@ class SparseAdamW(torch.optim.Optimizer):
         self._grad_buffers.clear()
         self._reduced, self._norm = False, None
 
-    def _broadcast_selection(self, selected: dict[str, torch.Tensor | None]) -> dict[str, torch.Tensor | None]:
+    def _broadcast_selection(self, selected: dict[str, torch.Tensor | None],
+                             numels: dict[str, int] | None = None) -> dict[str, torch.Tensor | None]:
         """Rank 0's selection on every process (SVDs and ties may differ in the last bit across devices)."""
         dist = torch.distributed
         names = list(selected)
@@ -615,11 +677,12 @@ class SparseAdamW(torch.optim.Optimizer):
         dist.broadcast(flat, src=0)
         out, offset = {}, 0
         params = dict(self.named_params())
+        numels = numels or {name: params[name].numel() for name in names}
         for name, size in zip(names, sizes.tolist()):
             if size < 0:
                 out[name] = None
                 continue
-            out[name] = compact_indices(flat[offset:offset + size].to(params[name].device), params[name].numel())
+            out[name] = compact_indices(flat[offset:offset + size].to(params[name].device), numels[name])
             offset += size
         return out
 
@@ -639,7 +702,7 @@ def _moment_dtype(param: torch.Tensor) -> torch.dtype:
 
 
 def _gather(param: torch.Tensor, indices: torch.Tensor | None) -> torch.Tensor:
-    flat = param.detach().reshape(-1)
+    flat = local(param).detach().reshape(-1)
     return flat.clone() if indices is None else flat.index_select(0, indices)
 
 

@@ -17,13 +17,9 @@ from ftplugins.errors import FtpluginsError
 from ftplugins.plugin import Plugin, hookimpl
 
 
-#: Why no method on the sparse engine trains under FSDP (``distributed_refusals``; issue 18 plans shard-local indices).
-FSDP_REFUSAL = (
-    "the sparse engine names the trained entries by flat indices into each whole weight, chosen from the whole "
-    "matrix (LIFT's low-rank approximation, a global top-K), and moves them out of the weight's whole gradient; "
-    "FSDP shards every weight by rows across processes, so each process holds only some rows and their gradient, "
-    "and the indices and their optimizer state would point into rows it does not have"
-)
+#: The engine itself trains on FSDP2's row shards (:mod:`ftplugins.sparse.shards`); a method whose own steps look
+#: at whole weights in a way not written for shards says so in its ``distributed_refusals["fsdp"]``, starting so.
+FSDP_PART = "the sparse engine trains on FSDP2's row shards (each process keeps its rows' entries), but "
 
 
 class SparseEngineHooks:
@@ -42,6 +38,16 @@ class SparseEngineHooks:
 
         return grad_norm(trainer)
 
+    @hookimpl
+    def load_optimizer_state(self, run, trainer, checkpoint):
+        if getattr(trainer, "is_fsdp_enabled", False):
+            raise FtpluginsError(
+                f"{self.name}: resuming under FSDP2 is not supported yet: Accelerate saves the optimizer through "
+                "torch.distributed.checkpoint, which keeps only rank 0's rows of the sparse engine's compact state, "
+                f"so {checkpoint} cannot restore it. Start the run again without resume_from_checkpoint, or train "
+                "under DDP, whose checkpoints resume exactly."
+            )
+
 
 class SparseMethodPlugin(SparseEngineHooks, Plugin):
     """Hooks shared by LIFT, SaRA, ...: ``validate``, ``prepare_model``, ``create_optimizer``,
@@ -49,7 +55,8 @@ class SparseMethodPlugin(SparseEngineHooks, Plugin):
 
     #: Dotted path of the module with ``prepare``, ``build_optimizer`` and ``save_delta_of``.
     training_module: ClassVar[str] = ""
-    distributed_refusals: ClassVar[dict[str, str]] = {"fsdp": FSDP_REFUSAL}
+    distributed: ClassVar[tuple[str, ...]] = ("single", "ddp", "fsdp")
+    distributed_refusals: ClassVar[dict[str, str]] = {}
 
     def training(self) -> Any:
         return importlib.import_module(self.training_module)

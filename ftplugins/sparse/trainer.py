@@ -87,7 +87,11 @@ def save_trainer_delta(trainer: Any, method: str, metadata: dict[str, str]) -> s
             f"{method}_save_delta=True, but the trainer has no {method} optimizer after training (another optimizer "
             f"was passed with optimizers=?); drop it or set {method}_save_delta=False"
         )
-    if not trainer.args.should_save:
+    if optimizer.sharded():  # FSDP2: every process sends its rows
+        from .shards import gathered_optimizer
+
+        optimizer = gathered_optimizer(optimizer)
+    if not trainer.args.should_save or optimizer is None:
         return None
     config = getattr(trainer.accelerator.unwrap_model(trainer.model), "config", None)
     return save_optimizer_delta(optimizer, f"{trainer.args.output_dir}/{DELTA_FILE}",

@@ -24,7 +24,7 @@ from typing import Any
 
 from ftplugins.errors import FtpluginsError
 from ftplugins.plugin import Plugin, hookimpl
-from ftplugins.sparse.plugin import FSDP_REFUSAL
+from ftplugins.sparse.plugin import FSDP_PART
 
 from .options import GraftOptions
 
@@ -50,7 +50,9 @@ class GraftPlugin(Plugin):
     }
     distributed = ("single",)
     distributed_refusals = {"ddp": "the graft mask's gradient is not reduced across processes",
-                            "fsdp": FSDP_REFUSAL}
+                            "fsdp": FSDP_PART + "grafting trains its mask in a loop of its own over the whole "
+                                    "pretrained and fine-tuned weights, whose gradient is not reduced across "
+                                    "processes, as under DDP; graft in one process"}
     trainers = ("SFTTrainer",)
 
     @hookimpl

@@ -52,9 +52,9 @@ class LiftPlugin(SparseMethodPlugin):
         "trainable_set": "trains the largest entries of each weight's low-rank approximation",
         "optimizer": "steps them with its sparse AdamW",
     }
-    # Compact gradients are averaged by the engine itself (no DDP reducer); index masks over FSDP's
-    # flattened shards or DeepSpeed's partitions are not supported.
-    distributed = ("single", "ddp")
+    # DDP: compact gradients are averaged by the engine itself (no DDP reducer). FSDP2: selection on the gathered
+    # weight, each process keeps its rows' entries (ftplugins.sparse.shards). DeepSpeed's partitions: not supported.
+    distributed = ("single", "ddp", "fsdp")
     training_module = "ftplugins.methods.lift.training"
 
 

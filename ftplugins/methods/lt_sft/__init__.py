@@ -29,7 +29,7 @@ from typing import Any
 
 from ftplugins.errors import FtpluginsError
 from ftplugins.plugin import Plugin, hookimpl
-from ftplugins.sparse.plugin import FSDP_REFUSAL, SparseEngineHooks
+from ftplugins.sparse.plugin import FSDP_PART, SparseEngineHooks
 
 from .options import LtSftOptions
 
@@ -56,7 +56,8 @@ class LtSftPlugin(SparseEngineHooks, Plugin):
     }
     distributed = ("single",)
     distributed_refusals = {"ddp": "phase 1's loop does not reduce gradients across processes",
-                            "fsdp": FSDP_REFUSAL}
+                            "fsdp": FSDP_PART + "LT-SFT's phase 1 is a dense full fine-tuning loop of its own that "
+                                    "does not reduce gradients across processes, as under DDP; train it in one process"}
 
     @hookimpl
     def validate(self, run):

@@ -49,7 +49,9 @@ class SaraPlugin(SparseMethodPlugin):
         "trainable_set": "trains the entries with |θ0| < τ",
         "optimizer": "steps them with its sparse AdamW",
     }
-    distributed = ("single", "ddp")
+    # FSDP2: the nuclear-norm term gathers θ - θ0 of its weight whole; the progressive stage re-selects among
+    # each process's own rows (ftplugins.sparse.shards).
+    distributed = ("single", "ddp", "fsdp")
     training_module = "ftplugins.methods.sara.training"
 
     @hookimpl

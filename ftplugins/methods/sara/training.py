@@ -12,6 +12,7 @@ from transformers import TrainerCallback
 from ftplugins.errors import FtpluginsError
 from ftplugins.sparse.optimizer import SparseAdamW
 from ftplugins.sparse.selection import per_tensor
+from ftplugins.sparse.shards import gather_rows, is_sharded, local, own_rows
 from ftplugins.sparse.targets import target_weights
 from ftplugins.sparse.trainer import prepare_sparse_targets, sparse_optimizer_of, trainer_sparse_adamw
 
@@ -72,15 +73,16 @@ class NuclearNormTerm:
         self.last = name
         state = optimizer.state[param]
         indices = state.get("indices")
-        if indices is not None and indices.numel() == 0:
-            return
-        delta = torch.zeros(param.numel(), dtype=torch.float32, device=param.device)
+        if indices is not None and indices.numel() == 0 and not is_sharded(param):
+            return  # (under FSDP2 a process with no entry still takes part in the gather)
+        shard = local(param)  # under FSDP2 this process's rows: the SVD needs the whole θ - θ0, gathered
+        delta = torch.zeros(shard.numel(), dtype=torch.float32, device=shard.device)
         compact = optimizer.selected_delta(param)
         if indices is None:
             delta.copy_(compact)
         else:
             delta.index_put_((indices,), compact)
-        grad = nuclear_norm_grad(delta.view(param.shape)).reshape(-1)
+        grad = own_rows(param, nuclear_norm_grad(gather_rows(param, delta.view(shard.shape)).view(param.shape)))
         optimizer.add_to_grad(param, self.lam * (grad if indices is None else grad.index_select(0, indices)))
 
 
@@ -109,7 +111,8 @@ def build_optimizer(model: nn.Module, args: Any, options: Any, targets: list[str
 
 @torch.no_grad()
 def progressive_selection(optimizer: SparseAdamW, threshold: float, targets: list[str]) -> dict[str, Any]:
-    """M' = M ∧ {|θ_t| < τ} per target (explicitly a subset of the current selection); others unchanged."""
+    """M' = M ∧ {|θ_t| < τ} per target (explicitly a subset of the current selection); others unchanged.
+    Indices into each process's own rows under FSDP2 (``refresh(local=True)``)."""
     wanted = set(targets)
     out: dict[str, Any] = {}
     for name, param in optimizer.named_params():
@@ -118,10 +121,11 @@ def progressive_selection(optimizer: SparseAdamW, threshold: float, targets: lis
         if name not in wanted:
             out[name] = indices
             continue
+        flat = local(param).detach().reshape(-1)  # this process's rows under FSDP2
         current = state["master"] if "master" in state else (
-            param.detach().reshape(-1) if indices is None else param.detach().reshape(-1).index_select(0, indices))
+            flat if indices is None else flat.index_select(0, indices))
         keep = current.abs() < threshold
-        at = torch.arange(param.numel(), device=param.device) if indices is None else indices
+        at = torch.arange(flat.numel(), device=flat.device) if indices is None else indices
         out[name] = at[keep]
     return out
 
@@ -158,7 +162,7 @@ class ProgressiveCallback(TrainerCallback):
             raise FtpluginsError("sara: the sparse optimizer was not built by the sara plugin")
         selection = progressive_selection(sparse, self.options.sara_threshold, targets)
         before = sparse.selected_numel()
-        sparse.refresh(selection=selection, reset_state=True)
+        sparse.refresh(selection=selection, reset_state=True, local=True)
         self.applied_at = state.global_step
         logger.info("sara: progressive stage at step %d: %d -> %d trained entries", at, before,
                     sparse.selected_numel())

@@ -1,0 +1,193 @@
+"""The sparse engine on FSDP2's dim-0 shards (2 CPU processes, gloo): LIFT and SaRA train, re-select and save their
+delta as one process does with the same global batch, and each process keeps the optimizer state of its rows only."""
+
+from __future__ import annotations
+
+import re
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_fsdp import launch
+
+# Each with a re-selection inside the 3 steps: LIFT re-selects after step 2 (small budgets, so that selection matters);
+# SaRA's progressive stage shrinks its mask after step 1 (T_p = 3 // 2; τ = 0.05 keeps about half of the entries the
+# first step moved by lr = 0.05) and its nuclear-norm term acts on every step. max_grad_norm below the norms: the steps
+# clip by the norm summed over both processes' rows.
+CASES = {
+    "lift": dict(lift_rank=4, lift_budget_rank=2, lift_interval=2, max_grad_norm=0.1),
+    "sara": dict(sara_threshold=0.05, sara_rank_lambda=5e-4, sara_rank_min_dim=16, max_grad_norm=0.1),
+}
+# Clipping scales SaRA's first gradients down to where a few entries' |g| is near Adam's eps, whose first step
+# g / (|g| + eps) then lifts the reduction-order rounding (measured with τ = 0.01: one entry of 2016 off by 2e-5);
+# training moves the weights by ~0.05, 500 times the absolute tolerance.
+TOLERANCE = {"lift": dict(rtol=1e-4, atol=1e-5), "sara": dict(rtol=1e-3, atol=1e-4)}
+
+
+@pytest.fixture(scope="module")
+def uneven_model_dir(tmp_path_factory) -> str:
+    """The tiny Llama with 63-row gate/up projections: torch's chunking gives process 0 32 rows, process 1 31."""
+    from ftplugins.testing import save_tiny_llama
+
+    return save_tiny_llama(str(tmp_path_factory.mktemp("uneven-llama")), intermediate_size=63)
+
+
+def dense(delta):
+    """``{name: W - W0}`` as whole tensors (the delta files may drop different exact zeros)."""
+    out = {}
+    for name, entry in delta.tensors.items():
+        flat = torch.zeros(entry.numel, dtype=torch.float32)
+        flat[entry.flat_indices()] = entry.values.to(torch.float32)
+        out[name] = flat.view(entry.shape)
+    return out
+
+
+def state_sizes(stdout):
+    """``{rank: (trained entries, bytes of optimizer state)}`` the child reported after training."""
+    found = re.findall(r"rank=(\d) sparse_state_entries=(\d+) sparse_state_bytes=(\d+)", stdout)
+    return {int(rank): (int(entries), int(nbytes)) for rank, entries, nbytes in found}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("plugin", sorted(CASES))
+def test_fsdp2_sparse_method_equals_one_process_with_each_rank_holding_its_rows(plugin, uneven_model_dir, data_dir,
+                                                                                tmp_path):
+    """Weights after 3 steps, the saved model and the saved sparse delta equal 1 process with the same global batch
+    (on uneven shards), and the optimizer state is split between the processes by rows."""
+    from ftplugins.sparse import load_delta
+
+    data, options = f"{data_dir}/arithmetic", dict(plugins=[plugin], **CASES[plugin])
+    reference = launch(tmp_path, "one", uneven_model_dir, data, "one", options, child=True)
+    sharded = launch(tmp_path, "fsdp", uneven_model_dir, data, "fsdp", options)
+
+    base = load_file(f"{uneven_model_dir}/model.safetensors")
+    a, b = load_file(str(reference / "model.safetensors")), load_file(str(sharded / "model.safetensors"))
+    assert a.keys() == b.keys() == base.keys()
+    assert any(not torch.equal(a[k], base[k]) for k in a), "training changed no weight"
+    for key in a:  # fp32; only the order of the gradient sums differs (see test_fsdp.py)
+        torch.testing.assert_close(a[key], b[key], **TOLERANCE[plugin], msg=key)
+
+    # The logged (pre-clip) gradient norm is the whole model's: the squares of both processes' rows summed.
+    norms = [[float(x) for x in re.findall(r"'grad_norm': '([0-9.e+-]+)'", (tmp_path / f"{run}.stdout").read_text())]
+             for run in ("one", "fsdp")]
+    assert len(norms[0]) == 3 and norms[0][0] > 0.1, norms
+    torch.testing.assert_close(norms[1], norms[0], rtol=2e-3, atol=0)
+
+    one = load_delta(str(reference / "sparse_delta.safetensors"))
+    two = load_delta(str(sharded / "sparse_delta.safetensors"))
+    assert one.tensors.keys() == two.tensors.keys() and len(one.tensors) > 0
+    assert two.metadata.get("global_step") == "3"
+    one, two = dense(one), dense(two)
+    for key in one:
+        torch.testing.assert_close(one[key], two[key], **TOLERANCE[plugin], msg=key)
+        assert torch.equal(one[key] != 0, two[key] != 0), f"{key}: the trained entries differ"
+        torch.testing.assert_close(base[key] + two[key], b[key], rtol=0, atol=1e-6, msg=key)
+
+    # Each process holds the compact state of its rows only: entries and bytes (moments, indices, origin values)
+    # add up to the 1-process state, and neither process holds most of it (rows split evenly, selections roughly).
+    one_entries, one_bytes = state_sizes((tmp_path / "one.stdout").read_text())[0]
+    sizes = state_sizes((tmp_path / "fsdp.stdout").read_text())
+    assert sorted(sizes) == [0, 1], (tmp_path / "fsdp.stdout").read_text()[-2000:]
+    assert sizes[0][0] + sizes[1][0] == one_entries, (sizes, one_entries)
+    assert sizes[0][1] + sizes[1][1] == one_bytes > 0, (sizes, one_bytes)
+    assert max(nbytes for _, nbytes in sizes.values()) < 0.75 * one_bytes, (sizes, one_bytes)
+    print(f"{plugin} under FSDP2: (entries, state bytes) per rank {sizes}; one process ({one_entries}, {one_bytes})")
+
+
+@pytest.mark.parametrize("plugin", sorted(CASES))
+def test_allowed_under_fsdp(plugin, monkeypatch, capsys):
+    """The trainer check that refuses lt_sft and graft under FSDP (test_fsdp.py) lets these through, and
+    `ftplugins info` lists fsdp among their supported modes with no refusal."""
+    from ftplugins.cli import main
+    from ftplugins.composition import _check_trainer_supported
+    from ftplugins.registry import load
+
+    loaded = load(plugin)
+    run = type("Run", (), {"plugins": [loaded], "args": SimpleNamespace(world_size=2), "trainer_name": "SFTTrainer",
+                           "trainer_cls": None, "has_base": staticmethod(lambda name: True)})()
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    _check_trainer_supported(run)
+    main(["info", plugin])
+    out = capsys.readouterr().out
+    assert "fsdp" in out and "refuses fsdp" not in out, out
+
+
+@pytest.mark.parametrize("plugin", sorted(CASES))
+def test_resume_under_fsdp2_is_refused_by_name(plugin):
+    """FSDP2 checkpoints hold only rank 0's rows of the compact state (Accelerate saves the optimizer through
+    torch.distributed.checkpoint): resuming from one stops with the reason, while DDP / 1-process resume as before."""
+    from ftplugins.errors import FtpluginsError
+    from ftplugins.registry import load
+
+    loaded = load(plugin)
+    with pytest.raises(FtpluginsError, match=f"{plugin}: resuming under FSDP2 is not supported yet") as refusal:
+        loaded.load_optimizer_state(run=None, trainer=SimpleNamespace(is_fsdp_enabled=True), checkpoint="ckpt-2")
+    assert "ckpt-2" in str(refusal.value) and "DDP" in str(refusal.value)
+    loaded.load_optimizer_state(run=None, trainer=SimpleNamespace(is_fsdp_enabled=False), checkpoint="ckpt-2")
+
+
+class _FakeShard:
+    """What the engine reads of an FSDP2 ``DTensor`` parameter: process ``rank``'s rows of ``whole``."""
+
+    def __init__(self, whole, world, rank, placements=None, mesh_ndim=1):
+        from torch.distributed.tensor import Shard
+
+        from ftplugins.sparse.shards import chunk_rows
+
+        self.shape, self._whole = whole.shape, whole
+        self.placements = (Shard(0),) if placements is None else placements
+        self.device_mesh = SimpleNamespace(ndim=mesh_ndim, size=lambda: world, get_local_rank=lambda: rank)
+        start, end = chunk_rows(whole.shape[0], world, rank)
+        self._local = whole[start:end]
+
+    def dim(self):
+        return self._whole.dim()
+
+    def numel(self):
+        return self._whole.numel()
+
+    def to_local(self):
+        return self._local
+
+
+@pytest.mark.parametrize("rows, world", [(63, 2), (5, 4), (2, 3)])  # uneven; the last process with no row
+def test_each_process_state_is_its_rows_of_the_whole_state(rows, world):
+    """The whole-tensor state (as the optimizer builds it before Accelerate shards the model) cut for every process:
+    the pieces are disjoint, re-based to each shard, and put back together give the whole state again."""
+    from ftplugins.sparse.shards import chunk_rows, localize_state
+
+    cols = 3
+    whole = torch.randn(rows, cols)
+    indices = torch.tensor(sorted(torch.randperm(rows * cols)[: rows * cols // 2].tolist()), dtype=torch.int32)
+    state = {"step": 2, "indices": indices, "exp_avg": torch.randn(indices.numel()),
+             "exp_avg_sq": torch.rand(indices.numel()), "origin_indices": indices,
+             "origin_values": whole.reshape(-1)[indices.long()].clone()}
+    pieces = [localize_state(state, _FakeShard(whole, world, rank), "w") for rank in range(world)]
+    assert [chunk_rows(rows, world, r)[1] - chunk_rows(rows, world, r)[0] for r in range(world)] == [
+        len(chunk) for chunk in torch.arange(rows).chunk(world)] + [0] * (world - len(torch.arange(rows).chunk(world)))
+    back = torch.cat([p["indices"].long() + chunk_rows(rows, world, r)[0] * cols for r, p in enumerate(pieces)])
+    assert torch.equal(back, indices.long())
+    for key in ("exp_avg", "exp_avg_sq", "origin_values"):
+        assert torch.equal(torch.cat([p[key] for p in pieces]), state[key]), key
+    for rank, piece in enumerate(pieces):
+        start, end = chunk_rows(rows, world, rank)
+        assert piece["origin_indices"] is piece["indices"] and piece["step"] == 2
+        assert piece["indices"].numel() == 0 or int(piece["indices"].max()) < (end - start) * cols
+        assert torch.equal(whole[start:end].reshape(-1)[piece["indices"].long()], piece["origin_values"])
+
+
+def test_a_sharding_other_than_rows_is_refused_by_name():
+    """HSDP (a 2-D mesh) or tensor parallelism (Shard(1)) would put other entries on a process than the engine
+    assumes: stopped with the layout and what to use instead."""
+    from torch.distributed.tensor import Shard
+
+    from ftplugins.errors import FtpluginsError
+    from ftplugins.sparse.shards import row_range
+
+    whole = torch.zeros(4, 4)
+    with pytest.raises(FtpluginsError, match=r"model.w has placements \(Shard\(dim=1\),\).*Use plain FSDP2"):
+        row_range(_FakeShard(whole, 2, 0, placements=(Shard(1),)), "model.w")
+    with pytest.raises(FtpluginsError, match=r"2-D mesh \(HSDP"):
+        row_range(_FakeShard(whole, 2, 0, mesh_ndim=2), "model.w")
+    assert row_range(_FakeShard(whole, 2, 1), "model.w") == (2, 4, 4)
