@@ -66,8 +66,8 @@ def test_the_command_follows_the_plugins_trainer(in_workdir):
 def test_a_plugin_that_cannot_shard_is_refused_for_an_fsdp_config(in_workdir):
     fsdp = os.path.join(ACCELERATE, "fsdp2.yaml")
     assert distributed_mode_of(fsdp) == "fsdp"
-    with pytest.raises(FtpluginsError, match=r"plugin lift does not support fsdp training .*: "):
-        check_recipe("recipes/lift_sft.yaml", accelerate_config=fsdp)
+    with pytest.raises(FtpluginsError, match=r"plugin lt_sft does not support fsdp training .*: "):
+        check_recipe("recipes/lt_sft_sft.yaml", accelerate_config=fsdp)
     assert check_recipe("recipes/ssf_sft.yaml", accelerate_config=fsdp).mode == "fsdp"
     assert check_recipe("recipes/lift_sft.yaml", accelerate_config=os.path.join(ACCELERATE, "ddp_cpu.yaml")).mode == "ddp"
 
@@ -113,10 +113,10 @@ def test_the_command_line_prints_one_line_per_recipe_and_fails_with_one_line(in_
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 2 and all(": ok (sft" in line for line in out)
     with pytest.raises(SystemExit) as exit_info:
-        cli_main(["check", "recipes/lift_sft.yaml", "--accelerate-config", os.path.join(ACCELERATE, "fsdp2.yaml")])
+        cli_main(["check", "recipes/lt_sft_sft.yaml", "--accelerate-config", os.path.join(ACCELERATE, "fsdp2.yaml")])
     assert exit_info.value.code != 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "lift" in err[0] and "fsdp" in err[0]
+    assert len(err) == 1 and "lt_sft" in err[0] and "fsdp" in err[0]
 
 
 PAPER = sorted(glob.glob(os.path.join(ROOT, "recipes", "paper", "*.yaml")))
@@ -169,8 +169,8 @@ def test_every_paper_recipe_checks_offline_with_the_accelerate_config_its_header
 
 
 def test_a_paper_recipe_with_a_config_its_plugin_refuses_fails_naming_the_plugin(offline):
-    with pytest.raises(FtpluginsError, match=r"plugin lift does not support fsdp training"):
-        check_recipe("recipes/paper/lift_sft.yaml", accelerate_config=os.path.join(ACCELERATE, "fsdp2.yaml"))
+    with pytest.raises(FtpluginsError, match=r"plugin lt_sft does not support fsdp training"):
+        check_recipe("recipes/paper/lt_sft_sft.yaml", accelerate_config=os.path.join(ACCELERATE, "fsdp2.yaml"))
     with pytest.raises(FtpluginsError, match=r"plugin locft does not support ddp training"):
         check_recipe("recipes/paper/locft_sft.yaml", accelerate_config=os.path.join(ACCELERATE, "ddp_gpu.yaml"))
 
