@@ -53,7 +53,8 @@ def train(argv: Sequence[str], leave_group: bool = True) -> None:
     if command not in COMMANDS:
         from .errors import FtpluginsError, did_you_mean
 
-        raise FtpluginsError(f"unknown command {command!r};{did_you_mean(command, COMMANDS)} use one of: {', '.join(COMMANDS)}")
+        raise FtpluginsError(f"unknown command {command!r};{did_you_mean(command, COMMANDS)} "
+                             f"use one of: {', '.join(COMMANDS)}")
     module_name, trainer_name = COMMANDS[command]
     plugins = registry.select(selected_names(rest))
     check_combination(plugins)  # before TRL parses, loads data or a model

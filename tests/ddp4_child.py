@@ -9,7 +9,7 @@ import json
 import os
 import sys
 
-import torch
+from ddp_child_common import run_cases_and_exit, save_rank_weights
 
 GLOBAL_BATCH, STEPS, ROWS = 4, 2, 18
 CASES = {
@@ -40,10 +40,7 @@ def run_case(name: str, root: str, world_size: int):
     trainer = cls(model=tiny_llama(), args=args, train_dataset=arithmetic_dataset(ROWS),
                   processing_class=tiny_tokenizer())
     trainer.train()
-    rank = args.process_index
-    os.makedirs(out, exist_ok=True)
-    weights = {k: v.detach().cpu().clone() for k, v in trainer.model.named_parameters() if v.requires_grad}
-    torch.save(weights, os.path.join(out, f"rank{rank}.pt"))
+    rank = save_rank_weights(trainer, out)
     if name == "select_kmeans":
         with open(os.path.join(out, f"rows{rank}.json"), "w") as handle:
             json.dump(trainer.ftplugins_run.state["select_kmeans"]["indices"], handle)
@@ -51,15 +48,7 @@ def run_case(name: str, root: str, world_size: int):
 
 
 def main(root: str, names: list[str]) -> None:
-    torch.set_num_threads(1)
-    for name in names:
-        run_case(name, root, 4)
-    torch.distributed.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # Skip the interpreter's teardown: gloo's threads destroyed there can abort the process ("terminate called
-    # without an active exception", a known torch race, seen here at 4 processes) after every result is saved.
-    os._exit(0)
+    run_cases_and_exit(run_case, root, names, 4)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import random
 import sys
 
 import torch
+from ddp_child_common import run_cases_and_exit, save_rank_weights
 
 GLOBAL_BATCH, STEPS = 4, 2
 # Dropout off in the adapters: its masks come from each process's own generator, so no 2-process run could equal
@@ -84,24 +85,13 @@ def run_case(name: str, root: str, world_size: int):
     trainer = Recording(model=tiny_llama(), args=args, train_dataset=arithmetic_dataset(16),
                         processing_class=tiny_tokenizer())
     trainer.train()
-    rank = args.process_index
-    os.makedirs(out, exist_ok=True)
-    weights = {k: v.detach().cpu().clone() for k, v in trainer.model.named_parameters() if v.requires_grad}
-    torch.save(weights, os.path.join(out, f"rank{rank}.pt"))
+    rank = save_rank_weights(trainer, out)
     torch.save(recorder.batches, os.path.join(out, f"batches{rank}.pt"))
     return trainer
 
 
 def main(root: str, names: list[str]) -> None:
-    torch.set_num_threads(1)
-    for name in names:
-        run_case(name, root, 2)
-    torch.distributed.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # Skip the interpreter's teardown: gloo's threads destroyed there can abort the process ("terminate called
-    # without an active exception", a known torch race, seen here at 4 processes) after every result is saved.
-    os._exit(0)
+    run_cases_and_exit(run_case, root, names, 2)
 
 
 if __name__ == "__main__":

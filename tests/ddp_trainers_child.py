@@ -9,6 +9,7 @@ import os
 import sys
 
 import torch
+from ddp_child_common import run_cases_and_exit, save_rank_weights
 
 GLOBAL_BATCH, STEPS = 4, 2
 CASES = ("cls_rl", "bob", "gan_augment")
@@ -78,25 +79,15 @@ def run_case(name: str, root: str, world_size: int):
     trainer, rows = BUILD[name](root, world_size)
     assert trainer.args.world_size == world_size, (trainer.args.world_size, world_size)
     trainer.train()
-    out, rank = trainer.args.output_dir, trainer.args.process_index
-    os.makedirs(out, exist_ok=True)
-    weights = {k: v.detach().cpu().clone() for k, v in trainer.model.named_parameters() if v.requires_grad}
-    torch.save(weights, os.path.join(out, f"rank{rank}.pt"))
+    out = trainer.args.output_dir
+    rank = save_rank_weights(trainer, out)
     with open(os.path.join(out, f"rows{rank}.json"), "w") as handle:
         json.dump({"rows": rows, "log": trainer.state.log_history}, handle)
     return trainer
 
 
 def main(root: str, names: list[str]) -> None:
-    torch.set_num_threads(1)
-    for name in names:
-        run_case(name, root, 2)
-    torch.distributed.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # Skip the interpreter's teardown: gloo's threads destroyed there can abort the process ("terminate called
-    # without an active exception", a known torch race, seen here at 4 processes) after every result is saved.
-    os._exit(0)
+    run_cases_and_exit(run_case, root, names, 2)
 
 
 if __name__ == "__main__":

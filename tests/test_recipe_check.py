@@ -69,7 +69,8 @@ def test_a_plugin_that_cannot_shard_is_refused_for_an_fsdp_config(in_workdir):
     with pytest.raises(FtpluginsError, match=r"plugin lt_sft does not support fsdp training .*: "):
         check_recipe("recipes/lt_sft_sft.yaml", accelerate_config=fsdp)
     assert check_recipe("recipes/ssf_sft.yaml", accelerate_config=fsdp).mode == "fsdp"
-    assert check_recipe("recipes/lift_sft.yaml", accelerate_config=os.path.join(ACCELERATE, "ddp_cpu.yaml")).mode == "ddp"
+    ddp = os.path.join(ACCELERATE, "ddp_cpu.yaml")
+    assert check_recipe("recipes/lift_sft.yaml", accelerate_config=ddp).mode == "ddp"
 
 
 def test_a_misspelt_key_and_a_bad_option_value_are_named(in_workdir):

@@ -435,7 +435,8 @@ def check_contrastive_explore(obs, out):
 
 CHECKS = {
     "block_lora": check_block_lora, "bottleneck": check_bottleneck, "ssf": check_ssf,
-    "masked_thought": check_masked_thought, "cls_rl": check_cls_rl, "deep_align": check_deep_align, "fewshot_prefix": check_fewshot_prefix,
+    "masked_thought": check_masked_thought, "cls_rl": check_cls_rl, "deep_align": check_deep_align,
+    "fewshot_prefix": check_fewshot_prefix,
     "many_icl": check_many_icl, "hft": check_hft, "lift": check_lift, "sara": check_sara, "lt_sft": check_lt_sft,
     "locft": check_locft, "graft": check_graft, "s3ft": check_s3ft, "lp_ft": check_lp_ft, "lora": check_lora,
     "pso": check_pso, "bob": check_bob,

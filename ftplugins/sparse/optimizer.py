@@ -16,7 +16,7 @@ How a step works, and why:
 * **Update.** :func:`ftplugins.kernels.sparse_adamw_multi.sparse_adamw_multi_` for every tensor of the step
   (one multi-tensor Triton launch on CUDA; :func:`ftplugins.kernels.sparse_adamw.sparse_adamw_` per tensor
   inside the backward): AdamW on the compact values, scattered into the weight in place. Decoupled weight
-  decay multiplies the *selected* entries only; the LIFT reference decays a temporary copy, a no-op, which we do not copy.
+  decay multiplies the *selected* entries only; the LIFT reference decays a temporary copy (a no-op).
 * **Update inside the backward** (``step_in_backward=True``, opt-in). Each weight is updated as soon as
   its gradient arrives (the hook, or a routed ``Linear``'s backward), from a scratch buffer, so no
   compact gradient outlives its tensor: 4 bytes per trained entry less (the persistent compact

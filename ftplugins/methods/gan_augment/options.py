@@ -34,8 +34,8 @@ class GanAugmentOptions:
     gan_augment_steps: int = field(default=600, metadata={"help": "GAN training steps (one D and one G update each)."})
     gan_augment_noise_dim: int = field(default=8, metadata={"help": "Dimension of the generator's noise."})
     gan_augment_hidden: int = field(default=64, metadata={"help": "Width of the generator's and discriminators' MLPs."})
-    gan_augment_lr: float = field(default=2e-3, metadata={"help": "Adam learning rate of generator and discriminators."})
-    gan_augment_seed: int = field(default=0, metadata={"help": "Seed of the GAN and the sampler: same seed, same rows."})
+    gan_augment_lr: float = field(default=2e-3, metadata={"help": "Adam learning rate of both networks."})
+    gan_augment_seed: int = field(default=0, metadata={"help": "Seed of the GAN and sampler: same seed, same rows."})
 
     def __post_init__(self):
         check_choice("gan_augment_sampler", self.gan_augment_sampler, SAMPLERS)

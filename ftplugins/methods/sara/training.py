@@ -31,7 +31,8 @@ def sara_targets(model: nn.Module) -> list[str]:
 
 
 def prepare(model: nn.Module) -> list[str]:
-    return prepare_sparse_targets(model, "sara", sara_targets(model), "torch.nn.Linear / Conv modules with float weights")
+    return prepare_sparse_targets(model, "sara", sara_targets(model),
+                                  "torch.nn.Linear / Conv modules with float weights")
 
 
 def nuclear_norm_grad(matrix: torch.Tensor) -> torch.Tensor:
