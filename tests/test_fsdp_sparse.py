@@ -113,18 +113,68 @@ def test_allowed_under_fsdp(plugin, monkeypatch, capsys):
     assert "fsdp" in out and "refuses fsdp" not in out, out
 
 
+@pytest.mark.slow
+def test_fsdp2_lift_resumed_from_checkpoint_2_ends_where_the_uninterrupted_run_does(uneven_model_dir, data_dir,
+                                                                                   tmp_path):
+    """2 FSDP2 processes resume the step-2 checkpoint (with a re-selection at step 2) of an uninterrupted 3-step run
+    and train step 3: weights and sparse delta equal the uninterrupted run's. Each process wrote its own rows' state
+    (Accelerate's optimizer file holds rank 0's only: restoring that on rank 1 would train other entries)."""
+    from ftplugins.sparse import load_delta
+
+    data = f"{data_dir}/arithmetic"
+    options = dict(plugins=["lift"], **CASES["lift"], save_strategy="steps", save_steps=2)
+    straight = launch(tmp_path, "straight", uneven_model_dir, data, "fsdp", options)
+    checkpoint = straight / "checkpoint-2"
+    ranks = [torch.load(checkpoint / f"sparse_engine_rank{rank}.pt", weights_only=True) for rank in (0, 1)]
+    assert [r["rank"] for r in ranks] == [0, 1] and all(r["world_size"] == 2 for r in ranks)
+    assert any(not torch.equal(a["exp_avg"], b["exp_avg"]) for a, b in zip(
+        ranks[0]["optimizer"]["state"].values(), ranks[1]["optimizer"]["state"].values())), "same state on both ranks"
+    resumed = launch(tmp_path, "resumed", uneven_model_dir, data, "fsdp",
+                     dict(options, resume_from_checkpoint=str(checkpoint)))
+    assert len(re.findall(r"'grad_norm'", (tmp_path / "resumed.stdout").read_text())) == 1, "not resumed at step 2"
+
+    at_2, a, b = (load_file(str(path / "model.safetensors")) for path in (checkpoint, straight, resumed))
+    assert any(not torch.equal(at_2[k], b[k]) for k in b), "the resumed run did not train step 3"
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6, msg=key)
+    one, two = (load_delta(str(path / "sparse_delta.safetensors")) for path in (straight, resumed))
+    assert two.metadata.get("global_step") == "3" and one.tensors.keys() == two.tensors.keys()
+    one, two = dense(one), dense(two)
+    for key in one:
+        assert torch.equal(one[key] != 0, two[key] != 0), f"{key}: the trained entries differ"
+        torch.testing.assert_close(two[key], one[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
 @pytest.mark.parametrize("plugin", sorted(CASES))
-def test_resume_under_fsdp2_is_refused_by_name(plugin):
-    """FSDP2 checkpoints hold only rank 0's rows of the compact state (Accelerate saves the optimizer through
-    torch.distributed.checkpoint): resuming from one stops with the reason, while DDP / 1-process resume as before."""
+def test_an_fsdp2_checkpoint_resumed_in_another_layout_is_refused_by_name(plugin, tmp_path):
+    """Each process's file holds the state of its rows, which depend on the number of processes: resuming it
+    without FSDP2, with another number of processes, or an FSDP2 resume without the files stops with the reason;
+    a checkpoint without the files (DDP, 1 process) resumes outside FSDP2 as before."""
     from ftplugins.errors import FtpluginsError
     from ftplugins.registry import load
 
     loaded = load(plugin)
-    with pytest.raises(FtpluginsError, match=f"{plugin}: resuming under FSDP2 is not supported yet") as refusal:
-        loaded.load_optimizer_state(run=None, trainer=SimpleNamespace(is_fsdp_enabled=True), checkpoint="ckpt-2")
-    assert "ckpt-2" in str(refusal.value) and "DDP" in str(refusal.value)
-    loaded.load_optimizer_state(run=None, trainer=SimpleNamespace(is_fsdp_enabled=False), checkpoint="ckpt-2")
+    plain = SimpleNamespace(is_fsdp_enabled=False, optimizer=None)
+    loaded.load_optimizer_state(run=None, trainer=plain, checkpoint=str(tmp_path))  # no files: nothing to do
+    with pytest.raises(FtpluginsError, match=f"{plugin}: .* needs sparse_engine_rank0.pt .* is missing"):
+        loaded.load_optimizer_state(run=None, trainer=SimpleNamespace(is_fsdp_enabled=True, optimizer=_sparse()),
+                                    checkpoint=str(tmp_path))
+    for rank in (0, 1):
+        torch.save({"rank": rank, "world_size": 2, "optimizer": {}}, tmp_path / f"sparse_engine_rank{rank}.pt")
+    with pytest.raises(FtpluginsError, match=r"saved under FSDP2 by 2 processes.*not FSDP2 \(1 process"):
+        loaded.load_optimizer_state(run=None, trainer=plain, checkpoint=str(tmp_path))
+    torch.save({"rank": 0, "world_size": 4, "optimizer": {}}, tmp_path / "sparse_engine_rank0.pt")
+    with pytest.raises(FtpluginsError, match="saved under FSDP2 by 4 processes, this run has 1"):
+        loaded.load_optimizer_state(run=None, trainer=SimpleNamespace(is_fsdp_enabled=True, optimizer=_sparse()),
+                                    checkpoint=str(tmp_path))
+
+
+def _sparse():
+    """A one-weight SparseAdamW (what the resume hook looks for in the trainer)."""
+    from ftplugins.sparse.optimizer import SparseAdamW
+
+    weight = torch.nn.Parameter(torch.randn(4, 4))
+    return SparseAdamW([("w", weight)], lambda weights: {name: None for name in weights})
 
 
 class _FakeShard:

@@ -143,6 +143,7 @@ class SparseAdamW(torch.optim.Optimizer):
         self._stepped: set[nn.Parameter] = set()  # step_in_backward: updated during this step's backward
         self._stepped_sq = torch.zeros(())  # ... and the sum of squares of their gradients (for logging)
         self._last_norm = torch.zeros(())
+        self._keep_loaded = False  # FSDP2 resume: the state came from this process's own file (sparse/resume.py)
         for name, param in self.named_params():
             if not param.is_floating_point():
                 raise ValueError(f"SparseAdamW: parameter {name} has dtype {param.dtype}; only float weights train")
@@ -617,8 +618,16 @@ class SparseAdamW(torch.optim.Optimizer):
         state_dict["sparse_engine"] = {"format": STATE_FORMAT, "steps": self.steps}
         return state_dict
 
+    def keep_loaded_state(self) -> None:
+        """The state just loaded is this process's rows (FSDP2, :mod:`ftplugins.sparse.resume`): ignore the next
+        load of a state dict without the engine's entry, Accelerate's copy that holds rank 0's rows only."""
+        self._keep_loaded = True
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         engine = state_dict.get("sparse_engine")
+        if engine is None and self._keep_loaded:
+            self._keep_loaded = False
+            return
         if engine is None:
             raise ValueError("not a SparseAdamW state dict (no 'sparse_engine' entry); "
                              "it was saved by another optimizer")

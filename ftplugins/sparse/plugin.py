@@ -39,14 +39,16 @@ class SparseEngineHooks:
         return grad_norm(trainer)
 
     @hookimpl
+    def save_checkpoint(self, run, trainer, checkpoint):
+        from .resume import save_rank_state
+
+        save_rank_state(trainer, checkpoint)
+
+    @hookimpl
     def load_optimizer_state(self, run, trainer, checkpoint):
-        if getattr(trainer, "is_fsdp_enabled", False):
-            raise FtpluginsError(
-                f"{self.name}: resuming under FSDP2 is not supported yet: Accelerate saves the optimizer through "
-                "torch.distributed.checkpoint, which keeps only rank 0's rows of the sparse engine's compact state, "
-                f"so {checkpoint} cannot restore it. Start the run again without resume_from_checkpoint, or train "
-                "under DDP, whose checkpoints resume exactly."
-            )
+        from .resume import load_rank_state
+
+        load_rank_state(self.name, trainer, checkpoint)
 
 
 class SparseMethodPlugin(SparseEngineHooks, Plugin):

@@ -14,8 +14,11 @@ as follows:
 * **The delta** is gathered to full tensors and global indices (:func:`gathered_optimizer`) and written by the
   main process, so the file equals the 1-process one.
 
-Not yet: resuming from an FSDP2 checkpoint (Accelerate saves the optimizer through torch.distributed.checkpoint,
-which keeps rank 0's compact state only; the plugins refuse such a resume by name), HSDP / tensor-parallel layouts.
+* **Checkpoints**: each process writes its rows' state into the checkpoint and reads it back when resuming
+  (:mod:`ftplugins.sparse.resume`; Accelerate's own optimizer file keeps rank 0's compact state only), so a resume
+  needs FSDP2 with the same number of processes (refused by name otherwise).
+
+Not yet: HSDP / tensor-parallel layouts; resuming an FSDP2 checkpoint with another number of processes.
 """
 
 from __future__ import annotations
