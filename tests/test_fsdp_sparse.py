@@ -146,27 +146,55 @@ def test_fsdp2_lift_resumed_from_checkpoint_2_ends_where_the_uninterrupted_run_d
 
 
 @pytest.mark.parametrize("plugin", sorted(CASES))
-def test_an_fsdp2_checkpoint_resumed_in_another_layout_is_refused_by_name(plugin, tmp_path):
-    """Each process's file holds the state of its rows, which depend on the number of processes: resuming it
-    without FSDP2, with another number of processes, or an FSDP2 resume without the files stops with the reason;
-    a checkpoint without the files (DDP, 1 process) resumes outside FSDP2 as before."""
+def test_an_fsdp2_checkpoint_resumed_outside_fsdp2_is_refused_by_name(plugin, tmp_path):
+    """Each process's file holds the state of its rows: resuming such a checkpoint without FSDP2, or an FSDP2 resume
+    of a checkpoint without the files, stops with the reason; a checkpoint without the files (DDP, 1 process)
+    resumes outside FSDP2 as before."""
     from ftplugins.errors import FtpluginsError
     from ftplugins.registry import load
 
     loaded = load(plugin)
     plain = SimpleNamespace(is_fsdp_enabled=False, optimizer=None)
     loaded.load_optimizer_state(run=None, trainer=plain, checkpoint=str(tmp_path))  # no files: nothing to do
-    with pytest.raises(FtpluginsError, match=f"{plugin}: .* needs sparse_engine_rank0.pt .* is missing"):
+    with pytest.raises(FtpluginsError, match=f"{plugin}: resuming under FSDP2 needs .* has none"):
         loaded.load_optimizer_state(run=None, trainer=SimpleNamespace(is_fsdp_enabled=True, optimizer=_sparse()),
                                     checkpoint=str(tmp_path))
     for rank in (0, 1):
         torch.save({"rank": rank, "world_size": 2, "optimizer": {}}, tmp_path / f"sparse_engine_rank{rank}.pt")
     with pytest.raises(FtpluginsError, match=r"saved under FSDP2 by 2 processes.*not FSDP2 \(1 process"):
         loaded.load_optimizer_state(run=None, trainer=plain, checkpoint=str(tmp_path))
-    torch.save({"rank": 0, "world_size": 4, "optimizer": {}}, tmp_path / "sparse_engine_rank0.pt")
-    with pytest.raises(FtpluginsError, match="saved under FSDP2 by 4 processes, this run has 1"):
-        loaded.load_optimizer_state(run=None, trainer=SimpleNamespace(is_fsdp_enabled=True, optimizer=_sparse()),
-                                    checkpoint=str(tmp_path))
+
+
+@pytest.mark.parametrize("saved, resumed", [(2, 1), (2, 3), (3, 2)])
+@pytest.mark.parametrize("dense_origin", [False, True])
+def test_row_shards_saved_by_some_processes_resplit_for_another_number(saved, resumed, dense_origin):
+    """An FSDP2 checkpoint resumed with another number of processes: the saving processes' row states, put together,
+    are the whole state again, and cut for each new process they equal its rows of the whole state."""
+    from ftplugins.sparse.resume import whole_state
+    from ftplugins.sparse.shards import localize_state
+
+    rows, cols = 7, 3
+    whole = torch.randn(rows, cols)
+    indices = torch.tensor(sorted(torch.randperm(rows * cols)[:9].tolist()), dtype=torch.int32)
+    origin = None if dense_origin else torch.tensor(sorted(set(indices.tolist()) | {0, 20}), dtype=torch.int32)
+    state = {"step": 3, "indices": indices, "exp_avg": torch.randn(9), "exp_avg_sq": torch.rand(9),
+             "origin_indices": origin,
+             "origin_values": whole.reshape(-1) if origin is None else whole.reshape(-1)[origin.long()].clone()}
+    pieces = [localize_state(state, _FakeShard(whole, saved, rank), "w") for rank in range(saved)]
+    back = whole_state(pieces, tuple(whole.shape))
+    assert back["step"] == 3 and torch.equal(back["indices"].long(), indices.long())
+    assert (back["origin_indices"] is None) == dense_origin
+    if not dense_origin:
+        assert torch.equal(back["origin_indices"].long(), origin.long())
+    for key in ("exp_avg", "exp_avg_sq", "origin_values"):
+        assert torch.equal(back[key], state[key]), key
+    for rank in range(resumed):
+        want = localize_state(state, _FakeShard(whole, resumed, rank), "w")
+        got = localize_state(back, _FakeShard(whole, resumed, rank), "w")
+        assert want.keys() == got.keys()
+        for key, value in want.items():
+            same = torch.equal(value.long(), got[key].long()) if isinstance(value, torch.Tensor) else value == got[key]
+            assert same, (rank, key)
 
 
 def _sparse():
