@@ -7,7 +7,8 @@ optimizer's own ``state_dict()`` (its rows, shard-local indices) as ``sparse_eng
 checkpoint (``save_checkpoint`` hook), reads it back when resuming (``load_optimizer_state``, before the Trainer's
 load) and the optimizer then ignores Accelerate's copy (:meth:`SparseAdamW.load_state_dict`). The rows of a process
 depend on the number of processes: with another number, every process reads all the files, puts each tensor's state
-together at global indices (:func:`whole_state`) and keeps its own rows (:func:`~ftplugins.sparse.shards.localize_state`).
+together at global indices (:func:`whole_state`) and keeps its own rows
+(:func:`~ftplugins.sparse.shards.localize_state`).
 A resume outside FSDP2 is refused by name (the Trainer would look for an ``optimizer.pt`` such a checkpoint lacks).
 """
 

@@ -15,10 +15,10 @@ as follows:
   main process, so the file equals the 1-process one.
 
 * **Checkpoints**: each process writes its rows' state into the checkpoint and reads it back when resuming
-  (:mod:`ftplugins.sparse.resume`; Accelerate's own optimizer file keeps rank 0's compact state only), so a resume
-  needs FSDP2 with the same number of processes (refused by name otherwise).
+  (:mod:`ftplugins.sparse.resume`; Accelerate's own optimizer file keeps rank 0's compact state only); with another
+  number of processes each one re-cuts the state put together from all the files. A resume outside FSDP2 is refused.
 
-Not yet: HSDP / tensor-parallel layouts; resuming an FSDP2 checkpoint with another number of processes.
+Not yet: HSDP / tensor-parallel layouts.
 """
 
 from __future__ import annotations
