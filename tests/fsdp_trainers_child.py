@@ -1,6 +1,6 @@
 """cls_rl's GRPO case of ddp_trainers_child.py on 2 processes under FSDP2 on CPU (fsdp_cpu_child.py keeps
 Accelerate's FSDP, which it would drop on CPU): each rank writes the whole trained weights (gathered from the
-shards) and its log to ROOT/cls_rl/rank<i>.pt (tests/test_ddp_trainers.py)."""
+shards) and its log to ROOT/cls_rl/rank<i>.pt (tests/test_ddp_trainers.py compares them with DDP)."""
 
 import os
 import sys

@@ -1,19 +1,24 @@
 """cls_rl (GRPOTrainer), bob (DiffusionTrainer) and gan_augment (transformers.Trainer) under DDP (two CPU processes,
 gloo), in ONE `accelerate launch` of tests/ddp_trainers_child.py: both ranks train on the same transformed rows (the
 prompts, captions, GAN-augmented rows one process builds) and end with the same weights; gan_augment, whose steps
-draw no random numbers, also equals one process with the same global batch."""
+draw no random numbers, also equals one process with the same global batch. cls_rl also trains under FSDP2
+(tests/fsdp_trainers_child.py) and ends where its DDP run does."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 
 import pytest
 import torch
-from test_distributed import LAUNCH_TIMEOUT, accelerate_bin, ddp_flags
+import yaml
+from test_distributed import LAUNCH_TIMEOUT, accelerate_bin, ddp_flags, free_port
+from test_fsdp import FSDP2_CPU
 
 CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ddp_trainers_child.py")
+FSDP_CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fsdp_trainers_child.py")
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +54,36 @@ def test_cls_rl_under_grpo_ddp(runs):
     assert all("Which category" in p[-1]["content"] for p in seen["rows"])  # cls_rl's classification prompts
     steps = [e for e in seen["log"] if "rewards/cls_rl_exact/mean" in e]
     assert [e["step"] for e in steps] == [1, 2]  # cls_rl's reward scored the completions of both ranks
+
+
+@pytest.mark.slow
+def test_cls_rl_under_grpo_fsdp2_ends_where_ddp_does(runs, tmp_path):
+    """GRPO with cls_rl on 2 FSDP2 processes (the model sharded, generation through the shards): both ranks end with
+    the same whole weights, which moved, cls_rl's reward is logged every step, and the weights equal the DDP run's
+    (the same per-process seeds draw the same completions; measured: 6e-8 apart, the order of the gradient sums)."""
+    config = tmp_path / "fsdp2_cpu.yaml"
+    config.write_text(yaml.safe_dump({**FSDP2_CPU, "main_process_port": free_port()}))
+    done = subprocess.run([accelerate_bin(), "launch", "--config_file", str(config), FSDP_CHILD, str(tmp_path)],
+                          capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                          timeout=LAUNCH_TIMEOUT)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    reports = re.findall(r"fsdp_cpu_child: is_fsdp_enabled=True sharded_parameters=([1-9]\d*)", done.stdout)
+    assert len(reports) == 2, done.stdout[-3000:]  # both ranks trained a model fully_shard split between them
+
+    ranks = [torch.load(tmp_path / "cls_rl" / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    ddp, _ = rank_files(runs, "cls_rl")
+    weights = [r["weights"] for r in ranks]
+    assert weights[0].keys() == weights[1].keys() == ddp.keys()
+    for key in ddp:
+        assert torch.equal(weights[0][key], weights[1][key]), key  # gathered from the shards on each rank
+        torch.testing.assert_close(weights[0][key], ddp[key], rtol=1e-4, atol=1e-5, msg=key)
+    from ftplugins.testing import tiny_llama
+
+    start = dict(tiny_llama().named_parameters())
+    assert any(not torch.equal(weights[0][k], start[k].detach()) for k in ddp), "GRPO changed no weight"
+    for rank in ranks:
+        steps = [e for e in rank["log"] if "rewards/cls_rl_exact/mean" in e]
+        assert [e["step"] for e in steps] == [1, 2]  # cls_rl's reward scored the completions every step
 
 
 @pytest.mark.slow
