@@ -481,6 +481,7 @@ class SparseAdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._keep_loaded = False  # only the load right after keep_loaded_state() is skipped
         self._reduce()
         scale = 1.0
         if self.max_grad_norm is not None and self.max_grad_norm > 0:
