@@ -200,6 +200,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit("--world-sizes must include 1: every ratio is to the 1-process state")
     dirty = common.require_clean_tree(args.allow_dirty or args.smoke)
     common.offline_environment()
+    machine = common.machine_info("cpu", dirty=dirty)  # before the launches: the tree as it ran
     started = time.perf_counter()
     per_world = {world: launch(world, args.rows, args.model, args.steps, args.timeout, print)
                  for world in sorted(args.world_sizes)}
@@ -208,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "config": {"model": args.model, "steps": args.steps, "world_sizes": sorted(args.world_sizes),
                    "rows": {name: ROWS[name] for name in args.rows}, "batch_per_rank": "1x32", "slack": SLACK,
                    "smoke": args.smoke},
-        "machine": common.machine_info("cpu", dirty=dirty),
+        "machine": machine,
         "rows": summarize(per_world),
     }
     result["elapsed_s"] = time.perf_counter() - started
