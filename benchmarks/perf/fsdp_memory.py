@@ -178,7 +178,8 @@ def markdown(result: dict[str, Any]) -> str:
                                      else cell["peak_rss_above_start_bytes"] / MB, ".0f")])
     config = result["config"]
     intro = (f"Model `{config['model']}`, {config['steps']} steps, batch 1 × 32 per rank; every byte count is the "
-             "max over ranks. ✓ / ✗: the goal met / missed (≤ 1.1 × state(1)/N; LIFT × LoRA no worse than at N = 1).\n\n")
+             "max over ranks. ✓ / ✗: the goal met / missed (≤ 1.1 × state(1)/N; LIFT × LoRA no worse than at "
+             "N = 1).\n\n")
     return intro + common.markdown_table(header, lines)
 
 
