@@ -1,7 +1,7 @@
 """BENCHMARKS.md's numeric tables, regenerated from the committed result files (so the document cannot drift).
 
 Every folder ``benchmarks/results/NAME/`` with a ``perf.json``, ``quality.json``, ``kernels.json``, ``pairs.json``,
-``selection.json``, ``soup.json`` or ``diffusion.json`` is one generated section of BENCHMARKS.md, written between
+``selection.json``, ``soup.json``, ``fsdp.json`` or ``diffusion.json`` is one generated section of BENCHMARKS.md, written between
 the markers::
 
     <!-- generated: NAME (python -m benchmarks.report) -->
@@ -29,7 +29,7 @@ from benchmarks.perf.kernels_report import markdown as kernels_markdown
 
 DOCUMENT = os.path.join(common.REPO_ROOT, "BENCHMARKS.md")
 RESULT_FILES = ("perf.json", "quality.json", "kernels.json", "pairs.json", "diffusion.json", "selection.json",
-                "soup.json")
+                "soup.json", "fsdp.json")
 BEGIN = "<!-- generated: {name} (python -m benchmarks.report) -->"
 END = "<!-- end generated: {name} -->"
 SECTION = re.compile(r"<!-- generated: (?P<name>[\w.-]+) \(python -m benchmarks\.report\) -->\n"
@@ -210,6 +210,10 @@ def section(name: str, path: str) -> str:
         from benchmarks.perf.soup import markdown as soup_markdown
 
         body, pngs = ["\n" + soup_markdown(result)], ()
+    elif file == "fsdp.json":
+        from benchmarks.perf.fsdp_memory import markdown as fsdp_markdown
+
+        body, pngs = ["\n" + fsdp_markdown(result)], ()
     else:
         body, pngs = ["\n" + kernels_markdown(result)], ()
     parts = [provenance(result["machine"]) + "\n", *body, "\n", *_figures(folder, rel, pngs)]

@@ -242,3 +242,29 @@ def test_soup_perf_smoke(tmp_path):
         assert finite(row["seconds"]) and row["peak_rss_bytes"] > 0 and finite(row["above_imports_vs_one_model"])
     markdown = open(os.path.join(out, "soup.md")).read()
     assert "mergekit not installed" in markdown and "| ingredients |" in markdown
+
+
+@pytest.mark.slow
+def test_fsdp_memory_smoke(tmp_path):
+    """FSDP2 on 2 CPU processes really shards (tiny model): each rank's counted parameters are a disjoint half of
+    the 1-process bytes, LoRA's whole counted state halves, and LIFT's two ranks hold the 1-process trained entries
+    between them with neither holding much more than half of its state."""
+    out = str(tmp_path / "fsdp")
+    run_module("benchmarks.perf.fsdp_memory", out, extra_args=("--rows", "lora", "lift"))
+    with open(os.path.join(out, "fsdp.json")) as handle:
+        rows = json.load(handle)["rows"]
+    for name in ("lora", "lift"):
+        one, two = rows[name]["1"], rows[name]["2"]
+        assert one["status"] == two["status"] == "ok", (name, two)
+        assert two["fsdp"] and all(rank["sharded_parameters"] > 0 for rank in two["ranks"]), name
+        assert sum(rank["param_bytes"] for rank in two["ranks"]) == one["param_bytes"] > 0, name
+        assert two["param_bytes"] == one["param_bytes"] // 2, name  # the tiny shape's rows split evenly
+    lora_one, lora_two = rows["lora"]["1"], rows["lora"]["2"]
+    assert lora_one["grad_bytes"] > 0 and lora_one["optimizer_bytes"] > 0
+    assert lora_two["persistent_bytes_vs_even_share"] <= 1.01 and lora_two["persistent_bytes_goal_met"]
+    lift_one, lift_two = rows["lift"]["1"], rows["lift"]["2"]
+    one_entries = lift_one["ranks"][0]["trained_entries"]
+    assert sum(rank["trained_entries"] for rank in lift_two["ranks"]) == one_entries > 0
+    assert lift_two["optimizer_bytes"] < 0.75 * lift_one["optimizer_bytes"]
+    assert "persistent_bytes_vs_lora" in lift_two
+    assert "| `lift` | 2 |" in open(os.path.join(out, "fsdp.md")).read()
