@@ -41,12 +41,20 @@ def lr_name(lr: float) -> str:
     return f"ft-{lr:.1e}".replace(".0e", "e")  # ft-1e-04
 
 
-def run(ctx: Context) -> dict[str, Any]:
+def ingredient_names(lrs) -> list[str]:
+    """One row name per ingredient: its lr, plus its data order's index when several share an lr."""
+    plain = [lr_name(lr) for lr in lrs]
+    return [name if plain.count(name) == 1 else f"{name}-order{i}" for i, name in enumerate(plain)]
+
+
+def run(ctx: Context, full: dict[str, Any] = FULL, smoke: dict[str, Any] = SMOKE) -> dict[str, Any]:
+    """The scenario with the continuation grid of ``full`` (``smoke`` at smoke size)."""
     from transformers import LlamaForCausalLM
 
     from ftplugins.tools import soup
 
-    cfg = SMOKE if ctx.smoke else FULL
+    cfg = smoke if ctx.smoke else full
+    names = ingredient_names(cfg["lrs"])
     train = {seed: tasks.examples([TASK], cfg["train_examples"], seed=1_000 + seed) for seed in ctx.seeds}
     seen = {r["prompt"] for rows in train.values() for r in rows}
     test = tasks.held_out(TASK, cfg["eval_target"], seed=0, exclude=seen)
@@ -74,14 +82,14 @@ def run(ctx: Context) -> dict[str, Any]:
                                                       "train_seconds": trainer.train_seconds})
             del trainer, model
             paths = []
-            for i, lr in enumerate(cfg["lrs"]):
+            for i, (lr, name) in enumerate(zip(cfg["lrs"], names)):
                 model, _ = load(start)
                 trainer = sft(model, tokenizer, data, steps=cfg["steps"], lr=lr, seed=100 * seed + i,
                               batch_size=cfg["batch"])
-                path = os.path.join(work, lr_name(lr))
+                path = os.path.join(work, name)
                 trainer.model.save_pretrained(path)
                 tokenizer.save_pretrained(path)
-                per_seed.setdefault(lr_name(lr), []).append({
+                per_seed.setdefault(name, []).append({
                     "target": acc(trainer.model, test), "seed": seed, "lr": lr, "data_seed": 100 * seed + i,
                     "final_loss": final_loss(trainer), "train_seconds": trainer.train_seconds})
                 paths.append(path)
@@ -89,10 +97,10 @@ def run(ctx: Context) -> dict[str, Any]:
             # the greedy soup scores each ingredient alone on the validation prompts first: reuse those scores
             greedy = soup.greedy(paths, os.path.join(work, "greedy"), lambda model: acc(model, val),
                                  load_model=LlamaForCausalLM.from_pretrained)
-            for lr, path in zip(cfg["lrs"], paths):
-                per_seed[lr_name(lr)][-1]["val"] = greedy.scores[path]
+            for name, path in zip(names, paths):
+                per_seed[name][-1]["val"] = greedy.scores[path]
             best = max(paths, key=lambda p: (greedy.scores[p], -paths.index(p)))
-            best_row = per_seed[lr_name(cfg["lrs"][paths.index(best)])][-1]
+            best_row = per_seed[names[paths.index(best)]][-1]
             per_seed.setdefault("best-single", []).append({k: best_row[k] for k in ("target", "val", "lr", "seed")})
             greedy_model = LlamaForCausalLM.from_pretrained(greedy.output)
             per_seed.setdefault("greedy-soup", []).append({
@@ -105,8 +113,7 @@ def run(ctx: Context) -> dict[str, Any]:
                                                             "ingredients": len(paths)})
         last = {name: rows[-1] for name, rows in per_seed.items()}
         ctx.log(f"  seed {seed}: warmup {last['warmup']['target']:.3f} (val {last['warmup']['val']:.3f})  "
-                + "  ".join(f"{lr_name(lr)} {last[lr_name(lr)]['target']:.3f} (val {last[lr_name(lr)]['val']:.3f})"
-                            for lr in cfg["lrs"])
+                + "  ".join(f"{name} {last[name]['target']:.3f} (val {last[name]['val']:.3f})" for name in names)
                 + f"  | best single {last['best-single']['target']:.3f}"
                   f"  greedy soup {last['greedy-soup']['target']:.3f} ({'+'.join(last['greedy-soup']['chosen'])})"
                   f"  uniform soup {last['uniform-soup']['target']:.3f}"
@@ -115,10 +122,9 @@ def run(ctx: Context) -> dict[str, Any]:
              "best-single": "the ingredient with the best validation accuracy (per seed)",
              "greedy-soup": "ftplugins.tools.soup.greedy over the ingredients, scored on the validation prompts",
              "uniform-soup": "ftplugins.tools.soup.uniform of every ingredient",
-             **{lr_name(lr): f"warm-up + {cfg['steps']} steps at lr {lr:g}, own data order (one ingredient)"
-                for lr in cfg["lrs"]}}
-    ordered = {k: per_seed[k] for k in ("warmup", "best-single", "greedy-soup", "uniform-soup",
-                                        *(lr_name(lr) for lr in cfg["lrs"]))}
+             **{name: f"warm-up + {cfg['steps']} steps at lr {lr:g}, own data order (one ingredient)"
+                for lr, name in zip(cfg["lrs"], names)}}
+    ordered = {k: per_seed[k] for k in ("warmup", "best-single", "greedy-soup", "uniform-soup", *names)}
     return {
         "rows": summarize_rows(ordered, ["target", "val", "ingredients"], notes),
         "metrics": [["target", "test target acc."], ["val", "validation acc."], ["ingredients", "ingredients"]],
