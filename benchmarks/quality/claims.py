@@ -397,6 +397,27 @@ CLAIMS: list[Claim] = [
                        ("finetuned/conjugate", "copy"), ("finetuned-short/original", "reverse"),
                        ("finetuned-short/conjugate", "reverse")),
           scenario="conjugate"),
+    Claim("greedy soup>=best single (close fine-tunes)", "A greedy soup of fine-tunes that continue one shared "
+          "fine-tune at neighbouring low learning rates scores at least as well as the best single one on held-out "
+          "prompts", "Wortsman et al. 2022 (2203.05482)", ("greedy-soup", "best-single"),
+          with_context(parity("target", "greedy-soup", "best-single", tolerance=0.0), ("greedy-soup", "ingredients"),
+                       ("uniform-soup", "target"), ("warmup", "target"), ("greedy-soup", "val"),
+                       ("best-single", "val")),
+          scenario="soup-close"),
+    Claim("greedy soup>=best single (data orders)", "A greedy soup of fine-tunes that continue one shared fine-tune "
+          "at one learning rate with different data orders scores at least as well as the best single one on "
+          "held-out prompts", "Wortsman et al. 2022 (2203.05482)", ("greedy-soup", "best-single"),
+          with_context(parity("target", "greedy-soup", "best-single", tolerance=0.0), ("greedy-soup", "ingredients"),
+                       ("uniform-soup", "target"), ("warmup", "target"), ("greedy-soup", "val"),
+                       ("best-single", "val")),
+          scenario="soup-close-orders"),
+    Claim("conjugate recovers (partial suppression)", "After a light fine-tune that suppresses a capability in its "
+          "plain form, conjugate prompting (a cipher applied to prompt and answer) recovers part of it",
+          "Kotha et al. 2024 (2309.10105)", ("after/conjugate", "after/plain"),
+          with_context(better("reverse", "after/conjugate", "after/plain"), ("before/plain", "reverse"),
+                       ("before/conjugate", "reverse"), ("after/plain", "copy"), ("after/conjugate", "copy"),
+                       ("mixed-after/plain", "reverse"), ("mixed-after/conjugate", "reverse")),
+          scenario="conjugate-partial"),
 ]
 
 

@@ -29,7 +29,10 @@ MODULES = {
     "cls-rl": "benchmarks.quality.scenarios.cls_rl",
     "soup": "benchmarks.quality.scenarios.soup",
     "soup-narrow": "benchmarks.quality.scenarios.soup_narrow",
+    "soup-close": "benchmarks.quality.scenarios.soup_close",
+    "soup-close-orders": "benchmarks.quality.scenarios.soup_close_orders",
     "conjugate": "benchmarks.quality.scenarios.conjugate",
+    "conjugate-partial": "benchmarks.quality.scenarios.conjugate_partial",
     "samda-fewshot": "benchmarks.quality.scenarios.samda_fewshot",
 }
 NAMES = ["target", *MODULES]
