@@ -39,6 +39,18 @@ def lr_name(lr: float) -> str:
     return f"lr-{lr:.1e}".replace(".0e", "e")  # lr-3e-03, lr-2.5e-03
 
 
+def splits(ctx: Context, cfg: dict[str, Any]) -> tuple[dict[int, list[dict]], list[dict], list[dict]]:
+    """Per seed the train rows, then test and validation prompts disjoint from every seed's train rows and each
+    other (shared by the soup scenarios)."""
+    train = {seed: tasks.examples([TASK], cfg["train_examples"], seed=1_000 + seed) for seed in ctx.seeds}
+    seen = {r["prompt"] for rows in train.values() for r in rows}
+    test = tasks.held_out(TASK, cfg["eval_target"], seed=0, exclude=seen)
+    val = [r for r in tasks.held_out(TASK, cfg["eval_val"], seed=lr_sweep.VAL_SEED,
+                                     exclude=seen | {r["prompt"] for r in test})
+           if r["prompt"] not in seen | {r["prompt"] for r in test}]
+    return train, test, val
+
+
 def run(ctx: Context, full: dict[str, Any] = FULL, smoke: dict[str, Any] = SMOKE) -> dict[str, Any]:
     """The scenario with the learning-rate grid of ``full`` (``smoke`` at smoke size)."""
     from transformers import LlamaForCausalLM
@@ -46,12 +58,7 @@ def run(ctx: Context, full: dict[str, Any] = FULL, smoke: dict[str, Any] = SMOKE
     from ftplugins.tools import soup
 
     cfg = smoke if ctx.smoke else full
-    train = {seed: tasks.examples([TASK], cfg["train_examples"], seed=1_000 + seed) for seed in ctx.seeds}
-    seen = {r["prompt"] for rows in train.values() for r in rows}
-    test = tasks.held_out(TASK, cfg["eval_target"], seed=0, exclude=seen)
-    val = [r for r in tasks.held_out(TASK, cfg["eval_val"], seed=lr_sweep.VAL_SEED,
-                                     exclude=seen | {r["prompt"] for r in test})
-           if r["prompt"] not in seen | {r["prompt"] for r in test}]
+    train, test, val = splits(ctx, cfg)
 
     def acc(model, rows):
         return accuracy(model, tokenizer, rows, tasks.TASKS[TASK], max_new_tokens=cfg["max_new_tokens"])

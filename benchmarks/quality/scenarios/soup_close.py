@@ -21,9 +21,10 @@ import os
 import tempfile
 from typing import Any
 
-from benchmarks.quality import lr_sweep, tasks
+from benchmarks.quality import tasks
 from benchmarks.quality.evaluate import accuracy
 from benchmarks.quality.scenarios._common import Context, final_loss, load, sft, summarize_rows
+from benchmarks.quality.scenarios.soup import TASK, splits
 
 NAME = "soup-close"
 TITLE = "Model soups: greedy soup of short low-lr continuations of one shared warm-up fine-tune vs the best single one"
@@ -34,7 +35,6 @@ FULL = dict(warmup_lr=3e-3, warmup_steps=100, lrs=(1e-4, 2e-4, 3e-4, 4e-4), step
             eval_val=80, eval_target=150, max_new_tokens=None)
 SMOKE = dict(warmup_lr=3e-3, warmup_steps=2, lrs=(1e-4, 3e-4), steps=2, train_examples=16, batch=8, eval_val=4,
              eval_target=4, max_new_tokens=4)
-TASK = "chain_steps"
 
 
 def lr_name(lr: float) -> str:
@@ -55,12 +55,7 @@ def run(ctx: Context, full: dict[str, Any] = FULL, smoke: dict[str, Any] = SMOKE
 
     cfg = smoke if ctx.smoke else full
     names = ingredient_names(cfg["lrs"])
-    train = {seed: tasks.examples([TASK], cfg["train_examples"], seed=1_000 + seed) for seed in ctx.seeds}
-    seen = {r["prompt"] for rows in train.values() for r in rows}
-    test = tasks.held_out(TASK, cfg["eval_target"], seed=0, exclude=seen)
-    val = [r for r in tasks.held_out(TASK, cfg["eval_val"], seed=lr_sweep.VAL_SEED,
-                                     exclude=seen | {r["prompt"] for r in test})
-           if r["prompt"] not in seen | {r["prompt"] for r in test}]
+    train, test, val = splits(ctx, cfg)
 
     def acc(model, rows):
         return accuracy(model, tokenizer, rows, tasks.TASKS[TASK], max_new_tokens=cfg["max_new_tokens"])
