@@ -1,8 +1,8 @@
 """One rank of :mod:`benchmarks.perf.fsdp_memory`: trains each method row in turn and counts what this rank holds.
 
 Run by ``accelerate launch`` with an FSDP2 config (N > 1), or as a plain process (N = 1, nothing sharded). On CPU
-Accelerate 1.15 would turn the FSDP config into DDP (see tests/fsdp_cpu_child.py); :func:`keep_fsdp_on_cpu` makes
-the state FSDP again, so ``fully_shard`` really splits every decoder layer over gloo.
+Accelerate 1.15 would turn the FSDP config into DDP; :func:`keep_fsdp_on_cpu` (also used by the tests'
+``tests/fsdp_cpu_child.py``) makes the state FSDP again, so ``fully_shard`` really splits every decoder layer over gloo.
 
 The counts are exact bytes of tensors (storage shared between two entries counted once), taken by a callback at
 the last step: gradients just before ``optimizer.step`` (the sparse engine's compact gradient buffers included),
