@@ -118,6 +118,48 @@ def test_an_adapter_plugin_saves_an_adapter_that_load_adapter_reads(tiny_diffusi
     assert not torch.allclose(generate(adapted), generate(base))
 
 
+def test_a_soup_of_a_diffusion_run_is_the_mean_denoiser_that_its_class_loads(tiny_diffusion_dir, shapes, tmp_path,
+                                                                               monkeypatch):
+    """`soup` under a DiffusionTrainer: the checkpoints hold the denoiser as diffusers saves it; the uniform soup is
+    their exact mean, in a folder `UNet2DConditionModel.from_pretrained` loads; greedy scores each candidate with the
+    user's evaluator on the denoiser loaded by its own class (a text held-out set is refused by name)."""
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import load_file
+
+    def soup_run(out, *extra):
+        train(run_args(tiny_diffusion_dir, shapes, out, "--save_strategy", "steps", "--save_steps", "1",
+                       "--plugins", "soup", "--soup_last_k", "2", *extra))
+        return out / "soup"
+
+    weights = "diffusion_pytorch_model.safetensors"
+    made = soup_run(tmp_path / "uniform")
+    two, three = (load_file(tmp_path / "uniform" / f"checkpoint-{n}" / weights) for n in (2, 3))
+    souped = load_file(made / weights)
+    assert set(souped) == set(two) and any(not torch.equal(two[k], three[k]) for k in two)
+    for key, value in souped.items():
+        torch.testing.assert_close(value, ((two[key].double() + three[key].double()) / 2).float(), rtol=0, atol=0)
+    loaded = UNet2DConditionModel.from_pretrained(str(made))
+    assert torch.equal(loaded.state_dict()["conv_in.weight"], souped["conv_in.weight"])
+    assert not (made / "ftplugins_checkpoint.json").exists()  # a soup is not a checkpoint
+
+    module = tmp_path / "denoiser_score.py"  # prefers checkpoint-2's conv_in: greedy keeps it alone
+    module.write_text("import torch\nfrom safetensors.torch import load_file\n"
+                      f"TARGET = load_file({str(tmp_path / 'uniform' / 'checkpoint-2' / weights)!r})['conv_in.weight']\n"
+                      "def score(denoiser, tokenizer):\n"
+                      "    assert type(denoiser).__name__ == 'UNet2DConditionModel'\n"
+                      "    return -float((denoiser.conv_in.weight.detach() - TARGET).abs().sum())\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    greedy = soup_run(tmp_path / "greedy", "--soup_method", "greedy", "--soup_evaluator", "denoiser_score:score")
+    report = json.loads((greedy / "soup.json").read_text())
+    assert [os.path.basename(p) for p in report["chosen"]] == ["checkpoint-2"]
+    assert torch.equal(load_file(greedy / weights)["conv_in.weight"], two["conv_in.weight"])
+
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text('{"text": "a red disc"}\n')
+    with pytest.raises(FtpluginsError, match="soup_heldout scores a language model's held-out text"):
+        soup_run(tmp_path / "refused", "--soup_method", "greedy", "--soup_heldout", str(heldout))
+
+
 def test_use_peft_beside_an_adapter_plugin_is_refused(tiny_diffusion_dir, shapes, tmp_path):
     with pytest.raises(FtpluginsError, match="one adapter per run: drop --use_peft or the adapter plugin"):
         train(run_args(tiny_diffusion_dir, shapes, tmp_path / "o", "--use_peft", "true", "--plugins", "ssf"))

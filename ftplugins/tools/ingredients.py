@@ -1,7 +1,8 @@
 """Ingredients of a soup or an analysis: saved models and adapters, read one tensor at a time.
 
 An :class:`Ingredient` is a folder that ``save_pretrained`` wrote: a full model (``model.safetensors`` or
-shards listed by ``model.safetensors.index.json``) or a PEFT adapter (``adapter_config.json`` +
+shards listed by ``model.safetensors.index.json``; a diffusers model's ``diffusion_pytorch_model.safetensors``, as a
+``DiffusionTrainer`` checkpoint holds its denoiser) or a PEFT adapter (``adapter_config.json`` +
 ``adapter_model.safetensors``, any PEFT or ftplugins adapter type). Tensors are read lazily with
 safetensors' ``safe_open`` (memory-mapped), so a soup over N ingredients holds one tensor of each at a
 time, never N models. :func:`check_compatible` refuses, by name and before anything is written, a set
@@ -20,6 +21,9 @@ from ftplugins.errors import FtpluginsError
 
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 MODEL_WEIGHTS, MODEL_INDEX = "model.safetensors", "model.safetensors.index.json"
+#: (weights, shard index) of a saved full model: transformers' names, then diffusers' (UNet, SD3 transformer).
+MODEL_LAYOUTS = ((MODEL_WEIGHTS, MODEL_INDEX),
+                 ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json"))
 #: Adapter-config keys that may differ between adapters that still average meaningfully.
 _CONFIG_KEYS_FREE = {"revision", "inference_mode", "base_model_name_or_path"}
 #: Config keys of a full model that do not change what the weights mean.
@@ -43,16 +47,19 @@ class Ingredient:
     def _weight_files(self) -> dict[str, str]:
         if self.kind == "adapter":
             return self._names_in(ADAPTER_WEIGHTS)
-        index = os.path.join(self.path, MODEL_INDEX)
-        if os.path.isfile(index):
-            weight_map = _read_json(index).get("weight_map") or {}
-            if not weight_map:
-                raise FtpluginsError(f"{index} has no weight_map; re-save the model with save_pretrained")
-            files = {}
-            for shard in dict.fromkeys(weight_map.values()):
-                files.update(self._names_in(shard))
-            return files
-        return self._names_in(MODEL_WEIGHTS)
+        for weights, index_name in MODEL_LAYOUTS:
+            index = os.path.join(self.path, index_name)
+            if os.path.isfile(index):
+                weight_map = _read_json(index).get("weight_map") or {}
+                if not weight_map:
+                    raise FtpluginsError(f"{index} has no weight_map; re-save the model with save_pretrained")
+                files = {}
+                for shard in dict.fromkeys(weight_map.values()):
+                    files.update(self._names_in(shard))
+                return files
+            if os.path.isfile(os.path.join(self.path, weights)):
+                return self._names_in(weights)
+        return self._names_in(MODEL_WEIGHTS)  # none of them: the error names what the folder holds
 
     def _names_in(self, filename: str) -> dict[str, str]:
         from safetensors import safe_open

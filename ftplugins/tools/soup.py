@@ -33,7 +33,7 @@ from .ingredients import Ingredient, open_ingredients
 #: Files of a Trainer checkpoint that belong to the run, not to the model (not copied into a soup).
 REPORT = "soup.json"
 _RUN_FILES = ("soup.json", "optimizer.pt", "scheduler.pt", "scaler.pt", "trainer_state.json", "training_args.bin",
-              "ftplugins_run.json")
+              "ftplugins_run.json", "ftplugins_checkpoint.json")  # the last: a checkpoint's seal; a soup is none
 
 
 @dataclass

@@ -3,7 +3,8 @@
 After training, the last ``soup_last_k`` whole checkpoints of ``output_dir`` (``checkpoint-N``, largest N)
 are averaged (:mod:`ftplugins.tools.soup`; uniform, or greedy scored on ``soup_heldout`` /
 ``soup_evaluator``) into ``output_dir/soup_dir``. Works for full-model and adapter runs alike (the
-checkpoints hold what the trainer saves). This module stays light: torch is imported inside the hook.
+checkpoints hold what the trainer saves; under a ``DiffusionTrainer`` the soup is the denoiser's folder, which its
+class's ``from_pretrained`` loads). This module stays light: torch is imported inside the hook.
 """
 
 # No ``from __future__ import annotations``: HfArgumentParser needs the real field types.
@@ -64,6 +65,10 @@ class SoupPlugin(Plugin):
         if getattr(args, "save_strategy", "no") in ("no", None) or str(args.save_strategy).endswith("NO"):
             raise FtpluginsError("the soup plugin averages saved checkpoints, but save_strategy='no'; set "
                                  "save_strategy='steps' (and save_steps) or 'epoch'")
+        if opts.soup_method == "greedy" and opts.soup_heldout and run.has_base("DiffusionTrainer"):
+            raise FtpluginsError("soup_heldout scores a language model's held-out text, but this run trains a "
+                                 "diffusers denoiser; score it with soup_evaluator (package.module:function called "
+                                 "as func(denoiser, tokenizer)), or use soup_method uniform")
         limit = getattr(args, "save_total_limit", None)
         if limit is not None and limit < opts.soup_last_k:
             raise FtpluginsError(f"soup_last_k={opts.soup_last_k} but save_total_limit={limit} keeps fewer "
@@ -91,8 +96,18 @@ class SoupPlugin(Plugin):
             evaluate = make_evaluator(trainer.processing_class, opts.soup_heldout, opts.soup_heldout_metric,
                                       opts.soup_evaluator)
             base = getattr(getattr(trainer.model, "config", None), "_name_or_path", None)
-            soup.greedy(chosen, output, evaluate, base=base, strict=opts.soup_strict, overwrite=True)
+            soup.greedy(chosen, output, evaluate, base=base, strict=opts.soup_strict, overwrite=True,
+                        load_model=own_class_loader(trainer))
         _log.info("soup: wrote the %s soup of %s to %s", opts.soup_method, chosen, output)
+
+
+def own_class_loader(trainer):
+    """Checkpoints of a whole model load with the trained model's own class (a causal LM, a classifier, a diffusers
+    denoiser); adapter checkpoints (a PEFT-wrapped model) keep the default: their base plus the adapter."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if hasattr(model, "peft_config") or not hasattr(type(model), "from_pretrained"):
+        return None
+    return type(model).from_pretrained
 
 
 def last_checkpoints(folder: str, k: int) -> list[str]:
