@@ -206,6 +206,54 @@ def test_sara_trains_only_the_small_entries_of_the_unet(tmp_path):
     assert moved > 0
 
 
+@pytest.mark.parametrize("name,options", [("lift", {"lift_rank": 2, "lift_density": 0.1}), ("lt_sft", {})])
+def test_sparse_methods_train_selected_unet_entries_and_their_delta_rebuilds_it(tmp_path, name, options):
+    """LIFT and LT-SFT on the denoiser: tensors outside the plugin's targets never move, few entries of the targets
+    do, and the saved `sparse_delta.safetensors` applied to the pre-trained UNet gives the trained one exactly."""
+    from ftplugins.sparse.delta import apply_delta, load_delta
+
+    unet = tiny.tiny_unet()
+    base = {k: v.clone() for k, v in unet.state_dict().items()}
+    trainer = make_trainer(tmp_path, model=unet, trainer_cls=ftplugins.compose(DiffusionTrainer, [name], **options),
+                           max_steps=2, learning_rate=1e-2)
+    trainer.train()  # post_train writes output_dir/sparse_delta.safetensors
+    targets = trainer.ftplugins_run.state[name]["targets"]  # lt_sft: {"maskable": [...], "head": [...]}
+    targets = {n for group in targets.values() for n in group} if isinstance(targets, dict) else set(targets)
+    trained = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    moved = total = 0
+    for key, value in trained.items():
+        changed = value != base[key]
+        if key in targets:
+            moved, total = moved + int(changed.sum()), total + changed.numel()
+        else:
+            assert not changed.any(), key
+    assert 0 < moved < total / 2
+    rebuilt = tiny.tiny_unet()
+    rebuilt.load_state_dict(base)
+    apply_delta(rebuilt, load_delta(str(tmp_path / "sparse_delta.safetensors")), check_base=False)
+    for key, value in rebuilt.state_dict().items():
+        assert torch.equal(value, trained[key]), key
+
+
+def test_intruders_logs_on_the_denoiser_what_the_offline_analysis_finds(tmp_path):
+    """The intruders callback under full fine-tuning of a UNet: counted every step, and the last count equals
+    `intruders.analyze` of the pre-trained and trained matrices."""
+    from ftplugins.tools import intruders
+
+    unet = tiny.tiny_unet()
+    base = {k: v.clone() for k, v in unet.state_dict().items()}
+    trainer_cls = ftplugins.compose(DiffusionTrainer, ["intruders"], intruders_every=1, intruders_k=2)
+    trainer = make_trainer(tmp_path, model=unet, trainer_cls=trainer_cls, max_steps=2, learning_rate=5e-2)
+    trainer.train()
+    logged = [row for row in trainer.state.log_history if "intruders/total" in row]
+    assert len(logged) == 2
+    params = dict(trainer.model.named_parameters())
+    pairs = [(n, base[n], params[n].detach()) for n in base if n in params and intruders.selected(n, base[n].shape, None)]
+    assert pairs  # the UNet's 2-D matrices (attention, projections) are analysed
+    report = intruders.analyze(pairs, k=2, epsilons=[trainer.ftplugins_run.options["intruders"].intruders_epsilon])
+    assert logged[-1]["intruders/total"] == float(report.total(report.epsilons[0]))
+
+
 @pytest.mark.parametrize("name", ["masked_thought", "deep_align", "many_icl", "s3ft"])
 def test_llm_only_plugins_are_refused_by_name(tmp_path, name):
     trainer_cls = ftplugins.compose(DiffusionTrainer, [name])
