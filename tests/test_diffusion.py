@@ -254,6 +254,29 @@ def test_intruders_logs_on_the_denoiser_what_the_offline_analysis_finds(tmp_path
     assert logged[-1]["intruders/total"] == float(report.total(report.epsilons[0]))
 
 
+def test_lp_ft_probes_the_named_head_of_a_unet_then_trains_it_whole(tmp_path):
+    """LP-FT on a denoiser, whose "head" the user names (`conv_out`): only it moves while probing, the rest after."""
+    from transformers import TrainerCallback
+
+    class Snapshots(TrainerCallback):
+        def __init__(self):
+            self.at = {}
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            self.at[state.global_step] = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    unet = tiny.tiny_unet()
+    initial = {n: p.detach().clone() for n, p in unet.named_parameters()}
+    trainer_cls = ftplugins.compose(DiffusionTrainer, ["lp_ft"], lp_ft_head=["conv_out"], lp_ft_probe_steps=2)
+    trainer = make_trainer(tmp_path, model=unet, trainer_cls=trainer_cls, max_steps=4, learning_rate=1e-2)
+    seen = Snapshots()
+    trainer.add_callback(seen)
+    trainer.train()
+    moved = lambda a, b: {n for n in a if not torch.equal(a[n], b[n])}  # noqa: E731
+    assert moved(initial, seen.at[2]) == {"conv_out.weight", "conv_out.bias"}
+    assert len(moved(seen.at[2], seen.at[4]) - {"conv_out.weight", "conv_out.bias"}) > 10
+
+
 @pytest.mark.parametrize("name", ["masked_thought", "deep_align", "many_icl", "s3ft"])
 def test_llm_only_plugins_are_refused_by_name(tmp_path, name):
     trainer_cls = ftplugins.compose(DiffusionTrainer, [name])
