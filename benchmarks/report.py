@@ -28,6 +28,7 @@ from benchmarks.perf.diffusion_report import markdown as diffusion_markdown
 from benchmarks.perf.kernels_report import markdown as kernels_markdown
 
 DOCUMENT = os.path.join(common.REPO_ROOT, "BENCHMARKS.md")
+README = os.path.join(common.REPO_ROOT, "README.md")  # holds one generated section: the claims table
 RESULT_FILES = ("perf.json", "quality.json", "kernels.json", "pairs.json", "diffusion.json", "selection.json",
                 "soup.json", "fsdp.json")
 BEGIN = "<!-- generated: {name} (python -m benchmarks.report) -->"
@@ -251,28 +252,51 @@ def regenerate(document: str, results_dir: str = common.RESULTS_DIR) -> tuple[st
     return text, changed
 
 
+def regenerate_claims(readme: str, results_dir: str = common.RESULTS_DIR) -> tuple[str, list[str]]:
+    """``readme`` with its claims table (:mod:`benchmarks.claims_table`) rewritten; ``["claims"]`` if it changed.
+    A README without the markers counts as changed."""
+    from benchmarks import claims_table
+
+    body = claims_table.markdown(results_dir)
+    begin, end = BEGIN.format(name=claims_table.NAME), END.format(name=claims_table.NAME)
+    match = next((m for m in SECTION.finditer(readme) if m.group("name") == claims_table.NAME), None)
+    if match is None:
+        return readme, [f"{claims_table.NAME} (README.md has no claims section: add the markers)"]
+    if match.group("body") == body:
+        return readme, []
+    return readme[:match.start()] + f"{begin}\n{body}{end}" + readme[match.end():], [claims_table.NAME]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true",
                         help="change nothing; exit 1 naming the first section that differs from its result file")
     parser.add_argument("--document", default=DOCUMENT, help="the markdown file (default BENCHMARKS.md)")
     parser.add_argument("--results", default=common.RESULTS_DIR, help="the results folder (default benchmarks/results)")
+    parser.add_argument("--readme", help="the markdown file holding the claims table (default README.md, unless "
+                                         "--document names another file)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    with open(args.document) as handle:
-        document = handle.read()
-    text, changed = regenerate(document, args.results)
-    if args.check:
-        if changed:
-            print(f"{args.document}: generated section {changed[0]} differs from its result file "
-                  f"({len(changed)} section(s) in all); run `python -m benchmarks.report` and commit the result.",
-                  file=sys.stderr)
-            return 1
-        print(f"{args.document}: every generated section matches benchmarks/results/.")
-        return 0
-    if text != document:
-        common.write_text(args.document, text)
-    print(f"{args.document}: regenerated {len(changed)} section(s)" + (f": {', '.join(changed)}" if changed else ""))
-    return 0
+    readme = args.readme or (README if os.path.abspath(args.document) == DOCUMENT else None)
+    status = 0
+    for path, rewrite in ((args.document, regenerate), (readme, regenerate_claims)):
+        if path is None:
+            continue
+        with open(path) as handle:
+            document = handle.read()
+        text, changed = rewrite(document, args.results)
+        if args.check:
+            if changed:
+                print(f"{path}: generated section {changed[0]} differs from its result file "
+                      f"({len(changed)} section(s) in all); run `python -m benchmarks.report` and commit the result.",
+                      file=sys.stderr)
+                status = 1
+            else:
+                print(f"{path}: every generated section matches benchmarks/results/.")
+            continue
+        if text != document:
+            common.write_text(path, text)
+        print(f"{path}: regenerated {len(changed)} section(s)" + (f": {', '.join(changed)}" if changed else ""))
+    return status
 
 
 if __name__ == "__main__":

@@ -138,3 +138,48 @@ def test_a_pairs_result_is_a_section_with_each_pairs_ratio(tmp_path):
     assert report.result_folders(str(tmp_path)) == {"pairs-cpu": str(folder / "pairs.json")}
     body = report.section("pairs-cpu", str(folder / "pairs.json"))
     assert "| `pet` | x vs x | 300.0 | 200.0 | 1.50 | 100, 100 vs 100, 100 | 300 | 100 | 3.00 |" in body
+
+
+def _quality_result(folder, claims, parameters=452448, steps=150, command="python -m benchmarks.quality"):
+    folder.mkdir(parents=True)
+    (folder / "quality.json").write_text(json.dumps({
+        "machine": {"command": command}, "pretrained": {"parameters": parameters},
+        "config": {"finetune": {"steps": steps}}, "claims": claims}))
+
+
+def test_the_claims_table_shows_each_claim_at_its_strongest_run(tmp_path):
+    """README's claims table: the largest pre-trained model wins, then a learning-rate sweep, then the budget; the
+    other runs are counted; a claim no run measured is left out; the numbers stop at the verdict's own comparison."""
+    from benchmarks import claims_table
+
+    claim = {"claim": "x>y", "text": "X beats Y", "paper": "P 2024", "methods": ["x", "y"]}
+    _quality_result(tmp_path / "a-small", [{**claim, "verdict": "NOT reproduced", "detail": "acc: x 0.1 vs y 0.2"}])
+    _quality_result(tmp_path / "b-small-swept", [{**claim, "verdict": "NOT reproduced", "detail": "acc: x 0.2 vs y 0.3"},
+                                                 {**claim, "claim": "z", "verdict": "not measured yet"}],
+                    command="python -m benchmarks.quality --lr-sweep x=1e-3,1e-2")
+    _quality_result(tmp_path / "c-mid", [{**claim, "verdict": "reproduced",
+                                          "detail": "acc: x 0.6 vs y 0.4 (Δ +0.2; within one std); z 0.1"}],
+                    parameters=9_000_000, steps=100)
+    table = claims_table.markdown(str(tmp_path))
+    row = next(line for line in table.splitlines() if line.startswith("| `x>y`"))
+    assert "**reproduced**" in row and "[c-mid](benchmarks/results/c-mid/quality.md)" in row
+    assert "acc: x 0.6 vs y 0.4 (Δ +0.2; within one std) |" in row and "z 0.1" not in row
+    assert row.endswith("| 2: 0 reproduced |") and "`z`" not in table
+    assert table.startswith("1 claims measured; 1 reproduced")
+    shutil.rmtree(tmp_path / "c-mid")  # without the larger model, the swept run is the strongest
+    row = next(line for line in claims_table.markdown(str(tmp_path)).splitlines() if line.startswith("| `x>y`"))
+    assert "[b-small-swept]" in row and "(lr swept)" in row and "**NOT reproduced**" in row
+
+
+def test_the_readme_claims_section_is_checked_and_regenerated(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- generated: claims (python -m benchmarks.report) -->\nstale\n"
+                      "<!-- end generated: claims -->\nafter\n")
+    args = ["--document", report.DOCUMENT, "--readme", str(readme)]
+    assert report.main(["--check", *args]) == 1
+    assert report.main(args) == 0
+    text = readme.read_text()
+    assert "stale" not in text and "claims measured" in text and text.startswith("intro\n") and text.endswith("after\n")
+    assert report.main(["--check", *args]) == 0
+    readme.write_text("no markers\n")
+    assert report.main(["--check", *args]) == 1
