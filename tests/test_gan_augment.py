@@ -295,3 +295,69 @@ def test_an_image_column_of_mixed_shapes_or_with_feature_columns_is_refused():
         augment(mixed, GanAugmentOptions(gan_augment_image_column="image", **FAST))
     with pytest.raises(OptionError, match="give one of them"):
         build_options([plugin], {"gan_augment_image_column": "image", "gan_augment_feature_columns": "x"})
+
+
+def write_bars_folder(folder, per_class=12, mode="L"):
+    """``bars()`` as an image folder: FOLDER/<class>/<n>.png, 8-bit."""
+    from PIL import Image
+
+    data = bars(per_class)
+    for i, row in enumerate(data):
+        os.makedirs(folder / row["label"], exist_ok=True)
+        pixels = np.rint(np.asarray(row["image"]) * 255).astype(np.uint8)
+        Image.fromarray(pixels, mode="L").convert(mode).save(folder / row["label"] / f"{i:02d}.png")
+    return data
+
+
+def augment_cli(argv):
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="ftplugins")
+    plugin.add_commands(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["augment", "gan", *argv])
+    args.func(args)
+
+
+def test_cli_augments_an_image_folder_into_an_image_folder(tmp_path, capsys):
+    from PIL import Image
+
+    write_bars_folder(tmp_path / "real")
+    out = tmp_path / "aug"
+    augment_cli(["--images", str(tmp_path / "real"), "-o", str(out), "--steps", "300", "--hidden", "32",
+                 "--chain_length", "5", "--ratio", "0.5"])
+    rows = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    real, synthetic = [r for r in rows if not r["synthetic"]], [r for r in rows if r["synthetic"]]
+    assert len(real) == 24 and len(synthetic) == 12
+    for r in real:  # real images copied byte for byte, under their own names
+        assert (out / r["file_name"]).read_bytes() == (tmp_path / "real" / r["file_name"]).read_bytes()
+    assert sorted(os.listdir(out)) == ["bottom", "gan_augment_report.json", "metadata.jsonl", "top"]
+    for label, bright, dark in (("top", slice(0, 3), slice(3, 6)), ("bottom", slice(3, 6), slice(0, 3))):
+        mine = [r for r in synthetic if r["label"] == label]
+        assert len(mine) == 6 and all(r["file_name"].startswith(f"{label}/gan-synthetic-") for r in mine)
+        images = []
+        for r in mine:
+            with Image.open(out / r["file_name"]) as image:
+                assert image.mode == "L" and image.size == (6, 6)
+                images.append(np.asarray(image, dtype=np.float64))
+        images = np.stack(images)
+        assert images[:, bright].mean() > images[:, dark].mean() + 60, label  # class-conditional (0-255 scale)
+    report = json.loads((out / "gan_augment_report.json").read_text())
+    assert report["synthetic_rows"] == 12 and report["image_shape"] == [6, 6]
+    assert "24 real + 12 synthetic images" in capsys.readouterr().out
+    assert not os.path.exists(tmp_path / ".ftplugins-staging")
+
+
+def test_cli_image_folder_errors_are_one_line(tmp_path):
+    write_bars_folder(tmp_path / "real", per_class=2)
+    with pytest.raises(FtpluginsError, match="overlaps the input folder"):
+        augment_cli(["--images", str(tmp_path / "real"), "-o", str(tmp_path / "real" / "aug")])
+    (tmp_path / "flat").mkdir()
+    with pytest.raises(FtpluginsError, match="no images found; expected one subfolder per class"):
+        augment_cli(["--images", str(tmp_path / "flat"), "-o", str(tmp_path / "aug")])
+    write_bars_folder(tmp_path / "mixed", per_class=2)
+    from PIL import Image
+
+    Image.new("RGB", (6, 6)).save(tmp_path / "mixed" / "top" / "rgb.png")
+    with pytest.raises(FtpluginsError, match="differ in shape"):
+        augment_cli(["--images", str(tmp_path / "mixed"), "-o", str(tmp_path / "aug"), "--steps", "5"])
+    assert not os.path.exists(tmp_path / "aug")

@@ -25,6 +25,7 @@ MODULES = {
     "pso-style": "benchmarks.quality.scenarios.pso_style",
     "bob-synthetic": "benchmarks.quality.scenarios.bob_synthetic",
     "gan-augment": "benchmarks.quality.scenarios.gan_augment",
+    "gan-augment-imbalanced": "benchmarks.quality.scenarios.gan_augment_imbalanced",
     "few-label": "benchmarks.quality.scenarios.few_label",
     "cls-rl": "benchmarks.quality.scenarios.cls_rl",
     "soup": "benchmarks.quality.scenarios.soup",
@@ -34,6 +35,7 @@ MODULES = {
     "conjugate": "benchmarks.quality.scenarios.conjugate",
     "conjugate-partial": "benchmarks.quality.scenarios.conjugate_partial",
     "samda-fewshot": "benchmarks.quality.scenarios.samda_fewshot",
+    "samda-diagnosis": "benchmarks.quality.scenarios.samda_diagnosis",
 }
 NAMES = ["target", *MODULES]
 

@@ -54,7 +54,8 @@ def bayes(x: np.ndarray) -> np.ndarray:
     return (density[:, :CLASSES] + density[:, CLASSES:]).argmax(1)
 
 
-def classifier_accuracy(x, y, test_x, test_y, steps: int, seed: int) -> float:
+def classifier_accuracy(x, y, test_x, test_y, steps: int, seed: int, return_predictions: bool = False):
+    """Test accuracy of the MLP trained on ``(x, y)``; with ``return_predictions``, ``(accuracy, predictions)``."""
     import torch
 
     torch.manual_seed(seed)
@@ -69,7 +70,8 @@ def classifier_accuracy(x, y, test_x, test_y, steps: int, seed: int) -> float:
         opt.step()
     with torch.no_grad():
         pred = model(torch.as_tensor(test_x, dtype=torch.float32)).argmax(1).numpy()
-    return float((pred == test_y).mean())
+    accuracy = float((pred == test_y).mean())
+    return (accuracy, pred) if return_predictions else accuracy
 
 
 def run(ctx: Context) -> dict[str, Any]:

@@ -120,7 +120,10 @@ def build_generic(cfg: dict[str, Any], ctx: Context) -> str:
     return folder
 
 
-def train(expert, data, encoder: str, fusion: str, steps: int, lr: float, batch: int, seed: int):
+def train(expert, data, encoder: str, fusion: str, steps: int, lr: float, batch: int, seed: int,
+          adapter_lr_scale: float = 1.0):
+    """The expert (wrapped by samda) fine-tuned on ``data``; ``adapter_lr_scale`` multiplies the fusion adapter's
+    learning rate alone (a diagnosis variant: does the zero-initialised adapter learn too slowly?)."""
     from transformers import Trainer, TrainingArguments
     from transformers.trainer_callback import PrinterCallback
 
@@ -128,6 +131,8 @@ def train(expert, data, encoder: str, fusion: str, steps: int, lr: float, batch:
     from ftplugins.methods.samda import plugin
 
     cls = ftplugins.compose(Trainer, [plugin], samda_encoder=encoder, samda_fusion=fusion)
+    if adapter_lr_scale != 1.0:
+        cls = with_adapter_lr(cls, lr * adapter_lr_scale)
     with tempfile.TemporaryDirectory(prefix="ftplugins-samda-") as tmp:
         args = TrainingArguments(output_dir=tmp, use_cpu=True, report_to="none", max_steps=steps,
                                  per_device_train_batch_size=batch, learning_rate=lr, save_strategy="no",
@@ -137,6 +142,23 @@ def train(expert, data, encoder: str, fusion: str, steps: int, lr: float, batch:
         trainer.remove_callback(PrinterCallback)
         trainer.train()
     return trainer.model
+
+
+def with_adapter_lr(cls, adapter_lr: float):
+    """``cls`` whose optimizer (AdamW, the Trainer's default) gives the ``adapter.*`` parameters their own lr."""
+    import torch
+
+    class AdapterLrTrainer(cls):
+        def create_optimizer(self, model=None):
+            if self.optimizer is None:
+                named = [(n, p) for n, p in (model or self.model).named_parameters() if p.requires_grad]
+                groups = [{"params": [p for n, p in named if not n.startswith("adapter.")]},
+                          {"params": [p for n, p in named if n.startswith("adapter.")], "lr": adapter_lr}]
+                self.optimizer = torch.optim.AdamW(groups, lr=self.args.learning_rate,
+                                                   weight_decay=self.args.weight_decay)
+            return self.optimizer
+
+    return AdapterLrTrainer
 
 
 def dice(model, images, masks) -> float:
