@@ -16,6 +16,7 @@ MODULES = {
     "grafting": "benchmarks.quality.scenarios.grafting",
     "composition": "benchmarks.quality.scenarios.composition",
     "minilm-classification": "benchmarks.quality.scenarios.minilm_classification",
+    "block-lora-scale": "benchmarks.quality.scenarios.block_lora_scale",
     "minilm-shift": "benchmarks.quality.scenarios.minilm_shift",
     "self-generated": "benchmarks.quality.scenarios.self_generated",
     "few-shot-sft": "benchmarks.quality.scenarios.few_shot_sft",

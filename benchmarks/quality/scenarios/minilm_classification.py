@@ -106,7 +106,8 @@ def test_accuracy(model, tokenizer, rows: list[dict[str, Any]]) -> float:
 
 
 def train_row(name: str, rows: list[dict[str, Any]], tokenizer, cfg: dict[str, Any], seed: int,
-              test: list[dict[str, Any]]):
+              test: list[dict[str, Any]], row: tuple | None = None):
+    """Train row ``name`` (``row`` = (plugins, options, lr, LoRA rank or None); default ``ROWS[name]``)."""
     from datasets import Dataset
     from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
     from transformers.trainer_callback import PrinterCallback
@@ -114,7 +115,7 @@ def train_row(name: str, rows: list[dict[str, Any]], tokenizer, cfg: dict[str, A
     import ftplugins
     from ftplugins.testing import minilm_classifier
 
-    plugins, options, lr, rank = ROWS[name]
+    plugins, options, lr, rank = row if row is not None else ROWS[name]
     import torch
 
     torch.manual_seed(seed)
