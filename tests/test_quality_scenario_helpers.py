@@ -24,3 +24,19 @@ def test_ingredient_names_are_unique_when_learning_rates_repeat():
     assert soup_close.ingredient_names((1e-4, 3e-4)) == ["ft-1e-04", "ft-3e-04"]
     names = soup_close.ingredient_names((4e-4,) * 4)
     assert names == [f"ft-4e-04-order{i}" for i in range(4)]
+
+
+def test_gan_diagnosis_counts_the_mixture_modes_the_rows_cover():
+    """gan-augment-imbalanced's `modes`: rows drawn at a class's two centres cover 2 modes of that class; rows from one
+    centre only cover 1, whatever their number (the diagnosis: synthetic rows cannot add a mode the GAN never saw)."""
+    import numpy as np
+
+    from benchmarks.quality.scenarios import gan_augment as base
+    from benchmarks.quality.scenarios.gan_augment_imbalanced import modes_covered
+
+    centres = base.centres()
+    x = np.concatenate([centres[[0, 3, 1]], centres[[0, 0]] + 0.1])  # class 0 at both centres, class 1 at one
+    y = np.array([0, 0, 1, 0, 0])
+    assert modes_covered(x, y) == 3
+    assert modes_covered(centres[[2, 2, 2]] + 0.05, np.array([2, 2, 2])) == 1
+    assert modes_covered(*base.draw(200, seed=0)) == 6

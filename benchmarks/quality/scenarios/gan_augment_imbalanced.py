@@ -9,8 +9,9 @@ must beat to be worth it); ``real+plain`` / ``real+mh``: one GAN trained on all 
 ``gan_augment_ratio`` 4 and the synthetic rows of the minority class kept (16, so 20 + 20 + 20), plain draws or MH
 over the 3-discriminator ensemble (chains of 20). ``few``: 4 real rows per class (balanced), ``real-only`` vs real
 + 3 synthetic rows per real row, plain or MH. ``acc`` = test accuracy (balanced test set, so the mean per-class
-recall); ``minority`` = recall of class 2; ``fidelity`` = the share of kept synthetic rows the Bayes classifier
-gives their label. The claim (imbalanced): real + MH beats real-only and real + plain in accuracy, in direction.
+recall); ``minority`` = recall of class 2; ``modes`` = how many of the mixture's 6 Gaussians hold at least one
+training row (real, or real + kept synthetic: does the GAN add a mode the real rows miss?); ``fidelity`` = the share
+of kept synthetic rows the Bayes classifier gives their label. The claim (imbalanced): real + MH beats real-only and real + plain in accuracy, in direction.
 """
 
 from __future__ import annotations
@@ -42,9 +43,19 @@ def imbalanced(majority: int, minority: int, seed: int) -> tuple[np.ndarray, np.
     return x[keep], y[keep]
 
 
+def modes_covered(x: np.ndarray, y: np.ndarray) -> int:
+    """How many of the mixture's 6 Gaussians (2 per class) hold at least one training row: each row is put in the
+    nearer of its own class's two components. A classifier cannot learn a mode no row comes from."""
+    centres = base.centres()
+    own = np.stack([y, y + base.CLASSES], axis=1)  # the two components of each row's class
+    d2 = ((x[:, None, :] - centres[own]) ** 2).sum(-1)
+    return len(set(own[np.arange(len(y)), d2.argmin(1)].tolist()))
+
+
 def scores(x, y, test_x, test_y, steps: int, seed: int) -> dict[str, float]:
     acc, pred = base.classifier_accuracy(x, y, test_x, test_y, steps, seed, return_predictions=True)
-    return {"acc": acc, "minority": float((pred[test_y == MINORITY] == MINORITY).mean())}
+    return {"acc": acc, "minority": float((pred[test_y == MINORITY] == MINORITY).mean()),
+            "modes": float(modes_covered(x, y))}
 
 
 def gan_rows(x, y, sampler: str, ratio: float, cfg: dict[str, Any], seed: int, keep_class: int | None = None):
@@ -101,7 +112,8 @@ def run(ctx: Context) -> dict[str, Any]:
              "few/real-only": f"{cfg['few']} real rows per class",
              "few/real+plain": f"+ {cfg['few_ratio']:g} plain-GAN rows per real row",
              "few/real+mh": f"+ {cfg['few_ratio']:g} MH-GAN rows per real row"}
-    return {"rows": summarize_rows(per_seed, ["acc", "minority", "fidelity"], notes),
+    return {"rows": summarize_rows(per_seed, ["acc", "minority", "modes", "fidelity"], notes),
             "metrics": [["acc", "test accuracy"], ["minority", "minority-class recall"],
+                        ["modes", "mixture components (of 6) holding a training row, real or synthetic"],
                         ["fidelity", "synthetic rows the Bayes classifier gives their label"]],
             "config": cfg, "extra": {}}
