@@ -120,7 +120,12 @@ def test_peft_config_carries_the_options():
     assert config.target_modules == ["q_proj"] and config.modules_to_save is None
     assert config.trainable_token_indices is None
     defaults = ftplugins.peft_config("block_lora")
-    assert (defaults.num_blocks, defaults.r, defaults.alpha, defaults.dropout) == (8, 2, 1.0, 0.25)
+    assert (defaults.num_blocks, defaults.r, defaults.alpha, defaults.dropout) == (8, 2, 2.0, 0.25)
+    # alpha follows the rank unless given: the update scale alpha / r stays 1 (PEFT LoraConfig's default)
+    assert ftplugins.peft_config("block_lora", block_lora_r=8).alpha == 8.0
+    from ftplugins.methods.block_lora.config import BlockLoraConfig
+
+    assert BlockLoraConfig(r=3).alpha == 3.0 and BlockLoraConfig(r=3, alpha=1.0).alpha == 1.0
     assert ftplugins.peft_config("block_lora", block_lora_target_modules=["all-linear"]).target_modules == "all-linear"
 
 

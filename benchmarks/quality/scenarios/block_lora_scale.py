@@ -18,7 +18,7 @@ from benchmarks.quality.scenarios import minilm_classification as base
 from benchmarks.quality.scenarios._common import Context, summarize_rows
 
 NAME = "block-lora-scale"
-TITLE = "Block-LoRA's update scale alpha / r on MiniLM at LoRA's learning rate (why its default alpha is 2r)"
+TITLE = "Block-LoRA's update scale alpha / r on MiniLM at LoRA's learning rate"
 DESIGN = __doc__.split("\n\n", 1)[1].strip()
 NEEDS_DECODER = False
 PLOT_METRICS = ("accuracy",)

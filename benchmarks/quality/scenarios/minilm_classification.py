@@ -18,8 +18,8 @@ data, 100 steps × 16, linear schedule with 10% warm-up, seed; test accuracy is 
 training after 25 and 50 steps (a learning curve: the final accuracy is near its ceiling for fast
 rows); learning rates per row, untuned:
 LoRA 1e-3, SSF 5e-3, bottleneck (``bottleneck_preset=houlsby``, reduction factor 16) 1e-3, Block-LoRA
-(r = 8, q/k/v, no dropout, the default alpha = 1, i.e. an update scale alpha / r = 1/8 against LoRA's
-2) 1e-3; ``block_lora-a16`` (alpha 16: LoRA's scale; added after ``block_lora`` stayed at chance, outside
+(r = 8, q/k/v, no dropout, alpha = 1 — the plugin's default when recorded, now r — i.e. an update scale
+alpha / r = 1/8 against LoRA's 2) 1e-3; ``block_lora-a16`` (alpha 16: LoRA's scale; added after ``block_lora`` stayed at chance, outside
 the claim's rows). The classification head trains in full in every row (the plugins'
 default ``*_modules_to_save``). Score: accuracy on the 400 test sentences. The smoke run trains only
 the LoRA and SSF rows (one step each). The claim is judged on the final accuracy. Earlier settings, at
@@ -54,7 +54,9 @@ ROWS = {
     "ssf": (("ssf",), {}, 5e-3, None),
     "bottleneck-houlsby": (("bottleneck",), {"bottleneck_preset": "houlsby", "bottleneck_reduction_factor": 16},
                            1e-3, None),
-    "block_lora": (("block_lora",), {"block_lora_r": 8, "block_lora_dropout": 0.0}, 1e-3, None),
+    # alpha 1 (CLIP-LoRA's; the plugin's default when this scenario was recorded, r since block-lora-scale).
+    "block_lora": (("block_lora",), {"block_lora_r": 8, "block_lora_alpha": 1.0, "block_lora_dropout": 0.0}, 1e-3,
+                   None),
     # Same, with LoRA's update scale: alpha / r = 16 / 8 = 2 (block_lora's default alpha 1 gives 1/8).
     "block_lora-a16": (("block_lora",), {"block_lora_r": 8, "block_lora_alpha": 16.0, "block_lora_dropout": 0.0},
                        1e-3, None),

@@ -21,8 +21,11 @@ Choices, each an assumption where the paper could not be read:
   along the rank, ΔW = Σ_i B_i·A* = (Σ_i B_i)·A*, which is plain LoRA with a smaller rank.
 * n = 8 by default (the title's "eight arms"); every adapted layer's d_in must be divisible by n,
   checked for all targets before any layer is replaced (``UnsupportedModelError`` names them).
-* r = 2, alpha = 1 (s = alpha/r = 0.5), dropout 0.25 on the adapter input, targets q/k/v in every
-  layer: CLIP-LoRA's defaults, the baseline whose protocol the paper follows. ``all-linear`` adapts
+* r = 2, dropout 0.25 on the adapter input, targets q/k/v in every layer: CLIP-LoRA's defaults, the
+  baseline whose protocol the paper follows. alpha = r (scale 1 at every rank, PEFT LoRA's default), not
+  CLIP-LoRA's fixed 1: at LoRA's learning rate alpha 1 left MiniLM near chance at r = 8 (its scale 1/8 acts as
+  an 8x smaller learning rate; alpha 1 at 16x the rate learned), and the tiny decoder's learning-rate sweep
+  picked 10x LoRA's rate for it (BENCHMARKS.md, ``block-lora-scale``). ``all-linear`` adapts
   every linear layer except the output head.
 * Init as standard LoRA: A* Kaiming-uniform, B = 0, so the adapted model starts exactly at the base.
 * Supports torch Linear (including bitsandbytes 4-bit / 8-bit layers, unmerged) and transformers'

@@ -25,7 +25,7 @@ class BlockLoraConfig(FtTunerConfig):
         default=8, metadata={"help": "n: input blocks sharing one down-projection A*; d_in must be divisible by n."}
     )
     r: int = field(default=2, metadata={"help": "Rank of the update."})
-    alpha: float = field(default=1.0, metadata={"help": "The update is scaled by alpha / r."})
+    alpha: Optional[float] = field(default=None, metadata={"help": "The update is scaled by alpha / r (default r: scale 1)."})
     dropout: float = field(default=0.25, metadata={"help": "Dropout on the adapter's input."})
     target_modules: Optional[Union[list[str], str]] = field(
         default=None,
@@ -42,6 +42,10 @@ class BlockLoraConfig(FtTunerConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"BlockLoraConfig.{name} {value!r}: expected an integer >= 1")
+        if self.alpha is None:
+            from .options import default_alpha
+
+            self.alpha = default_alpha(self.r)
         if not 0 <= self.dropout < 1:
             raise ValueError(f"BlockLoraConfig.dropout {self.dropout!r}: expected a value in [0, 1)")
 

@@ -2,6 +2,7 @@
 
 # No ``from __future__ import annotations``: HfArgumentParser needs real types, not strings.
 from dataclasses import dataclass, field
+from typing import Optional
 
 from ftplugins.options import check_range
 
@@ -19,8 +20,12 @@ class BlockLoraOptions:
         },
     )
     block_lora_r: int = field(default=2, metadata={"help": "Rank r of the update (CLIP-LoRA's default, 2)."})
-    block_lora_alpha: float = field(
-        default=1.0, metadata={"help": "Scaling numerator: the update is (alpha / r)·B·[A*, ..., A*] (CLIP-LoRA: 1)."}
+    block_lora_alpha: Optional[float] = field(
+        default=None,
+        metadata={
+            "help": "Scaling numerator: the update is (alpha / r)·B·[A*, ..., A*]. Default r (scale 1 at every rank, "
+            "as PEFT's LoraConfig defaults), so LoRA's learning rates carry over; CLIP-LoRA's protocol uses 1 at r = 2."
+        },
     )
     block_lora_dropout: float = field(
         default=0.25, metadata={"help": "Dropout on the adapter's input, in [0, 1) (CLIP-LoRA's default, 0.25)."}
@@ -47,11 +52,20 @@ class BlockLoraOptions:
     def __post_init__(self):
         check_positive_int("block_lora_n", self.block_lora_n)
         check_positive_int("block_lora_r", self.block_lora_r)
+        if self.block_lora_alpha is None:
+            self.block_lora_alpha = default_alpha(self.block_lora_r)
         if not self.block_lora_alpha > 0:
             raise ValueError(f"--block_lora_alpha {self.block_lora_alpha!r}: expected a value > 0")
         check_range("block_lora_dropout", self.block_lora_dropout, 0.0, 1.0)
         if self.block_lora_dropout == 1.0:
             raise ValueError("--block_lora_dropout 1.0: expected a value in [0, 1); 1 would drop every input")
+
+
+def default_alpha(r: int) -> float:
+    """alpha = r: the update scale alpha / r is 1 at every rank (PEFT LoraConfig's default r = alpha = 8). With Adam
+    the scale acts as a learning-rate multiplier, so a fixed alpha (CLIP-LoRA's 1) makes LoRA's learning rates r times
+    too small for Block-LoRA, a factor that moves with the rank (BENCHMARKS.md, ``block-lora-scale``)."""
+    return float(r)
 
 
 def check_positive_int(name: str, value) -> None:
