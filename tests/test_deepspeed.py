@@ -1,0 +1,89 @@
+"""masked_thought, many_icl, fewshot_prefix (SFT) and cls_rl (GRPO) under DeepSpeed ZeRO-2 and ZeRO-3 on two CPU
+processes (gloo, DeepSpeed's CPU accelerator): ONE `accelerate launch --use_deepspeed` per stage trains the four
+cases of tests/deepspeed_child.py in sequence and saves each model (ZeRO-3: gathered from the partitions). The saved
+models load here with `from_pretrained` and equal, for many_icl and fewshot_prefix, the same cases trained in this
+process with the same global batch; masked_thought and cls_rl draw random numbers per process (masks, GRPO's
+samples), so their reference is a DDP launch of the same child."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+
+import pytest
+import torch
+from test_distributed import LAUNCH_TIMEOUT, accelerate_bin, ddp_flags, free_port
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
+                                reason="deepspeed is not installed (`pip install 'ftplugins[test]'` installs it)")
+
+CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "deepspeed_child.py")
+CASES = ("masked_thought", "many_icl", "fewshot_prefix", "cls_rl")
+PER_PROCESS = ("masked_thought", "cls_rl")  # reference: DDP; the others: 1 process
+STAGES = (2, 3)
+OPTIMIZER = {2: "DeepSpeedZeroOptimizer", 3: "DeepSpeedZeroOptimizer_Stage3"}
+# fp32 throughout; only the order of the gradient sums (and DeepSpeed's flattened buckets) differs.
+TOLERANCE = dict(rtol=1e-4, atol=1e-5)
+
+
+def zero_flags(stage: int) -> list[str]:
+    # zero3_save_16bit_model: save_model gathers the full weights (in the run's dtype, fp32 here) instead of
+    # writing DeepSpeed's sharded checkpoint.
+    return ["--use_deepspeed", "--zero_stage", str(stage), "--num_processes", "2", "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+            "--zero3_save_16bit_model", "true"]
+
+
+def launch(flags: list[str], root, names) -> None:
+    done = subprocess.run([accelerate_bin(), "launch", *flags, CHILD, str(root), ",".join(names)],
+                          capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                          timeout=LAUNCH_TIMEOUT)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """{"zero2": root, "zero3": root, "ddp": root, "one": root}: the three launches, then the 1-process cases here."""
+    from deepspeed_child import run_case
+
+    roots = {key: tmp_path_factory.mktemp(key) for key in ("zero2", "zero3", "ddp", "one")}
+    for stage in STAGES:
+        launch(zero_flags(stage), roots[f"zero{stage}"], CASES)
+    launch(ddp_flags(), roots["ddp"], PER_PROCESS)
+    for name in CASES:
+        if name not in PER_PROCESS:
+            run_case(name, str(roots["one"]), 1)
+    return roots
+
+
+def saved(root, name):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(os.path.join(root, name, "saved")).state_dict()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("name", CASES)
+def test_plugin_under_zero_equals_its_reference_and_the_saved_model_loads(runs, stage, name):
+    from ftplugins.testing import tiny_llama
+
+    root = runs[f"zero{stage}"]
+    assert json.loads(open(os.path.join(root, name, "ftplugins_run.json")).read())["world_size"] == 2
+    engines = [json.loads(open(os.path.join(root, name, f"engine{rank}.json")).read()) for rank in (0, 1)]
+    total = sum(p.numel() for p in tiny_llama().parameters())
+    for seen in engines:  # really DeepSpeed at this stage, with the Trainer's max_grad_norm passed on
+        assert (seen["engine"], seen["optimizer"], seen["stage"], seen["clipping"]) == (
+            "DeepSpeedEngine", OPTIMIZER[stage], stage, 1.0)
+        # ZeRO-3 partitions the parameters themselves: a rank holds none whole between steps
+        assert seen["local_numel"] == (0 if stage == 3 else total)
+
+    reference = runs["ddp" if name in PER_PROCESS else "one"]
+    zero, expected = saved(root, name), saved(reference, name)
+    assert zero.keys() == expected.keys() and len(zero) > 0
+    for key in zero:
+        torch.testing.assert_close(zero[key], expected[key], **TOLERANCE, msg=key)
+    start = tiny_llama().state_dict()
+    assert any(not torch.equal(zero[k], start[k]) for k in zero), f"{name}: training changed nothing"
