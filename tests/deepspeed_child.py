@@ -35,7 +35,9 @@ def run_case(name: str, root: str, world_size: int):
     seen = {"engine": type(engine).__name__, "optimizer": type(getattr(engine, "optimizer", None)).__name__,
             "stage": engine.zero_optimization_stage() if hasattr(engine, "zero_optimization_stage") else None,
             "clipping": engine.gradient_clipping() if hasattr(engine, "gradient_clipping") else None,
-            "local_numel": sum(p.numel() for p in trainer.model.parameters())}
+            # ZeRO-3: the slice of every parameter this rank owns (the parameters themselves are gathered per use)
+            "partition_numel": sum(p.ds_tensor.numel() for p in trainer.model.parameters()
+                                   if hasattr(p, "ds_tensor"))}
     with open(os.path.join(root, name, f"engine{trainer.args.process_index}.json"), "w") as handle:
         json.dump(seen, handle)
     return trainer

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 
 import pytest
@@ -24,8 +25,10 @@ CASES = ("masked_thought", "many_icl", "fewshot_prefix", "cls_rl")
 PER_PROCESS = ("masked_thought", "cls_rl")  # reference: DDP; the others: 1 process
 STAGES = (2, 3)
 OPTIMIZER = {2: "DeepSpeedZeroOptimizer", 3: "DeepSpeedZeroOptimizer_Stage3"}
-# fp32 throughout; only the order of the gradient sums (and DeepSpeed's flattened buckets) differs.
-TOLERANCE = dict(rtol=1e-4, atol=1e-5)
+# fp32 throughout; only the order of the gradient sums (DeepSpeed's flattened buckets, ZeRO-3's reduce-scatter)
+# differs, and Adam's first step divides near-zero gradients by their own size. Measured: ZeRO-2 within 1e-5 of
+# its reference; ZeRO-3 masked_thought 1.6e-5 absolute from DDP. A step at lr 5e-2 moves weights by ~1e-2.
+TOLERANCE = dict(rtol=1e-4, atol=5e-5)
 
 
 def zero_flags(stage: int) -> list[str]:
@@ -36,25 +39,38 @@ def zero_flags(stage: int) -> list[str]:
             "--zero3_save_16bit_model", "true"]
 
 
-def launch(flags: list[str], root, names) -> None:
-    done = subprocess.run([accelerate_bin(), "launch", *flags, CHILD, str(root), ",".join(names)],
-                          capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
-                          timeout=LAUNCH_TIMEOUT)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+def launch(flags: list[str], root, names) -> subprocess.Popen:
+    """Start one launch in its own process group, its output in root/launch.log (a pipe nobody reads while the
+    other launches run would fill and stall it)."""
+    with open(os.path.join(root, "launch.log"), "w") as log:
+        return subprocess.Popen([accelerate_bin(), "launch", *flags, CHILD, str(root), ",".join(names)],
+                                stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                                start_new_session=True)
+
+
+def tail(root) -> str:
+    return open(os.path.join(root, "launch.log")).read()[-5000:]
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """{"zero2": root, "zero3": root, "ddp": root, "one": root}: the three launches, then the 1-process cases here."""
+    """{"zero2": root, "zero3": root, "ddp": root, "one": root}: the three launches at once (each spends more than
+    half its time waiting on its peer or starting up), then the 1-process cases here."""
     from deepspeed_child import run_case
 
     roots = {key: tmp_path_factory.mktemp(key) for key in ("zero2", "zero3", "ddp", "one")}
-    for stage in STAGES:
-        launch(zero_flags(stage), roots[f"zero{stage}"], CASES)
-    launch(ddp_flags(), roots["ddp"], PER_PROCESS)
-    for name in CASES:
-        if name not in PER_PROCESS:
-            run_case(name, str(roots["one"]), 1)
+    launches = [launch(zero_flags(stage), roots[f"zero{stage}"], CASES) for stage in STAGES]
+    launches.append(launch(ddp_flags(), roots["ddp"], PER_PROCESS))
+    try:
+        for name in CASES:
+            if name not in PER_PROCESS:
+                run_case(name, str(roots["one"]), 1)
+        for running, root in zip(launches, (roots["zero2"], roots["zero3"], roots["ddp"])):
+            assert running.wait(timeout=LAUNCH_TIMEOUT) == 0, tail(root)
+    finally:
+        for running in launches:  # a failed or hung launch: end its workers too, not only the launcher
+            if running.poll() is None:
+                os.killpg(running.pid, signal.SIGKILL)
     return roots
 
 
@@ -77,8 +93,8 @@ def test_plugin_under_zero_equals_its_reference_and_the_saved_model_loads(runs, 
     for seen in engines:  # really DeepSpeed at this stage, with the Trainer's max_grad_norm passed on
         assert (seen["engine"], seen["optimizer"], seen["stage"], seen["clipping"]) == (
             "DeepSpeedEngine", OPTIMIZER[stage], stage, 1.0)
-        # ZeRO-3 partitions the parameters themselves: a rank holds none whole between steps
-        assert seen["local_numel"] == (0 if stage == 3 else total)
+    # ZeRO-3 partitions the parameters themselves: each rank owns half of every one (ZeRO-2: none)
+    assert [seen["partition_numel"] for seen in engines] == ([total // 2] * 2 if stage == 3 else [0, 0])
 
     reference = runs["ddp" if name in PER_PROCESS else "one"]
     zero, expected = saved(root, name), saved(reference, name)
