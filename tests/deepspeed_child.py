@@ -37,7 +37,9 @@ def run_case(name: str, root: str, world_size: int):
             "clipping": engine.gradient_clipping() if hasattr(engine, "gradient_clipping") else None,
             # ZeRO-3: the slice of every parameter this rank owns (the parameters themselves are gathered per use)
             "partition_numel": sum(p.ds_tensor.numel() for p in trainer.model.parameters()
-                                   if hasattr(p, "ds_tensor"))}
+                                   if hasattr(p, "ds_tensor")),
+            "numel": sum(getattr(p, "ds_numel", p.numel()) for p in trainer.model.parameters()),
+            "tensors": len(list(trainer.model.parameters()))}
     with open(os.path.join(root, name, f"engine{trainer.args.process_index}.json"), "w") as handle:
         json.dump(seen, handle)
     return trainer
