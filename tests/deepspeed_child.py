@@ -1,8 +1,9 @@
-"""Plugins under DeepSpeed ZeRO (tests/test_deepspeed.py): the SFT cases of tests/ddp_plugins_child.py and cls_rl
+"""Plugins under DeepSpeed ZeRO (tests/test_deepspeed.py): SFT cases of tests/ddp_plugins_child.py and cls_rl
 (GRPO) of tests/ddp_trainers_child.py, one after the other in ONE `accelerate launch --use_deepspeed` (or a plain DDP
 launch, the reference of the plugins that draw random numbers per process). After training, each case saves its
 model with ``trainer.save_model`` into root/name/saved: under ZeRO-3 the full weights gathered from the partitions
-(the launch sets ``zero3_save_16bit_model``, which keeps the fp32 dtype of a run without mixed precision)."""
+(the launch sets ``zero3_save_16bit_model``, which keeps the fp32 dtype of a run without mixed precision); each
+rank writes what its engine was (engine<r>.json: ZeRO stage, optimizer, the parameter elements it owns)."""
 
 import json
 import os

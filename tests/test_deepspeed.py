@@ -1,9 +1,9 @@
-"""masked_thought, many_icl, fewshot_prefix (SFT) and cls_rl (GRPO) under DeepSpeed ZeRO-2 and ZeRO-3 on two CPU
-processes (gloo, DeepSpeed's CPU accelerator): ONE `accelerate launch --use_deepspeed` per stage trains the four
-cases of tests/deepspeed_child.py in sequence and saves each model (ZeRO-3: gathered from the partitions). The saved
-models load here with `from_pretrained` and equal, for many_icl and fewshot_prefix, the same cases trained in this
-process with the same global batch; masked_thought and cls_rl draw random numbers per process (masks, GRPO's
-samples), so their reference is a DDP launch of the same child."""
+"""SFT plugins (masked_thought, many_icl, fewshot_prefix, the adapters ssf, bottleneck, block_lora) and cls_rl (GRPO)
+under DeepSpeed ZeRO-2 and ZeRO-3 on two CPU processes (gloo, DeepSpeed's CPU accelerator): ONE `accelerate launch
+--use_deepspeed` per stage trains every case of tests/deepspeed_child.py in sequence and saves each model (ZeRO-3:
+gathered from the partitions). The saved models load here (`from_pretrained`, `ftplugins.load_adapter`) and equal, in
+weights and logits, the same cases trained in this process with the same global batch; masked_thought and cls_rl
+draw random numbers per process (masks, GRPO's samples), so their reference is a DDP launch of the same child."""
 
 from __future__ import annotations
 
