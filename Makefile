@@ -19,7 +19,9 @@ $(VENV)/.installed-core: pyproject.toml constraints.txt
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed-core kernels/pyproject.toml
-	# bitsandbytes, triton, diffusers, matplotlib: what the GPU, quantization, diffusion and plot tests need.
+	# bitsandbytes, triton, diffusers, matplotlib: what the GPU, quantization, diffusion and plot tests need;
+	# deepspeed for tests/test_deepspeed.py: an sdist that pip builds in isolation without torch (~20 s; it
+	# prebuilds no op and JIT-compiles them on first use).
 	$(PIP) install -q -c constraints.txt -e ".[test]"
 	# The optional Triton kernels, their own distribution (an extra cannot name a path); checked importable
 	# from outside the checkout, where only the installed copy can be found.

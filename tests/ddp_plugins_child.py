@@ -29,6 +29,8 @@ CASES = {
     "mbpp_eval": dict(mbpp_eval_max_new_tokens=4),
     "infusion_eval": dict(infusion_eval_max_new_tokens=4),
 }
+# Cases only other launches train (tests/deepspeed_child.py), with the same run_case.
+MORE = {"ssf": {}}
 
 
 def probe_rows(path: str) -> str:
@@ -48,7 +50,7 @@ def options_for(name: str, root: str) -> dict:
 
     extra = {"probe_prune": dict(probe_prune_data=probe_rows(os.path.join(root, "probe_rows.jsonl"))),
              "mbpp_eval": dict(mbpp_eval_data=mbpp.TINY), "infusion_eval": dict(infusion_eval_data=infusion.TINY)}
-    return {**CASES[name], **extra.get(name, {})}
+    return {**{**CASES, **MORE}[name], **extra.get(name, {})}
 
 
 class RecordBatches:

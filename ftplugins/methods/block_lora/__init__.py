@@ -54,7 +54,7 @@ class BlockLoraPlugin(Plugin):
         "trainable_set": "trains its Block-LoRA factors only (the base model frozen)",
         "adapter": "adds the Block-LoRA adapter",
     }
-    distributed = ("single", "ddp", "fsdp")
+    distributed = ("single", "ddp", "fsdp", "deepspeed")
     #: The PEFT type this plugin owns: ``load_tuner`` registers it as soon as ``peft`` is imported.
     peft_type = "BLOCK_LORA"
 

@@ -47,7 +47,7 @@ class BottleneckPlugin(Plugin):
         "trainable_set": "trains its bottleneck adapters only (the base model frozen)",
         "adapter": "adds bottleneck adapters",
     }
-    distributed = ("single", "ddp", "fsdp")
+    distributed = ("single", "ddp", "fsdp", "deepspeed")
     #: The PEFT type this plugin owns: ``load_tuner`` registers it as soon as ``peft`` is imported.
     peft_type = "BOTTLENECK"
 

@@ -40,7 +40,7 @@ class SSFPlugin(Plugin):
         "trainable_set": "trains its scales and shifts only (the base model frozen)",
         "adapter": "adds the SSF adapter",
     }
-    distributed = ("single", "ddp", "fsdp")
+    distributed = ("single", "ddp", "fsdp", "deepspeed")
     #: The PEFT type this plugin owns: ``load_tuner`` registers it as soon as ``peft`` is imported.
     peft_type = "SSF"
 
