@@ -30,9 +30,22 @@ def _diffusion(result: dict[str, Any], folder: str) -> list[str]:
     return ["diffusion.png"] if plot(result, os.path.join(folder, "diffusion.png")) else []
 
 
+def _pairs(result: dict[str, Any], folder: str) -> list[str]:
+    from benchmarks.perf.pairs import plot
+
+    return ["pairs.png"] if plot(result, os.path.join(folder, "pairs.png")) else []
+
+
+def _fsdp(result: dict[str, Any], folder: str) -> list[str]:
+    from benchmarks.perf.fsdp_memory import plot
+
+    return ["fsdp.png"] if plot(result, os.path.join(folder, "fsdp.png")) else []
+
+
 #: Result file → the function that draws its figures into the folder (returns the names written).
 DRAW: dict[str, Callable[[dict[str, Any], str], list[str]]] = {
-    "perf.json": _perf, "quality.json": _quality, "diffusion.json": _diffusion,
+    "perf.json": _perf, "quality.json": _quality, "diffusion.json": _diffusion, "pairs.json": _pairs,
+    "fsdp.json": _fsdp,
 }
 
 
@@ -40,8 +53,8 @@ def names(file: str, result: dict[str, Any]) -> tuple[str, ...]:
     """The PNG names a section of result file ``file`` may embed (the report embeds those that exist)."""
     if file == "perf.json":
         return ("perf.png",)
-    if file == "diffusion.json":
-        return ("diffusion.png",)
+    if file in DRAW and file not in ("perf.json", "quality.json"):
+        return (file.replace(".json", ".png"),)
     if file == "quality.json":
         from benchmarks.quality.report import LEGACY_SCENARIOS_PNG, scenario_png
 
