@@ -42,10 +42,16 @@ def _fsdp(result: dict[str, Any], folder: str) -> list[str]:
     return ["fsdp.png"] if plot(result, os.path.join(folder, "fsdp.png")) else []
 
 
+def _soup(result: dict[str, Any], folder: str) -> list[str]:
+    from benchmarks.perf.soup import plot
+
+    return ["soup.png"] if plot(result, os.path.join(folder, "soup.png")) else []
+
+
 #: Result file → the function that draws its figures into the folder (returns the names written).
 DRAW: dict[str, Callable[[dict[str, Any], str], list[str]]] = {
     "perf.json": _perf, "quality.json": _quality, "diffusion.json": _diffusion, "pairs.json": _pairs,
-    "fsdp.json": _fsdp,
+    "fsdp.json": _fsdp, "soup.json": _soup,
 }
 
 

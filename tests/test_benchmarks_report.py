@@ -169,7 +169,8 @@ def test_replot_redraws_a_folder_from_its_json_identically(tmp_path):
     """``--replot`` draws the committed PNG again from the JSON alone, byte for byte (no run, no drift)."""
     pytest.importorskip("matplotlib")
     results = tmp_path / "results"
-    names = ("perf-85m-cpu-objectives", "perf-diffusion-cpu", "quality-small-grafting", "pairs-cpu", "perf-fsdp-cpu")
+    names = ("perf-85m-cpu-objectives", "perf-diffusion-cpu", "quality-small-grafting", "pairs-cpu", "perf-fsdp-cpu",
+             "soup-85m-cpu")
     for name in names:
         shutil.copytree(os.path.join(common.RESULTS_DIR, name), results / name)
     for png in results.glob("*/*.png"):
@@ -180,7 +181,7 @@ def test_replot_redraws_a_folder_from_its_json_identically(tmp_path):
     assert report.main(["--replot", "--document", str(document), "--results", str(results)]) == 0
     for name, png in (("perf-85m-cpu-objectives", "perf.png"), ("perf-diffusion-cpu", "diffusion.png"),
                       ("quality-small-grafting", "scenario-grafting.png"), ("pairs-cpu", "pairs.png"),
-                      ("perf-fsdp-cpu", "fsdp.png")):
+                      ("perf-fsdp-cpu", "fsdp.png"), ("soup-85m-cpu", "soup.png")):
         drawn = (results / name / png).read_bytes()
         assert drawn == open(os.path.join(common.RESULTS_DIR, name, png), "rb").read(), (name, png)
         assert f"/{name}/{png})" in document.read_text()

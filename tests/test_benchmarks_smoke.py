@@ -255,6 +255,8 @@ def test_soup_perf_smoke(tmp_path):
         assert finite(row["seconds"]) and row["peak_rss_bytes"] > 0 and finite(row["above_imports_vs_one_model"])
     markdown = open(os.path.join(out, "soup.md")).read()
     assert "mergekit not installed" in markdown and "| ingredients |" in markdown
+    if importlib.util.find_spec("matplotlib"):  # the scaling panel alone, without the mergekit one
+        assert os.path.getsize(os.path.join(out, "soup.png")) > 0
 
 
 @pytest.mark.slow
