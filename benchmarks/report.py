@@ -10,7 +10,8 @@ the markers::
 
 Prose outside the markers is hand-written and left alone. ``python -m benchmarks.report`` rewrites the sections in
 place; ``--check`` (what CI runs) rewrites nothing and exits non-zero naming the first section that differs from
-what its result file gives, or a result folder that has no section.
+what its result file gives, or a result folder that has no section. ``--replot`` first redraws every folder's figures
+from its JSON (:mod:`benchmarks.figures`; no re-run), then regenerates the sections that embed them.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import re
 import sys
 from typing import Any
 
-from benchmarks import common
+from benchmarks import common, figures
 from benchmarks.perf.diffusion_report import markdown as diffusion_markdown
 from benchmarks.perf.kernels_report import markdown as kernels_markdown
 
@@ -193,30 +194,31 @@ def section(name: str, path: str) -> str:
     folder = os.path.dirname(path)
     rel = os.path.relpath(folder, common.REPO_ROOT).replace(os.sep, "/")
     file = os.path.basename(path)
+    pngs = figures.names(file, result)
     if file == "perf.json":
-        body, pngs = perf_section(result), ("perf.png",)
+        body = perf_section(result)
     elif file == "quality.json":
-        body, pngs = quality_section(result), ("quality.png", "quality-scenarios.png")
+        body = quality_section(result)
     elif file == "pairs.json":
         from benchmarks.perf.pairs import markdown as pairs_markdown
 
-        body, pngs = ["\n" + pairs_markdown(result)], ()
+        body = ["\n" + pairs_markdown(result)]
     elif file == "diffusion.json":
-        body, pngs = ["\n" + diffusion_markdown(result)], ()
+        body = ["\n" + diffusion_markdown(result)]
     elif file == "selection.json":
         from benchmarks.perf.selection import markdown as selection_markdown
 
-        body, pngs = ["\n" + selection_markdown(result)], ()
+        body = ["\n" + selection_markdown(result)]
     elif file == "soup.json":
         from benchmarks.perf.soup import markdown as soup_markdown
 
-        body, pngs = ["\n" + soup_markdown(result)], ()
+        body = ["\n" + soup_markdown(result)]
     elif file == "fsdp.json":
         from benchmarks.perf.fsdp_memory import markdown as fsdp_markdown
 
-        body, pngs = ["\n" + fsdp_markdown(result)], ()
+        body = ["\n" + fsdp_markdown(result)]
     else:
-        body, pngs = ["\n" + kernels_markdown(result)], ()
+        body = ["\n" + kernels_markdown(result)]
     parts = [provenance(result["machine"]) + "\n", *body, "\n", *_figures(folder, rel, pngs)]
     text = "".join(parts)
     return re.sub(r"\n{3,}", "\n\n", text).strip("\n") + "\n"
@@ -275,7 +277,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", default=common.RESULTS_DIR, help="the results folder (default benchmarks/results)")
     parser.add_argument("--readme", help="the markdown file holding the claims table (default README.md, unless "
                                          "--document names another file)")
+    parser.add_argument("--replot", action="store_true",
+                        help="redraw every result folder's figures from its JSON first (no re-run), then regenerate")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.replot and args.check:
+        parser.error("--replot writes figures; --check changes nothing: run them one after the other")
+    if args.replot:
+        for name, path in result_folders(args.results).items():
+            drawn = figures.replot(path)
+            if drawn:
+                print(f"{name}: redrew {', '.join(drawn)}")
     readme = args.readme or (README if os.path.abspath(args.document) == DOCUMENT else None)
     status = 0
     for path, rewrite in ((args.document, regenerate), (readme, regenerate_claims)):

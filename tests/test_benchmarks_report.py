@@ -24,9 +24,10 @@ def test_committed_document_matches_the_results():
     document = open(report.DOCUMENT).read()
     for name in report.result_folders():
         assert f"<!-- generated: {name} (python -m benchmarks.report) -->" in document
-        for png in ("perf.png", "quality.png", "quality-scenarios.png"):
-            if os.path.isfile(os.path.join(common.RESULTS_DIR, name, png)):
+        for png in sorted(os.listdir(os.path.join(common.RESULTS_DIR, name))):
+            if png.endswith(".png"):
                 assert f"(benchmarks/results/{name}/{png})" in document
+                assert os.path.getsize(os.path.join(common.RESULTS_DIR, name, png)) < 200_000, (name, png)
 
 
 def test_check_names_the_section_whose_number_was_altered(tmp_path):
@@ -183,3 +184,75 @@ def test_the_readme_claims_section_is_checked_and_regenerated(tmp_path):
     assert report.main(["--check", *args]) == 0
     readme.write_text("no markers\n")
     assert report.main(["--check", *args]) == 1
+
+
+def test_perf_plot_shows_ratios_to_lora_and_to_the_floor(monkeypatch, tmp_path):
+    """With a floor row the figure has a second row of panels: each method as a multiple of the floor."""
+    pytest.importorskip("matplotlib")
+    from benchmarks import plotting
+    from benchmarks.perf import report as perf_report
+
+    figures = []
+    monkeypatch.setattr(plotting, "save", lambda fig, path: figures.append(fig) or path)
+    floor = (0.002, 2 * 2**20)
+    methods = {"floor": _perf_row(*floor, floor), "lora-r16": _perf_row(0.004, 4 * 2**20, floor),
+               "full": _perf_row(0.007, 5 * 2**20, floor)}
+    result = {"results": {"1x32": {"methods": methods}}, "config": {"model": "tiny"},
+              "machine": {"device_name": "cpu"}}
+    perf_report.plot(result, str(tmp_path / "perf.png"))
+    titles = [ax.get_title() for ax in figures[0].axes]
+    assert titles == ["step time / LoRA r=16", "training peak memory / LoRA r=16", "step time / floor",
+                      "training peak memory / floor"]
+    full_vs_floor = [p for p in figures[0].axes[2].patches]  # bars from 1 to the ratio, one per method
+    assert [1 + p.get_height() for p in full_vs_floor] == pytest.approx([1.0, 2.0, 3.5])
+    del methods["floor"]
+    perf_report.plot(result, str(tmp_path / "perf.png"))
+    assert len(figures[1].axes) == 2  # older results: no floor panels
+
+
+def test_replot_redraws_a_folder_from_its_json_identically(tmp_path):
+    """``--replot`` draws the committed PNG again from the JSON alone, byte for byte (no run, no drift)."""
+    pytest.importorskip("matplotlib")
+    results = tmp_path / "results"
+    names = ("perf-85m-cpu-objectives", "perf-diffusion-cpu", "quality-small-grafting", "pairs-cpu", "perf-fsdp-cpu",
+             "soup-85m-cpu")
+    for name in names:
+        shutil.copytree(os.path.join(common.RESULTS_DIR, name), results / name)
+    for png in results.glob("*/*.png"):
+        png.unlink()
+    document = tmp_path / "doc.md"
+    document.write_text("".join(f"{report.BEGIN.format(name=n)}\n{report.END.format(name=n)}\n"
+                                for n in names))
+    assert report.main(["--replot", "--document", str(document), "--results", str(results)]) == 0
+    for name, png in (("perf-85m-cpu-objectives", "perf.png"), ("perf-diffusion-cpu", "diffusion.png"),
+                      ("quality-small-grafting", "scenario-grafting.png"), ("pairs-cpu", "pairs.png"),
+                      ("perf-fsdp-cpu", "fsdp.png"), ("soup-85m-cpu", "soup.png")):
+        drawn = (results / name / png).read_bytes()
+        assert drawn == open(os.path.join(common.RESULTS_DIR, name, png), "rb").read(), (name, png)
+        assert f"/{name}/{png})" in document.read_text()
+
+
+def test_diffusion_section_shows_the_floor_only_when_the_results_have_it():
+    from benchmarks.perf.diffusion_report import markdown
+
+    def row(ms, peak=None, trainable=10):
+        return {"step_s": ms / 1e3, "step_s_per_repeat": [ms / 1e3], "wall_step_s": ms / 1e3, "peak_bytes": peak,
+                "trainable": trainable}
+
+    names = ("overhead/DiffusionTrainer", "overhead/hand-written accelerate loop", "pso/plain step (ssf)",
+             "pso/PSO step (ssf)", "adapters/lora r=4", "adapters/ssf", "adapters/block_lora", "adapters/bottleneck",
+             "adapters/full")
+    old = {"config": {"repeats": 1, "steps": 2, "warmup": 1, "batch": 8, "overhead_unet": "tiny",
+                      "resolution_overhead_rows": 16},
+           "rows": {n: row(10.0) for n in names},
+           "ratios": {"trainer_vs_hand_loop": 1.0, "pso_vs_plain": 1.0,
+                      **{f"{a}_vs_lora": 1.0 for a in ("full", "ssf", "block_lora", "bottleneck")}}}
+    assert "floor" not in markdown(old)
+    new = {**old, "rows": {**{n: row(10.0, 4 * 2**20) for n in names}, "adapters/floor": row(4.0, 2 * 2**20, 0)},
+           "ratios": {**old["ratios"], **{f"{a}_vs_floor": 2.5 for a in ("lora r=4", "full", "ssf", "block_lora",
+                                                                          "bottleneck")},
+                      **{f"memory_{a}_vs_floor": 2.0 for a in ("lora r=4", "full", "ssf", "block_lora",
+                                                                "bottleneck")}}}
+    text = markdown(new)
+    assert "| floor | 4 | 4–4 | 4 | – | 1× | 2 | 1× | 0 |" in text
+    assert "| ssf | 10 | 10–10 | 10 | 1.00× | 2.50× | 4 | 2.00× | 10 |" in text

@@ -133,7 +133,7 @@ def test_quality_smoke(tmp_path):
     # The pre-trained model is cached: a second build of the same configuration is not trained again.
     assert any(name.startswith("pretrained-") for name in os.listdir(tmp_path / "cache"))
     if importlib.util.find_spec("matplotlib"):  # the plots are optional (the bench extra)
-        for png in ("quality.png", "quality-scenarios.png"):
+        for png in ("quality.png", *(f"scenario-{name}.png" for name in MODULES)):
             assert os.path.getsize(os.path.join(out, png)) > 0, png
 
 
@@ -147,12 +147,14 @@ def test_quality_replot(tmp_path):
                                       "graft-1pct": row},
         "metrics": [["target", "target acc."], ["ratio", "grafted / fine-tuned acc."], ["density", "density"]]}}}
     (tmp_path / "quality.json").write_text(json.dumps(result))
+    (tmp_path / "quality-scenarios.png").write_bytes(b"old one-figure-for-all file")
     done = subprocess.run([sys.executable, "-m", "benchmarks.quality", "--replot", str(tmp_path)], cwd=ROOT,
                           capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "quality-scenarios.png" in done.stdout
-    assert (tmp_path / "quality-scenarios.png").stat().st_size > 0
+    assert "scenario-grafting.png" in done.stdout
+    assert (tmp_path / "scenario-grafting.png").read_bytes()[:4] == b"\x89PNG"
     assert not (tmp_path / "quality.png").exists()  # no target method table in a scenario-only run
+    assert not (tmp_path / "quality-scenarios.png").exists()  # the legacy combined figure is replaced
 
 
 @pytest.mark.slow
@@ -218,14 +220,25 @@ def test_diffusion_perf_smoke(tmp_path):
     run_module("benchmarks.perf.diffusion", out)
     with open(os.path.join(out, "diffusion.json")) as handle:
         result = json.load(handle)
-    assert set(result["ratios"]) == {"trainer_vs_hand_loop", "pso_vs_plain", "full_vs_lora", "ssf_vs_lora",
-                                     "block_lora_vs_lora", "bottleneck_vs_lora"}
-    assert all(finite(v) and v > 0 for v in result["ratios"].values())
+    adapters = ("full", "ssf", "block_lora", "bottleneck")
+    step = {"trainer_vs_hand_loop", "pso_vs_plain", *(f"{a}_vs_lora" for a in adapters),
+            *(f"{a}_vs_floor" for a in ("lora r=4", *adapters))}
+    memory = {f"memory_{a}_vs_lora" for a in adapters} | {f"memory_{a}_vs_floor" for a in ("lora r=4", *adapters)}
+    assert set(result["ratios"]) == step | memory
+    assert all(finite(result["ratios"][k]) and result["ratios"][k] > 0 for k in step)
+    # the floor (frozen UNet, backward to its input only) trains nothing; each adapter is a multiple of it
+    floor = result["rows"]["adapters/floor"]
+    assert floor["trainable"] == 0
+    assert result["ratios"]["ssf_vs_floor"] == pytest.approx(result["rows"]["adapters/ssf"]["step_s"] / floor["step_s"])
     # PSO does two denoiser passes per target (target + reference pair) and a reference pass: never cheaper
     assert result["ratios"]["pso_vs_plain"] > 1
     rows = result["rows"]
-    assert rows["adapters/ssf"]["trainable"] < rows["adapters/lora r=4"]["trainable"] < rows["adapters/full"]["trainable"]
-    assert "**Trainer path overhead**" in open(os.path.join(out, "diffusion.md")).read()
+    assert (rows["adapters/ssf"]["trainable"] < rows["adapters/lora r=4"]["trainable"]
+            < rows["adapters/full"]["trainable"])
+    markdown = open(os.path.join(out, "diffusion.md")).read()
+    assert "**Trainer path overhead**" in markdown and "| floor |" in markdown and "vs floor" in markdown
+    if importlib.util.find_spec("matplotlib"):
+        assert os.path.getsize(os.path.join(out, "diffusion.png")) > 0
 
 
 def test_soup_perf_smoke(tmp_path):
@@ -242,6 +255,8 @@ def test_soup_perf_smoke(tmp_path):
         assert finite(row["seconds"]) and row["peak_rss_bytes"] > 0 and finite(row["above_imports_vs_one_model"])
     markdown = open(os.path.join(out, "soup.md")).read()
     assert "mergekit not installed" in markdown and "| ingredients |" in markdown
+    if importlib.util.find_spec("matplotlib"):  # the scaling panel alone, without the mergekit one
+        assert os.path.getsize(os.path.join(out, "soup.png")) > 0
 
 
 @pytest.mark.slow

@@ -11,7 +11,12 @@ machine runs) and wall time (shown beside it; on a shared machine it mostly meas
   Trainer's optimizer class and arguments, linear schedule, gradient clipping 1.0); the goal is at most 1.05×;
 * PSO's step (pairs under one ε and t, the adapter-disabled reference) vs the plain diffusion step, both training the
   same SSF adapter;
-* our adapters (ssf, block_lora, bottleneck) vs PEFT LoRA r=4 on the tiny UNet's attention projections.
+* our adapters (ssf, block_lora, bottleneck) vs PEFT LoRA r=4 on the tiny UNet's attention projections, and every
+  one of them vs the **floor**: the frozen tiny UNet back-propagating to its noisy-latent input only (the same data,
+  text encoder and noise as the loop; no weight gradients, no optimizer) -- the least any adapter's step costs.
+
+Training-phase peak memory (``common.PeakMemory``: RSS high-water mark above the resident set at the start) is
+recorded for every row beside the step time.
 
 Writes ``diffusion.json`` and ``diffusion.md`` to ``--out`` (default ``benchmarks/results/perf-diffusion-cpu``);
 ``--smoke``: the tiny UNet, two timed steps (CI).
@@ -108,13 +113,20 @@ def trainer_run(setting: Setting, plugins: list, unet_overrides: dict, peft_conf
                               processing_class=tokenizer, peft_config=peft_config)
         timer = step_timer()
         trainer.add_callback(timer)
+        memory = common.PeakMemory(setting.device)
+        memory.reset()
         trainer.train()
+        peak = memory.peak_above_base()
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    return step_times(timer.marks, setting.warmup), trainable
+    return {**step_times(timer.marks, setting.warmup), "peak_bytes": peak}, trainable
 
 
-def hand_loop_run(setting: Setting, unet_overrides: dict):
-    """The same full fine-tuning as :func:`trainer_run` written as diffusers' example scripts write it."""
+def hand_loop_run(setting: Setting, unet_overrides: dict, floor: bool = False):
+    """The same full fine-tuning as :func:`trainer_run` written as diffusers' example scripts write it.
+
+    ``floor``: the UNet frozen and the loss differentiated with respect to the noisy latents only (no weight
+    gradients, no clipping, no optimizer step): the floor every adapter's step pays at least.
+    """
     import torch
     from accelerate import Accelerator
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
@@ -129,6 +141,8 @@ def hand_loop_run(setting: Setting, unet_overrides: dict):
         args = training_args(setting, out)
     torch.manual_seed(0)
     unet = tiny.tiny_unet(**unet_overrides)
+    if floor:
+        unet.requires_grad_(False)
     accelerator = Accelerator(cpu=setting.device == "cpu")
     text_encoder.requires_grad_(False).eval().to(accelerator.device)
     vae.requires_grad_(False).eval().to(accelerator.device)
@@ -141,6 +155,8 @@ def hand_loop_run(setting: Setting, unet_overrides: dict):
     schedule = get_scheduler("linear", optimizer, num_warmup_steps=0, num_training_steps=total)
     unet, optimizer, loader, schedule = accelerator.prepare(unet, optimizer, loader, schedule)
     unet.train()
+    memory = common.PeakMemory(setting.device)
+    memory.reset()
     marks, step = [clocks()], 0
     while step < total:
         for batch in loader:
@@ -151,19 +167,26 @@ def hand_loop_run(setting: Setting, unet_overrides: dict):
             noise = torch.randn_like(latents)
             timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
                                       device=latents.device)
-            noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+            noisy = noise_scheduler.add_noise(latents, noise, timesteps).requires_grad_(floor)
             prediction = unet(noisy, timesteps, encoder_hidden_states=hidden, return_dict=False)[0]
             loss = torch.nn.functional.mse_loss(prediction.float(), noise.float())
-            accelerator.backward(loss)
-            accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
+            if floor:
+                (grad,) = torch.autograd.grad(loss, noisy)
+                del grad
+            else:
+                accelerator.backward(loss)
+                accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
+                optimizer.step()
+                schedule.step()
+                optimizer.zero_grad(set_to_none=True)
             marks.append(clocks())
             step += 1
             if step == total:
                 break
-    return step_times(marks, setting.warmup), sum(p.numel() for p in unet.parameters())
+    if floor:
+        assert all(p.grad is None for p in unet.parameters()), "the floor must not produce weight gradients"
+    trainable = sum(p.numel() for p in unet.parameters() if p.requires_grad)
+    return {**step_times(marks, setting.warmup), "peak_bytes": memory.peak_above_base()}, trainable
 
 
 def rows(setting: Setting) -> dict[str, Any]:
@@ -178,6 +201,7 @@ def rows(setting: Setting) -> dict[str, Any]:
         "overhead/hand-written accelerate loop": lambda: hand_loop_run(setting, small),
         "pso/plain step (ssf)": lambda: trainer_run(setting, ["ssf"], {}, **ADAPTERS["ssf"]),
         "pso/PSO step (ssf)": lambda: trainer_run(setting, [pso, "ssf"], {}, **ADAPTERS["ssf"], **PSO),
+        "adapters/floor": lambda: hand_loop_run(setting, {}, floor=True),
         "adapters/full": lambda: trainer_run(setting, [], {}),
         "adapters/lora r=4": lambda: trainer_run(setting, [], {}, peft_config=LoraConfig(
             r=4, lora_alpha=4, target_modules=ATTENTION, init_lora_weights="gaussian")),
@@ -198,17 +222,30 @@ def measure(setting: Setting, repeats: int) -> dict[str, Any]:
             print(f"  repeat {repeat + 1}/{repeats}  {name:<40} {seconds['cpu'] * 1e3:8.2f} ms CPU/step "
                   f"({seconds['wall'] * 1e3:.2f} ms wall)", flush=True)
     medians = {name: statistics.median(v["cpu"] for v in values) for name, values in per_row.items()}
+    peaks = {name: _median_known(v.get("peak_bytes") for v in values) for name, values in per_row.items()}
+    adapters = ("full", *ADAPTERS)
     return {"rows": {name: {"step_s": medians[name], "step_s_per_repeat": [v["cpu"] for v in per_row[name]],
                             "wall_step_s": statistics.median(v["wall"] for v in per_row[name]),
-                            "trainable": params[name]}
+                            "peak_bytes": peaks[name], "trainable": params[name]}
                      for name in runs},
             "ratios": {
                 "trainer_vs_hand_loop": common.ratio(medians["overhead/DiffusionTrainer"],
                                                      medians["overhead/hand-written accelerate loop"]),
                 "pso_vs_plain": common.ratio(medians["pso/PSO step (ssf)"], medians["pso/plain step (ssf)"]),
                 **{f"{name}_vs_lora": common.ratio(medians[f"adapters/{name}"], medians["adapters/lora r=4"])
-                   for name in ("full", *ADAPTERS)},
+                   for name in adapters},
+                **{f"{name}_vs_floor": common.ratio(medians[f"adapters/{name}"], medians["adapters/floor"])
+                   for name in ("lora r=4", *adapters)},
+                **{f"memory_{name}_vs_lora": common.ratio(peaks[f"adapters/{name}"], peaks["adapters/lora r=4"])
+                   for name in adapters},
+                **{f"memory_{name}_vs_floor": common.ratio(peaks[f"adapters/{name}"], peaks["adapters/floor"])
+                   for name in ("lora r=4", *adapters)},
             }}
+
+
+def _median_known(values) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -244,9 +281,11 @@ def main(argv: list[str] | None = None) -> dict:
     }
     result.update(measure(setting, result["config"]["repeats"]))
     result["elapsed_s"] = time.perf_counter() - started
-    from benchmarks.perf.diffusion_report import markdown
+    from benchmarks.perf.diffusion_report import markdown, plot
 
-    return common.publish(out, "diffusion", result, markdown(result))
+    published = common.publish(out, "diffusion", result, markdown(result))
+    plot(result, os.path.join(out, "diffusion.png"))
+    return published
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ over LoRA's at each N no worse than at N = 1. Both are judged twice: on the whol
 gradients + optimizer state) and on the training state alone (gradients + optimizer state), since the frozen
 base, which FSDP shards for every row alike, dominates the first.
 
-Writes ``fsdp.json`` and ``fsdp.md`` to ``--out`` (default ``benchmarks/results/perf-fsdp-cpu``). ``--smoke``: the
-tiny shape at world sizes 1 and 2 (what CI affords).
+Writes ``fsdp.json``, ``fsdp.md`` and ``fsdp.png`` to ``--out`` (default ``benchmarks/results/perf-fsdp-cpu``).
+``--smoke``: the tiny shape at world sizes 1 and 2 (what CI affords).
 """
 
 from __future__ import annotations
@@ -183,6 +183,28 @@ def markdown(result: dict[str, Any]) -> str:
     return intro + common.markdown_table(header, lines)
 
 
+def plot(result: dict[str, Any], path: str) -> str | None:
+    """Per method and world size N, the persistent and the training state (max over ranks) as a multiple of an
+    even share, state(1)/N (1 = perfect sharding); ``None`` without matplotlib."""
+    from benchmarks import plotting
+
+    plt = common.pyplot()
+    if plt is None:
+        return None
+    names = list(result["rows"])
+    worlds = [str(w) for w in result["config"]["world_sizes"]]
+    fig, axes = plt.subplots(1, 2, figsize=(max(7.0, 1.2 * len(names) + 4), 3.8))
+    for ax, key, what in ((axes[0], "persistent_bytes", "persistent state"),
+                          (axes[1], "training_state_bytes", "training state (grads + optimizer)")):
+        groups = {f"N={w}": [result["rows"][n].get(w, {}).get(f"{key}_vs_even_share") for n in names]
+                  for w in worlds}
+        plotting.ratio_bars(ax, names, groups, f"{what}, max over ranks / (state at N=1 / N)", "even share",
+                            legend="processes")
+    fig.suptitle(f"FSDP on CPU, model {result['config']['model']}: how evenly N processes share the state", fontsize=9)
+    fig.tight_layout()
+    return plotting.save(fig, path)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.perf.fsdp_memory", description=__doc__.split("\n")[0])
     parser.add_argument("--world-sizes", type=int, nargs="+", default=[1, 2, 4])
@@ -215,7 +237,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     result["elapsed_s"] = time.perf_counter() - started
     out = args.out or os.path.join(common.RESULTS_DIR, "perf-fsdp-cpu")
-    return common.publish(out, "fsdp", result, markdown(result))
+    published = common.publish(out, "fsdp", result, markdown(result))
+    plot(result, os.path.join(out, "fsdp.png"))
+    return published
 
 
 if __name__ == "__main__":

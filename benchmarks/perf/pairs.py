@@ -24,9 +24,9 @@ that machine load hits both; a side's number is the median over its repeats of t
 
 Step time: wall time between consecutive optimizer steps (the perf harness's ``StepTimer``) after ``--warmup``
 untimed steps; the LiST pair times its student step directly. Peak memory: the training phase's peak above the
-resident set at its start (``common.PeakMemory``), the max over repeats. Writes ``pairs.json`` and ``pairs.md``;
-``--merge`` keeps the other pairs already in the output folder's ``pairs.json`` (so adding or re-measuring one pair
-reruns only that pair) and records which command and commit measured which pairs.
+resident set at its start (``common.PeakMemory``), the max over repeats. Writes ``pairs.json``, ``pairs.md`` and
+``pairs.png``; ``--merge`` keeps the other pairs already in the output folder's ``pairs.json`` (so adding or
+re-measuring one pair reruns only that pair) and records which command and commit measured which pairs.
 """
 
 from __future__ import annotations
@@ -371,6 +371,24 @@ def markdown(result: dict[str, Any]) -> str:
                                   "memory ratio"], table) + "\n" + "".join(notes)
 
 
+def plot(result: dict[str, Any], path: str) -> str | None:
+    """Each pair's step time and training peak memory as a multiple of its plain side (no floor: the plain side is
+    the reference each method is compared with); ``None`` without matplotlib."""
+    from benchmarks import plotting
+
+    plt = common.pyplot()
+    if plt is None:
+        return None
+    names = list(result["pairs"])
+    fig, axes = plt.subplots(1, 2, figsize=(max(7.0, 1.0 * len(names) + 4), 3.8))
+    for ax, key, what in ((axes[0], "step_ratio", "step time"), (axes[1], "memory_ratio", "training peak memory")):
+        plotting.ratio_bars(ax, names, {"method / plain": [result["pairs"][n].get(key) for n in names]},
+                            f"{what}: method side / plain side", "plain side")
+    fig.suptitle("Method vs its plain counterpart, same model and rows (CPU)", fontsize=9)
+    fig.tight_layout()
+    return plotting.save(fig, path)
+
+
 def merge_earlier(result: dict[str, Any], path: str) -> None:
     """Put the earlier file's other pairs after this run's, with the command and commit that measured them."""
     import json
@@ -435,7 +453,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result["elapsed_s"] = time.perf_counter() - started
     if args.merge:
         merge_earlier(result, os.path.join(out, "pairs.json"))
-    return common.publish(out, "pairs", result, markdown(result))
+    published = common.publish(out, "pairs", result, markdown(result))
+    plot(result, os.path.join(out, "pairs.png"))
+    return published
 
 
 if __name__ == "__main__":

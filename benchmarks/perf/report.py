@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
+from benchmarks import plotting
 from benchmarks.common import fmt, markdown_table, pyplot
 
 MB = 2**20
@@ -101,30 +101,27 @@ def _load(machine: dict[str, Any]) -> str:
 
 
 def plot(result: dict[str, Any], path: str) -> str | None:
-    """Bars of step time and training memory as ratios to LoRA r=16, per batch shape; ``None`` without matplotlib."""
+    """Step time and training memory per method as ratios to LoRA r=16 and, when the run has the floor row, to the
+    floor; one bar per batch shape. ``None`` without matplotlib."""
     plt = pyplot()
     if plt is None:
         return None
     shapes = list(result["results"])
     names = [n for n in next(iter(result["results"].values()))["methods"]
              if all(result["results"][s]["methods"].get(n, {}).get("status") != "error" for s in shapes)]
-    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.1 * len(names) + 4), 4.5))
-    width = 0.8 / max(len(shapes), 1)
-    for ax, key, title in ((axes[0], "step_vs_lora-r16", "step time / LoRA r=16"),
-                           (axes[1], "memory_vs_lora-r16", "training peak memory / LoRA r=16")):
-        for i, shape in enumerate(shapes):
-            values = [result["results"][shape]["methods"].get(n, {}).get(key, math.nan) for n in names]
-            xs = [j + (i - (len(shapes) - 1) / 2) * width for j in range(len(names))]
-            ax.bar(xs, [v if v is not None and math.isfinite(v) else 0 for v in values], width, label=shape)
-        ax.axhline(1.0, color="black", linewidth=0.8)
-        ax.set_xticks(range(len(names)))
-        ax.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
-        ax.set_title(title, fontsize=10)
-        ax.set_yscale("log")
-        ax.legend(title="batch", fontsize=8)
-    fig.suptitle(f"{result['config']['model']} on {result['machine']['device_name']}", fontsize=10)
+    references = [("lora-r16", "LoRA r=16")]
+    if all("floor" in result["results"][s]["methods"] for s in shapes):
+        references.append(("floor", "floor"))
+    fig, axes = plt.subplots(len(references), 2, figsize=(max(8, 0.9 * len(names) + 4), 4.2 * len(references)),
+                             squeeze=False)
+    for (ref, label), row in zip(references, axes):
+        for ax, metric, what in ((row[0], "step", "step time"), (row[1], "memory", "training peak memory")):
+            groups = {shape: [result["results"][shape]["methods"].get(n, {}).get(f"{metric}_vs_{ref}")
+                              for n in names] for shape in shapes}
+            plotting.ratio_bars(ax, names, groups, f"{what} / {label}", label, legend="batch")
+    device = result["machine"]["device_name"]
+    fig.suptitle(f"{result['config']['model']} on {device}: each method as a multiple of LoRA r=16"
+                 + (" and of the floor (frozen base, backward to the inputs only)" if len(references) > 1 else
+                    " (this run has no floor row)"), fontsize=9)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return plotting.save(fig, path)

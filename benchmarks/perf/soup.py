@@ -364,7 +364,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "elapsed_s": time.perf_counter() - started,
     }
     result["machine"]["torch_threads"] = args.threads or torch.get_num_threads()
-    return common.publish(out, "soup", result, markdown(result))
+    published = common.publish(out, "soup", result, markdown(result))
+    plot(result, os.path.join(out, "soup.png"))
+    return published
+
+
+def plot(result: dict[str, Any], path: str) -> str | None:
+    """Ours as a multiple of mergekit (wall time, peak RSS; when mergekit ran), and our peak above the imports as a
+    multiple of one model per number of ingredients; ``None`` without matplotlib."""
+    from benchmarks import plotting
+
+    plt = common.pyplot()
+    if plt is None:
+        return None
+    mk, rows = result.get("mergekit") or {}, result["scaling"]["rows"]
+    panels = ["mergekit"] if "time_ratio" in mk else []
+    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(4.5 * (len(panels) + 1) + 1, 3.6), squeeze=False)
+    if panels:
+        plotting.ratio_bars(axes[0][0], ["wall time", "peak RSS"], {"ours / mergekit": [mk["time_ratio"],
+                            mk["memory_ratio"]]}, "uniform soup: ours / mergekit linear", "mergekit")
+    counts = list(rows)
+    plotting.ratio_bars(axes[0][-1], [f"{n} ingredients" for n in counts],
+                        {"ours": [rows[n]["above_imports_vs_one_model"] for n in counts]},
+                        "our peak RSS above the imports / one model", "one model")
+    fig.suptitle(f"Model soups, {result['config']['model']} shape (CPU)", fontsize=9)
+    fig.tight_layout()
+    return plotting.save(fig, path)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ Examples::
 A tiny Llama is pre-trained on synthetic procedural tasks (copy, reverse, counting, addition with
 and without written steps; cached after the first build), then fine-tuned on a held-out target
 task with each method at an equal step budget. Writes ``quality.json``, ``quality.md`` and, with
-matplotlib, ``quality.png`` (the target method table) and ``quality-scenarios.png`` (one panel per other
-scenario) to ``--out`` (default ``benchmarks/results/quality-<size>/``).
+matplotlib, ``quality.png`` (the target method table) and ``scenario-NAME.png`` (one per other scenario) to
+``--out`` (default ``benchmarks/results/quality-<size>/``).
 """
 
 from __future__ import annotations

@@ -95,17 +95,30 @@ def scenario_sections(result: dict[str, Any]) -> list[str]:
     return out
 
 
+#: The one-figure-for-all-scenarios file older runs wrote; ``plots`` replaces it by one figure per scenario.
+LEGACY_SCENARIOS_PNG = "quality-scenarios.png"
+
+
+def scenario_png(name: str) -> str:
+    """The file name of scenario ``name``'s figure."""
+    return f"scenario-{name}.png"
+
+
 def plots(result: dict[str, Any], out: str) -> list[str]:
     """Write every figure of ``result`` to ``out``; returns the file names written (none without matplotlib).
 
-    ``quality.png``: the ``target`` method table (when it ran); ``quality-scenarios.png``: one panel per other
-    scenario (when any ran). Two files at most, so a run's folder stays small.
+    ``quality.png``: the ``target`` method table (when it ran); ``scenario-NAME.png``: one per other scenario (so
+    BENCHMARKS.md shows one plot per scenario). A legacy ``quality-scenarios.png`` in ``out`` is removed.
     """
     written = []
     if "target" in result.get("scenarios_run", ["target"]) and plot(result, os.path.join(out, "quality.png")):
         written.append("quality.png")
-    if plot_scenarios(result, os.path.join(out, "quality-scenarios.png")):
-        written.append("quality-scenarios.png")
+    for name, scenario in (result.get("scenarios") or {}).items():
+        if plot_scenario(result, name, scenario, os.path.join(out, scenario_png(name))):
+            written.append(scenario_png(name))
+    legacy = os.path.join(out, LEGACY_SCENARIOS_PNG)
+    if written and os.path.isfile(legacy):
+        os.remove(legacy)
     return written
 
 
@@ -128,10 +141,9 @@ def plot(result: dict[str, Any], path: str) -> str | None:
         ax.set_title(title, fontsize=10)
     fig.suptitle(f"mean ± std over seeds {result['config']['seeds']}", fontsize=10)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    from benchmarks import plotting
+
+    return plotting.save(fig, path)
 
 
 def _plot_metrics(name: str, scenario: dict[str, Any]) -> list[list[str]]:
@@ -140,50 +152,45 @@ def _plot_metrics(name: str, scenario: dict[str, Any]) -> list[list[str]]:
     return [m for m in scenario["metrics"] if keep is None or m[0] in keep]
 
 
-def plot_scenarios(result: dict[str, Any], path: str) -> str | None:
-    """One panel per scenario besides ``target``: each row's metrics as grouped bars, mean ± std over seeds.
+def plot_scenario(result: dict[str, Any], name: str, scenario: dict[str, Any], path: str) -> str | None:
+    """Scenario ``name``: each row's metrics as grouped bars, mean ± std over seeds, each bar labelled.
 
     The same rows and metrics as the scenario's markdown table; a row without a metric has no bar there.
     """
-    found = result.get("scenarios") or {}
+    from benchmarks import plotting
+
     plt = pyplot()
-    if not found or plt is None:
+    if plt is None:
         return None
     seeds = result["config"]["seeds"]
-    panels = [(name, scenario, _plot_metrics(name, scenario)) for name, scenario in found.items()]
-    widest = max(len(s["rows"]) * max(1, len(m)) for _, s, m in panels)
-    fig, axes = plt.subplots(len(panels), 1, figsize=(max(9.0, 0.28 * widest + 5), 4.4 * len(panels)),
-                             squeeze=False, layout="constrained")
-    for ax, (name, scenario, metrics) in zip(axes[:, 0], panels):
-        rows = list(scenario["rows"].items())
-        width, top = 0.8 / max(1, len(metrics)), 1.0
-        for i, (key, label) in enumerate(metrics):
-            xs, means, stds = [], [], []
-            for x, (_, row) in enumerate(rows):
-                mean, std = row.get(f"{key}_mean", math.nan), row.get(f"{key}_std", math.nan)
-                if math.isfinite(mean):
-                    xs.append(x + (i - (len(metrics) - 1) / 2) * width)
-                    means.append(mean)
-                    stds.append(std if math.isfinite(std) else 0.0)
-                    top = max(top, mean + stds[-1])
-            ax.bar(xs, means, width=width, yerr=stds, capsize=2, color=f"C{i}", label=label)
-            for x, mean, std in zip(xs, means, stds):  # the value, so that 0 reads apart from "not measured"
-                ax.annotate(f"{mean:.2f}", (x, mean + std), xytext=(0, 2), textcoords="offset points",
-                            rotation=90, ha="center", va="bottom", fontsize=6)
-        ax.set_xticks(range(len(rows)))
-        ax.set_xticklabels([row_name if len(row.get("per_seed", [])) in (0, len(seeds))
-                            else f"{row_name} (n={len(row['per_seed'])})" for row_name, row in rows],
-                           rotation=25, ha="right", fontsize=8)
-        ax.set_ylim(0, top * 1.2)
-        ax.set_ylabel("score (see legend)", fontsize=9)
-        ax.grid(axis="y", alpha=0.3)
-        ax.set_axisbelow(True)
-        title = textwrap.wrap(f"{scenario['title']} (--scenario {name})", 110, break_on_hyphens=False)
-        ax.set_title("\n".join(title), fontsize=10)
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    fig.suptitle(f"Quality scenarios: mean ± std over seeds {seeds}; (n=…): a row scored on fewer seeds; "
-                 "no bar: not measured for that row", fontsize=10)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    metrics = _plot_metrics(name, scenario)
+    rows = list(scenario["rows"].items())
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.28 * len(rows) * max(1, len(metrics)) + 4), 4.2),
+                           layout="constrained")
+    width, top = 0.8 / max(1, len(metrics)), 1.0
+    for i, (key, label) in enumerate(metrics):
+        xs, means, stds = [], [], []
+        for x, (_, row) in enumerate(rows):
+            mean, std = row.get(f"{key}_mean", math.nan), row.get(f"{key}_std", math.nan)
+            if math.isfinite(mean):
+                xs.append(x + (i - (len(metrics) - 1) / 2) * width)
+                means.append(mean)
+                stds.append(std if math.isfinite(std) else 0.0)
+                top = max(top, mean + stds[-1])
+        ax.bar(xs, means, width=width, yerr=stds, capsize=2, color=f"C{i}", label=label)
+        for x, mean, std in zip(xs, means, stds):  # the value, so that 0 reads apart from "not measured"
+            ax.annotate(f"{mean:.2f}", (x, mean + std), xytext=(0, 2), textcoords="offset points",
+                        rotation=90, ha="center", va="bottom", fontsize=6)
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([row_name if len(row.get("per_seed", [])) in (0, len(seeds))
+                        else f"{row_name} (n={len(row['per_seed'])})" for row_name, row in rows],
+                       rotation=25, ha="right", fontsize=8)
+    ax.set_ylim(0, top * 1.2)
+    ax.set_ylabel("score (see legend)", fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    title = textwrap.wrap(f"{scenario['title']} (--scenario {name}); mean ± std over seeds {seeds}", 100,
+                          break_on_hyphens=False)
+    ax.set_title("\n".join(title), fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    return plotting.save(fig, path)

@@ -1,8 +1,8 @@
 """The quality harness's scenarios beyond ``target``: one module each, selected with ``--scenario``.
 
 Each module exposes ``NAME`` (the claims' scenario key), ``TITLE``, ``DESIGN`` and ``run(ctx)``; see
-:mod:`._common` for the result's shape. Optional ``PLOT_METRICS``: the metric keys its panel of
-``quality-scenarios.png`` shows (default: every metric of its table).
+:mod:`._common` for the result's shape. Optional ``PLOT_METRICS``: the metric keys its figure
+``scenario-NAME.png`` shows (default: every metric of its table).
 """
 
 from __future__ import annotations

@@ -51,7 +51,7 @@ HYPER = dict(hyper_adapter_size=16, hyper_adapter_embedding_dim=32, hyper_adapte
              hyper_adapter_activation="relu", hyper_adapter_target_modules=TARGETS, hyper_adapter_export=False)
 LR = 2e-3
 
-#: The accuracy metrics drawn in quality-scenarios.png (the training time is in the table only).
+#: The accuracy metrics drawn in scenario-fm3-multitask.png (the training time is in the table only).
 PLOT_METRICS = [*(f"acc_{name}" for name in TASKS), "mean"]
 
 FULL = dict(train=48, test=300, steps=50, batch=16)
