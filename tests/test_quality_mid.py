@@ -59,3 +59,12 @@ def test_mid_smoke_build_records_curve_and_a_scenario_runs_on_it(monkeypatch, tm
     ctx = Context(folder=folder, key=record["key"], pretrain=config, seeds=[0], smoke=True, cache_root=str(tmp_path))
     result = grafting.run(ctx)
     assert result["rows"] and all("per_seed" in row for row in result["rows"].values())
+
+
+def test_corpus_tags_leave_the_scenarios_tags_free():
+    from benchmarks.quality.scenarios import alignment, many_shot  # few-shot-sft uses many-shot's tag
+
+    corpus_tags = {t.tag for t in corpus.CORPUS_TASKS.values()}
+    scenario_tags = {alignment.TRIGGER_TAG, many_shot.TAG, "f", "l", "i", "p"}  # editing/data-selection, composition, cls-rl
+    assert not corpus_tags & scenario_tags
+    assert not corpus_tags & {t.tag for t in [*tasks.PRETRAIN_TASKS.values(), *tasks.TARGET_TASKS.values()]}

@@ -7,7 +7,8 @@ shown by demonstrations). Every task has the shape of :class:`.tasks.Task` (``<t
 completion) and is registered in ``tasks.TASKS`` on import, so ``examples``/``held_out``/scoring
 find it. It lives apart from ``tasks.py`` because the `small` model's cache key hashes that file:
 adding tasks here leaves `small` cached. Completions never start with a space or punctuation, so a
-BPE tokenizer splits ``prompt + completion`` at the same place as ``prompt`` alone.
+BPE tokenizer splits ``prompt + completion`` at the same place as ``prompt`` alone. Tags avoid those the
+scenarios give their own meaning (``f``, ``l``, ``m``, ``x``, ``i``, ``p``).
 """
 
 from __future__ import annotations
@@ -80,8 +81,7 @@ def multiplication_task(rng):
 INSTRUCTIONS = [
     ("repeat the word {w} twice", lambda w: f"{w} {w}"),
     ("write {w} backwards", lambda w: w[::-1]),
-    ("what is the first letter of {w}?", lambda w: w[0]),
-    ("what is the last letter of {w}?", lambda w: w[-1]),
+    ("spell {w} with dashes", lambda w: "-".join(w)),
     ("how many letters are in {w}?", lambda w: str(len(w))),
     ("write {w} in capitals", lambda w: w.upper()),
 ]
@@ -114,8 +114,9 @@ def lookup_task(rng):
     return ";".join(f"{k}>{v}" for k, v in zip(keys, values)) + f"|{keys[query]}", values[query]
 
 
-RULES = {"copy": lambda w: w, "reverse": lambda w: w[::-1], "first": lambda w: w[0], "last": lambda w: w[-1],
-         "double": lambda w: w + w}
+#: Not first/last letter: the many-shot and few-shot-sft scenarios teach those as rules the decoder never saw.
+RULES = {"copy": lambda w: w, "reverse": lambda w: w[::-1], "double": lambda w: w + w,
+         "sort": lambda w: "".join(sorted(w)), "rotate": lambda w: w[1:] + w[0]}
 
 
 def rule_task(rng):
@@ -126,12 +127,12 @@ def rule_task(rng):
 
 
 CORPUS_TASKS = {
-    "facts": Task("facts", "f", fact_task, 8),
+    "facts": Task("facts", "q", fact_task, 8),
     "word_problem": Task("word_problem", "w", word_problem_task, 24, steps=True),
-    "multiply_steps": Task("multiply_steps", "m", multiplication_task, 40, steps=True),
-    "instruct": Task("instruct", "i", instruction_task, 16),
-    "refuse": Task("refuse", "i", request_task, 40),
+    "multiply_steps": Task("multiply_steps", "v", multiplication_task, 40, steps=True),
+    "instruct": Task("instruct", "h", instruction_task, 16),
+    "refuse": Task("refuse", "h", request_task, 40),
     "icl_lookup": Task("icl_lookup", "k", lookup_task, 3),
-    "icl_rule": Task("icl_rule", "x", rule_task, 12),
+    "icl_rule": Task("icl_rule", "e", rule_task, 12),
 }
 tasks.TASKS.update(CORPUS_TASKS)
