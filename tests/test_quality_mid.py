@@ -65,6 +65,7 @@ def test_corpus_tags_leave_the_scenarios_tags_free():
     from benchmarks.quality.scenarios import alignment, many_shot  # few-shot-sft uses many-shot's tag
 
     corpus_tags = {t.tag for t in corpus.CORPUS_TASKS.values()}
-    scenario_tags = {alignment.TRIGGER_TAG, many_shot.TAG, "f", "l", "i", "p"}  # editing/data-selection, composition, cls-rl
+    # f, l: editing and data-selection; i: composition; p: cls-rl
+    scenario_tags = {alignment.TRIGGER_TAG, many_shot.TAG, "f", "l", "i", "p"}
     assert not corpus_tags & scenario_tags
     assert not corpus_tags & {t.tag for t in [*tasks.PRETRAIN_TASKS.values(), *tasks.TARGET_TASKS.values()]}
