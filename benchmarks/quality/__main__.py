@@ -34,7 +34,7 @@ from benchmarks.quality.pretrain import PretrainConfig, pretrained
 #: The stronger decoder of issue #20: a byte-level BPE vocabulary trained on its corpus, the procedural tasks plus
 #: the richer ones of :mod:`benchmarks.quality.corpus` (chains of thought, facts, instructions/refusals, in-context).
 MID = PretrainConfig(hidden_size=256, intermediate_size=768, num_hidden_layers=6, num_attention_heads=8,
-                     examples=80_000, steps=2_400, batch_size=32, learning_rate=1.5e-3, tokenizer="bpe",
+                     examples=96_000, steps=3_000, batch_size=32, learning_rate=1.5e-3, tokenizer="bpe",
                      vocab_size=4096, max_length=96, max_position_embeddings=256, log_every=50, eval_every=300,
                      tasks=(*tasks.PRETRAIN_TASKS, *corpus.CORPUS_TASKS))
 
