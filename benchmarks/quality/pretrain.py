@@ -217,8 +217,12 @@ def progress_callback(log):
     class Progress(TrainerCallback):
         """One line per logging step (the trainer's own printer is removed)."""
 
+        started = time.perf_counter(), time.process_time()
+
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:
-                log(f"  pre-training step {state.global_step}/{state.max_steps}: loss {logs['loss']:.3f}")
+                wall, cpu = time.perf_counter() - self.started[0], time.process_time() - self.started[1]
+                log(f"  pre-training step {state.global_step}/{state.max_steps}: loss {logs['loss']:.3f} "
+                    f"({wall:.0f} s wall, {cpu:.0f} s CPU since the model was built)")
 
     return Progress()
