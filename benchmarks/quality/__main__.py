@@ -27,9 +27,16 @@ from dataclasses import asdict, replace
 from typing import Any
 
 from benchmarks import common, methods
-from benchmarks.quality import claims, lr_sweep, report, scenarios, tasks
+from benchmarks.quality import claims, corpus, lr_sweep, report, scenarios, tasks
 from benchmarks.quality.finetune import FinetuneConfig, finetune_once, load_pretrained, score, train_rows
 from benchmarks.quality.pretrain import PretrainConfig, pretrained
+
+#: The stronger decoder of issue #20: a byte-level BPE vocabulary trained on its corpus, the procedural tasks plus
+#: the richer ones of :mod:`benchmarks.quality.corpus` (chains of thought, facts, instructions/refusals, in-context).
+MID = PretrainConfig(hidden_size=256, intermediate_size=768, num_hidden_layers=6, num_attention_heads=8,
+                     examples=96_000, steps=3_000, batch_size=32, learning_rate=1.5e-3, tokenizer="bpe",
+                     vocab_size=4096, max_length=96, max_position_embeddings=256, log_every=50, eval_every=300,
+                     tasks=(*tasks.PRETRAIN_TASKS, *corpus.CORPUS_TASKS))
 
 #: Pre-trained decoders by ``--size``: ``small`` fits a few CPU-minutes on 2 cores (the default, and what
 #: BENCHMARKS.md reports); ``base`` is the "few million parameters" of the issue (about 5x the compute).
@@ -38,12 +45,40 @@ SIZES = {
                             examples=40_000, steps=1_200, batch_size=32),
     "base": PretrainConfig(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
                            examples=64_000, steps=2_000, batch_size=32, learning_rate=2e-3),
+    "mid": MID,
 }
 SMOKE = (
     PretrainConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, examples=256,
                    steps=10, batch_size=16, eval_per_task=4, max_new_tokens=4),
     FinetuneConfig(train_examples=32, steps=3, batch_size=8, eval_target=4, eval_retention=4, max_new_tokens=4),
 )
+
+
+def smoke_of(config: PretrainConfig) -> PretrainConfig:
+    """The smoke recipe of a decoder: SMOKE's shape and budget, with the decoder's tokenizer and tasks kept
+    (``small``: exactly SMOKE[0], so its cached smoke model and CI's runs are unchanged)."""
+    if config.tokenizer == "char" and config.tasks == SMOKE[0].tasks:
+        return SMOKE[0]
+    return replace(SMOKE[0], tokenizer=config.tokenizer, vocab_size=min(config.vocab_size, 512) or 0,
+                   max_length=config.max_length, max_position_embeddings=config.max_position_embeddings,
+                   tasks=config.tasks, examples=max(SMOKE[0].examples, 2 * len(config.tasks)))
+
+
+def build_model(size: str, threads: int | None = None) -> dict[str, Any]:
+    """``--build-model``: the decoder's folder and record (built now unless cached), progress printed."""
+    sys.stdout.reconfigure(line_buffering=True)
+    common.offline_environment()
+    common.quiet_warnings()
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    folder, record = pretrained(SIZES[size])
+    print(f"{size}: {record['parameters']:,} parameters, vocabulary {record.get('vocab_size', '?')}, "
+          f"built in {record.get('build_wall_seconds', record['seconds']):.0f} s on {record.get('device', 'cpu')}; "
+          f"held-out accuracy {record['accuracy']}")
+    print(f"record: {os.path.join(folder, 'pretrained.json')}")
+    return record
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -56,7 +91,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                           f"rows; baselines are added, see --baselines). Rows: {', '.join(methods.BY_NAME)}")
     parser.add_argument("--baselines", help="comma-separated baseline rows to add (default: full,lora-r8,lora-r16); "
                                             "claims whose rows are missing say 'not measured yet'")
-    parser.add_argument("--size", choices=list(SIZES), default="small", help="pre-trained decoder (default small)")
+    parser.add_argument("--size", "--model", dest="size", choices=list(SIZES), default="small",
+                        help="pre-trained decoder (default small; mid: the BPE decoder of issue #20). With --smoke: "
+                             "that decoder's recipe shrunk to seconds (its tokenizer and corpus kept)")
+    parser.add_argument("--build-model", choices=list(SIZES), metavar="SIZE",
+                        help=f"build (or find cached) the pre-trained decoder SIZE ({', '.join(SIZES)}), print its "
+                             f"record and exit; nothing is fine-tuned")
     parser.add_argument("--target", choices=list(tasks.TARGET_TASKS), help="held-out target task")
     parser.add_argument("--steps", type=int, help="fine-tuning steps per method")
     parser.add_argument("--train-examples", type=int, help="target-task training examples per seed")
@@ -127,6 +167,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.replot:
         return replot(args.replot)
+    if args.build_model:
+        return build_model(args.build_model, args.threads)
     dirty = common.require_clean_tree(args.allow_dirty or args.smoke)
     # The commit the run's code came from: read now, since the tree may move on during a long run.
     commit_at_start = common.git_commit()
@@ -137,7 +179,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    pre_config, ft_config = SMOKE if args.smoke else (SIZES[args.size], FinetuneConfig())
+    pre_config, ft_config = (smoke_of(SIZES[args.size]), SMOKE[1]) if args.smoke else (SIZES[args.size],
+                                                                                       FinetuneConfig())
     overrides = {k: v for k, v in (("target", args.target), ("steps", args.steps),
                                    ("train_examples", args.train_examples)) if v is not None}
     ft_config = replace(ft_config, **overrides)

@@ -1,0 +1,71 @@
+"""The `mid` decoder of the quality harness: its BPE tokenizer, its cache key, and a shrunk build a scenario runs on."""
+
+import json
+import os
+import shutil
+from dataclasses import replace
+
+from benchmarks.quality import bpe, corpus, pretrain, tasks
+from benchmarks.quality.__main__ import MID, SIZES, smoke_of
+
+
+def mid_texts(n: int) -> list[str]:
+    return [r["prompt"] + r["completion"] for r in tasks.examples(list(MID.tasks), n, seed=0)]
+
+
+def test_bpe_tokenizer_is_deterministic_and_round_trips():
+    texts = mid_texts(600)
+    first, second = bpe.train_bpe(texts, 400), bpe.train_bpe(texts, 400)
+    assert first.backend_tokenizer.to_str() == second.backend_tokenizer.to_str()  # same merges, same ids
+    assert len(first) == 400 and first.convert_ids_to_tokens(list(range(5))) == tasks.SPECIAL_TOKENS
+    other = bpe.train_bpe(mid_texts(300), 400)
+    assert other.backend_tokenizer.to_str() != first.backend_tokenizer.to_str()  # the texts do matter
+    for row in tasks.examples(list(MID.tasks), 60, seed=5):
+        prompt = first(row["prompt"], add_special_tokens=False)["input_ids"]
+        whole = first(row["prompt"] + row["completion"], add_special_tokens=False)["input_ids"]
+        assert whole[: len(prompt)] == prompt  # the completion starts at a token boundary (TRL's prompt mask)
+        assert first.decode(whole) == row["prompt"] + row["completion"]  # exact match scoring needs exact text
+        assert len(whole) <= len(row["prompt"] + row["completion"])  # tasks' character budgets bound tokens
+
+
+def test_mid_key_follows_the_corpus_source_and_small_key_does_not(monkeypatch, tmp_path):
+    small_key, mid_key = SIZES["small"].key(), MID.key()
+    assert "corpus_source" not in SIZES["small"].recipe() and "tokenizer" not in SIZES["small"].recipe()["config"]
+    changed = tmp_path / "corpus.py"
+    shutil.copy(corpus.__file__, changed)
+    changed.write_text(changed.read_text() + "\n# one more template\n")
+    monkeypatch.setattr(corpus, "__file__", str(changed))
+    assert MID.key() != mid_key
+    assert SIZES["small"].key() == small_key
+    assert replace(MID, eval_every=7, log_every=3).key() == MID.key()  # progress settings are not the recipe
+
+
+def test_mid_smoke_build_records_curve_and_a_scenario_runs_on_it(monkeypatch, tmp_path):
+    from benchmarks.quality.scenarios import grafting
+    from benchmarks.quality.scenarios._common import Context, load
+
+    monkeypatch.setenv("FTPLUGINS_BENCH_CACHE", str(tmp_path))
+    config = replace(smoke_of(MID), eval_every=5, curve_per_task=2)
+    assert config.tokenizer == "bpe" and config.tasks == MID.tasks
+    folder, record = pretrain.pretrained(config, log=lambda *_: None)
+    with open(os.path.join(folder, "pretrained.json")) as handle:
+        assert json.load(handle)["key"] == config.key() == record["key"]
+    assert 49 < record["vocab_size"] <= 512 and record["build_wall_seconds"] >= record["seconds"] > 0
+    assert set(record["accuracy"]) == set(MID.tasks)
+    assert [p["step"] for p in record["heldout_curve"]] == [5, 10]
+    assert all(set(p["accuracy"]) == set(MID.tasks) and p["eval_loss"] > 0 for p in record["heldout_curve"])
+    model, tokenizer = load(folder)
+    assert len(tokenizer) == record["vocab_size"] == model.config.vocab_size
+    ctx = Context(folder=folder, key=record["key"], pretrain=config, seeds=[0], smoke=True, cache_root=str(tmp_path))
+    result = grafting.run(ctx)
+    assert result["rows"] and all("per_seed" in row for row in result["rows"].values())
+
+
+def test_corpus_tags_leave_the_scenarios_tags_free():
+    from benchmarks.quality.scenarios import alignment, many_shot  # few-shot-sft uses many-shot's tag
+
+    corpus_tags = {t.tag for t in corpus.CORPUS_TASKS.values()}
+    # f, l: editing and data-selection; i: composition; p: cls-rl
+    scenario_tags = {alignment.TRIGGER_TAG, many_shot.TAG, "f", "l", "i", "p"}
+    assert not corpus_tags & scenario_tags
+    assert not corpus_tags & {t.tag for t in [*tasks.PRETRAIN_TASKS.values(), *tasks.TARGET_TASKS.values()]}
