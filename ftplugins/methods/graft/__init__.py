@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ftplugins.distributed_reasons import OWN_LOOP
 from ftplugins.errors import FtpluginsError
 from ftplugins.plugin import Plugin, hookimpl
 from ftplugins.sparse.plugin import FSDP_PART
@@ -52,7 +53,8 @@ class GraftPlugin(Plugin):
     distributed_refusals = {"ddp": "the graft mask's gradient is not reduced across processes",
                             "fsdp": FSDP_PART + "grafting trains its mask in a loop of its own over the whole "
                                     "pretrained and fine-tuned weights, whose gradient is not reduced across "
-                                    "processes, as under DDP; graft in one process"}
+                                    "processes, as under DDP; graft in one process",
+                            "deepspeed": "grafting trains its mask " + OWN_LOOP}
     trainers = ("SFTTrainer",)
 
     @hookimpl

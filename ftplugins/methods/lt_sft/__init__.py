@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ftplugins.distributed_reasons import OWN_LOOP
 from ftplugins.errors import FtpluginsError
 from ftplugins.plugin import Plugin, hookimpl
 from ftplugins.sparse.plugin import FSDP_PART, SparseEngineHooks
@@ -57,7 +58,8 @@ class LtSftPlugin(SparseEngineHooks, Plugin):
     distributed = ("single",)
     distributed_refusals = {"ddp": "phase 1's loop does not reduce gradients across processes",
                             "fsdp": FSDP_PART + "LT-SFT's phase 1 is a dense full fine-tuning loop of its own that "
-                                    "does not reduce gradients across processes, as under DDP; train it in one process"}
+                                    "does not reduce gradients across processes, as under DDP; train it in one process",
+                            "deepspeed": "phase 1 trains dense weights " + OWN_LOOP}
 
     @hookimpl
     def validate(self, run):
