@@ -14,8 +14,8 @@ OWN_LOOP = "in a torch loop of its own, which does not reduce gradients across p
 UNWRAPPED_FORWARD = "its loss calls the unwrapped model, so DDP's forward never runs and gradients are not reduced"
 
 #: The main process alone reads whole weights (an analysis, an evaluation) while the others wait.
-MAIN_READS_WHOLE_FSDP = ("the main process alone reads the model's whole weights, which FSDP2 shards (it would see "
-                         "one shard)")
+MAIN_READS_WHOLE_FSDP = ("the main process alone reads the whole model while the others wait, and FSDP2 shards it "
+                         "across processes")
 MAIN_READS_WHOLE_ZERO = ("the main process alone reads the model's whole weights, which ZeRO-3 partitions; ZeRO-2 "
                          "keeps them whole: untested")
 

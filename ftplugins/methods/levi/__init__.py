@@ -27,7 +27,7 @@ class LeviPlugin(Plugin):
     distributed = ("single",)
     distributed_refusals = {
         "ddp": untested("ddp", "LeviModel trains through the DDP forward like any module"),
-        "fsdp": untested("fsdp", "LeviModel has no _no_split_modules, so fully_shard wraps it as one unit"),
+        "fsdp": untested("fsdp", "LeviModel has no _no_split_modules, so fully_shard wraps it as one unit by default"),
         "deepspeed": untested("deepspeed", "LeviModel is a plain module; its frozen encoder rides in the engine"),
     }
     claims = {"trainable_set": "trains only the small model and the adapting heads (and an adapter, if any)",
