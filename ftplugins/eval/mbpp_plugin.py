@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ftplugins.distributed_reasons import MAIN_READS_WHOLE_FSDP, MAIN_READS_WHOLE_ZERO
 from ftplugins.errors import FtpluginsError
 from ftplugins.options import check_range
 from ftplugins.plugin import TEXT_TRAINERS, Plugin, hookimpl
@@ -45,6 +46,7 @@ class MbppEvalPlugin(Plugin):
     options = MbppEvalOptions
     trainers = TEXT_TRAINERS  # text generation: not a diffusion denoiser
     distributed = ("single", "ddp")
+    distributed_refusals = {"fsdp": MAIN_READS_WHOLE_FSDP, "deepspeed": MAIN_READS_WHOLE_ZERO}  # to generate
 
     @hookimpl
     def validate(self, run):

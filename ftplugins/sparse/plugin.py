@@ -17,11 +17,6 @@ from ftplugins.errors import FtpluginsError
 from ftplugins.plugin import Plugin, hookimpl
 
 
-#: The engine itself trains on FSDP2's row shards (:mod:`ftplugins.sparse.shards`); a method whose own steps look
-#: at whole weights in a way not written for shards says so in its ``distributed_refusals["fsdp"]``, starting so.
-FSDP_PART = "the sparse engine trains on FSDP2's row shards (each process keeps its rows' entries), but "
-
-
 class SparseEngineHooks:
     """The engine's Trainer glue as hooks, for every plugin that trains on SparseAdamW (LIFT, SaRA, LT-SFT):
     no DDP wrapper (the engine averages compact gradients itself) and the gradient norm the engine measured."""

@@ -11,6 +11,7 @@ light: torch is imported inside the callback.
 from dataclasses import dataclass, field
 from typing import Optional
 
+from ftplugins.distributed_reasons import MAIN_READS_WHOLE_FSDP, MAIN_READS_WHOLE_ZERO
 from ftplugins.options import check_range
 from ftplugins.plugin import Plugin, hookimpl
 
@@ -37,6 +38,7 @@ class IntrudersPlugin(Plugin):
     paper = "Shuttleworth et al., arXiv:2410.21228"
     options = IntrudersOptions
     distributed = ("single", "ddp")
+    distributed_refusals = {"fsdp": MAIN_READS_WHOLE_FSDP, "deepspeed": MAIN_READS_WHOLE_ZERO}  # SVDs every N steps
 
     @hookimpl
     def callbacks(self, run):

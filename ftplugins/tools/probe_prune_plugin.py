@@ -10,6 +10,7 @@ copy with the trained model (a PEFT model is merged into a copy first) and write
 # No ``from __future__ import annotations``: HfArgumentParser needs the real field types.
 from dataclasses import dataclass, field
 
+from ftplugins.distributed_reasons import MAIN_READS_WHOLE_FSDP, MAIN_READS_WHOLE_ZERO
 from ftplugins.errors import FtpluginsError
 from ftplugins.options import check_choice, check_range
 from ftplugins.plugin import Plugin, hookimpl
@@ -54,6 +55,7 @@ class ProbePrunePlugin(Plugin):
     paper = "Jain et al., Mechanistically analyzing the effects of fine-tuning, arXiv:2311.12786"
     options = ProbePruneOptions
     distributed = ("single", "ddp")
+    distributed_refusals = {"fsdp": MAIN_READS_WHOLE_FSDP, "deepspeed": MAIN_READS_WHOLE_ZERO}  # initial vs trained
     trainers = ("SFTTrainer", "DPOTrainer", "GRPOTrainer")  # causal LMs: the behaviour is the next-token distribution
 
     @hookimpl

@@ -56,6 +56,11 @@ class SoupPlugin(Plugin):
     paper = "Wortsman et al., ICML 2022, arXiv:2203.05482"
     options = SoupOptions
     distributed = ("single", "ddp")
+    distributed_refusals = {
+        "fsdp": "averages checkpoint-N's whole-model file, which FSDP2 writes only with FULL_STATE_DICT (untested)",
+        "deepspeed": "averages checkpoint-N's whole-model file, which ZeRO-3 writes only with its 16-bit gather "
+                     "(untested)",
+    }
 
     @hookimpl
     def validate(self, run):

@@ -17,6 +17,7 @@ each attribute's frequency) independently of its class (:mod:`.marginal`).
   dataset (images, ``metadata.jsonl`` with class labels, ``bob_report.json``).
 """
 
+from ftplugins.distributed_reasons import DIFFUSION_DEEPSPEED, DIFFUSION_FSDP
 from ftplugins.errors import FtpluginsError
 from ftplugins.plugin import Plugin, hookimpl
 
@@ -42,6 +43,7 @@ class BobPlugin(Plugin):
     requires = {"diffusers": "pip install 'ftplugins[diffusion]'"}
     claims = {"captions": "writes every training caption from bob_template"}
     distributed = ("single", "ddp")
+    distributed_refusals = {"fsdp": DIFFUSION_FSDP, "deepspeed": DIFFUSION_DEEPSPEED}  # captions: any mode
 
     def add_commands(self, subparsers):
         """``ftplugins generate-synthetic``."""

@@ -44,6 +44,8 @@ class DeepAlignPlugin(Plugin):
     # FSDP: the reference pass and the frozen copy happen in train_begin, before accelerate shards the model, so
     # on the whole initial weights (tests/test_fsdp.py). DeepSpeed: not run yet.
     distributed = ("single", "ddp", "fsdp")
+    distributed_refusals = {"deepspeed": "ZeRO-3 may partition the weights at load (zero.Init), and the reference pass "
+                                          "in train_begin needs them whole; untested"}
 
     @hookimpl
     def validate(self, run):

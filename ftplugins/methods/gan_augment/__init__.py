@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 
+from ftplugins.distributed_reasons import untested
 from ftplugins.errors import FtpluginsError
 from ftplugins.plugin import Plugin, hookimpl
 
@@ -43,6 +44,8 @@ class GanAugmentPlugin(Plugin):
     trainers = ("Trainer",)
     # Every process trains the same GAN on the CPU from the same seed, so every rank adds the same rows.
     distributed = ("single", "ddp")
+    distributed_refusals = {mode: untested(mode, "only the train rows change, the same on every rank, before the model "
+                                                 "is sharded") for mode in ("fsdp", "deepspeed")}
 
     def add_commands(self, subparsers):
         """``ftplugins augment gan``."""

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ftplugins.distributed_reasons import OWN_LOOP
 from ftplugins.errors import FtpluginsError
 from ftplugins.plugin import Plugin, hookimpl
-from ftplugins.sparse.plugin import FSDP_PART
 
 from .options import GraftOptions
 
@@ -49,10 +49,7 @@ class GraftPlugin(Plugin):
         "adapter": "localizes the skill in the fine-tuned base weights, which an adapter leaves unchanged",
     }
     distributed = ("single",)
-    distributed_refusals = {"ddp": "the graft mask's gradient is not reduced across processes",
-                            "fsdp": FSDP_PART + "grafting trains its mask in a loop of its own over the whole "
-                                    "pretrained and fine-tuned weights, whose gradient is not reduced across "
-                                    "processes, as under DDP; graft in one process"}
+    distributed_refusals = {mode: "grafting trains its mask " + OWN_LOOP for mode in ("ddp", "fsdp", "deepspeed")}
     trainers = ("SFTTrainer",)
 
     @hookimpl

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ftplugins.distributed_reasons import untested
 from ftplugins.errors import FtpluginsError
 from ftplugins.plugin import Plugin, hookimpl
 
@@ -58,6 +59,12 @@ class HftPlugin(Plugin):
     # Only requires_grad changes: DDP works (find_unused_parameters is not needed, frozen tensors take no
     # gradient); FSDP/DeepSpeed flatten parameters and are not supported.
     distributed = ("single", "ddp")
+    distributed_refusals = {
+        "fsdp": untested("fsdp", "stage mode freezes whole tensors before fully_shard; the epoch redraw flips sharded "
+                                 "ones"),
+        "deepspeed": "ZeRO flattens the trainable tensors into its partitions once; the epoch redraw changes them "
+                     "(stage mode: untested)",
+    }
 
     @hookimpl
     def prepare_model(self, run, model):

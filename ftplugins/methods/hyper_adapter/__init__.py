@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 
+from ftplugins.distributed_reasons import UNWRAPPED_FORWARD
 from ftplugins.errors import FtpluginsError
 from ftplugins.plugin import Plugin, hookimpl
 
@@ -27,6 +28,13 @@ class HyperAdapterPlugin(Plugin):
     options = HyperAdapterOptions
     trainers = ("Trainer",)
     distributed = ("single",)
+    distributed_refusals = {
+        "ddp": UNWRAPPED_FORWARD + " (the contrastive stage)",
+        "fsdp": "functional_call swaps generated adapter weights in for parameters that FSDP2 shards and gathers "
+                "itself",
+        "deepspeed": "functional_call swaps generated adapter weights in for parameters that ZeRO-3 partitions and "
+                     "gathers",
+    }
     claims = {"adapter": "generates bottleneck adapters per task with a hypernetwork",
               "trainable_set": "trains only the hypernetwork and the task heads",
               "loss": "each row's cross-entropy under its task's head (or the contrastive stage's cosine loss)"}

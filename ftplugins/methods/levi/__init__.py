@@ -11,6 +11,7 @@ This module stays light (no torch): the pieces are imported inside the hooks.
 
 from __future__ import annotations
 
+from ftplugins.distributed_reasons import untested
 from ftplugins.errors import FtpluginsError
 from ftplugins.plugin import Plugin, hookimpl
 
@@ -24,6 +25,11 @@ class LeviPlugin(Plugin):
     options = LeviOptions
     trainers = ("Trainer",)
     distributed = ("single",)
+    distributed_refusals = {
+        "ddp": untested("ddp", "LeviModel trains through the DDP forward like any module"),
+        "fsdp": untested("fsdp", "LeviModel has no _no_split_modules, so fully_shard wraps it as one unit by default"),
+        "deepspeed": untested("deepspeed", "LeviModel is a plain module; its frozen encoder rides in the engine"),
+    }
     claims = {"trainable_set": "trains only the small model and the adapting heads (and an adapter, if any)",
               "loss": "the mean of the adapting heads' cross-entropies"}
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ftplugins.distributed_reasons import SPARSE_DEEPSPEED
 from ftplugins.sparse.plugin import SparseMethodPlugin
 
 from .options import LiftOptions
@@ -55,6 +56,7 @@ class LiftPlugin(SparseMethodPlugin):
     # DDP: compact gradients are averaged by the engine itself (no DDP reducer). FSDP2: selection on the gathered
     # weight, each process keeps its rows' entries (ftplugins.sparse.shards). DeepSpeed's partitions: not supported.
     distributed = ("single", "ddp", "fsdp")
+    distributed_refusals = {"deepspeed": SPARSE_DEEPSPEED}
     training_module = "ftplugins.methods.lift.training"
 
 

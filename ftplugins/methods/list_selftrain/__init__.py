@@ -17,6 +17,7 @@ This module stays light (no torch): the pieces are imported inside the hooks.
 
 from __future__ import annotations
 
+from ftplugins.distributed_reasons import OWN_LOOP
 from ftplugins.errors import FtpluginsError
 from ftplugins.plugin import Plugin, hookimpl
 
@@ -36,6 +37,8 @@ class ListSelftrainPlugin(Plugin):
     options = ListSelftrainOptions
     trainers = ("Trainer",)
     distributed = ("single",)
+    distributed_refusals = {mode: "post_train's self-training sessions train " + OWN_LOOP
+                            for mode in ("ddp", "fsdp", "deepspeed")}
     claims = {"self_training": "trains students on the teacher's soft labels of unlabelled rows after training"}
 
     @hookimpl

@@ -61,6 +61,8 @@ class LocftPlugin(Plugin):
     trainers = ("SFTTrainer",)
     # The skip decision uses this process's minibatch loss; under DDP processes could disagree and diverge.
     distributed = ("single",)
+    distributed_refusals = {mode: "its Adam skips a step on this process's minibatch loss, so processes would skip "
+                                  "different steps" for mode in ("ddp", "fsdp", "deepspeed")}
 
     @hookimpl
     def validate(self, run):

@@ -27,9 +27,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ftplugins.distributed_reasons import OWN_LOOP
 from ftplugins.errors import FtpluginsError
 from ftplugins.plugin import Plugin, hookimpl
-from ftplugins.sparse.plugin import FSDP_PART, SparseEngineHooks
+from ftplugins.sparse.plugin import SparseEngineHooks
 
 from .options import LtSftOptions
 
@@ -55,9 +56,8 @@ class LtSftPlugin(SparseEngineHooks, Plugin):
         "optimizer": "steps them with its sparse AdamW",
     }
     distributed = ("single",)
-    distributed_refusals = {"ddp": "phase 1's loop does not reduce gradients across processes",
-                            "fsdp": FSDP_PART + "LT-SFT's phase 1 is a dense full fine-tuning loop of its own that "
-                                    "does not reduce gradients across processes, as under DDP; train it in one process"}
+    # The sparse engine itself trains on FSDP2's row shards (lift, sara); phase 1 is the obstacle.
+    distributed_refusals = {mode: "phase 1 trains dense weights " + OWN_LOOP for mode in ("ddp", "fsdp", "deepspeed")}
 
     @hookimpl
     def validate(self, run):

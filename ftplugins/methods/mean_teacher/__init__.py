@@ -36,6 +36,12 @@ class MeanTeacherPlugin(Plugin):
     options = MeanTeacherOptions
     trainers = ("Trainer",)
     distributed = ("single",)
+    distributed_refusals = {
+        "ddp": "each process updates the class prototypes from its own rows, never all-reduced, so soft labels drift "
+               "apart",
+        "fsdp": "the EMA teacher is updated from the student's parameters, which FSDP2 shards (it would see one shard)",
+        "deepspeed": "the EMA teacher is updated from the student's parameters, which ZeRO-3 partitions",
+    }
     claims = {"loss": "adds the CE of the unlabelled rows against the teacher's confident pseudo-labels (and, by "
                       "default, prototype soft labels for the others) to the supervised CE"}
 

@@ -18,6 +18,7 @@ This module stays light (no torch): the pieces are imported inside the hooks.
 
 from __future__ import annotations
 
+from ftplugins.distributed_reasons import UNWRAPPED_FORWARD
 from ftplugins.errors import FtpluginsError
 from ftplugins.plugin import Plugin, hookimpl
 
@@ -34,6 +35,12 @@ class PetPlugin(Plugin):
     options = PetOptions
     trainers = ("Trainer",)
     distributed = ("single",)
+    distributed_refusals = {
+        "ddp": UNWRAPPED_FORWARD,
+        "fsdp": "post_train saves pet_head's state_dict as it is, which FSDP2 holds sharded (one shard per process)",
+        "deepspeed": "its loss calls the unwrapped model outside the DeepSpeed engine, and post_train saves pet_head, "
+                     "which ZeRO-3 partitions",
+    }
     claims = {"loss": "scores the labels by their verbaliser tokens at the cloze masks (softmax over labels, CE)",
               "targets": "turns each labelled example into cloze rows, one per pattern"}
 

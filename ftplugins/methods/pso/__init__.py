@@ -25,6 +25,7 @@ adapter plugin (ssf, block_lora, bottleneck) or full fine-tuning trains under it
 such model offline), flow-matching denoisers (refused).
 """
 
+from ftplugins.distributed_reasons import DIFFUSION_DEEPSPEED, DIFFUSION_FSDP
 from ftplugins.errors import FtpluginsError
 from ftplugins.plugin import Plugin, hookimpl
 
@@ -41,6 +42,7 @@ class PsoPlugin(Plugin):
     requires = {"diffusers": "pip install 'ftplugins[diffusion]'"}
     claims = {"loss": "replaces the denoising loss by the pairwise PSO loss"}
     distributed = ("single", "ddp")
+    distributed_refusals = {"fsdp": DIFFUSION_FSDP, "deepspeed": DIFFUSION_DEEPSPEED}
 
     @hookimpl
     def validate(self, run):

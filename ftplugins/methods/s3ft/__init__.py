@@ -33,6 +33,7 @@ import logging
 import os
 from typing import Any
 
+from ftplugins.distributed_reasons import BEFORE_SHARDING_FSDP, BEFORE_SHARDING_ZERO
 from ftplugins.errors import FtpluginsError
 from ftplugins.plugin import Plugin, hookimpl
 
@@ -61,6 +62,7 @@ class S3ftPlugin(Plugin):
     }
     trainers = ("SFTTrainer",)
     distributed = ("single", "ddp")
+    distributed_refusals = {"fsdp": BEFORE_SHARDING_FSDP, "deepspeed": BEFORE_SHARDING_ZERO}  # generation
 
     @hookimpl
     def validate(self, run):

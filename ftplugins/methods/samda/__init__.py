@@ -26,6 +26,8 @@ class SamdaPlugin(Plugin):
     options = SamdaOptions
     trainers = ("Trainer",)
     distributed = ("single",)
+    distributed_refusals = {mode: "batch Dice sums over one process's images; data parallel averages per-process "
+                                  "Dice, not the batch's" for mode in ("ddp", "fsdp", "deepspeed")}
     claims = {"trainable_set": "trains the expert and the adaptation module; the generic encoder stays frozen",
               "loss": "Dice + cross-entropy over the expert's segmentation logits"}
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ftplugins.distributed_reasons import SPARSE_DEEPSPEED
 from ftplugins.plugin import hookimpl
 from ftplugins.sparse.plugin import SparseMethodPlugin
 
@@ -52,6 +53,7 @@ class SaraPlugin(SparseMethodPlugin):
     # FSDP2: the nuclear-norm term gathers θ - θ0 of its weight whole; the progressive stage re-selects among
     # each process's own rows (ftplugins.sparse.shards).
     distributed = ("single", "ddp", "fsdp")
+    distributed_refusals = {"deepspeed": SPARSE_DEEPSPEED}
     training_module = "ftplugins.methods.sara.training"
 
     @hookimpl

@@ -15,6 +15,7 @@ it), combined with lambda; coverage-enhanced sampling then draws across 50 score
 from __future__ import annotations
 
 from ftplugins.data.plugin_support import select_train_split
+from ftplugins.distributed_reasons import BEFORE_SHARDING_FSDP, BEFORE_SHARDING_ZERO
 from ftplugins.plugin import Plugin, hookimpl
 
 from .options import SelectInfluenceOptions
@@ -29,6 +30,7 @@ class SelectInfluencePlugin(Plugin):
     claims = {"row_selection": "keeps the rows of highest influence + effort, across score strata"}
     requires = {}  # torch only: no faiss, no POT
     distributed = ("single", "ddp")
+    distributed_refusals = {"fsdp": BEFORE_SHARDING_FSDP, "deepspeed": BEFORE_SHARDING_ZERO}  # per-row gradients
     trainers = ("SFTTrainer",)  # losses over prompt/completion or text rows
 
     def choose(self, pool, budget, settings, context):

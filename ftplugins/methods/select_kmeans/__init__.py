@@ -18,6 +18,7 @@ held out of each cluster, draw the next slice from the unselected rows): ``--sel
 from __future__ import annotations
 
 from ftplugins.data.plugin_support import REQUIRES, select_train_split
+from ftplugins.distributed_reasons import BEFORE_SHARDING_FSDP, BEFORE_SHARDING_ZERO
 from ftplugins.plugin import TEXT_TRAINERS, Plugin, hookimpl
 
 from .options import SelectKmeansOptions
@@ -41,6 +42,7 @@ class SelectKmeansPlugin(Plugin):
     requires = REQUIRES
     trainers = TEXT_TRAINERS  # selects text rows: not a diffusion denoiser's images
     distributed = ("single", "ddp")
+    distributed_refusals = {"fsdp": BEFORE_SHARDING_FSDP, "deepspeed": BEFORE_SHARDING_ZERO}  # perplexities
 
     def choose(self, pool, budget, settings, context):
         from .choose import choose

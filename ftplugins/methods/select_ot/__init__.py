@@ -17,6 +17,7 @@ per-row gradients w.r.t. a LoRA's / the last block's parameters projected to ``g
 from __future__ import annotations
 
 from ftplugins.data.plugin_support import REQUIRES, select_train_split
+from ftplugins.distributed_reasons import untested
 from ftplugins.plugin import TEXT_TRAINERS, Plugin, hookimpl
 
 from .options import SelectOtOptions
@@ -33,6 +34,8 @@ class SelectOtPlugin(Plugin):
     requires = REQUIRES
     trainers = TEXT_TRAINERS  # selects text rows: not a diffusion denoiser's images
     distributed = ("single", "ddp")
+    distributed_refusals = {mode: untested(mode, "selection runs before training, by default with its own sentence "
+                                                 "encoder") for mode in ("fsdp", "deepspeed")}
 
     def choose(self, pool, budget, settings, context):
         from .choose import choose
