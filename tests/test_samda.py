@@ -203,3 +203,29 @@ def test_evaluation_reports_the_dice_ce_loss(tmp_path, sam_dir):
     with torch.no_grad():
         expected = model(torch.tensor(rows["image"]), labels=torch.tensor(rows["mask"])).loss
     assert metrics["eval_loss"] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_the_adaptation_module_learns_at_its_own_rate(tmp_path, sam_dir):
+    """samda_adapter_lr_scale: the optimizer gives the adapter learning_rate x scale (no decay on biases and norms),
+    everything else the base rate; 1 keeps the trainer's own optimizer (one rate)."""
+    from transformers import Trainer
+
+    trainer = build(tmp_path, sam_dir, steps=1, samda_adapter_lr_scale=10.0)
+    trainer.args.weight_decay = 0.01
+    trainer.create_optimizer()
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    decayed = set(Trainer.get_decay_parameter_names(None, trainer.model))  # not biases nor norms
+    seen = set()
+    for group in trainer.optimizer.param_groups:
+        kinds = {names[id(p)].startswith("adapter.") for p in group["params"]}
+        assert len(kinds) == 1  # a group holds adapter parameters or others, never both
+        assert group["lr"] == (1e-1 if kinds == {True} else 1e-2)
+        decays = {names[id(p)] in decayed for p in group["params"]}
+        assert len(decays) == 1 and group["weight_decay"] == (0.01 if decays == {True} else 0.0)
+        seen |= {names[id(p)] for p in group["params"]}
+    assert seen == {n for n, p in trainer.model.named_parameters() if p.requires_grad}
+    one_rate = build(tmp_path / "one", sam_dir, steps=1, samda_adapter_lr_scale=1.0)
+    one_rate.create_optimizer()
+    assert {g["lr"] for g in one_rate.optimizer.param_groups} == {1e-2}
+    with pytest.raises((ValueError, OptionError), match="samda_adapter_lr_scale"):
+        build(tmp_path / "bad", sam_dir, samda_adapter_lr_scale=0.0)

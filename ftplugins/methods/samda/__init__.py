@@ -62,6 +62,13 @@ class SamdaPlugin(Plugin):
                           opts.samda_ce_weight)
 
     @hookimpl
+    def create_optimizer(self, run, model, args):
+        from .model import adapter_param_groups
+
+        scale = run.options_for(self).samda_adapter_lr_scale
+        return None if scale == 1.0 else adapter_param_groups(model, args, scale)
+
+    @hookimpl
     def data_collator(self, run, collator):
         # The trainer's own collator (default_data_collator) knows nothing of masks; rows are image + mask here.
         from .data import SegmentationCollator

@@ -168,3 +168,19 @@ class SamdaModel(nn.Module):
             self._generic = None
         loss = None if labels is None else dice_ce_loss(logits, labels, self.dice_weight, self.ce_weight)
         return SemanticSegmenterOutput(loss=loss, logits=logits)
+
+
+def adapter_param_groups(model: nn.Module, args, scale: float) -> torch.optim.Optimizer:
+    """The trainer's own optimizer class and settings (``args.optim``, weight decay on the usual parameters), with the
+    adaptation module's parameters at ``args.learning_rate * scale`` and every other trainable one at the base rate."""
+    from transformers import Trainer
+
+    optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+    decay = set(Trainer.get_decay_parameter_names(None, model))
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            groups.setdefault((name.startswith("adapter."), name in decay), []).append(param)
+    return optimizer_cls([{"params": params, "lr": args.learning_rate * (scale if adapter else 1.0),
+                           "weight_decay": args.weight_decay if decayed else 0.0}
+                          for (adapter, decayed), params in groups.items()], **kwargs)

@@ -28,6 +28,13 @@ class SamdaOptions:
                   "zero-initialised, so training starts from the expert alone (our choice: the paper's fusion is "
                   "not public). 'none': no fusion, the expert alone (the ablation baseline)."},
     )
+    samda_adapter_lr_scale: float = field(
+        default=10.0,
+        metadata={"help": "The adaptation module's learning rate is learning_rate x this (the rest: learning_rate). "
+                  "Its last conv starts at zero, and at the expert's rate it barely moves in a few-shot run (the "
+                  "fusion stayed unused and SAMDA equalled the expert); 10 let it learn (BENCHMARKS.md, "
+                  "samda-diagnosis). 1: one rate for all."},
+    )
     samda_dice_weight: float = field(default=1.0, metadata={"help": "Weight of the soft Dice loss."})
     samda_ce_weight: float = field(default=1.0, metadata={"help": "Weight of the pixel-wise cross-entropy."})
     samda_image_column: str = field(default="image", metadata={"help": "Dataset column of the images (C, H, W) or "
@@ -37,6 +44,8 @@ class SamdaOptions:
 
     def __post_init__(self):
         check_choice("samda_fusion", self.samda_fusion, FUSIONS)
+        if not self.samda_adapter_lr_scale > 0:
+            raise ValueError(f"--samda_adapter_lr_scale {self.samda_adapter_lr_scale!r}: expected a value > 0")
         check_range("samda_dice_weight", self.samda_dice_weight, 0.0, 1e6)
         check_range("samda_ce_weight", self.samda_ce_weight, 0.0, 1e6)
         if self.samda_dice_weight == 0 and self.samda_ce_weight == 0:
