@@ -43,9 +43,11 @@ def dense(delta):
     return out
 
 
-def state_sizes(stdout):
-    """``{rank: (trained entries, bytes of optimizer state)}`` the child reported after training."""
-    found = re.findall(r"rank=(\d) sparse_state_entries=(\d+) sparse_state_bytes=(\d+)", stdout)
+def state_sizes(stdout, at=""):
+    """``{rank: (trained entries, bytes of optimizer state)}`` the child reported after training (``at="step=1"``:
+    after the first step, before any re-selection rebuilt the state)."""
+    at = at.replace("step=", " at_step=")
+    found = re.findall(rf"rank=(\d){at} sparse_state_entries=(\d+) sparse_state_bytes=(\d+)", stdout)
     return {int(rank): (int(entries), int(nbytes)) for rank, entries, nbytes in found}
 
 
@@ -93,6 +95,12 @@ def test_fsdp2_sparse_method_equals_one_process_with_each_rank_holding_its_rows(
     assert sizes[0][1] + sizes[1][1] == one_bytes > 0, (sizes, one_bytes)
     assert max(nbytes for _, nbytes in sizes.values()) < 0.75 * one_bytes, (sizes, one_bytes)
     print(f"{plugin} under FSDP2: (entries, state bytes) per rank {sizes}; one process ({one_entries}, {one_bytes})")
+    # Also right after step 1, as Accelerate's prepare handed the state over (its copy of the state dict once left
+    # each process a second index list equal to `indices`: 4 bytes more per entry until a re-selection re-shared it).
+    one_entries, one_bytes = state_sizes((tmp_path / "one.stdout").read_text(), at="step=1")[0]
+    sizes = state_sizes((tmp_path / "fsdp.stdout").read_text(), at="step=1")
+    assert sorted(sizes) == [0, 1] and sizes[0][0] + sizes[1][0] == one_entries, (sizes, one_entries)
+    assert sizes[0][1] + sizes[1][1] == one_bytes > 0, (sizes, one_bytes)
 
 
 @pytest.mark.parametrize("plugin", sorted(CASES))

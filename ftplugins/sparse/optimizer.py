@@ -660,7 +660,7 @@ class SparseAdamW(torch.optim.Optimizer):
         state: defaultdict = defaultdict(dict)
         for key, saved_state in state_dict["state"].items():
             param = by_id[key]
-            state[param] = {k: to_device(v, param.device) for k, v in saved_state.items()}
+            state[param] = share_equal_origin({k: to_device(v, param.device) for k, v in saved_state.items()})
             _check_state(state[param], param)
         self.state = state
         self.steps = int(engine["steps"])
@@ -705,6 +705,18 @@ def compact_indices(indices: torch.Tensor, numel: int) -> torch.Tensor:
     at a LoRA-sized budget the index list is a quarter of the engine's state)."""
     dtype = torch.int32 if numel <= torch.iinfo(torch.int32).max else torch.int64
     return indices if indices.dtype == dtype else indices.to(dtype)
+
+
+def share_equal_origin(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with ``origin_indices`` the very tensor ``indices`` when the two are equal, as the optimizer keeps
+    them until a refresh adds entries. A state dict that went through copies loses that sharing (Accelerate's
+    ``AcceleratedOptimizer`` moves every tensor to ``cpu:0``, which copies a ``cpu`` tensor, and loads the copies):
+    without this, each process would keep a second index list, 4 bytes more per trained entry."""
+    indices, origin = state.get("indices"), state.get("origin_indices")
+    if (indices is not None and origin is not None and origin is not indices and origin.dtype == indices.dtype
+            and origin.device == indices.device and torch.equal(origin, indices)):
+        state["origin_indices"] = indices
+    return state
 
 
 def _moment_dtype(param: torch.Tensor) -> torch.dtype:

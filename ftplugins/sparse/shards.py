@@ -118,7 +118,7 @@ class _Gathering(dict):
 
 def localize_state(state: dict[str, Any], param: Any, name: str) -> dict[str, Any]:
     """The state of a whole tensor (global indices) cut to this process's rows of ``param`` (sharded)."""
-    from .optimizer import compact_indices
+    from .optimizer import compact_indices, share_equal_origin
 
     start, end, cols = row_range(param, name)
     numel = local(param).numel()
@@ -144,7 +144,7 @@ def localize_state(state: dict[str, Any], param: Any, name: str) -> dict[str, An
             oa, ob, kept = localize(origin, start, end, cols)
             out["origin_indices"] = compact_indices(kept.contiguous(), max(numel, 1))
             out["origin_values"] = state["origin_values"][oa:ob].clone()
-    return out
+    return share_equal_origin(out)
 
 
 def adopt_shards(optimizer: Any) -> bool:
