@@ -32,6 +32,14 @@ class _StateAfterStep1(transformers.TrainerCallback):
             print(f"fsdp_cpu_child: rank={args.process_index} at_step=1 sparse_state_entries={sparse.selected_numel()} "
                   f"sparse_state_bytes={sparse.state_nbytes()}", flush=True)
 
+    def on_train_end(self, args, state, control, **kwargs):
+        from ftplugins.sparse import sparse_optimizer_of
+
+        sparse = sparse_optimizer_of(self.trainer.optimizer)
+        if sparse is not None and sparse.step_in_backward:
+            print(f"fsdp_cpu_child: rank={args.process_index} late_grads={sparse.late_grads} "
+                  f"grad_buffers={len(sparse._grad_buffers)}", flush=True)
+
 
 def _train_and_report(self, *args, **kwargs):
     self.add_callback(_StateAfterStep1(self))

@@ -161,14 +161,46 @@ def adopt_shards(optimizer: Any) -> bool:
             "as it is trained.")
     from collections import defaultdict
 
+    from .optimizer import _own_grad_hook
+
     state: defaultdict = defaultdict(dict)
     for (name, param), (_, saved) in zip(named, old):
         state[param] = localize_state(saved, param, name) if is_sharded(param) else saved
+        if optimizer.step_in_backward and is_sharded(param):  # FSDP2 runs it after the shard's reduce-scatter
+            _own_grad_hook(param, optimizer)
     optimizer.state = state
     optimizer._grads.clear()
     optimizer._grad_buffers.clear()
     optimizer._workspaces.clear()
     return any(is_sharded(param) for _, param in named)
+
+
+class AdoptBeforeForward:
+    """A forward pre-hook on the model of an optimizer that updates inside the backward (``step_in_backward``):
+    FSDP2 swaps in the sharded parameters after the optimizer exists, and FSDP2 runs the engine's gradient hook on
+    a shard only once :func:`adopt_shards` registered it, so it adopts them before the first forward (else that
+    step's gradients would wait in ``.grad`` for the step, dense). Removes itself once the parameters are sharded.
+    A module-level class holding the optimizer weakly, so that the model can still be pickled (a copy is inert)."""
+
+    def __init__(self, optimizer: Any) -> None:
+        import weakref
+
+        self._ref = weakref.ref(optimizer) if optimizer is not None else None
+        self.handle = None
+
+    def __call__(self, module: Any, args: Any) -> None:
+        owner = self._ref() if self._ref is not None else None
+        if (owner is None or owner.sharded()) and self.handle is not None:
+            self.handle.remove()
+
+    def __reduce__(self):
+        return AdoptBeforeForward, (None,)
+
+
+def adopt_before_forward(model: Any, optimizer: Any) -> None:
+    """Install :class:`AdoptBeforeForward` on ``model`` for ``optimizer``."""
+    hook = AdoptBeforeForward(optimizer)
+    hook.handle = model.register_forward_pre_hook(hook)
 
 
 # --- the delta -----------------------------------------------------------------------------------
