@@ -22,8 +22,10 @@ How a step works, and why:
   compact gradient outlives its tensor: 4 bytes per trained entry less (the persistent compact
   buffers), the "per-parameter step in a post-accumulate-grad hook" of LOMO-style trainers. The
   price: no clipping by the global norm, no gradient accumulation, no L1 / regulariser terms over all
-  gradients, one process, and each weight used once per forward (a second gradient before
-  :meth:`step` is refused by name). Same result as the default path when none of those is used.
+  gradients, one process or FSDP2 (there FSDP runs the hook on each process's reduce-scattered, already
+  averaged rows; under DDP a gradient is the process's own until :meth:`step` averages it, so it is refused), and
+  each weight used once per forward (a second gradient before :meth:`step` is refused by name). Same result as the
+  default path when none of those is used.
 * **Clipping.** With ``max_grad_norm`` the compact gradients are clipped by their global norm
   inside :meth:`step` (the Trainer clips dense ``.grad``, which is ``None`` here; the ``grad_norm``
   hook of :mod:`ftplugins.sparse.trainer` makes the Trainer log this norm).

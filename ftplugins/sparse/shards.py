@@ -11,6 +11,9 @@ as follows:
 * **State** (moments, master copies, origin values) exists for the local entries only: about 1/N per process.
 * **Gradients** are read from the reduce-scattered shard (``param.grad.to_local()``), already averaged by FSDP:
   no second all-reduce. The gradient norm sums the squares over processes.
+* **Update inside the backward** (``step_in_backward``): FSDP2 runs post-accumulate-grad hooks on a sharded
+  parameter after its reduce-scatter, so the engine's hook is registered on each shard (:func:`adopt_shards`, before
+  the first forward: :class:`AdoptBeforeForward`) and updates the process's rows there.
 * **The delta** is gathered to full tensors and global indices (:func:`gathered_optimizer`) and written by the
   main process, so the file equals the 1-process one.
 
