@@ -17,7 +17,32 @@ from benchmarks.perf.fsdp_worker import keep_fsdp_on_cpu  # noqa: E402  (one cop
 _train = transformers.Trainer.train
 
 
+class _StateAfterStep1(transformers.TrainerCallback):
+    """Prints the sparse engine's state on this process after the first optimizer step, before any refresh or
+    re-selection could rebuild it (the state as Accelerate's prepare handed it over)."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        from ftplugins.sparse import sparse_optimizer_of
+
+        sparse = sparse_optimizer_of(self.trainer.optimizer)
+        if state.global_step == 1 and sparse is not None:
+            print(f"fsdp_cpu_child: rank={args.process_index} at_step=1 sparse_state_entries={sparse.selected_numel()} "
+                  f"sparse_state_bytes={sparse.state_nbytes()}", flush=True)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        from ftplugins.sparse import sparse_optimizer_of
+
+        sparse = sparse_optimizer_of(self.trainer.optimizer)
+        if sparse is not None and sparse.step_in_backward:
+            print(f"fsdp_cpu_child: rank={args.process_index} late_grads={sparse.late_grads} "
+                  f"grad_buffers={len(sparse._grad_buffers)}", flush=True)
+
+
 def _train_and_report(self, *args, **kwargs):
+    self.add_callback(_StateAfterStep1(self))
     result = _train(self, *args, **kwargs)
     from torch.distributed.tensor import DTensor
 

@@ -43,9 +43,11 @@ def dense(delta):
     return out
 
 
-def state_sizes(stdout):
-    """``{rank: (trained entries, bytes of optimizer state)}`` the child reported after training."""
-    found = re.findall(r"rank=(\d) sparse_state_entries=(\d+) sparse_state_bytes=(\d+)", stdout)
+def state_sizes(stdout, at=""):
+    """``{rank: (trained entries, bytes of optimizer state)}`` the child reported after training (``at="step=1"``:
+    after the first step, before any re-selection rebuilt the state)."""
+    at = at.replace("step=", " at_step=")
+    found = re.findall(rf"rank=(\d){at} sparse_state_entries=(\d+) sparse_state_bytes=(\d+)", stdout)
     return {int(rank): (int(entries), int(nbytes)) for rank, entries, nbytes in found}
 
 
@@ -93,6 +95,69 @@ def test_fsdp2_sparse_method_equals_one_process_with_each_rank_holding_its_rows(
     assert sizes[0][1] + sizes[1][1] == one_bytes > 0, (sizes, one_bytes)
     assert max(nbytes for _, nbytes in sizes.values()) < 0.75 * one_bytes, (sizes, one_bytes)
     print(f"{plugin} under FSDP2: (entries, state bytes) per rank {sizes}; one process ({one_entries}, {one_bytes})")
+    # Also right after step 1, as Accelerate's prepare handed the state over (its copy of the state dict once left
+    # each process a second index list equal to `indices`: 4 bytes more per entry until a re-selection re-shared it).
+    one_entries, one_bytes = state_sizes((tmp_path / "one.stdout").read_text(), at="step=1")[0]
+    sizes = state_sizes((tmp_path / "fsdp.stdout").read_text(), at="step=1")
+    assert sorted(sizes) == [0, 1] and sizes[0][0] + sizes[1][0] == one_entries, (sizes, one_entries)
+    assert sizes[0][1] + sizes[1][1] == one_bytes > 0, (sizes, one_bytes)
+
+
+@pytest.mark.slow
+def test_fsdp2_lean_lift_updates_each_rows_shard_inside_the_backward_as_one_process(uneven_model_dir, data_dir,
+                                                                                    tmp_path):
+    """--lift_step_in_backward under FSDP2: each process updates its rows in FSDP's post-reduce-scatter gradient
+    hook (none waits for the step: late_grads 0, no compact gradient buffer), and weights, logged norms, the delta
+    and the per-rank state equal 1 process with the same global batch, a re-selection included."""
+    from ftplugins.sparse import load_delta
+
+    data = f"{data_dir}/arithmetic"
+    options = dict(plugins=["lift"], lift_rank=4, lift_budget_rank=2, lift_interval=2, lift_step_in_backward=True,
+                   max_grad_norm=0.0)
+    reference = launch(tmp_path, "one", uneven_model_dir, data, "one", options, child=True)
+    sharded = launch(tmp_path, "fsdp", uneven_model_dir, data, "fsdp", options)
+    stdout = (tmp_path / "fsdp.stdout").read_text()
+    assert sorted(re.findall(r"rank=(\d) late_grads=0 grad_buffers=0", stdout)) == ["0", "1"], stdout[-2000:]
+
+    base = load_file(f"{uneven_model_dir}/model.safetensors")
+    a, b = load_file(str(reference / "model.safetensors")), load_file(str(sharded / "model.safetensors"))
+    assert any(not torch.equal(a[k], base[k]) for k in a), "training changed no weight"
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], **TOLERANCE["lift"], msg=key)
+    norms = [[float(x) for x in re.findall(r"'grad_norm': '([0-9.e+-]+)'", (tmp_path / f"{run}.stdout").read_text())]
+             for run in ("one", "fsdp")]
+    assert len(norms[0]) == 3 and norms[0][0] > 0, norms
+    torch.testing.assert_close(norms[1], norms[0], rtol=2e-3, atol=0)
+    one, two = (dense(load_delta(str(path / "sparse_delta.safetensors"))) for path in (reference, sharded))
+    assert one.keys() == two.keys() and len(one) > 0
+    for key in one:
+        assert torch.equal(one[key] != 0, two[key] != 0), f"{key}: the trained entries differ"
+        torch.testing.assert_close(one[key], two[key], **TOLERANCE["lift"], msg=key)
+    for at in ("", "step=1"):
+        one_entries, one_bytes = state_sizes((tmp_path / "one.stdout").read_text(), at=at)[0]
+        sizes = state_sizes(stdout, at=at)
+        assert sorted(sizes) == [0, 1] and sizes[0][0] + sizes[1][0] == one_entries, (at, sizes, one_entries)
+        assert sizes[0][1] + sizes[1][1] == one_bytes > 0, (at, sizes, one_bytes)
+
+
+def test_lean_lift_is_refused_under_ddp_with_the_reason_and_allowed_under_fsdp(monkeypatch):
+    """An update inside the backward needs the gradient averaged when it arrives: FSDP2's reduce-scatter does that,
+    DDP (whose average the engine makes at the step) does not, so DDP is refused naming why and what to use."""
+    from ftplugins.errors import FtpluginsError
+    from ftplugins.registry import load
+
+    loaded = load("lift")
+    options = SimpleNamespace(lift_step_in_backward=True)
+    args = SimpleNamespace(world_size=2, max_grad_norm=0.0, gradient_accumulation_steps=1, fp16=False)
+    run = SimpleNamespace(args=args, options_for=lambda plugin: options)
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    with pytest.raises(FtpluginsError, match=r"--lift_step_in_backward under ddp: .*averaged .*use FSDP2"):
+        loaded.validate(run=run)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    loaded.validate(run=run)  # FSDP2: allowed
+    args.world_size = 1
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    loaded.validate(run=run)  # one process: allowed
 
 
 @pytest.mark.parametrize("plugin", sorted(CASES))

@@ -615,3 +615,29 @@ def test_trainer_sparse_adamw_takes_the_trainers_hyperparameters_and_trains_extr
     assert "3 other trainable parameter(s) train dense" in caplog.text
     with pytest.raises(FtpluginsError, match="demo: the model no longer has the weights it prepared"):
         trainer_sparse_adamw("demo", model, args, ["gone.weight"], {})
+
+
+def test_a_state_dict_loaded_from_copies_keeps_one_index_tensor_where_origin_equals_indices():
+    """Accelerate's ``AcceleratedOptimizer`` moves the state dict to ``cpu:0`` (a copy of every ``cpu`` tensor) and
+    loads it back: the origin list, equal to the index list until a refresh, must share it again, or each process of
+    an FSDP2 run keeps a second index list (4 bytes more per trained entry). An origin that differs stays its own."""
+    from accelerate.optimizer import move_to_device
+
+    model = MLP()
+    optimizer = SparseAdamW(list(model.named_parameters()), random_masks(model), lr=1e-2, track_origin=True)
+    before = optimizer.state_nbytes()
+    copied = move_to_device(optimizer.state_dict(), torch.device("cpu:0"))
+    assert copied["state"][0]["origin_indices"] is not copied["state"][0]["indices"]  # the copy that lost sharing
+    optimizer.load_state_dict(copied)
+    for param in model.parameters():
+        state = optimizer.state[param]
+        assert state["origin_indices"] is state["indices"]
+    assert optimizer.state_nbytes() == before
+
+    copied = move_to_device(optimizer.state_dict(), torch.device("cpu:0"))
+    copied["state"][0]["origin_indices"] = copied["state"][0]["origin_indices"][:-1].clone()  # a subset: unequal
+    copied["state"][0]["origin_values"] = copied["state"][0]["origin_values"][:-1].clone()
+    optimizer.load_state_dict(copied)
+    first = optimizer.state[model.up.weight]
+    assert first["origin_indices"] is not first["indices"]
+    assert first["origin_indices"].numel() == first["indices"].numel() - 1

@@ -22,8 +22,10 @@ How a step works, and why:
   compact gradient outlives its tensor: 4 bytes per trained entry less (the persistent compact
   buffers), the "per-parameter step in a post-accumulate-grad hook" of LOMO-style trainers. The
   price: no clipping by the global norm, no gradient accumulation, no L1 / regulariser terms over all
-  gradients, one process, and each weight used once per forward (a second gradient before
-  :meth:`step` is refused by name). Same result as the default path when none of those is used.
+  gradients, one process or FSDP2 (there FSDP runs the hook on each process's reduce-scattered, already
+  averaged rows; under DDP a gradient is the process's own until :meth:`step` averages it, so it is refused), and
+  each weight used once per forward (a second gradient before :meth:`step` is refused by name). Same result as the
+  default path when none of those is used.
 * **Clipping.** With ``max_grad_norm`` the compact gradients are clipped by their global norm
   inside :meth:`step` (the Trainer clips dense ``.grad``, which is ``None`` here; the ``grad_norm``
   hook of :mod:`ftplugins.sparse.trainer` makes the Trainer log this norm).
@@ -63,6 +65,12 @@ from .selection import SelectionRule, as_indices
 from .shards import adopt_shards, full_weights, is_sharded, local, localize, row_range
 
 STATE_FORMAT = 1
+#: Why an update inside the backward needs one process or FSDP2 (said by the optimizer and the plugins' checks).
+STEP_IN_BACKWARD_DDP = (
+    "updating inside the backward needs each gradient already averaged over the processes when it arrives: under "
+    "FSDP2 it is (the hook runs on the reduce-scattered shard of each process's rows), but a replicated parameter "
+    "(DDP, or one FSDP2 did not shard) gets this process's gradient only, whose average the engine makes at "
+    "optimizer.step(), after the backward; use FSDP2 or step_in_backward=False.")
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
@@ -143,6 +151,7 @@ class SparseAdamW(torch.optim.Optimizer):
         self._stepped: set[nn.Parameter] = set()  # step_in_backward: updated during this step's backward
         self._stepped_sq = torch.zeros(())  # ... and the sum of squares of their gradients (for logging)
         self._last_norm = torch.zeros(())
+        self.late_grads = 0  # step_in_backward under FSDP2: shard gradients stepped at the step, not in the backward
         self._keep_loaded = False  # FSDP2 resume: the state came from this process's own file (sparse/resume.py)
         for name, param in self.named_params():
             if not param.is_floating_point():
@@ -153,7 +162,7 @@ class SparseAdamW(torch.optim.Optimizer):
         selected = self._select()
         for name, param in self.named_params():
             self.state[param] = self._fresh_state(param, selected[name])
-            if not is_sharded(param):  # FSDP2 writes a shard's gradient itself: read in _reduce
+            if not is_sharded(param) or self.step_in_backward:  # FSDP2 writes a shard's gradient: read in _reduce
                 _own_grad_hook(param, self)
 
     # --- parameters and selection ----------------------------------------------------------------
@@ -256,6 +265,8 @@ class SparseAdamW(torch.optim.Optimizer):
         grad = param.grad
         if grad is None:
             return
+        if is_sharded(param):  # FSDP2 runs the hook on its reduce-scattered shard (step_in_backward)
+            grad = grad.to_local()
         if grad.is_sparse:
             raise RuntimeError("SparseAdamW does not take sparse (torch.sparse) gradients; use sparse=False embeddings")
         self._add_dense_grad(param, grad.reshape(-1))
@@ -308,10 +319,8 @@ class SparseAdamW(torch.optim.Optimizer):
                 "updating inside the backward needs gradient_accumulation_steps=1 and each trained weight used once "
                 "per forward (not tied to another use). Use one of those, or step_in_backward=False."
             )
-        if self._world_size() > 1:
-            raise RuntimeError("SparseAdamW(step_in_backward=True) runs in one process only: the compact gradients "
-                               "are averaged over processes before any update, which an update inside the backward "
-                               "cannot wait for; use step_in_backward=False under DDP.")
+        if self._world_size() > 1 and not is_sharded(param):
+            raise RuntimeError(STEP_IN_BACKWARD_DDP)
 
     def _step_now(self, param: nn.Parameter, grad: torch.Tensor) -> None:
         """``step_in_backward``: this step's update of ``param`` from its compact gradient, at once."""
@@ -319,6 +328,17 @@ class SparseAdamW(torch.optim.Optimizer):
             self._stepped_sq = self._stepped_sq.to(grad.device) + grad.pow(2).sum()
             self._update(param, self._group_of(param), grad, scale=1.0)
         self._stepped.add(param)
+        self._norm = None
+
+    def _step_pending_shards(self) -> None:
+        """``step_in_backward`` under FSDP2: step the shards whose gradient FSDP wrote before the engine had hooked
+        them (the first backward: Accelerate swaps in the sharded parameters after the optimizer is built)."""
+        self._adopt()
+        if self._sharded:
+            for _, param in self.named_params():
+                if is_sharded(param) and param.grad is not None:
+                    self.late_grads += 1
+                    self._accumulate(param)
 
     def _group_of(self, param: nn.Parameter) -> dict[str, Any]:
         return next(group for group in self.param_groups if any(p is param for p in group["params"]))
@@ -453,7 +473,15 @@ class SparseAdamW(torch.optim.Optimizer):
         """Global L2 norm of the (averaged) compact gradients of this step, before clipping (with
         ``step_in_backward``: of the gradients applied in this step's backward, or the last step's)."""
         if self.step_in_backward:
-            return (self._stepped_sq if self._stepped else self._last_norm ** 2).sqrt()
+            self._step_pending_shards()
+            if not self._stepped:
+                return self._last_norm
+            if self._norm is None:  # under FSDP2 each process stepped its rows: sum their squares over processes
+                squares = self._stepped_sq.clone()
+                if self._sharded and self._world_size() > 1:
+                    torch.distributed.all_reduce(squares)
+                self._norm = squares.sqrt()
+            return self._norm
         self._reduce()
         if self._norm is None:
             squares = [g.float().pow(2).sum() for p, g in self._grads.items() if not is_sharded(p)]
@@ -482,6 +510,8 @@ class SparseAdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         self._keep_loaded = False  # only the load right after keep_loaded_state() is skipped
+        # step_in_backward: the norm of what this backward stepped (a collective under FSDP2), logged next step
+        stepped_norm = self.grad_norm() if self.step_in_backward else None
         self._reduce()
         scale = 1.0
         if self.max_grad_norm is not None and self.max_grad_norm > 0:
@@ -497,7 +527,7 @@ class SparseAdamW(torch.optim.Optimizer):
         self._grads.clear()
         self._reduced, self._norm = False, None
         if self._stepped:
-            self._last_norm = self._stepped_sq.sqrt()
+            self._last_norm = stepped_norm if stepped_norm is not None else self._stepped_sq.sqrt()
             self._stepped.clear()
             self._stepped_sq = torch.zeros(())
         self.steps += 1
@@ -660,7 +690,7 @@ class SparseAdamW(torch.optim.Optimizer):
         state: defaultdict = defaultdict(dict)
         for key, saved_state in state_dict["state"].items():
             param = by_id[key]
-            state[param] = {k: to_device(v, param.device) for k, v in saved_state.items()}
+            state[param] = share_equal_origin({k: to_device(v, param.device) for k, v in saved_state.items()})
             _check_state(state[param], param)
         self.state = state
         self.steps = int(engine["steps"])
@@ -705,6 +735,18 @@ def compact_indices(indices: torch.Tensor, numel: int) -> torch.Tensor:
     at a LoRA-sized budget the index list is a quarter of the engine's state)."""
     dtype = torch.int32 if numel <= torch.iinfo(torch.int32).max else torch.int64
     return indices if indices.dtype == dtype else indices.to(dtype)
+
+
+def share_equal_origin(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with ``origin_indices`` the very tensor ``indices`` when the two are equal, as the optimizer keeps
+    them until a refresh adds entries. A state dict that went through copies loses that sharing (Accelerate's
+    ``AcceleratedOptimizer`` moves every tensor to ``cpu:0``, which copies a ``cpu`` tensor, and loads the copies):
+    without this, each process would keep a second index list, 4 bytes more per trained entry."""
+    indices, origin = state.get("indices"), state.get("origin_indices")
+    if (indices is not None and origin is not None and origin is not indices and origin.dtype == indices.dtype
+            and origin.device == indices.device and torch.equal(origin, indices)):
+        state["origin_indices"] = indices
+    return state
 
 
 def _moment_dtype(param: torch.Tensor) -> torch.dtype:

@@ -77,10 +77,13 @@ class SparseMethodPlugin(SparseEngineHooks, Plugin):
                 raise FtpluginsError(f"{flag} updates each weight as its gradient arrives, so micro-batches cannot "
                                      "accumulate: use --gradient_accumulation_steps 1 (a larger batch instead), or "
                                      f"drop {flag}.")
-            if getattr(args, "world_size", 1) > 1:
-                raise FtpluginsError(f"{flag} runs in one process: the engine averages gradients over processes "
-                                     f"before updating, which an update inside the backward cannot wait for; drop "
-                                     f"{flag} under DDP.")
+            from ftplugins.composition import distributed_mode
+
+            mode = distributed_mode(args)
+            if mode not in ("single", "fsdp"):
+                from .optimizer import STEP_IN_BACKWARD_DDP
+
+                raise FtpluginsError(f"{flag} under {mode}: {STEP_IN_BACKWARD_DDP} (here: drop {flag}).")
 
     @hookimpl
     def prepare_model(self, run, model):

@@ -11,6 +11,9 @@ as follows:
 * **State** (moments, master copies, origin values) exists for the local entries only: about 1/N per process.
 * **Gradients** are read from the reduce-scattered shard (``param.grad.to_local()``), already averaged by FSDP:
   no second all-reduce. The gradient norm sums the squares over processes.
+* **Update inside the backward** (``step_in_backward``): FSDP2 runs post-accumulate-grad hooks on a sharded
+  parameter after its reduce-scatter, so the engine's hook is registered on each shard (:func:`adopt_shards`, before
+  the first forward: :class:`AdoptBeforeForward`) and updates the process's rows there.
 * **The delta** is gathered to full tensors and global indices (:func:`gathered_optimizer`) and written by the
   main process, so the file equals the 1-process one.
 
@@ -118,7 +121,7 @@ class _Gathering(dict):
 
 def localize_state(state: dict[str, Any], param: Any, name: str) -> dict[str, Any]:
     """The state of a whole tensor (global indices) cut to this process's rows of ``param`` (sharded)."""
-    from .optimizer import compact_indices
+    from .optimizer import compact_indices, share_equal_origin
 
     start, end, cols = row_range(param, name)
     numel = local(param).numel()
@@ -144,7 +147,7 @@ def localize_state(state: dict[str, Any], param: Any, name: str) -> dict[str, An
             oa, ob, kept = localize(origin, start, end, cols)
             out["origin_indices"] = compact_indices(kept.contiguous(), max(numel, 1))
             out["origin_values"] = state["origin_values"][oa:ob].clone()
-    return out
+    return share_equal_origin(out)
 
 
 def adopt_shards(optimizer: Any) -> bool:
@@ -161,14 +164,46 @@ def adopt_shards(optimizer: Any) -> bool:
             "as it is trained.")
     from collections import defaultdict
 
+    from .optimizer import _own_grad_hook
+
     state: defaultdict = defaultdict(dict)
     for (name, param), (_, saved) in zip(named, old):
         state[param] = localize_state(saved, param, name) if is_sharded(param) else saved
+        if optimizer.step_in_backward and is_sharded(param):  # FSDP2 runs it after the shard's reduce-scatter
+            _own_grad_hook(param, optimizer)
     optimizer.state = state
     optimizer._grads.clear()
     optimizer._grad_buffers.clear()
     optimizer._workspaces.clear()
     return any(is_sharded(param) for _, param in named)
+
+
+class AdoptBeforeForward:
+    """A forward pre-hook on the model of an optimizer that updates inside the backward (``step_in_backward``):
+    FSDP2 swaps in the sharded parameters after the optimizer exists, and FSDP2 runs the engine's gradient hook on
+    a shard only once :func:`adopt_shards` registered it, so it adopts them before the first forward (else that
+    step's gradients would wait in ``.grad`` for the step, dense). Removes itself once the parameters are sharded.
+    A module-level class holding the optimizer weakly, so that the model can still be pickled (a copy is inert)."""
+
+    def __init__(self, optimizer: Any) -> None:
+        import weakref
+
+        self._ref = weakref.ref(optimizer) if optimizer is not None else None
+        self.handle = None
+
+    def __call__(self, module: Any, args: Any) -> None:
+        owner = self._ref() if self._ref is not None else None
+        if (owner is None or owner.sharded()) and self.handle is not None:
+            self.handle.remove()
+
+    def __reduce__(self):
+        return AdoptBeforeForward, (None,)
+
+
+def adopt_before_forward(model: Any, optimizer: Any) -> None:
+    """Install :class:`AdoptBeforeForward` on ``model`` for ``optimizer``."""
+    hook = AdoptBeforeForward(optimizer)
+    hook.handle = model.register_forward_pre_hook(hook)
 
 
 # --- the delta -----------------------------------------------------------------------------------

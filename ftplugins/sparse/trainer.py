@@ -45,6 +45,10 @@ def around_optimizer(model: Any, build: Any) -> Any:
     broadcast_from_rank0(model)
     optimizer = build()
     route_linear_gradients(model, optimizer)
+    if getattr(optimizer, "step_in_backward", False) and optimizer._world_size() > 1:  # FSDP2 (DDP is refused)
+        from .shards import adopt_before_forward
+
+        adopt_before_forward(model, optimizer)
     return optimizer
 
 

@@ -18,7 +18,8 @@ Differences from the reference code (zihanghliu/LIFT), on purpose:
   masked dense gradient; the two are equal, the reference just pays for the dense one.
 * ``lift_step_in_backward`` (opt-in) updates each weight inside the backward as its gradient arrives, so no
   compact gradient is kept until the step; with ``lift_save_delta false`` (no original values kept) the state is
-  LoRA's 12 bytes per trained entry (needs ``max_grad_norm 0``, no gradient accumulation, one process).
+  LoRA's 12 bytes per trained entry (needs ``max_grad_norm 0``, no gradient accumulation, one process or FSDP2;
+  not DDP, whose gradients are averaged only at the step).
 * The mask is stored as sorted int32 flat indices on the weight's device (the reference keeps masks on
   the CPU), and is saved in checkpoints, so a resumed run continues with the same mask.
 

@@ -58,7 +58,10 @@ class LiftOptions:
         default=False,
         metadata={"help": "Update each weight inside the backward, as soon as its gradient arrives (no compact "
                           "gradient kept until the step: 4 bytes less per trained entry). Needs --max_grad_norm 0, "
-                          "--gradient_accumulation_steps 1 and one process; otherwise the same result."},
+                          "--gradient_accumulation_steps 1 and one process or FSDP2 (each process updates its rows "
+                          "when FSDP's reduce-scatter has averaged their gradient); refused under DDP, where a "
+                          "gradient is this process's alone until the engine averages it at the optimizer step. "
+                          "Otherwise the same result."},
     )
 
     def __post_init__(self):
