@@ -65,8 +65,10 @@ class SamdaPlugin(Plugin):
     def create_optimizer(self, run, model, args):
         from .model import adapter_param_groups
 
-        scale = run.options_for(self).samda_adapter_lr_scale
-        return None if scale == 1.0 else adapter_param_groups(model, args, scale)
+        opts = run.options_for(self)
+        if opts.samda_adapter_lr_scale == 1.0 or opts.samda_fusion == "none":  # one rate, or no adapter to speed up
+            return None
+        return adapter_param_groups(model, args, opts.samda_adapter_lr_scale)
 
     @hookimpl
     def data_collator(self, run, collator):
