@@ -24,7 +24,8 @@ class BlockLoraOptions:
         default=None,
         metadata={
             "help": "Scaling numerator: the update is (alpha / r)·B·[A*, ..., A*]. Default r (scale 1 at every rank, "
-            "as PEFT's LoraConfig defaults), so LoRA's learning rates carry over; CLIP-LoRA's protocol uses 1 at r = 2."
+            "as PEFT's LoraConfig defaults); with Adam the scale multiplies the learning rate, so if Block-LoRA "
+            "learns slowly raise the learning rate (CLIP-LoRA's protocol: alpha 1 at r = 2)."
         },
     )
     block_lora_dropout: float = field(
