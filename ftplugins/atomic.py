@@ -50,6 +50,37 @@ def staged_dir(destination: str, replace: bool = False) -> Iterator[str]:
         remove_if_empty(os.path.join(destination, STAGING))
 
 
+@contextlib.contextmanager
+def folder_replaced_whole(output: str, prefix: str) -> Iterator[str]:
+    """Yield a new folder built beside ``output`` (its parent's staging area); on success it replaces ``output`` in
+    one rename (:func:`replace_dir`), so a reader sees the old folder or the new one, never a mix; on failure it is
+    removed and ``output`` is untouched. For outputs written as a whole (a generated image folder)."""
+    import uuid
+
+    parent = os.path.dirname(os.path.abspath(output))
+    os.makedirs(parent, exist_ok=True)
+    staged = staging_path(parent, f"{prefix}-{uuid.uuid4().hex[:12]}")
+    os.makedirs(staged)
+    try:
+        yield staged
+        replace_dir(staged, os.path.abspath(output))
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+        remove_if_empty(os.path.join(parent, STAGING))
+
+
+def write_rows_and_report(folder: str, rows: list[dict], metadata: str, report: dict, report_name: str,
+                          indent: int = 2) -> None:
+    """``metadata`` (one JSON row per line, as datasets' imagefolder reads it) and ``report_name`` (JSON) in
+    ``folder``."""
+    import json
+
+    with open(os.path.join(folder, metadata), "w") as handle:
+        handle.writelines(json.dumps(r) + "\n" for r in rows)
+    with open(os.path.join(folder, report_name), "w") as handle:
+        json.dump(report, handle, indent=indent)
+
+
 def staging_path(destination: str, name: str) -> str:
     """A fixed path ``destination/.ftplugins-staging/name`` (for saves several processes write into)."""
     return os.path.join(os.path.abspath(destination), STAGING, name)

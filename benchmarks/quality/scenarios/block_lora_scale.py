@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from benchmarks.quality.scenarios import minilm_classification as base
-from benchmarks.quality.scenarios._common import Context, summarize_rows
+from benchmarks.quality.scenarios._common import Context
 
 NAME = "block-lora-scale"
 TITLE = "Block-LoRA's update scale alpha / r on MiniLM at LoRA's learning rate"
@@ -37,33 +37,8 @@ SMOKE_ROWS = ("lora-r8", "block_lora-a16")
 
 
 def run(ctx: Context) -> dict[str, Any]:
-    from transformers import AutoTokenizer
-
-    from ftplugins.testing import minilm_path
-
-    cfg = base.SMOKE if ctx.smoke else base.FULL
-    names = SMOKE_ROWS if ctx.smoke else tuple(ROWS)
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
-    train = {seed: base.sentences(cfg["train"], seed=40 + seed) for seed in ctx.seeds}
-    test = base.sentences(cfg["test"], seed=99, exclude={r["text"] for rows in train.values() for r in rows})
-    per_seed: dict[str, list[dict[str, Any]]] = {}
-    for seed in ctx.seeds:
-        for name in names:
-            model, seconds, trainable, curve = base.train_row(name, train[seed], tokenizer, cfg, seed, test,
-                                                              row=ROWS[name])
-            result = {**curve, "accuracy": base.test_accuracy(model, tokenizer, test), "seed": seed,
-                      "train_seconds": seconds, "trainable_params": trainable, "learning_rate": ROWS[name][2]}
-            per_seed.setdefault(name, []).append(result)
-            ctx.log(f"  seed {seed} {name:<22} accuracy {result['accuracy']:.3f} "
-                    + " ".join(f"{k} {v:.3f}" for k, v in curve.items()) + f"  ({seconds:.0f} s)")
     notes = {"lora-r8": "PEFT LoRA r=8 (alpha 16, scale 2), every linear layer, lr 1e-3",
              "block_lora-a1-lr16x": "Block-LoRA r=8, alpha 1 (scale 1/8), lr 1.6e-2 (16x)"}
     notes.update({f"block_lora-a{a:g}": f"Block-LoRA r=8 on q/k/v, alpha {a:g} (scale {a / RANK:g}), lr 1e-3"
                   for a in ALPHAS})
-    return {
-        "rows": summarize_rows(per_seed, [*(f"acc{s}" for s in cfg["curve"]), "accuracy"], notes),
-        "metrics": [*([f"acc{s}", f"test acc. after {s} steps"] for s in cfg["curve"]),
-                    ["accuracy", f"test acc. after {cfg['steps']} steps"]],
-        "config": {**cfg, "rows": list(names)},
-        "extra": {},
-    }
+    return base.run_rows(ctx, ROWS, SMOKE_ROWS, notes)

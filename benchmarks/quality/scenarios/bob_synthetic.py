@@ -62,7 +62,6 @@ def text_parts():
 
 def world():
     from benchmarks.quality.scenarios import _diffusion_toy as toy
-    from ftplugins.diffusion import tiny
 
     calibration = toy.shape_images(256, seed=99, backgrounds=tuple(toy.BACKGROUNDS))
     vae = toy.deterministic_vae([r[0] for r in calibration])

@@ -157,32 +157,39 @@ def train_row(name: str, rows: list[dict[str, Any]], tokenizer, cfg: dict[str, A
 
 
 def run(ctx: Context) -> dict[str, Any]:
+    notes = {"lora-r8": "PEFT LoRA r=8, every linear layer, lr 1e-3", "ssf": "SSF (scale + shift), lr 5e-3",
+             "bottleneck-houlsby": "bottleneck preset houlsby (PETL-AST block), reduction 16, lr 1e-3",
+             "block_lora": "Block-LoRA r=8 on q/k/v, alpha 1 (scale 1/8), lr 1e-3",
+             "block_lora-a16": "Block-LoRA r=8 on q/k/v, alpha 16 (scale 2, as LoRA's), lr 1e-3"}
+    return run_rows(ctx, ROWS, SMOKE_ROWS, notes)
+
+
+def run_rows(ctx: Context, rows: dict[str, tuple], smoke_rows: tuple[str, ...], notes: dict[str, str]) -> dict:
+    """Train every row of ``rows`` (name -> (plugins, options, lr, LoRA rank or None)) per seed on this scenario's
+    task and data; the scenario result with ``notes`` (plus each row's trainable count) per row."""
     from transformers import AutoTokenizer
 
     from ftplugins.testing import minilm_path
 
     cfg = SMOKE if ctx.smoke else FULL
-    names = SMOKE_ROWS if ctx.smoke else tuple(ROWS)
+    names = smoke_rows if ctx.smoke else tuple(rows)
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
     train = {seed: sentences(cfg["train"], seed=40 + seed) for seed in ctx.seeds}
-    test = sentences(cfg["test"], seed=99, exclude={r["text"] for rows in train.values() for r in rows})
+    test = sentences(cfg["test"], seed=99, exclude={r["text"] for examples in train.values() for r in examples})
     per_seed: dict[str, list[dict[str, Any]]] = {}
     for seed in ctx.seeds:
         for name in names:
-            model, seconds, trainable, curve = train_row(name, train[seed], tokenizer, cfg, seed, test)
+            model, seconds, trainable, curve = train_row(name, train[seed], tokenizer, cfg, seed, test,
+                                                         row=rows[name])
             result = {**curve, "accuracy": test_accuracy(model, tokenizer, test), "seed": seed,
-                      "train_seconds": seconds,
-                      "trainable_params": trainable, "learning_rate": ROWS[name][2]}
+                      "train_seconds": seconds, "trainable_params": trainable, "learning_rate": rows[name][2]}
             per_seed.setdefault(name, []).append(result)
-            ctx.log(f"  seed {seed} {name:<20} accuracy {result['accuracy']:.3f} "
+            ctx.log(f"  seed {seed} {name:<22} accuracy {result['accuracy']:.3f} "
                     + " ".join(f"{k} {v:.3f}" for k, v in curve.items()) + f"  ({trainable:,} trainable, "
                     f"{seconds:.0f} s)")
-    notes = {"lora-r8": "PEFT LoRA r=8, every linear layer, lr 1e-3", "ssf": "SSF (scale + shift), lr 5e-3",
-             "bottleneck-houlsby": "bottleneck preset houlsby (PETL-AST block), reduction 16, lr 1e-3",
-             "block_lora": "Block-LoRA r=8 on q/k/v, alpha 1 (scale 1/8), lr 1e-3",
-             "block_lora-a16": "Block-LoRA r=8 on q/k/v, alpha 16 (scale 2, as LoRA's), lr 1e-3"}
-    for name, rows in per_seed.items():
-        notes[name] += f"; {rows[0]['trainable_params']:,} trainable"
+    notes = dict(notes)
+    for name, seeds in per_seed.items():
+        notes[name] = notes.get(name, name) + f"; {seeds[0]['trainable_params']:,} trainable"
     return {
         "rows": summarize_rows(per_seed, [*(f"acc{s}" for s in cfg["curve"]), "accuracy"], notes),
         "metrics": [*([f"acc{s}", f"test acc. after {s} steps"] for s in cfg["curve"]),

@@ -10,11 +10,8 @@ Image ``i`` is drawn with its own generator seeded by (seed, i), so the dataset 
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import shutil
-import uuid
 from collections import Counter
 from typing import Any
 
@@ -44,12 +41,9 @@ def generate_synthetic(pipeline: Any, pool: Any, output_dir: str, per_class: int
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise FtpluginsError(f"{output_dir} is a file; choose a folder for the synthetic dataset.")
     plan = plan_prompts(pool, per_class, classes, marginalize, seed)
-    parent = os.path.dirname(output_dir)
-    from ftplugins.atomic import STAGING, remove_if_empty, replace_dir, staging_path
+    from ftplugins.atomic import folder_replaced_whole, write_rows_and_report
 
-    staged = staging_path(parent, f"bob-synthetic-{uuid.uuid4().hex[:8]}")
-    os.makedirs(staged)
-    try:
+    with folder_replaced_whole(output_dir, "bob-synthetic") as staged:
         rows = []
         for start in range(0, len(plan), batch_size):
             chunk = plan[start:start + batch_size]
@@ -65,14 +59,7 @@ def generate_synthetic(pipeline: Any, pool: Any, output_dir: str, per_class: int
                 rows.append({"file_name": name, "label": item["label"], "prompt": item["prompt"],
                              "attributes": item["attributes"]})
         report = describe(pool, plan, marginalize, seed, num_inference_steps, guidance_scale, pipeline)
-        with open(os.path.join(staged, METADATA), "w") as handle:
-            handle.writelines(json.dumps(r) + "\n" for r in rows)
-        with open(os.path.join(staged, REPORT), "w") as handle:
-            json.dump(report, handle, indent=1)
-        replace_dir(staged, output_dir)
-    finally:
-        shutil.rmtree(staged, ignore_errors=True)
-        remove_if_empty(os.path.join(parent, STAGING))
+        write_rows_and_report(staged, rows, METADATA, report, REPORT, indent=1)
     return report
 
 

@@ -9,15 +9,13 @@ whole (staged, then renamed into place, replacing an earlier output).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import uuid
 from typing import Any
 
 import numpy as np
 
-from ftplugins.atomic import STAGING, remove_if_empty, replace_dir, staging_path
+from ftplugins.atomic import folder_replaced_whole, write_rows_and_report
 from ftplugins.errors import FtpluginsError
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -75,11 +73,7 @@ def write_image_folder(folder: str, files: list[str], augmented: Any, report: di
     ``output`` at once; returns the number of synthetic images."""
     from PIL import Image
 
-    parent = os.path.dirname(os.path.abspath(output))
-    os.makedirs(parent, exist_ok=True)
-    staged = staging_path(parent, f"images-{uuid.uuid4().hex[:12]}")
-    os.makedirs(staged)
-    try:
+    with folder_replaced_whole(output, "images") as staged:
         rows, count = [], 0
         for i, row in enumerate(augmented):
             if not row[marker]:
@@ -92,14 +86,7 @@ def write_image_folder(folder: str, files: list[str], augmented: Any, report: di
                 pixels = np.clip(np.asarray(row["image"]), 0, 255).astype(np.uint8)
                 Image.fromarray(pixels).save(os.path.join(staged, rel))
             rows.append({"file_name": rel, "label": row["label"], "synthetic": bool(row[marker])})
-        with open(os.path.join(staged, "metadata.jsonl"), "w") as handle:
-            handle.writelines(json.dumps(r) + "\n" for r in rows)
-        with open(os.path.join(staged, REPORT), "w") as handle:
-            json.dump(report, handle, indent=2)
-        replace_dir(staged, output)
-    finally:
-        shutil.rmtree(staged, ignore_errors=True)
-        remove_if_empty(os.path.join(parent, STAGING))
+        write_rows_and_report(staged, rows, "metadata.jsonl", report, REPORT)
     return count
 
 
