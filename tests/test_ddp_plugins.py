@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 import torch
-from test_distributed import LAUNCH_TIMEOUT, accelerate_bin, ddp_flags
+from test_distributed import LAUNCH_TIMEOUT, accelerate_bin, ddp_flags, launch_failure
 
 CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ddp_plugins_child.py")
 TRAINING = ("block_lora", "bottleneck", "fewshot_prefix", "many_icl")
@@ -32,7 +32,7 @@ def runs(tmp_path_factory):
     done = subprocess.run([accelerate_bin(), "launch", *ddp_flags(), CHILD, str(two), ",".join(CASES)],
                           capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
                           timeout=LAUNCH_TIMEOUT)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    assert done.returncode == 0, launch_failure(done)
     history = {}
     for name in CASES:
         history[name] = run_case(name, str(one), 1).state.log_history

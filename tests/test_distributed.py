@@ -33,6 +33,16 @@ def ddp_flags() -> list[str]:
             "--dynamo_backend", "no", "--main_process_port", str(free_port())]
 
 
+def launch_failure(done) -> str:
+    """A failed launch's story: each rank's own lines first (``[rankN]:``, where its traceback is; the launcher
+    interleaves them and a tail alone often shows only the rank that waited on the crashed one), then the tail."""
+    ranks = [line for line in done.stderr.splitlines() if line.startswith("[rank")]
+    first = {}
+    for line in ranks:
+        first.setdefault(line.split("]")[0], []).append(line)
+    return "\n".join(line for lines in first.values() for line in lines[:40]) + "\n...\n" + done.stderr[-3000:]
+
+
 def accelerate_bin() -> str:
     return shutil.which("accelerate", path=os.path.dirname(sys.executable)) or "accelerate"
 
