@@ -120,6 +120,19 @@ def encode(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+def fit_full_batch(model, x, y, steps: int, lr: float, weight_decay: float = 0.0):
+    """``steps`` full-batch Adam steps of cross-entropy on ``(x, y)`` (small probes and classifiers); returns model."""
+    import torch
+
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model
+
+
 def summarize_rows(per_seed: dict[str, list[dict[str, Any]]], metrics: list[str],
                    notes: dict[str, str] | None = None) -> dict[str, Any]:
     """``{row: {"<metric>_mean", "<metric>_std", "per_seed", "note"}}`` from per-seed results."""

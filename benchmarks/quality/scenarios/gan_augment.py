@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.quality.scenarios._common import Context, summarize_rows
+from benchmarks.quality.scenarios._common import Context, fit_full_batch, summarize_rows
 
 NAME = "gan-augment"
 TITLE = "gan_augment: few-shot tabular classifier on real rows vs real + plain-GAN rows vs real + MH-GAN rows"
@@ -61,13 +61,8 @@ def classifier_accuracy(x, y, test_x, test_y, steps: int, seed: int, return_pred
     torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Linear(2, 32), torch.nn.ReLU(), torch.nn.Linear(32, 32), torch.nn.ReLU(),
                                 torch.nn.Linear(32, CLASSES))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=1e-3)
-    xt, yt = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long)
-    for _ in range(steps):
-        loss = torch.nn.functional.cross_entropy(model(xt), yt)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    fit_full_batch(model, torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long), steps,
+                   lr=1e-2, weight_decay=1e-3)
     with torch.no_grad():
         pred = model(torch.as_tensor(test_x, dtype=torch.float32)).argmax(1).numpy()
     accuracy = float((pred == test_y).mean())

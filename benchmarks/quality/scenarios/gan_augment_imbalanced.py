@@ -11,7 +11,8 @@ over the 3-discriminator ensemble (chains of 20). ``few``: 4 real rows per class
 + 3 synthetic rows per real row, plain or MH. ``acc`` = test accuracy (balanced test set, so the mean per-class
 recall); ``minority`` = recall of class 2; ``modes`` = how many of the mixture's 6 Gaussians hold at least one
 training row (real, or real + kept synthetic: does the GAN add a mode the real rows miss?); ``fidelity`` = the share
-of kept synthetic rows the Bayes classifier gives their label. The claim (imbalanced): real + MH beats real-only and real + plain in accuracy, in direction.
+of kept synthetic rows the Bayes classifier gives their label. The claim (imbalanced): real + MH beats real-only
+and real + plain in accuracy, in direction.
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ training after 25 and 50 steps (a learning curve: the final accuracy is near its
 rows); learning rates per row, untuned:
 LoRA 1e-3, SSF 5e-3, bottleneck (``bottleneck_preset=houlsby``, reduction factor 16) 1e-3, Block-LoRA
 (r = 8, q/k/v, no dropout, alpha = 1 — the plugin's default when recorded, now r — i.e. an update scale
-alpha / r = 1/8 against LoRA's 2) 1e-3; ``block_lora-a16`` (alpha 16: LoRA's scale; added after ``block_lora`` stayed at chance, outside
-the claim's rows). The classification head trains in full in every row (the plugins'
+alpha / r = 1/8 against LoRA's 2) 1e-3; ``block_lora-a16`` (alpha 16: LoRA's scale; added after ``block_lora``
+stayed at chance, outside the claim's rows). The classification head trains in full in every row (the plugins'
 default ``*_modules_to_save``). Score: accuracy on the 400 test sentences. The smoke run trains only
 the LoRA and SSF rows (one step each). The claim is judged on the final accuracy. Earlier settings, at
 seed 0: 100 steps put LoRA and SSF both at 1.000 (hence the curve); a harder label (do the two clauses

@@ -21,7 +21,7 @@ import tempfile
 from typing import Any
 
 from benchmarks.quality.scenarios import samda_fewshot as base
-from benchmarks.quality.scenarios._common import Context, summarize_rows
+from benchmarks.quality.scenarios._common import Context, fit_full_batch, summarize_rows
 
 NAME = "samda-diagnosis"
 TITLE = "SAMDA diagnosis: linear probes of generic / expert / fused features, adapter budget, more shots, ceiling"
@@ -71,18 +71,10 @@ def probe_dice(train_x, train_y, test_x, test_y, steps: int, lr: float, seed: in
     mean = train_x.mean(dim=(0, 2, 3), keepdim=True)
     std = train_x.std(dim=(0, 2, 3), keepdim=True).clamp(min=1e-6)
     torch.manual_seed(seed)
-    probe = torch.nn.Conv2d(train_x.shape[1], 2, 1)
-    opt = torch.optim.Adam(probe.parameters(), lr=lr)
-    x = (train_x - mean) / std
-    for _ in range(steps):
-        loss = torch.nn.functional.cross_entropy(probe(x), train_y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    probe = fit_full_batch(torch.nn.Conv2d(train_x.shape[1], 2, 1), (train_x - mean) / std, train_y, steps, lr)
     with torch.no_grad():
         pred = probe((test_x - mean) / std).argmax(1)
-    inter = ((pred == 1) & (test_y == 1)).sum().item()
-    return 2 * inter / max(1, (pred == 1).sum().item() + (test_y == 1).sum().item())
+    return base.foreground_dice(pred, test_y)
 
 
 def run(ctx: Context) -> dict[str, Any]:

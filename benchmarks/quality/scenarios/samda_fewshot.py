@@ -151,6 +151,11 @@ def dice(model, images, masks) -> float:
     model.eval()
     with torch.no_grad():
         pred = torch.cat([model(images[i:i + 64]).logits.argmax(1) for i in range(0, len(images), 64)])
+    return foreground_dice(pred, masks)
+
+
+def foreground_dice(pred, masks) -> float:
+    """Dice of class 1 between predicted and true masks (class-index tensors)."""
     inter = ((pred == 1) & (masks == 1)).sum().item()
     return 2 * inter / max(1, (pred == 1).sum().item() + (masks == 1).sum().item())
 

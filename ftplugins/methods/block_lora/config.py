@@ -25,7 +25,8 @@ class BlockLoraConfig(FtTunerConfig):
         default=8, metadata={"help": "n: input blocks sharing one down-projection A*; d_in must be divisible by n."}
     )
     r: int = field(default=2, metadata={"help": "Rank of the update."})
-    alpha: Optional[float] = field(default=None, metadata={"help": "The update is scaled by alpha / r (default r: scale 1)."})
+    alpha: Optional[float] = field(default=None,
+                                   metadata={"help": "The update is scaled by alpha / r (default r: scale 1)."})
     dropout: float = field(default=0.25, metadata={"help": "Dropout on the adapter's input."})
     target_modules: Optional[Union[list[str], str]] = field(
         default=None,
