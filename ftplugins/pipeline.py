@@ -33,6 +33,7 @@ from typing import Any
 
 from .cli_errors import exit_on_user_error
 from .errors import FtpluginsError
+from .process_end import ends_distributed_runs
 
 MANIFEST = "ftplugins_pipeline.json"
 #: How a stage that trained an adapter hands it to the next stage.
@@ -186,7 +187,8 @@ def run_pipeline(path: str) -> list[dict[str, Any]]:
 
     from .adapter_chain import chained
     from .atomic import staged_dir
-    from .train import leave_process_group, train
+    from .process_end import leave_process_group
+    from .train import train
 
     spec = load(path)
     os.makedirs(spec["output_dir"], exist_ok=True)
@@ -248,6 +250,7 @@ def run_pipeline(path: str) -> list[dict[str, Any]]:
 USAGE = "usage: ftplugins pipeline PIPELINE.yaml   (or: accelerate launch -m ftplugins.pipeline PIPELINE.yaml)"
 
 
+@ends_distributed_runs
 @exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)

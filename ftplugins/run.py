@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from . import registry
 from .cli_errors import exit_on_user_error
+from .process_end import ends_distributed_runs
 from .combinations import check_combination
 from .context import Run
 from .errors import FtpluginsError
@@ -72,6 +73,7 @@ def run_script(argv: Sequence[str]) -> None:
     require_trainer_built(run, runs_before=0)
 
 
+@ends_distributed_runs
 @exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> None:
     quiet_replicas()

@@ -22,6 +22,7 @@ from .model_path import check_model_path
 from .context import Run
 from .output import quiet_replicas
 from .patching import import_patched, plugins_active
+from .process_end import ends_distributed_runs, leave_process_group
 from .selection import given_keys, parse, selected_names
 
 #: Sub-command -> (TRL script module, trainer class it builds).
@@ -44,7 +45,7 @@ def train(argv: Sequence[str], leave_group: bool = True) -> None:
     """Parse ``argv`` and run TRL's script for its sub-command with the plugins active.
 
     ``leave_group=False`` keeps a distributed process group for a next run in the same processes (the stages of
-    ``ftplugins pipeline``); the caller then calls :func:`leave_process_group` once at the end."""
+    ``ftplugins pipeline``); the caller then calls ``process_end.leave_process_group`` once at the end."""
     argv = list(argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
@@ -94,15 +95,7 @@ def train(argv: Sequence[str], leave_group: bool = True) -> None:
         leave_process_group()
 
 
-def leave_process_group() -> None:
-    """Destroy the distributed process group a DDP run created, before the interpreter exits: gloo's threads
-    torn down at exit can abort the process after the work is done (torch also warns when it is left)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
+@ends_distributed_runs
 @exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> None:
     quiet_replicas()

@@ -8,6 +8,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# A child process (every launched rank) that dies of a signal prints its Python threads' stacks: the next
+# intermittent crash in CI names where it happened.
+os.environ.setdefault("PYTHONFAULTHANDLER", "1")
 
 import sys  # noqa: E402
 

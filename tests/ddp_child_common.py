@@ -4,10 +4,11 @@ cases in one process group, then leave without the interpreter's teardown."""
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable
 
 import torch
+
+from ftplugins.process_end import end_distributed_process
 
 
 def save_rank_weights(trainer, out: str) -> int:
@@ -23,9 +24,4 @@ def run_cases_and_exit(run_case: Callable[[str, str, int], object], root: str, n
     torch.set_num_threads(1)
     for name in names:
         run_case(name, root, world)
-    torch.distributed.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # Skip the interpreter's teardown: gloo's threads destroyed there can abort the process ("terminate called
-    # without an active exception", a known torch race, seen here at 4 processes) after every result is saved.
-    os._exit(0)
+    end_distributed_process()  # no interpreter teardown, where gloo can abort a finished rank

@@ -8,6 +8,7 @@ import torch
 import ftplugins
 from ftplugins.diffusion import DiffusionConfig, DiffusionTrainer, tiny
 from ftplugins.methods.pso import plugin as pso
+from ftplugins.process_end import end_distributed_process
 
 torch.set_num_threads(1)
 out = sys.argv[1]
@@ -22,3 +23,4 @@ trainer.train()
 trainer.save_model()
 state = {k: v.detach().cpu() for k, v in trainer.model.named_parameters() if v.requires_grad}
 torch.save(state, os.path.join(out, f"rank{args.process_index}.pt"))
+end_distributed_process()  # no interpreter teardown, where gloo can abort a finished rank

@@ -9,6 +9,8 @@ import fsdp_cpu_child  # noqa: F401  (its import makes the CPU state FSDP and re
 import torch
 from ddp_trainers_child import grpo
 
+from ftplugins.process_end import end_distributed_process
+
 
 def main(root: str) -> None:
     from torch.distributed.tensor import DTensor
@@ -22,9 +24,7 @@ def main(root: str) -> None:
     os.makedirs(out, exist_ok=True)
     torch.save({"weights": weights, "log": trainer.state.log_history},
                os.path.join(out, f"rank{trainer.args.process_index}.pt"))
-    torch.distributed.destroy_process_group()
-    sys.stdout.flush()
-    os._exit(0)  # as ddp_child_common.run_cases_and_exit: no gloo teardown race at interpreter exit
+    end_distributed_process()  # no interpreter teardown, where gloo can abort a finished rank
 
 
 if __name__ == "__main__":

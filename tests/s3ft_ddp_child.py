@@ -9,6 +9,7 @@ from trl import SFTConfig, SFTTrainer
 
 import ftplugins
 from ftplugins.methods.s3ft import plugin
+from ftplugins.process_end import end_distributed_process
 from ftplugins.testing import arithmetic_dataset, tiny_llama, tiny_tokenizer
 
 
@@ -29,9 +30,7 @@ def main(output_dir: str) -> None:
     with open(os.path.join(output_dir, f"rank{rank}.json"), "w") as handle:
         json.dump({"report": report, "input_ids": list(trainer.train_dataset["input_ids"])}, handle)
     trainer.train()
-    # Leave the process group before exiting: gloo's threads torn down at interpreter exit can abort
-    # ("terminate called without an active exception"), failing the run after the work is done.
-    torch.distributed.destroy_process_group()
+    end_distributed_process()  # no interpreter teardown, where gloo can abort a finished rank
 
 
 if __name__ == "__main__":

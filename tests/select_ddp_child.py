@@ -15,6 +15,7 @@ from ftplugins.methods.select_influence import plugin as influence_plugin
 from ftplugins.methods.select_kmeans import plugin
 from ftplugins.methods.select_ot import plugin as ot_plugin
 from ftplugins.plugin import Plugin, hookimpl
+from ftplugins.process_end import end_distributed_process
 from ftplugins.testing import arithmetic_dataset, tiny_llama, tiny_tokenizer
 
 SHARED = dict(select_kmeans_clusters=3, select_kmeans_iterations=10, select_kmeans_restarts=1,
@@ -83,8 +84,7 @@ def main(out: str) -> None:
     with open(os.path.join(out, f"rank{rank}.json"), "w") as handle:
         json.dump({"single": chosen, "slices": rounds["report"]["slices"], "trained": trained,
                    "steps": len(recorder.rows)}, handle)
-    # Leave the process group before exiting: gloo's threads torn down at interpreter exit can abort.
-    torch.distributed.destroy_process_group()
+    end_distributed_process()  # no interpreter teardown, where gloo can abort a finished rank
 
 
 if __name__ == "__main__":
