@@ -125,6 +125,9 @@ def main(argv: list[str] | None = None) -> dict:
                     "time = wall time between consecutive on_step_end callbacks (batch fetch + collate + "
                     "forward + backward + clip + AdamW + scheduler), random token ids (random-text prompt/completion "
                     "rows for the plugins that read text), lr 1e-4 constant",
+            # TRL's default, for every row and the floor alike (the floor applies the rows' own arguments).
+            "activation_checkpointing": harness.sft_args("unused", device, shapes[0], 1, args.seed)
+            .activation_checkpointing,
         },
         "machine": machine,
         "memory_method": common.PeakMemory(device).method,

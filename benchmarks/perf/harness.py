@@ -284,6 +284,31 @@ def sparse_engine_of(optimizer):
     return inner if hasattr(inner, "selected_numel") else None
 
 
+def sft_args(output_dir: str, device: str, shape: Shape, max_steps: int, seed: int, extra: dict | None = None):
+    """The training arguments of every row: TRL's defaults (activation checkpointing on) plus what the run fixes."""
+    from trl import SFTConfig
+
+    return SFTConfig(
+        output_dir=output_dir,
+        use_cpu=not device.startswith("cuda"),
+        bf16=False,
+        fp16=False,
+        report_to="none",
+        save_strategy="no",
+        eval_strategy="no",
+        max_steps=max_steps,
+        per_device_train_batch_size=shape.batch,
+        max_length=shape.tokens,
+        learning_rate=1e-4,
+        lr_scheduler_type="constant",
+        logging_steps=10**6,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        seed=seed,
+        **(extra or {}),
+    )
+
+
 def train_once(
     spec: MethodSpec,
     template,
@@ -301,14 +326,16 @@ def train_once(
     """Train a fresh copy of ``template`` with ``spec`` and measure it."""
     from peft import PeftModel
     from transformers.trainer_callback import PrinterCallback
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     import ftplugins
 
     if spec.floor:
         from benchmarks.perf.floor import floor_once
 
-        return floor_once(template, dataset, shape, probe_ids, device=device, warmup=warmup, steps=steps,
+        # The rows' own training arguments: the floor keeps their activation policy (TRL checkpoints by default).
+        return floor_once(template, dataset, shape, probe_ids, sft_args("unused", device, shape, warmup + steps, seed),
+                          device=device, warmup=warmup, steps=steps,
                           inference_repeats=inference_repeats, result_cls=RunResult, forward_seconds=forward_seconds)
     model = copy.deepcopy(template)
     timer = make_step_timer(device)
@@ -316,25 +343,7 @@ def train_once(
     setup_started = time.perf_counter()
     trainer_cls = SFTTrainer if spec is TRL_PLAIN else ftplugins.compose(SFTTrainer, list(spec.plugins), **options)
     with tempfile.TemporaryDirectory(prefix="ftplugins-perf-") as output_dir:
-        args = SFTConfig(
-            output_dir=output_dir,
-            use_cpu=not device.startswith("cuda"),
-            bf16=False,
-            fp16=False,
-            report_to="none",
-            save_strategy="no",
-            eval_strategy="no",
-            max_steps=warmup + steps,
-            per_device_train_batch_size=shape.batch,
-            max_length=shape.tokens,
-            learning_rate=1e-4,
-            lr_scheduler_type="constant",
-            logging_steps=10**6,
-            disable_tqdm=True,
-            dataloader_num_workers=0,
-            seed=seed,
-            **spec.train_args,
-        )
+        args = sft_args(output_dir, device, shape, warmup + steps, seed, spec.train_args)
         kwargs = {"peft_config": spec.peft()} if spec.peft is not None else {}
         trainer = trainer_cls(
             model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[timer], **kwargs
