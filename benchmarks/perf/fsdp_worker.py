@@ -167,4 +167,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from ftplugins.process_end import ends_distributed_runs
+
+    ends_distributed_runs(main)(sys.argv[1:])  # no interpreter teardown, where gloo can abort a finished rank
