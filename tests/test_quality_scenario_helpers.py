@@ -40,3 +40,44 @@ def test_gan_diagnosis_counts_the_mixture_modes_the_rows_cover():
     assert modes_covered(x, y) == 3
     assert modes_covered(centres[[2, 2, 2]] + 0.05, np.array([2, 2, 2])) == 1
     assert modes_covered(*base.draw(200, seed=0)) == 6
+
+
+def test_gan_manifold_data_is_seeded_and_smote_rows_lie_between_same_class_neighbours():
+    """gan-augment-manifold: same seed, same rows (one fixed embedding); every interpolation row lies on the segment
+    between two real rows of its own class; rows drawn at the curves are on-manifold, rows pushed off are not."""
+    import numpy as np
+
+    from benchmarks.quality.scenarios import gan_augment_manifold as m
+
+    x, y = m.draw(5, seed=3, dim=10, noise=0.05)
+    assert np.array_equal(x, m.draw(5, seed=3, dim=10, noise=0.05)[0])
+    assert not np.allclose(x, m.draw(5, seed=4, dim=10, noise=0.05)[0])
+    ix, iy = m.interpolate(x, y, ratio=2.0, neighbours=2, seed=0)
+    assert np.bincount(iy).tolist() == [10, 10, 10]
+    for row, c in zip(ix, iy):
+        real = x[y == c]
+        # row = a + lam (b - a) for some pair (a, b) of its class, 0 <= lam <= 1: collinear and between them
+        found = False
+        for a in real:
+            for b in real:
+                d = b - a
+                if not d.any():
+                    continue
+                lam = float((row - a) @ d / (d @ d))
+                if -1e-9 <= lam <= 1 + 1e-9 and np.allclose(a + lam * d, row, atol=1e-9):
+                    found = True
+        assert found
+    # on the curves: distance 0 and the nearest parameter; 1.0 off the plane: distance 1.0
+    q = m.embedding(10)
+    t = np.array([0, 133, 399]) / (m.CURVE_POINTS - 1)  # points of the discretised curve
+    on = m.curve(1, t) @ q.T
+    distance, nearest = m.manifold_distance(on, np.array([1, 1, 1]), 10)
+    assert np.allclose(distance, 0, atol=1e-6) and np.allclose(nearest, t)
+    off = on + (np.eye(10)[0] - q @ (q.T @ np.eye(10)[0])) / np.linalg.norm(np.eye(10)[0] - q @ (q.T @ np.eye(10)[0]))
+    assert np.allclose(m.manifold_distance(off, np.array([1, 1, 1]), 10)[0], 1.0, atol=1e-6)
+    # the Bayes classifier labels points on each curve with that curve's class; coverage counts segments
+    assert (m.bayes(np.concatenate([m.curve(c, t[1:2]) @ q.T for c in range(3)]), 10, 0.05) == [0, 1, 2]).all()
+    grid = np.concatenate([m.curve(c, (np.arange(m.SEGMENTS) + 0.5) / m.SEGMENTS) for c in range(3)]) @ q.T
+    labels = np.repeat(np.arange(3), m.SEGMENTS)
+    assert m.coverage(grid, labels, 10, radius=0.05) == 1.0
+    assert m.coverage(grid[::2], labels[::2], 10, radius=0.05) == 0.5

@@ -359,6 +359,14 @@ CLAIMS: list[Claim] = [
                        ("imbalanced/real+oversample", "acc"), ("imbalanced/real+mh", "minority"),
                        ("imbalanced/real-only", "minority"), ("few/real-only", "acc"), ("few/real+mh", "acc"),
                        ("bayes", "acc")), scenario="gan-augment-imbalanced"),
+    Claim("mhgan>plain augmentation (curved manifold)", "With classes on curves embedded in 24 dimensions (6 real "
+          "rows per class, a classifier that overfits them), a classifier trained on real rows + MhERGAN samples "
+          "beats real-only and real + plain-GAN samples", "MhERGAN (few-shot GAN augmentation)",
+          ("real+mh", "real-only", "real+plain"),
+          with_context(beats_each("acc", "real+mh", ("real-only", "real+plain")), ("real+interpolate", "acc"),
+                       ("oracle", "acc"), ("bayes", "acc"), ("real+mh", "fidelity"), ("real+plain", "fidelity"),
+                       ("real+interpolate", "fidelity"), ("real-only", "coverage"), ("real+mh", "coverage"),
+                       ("real+interpolate", "coverage")), scenario="gan-augment-manifold"),
     Claim("influence+coverage>influence alone", "Coverage-enhanced sampling beats taking the highest scores alone",
           "Lin et al. 2024 (2401.17197)", ("influence", "influence-top"),
           better("acc", "influence", "influence-top"), scenario="data-selection"),

@@ -27,6 +27,7 @@ MODULES = {
     "bob-synthetic": "benchmarks.quality.scenarios.bob_synthetic",
     "gan-augment": "benchmarks.quality.scenarios.gan_augment",
     "gan-augment-imbalanced": "benchmarks.quality.scenarios.gan_augment_imbalanced",
+    "gan-augment-manifold": "benchmarks.quality.scenarios.gan_augment_manifold",
     "few-label": "benchmarks.quality.scenarios.few_label",
     "cls-rl": "benchmarks.quality.scenarios.cls_rl",
     "soup": "benchmarks.quality.scenarios.soup",

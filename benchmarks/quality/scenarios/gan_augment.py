@@ -54,42 +54,51 @@ def bayes(x: np.ndarray) -> np.ndarray:
     return (density[:, :CLASSES] + density[:, CLASSES:]).argmax(1)
 
 
-def classifier_accuracy(x, y, test_x, test_y, steps: int, seed: int, return_predictions: bool = False):
-    """Test accuracy of the MLP trained on ``(x, y)``; with ``return_predictions``, ``(accuracy, predictions)``."""
+def classifier_accuracy(x, y, test_x, test_y, steps: int, seed: int, return_predictions: bool = False, *,
+                        hidden: int = 32, weight_decay: float = 1e-3, classes: int = CLASSES):
+    """Test accuracy of the MLP (d-hidden-hidden-classes) trained on ``(x, y)``; with ``return_predictions``,
+    ``(accuracy, predictions)``. The defaults are this scenario's classifier; other scenarios widen it."""
     import torch
 
     torch.manual_seed(seed)
-    model = torch.nn.Sequential(torch.nn.Linear(2, 32), torch.nn.ReLU(), torch.nn.Linear(32, 32), torch.nn.ReLU(),
-                                torch.nn.Linear(32, CLASSES))
+    model = torch.nn.Sequential(torch.nn.Linear(x.shape[1], hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, hidden),
+                                torch.nn.ReLU(), torch.nn.Linear(hidden, classes))
     fit_full_batch(model, torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long), steps,
-                   lr=1e-2, weight_decay=1e-3)
+                   lr=1e-2, weight_decay=weight_decay)
     with torch.no_grad():
         pred = model(torch.as_tensor(test_x, dtype=torch.float32)).argmax(1).numpy()
     accuracy = float((pred == test_y).mean())
     return (accuracy, pred) if return_predictions else accuracy
 
 
-def run(ctx: Context) -> dict[str, Any]:
+def augment_rows(x: np.ndarray, y: np.ndarray, sampler: str, ratio: float, gan_steps: int, chain_length: int,
+                 seed: int):
+    """Real + synthetic rows through the plugin's own ``augment`` (features as columns x0, x1, ...):
+    ``(features, labels, synthetic mask, report)``, real rows first."""
     from datasets import Dataset
 
     from ftplugins.methods.gan_augment import GanAugmentOptions, augment
 
+    columns = {f"x{j}": x[:, j].tolist() for j in range(x.shape[1])}
+    real = Dataset.from_dict({**columns, "label": y.tolist()})
+    opts = GanAugmentOptions(gan_augment_sampler=sampler, gan_augment_ratio=ratio, gan_augment_steps=gan_steps,
+                             gan_augment_chain_length=chain_length, gan_augment_seed=seed)
+    augmented, report = augment(real, opts)
+    ax = np.stack([augmented[name] for name in columns], axis=1)
+    return ax, np.asarray(augmented["label"]), np.asarray(augmented["synthetic"]), report
+
+
+def run(ctx: Context) -> dict[str, Any]:
     cfg = SMOKE if ctx.smoke else FULL
     test_x, test_y = draw(cfg["test_rows"] // CLASSES, seed=10_000)
     per_seed: dict[str, list[dict[str, Any]]] = {"bayes": [{"acc": float((bayes(test_x) == test_y).mean())}]}
     for seed in ctx.seeds:
         x, y = draw(cfg["real_per_class"], seed=seed)
-        real = Dataset.from_dict({"x0": x[:, 0].tolist(), "x1": x[:, 1].tolist(), "label": y.tolist()})
         per_seed.setdefault("real-only", []).append(
             {"acc": classifier_accuracy(x, y, test_x, test_y, cfg["clf_steps"], seed), "seed": seed})
         for row, sampler in (("real+plain", "plain"), ("real+mh", "mh")):
-            opts = GanAugmentOptions(gan_augment_sampler=sampler, gan_augment_ratio=cfg["ratio"],
-                                     gan_augment_steps=cfg["gan_steps"], gan_augment_chain_length=cfg["chain_length"],
-                                     gan_augment_seed=seed)
-            augmented, report = augment(real, opts)
-            ax = np.stack([augmented["x0"], augmented["x1"]], axis=1)
-            ay = np.asarray(augmented["label"])
-            synthetic = np.asarray(augmented["synthetic"])
+            ax, ay, synthetic, report = augment_rows(x, y, sampler, cfg["ratio"], cfg["gan_steps"],
+                                                     cfg["chain_length"], seed)
             per_seed.setdefault(row, []).append({
                 "acc": classifier_accuracy(ax, ay, test_x, test_y, cfg["clf_steps"], seed),
                 "fidelity": float((bayes(ax[synthetic]) == ay[synthetic]).mean()),

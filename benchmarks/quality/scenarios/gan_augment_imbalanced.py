@@ -61,17 +61,7 @@ def scores(x, y, test_x, test_y, steps: int, seed: int) -> dict[str, float]:
 
 def gan_rows(x, y, sampler: str, ratio: float, cfg: dict[str, Any], seed: int, keep_class: int | None = None):
     """Real + synthetic rows (only ``keep_class``'s synthetic rows when given), and the kept rows' fidelity."""
-    from datasets import Dataset
-
-    from ftplugins.methods.gan_augment import GanAugmentOptions, augment
-
-    real = Dataset.from_dict({"x0": x[:, 0].tolist(), "x1": x[:, 1].tolist(), "label": y.tolist()})
-    opts = GanAugmentOptions(gan_augment_sampler=sampler, gan_augment_ratio=ratio, gan_augment_steps=cfg["gan_steps"],
-                             gan_augment_chain_length=cfg["chain_length"], gan_augment_seed=seed)
-    augmented, _ = augment(real, opts)
-    ax = np.stack([augmented["x0"], augmented["x1"]], axis=1)
-    ay = np.asarray(augmented["label"])
-    synthetic = np.asarray(augmented["synthetic"])
+    ax, ay, synthetic, _ = base.augment_rows(x, y, sampler, ratio, cfg["gan_steps"], cfg["chain_length"], seed)
     keep = np.ones(len(ay), bool) if keep_class is None else ~synthetic | (ay == keep_class)
     kept_synthetic = keep & synthetic
     fidelity = float((base.bayes(ax[kept_synthetic]) == ay[kept_synthetic]).mean()) if kept_synthetic.any() else 0.0
