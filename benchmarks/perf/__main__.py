@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> dict:
         )
         results[str(shape)] = harness.summarize(specs, measured)
 
+    # TRL's default for every row and the floor alike (the floor applies the rows' own arguments); the peer shares it
+    checkpointing = harness.sft_args("unused", device, shapes[0], 1, args.seed).activation_checkpointing
     result = {
         "harness": "perf",
         "config": {
@@ -125,9 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "time = wall time between consecutive on_step_end callbacks (batch fetch + collate + "
                     "forward + backward + clip + AdamW + scheduler), random token ids (random-text prompt/completion "
                     "rows for the plugins that read text), lr 1e-4 constant",
-            # TRL's default, for every row and the floor alike (the floor applies the rows' own arguments).
-            "activation_checkpointing": harness.sft_args("unused", device, shapes[0], 1, args.seed)
-            .activation_checkpointing,
+            "activation_checkpointing": checkpointing,
         },
         "machine": machine,
         "memory_method": common.PeakMemory(device).method,
@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None) -> dict:
         from benchmarks.perf import peer
 
         result["peers"] = peer.run(args.peer, model=args.model, shapes=[str(s) for s in shapes], steps=args.steps,
-                                   warmup=args.warmup, repeats=args.repeats, threads=args.threads)
+                                   warmup=args.warmup, repeats=args.repeats, threads=args.threads,
+                                   activation_checkpointing=checkpointing)
     result["elapsed_s"] = time.perf_counter() - started
 
     common.write_json(os.path.join(out, "perf.json"), result)

@@ -49,8 +49,9 @@ def ensure_venv(peer: str, log=print) -> str:
 
 
 def run(peer: str, *, model: str, shapes: list[str], steps: int, warmup: int, repeats: int, threads: int | None,
-        log=print) -> dict[str, Any]:
-    """Run the peer script; its JSON result (or ``{"error": ...}`` when the environment cannot be made)."""
+        activation_checkpointing: bool = False, log=print) -> dict[str, Any]:
+    """Run the peer script; its JSON result (or ``{"error": ...}`` when the environment cannot be made).
+    ``activation_checkpointing``: the ftplugins rows' policy, which the peer's rows then share."""
     from benchmarks.perf import harness
 
     try:
@@ -68,6 +69,8 @@ def run(peer: str, *, model: str, shapes: list[str], steps: int, warmup: int, re
                 "--repeats", str(repeats), "--json", out]
         if threads:
             argv += ["--threads", str(threads)]
+        if activation_checkpointing:
+            argv.append("--activation-checkpointing")
         log(f"peer {peer}: {' '.join(argv[1:3])} ...")
         done = subprocess.run(argv, cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": REPO_ROOT},
                               check=False)

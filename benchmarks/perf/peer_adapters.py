@@ -55,7 +55,7 @@ class RandomTokens:
         return {"input_ids": self.ids[i], "labels": self.ids[i]}
 
 
-def train_once(row, template, dataset, shape, *, warmup, steps, seed):
+def train_once(row, template, dataset, shape, *, warmup, steps, seed, checkpointing=False):
     from transformers import Trainer, TrainingArguments
     from transformers.trainer_callback import PrinterCallback
 
@@ -67,6 +67,10 @@ def train_once(row, template, dataset, shape, *, warmup, steps, seed):
             max_steps=warmup + steps, per_device_train_batch_size=shape.batch, learning_rate=1e-4,
             lr_scheduler_type="constant", logging_steps=10**6, disable_tqdm=True, dataloader_num_workers=0,
             seed=seed, remove_unused_columns=False,
+            # our rows' activation policy (TRL checkpoints by default, non-reentrant in transformers 5): without it
+            # the peer's step skips the recomputation ours pays and holds every activation, not a like-for-like pair
+            gradient_checkpointing=checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
         )
         trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[timer])
         trainer.remove_callback(PrinterCallback)
@@ -93,6 +97,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int)
     parser.add_argument("--json", required=True)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--activation-checkpointing", action="store_true",
+                        help="checkpoint activations as the ftplugins rows do (TRL's default)")
     args = parser.parse_args()
     offline_environment()
     quiet_warnings()
@@ -109,12 +115,14 @@ def main() -> None:
     results = {}
     for shape in (Shape.parse(s) for s in args.batch.split(",")):
         dataset = RandomTokens(shape, shape.batch * (args.warmup + args.steps), shape_config["vocab_size"], args.seed)
-        train_once(ROWS[0], template, dataset, shape, warmup=1, steps=1, seed=args.seed)  # process warm-up
+        train_once(ROWS[0], template, dataset, shape, warmup=1, steps=1, seed=args.seed,
+                   checkpointing=args.activation_checkpointing)  # process warm-up
         runs = {row: [] for row in ROWS}
         for rep in range(args.repeats):
             for row in ROWS:
                 started = time.perf_counter()
-                run = train_once(row, template, dataset, shape, warmup=args.warmup, steps=args.steps, seed=args.seed)
+                run = train_once(row, template, dataset, shape, warmup=args.warmup, steps=args.steps, seed=args.seed,
+                                 checkpointing=args.activation_checkpointing)
                 runs[row].append(run)
                 print(f"  [peer {shape}] rep {rep + 1}/{args.repeats} {row:<14} step {median(run['step_s']) * 1e3:8.1f} ms"
                       f"  peak +{(run['peak_bytes'] or 0) / 2**20:8.1f} MB  ({time.perf_counter() - started:.1f} s)",
@@ -132,7 +140,8 @@ def main() -> None:
         results[str(shape)] = {"methods": rows}
     result = {
         "config": {"model": name, "loop": "transformers.Trainer.train(), same step-time callback and memory probe",
-                   "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats},
+                   "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
+                   "activation_checkpointing": args.activation_checkpointing},
         "machine": machine_info("cpu", packages=["adapters"]),
         "results": results,
     }
