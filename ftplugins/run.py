@@ -16,12 +16,12 @@ from collections.abc import Sequence
 
 from . import registry
 from .cli_errors import exit_on_user_error
-from .process_end import ends_distributed_runs
 from .combinations import check_combination
 from .context import Run
 from .errors import FtpluginsError
 from .output import quiet_replicas
 from .patching import plugins_active, require_trainer_built
+from .process_end import ends_distributed_runs
 from .selection import parse, selected_names
 
 USAGE = "usage: python -m ftplugins.run --plugins a,b [--config FILE] [plugin args] -- script.py [script args]"
