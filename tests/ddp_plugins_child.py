@@ -34,23 +34,29 @@ MORE = {"ssf": {}}
 
 
 def probe_rows(path: str) -> str:
-    """Texts labelled by the digits they use (linearly decodable), for probe_prune."""
+    """Texts labelled by the digits they use (linearly decodable), for probe_prune.
+
+    Every rank writes the same rows: each into its own file, then renamed over ``path``, so a rank that is still
+    reading the file (in post_train) never sees it truncated by a rank that is already on its next case."""
     rng = random.Random(0)
-    with open(path, "w") as handle:
+    private = f"{path}.{os.getpid()}"
+    with open(private, "w") as handle:
         for i in range(16):
             digits = "123" if i % 2 else "789"
             first, second = ("".join(rng.choice(digits) for _ in range(n)) for n in (3, 2))
             text = f"Q: {first}+{second}"
             handle.write(json.dumps({"text": text, "label": "low" if i % 2 else "high"}) + "\n")
+    os.replace(private, path)
     return path
 
 
 def options_for(name: str, root: str) -> dict:
     from ftplugins.eval import infusion, mbpp
 
-    extra = {"probe_prune": dict(probe_prune_data=probe_rows(os.path.join(root, "probe_rows.jsonl"))),
-             "mbpp_eval": dict(mbpp_eval_data=mbpp.TINY), "infusion_eval": dict(infusion_eval_data=infusion.TINY)}
-    return {**{**CASES, **MORE}[name], **extra.get(name, {})}
+    extra = {"probe_prune": lambda: dict(probe_prune_data=probe_rows(os.path.join(root, "probe_rows.jsonl"))),
+             "mbpp_eval": lambda: dict(mbpp_eval_data=mbpp.TINY),
+             "infusion_eval": lambda: dict(infusion_eval_data=infusion.TINY)}
+    return {**{**CASES, **MORE}[name], **extra.get(name, dict)()}
 
 
 class RecordBatches:
