@@ -131,8 +131,27 @@ CORPUS_TASKS = {
     "word_problem": Task("word_problem", "w", word_problem_task, 24, steps=True),
     "multiply_steps": Task("multiply_steps", "v", multiplication_task, 40, steps=True),
     "instruct": Task("instruct", "h", instruction_task, 16),
-    "refuse": Task("refuse", "h", request_task, 40),
+    "refuse": Task("refuse", "h", request_task, 48),  # a helped request is up to 43 characters
     "icl_lookup": Task("icl_lookup", "k", lookup_task, 3),
     "icl_rule": Task("icl_rule", "e", rule_task, 12),
 }
 tasks.TASKS.update(CORPUS_TASKS)
+
+
+def char_tokenizer(texts):
+    """:func:`.tasks.char_tokenizer` with one more id for every character of ``texts`` outside its alphabet (the
+    corpus's capitals, spaces and punctuation), appended in sorted order: the procedural tasks keep their ids, and
+    with no new character it is that tokenizer itself (the `small` decoder's). Measured in issue #20: a BPE
+    vocabulary merges the random letters of copy/reverse into rare pieces, which a 5M-parameter model cannot learn
+    to spell (copy 0.00 vs 0.99 with characters), so `mid` is character-level."""
+    from tokenizers import models
+
+    base = tasks.char_tokenizer()
+    vocab = base.get_vocab()
+    extra = sorted({c for text in texts for c in text} - set(vocab))
+    if not extra:
+        return base
+    core = base.backend_tokenizer  # its pre-tokenizer (one piece per character) and decoder are kept
+    core.model = models.WordLevel(vocab={**vocab, **{c: len(vocab) + i for i, c in enumerate(extra)}},
+                                  unk_token=base.unk_token)
+    return type(base)(tokenizer_object=core, clean_up_tokenization_spaces=False, **base.special_tokens_map)

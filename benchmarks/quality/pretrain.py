@@ -176,9 +176,10 @@ def build(config: PretrainConfig, folder: str, log=print) -> dict[str, Any]:
 
 
 def make_tokenizer(config: PretrainConfig, train_rows: list[dict[str, str]], log=print):
-    """The character tokenizer, or a BPE one trained on the training texts (deterministic: same rows, same ids)."""
+    """The character tokenizer (over the training texts' characters), or a BPE one trained on the training texts
+    (deterministic: same rows, same ids)."""
     if config.tokenizer == "char":
-        return tasks.char_tokenizer()
+        return corpus.char_tokenizer(r["prompt"] + r["completion"] for r in train_rows)
     if config.tokenizer != "bpe":
         raise FtpluginsError(f"PretrainConfig.tokenizer={config.tokenizer!r}: unknown; use 'char' or 'bpe'")
     started = time.perf_counter()
