@@ -1,4 +1,5 @@
-"""The `mid` decoder of the quality harness: its BPE tokenizer, its cache key, and a shrunk build a scenario runs on."""
+"""The `mid` decoder of the quality harness: its tokenizers (character-level, and the BPE option), its cache key, and a
+shrunk build a scenario runs on."""
 
 import json
 import os
@@ -11,6 +12,23 @@ from benchmarks.quality.__main__ import MID, SIZES, smoke_of
 
 def mid_texts(n: int) -> list[str]:
     return [r["prompt"] + r["completion"] for r in tasks.examples(list(MID.tasks), n, seed=0)]
+
+
+def test_mid_char_tokenizer_extends_small_ids_and_round_trips():
+    texts = mid_texts(2000)
+    small = tasks.char_tokenizer()
+    mid = corpus.char_tokenizer(texts)
+    assert len(mid) > len(small)
+    assert {k: v for k, v in mid.get_vocab().items() if v < len(small)} == small.get_vocab()  # small's ids kept
+    assert corpus.char_tokenizer(["abc+1=2"]).get_vocab() == small.get_vocab()  # nothing new: small's tokenizer
+    assert " " in mid.get_vocab() and "A" in mid.get_vocab()
+    for row in tasks.examples(list(MID.tasks), 300, seed=5):
+        text = row["prompt"] + row["completion"]
+        ids = mid(text, add_special_tokens=False)["input_ids"]
+        assert len(ids) == len(text) and mid.unk_token_id not in ids  # one id per character, none unknown
+        assert mid.decode(ids) == text  # exact-match scoring needs the exact text (spaces before "." kept)
+        assert len(ids) + 1 <= MID.max_length  # with EOS, nothing is truncated
+        assert len(row["completion"]) <= tasks.TASKS[row["task"]].max_new_tokens  # the budget fits the answer
 
 
 def test_bpe_tokenizer_is_deterministic_and_round_trips():
@@ -46,11 +64,11 @@ def test_mid_smoke_build_records_curve_and_a_scenario_runs_on_it(monkeypatch, tm
 
     monkeypatch.setenv("FTPLUGINS_BENCH_CACHE", str(tmp_path))
     config = replace(smoke_of(MID), eval_every=5, curve_per_task=2)
-    assert config.tokenizer == "bpe" and config.tasks == MID.tasks
+    assert config.tokenizer == "char" and config.tasks == MID.tasks
     folder, record = pretrain.pretrained(config, log=lambda *_: None)
     with open(os.path.join(folder, "pretrained.json")) as handle:
         assert json.load(handle)["key"] == config.key() == record["key"]
-    assert 49 < record["vocab_size"] <= 512 and record["build_wall_seconds"] >= record["seconds"] > 0
+    assert len(tasks.char_tokenizer()) < record["vocab_size"] <= len(corpus.char_tokenizer(mid_texts(2000))) and record["build_wall_seconds"] >= record["seconds"] > 0
     assert set(record["accuracy"]) == set(MID.tasks)
     assert [p["step"] for p in record["heldout_curve"]] == [5, 10]
     assert all(set(p["accuracy"]) == set(MID.tasks) and p["eval_loss"] > 0 for p in record["heldout_curve"])
