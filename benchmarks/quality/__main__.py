@@ -36,7 +36,7 @@ from benchmarks.quality.pretrain import PretrainConfig, pretrained
 #: :mod:`benchmarks.quality.corpus` (chains of thought, facts, instructions/refusals, in-context).
 MID = PretrainConfig(hidden_size=256, intermediate_size=768, num_hidden_layers=6, num_attention_heads=8,
                      examples=96_000, steps=3_000, batch_size=32, learning_rate=1.5e-3, max_length=96,
-                     max_position_embeddings=256, train_sampling="group_by_length", log_every=50, eval_every=300,
+                     max_position_embeddings=256, log_every=50, eval_every=300,
                      tasks=(*tasks.PRETRAIN_TASKS, *corpus.CORPUS_TASKS))
 
 #: Pre-trained decoders by ``--size``: ``small`` fits a few CPU-minutes on 2 cores (the default, and what

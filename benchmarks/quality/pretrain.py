@@ -51,9 +51,6 @@ class PretrainConfig:
     vocab_size: int = 0  # BPE vocabulary size (special tokens included)
     max_length: int = 64  # training sequence length in tokens
     max_position_embeddings: int = 128
-    # "group_by_length": batches of similar lengths (transformers' LengthGroupedSampler), for a corpus whose
-    # lengths vary (mid: 10-94 characters): padding to the longest row of a random batch spent ~2/3 of the compute.
-    train_sampling: str = "random"
     # Progress only (not in the recipe): a log line every `log_every` steps (0: a tenth of the run), and every
     # `eval_every` steps (0: never) the held-out loss and accuracy (`curve_per_task` prompts a task) for the curve.
     log_every: int = 0
@@ -77,8 +74,7 @@ class PretrainConfig:
 
 
 #: Fields added after CACHE_FORMAT 2 and their defaults (left out of a recipe that keeps them).
-LATER = {"tokenizer": "char", "vocab_size": 0, "max_length": 64, "max_position_embeddings": 128,
-         "train_sampling": "random"}
+LATER = {"tokenizer": "char", "vocab_size": 0, "max_length": 64, "max_position_embeddings": 128}
 
 
 def cache_root() -> str:
@@ -155,8 +151,7 @@ def build(config: PretrainConfig, folder: str, log=print) -> dict[str, Any]:
             max_steps=config.steps, per_device_train_batch_size=config.batch_size,
             learning_rate=config.learning_rate, lr_scheduler_type="cosine", warmup_steps=max(1, config.steps // 20),
             weight_decay=0.0, logging_steps=config.log_every or max(1, config.steps // 10), disable_tqdm=True,
-            seed=config.seed, max_length=config.max_length, dataloader_num_workers=0,
-            train_sampling_strategy=config.train_sampling, **eval_kwargs,
+            seed=config.seed, max_length=config.max_length, dataloader_num_workers=0, **eval_kwargs,
         )
         eval_set = (Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in eval_rows])
                     if config.eval_every else None)
