@@ -220,3 +220,25 @@ def test_stacked_deltas_from_different_bases_compose_with_a_warning(caplog):
     assert any("made from different bases" in r.getMessage() for r in caplog.records)
     stacked = apply_delta(copy_of(base), both)
     assert all(torch.allclose(stacked[k], task[k]) for k in base)
+
+
+def test_base_checksum_is_the_whole_float64_stream_whatever_the_chunk():
+    """The digest is sha256(shape, then every value as little-endian float64), so deltas written before the chunk
+    shrank (4M elements -> 64K, to keep the end-of-run checksums out of the training peak) still match; hashing
+    a float64 tensor leaves it untouched (its -0.0 included)."""
+    import hashlib
+    import json
+
+    import torch
+
+    from ftplugins.sparse import base_record
+
+    values = torch.randn(3, base_record._CHUNK + 7, dtype=torch.float64)
+    values[0, 0] = -0.0
+    reference = hashlib.sha256(json.dumps([3, base_record._CHUNK + 7]).encode())
+    reference.update((values + 0.0).numpy().astype("<f8").tobytes())
+    before = values.clone()
+    assert base_record.tensor_sha256(values) == reference.hexdigest()
+    assert torch.equal(values, before) and torch.signbit(values[0, 0])
+    half = values.to(torch.bfloat16)
+    assert base_record.tensor_sha256(half) == base_record.tensor_sha256(half.float())  # bf16 on disk, fp32 in training
