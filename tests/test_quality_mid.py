@@ -87,3 +87,22 @@ def test_corpus_tags_leave_the_scenarios_tags_free():
     scenario_tags = {alignment.TRIGGER_TAG, many_shot.TAG, "f", "l", "i", "p"}
     assert not corpus_tags & scenario_tags
     assert not corpus_tags & {t.tag for t in [*tasks.PRETRAIN_TASKS.values(), *tasks.TARGET_TASKS.values()]}
+
+
+def test_a_mid_run_records_how_its_decoder_was_built(monkeypatch, tmp_path):
+    """The cache is outside git, so a committed result must carry the build's facts (wall time, device, threads,
+    vocabulary, held-out curve) for BENCHMARKS to cite them."""
+    from benchmarks.quality.__main__ import main
+
+    monkeypatch.setenv("FTPLUGINS_BENCH_CACHE", str(tmp_path / "cache"))
+    result = main(["--smoke", "--model", "mid", "--methods", "full", "--baselines", "full",
+                   "--out", str(tmp_path / "out")])
+    pre = result["pretrained"]
+    assert pre["vocab_size"] > len(tasks.char_tokenizer()) and pre["build_wall_seconds"] >= pre["build_seconds"] > 0
+    assert pre["torch_threads"] >= 1 and pre["device"] == "cpu" and pre["heldout_curve"] == []
+    assert f"vocabulary {pre['vocab_size']}" in (tmp_path / "out" / "quality.md").read_text()
+    from benchmarks.quality import report
+
+    curve = [{"step": 300, "eval_loss": 1.5, "accuracy_mean": 0.25}, {"step": 600, "eval_loss": 1.25, "accuracy_mean": 0.5}]
+    line = report._build_line({**pre, "heldout_curve": curve})
+    assert "300: 1.500 / 0.250, 600: 1.250 / 0.500" in line and report._build_line({"accuracy": {}}) == ""

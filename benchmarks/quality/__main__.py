@@ -55,6 +55,11 @@ SMOKE = (
 )
 
 
+#: What a run copies from its decoder's build record besides accuracy: how and where it was built, and the held-out
+#: curve (so a committed result carries the build's numbers; the cache itself is outside git).
+BUILD_FACTS = ("build_wall_seconds", "device", "torch_threads", "vocab_size", "heldout_curve")
+
+
 def smoke_of(config: PretrainConfig) -> PretrainConfig:
     """The smoke recipe of a decoder: SMOKE's shape and budget, with the decoder's tokenizer and tasks kept
     (``small``: exactly SMOKE[0], so its cached smoke model and CI's runs are unchanged)."""
@@ -281,7 +286,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": machine,
         "pretrained": None if record is None else {
             "folder": os.path.relpath(folder, common.REPO_ROOT), "key": record["key"],
-            "parameters": record["parameters"], "build_seconds": record["seconds"], "accuracy": record["accuracy"]},
+            "parameters": record["parameters"], "build_seconds": record["seconds"], "accuracy": record["accuracy"],
+            **{k: record[k] for k in BUILD_FACTS if k in record}},
         "summary": summary,
         "scenarios_run": args.scenarios,
         **({"lr_sweep": sweep_record} if sweep_record is not None else {}),

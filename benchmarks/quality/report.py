@@ -15,6 +15,19 @@ def _pm(row: dict[str, Any], metric: str) -> str:
     return f"{fmt(row[f'{metric}_mean'], '.3f')} ± {fmt(row[f'{metric}_std'], '.3f')}"
 
 
+def _build_line(pretrained: dict[str, Any]) -> str:
+    """How the decoder was built and its held-out curve, where the run recorded them (runs since issue #20)."""
+    if "build_wall_seconds" not in pretrained:
+        return ""
+    line = (f"Decoder build: {pretrained['build_wall_seconds'] / 60:.1f} min wall on {pretrained.get('device', '?')} "
+            f"({pretrained.get('torch_threads', '?')} torch threads), vocabulary {pretrained.get('vocab_size', '?')}")
+    curve = pretrained.get("heldout_curve") or []
+    if curve:
+        line += "; held-out loss / mean accuracy by step: " + ", ".join(
+            f"{p['step']}: {p['eval_loss']:.3f} / {p['accuracy_mean']:.3f}" for p in curve)
+    return line + ".  \n"
+
+
 def markdown(result: dict[str, Any]) -> str:
     machine, config = result["machine"], result["config"]
     pre, ft = config["pretrain"], config["finetune"]
@@ -28,7 +41,8 @@ def markdown(result: dict[str, Any]) -> str:
         (f"Pre-trained decoder: Llama {pre['hidden_size']}×{pre['num_hidden_layers']} layers "
          f"({result['pretrained']['parameters']:,} parameters), {pre['steps']} steps × {pre['batch_size']} on "
          f"{', '.join(pre['tasks'])}; cache key {result['pretrained']['key']}; accuracy after pre-training: "
-         + ", ".join(f"{k} {v:.2f}" for k, v in result["pretrained"]["accuracy"].items()) + ".  \n")
+         + ", ".join(f"{k} {v:.2f}" for k, v in result["pretrained"]["accuracy"].items()) + ".  \n"
+         + _build_line(result["pretrained"]))
         if result.get("pretrained") else "No pre-trained decoder: the scenarios run need none (diffusion).  \n",
         (f"Fine-tuning: target `{ft['target']}`, {ft['train_examples']} training examples, {ft['steps']} steps × "
         f"batch {ft['batch_size']} for every method (cosine schedule, per-row learning rate), seeds "
