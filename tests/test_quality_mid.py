@@ -106,3 +106,26 @@ def test_a_mid_run_records_how_its_decoder_was_built(monkeypatch, tmp_path):
     curve = [{"step": 300, "eval_loss": 1.5, "accuracy_mean": 0.25}, {"step": 600, "eval_loss": 1.25, "accuracy_mean": 0.5}]
     line = report._build_line({**pre, "heldout_curve": curve})
     assert "300: 1.500 / 0.250, 600: 1.250 / 0.500" in line and report._build_line({"accuracy": {}}) == ""
+
+
+def test_tokenizer_diagnosis_changes_one_thing_per_row(monkeypatch, tmp_path):
+    """The diagnosis compares the recipe with a BPE vocabulary (nothing else changed) and with mid's shape (nothing
+    else changed); at smoke size it builds all three and scores every pre-training task."""
+    from benchmarks.quality.scenarios import tokenizer_diagnosis as diag
+    from benchmarks.quality.scenarios._common import Context
+
+    small = SIZES["small"]
+    rows = diag.variants(small, smoke=False)
+    assert rows["as-built"] == small
+    assert rows["bpe-4096"] == replace(small, tokenizer="bpe", vocab_size=4096)
+    shape = {k: getattr(MID, k) for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                            "num_attention_heads", "learning_rate")}
+    assert rows["mid-shape"] == replace(small, **shape) and rows["mid-shape"].tasks == small.tasks
+    monkeypatch.setenv("FTPLUGINS_BENCH_CACHE", str(tmp_path))
+    result = diag.run(Context(folder="", key="", pretrain=smoke_of(small), seeds=[0], smoke=True,
+                              cache_root=str(tmp_path), log=lambda *_: None))
+    assert list(result["rows"]) == ["as-built", "bpe-4096", "mid-shape"]
+    for row in result["rows"].values():
+        assert all(0.0 <= row[f"{task}_mean"] <= 1.0 for task in small.tasks)
+    assert "vocabulary 49" in result["rows"]["as-built"]["note"]
+    assert "vocabulary 49" not in result["rows"]["bpe-4096"]["note"]

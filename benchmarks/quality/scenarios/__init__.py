@@ -38,6 +38,7 @@ MODULES = {
     "conjugate-partial": "benchmarks.quality.scenarios.conjugate_partial",
     "samda-fewshot": "benchmarks.quality.scenarios.samda_fewshot",
     "samda-diagnosis": "benchmarks.quality.scenarios.samda_diagnosis",
+    "tokenizer-diagnosis": "benchmarks.quality.scenarios.tokenizer_diagnosis",
 }
 NAMES = ["target", *MODULES]
 
