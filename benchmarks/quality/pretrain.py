@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from benchmarks.common import REPO_ROOT
-from benchmarks.quality import bpe, corpus, tasks
+from benchmarks.quality import bpe, corpus, packing, tasks
 from benchmarks.quality.evaluate import task_accuracies
 from ftplugins.errors import FtpluginsError
 
@@ -51,6 +51,7 @@ class PretrainConfig:
     vocab_size: int = 0  # BPE vocabulary size (special tokens included)
     max_length: int = 64  # training sequence length in tokens
     max_position_embeddings: int = 128
+    pack: bool = False  # several examples per row, each attending only to itself (:mod:`.packing`)
     # Progress only (not in the recipe): a log line every `log_every` steps (0: a tenth of the run), and every
     # `eval_every` steps (0: never) the held-out loss and accuracy (`curve_per_task` prompts a task) for the curve.
     log_every: int = 0
@@ -65,6 +66,8 @@ class PretrainConfig:
         recipe = {"config": weights, "tasks_source": _source(tasks), "format": CACHE_FORMAT}
         if self.tokenizer != "char" or any(t in corpus.CORPUS_TASKS for t in self.tasks):
             recipe.update(corpus_source=_source(corpus), bpe_source=_source(bpe))
+        if self.pack:
+            recipe.update(packing_source=_source(packing))
         return recipe
 
     def key(self) -> str:
@@ -74,7 +77,7 @@ class PretrainConfig:
 
 
 #: Fields added after CACHE_FORMAT 2 and their defaults (left out of a recipe that keeps them).
-LATER = {"tokenizer": "char", "vocab_size": 0, "max_length": 64, "max_position_embeddings": 128}
+LATER = {"tokenizer": "char", "vocab_size": 0, "max_length": 64, "max_position_embeddings": 128, "pack": False}
 
 
 def cache_root() -> str:
@@ -132,7 +135,11 @@ def build(config: PretrainConfig, folder: str, log=print) -> dict[str, Any]:
     train_rows = tasks.examples(list(config.tasks), config.examples, seed=config.seed)
     tokenizer = make_tokenizer(config, train_rows, log)
     model = new_model(config, tokenizer)
-    train = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in train_rows])
+    if config.pack:
+        train = Dataset.from_list(packing.pack(train_rows, tokenizer, config.max_length))
+        log(f"  packed {len(train_rows):,} examples into {len(train):,} rows of <= {config.max_length} tokens")
+    else:
+        train = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in train_rows])
     train_prompts = {r["prompt"] for r in train_rows}
     curve: list[dict[str, Any]] = []
     callbacks = [progress_callback(log)]
@@ -156,7 +163,8 @@ def build(config: PretrainConfig, folder: str, log=print) -> dict[str, Any]:
         eval_set = (Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in eval_rows])
                     if config.eval_every else None)
         trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=eval_set,
-                             processing_class=tokenizer, callbacks=callbacks)
+                             processing_class=tokenizer, callbacks=callbacks,
+                             data_collator=packing.PackedCollator(tokenizer.pad_token_id) if config.pack else None)
         trainer.remove_callback(PrinterCallback)
         trainer.train()
     seconds = time.perf_counter() - started
