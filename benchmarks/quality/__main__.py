@@ -98,7 +98,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--baselines", help="comma-separated baseline rows to add (default: full,lora-r8,lora-r16); "
                                             "claims whose rows are missing say 'not measured yet'")
     parser.add_argument("--size", "--model", dest="size", choices=list(SIZES), default="small",
-                        help="pre-trained decoder (default small; mid: the 5M-parameter character-level decoder of issue #20). With --smoke: "
+                        help="pre-trained decoder (default small; mid: the 5M-parameter character-level decoder of "
+                             "issue #20). With --smoke: "
                              "that decoder's recipe shrunk to seconds (its tokenizer and corpus kept)")
     parser.add_argument("--build-model", choices=list(SIZES), metavar="SIZE",
                         help=f"build (or find cached) the pre-trained decoder SIZE ({', '.join(SIZES)}), print its "
