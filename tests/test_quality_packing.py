@@ -82,3 +82,10 @@ def test_a_packed_build_trains_and_is_keyed_apart(monkeypatch, tmp_path):
     assert any("packed 256 examples into" in line for line in lines)
     assert all(loss == loss and loss > 0 for loss in record["loss_curve"])  # finite, positive
     assert set(record["accuracy"]) == set(MID.tasks)
+
+
+def test_unpacked_rows_keep_their_attention_mask():
+    """The held-out curve's rows go through the same collator unpacked: they keep TRL's padding mask."""
+    batch = packing.PackedCollator(0)([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]},
+                                       {"input_ids": [5, 6], "labels": [-100, 6]}])
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]

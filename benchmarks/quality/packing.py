@@ -61,5 +61,6 @@ class PackedCollator:
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         batch = self.inner(rows)
-        batch.pop("attention_mask", None)
+        if "seq_lengths" in rows[0]:  # packed training rows; unpacked ones (the held-out curve's) keep their mask
+            batch.pop("attention_mask", None)
         return batch
