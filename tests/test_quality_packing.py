@@ -1,6 +1,7 @@
 """Packed pre-training rows (benchmarks/quality/packing.py): every example once, and each gets exactly the logits it
 would get alone, so packing changes the cost of a step, not what the model learns from an example."""
 
+from collections import Counter
 from dataclasses import replace
 
 import pytest
@@ -8,6 +9,7 @@ import torch
 
 from benchmarks.quality import corpus, packing, pretrain, tasks
 from benchmarks.quality.__main__ import MID, SMOKE
+from ftplugins.errors import FtpluginsError
 
 
 def rows(n: int, seed: int = 0):
@@ -89,3 +91,14 @@ def test_unpacked_rows_keep_their_attention_mask():
     batch = packing.PackedCollator(0)([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]},
                                        {"input_ids": [5, 6], "labels": [-100, 6]}])
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+
+
+def test_task_weights_set_each_tasks_share_and_enter_the_key():
+    weighted = replace(SMOKE[0], tasks=("copy", "add_steps"), task_weights=(3, 1), examples=400)
+    assert pretrain.task_cycle(weighted) == ["copy", "copy", "copy", "add_steps"]
+    assert weighted.key() != replace(weighted, task_weights=()).key()
+    assert "task_weights" not in replace(weighted, task_weights=()).recipe()["config"]  # older keys unchanged
+    shares = Counter(r["task"] for r in tasks.examples(pretrain.task_cycle(weighted), 400, seed=0))
+    assert shares == {"copy": 300, "add_steps": 100}
+    with pytest.raises(FtpluginsError, match="one positive integer per task"):
+        pretrain.task_cycle(replace(weighted, task_weights=(3,)))

@@ -52,6 +52,9 @@ class PretrainConfig:
     max_length: int = 64  # training sequence length in tokens
     max_position_embeddings: int = 128
     pack: bool = False  # several examples per row, each attending only to itself (:mod:`.packing`)
+    # Examples of each task per cycle, in `tasks` order (empty: one each). TRL averages the loss over completion
+    # tokens, so a task with 3-character answers gets a tenth of the gradient of one with 30: weights rebalance it.
+    task_weights: tuple[int, ...] = ()
     # Progress only (not in the recipe): a log line every `log_every` steps (0: a tenth of the run), and every
     # `eval_every` steps (0: never) the held-out loss and accuracy (`curve_per_task` prompts a task) for the curve.
     log_every: int = 0
@@ -77,7 +80,8 @@ class PretrainConfig:
 
 
 #: Fields added after CACHE_FORMAT 2 and their defaults (left out of a recipe that keeps them).
-LATER = {"tokenizer": "char", "vocab_size": 0, "max_length": 64, "max_position_embeddings": 128, "pack": False}
+LATER = {"tokenizer": "char", "vocab_size": 0, "max_length": 64, "max_position_embeddings": 128, "pack": False,
+         "task_weights": ()}
 
 
 def cache_root() -> str:
@@ -132,7 +136,7 @@ def build(config: PretrainConfig, folder: str, log=print) -> dict[str, Any]:
     from trl import SFTConfig, SFTTrainer
 
     wall_started = time.perf_counter()
-    train_rows = tasks.examples(list(config.tasks), config.examples, seed=config.seed)
+    train_rows = tasks.examples(task_cycle(config), config.examples, seed=config.seed)
     tokenizer = make_tokenizer(config, train_rows, log)
     model = new_model(config, tokenizer)
     if config.pack:
@@ -181,6 +185,17 @@ def build(config: PretrainConfig, folder: str, log=print) -> dict[str, Any]:
             "build_wall_seconds": time.perf_counter() - wall_started,
             "device": "cpu" if on_cpu else torch.cuda.get_device_name(), "torch_threads": torch.get_num_threads(),
             "loss_curve": losses, "heldout_curve": curve, "accuracy": accuracy}
+
+
+def task_cycle(config: PretrainConfig) -> list[str]:
+    """The task of each example in one cycle of the training mix: every task once, or ``task_weights[i]`` times."""
+    if not config.task_weights:
+        return list(config.tasks)
+    weights = config.task_weights
+    if len(weights) != len(config.tasks) or not all(isinstance(w, int) and w > 0 for w in weights):
+        raise FtpluginsError(f"PretrainConfig.task_weights={weights!r}: give one positive integer per task "
+                             f"({len(config.tasks)}: {', '.join(config.tasks)})")
+    return [name for name, weight in zip(config.tasks, weights) for _ in range(weight)]
 
 
 def make_tokenizer(config: PretrainConfig, train_rows: list[dict[str, str]], log=print):
