@@ -68,7 +68,7 @@ def test_each_packed_example_gets_the_logits_it_gets_alone():
 def test_a_packed_build_trains_and_is_keyed_apart(monkeypatch, tmp_path):
     monkeypatch.setenv("FTPLUGINS_BENCH_CACHE", str(tmp_path))
     plain = replace(SMOKE[0], tasks=MID.tasks, max_length=96, max_position_embeddings=128, examples=256)
-    packed = replace(plain, pack=True)
+    packed = replace(plain, pack=True, eval_every=5)
     assert "pack" not in plain.recipe()["config"] and packed.recipe()["packing_source"]
     assert packed.key() != plain.key()
     seen = []
@@ -84,6 +84,10 @@ def test_a_packed_build_trains_and_is_keyed_apart(monkeypatch, tmp_path):
     assert any("packed 256 examples into" in line for line in lines)
     assert all(loss == loss and loss > 0 for loss in record["loss_curve"])  # finite, positive
     assert set(record["accuracy"]) == set(MID.tasks)
+    # the held-out rows are unpacked and scored on their completions only (their prompts are labelled -100)
+    eval_batches = [b for b in seen if "attention_mask" in b]
+    assert eval_batches and all((b["labels"][:, 0] == -100).all() for b in eval_batches)
+    assert record["heldout_curve"] and record["heldout_curve"][0]["eval_loss"] > 0
 
 
 def test_unpacked_rows_keep_their_attention_mask():

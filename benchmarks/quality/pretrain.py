@@ -163,6 +163,9 @@ def build(config: PretrainConfig, folder: str, log=print) -> dict[str, Any]:
             learning_rate=config.learning_rate, lr_scheduler_type="cosine", warmup_steps=max(1, config.steps // 20),
             weight_decay=0.0, logging_steps=config.log_every or max(1, config.steps // 10), disable_tqdm=True,
             seed=config.seed, max_length=config.max_length, dataloader_num_workers=0, **eval_kwargs,
+            # TRL infers completion-only loss from the training rows' columns; packed rows carry their own labels,
+            # and the held-out rows (prompt/completion) must still be scored on the completion only.
+            completion_only_loss=True,
         )
         eval_set = (Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in eval_rows])
                     if config.eval_every else None)

@@ -43,7 +43,8 @@ def markdown(result: dict[str, Any]) -> str:
          f"{', '.join(pre['tasks'])}; cache key {result['pretrained']['key']}; accuracy after pre-training: "
          + ", ".join(f"{k} {v:.2f}" for k, v in result["pretrained"]["accuracy"].items()) + ".  \n"
          + _build_line(result["pretrained"]))
-        if result.get("pretrained") else "No pre-trained decoder: the scenarios run need none (diffusion).  \n",
+        if result.get("pretrained") else "No shared pre-trained decoder: the scenarios run build their own models "
+        "or need none.  \n",
         (f"Fine-tuning: target `{ft['target']}`, {ft['train_examples']} training examples, {ft['steps']} steps × "
         f"batch {ft['batch_size']} for every method (cosine schedule, per-row learning rate), seeds "
         f"{config['seeds']}; scored on {ft['eval_target']} held-out target prompts and {ft['eval_retention']} "
