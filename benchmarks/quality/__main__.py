@@ -113,7 +113,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--target", choices=list(tasks.TARGET_TASKS), help="held-out target task")
     parser.add_argument("--steps", type=int, help="fine-tuning steps per method")
     parser.add_argument("--train-examples", type=int, help="target-task training examples per seed")
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads")
+    parser.add_argument("--threads", type=int,
+                        help="torch.set_num_threads: the decoder's build and scoring use it; a fine-tune of a model "
+                             "under 20M parameters runs on one thread from its first trainer on (ftplugins.threads, "
+                             "faster for tiny matrices) unless OMP_NUM_THREADS is set")
     parser.add_argument("--scenario", default="target",
                         help=f"comma-separated experiments to run (default target; 'all': every one): "
                              f"{', '.join(scenarios.NAMES)}")
