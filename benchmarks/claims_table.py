@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,3 +88,49 @@ def markdown(results_dir: str = common.RESULTS_DIR) -> str:
     summary = (f"{len(claims)} claims measured; {reproduced} reproduced in direction at the strongest scale measured "
                "(3 seeds, mean ± std; the rule of `benchmarks/quality/claims.py`).\n\n")
     return summary + header + "\n".join(rows) + "\n"
+
+
+# --- the same claims across scales: the diagnosis "does the effect appear as the model grows?" ---------------------
+
+SCALE_NAME = "claims-by-scale"
+_DELTA = re.compile(r"Δ ([+-]?\d+(?:\.\d+)?)")
+_MARK = {"reproduced": "✓", "NOT reproduced": "✗"}
+
+
+def _column(measured: Measured) -> tuple[int, bool]:
+    return measured.parameters, measured.swept
+
+
+def _column_title(column: tuple[int, bool]) -> str:
+    parameters, swept = column
+    scale = f"{parameters / 1e6:.2g}M decoder" if parameters else "no decoder"
+    return scale + (", lr swept" if swept else "")
+
+
+def _scale_cell(measured: Measured) -> str:
+    delta = _DELTA.search(headline(measured.detail))
+    return (f"{_MARK.get(measured.verdict, measured.verdict)}" + (f" Δ {delta.group(1)}" if delta else "")
+            + f" ([{measured.run}](benchmarks/results/{measured.run}/quality.md))")
+
+
+def by_scale_markdown(results_dir: str = common.RESULTS_DIR) -> str:
+    """BENCHMARKS.md's claims-by-scale table: each claim measured in more than one setting (pre-trained decoder
+    size × learning rates swept or not), its verdict and Δ in each — whether an effect appears, grows or fades as
+    the model grows and as each row gets its own learning rate. Per setting, the run with the longest budget."""
+    kept = []
+    for claim_id, (claim, runs) in sorted(measured_claims(results_dir).items(), key=lambda item: item[0].lower()):
+        best: dict[tuple[int, bool], Measured] = {}
+        for m in runs:
+            if _column(m) not in best or (m.steps, m.run) > (best[_column(m)].steps, best[_column(m)].run):
+                best[_column(m)] = m
+        if len(best) > 1:
+            kept.append((claim_id, claim, best))
+    columns = sorted({column for _, _, best in kept for column in best})
+    rows = [f"| `{claim_id}` | {_cell(claim['text'])} | "
+            + " | ".join(_scale_cell(best[c]) if c in best else "–" for c in columns) + " |"
+            for claim_id, claim, best in kept]
+    header = ("| claim | what the paper says | " + " | ".join(_column_title(c) for c in columns) + " |\n"
+              + "|---|---|" + "---|" * len(columns) + "\n")
+    return (f"{len(rows)} claims measured in more than one setting; ✓ reproduced, ✗ not reproduced (Δ: the "
+            "verdict's own difference, method − reference, where it has one); per setting the longest budget.\n\n"
+            + header + "\n".join(rows) + "\n")

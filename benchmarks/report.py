@@ -8,6 +8,9 @@ the markers::
     ...
     <!-- end generated: NAME -->
 
+One section, ``claims-by-scale``, is drawn from all the quality results together (:data:`DERIVED`): each claim
+judged in more than one setting (decoder size, learning rates swept or not) side by side.
+
 Prose outside the markers is hand-written and left alone. ``python -m benchmarks.report`` rewrites the sections in
 place; ``--check`` (what CI runs) rewrites nothing and exits non-zero naming the first section that differs from
 what its result file gives, or a result folder that has no section. ``--replot`` first redraws every folder's figures
@@ -227,6 +230,16 @@ def section(name: str, path: str) -> str:
 # --- the document ------------------------------------------------------------------------------
 
 
+def _claims_by_scale(results_dir: str) -> str:
+    from benchmarks import claims_table
+
+    return claims_table.by_scale_markdown(results_dir)
+
+
+#: Sections built from all the result folders together: name -> the body given the results folder.
+DERIVED = {"claims-by-scale": _claims_by_scale}
+
+
 def regenerate(document: str, results_dir: str = common.RESULTS_DIR) -> tuple[str, list[str]]:
     """``document`` with every generated section rewritten; and the sections that changed, in order.
 
@@ -240,6 +253,11 @@ def regenerate(document: str, results_dir: str = common.RESULTS_DIR) -> tuple[st
     def replace(match: re.Match) -> str:
         name = match.group("name")
         seen.add(name)
+        if name in DERIVED:  # a section drawn from every result folder, not from one
+            body = DERIVED[name](results_dir)
+            if body != match.group("body"):
+                changed.append(name)
+            return f"{BEGIN.format(name=name)}\n{body}{END.format(name=name)}"
         if name not in folders:
             changed.append(f"{name} (no result file in benchmarks/results/{name}/)")
             return match.group(0)

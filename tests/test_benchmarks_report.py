@@ -172,6 +172,34 @@ def test_the_claims_table_shows_each_claim_at_its_strongest_run(tmp_path):
     assert "[b-small-swept]" in row and "(lr swept)" in row and "**NOT reproduced**" in row
 
 
+def test_claims_by_scale_puts_each_setting_side_by_side(tmp_path):
+    """BENCHMARKS' claims-by-scale section: one column per (decoder size, lr swept) setting, the longest budget of
+    each setting in its cell with the verdict's Δ, claims judged in a single setting left out; regenerated and
+    checked like the result sections."""
+    from benchmarks import claims_table
+
+    claim = {"claim": "x>y", "text": "X beats Y", "paper": "P", "methods": ["x", "y"]}
+    once = {**claim, "claim": "once", "verdict": "reproduced", "detail": "a"}
+    not_reproduced = {**claim, "verdict": "NOT reproduced"}
+    _quality_result(tmp_path / "a-small", [{**not_reproduced, "detail": "acc: x 0.1 vs y 0.2 (Δ -0.100)"}])
+    _quality_result(tmp_path / "b-small-long", [{**not_reproduced, "detail": "acc (Δ -0.050); z (Δ +9)"}, once],
+                    steps=400)
+    _quality_result(tmp_path / "c-mid-swept", [{**claim, "verdict": "reproduced", "detail": "retention only"}],
+                    parameters=5_155_584, command="python -m benchmarks.quality --lr-sweep x=1e-3")
+    table = claims_table.by_scale_markdown(str(tmp_path))
+    header = next(line for line in table.splitlines() if line.startswith("| claim"))
+    assert header == "| claim | what the paper says | 0.45M decoder | 5.2M decoder, lr swept |"
+    row = next(line for line in table.splitlines() if line.startswith("| `x>y`"))
+    assert row == ("| `x>y` | X beats Y | ✗ Δ -0.050 ([b-small-long](benchmarks/results/b-small-long/quality.md)) | "
+                   "✓ ([c-mid-swept](benchmarks/results/c-mid-swept/quality.md)) |")
+    assert "`once`" not in table and table.startswith("1 claims measured in more than one setting")
+    stale = ("x\n<!-- generated: claims-by-scale (python -m benchmarks.report) -->\nstale\n"
+             "<!-- end generated: claims-by-scale -->\n")
+    text, changed = report.regenerate(stale, str(tmp_path))
+    assert "claims-by-scale" in changed and "stale" not in text and "✓ ([c-mid-swept]" in text
+    assert "claims-by-scale" not in report.regenerate(text, str(tmp_path))[1]  # what --check compares
+
+
 def test_the_readme_claims_section_is_checked_and_regenerated(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- generated: claims (python -m benchmarks.report) -->\nstale\n"
