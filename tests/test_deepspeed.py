@@ -27,7 +27,7 @@ PER_PROCESS = ("masked_thought", "cls_rl")  # reference: DDP; the others: 1 proc
 STAGES = (2, 3)
 OPTIMIZER = {2: "DeepSpeedZeroOptimizer", 3: "DeepSpeedZeroOptimizer_Stage3"}
 # fp32 throughout; only the order of the gradient sums (DeepSpeed's flattened buckets, ZeRO-3's reduce-scatter)
-# differs, and Adam's first step divides near-zero gradients by their own size. Measured: ZeRO-2 within 1e-5 of
+# differs; the cases train with Adam eps 1e-3 (ddp_plugins_child.py says why). Measured: ZeRO-2 within 1e-5 of
 # its reference; ZeRO-3 masked_thought 1.6e-5 absolute from DDP. A step at lr 5e-2 moves weights by ~1e-2.
 TOLERANCE = dict(rtol=1e-4, atol=5e-5)
 
@@ -118,6 +118,6 @@ def test_plugin_under_zero_equals_its_reference_and_the_saved_model_loads(runs, 
     for key in zero:
         torch.testing.assert_close(zero[key], expected[key], **TOLERANCE, msg=key)
     torch.testing.assert_close(logits, expected_logits, **TOLERANCE)
-    with torch.no_grad():  # the untrained model (the adapters start as the identity)
+    with torch.no_grad():  # the untrained model (adapters start as the identity: a change above rounding is training)
         before = tiny_llama(seed=0).eval()(torch.arange(1, 17).view(2, 8)).logits
-    assert (logits - before).abs().max() > 1e-3, f"{name}: training changed nothing"
+    assert (logits - before).abs().max() > 1e-4, f"{name}: training changed nothing"
