@@ -123,6 +123,33 @@ def test_a_model_of_one_dtype_is_one_launch(multi_kernel, monkeypatch):
     assert_equal_to_reference(got, want)
 
 
+def test_a_loop_over_the_same_tensors_builds_its_tables_once(multi_kernel, monkeypatch):
+    """The device tables are kept between steps (a training loop steps the same tensors); other tensors, or the
+    same tensors with another selection count, get tables of their own, and every step equals the reference."""
+    builds = []
+    real = multi_kernel.torch.repeat_interleave
+    monkeypatch.setattr(multi_kernel.torch, "repeat_interleave", lambda *a, **k: (builds.append(1), real(*a, **k))[1])
+    multi_kernel._TABLES.clear()
+    cases = [c for c in MIXED if c[2] == torch.float32 and c[3] != True]  # noqa: E712 (one group: fp32, int32)
+    got, want = updates_of(cases), updates_of(cases)
+    for _ in range(3):
+        for u in got + want:
+            u.step += 1
+        multi_kernel.sparse_adamw_multi_triton(got)
+        reference_step(want, 1.0)
+    assert len(builds) == 1
+    assert_equal_to_reference(got, want)
+    other, other_want = updates_of(cases, seed=7), updates_of(cases, seed=7)
+    multi_kernel.sparse_adamw_multi_triton(other)
+    reference_step(other_want, 1.0)
+    assert len(builds) == 2
+    assert_equal_to_reference(other, other_want)
+    assert_equal_to_reference(got, want)  # the earlier tensors were not written by the new launch
+    for _ in range(2 * multi_kernel._TABLES_KEPT):  # the kept tables are bounded
+        multi_kernel.sparse_adamw_multi_triton(updates_of(cases[:1], seed=11))
+    assert len(multi_kernel._TABLES) <= multi_kernel._TABLES_KEPT
+
+
 def test_state_of_another_dtype_is_refused_by_name(multi_kernel):
     updates = updates_of(MIXED[:2])
     updates[1].exp_avg = updates[1].exp_avg.double()
