@@ -1,4 +1,7 @@
-"""A claim's verdict is refused when its baseline collapsed below the pre-trained model (hand-made numbers)."""
+"""Claim rules on hand-made numbers: a verdict is refused when its baseline collapsed below the pre-trained model;
+a forgetting claim over swept learning rates compares the rows at the target accuracy both reach."""
+
+import pytest
 
 from benchmarks.quality import claims
 
@@ -35,3 +38,39 @@ def test_without_a_pretrained_row_the_claim_is_judged_as_before():
     rows = {"sft": _row(0.003, 0.41), "s3ft": _row(0.36, 0.52)}
     out = claims.verdicts({}, {}, {"self-generated"}, {"self-generated": {"rows": rows}})
     assert next(v for v in out if v["claim"] == S3FT)["verdict"] == "reproduced"
+
+
+HFT = "hft<full forgetting"
+
+
+def _sweep(**paths):
+    """An --lr-sweep record: per row, (lr, target, retention) points, std 0.01."""
+    return {"rows": {name: {"per_lr": {f"{lr:.0e}": {"learning_rate": lr, "target_mean": t, "retention_mean": r,
+                                                     "retention_std": 0.01} for lr, t, r in points}}
+                     for name, points in paths.items()}}
+
+
+def test_retention_at_interpolates_between_learning_rates_and_keeps_the_best():
+    path = [[1e-4, 0.50, 0.80, 0.01], [3e-4, 0.90, 0.60, 0.02], [1e-3, 0.95, 0.30, 0.03]]
+    assert claims.retention_at(path, 0.70) == (0.80 + (0.70 - 0.50) / 0.40 * (0.60 - 0.80), 0.02)
+    assert claims.retention_at(path, 0.92)[0] == pytest.approx(0.48)  # between 3e-4 and 1e-3
+    assert claims.retention_at(path, 0.30) == (0.80, 0.01)  # every point reaches it: the most retention
+    assert claims.retention_at(path, 0.99) is None
+
+
+def test_a_swept_forgetting_claim_compares_at_the_accuracy_both_reach():
+    # At each row's best lr, hft (0.95 target, 0.60 retention) keeps more than full (0.99 target, 0.40): the
+    # chosen-lr rule says reproduced. Matched at 0.95, full at its lower lr keeps 0.70: not reproduced.
+    summary = {"hft": _row(0.95, 0.60), "full": _row(0.99, 0.40)}
+    plain = next(v for v in claims.verdicts(summary, {}, {"target"}) if v["claim"] == HFT)
+    assert plain["verdict"] == "reproduced" and "matched" not in plain["detail"]
+    sweep = _sweep(hft=[(3e-4, 0.70, 0.75), (1e-3, 0.95, 0.60)], full=[(1e-4, 0.95, 0.70), (3e-4, 0.99, 0.40)])
+    matched = next(v for v in claims.verdicts(summary, {}, {"target"}, lr_sweep=sweep) if v["claim"] == HFT)
+    assert matched["verdict"] == "NOT reproduced"
+    assert "at matched target accuracy 0.950" in matched["detail"] and "Δ -0.100" in matched["detail"]
+    sweep["rows"]["full"]["per_lr"]["1e-04"]["retention_mean"] = 0.55  # now hft keeps more at 0.95
+    matched = next(v for v in claims.verdicts(summary, {}, {"target"}, lr_sweep=sweep) if v["claim"] == HFT)
+    assert matched["verdict"] == "reproduced" and "Δ +0.050" in matched["detail"]
+    one_lr = _sweep(hft=[(1e-3, 0.95, 0.60)], full=[(1e-4, 0.95, 0.70), (3e-4, 0.99, 0.40)])
+    fallback = next(v for v in claims.verdicts(summary, {}, {"target"}, lr_sweep=one_lr) if v["claim"] == HFT)
+    assert fallback["verdict"] == "reproduced"  # a row trained at one lr has no path: the chosen-lr rule

@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         **({"lr_sweep": sweep_record} if sweep_record is not None else {}),
         "scenarios": scenario_results,
         "claims": claims.verdicts(summary, skipped, scenarios=set(args.scenarios),
-                                  scenario_results=scenario_results),
+                                  scenario_results=scenario_results, lr_sweep=sweep_record),
         "skipped": skipped,
         "elapsed_s": time.perf_counter() - started,
     }

@@ -91,16 +91,52 @@ def parity(metric: str, a: str, b: str, tolerance: float = PARITY) -> Callable[[
     return check
 
 
+#: Key of a row's learning-rate path in the rows a check reads: [[lr, target mean, retention mean, retention std],
+#: ...] by lr, present for the rows an ``--lr-sweep`` trained at two or more learning rates (see :func:`verdicts`).
+LR_PATH = "lr_path"
+
+
+def retention_at(path: list[list[float]], level: float) -> tuple[float, float] | None:
+    """(retention, its seed std) at the most retention a row keeps at a target accuracy of at least ``level``
+    along its learning-rate path.
+
+    ``path``: ``[lr, target, retention, retention std]`` points in lr order; between neighbouring learning rates
+    target and retention are interpolated linearly (the row could be trained at an lr in between), the std is the
+    larger of the two points'. None when no point of the path reaches ``level``."""
+    candidates = [(r, sd) for _, t, r, sd in path if t >= level]
+    for (_, t0, r0, sd0), (_, t1, r1, sd1) in zip(path, path[1:]):
+        if min(t0, t1) < level < max(t0, t1):
+            candidates.append((r0 + (level - t0) / (t1 - t0) * (r1 - r0), max(sd0, sd1)))
+    return max(candidates) if candidates else None
+
+
 def forgets_less(a: str, b: str, tolerance: float = PARITY) -> Callable[[dict[str, Any]], tuple[bool, str]]:
-    """``a`` keeps more of the pre-training tasks than ``b`` at a target accuracy no worse than ``b``'s − tolerance."""
+    """``a`` keeps more of the pre-training tasks than ``b`` at a target accuracy no worse than ``b``'s − tolerance.
+
+    When both rows were swept over learning rates, "at similar target accuracy" is taken literally: each row's
+    retention at the highest target accuracy both reach along their lr paths (:func:`retention_at`), instead of at
+    each row's chosen lr, where the two may sit at different accuracies (a higher lr buys target accuracy with
+    forgetting)."""
 
     def check(summary):
+        if all(len(summary[n].get(LR_PATH, [])) >= 2 for n in (a, b)):
+            return at_matched_accuracy(summary)
         (ra, sra), (rb, srb) = _m(summary, a, "retention"), _m(summary, b, "retention")
         (ta, sta), (tb, stb) = _m(summary, a, "target"), _m(summary, b, "target")
         ok = ra > rb and ta >= tb - tolerance
         spread = "" if abs(ra - rb) > max(sra, srb) else "; the retention difference is within one seed std"
         return ok, (f"retention {a} {_pm(ra, sra)} vs {b} {_pm(rb, srb)}; target {a} {_pm(ta, sta)} vs "
                     f"{b} {_pm(tb, stb)}{spread}")
+
+    def at_matched_accuracy(summary):
+        paths = {n: summary[n][LR_PATH] for n in (a, b)}
+        level = min(max(point[1] for point in paths[n]) for n in (a, b))
+        (ra, sra), (rb, srb) = retention_at(paths[a], level), retention_at(paths[b], level)
+        spread = "; the difference is within one seed std" if abs(ra - rb) <= max(sra, srb) else ""
+        lrs = "; ".join(f"{n} at lr " + ", ".join(f"{point[0]:.0e}" for point in paths[n]) for n in (a, b))
+        return ra > rb, (f"at matched target accuracy {level:.3f} (the highest both reach over their swept lrs, "
+                         f"interpolated between lrs): retention {a} {_pm(ra, sra)} vs {b} {_pm(rb, srb)}, "
+                         f"Δ {ra - rb:+.3f}{spread} ({lrs})")
 
     return check
 
@@ -437,17 +473,31 @@ CLAIMS: list[Claim] = [
 ]
 
 
+def with_lr_paths(summary: dict[str, Any], lr_sweep: dict[str, Any] | None) -> dict[str, Any]:
+    """``summary``'s rows, each swept row with its :data:`LR_PATH` (from the ``--lr-sweep`` record's per-lr means)."""
+    rows = dict(summary)
+    for name, record in ((lr_sweep or {}).get("rows") or {}).items():
+        per_lr = sorted(record.get("per_lr", {}).values(), key=lambda e: e["learning_rate"])
+        if name in rows and len(per_lr) >= 2:
+            rows[name] = {**rows[name], LR_PATH: [[e["learning_rate"], e["target_mean"], e["retention_mean"],
+                                                   e["retention_std"]] for e in per_lr]}
+    return rows
+
+
 def verdicts(summary: dict[str, Any], skipped: dict[str, str], scenarios: set[str],
-             scenario_results: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+             scenario_results: dict[str, Any] | None = None,
+             lr_sweep: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """One verdict per claim: reproduced / not reproduced / not comparable / not measured yet (with why).
 
     "Reproduced" is refused when the claim's baseline fell below the pre-trained model (:func:`collapsed_baseline`).
 
-    ``summary`` holds the ``target`` scenario's rows; ``scenario_results[name]["rows"]`` the rows of the others.
+    ``summary`` holds the ``target`` scenario's rows; ``scenario_results[name]["rows"]`` the rows of the others;
+    ``lr_sweep`` the ``--lr-sweep`` record, whose per-lr numbers let a forgetting claim compare at matched accuracy.
     """
     from benchmarks.quality import scenarios as scenario_modules
 
     scenario_results = scenario_results or {}
+    summary = with_lr_paths(summary, lr_sweep)
     out = []
     for claim in CLAIMS:
         row = {"claim": claim.key, "text": claim.text, "paper": claim.paper, "methods": list(claim.needs),
