@@ -74,6 +74,8 @@ class MethodSpec:
             that depend on the model (a module name) or the batch shape (``shape.batch``, ``shape.tokens``).
         train_args: training arguments this row needs (e.g. ``{"max_grad_norm": 0.0}``), over both harnesses'
             ``SFTConfig`` (keys the harnesses do not set); a user passes them on the command line with the options.
+        on_request: left out of a harness's default rows; runs only when ``--methods`` names it (rows that
+            diagnose one claim, e.g. a paper's other setting, not needed in every table).
     """
 
     name: str
@@ -89,6 +91,7 @@ class MethodSpec:
     dataset: TextRows | None = None
     sized_options: Callable[[Any, Any], dict[str, Any]] | None = None
     train_args: dict[str, Any] = field(default_factory=dict)
+    on_request: bool = False
 
 
 def lora(rank: int) -> Callable[[], Any]:
@@ -130,12 +133,18 @@ METHODS: list[MethodSpec] = [
     MethodSpec("full", baseline=True, note="full fine-tuning, AdamW on every weight"),
     MethodSpec("lora-r8", peft=lora(8), baseline=True, learning_rate=ADAPTER_LR, note="PEFT LoRA r=8, all linear"),
     MethodSpec("lora-r16", peft=lora(16), baseline=True, learning_rate=ADAPTER_LR, note="PEFT LoRA r=16, all linear"),
+    # SSF's budget (one scale and shift per channel) is LoRA r=1's order: the "similar budget" of SSF's claim.
+    MethodSpec("lora-r1", peft=lora(1), learning_rate=ADAPTER_LR, perf=False, on_request=True,
+               note="PEFT LoRA r=1, all linear (SSF's parameter budget)"),
     # --- shipped methods -------------------------------------------------------------------------
     # SSF trains only per-channel scales and shifts; like the paper (which uses large rates), it needs a higher one.
     MethodSpec("ssf", ("ssf",), learning_rate=5 * ADAPTER_LR, note="scale and shift every feature (PEFT tuner)"),
     # Prompt/completion rows: Masked Thought masks response inputs only, and refuses rows that cannot tell them apart.
     MethodSpec("masked_thought", ("masked_thought",), {"masked_thought_ratio": 0.2}, dataset=TextRows(),
                note="full fine-tuning + Masked Thought collator (p=0.2)"),
+    # The paper's GSM8K setting: p_max 0.4 (random-token replacement, p ramped over 2/3 of training: the defaults).
+    MethodSpec("masked_thought-p04", ("masked_thought",), {"masked_thought_ratio": 0.4}, dataset=TextRows(),
+               perf=False, on_request=True, note="full fine-tuning + Masked Thought collator (p=0.4, GSM8K setting)"),
     # --- adapters (issue 3); bottleneck size d/16 as AdapterHub's reduction factor 16 --------------
     MethodSpec("bottleneck-series", ("bottleneck",),
                {"bottleneck_preset": "llm_adapters_series", "bottleneck_reduction_factor": 16},
@@ -210,7 +219,7 @@ def select(names: str | None, harness: str, baselines: str | None = None) -> lis
             )
         chosen = [BY_NAME[n] for n in wanted]
     else:
-        chosen = [s for s in METHODS if getattr(s, harness)]
+        chosen = [s for s in METHODS if getattr(s, harness) and not s.on_request]
     wanted_baselines = None if baselines is None else {n.strip() for n in baselines.split(",") if n.strip()}
     added = [s for s in METHODS if s.baseline and getattr(s, harness) and s not in chosen
              and (wanted_baselines is None or s.name in wanted_baselines)]

@@ -1,5 +1,6 @@
 """Claim rules on hand-made numbers: a verdict is refused when its baseline collapsed below the pre-trained model;
-a forgetting claim over swept learning rates compares the rows at the target accuracy both reach."""
+a forgetting claim over swept learning rates compares the rows at the target accuracy both reach; the rows that
+diagnose one claim run only when named."""
 
 import pytest
 
@@ -74,3 +75,15 @@ def test_a_swept_forgetting_claim_compares_at_the_accuracy_both_reach():
     one_lr = _sweep(hft=[(1e-3, 0.95, 0.60)], full=[(1e-4, 0.95, 0.70), (3e-4, 0.99, 0.40)])
     fallback = next(v for v in claims.verdicts(summary, {}, {"target"}, lr_sweep=one_lr) if v["claim"] == HFT)
     assert fallback["verdict"] == "reproduced"  # a row trained at one lr has no path: the chosen-lr rule
+
+
+def test_rows_on_request_run_only_when_named():
+    from benchmarks import methods
+
+    default = [s.name for s in methods.select(None, "quality")]
+    assert "masked_thought" in default and "full" in default
+    assert "masked_thought-p04" not in default and "lora-r1" not in default  # diagnosis rows stay out
+    named = [s.name for s in methods.select("masked_thought-p04,lora-r1", "quality", baselines="")]
+    assert named == ["masked_thought-p04", "lora-r1"]  # named: they run, and no baseline is added
+    p04 = methods.BY_NAME["masked_thought-p04"]
+    assert p04.options == {"masked_thought_ratio": 0.4} and methods.unavailable_reason(p04) is None

@@ -25,7 +25,7 @@ def shipped(harness: str) -> list[str]:
     sys.path.insert(0, ROOT)  # benchmarks/ is a folder of the repository, not an installed package
     from benchmarks.methods import METHODS, unavailable_reason
 
-    rows = [spec.name for spec in METHODS if getattr(spec, harness) and not spec.baseline
+    rows = [spec.name for spec in METHODS if getattr(spec, harness) and not spec.baseline and not spec.on_request
             and unavailable_reason(spec) is None]
     assert {"ssf", "masked_thought"} <= set(rows)
     return rows

@@ -266,8 +266,14 @@ CLAIMS: list[Claim] = [
     Claim("masked_thought>sft", "Masked Thought improves multi-step arithmetic (written intermediate steps) over "
           "plain SFT", "Chen et al. 2024 (2403.02178)", ("masked_thought", "full"),
           better("target", "masked_thought", "full")),
+    Claim("masked_thought>sft (p=0.4)", "Masked Thought at the paper's GSM8K setting (p=0.4, random tokens, p ramped "
+          "over 2/3 of training) improves multi-step arithmetic over plain SFT", "Chen et al. 2024 (2403.02178)",
+          ("masked_thought-p04", "full"), better("target", "masked_thought-p04", "full")),
     Claim("ssf~lora", "SSF reaches LoRA-level accuracy at a similar budget (tiny decoder)",
           "Lian et al. 2022 (2210.08823)", ("ssf", "lora-r16"), parity("target", "ssf", "lora-r16")),
+    Claim("ssf~lora (matched budget)", "SSF reaches the accuracy of LoRA at a matched parameter budget (r=1: SSF's "
+          "per-channel scales and shifts are LoRA r=1's order of parameters, r=16's is 16x more)",
+          "Lian et al. 2022 (2210.08823)", ("ssf", "lora-r1"), parity("target", "ssf", "lora-r1")),
     Claim("bottleneck~lora", "Bottleneck adapters (LLM-Adapters series) reach LoRA-level accuracy", "LLM-Adapters / PETL-AST",
           ("bottleneck-series", "lora-r16"), parity("target", "bottleneck-series", "lora-r16")),
     Claim("block_lora~lora", "Block-LoRA reaches LoRA-level accuracy with fewer parameters", "2501.16720",
