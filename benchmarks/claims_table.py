@@ -3,7 +3,8 @@
 Every ``benchmarks/results/*/quality.json`` lists the claims its scenarios judged (``benchmarks.quality.claims``).
 A claim measured in several runs is shown at the strongest of them: the largest pre-trained decoder first, then a
 run whose learning rates were chosen per row on a validation split (``--lr-sweep``), then the longest fine-tuning
-budget, then the newest result folder name in sort order; the other runs are counted beside it. The table is written
+budget, then the most training examples (a reduced-data diagnosis run never outranks the run at the standard
+size), then the newest result folder name in sort order; the other runs are counted beside it. The table is written
 between markers in README.md by ``python -m benchmarks.report`` and checked by ``--check``, like BENCHMARKS.md.
 """
 
@@ -31,10 +32,11 @@ class Measured:
     parameters: int
     swept: bool
     steps: int
+    train_examples: int = 0
 
     @property
-    def strength(self) -> tuple[int, bool, int, str]:
-        return self.parameters, self.swept, self.steps, self.run
+    def strength(self) -> tuple[int, bool, int, int, str]:
+        return self.parameters, self.swept, self.steps, self.train_examples, self.run
 
 
 def measured_claims(results_dir: str = common.RESULTS_DIR) -> dict[str, tuple[dict[str, Any], list[Measured]]]:
@@ -47,8 +49,10 @@ def measured_claims(results_dir: str = common.RESULTS_DIR) -> dict[str, tuple[di
         with open(path) as handle:
             result = json.load(handle)
         command = str(result.get("machine", {}).get("command") or "")
-        scale = dict(parameters=int((result.get("pretrained") or {}).get("parameters") or 0), swept="--lr-sweep" in command,
-                     steps=int(((result.get("config") or {}).get("finetune") or {}).get("steps") or 0))
+        finetune = (result.get("config") or {}).get("finetune") or {}
+        scale = dict(parameters=int((result.get("pretrained") or {}).get("parameters") or 0),
+                     swept="--lr-sweep" in command, steps=int(finetune.get("steps") or 0),
+                     train_examples=int(finetune.get("train_examples") or 0))
         for claim in result.get("claims", []):
             if claim.get("verdict", NOT_MEASURED) == NOT_MEASURED:
                 continue
@@ -116,12 +120,13 @@ def _scale_cell(measured: Measured) -> str:
 def by_scale_markdown(results_dir: str = common.RESULTS_DIR) -> str:
     """BENCHMARKS.md's claims-by-scale table: each claim measured in more than one setting (pre-trained decoder
     size × learning rates swept or not), its verdict and Δ in each — whether an effect appears, grows or fades as
-    the model grows and as each row gets its own learning rate. Per setting, the run with the longest budget."""
+    the model grows and as each row gets its own learning rate. Per setting, the run with the longest budget (steps,
+    then training examples)."""
     kept = []
     for claim_id, (claim, runs) in sorted(measured_claims(results_dir).items(), key=lambda item: item[0].lower()):
         best: dict[tuple[int, bool], Measured] = {}
         for m in runs:
-            if _column(m) not in best or (m.steps, m.run) > (best[_column(m)].steps, best[_column(m)].run):
+            if _column(m) not in best or m.strength > best[_column(m)].strength:
                 best[_column(m)] = m
         if len(best) > 1:
             kept.append((claim_id, claim, best))

@@ -141,16 +141,19 @@ def test_a_pairs_result_is_a_section_with_each_pairs_ratio(tmp_path):
     assert "| `pet` | x vs x | 300.0 | 200.0 | 1.50 | 100, 100 vs 100, 100 | 300 | 100 | 3.00 |" in body
 
 
-def _quality_result(folder, claims, parameters=452448, steps=150, command="python -m benchmarks.quality"):
+def _quality_result(folder, claims, parameters=452448, steps=150, command="python -m benchmarks.quality",
+                    train_examples=256):
     folder.mkdir(parents=True)
     (folder / "quality.json").write_text(json.dumps({
         "machine": {"command": command}, "pretrained": {"parameters": parameters},
-        "config": {"finetune": {"steps": steps}}, "claims": claims}))
+        "config": {"finetune": {"steps": steps, "train_examples": train_examples}}, "claims": claims}))
 
 
 def test_the_claims_table_shows_each_claim_at_its_strongest_run(tmp_path):
-    """README's claims table: the largest pre-trained model wins, then a learning-rate sweep, then the budget; the
-    other runs are counted; a claim no run measured is left out; the numbers stop at the verdict's own comparison."""
+    """README's claims table: the largest pre-trained model wins, then a learning-rate sweep, then the budget (steps,
+    then training examples: a reduced-data diagnosis run does not outrank the standard one, whatever its folder's
+    name); the other runs are counted; a claim no run measured is left out; the numbers stop at the verdict's own
+    comparison."""
     from benchmarks import claims_table
 
     claim = {"claim": "x>y", "text": "X beats Y", "paper": "P 2024", "methods": ["x", "y"]}
@@ -161,11 +164,14 @@ def test_the_claims_table_shows_each_claim_at_its_strongest_run(tmp_path):
     _quality_result(tmp_path / "c-mid", [{**claim, "verdict": "reproduced",
                                           "detail": "acc: x 0.6 vs y 0.4 (Δ +0.2; within one std); z 0.1"}],
                     parameters=9_000_000, steps=100)
+    few = {**claim, "verdict": "NOT reproduced", "detail": "acc: x 0.1 vs y 0.2"}
+    _quality_result(tmp_path / "d-mid-few", [few], parameters=9_000_000, steps=100, train_examples=32)
     table = claims_table.markdown(str(tmp_path))
     row = next(line for line in table.splitlines() if line.startswith("| `x>y`"))
     assert "**reproduced**" in row and "[c-mid](benchmarks/results/c-mid/quality.md)" in row
     assert "acc: x 0.6 vs y 0.4 (Δ +0.2; within one std) |" in row and "z 0.1" not in row
-    assert row.endswith("| 2: 0 reproduced |") and "`z`" not in table
+    assert row.endswith("| 3: 0 reproduced |") and "`z`" not in table
+    shutil.rmtree(tmp_path / "d-mid-few")
     assert table.startswith("1 claims measured; 1 reproduced")
     shutil.rmtree(tmp_path / "c-mid")  # without the larger model, the swept run is the strongest
     row = next(line for line in claims_table.markdown(str(tmp_path)).splitlines() if line.startswith("| `x>y`"))
