@@ -162,12 +162,15 @@ def test_quality_lr_sweep_smoke(tmp_path):
     """``--lr-sweep`` picks each swept row's learning rate on a validation split and records the whole sweep."""
     out = str(tmp_path / "quality")
     run_module("benchmarks.quality", out, {"FTPLUGINS_BENCH_CACHE": str(tmp_path / "cache")},
-               ("--methods", "ssf", "--baselines", "full", "--lr-sweep", "full=1e-4,3e-4;ssf=1e-2,3e-2"))
+               ("--methods", "ssf", "--baselines", "full", "--lr-sweep", "full=1e-4,3e-4;ssf=1e-2,3e-2",
+                "--epochs", "0.5"))
     with open(os.path.join(out, "quality.json")) as handle:
         result = json.load(handle)
     with open(os.path.join(out, "quality.md")) as handle:
         markdown = handle.read()
 
+    finetune = result["config"]["finetune"]  # --epochs 0.5 over the smoke's 32 examples in batches of 8: 2 steps
+    assert (finetune["train_examples"], finetune["batch_size"], finetune["steps"]) == (32, 8, 2)
     sweep = result["lr_sweep"]
     assert sweep["val_examples"] > 0
     for name, candidates in (("full", ["1e-04", "3e-04"]), ("ssf", ["1e-02", "3e-02"])):

@@ -28,7 +28,8 @@ from typing import Any
 
 from benchmarks import common, methods
 from benchmarks.quality import claims, corpus, lr_sweep, report, scenarios, tasks
-from benchmarks.quality.finetune import FinetuneConfig, finetune_once, load_pretrained, score, train_rows
+from benchmarks.quality.finetune import (FinetuneConfig, finetune_once, load_pretrained, score, steps_for_epochs,
+                                         train_rows)
 from benchmarks.quality.pretrain import PretrainConfig, pretrained
 
 #: The stronger decoder of issue #20: character-level over its corpus's alphabet (a BPE vocabulary broke the letter
@@ -111,7 +112,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help=f"build (or find cached) the pre-trained decoder SIZE ({', '.join(SIZES)}), print its "
                              f"record and exit; nothing is fine-tuned")
     parser.add_argument("--target", choices=list(tasks.TARGET_TASKS), help="held-out target task")
-    parser.add_argument("--steps", type=int, help="fine-tuning steps per method")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=int, help="fine-tuning steps per method (default 150)")
+    budget.add_argument("--epochs", type=float,
+                        help="the budget as a paper states it: steps = ceil(epochs x train examples / batch size)")
     parser.add_argument("--train-examples", type=int, help="target-task training examples per seed")
     parser.add_argument("--threads", type=int,
                         help="torch.set_num_threads: the decoder's build and scoring use it; a fine-tune of a model "
@@ -200,6 +204,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     overrides = {k: v for k, v in (("target", args.target), ("steps", args.steps),
                                    ("train_examples", args.train_examples)) if v is not None}
     ft_config = replace(ft_config, **overrides)
+    if args.epochs is not None:
+        ft_config = replace(ft_config, steps=steps_for_epochs(args.epochs, ft_config.train_examples,
+                                                              ft_config.batch_size))
+        print(f"--epochs {args.epochs:g}: {ft_config.steps} steps of {ft_config.batch_size} over "
+              f"{ft_config.train_examples} examples")
     out = args.out or os.path.join(common.RESULTS_DIR, "quality-smoke" if args.smoke else f"quality-{args.size}")
     seeds = list(range(args.seeds))
 

@@ -33,6 +33,14 @@ class FinetuneConfig:
     max_new_tokens: int | None = None  # cap on generated tokens when scoring (smoke runs)
 
 
+def steps_for_epochs(epochs: float, train_examples: int, batch_size: int) -> int:
+    """``--epochs``: the fine-tuning steps that pass over ``train_examples`` ``epochs`` times (papers state their
+    budgets in epochs; the harness trains in steps). At least one step."""
+    if epochs <= 0:
+        raise ValueError(f"--epochs must be positive, got {epochs}")
+    return max(1, math.ceil(epochs * train_examples / batch_size))
+
+
 def load_pretrained(folder: str):
     from transformers import AutoTokenizer, LlamaForCausalLM
 
