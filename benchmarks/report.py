@@ -62,12 +62,18 @@ def is_dirty(machine: dict[str, Any]) -> bool:
     return bool(machine.get("dirty")) or str(machine.get("git_commit") or "").endswith("+dirty")
 
 
-def provenance(machine: dict[str, Any]) -> str:
+def provenance(machine: dict[str, Any], judged: dict[str, Any] | None = None) -> str:
+    """Who recorded the numbers; ``judged``: a quality record's claims judged again later (``--rejudge``)."""
     commit = str(machine.get("git_commit") or "unknown").removesuffix("+dirty")
     mark = (" **⚠ dirty tree** (uncommitted changes on top of this commit: the commit alone may not reproduce "
             "these numbers)") if is_dirty(machine) else ""
+    rejudged = ""
+    if judged:
+        rejudged = (f" Claims judged again by the rules at commit `{judged.get('git_commit')}`"
+                    + (" **⚠ dirty tree**" if judged.get("dirty") else "") + " (`--rejudge`, nothing retrained).")
     return (f"Recorded by `{machine.get('command')}` at commit `{commit}`{mark}; {machine.get('device_name')}, "
-            f"torch {machine.get('versions', {}).get('torch')}, torch threads {machine.get('torch_threads')}.")
+            f"torch {machine.get('versions', {}).get('torch')}, torch threads {machine.get('torch_threads')}."
+            + rejudged)
 
 
 def _figures(folder: str, rel: str, names: tuple[str, ...]) -> list[str]:
@@ -222,7 +228,8 @@ def section(name: str, path: str) -> str:
         body = ["\n" + fsdp_markdown(result)]
     else:
         body = ["\n" + kernels_markdown(result)]
-    parts = [provenance(result["machine"]) + "\n", *body, "\n", *_figures(folder, rel, pngs)]
+    parts = [provenance(result["machine"], result.get("claims_judged_at")) + "\n", *body, "\n",
+             *_figures(folder, rel, pngs)]
     text = "".join(parts)
     return re.sub(r"\n{3,}", "\n\n", text).strip("\n") + "\n"
 

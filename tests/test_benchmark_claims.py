@@ -87,3 +87,63 @@ def test_rows_on_request_run_only_when_named():
     assert named == ["masked_thought-p04", "lora-r1"]  # named: they run, and no baseline is added
     p04 = methods.BY_NAME["masked_thought-p04"]
     assert p04.options == {"masked_thought_ratio": 0.4} and methods.unavailable_reason(p04) is None
+
+
+DEEP_ALIGN = "deep_align keeps refusals"
+
+
+def _alignment_verdict(sft_refusal, deep_refusal):
+    rows = {name: {"refusal_mean": refusal, "refusal_std": 0.0, "target_mean": 0.5, "target_std": 0.0}
+            for name, refusal in (("aligned", 1.0), ("sft", sft_refusal), ("deep_align", deep_refusal))}
+    out = claims.verdicts({}, {}, {"alignment"}, {"alignment": {"rows": rows}})
+    return next(v for v in out if v["claim"] == DEEP_ALIGN)
+
+
+def test_a_claim_whose_premise_did_not_happen_is_not_comparable():
+    """deep_align claims to keep refusals that benign SFT erodes: where SFT kept them (as on the `mid` decoder), no
+    method can beat it by the margin, and the verdict says so instead of "NOT reproduced"."""
+    v = _alignment_verdict(1.0, 1.0)
+    assert v["verdict"].startswith("not comparable: benign fine-tuning eroding the refusal did not happen")
+    assert "refusal: deep_align 1.000" in v["detail"]
+    assert _alignment_verdict(0.6, 0.9)["verdict"] == "reproduced"
+    assert _alignment_verdict(0.6, 0.7)["verdict"] == "NOT reproduced"
+
+
+def test_rejudge_applies_todays_rules_to_a_stored_run_without_training(tmp_path, monkeypatch):
+    """``--rejudge DIR``: a record whose claims were judged by an older rule gets today's verdicts from its stored
+    rows; the measured numbers and the measuring commit stay, the judging commit is added (and shown)."""
+    import json
+
+    from benchmarks import common, report
+    from benchmarks.quality import __main__ as quality
+
+    rows = {name: {"refusal_mean": refusal, "refusal_std": 0.0, "target_mean": 0.5, "target_std": 0.0,
+                   "per_seed": [{}]} for name, refusal in (("aligned", 1.0), ("sft", 1.0), ("deep_align", 1.0))}
+    folder = tmp_path / "quality-mid-alignment"
+    folder.mkdir()
+    machine = {"command": "python -m benchmarks.quality --scenario alignment", "git_commit": "measured1",
+               "device_name": "cpu", "cpu_count": 2, "torch_threads": 1, "versions": {"torch": "2"}}
+    pretrain = {"hidden_size": 8, "num_hidden_layers": 1, "steps": 1, "batch_size": 1, "tasks": ["copy"]}
+    finetune = {"target": "chain_steps", "train_examples": 4, "steps": 1, "batch_size": 1, "eval_target": 1,
+                "eval_retention": 1}
+    stored = {"harness": "quality", "machine": machine, "summary": {}, "skipped": {}, "scenarios_run": ["alignment"],
+              "config": {"pretrain": pretrain, "finetune": finetune, "seeds": [0]},
+              "pretrained": {"parameters": 10, "key": "k", "accuracy": {"copy": 1.0}},
+              "scenarios": {"alignment": {"title": "Alignment", "design": "", "rows": rows,
+                                          "metrics": [["refusal", "refusal rate"]]}},
+              "claims": [{"claim": DEEP_ALIGN, "verdict": "NOT reproduced", "detail": "old"}]}
+    (folder / "quality.json").write_text(json.dumps(stored))
+    monkeypatch.setattr(common, "tree_is_dirty", lambda root=common.REPO_ROOT: False)
+    monkeypatch.setattr(common, "git_commit", lambda *a, **k: "judged2")
+    quality.main(["--rejudge", str(folder)])
+    result = json.loads((folder / "quality.json").read_text())
+    verdict = next(c for c in result["claims"] if c["claim"] == DEEP_ALIGN)["verdict"]
+    assert verdict.startswith("not comparable: benign fine-tuning eroding the refusal did not happen")
+    assert result["machine"]["git_commit"] == "measured1" and result["claims_judged_at"]["git_commit"] == "judged2"
+    assert result["scenarios"]["alignment"]["rows"] == rows
+    assert "judged again at commit judged2" in (folder / "quality.md").read_text()
+    assert "Claims judged again by the rules at commit `judged2`" in report.section(folder.name,
+                                                                                       str(folder / "quality.json"))
+    monkeypatch.setattr(common, "tree_is_dirty", lambda root=common.REPO_ROOT: True)
+    with pytest.raises(SystemExit, match="refusing to write benchmark results"):
+        quality.main(["--rejudge", str(folder)])

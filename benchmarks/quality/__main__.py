@@ -134,6 +134,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--replot", metavar="DIR",
                         help="redraw the PNGs of DIR/quality.json (an earlier run's folder) into DIR and exit; "
                              "nothing is trained")
+    parser.add_argument("--rejudge", metavar="DIR",
+                        help="judge the claims of DIR/quality.json (an earlier run) again with today's rules "
+                             "(benchmarks/quality/claims.py) from its stored numbers, rewrite its quality.json / "
+                             "quality.md and exit; nothing is trained (the record keeps the commit that measured it "
+                             "and adds the one that judged it)")
     parser.add_argument("--allow-dirty", action="store_true",
                         help="record results from a git tree with uncommitted changes, labelled dirty: true "
                              "(refused otherwise; --smoke runs are never committed and need no flag)")
@@ -183,10 +188,33 @@ def replot(folder: str) -> dict[str, Any]:
     return result
 
 
+def rejudge(folder: str, allow_dirty: bool) -> dict[str, Any]:
+    """``--rejudge``: an earlier run's claims judged by today's rules from its stored rows (when a rule changes, the
+    numbers it reads do not; retraining would only repeat them). ``claims_judged_at`` names the judging commit."""
+    dirty = common.require_clean_tree(allow_dirty)
+    path = os.path.join(folder, "quality.json")
+    with open(path) as handle:
+        result = json.load(handle)
+    before = {c["claim"]: c["verdict"] for c in result.get("claims", [])}
+    result["claims"] = claims.verdicts(result.get("summary", {}), result.get("skipped", {}),
+                                       scenarios=set(result.get("scenarios_run", ["target"])),
+                                       scenario_results=result.get("scenarios", {}), lr_sweep=result.get("lr_sweep"))
+    result["claims_judged_at"] = {"git_commit": common.git_commit(), "dirty": dirty}
+    common.write_json(path, result)
+    common.write_text(os.path.join(folder, "quality.md"), report.markdown(result))
+    for claim in result["claims"]:
+        if before.get(claim["claim"], claim["verdict"]) != claim["verdict"]:
+            print(f"{claim['claim']}: {before[claim['claim']]} -> {claim['verdict']}")
+    print(f"rejudged {path}")
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.replot:
         return replot(args.replot)
+    if args.rejudge:
+        return rejudge(args.rejudge, args.allow_dirty)
     if args.build_model:
         return build_model(args.build_model, args.threads)
     dirty = common.require_clean_tree(args.allow_dirty or args.smoke)

@@ -37,7 +37,9 @@ def markdown(result: dict[str, Any]) -> str:
         (f"Machine: {machine['device_name']}, {machine['cpu_count']} CPUs, torch threads {machine['torch_threads']}; "
         f"torch {machine['versions'].get('torch')}, transformers {machine['versions'].get('transformers')}, "
         f"trl {machine['versions'].get('trl')}, peft {machine['versions'].get('peft')}; "
-        f"commit {machine.get('git_commit')}.  \n"),
+        f"commit {machine.get('git_commit')}"
+        + (f"; claims judged again at commit {result['claims_judged_at']['git_commit']} (--rejudge)"
+           if result.get("claims_judged_at") else "") + ".  \n"),
         (f"Pre-trained decoder: Llama {pre['hidden_size']}×{pre['num_hidden_layers']} layers "
          f"({result['pretrained']['parameters']:,} parameters), {pre['steps']} steps × {pre['batch_size']} on "
          f"{', '.join(pre['tasks'])}; cache key {result['pretrained']['key']}; accuracy after pre-training: "
