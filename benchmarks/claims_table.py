@@ -1,7 +1,8 @@
 """README's claims table: one line per paper claim, its verdict at the strongest scale measured, from the results.
 
 Every ``benchmarks/results/*/quality.json`` lists the claims its scenarios judged (``benchmarks.quality.claims``).
-A claim measured in several runs is shown at the strongest of them: the largest pre-trained decoder first, then a
+A claim measured in several runs is shown at the strongest of them that decided it (a "not comparable" run is
+counted beside it, and shown only when no run decided): the largest pre-trained decoder first, then a
 run whose learning rates were chosen per row on a validation split (``--lr-sweep``), then the longest fine-tuning
 budget, then the most training examples (a reduced-data diagnosis run never outranks the run at the standard
 size), then the newest result folder name in sort order; the other runs are counted beside it. The table is written
@@ -33,6 +34,11 @@ class Measured:
     swept: bool
     steps: int
     train_examples: int = 0
+
+    @property
+    def decided(self) -> bool:
+        """The run judged the claim ("reproduced" or "NOT reproduced"), rather than finding it not comparable."""
+        return self.verdict in ("reproduced", "NOT reproduced")
 
     @property
     def strength(self) -> tuple[int, bool, int, int, str]:
@@ -80,10 +86,14 @@ def markdown(results_dir: str = common.RESULTS_DIR) -> str:
     rows, reproduced = [], 0
     claims = measured_claims(results_dir)
     for claim_id, (claim, runs) in sorted(claims.items(), key=lambda item: item[0].lower()):
-        best = max(runs, key=lambda m: m.strength)
+        # A decided verdict first: a run where the claim could not be judged (its premise did not happen, its
+        # baseline collapsed) does not hide another run that decided it; it is counted beside it.
+        best = max(runs, key=lambda m: (m.decided, m.strength))
         reproduced += best.verdict == "reproduced"
         others = [m for m in runs if m is not best]
-        elsewhere = (f"{len(others)}: {sum(m.verdict == 'reproduced' for m in others)} reproduced" if others else "")
+        undecided = sum(not m.decided for m in others)
+        elsewhere = (f"{len(others)}: {sum(m.verdict == 'reproduced' for m in others)} reproduced"
+                     + (f", {undecided} not comparable" if undecided else "") if others else "")
         link = f"[{best.run}](benchmarks/results/{best.run}/quality.md)" + (" (lr swept)" if best.swept else "")
         rows.append(f"| `{claim_id}` | {_cell(claim['text'])} ({_cell(claim.get('paper', ''))}) | "
                     f"**{best.verdict}** | {_cell(headline(best.detail))} | {link} | {elsewhere} |")
@@ -112,6 +122,8 @@ def _column_title(column: tuple[int, bool]) -> str:
 
 
 def _scale_cell(measured: Measured) -> str:
+    if not measured.decided:  # why it could not be judged is in the run's own table
+        return f"○ ([{measured.run}](benchmarks/results/{measured.run}/quality.md))"
     delta = _DELTA.search(headline(measured.detail))
     return (f"{_MARK.get(measured.verdict, measured.verdict)}" + (f" Δ {delta.group(1)}" if delta else "")
             + f" ([{measured.run}](benchmarks/results/{measured.run}/quality.md))")
@@ -137,5 +149,6 @@ def by_scale_markdown(results_dir: str = common.RESULTS_DIR) -> str:
     header = ("| claim | what the paper says | " + " | ".join(_column_title(c) for c in columns) + " |\n"
               + "|---|---|" + "---|" * len(columns) + "\n")
     return (f"{len(rows)} claims measured in more than one setting; ✓ reproduced, ✗ not reproduced (Δ: the "
-            "verdict's own difference, method − reference, where it has one); per setting the longest budget.\n\n"
+            "verdict's own difference, method − reference, where it has one), ○ not comparable (the claim's premise "
+            "did not happen or its baseline collapsed; the run says which); per setting the longest budget.\n\n"
             + header + "\n".join(rows) + "\n")

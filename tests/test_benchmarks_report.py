@@ -172,6 +172,12 @@ def test_the_claims_table_shows_each_claim_at_its_strongest_run(tmp_path):
     assert "acc: x 0.6 vs y 0.4 (Δ +0.2; within one std) |" in row and "z 0.1" not in row
     assert row.endswith("| 3: 0 reproduced |") and "`z`" not in table
     shutil.rmtree(tmp_path / "d-mid-few")
+    # A larger run that could not judge the claim (its premise did not happen) does not hide the one that did.
+    _quality_result(tmp_path / "e-big", [{**claim, "verdict": "not comparable: the premise did not happen",
+                                          "detail": "acc: x 1.0 vs y 1.0"}], parameters=50_000_000)
+    row = next(line for line in claims_table.markdown(str(tmp_path)).splitlines() if line.startswith("| `x>y`"))
+    assert "[c-mid]" in row and row.endswith("| 3: 0 reproduced, 1 not comparable |")
+    shutil.rmtree(tmp_path / "e-big")
     assert table.startswith("1 claims measured; 1 reproduced")
     shutil.rmtree(tmp_path / "c-mid")  # without the larger model, the swept run is the strongest
     row = next(line for line in claims_table.markdown(str(tmp_path)).splitlines() if line.startswith("| `x>y`"))
@@ -199,6 +205,12 @@ def test_claims_by_scale_puts_each_setting_side_by_side(tmp_path):
     assert row == ("| `x>y` | X beats Y | ✗ Δ -0.050 ([b-small-long](benchmarks/results/b-small-long/quality.md)) | "
                    "✓ ([c-mid-swept](benchmarks/results/c-mid-swept/quality.md)) |")
     assert "`once`" not in table and table.startswith("1 claims measured in more than one setting")
+    _quality_result(tmp_path / "d-mid", [{**claim, "verdict": "not comparable: the premise did not happen",
+                                          "detail": "acc (Δ +0.000)"}], parameters=5_155_584)
+    row = next(line for line in claims_table.by_scale_markdown(str(tmp_path)).splitlines()
+               if line.startswith("| `x>y`"))
+    assert "| ○ ([d-mid](benchmarks/results/d-mid/quality.md)) |" in row and "premise" not in row
+    shutil.rmtree(tmp_path / "d-mid")
     stale = ("x\n<!-- generated: claims-by-scale (python -m benchmarks.report) -->\nstale\n"
              "<!-- end generated: claims-by-scale -->\n")
     text, changed = report.regenerate(stale, str(tmp_path))
