@@ -12,6 +12,7 @@ import importlib
 #: scenario name -> module (imported when run). ``target`` is the method table of ``__main__`` itself.
 MODULES = {
     "alignment": "benchmarks.quality.scenarios.alignment",
+    "alignment-erode": "benchmarks.quality.scenarios.alignment_erode",
     "many-shot": "benchmarks.quality.scenarios.many_shot",
     "grafting": "benchmarks.quality.scenarios.grafting",
     "composition": "benchmarks.quality.scenarios.composition",

@@ -108,9 +108,12 @@ def plain_scores(model, tokenizer, trigger_test, cfg, refusal: str = REFUSAL) ->
 
 
 def run(ctx: Context) -> dict[str, Any]:
-    from ftplugins.methods.aligned_prefix import generate as prefix_generate
+    return run_with(ctx, SMOKE if ctx.smoke else FULL)
 
-    cfg = SMOKE if ctx.smoke else FULL
+
+def run_with(ctx: Context, cfg: dict[str, Any], harmful: bool = True) -> dict[str, Any]:
+    """The scenario at ``cfg``; ``harmful=False`` runs the benign half only (``alignment-erode``)."""
+    from ftplugins.methods.aligned_prefix import generate as prefix_generate
     from transformers import AutoTokenizer
 
     refusal = refusal_for(AutoTokenizer.from_pretrained(ctx.folder))
@@ -151,6 +154,8 @@ def run(ctx: Context) -> dict[str, Any]:
             per_seed.setdefault(name, []).append(result)
             ctx.log(f"  seed {seed} benign {name:<18} refusal {result['refusal']:.3f}  target {result['target']:.3f}  "
                     f"({result['train_seconds']:.0f} s)")
+        if not harmful:
+            continue
         # harmful fine-tuning, then plain decoding vs the aligned model's prefix
         model, _ = load(folder)
         data = [{"prompt": r["prompt"], "completion": r["harmful_response"]} for r in harmful_train[seed]]
