@@ -147,3 +147,25 @@ def test_rejudge_applies_todays_rules_to_a_stored_run_without_training(tmp_path,
     monkeypatch.setattr(common, "tree_is_dirty", lambda root=common.REPO_ROOT: True)
     with pytest.raises(SystemExit, match="refusing to write benchmark results"):
         quality.main(["--rejudge", str(folder)])
+
+
+def test_the_editing_claim_is_also_judged_at_the_papers_update_count():
+    """LocFT's paper trains 750 updates; the scenario's pre-set 100 leave one module short of learning the edits.
+    Both claims are judged, each on its own rows."""
+    metrics = ("edit_success", "paraphrase_success", "neighbourhood_preservation", "retention")
+
+    def row(*values):
+        return {**{f"{m}_mean": v for m, v in zip(metrics, values)}, **{f"{m}_std": 0.0 for m in metrics}}
+
+    rows = {"pre-edit": row(0.0, 0.0, 1.0, 0.62), "locft": row(0.02, 0.0, 0.99, 0.62),
+            "full": row(1.0, 1.0, 0.03, 0.57), "locft-750u": row(1.0, 0.97, 0.83, 0.62),
+            "full-750u": row(1.0, 1.0, 0.03, 0.57)}
+    out = {v["claim"]: v["verdict"] for v in claims.verdicts({}, {}, {"editing"}, {"editing": {"rows": rows}})}
+    assert out["locft edits locally"] == "NOT reproduced"
+    assert out["locft edits locally (750 updates)"] == "reproduced"
+    rows["locft-750u"] = row(1.0, 0.97, 0.02, 0.62)  # no more local than full fine-tuning
+    out = {v["claim"]: v["verdict"] for v in claims.verdicts({}, {}, {"editing"}, {"editing": {"rows": rows}})}
+    assert out["locft edits locally (750 updates)"] == "NOT reproduced"
+    rows["locft-750u"] = row(1.0, 0.91, 0.83, 0.62)  # local, but paraphrases 0.09 short of full fine-tuning's
+    out = {v["claim"]: v["verdict"] for v in claims.verdicts({}, {}, {"editing"}, {"editing": {"rows": rows}})}
+    assert out["locft edits locally (750 updates)"] == "NOT reproduced"

@@ -380,6 +380,10 @@ CLAIMS: list[Claim] = [
                        ("locft-750u", "paraphrase_success"), ("locft-750u", "neighbourhood_preservation"),
                        ("locft-750u", "retention"), ("full-750u", "neighbourhood_preservation"),
                        ("full-750u", "retention")), scenario="editing"),
+    Claim("locft edits locally (750 updates)", "LocFT-BF edits locally, as above, at the paper's update count (at "
+          "most 750 updates for both rows)", "LocFT-BF (ICT-STAR/LocFT)", ("locft-750u", "full-750u"),
+          with_context(edits_locally("locft-750u", "full-750u"), ("pre-edit", "neighbourhood_preservation"),
+                       ("pre-edit", "retention")), scenario="editing"),
     Claim("kmq>random", "kMQ (k-means, per-cluster shares drawn by perplexity) beats random selection at equal budget "
           "(mean accuracy over the pool's tasks)", "Yu et al. 2024 (2409.11378)", ("kmq", "random"),
           with_context(better("acc", "kmq", "random"), ("kmq", "noisy_share"), ("random", "noisy_share")),
