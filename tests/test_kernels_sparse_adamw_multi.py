@@ -39,6 +39,7 @@ MIXED = [
     (1500, 600, torch.bfloat16, "int32", 5, 3e-2),  # fp32 master values
     (900, 900, torch.float16, False, 2, 3e-2),  # dense, with a master
     (BLOCK, BLOCK, torch.float32, False, 3, 3e-2),  # exactly one block
+    (1300, 500, torch.float32, "int32", 2, 1e-2),  # another parameter group: its scalars differ from the others'
 ]
 
 
@@ -92,7 +93,7 @@ def test_one_launch_over_mixed_tensors_equals_the_reference_per_tensor(multi_ker
         reference_step(want, grad_scale=0.5)
     assert_equal_to_reference(got, want)
     # per (weight dtype, index dtype): fp32 int32 (with the empty one and both dense), fp32 int64, bf16, fp16
-    assert sorted(launches) == sorted([4, 1, 1, 1] * 2)
+    assert sorted(launches) == sorted([5, 1, 1, 1] * 2)
     for u, old in zip(got, before):
         changed = ~torch.isclose(u.param.float(), old.float(), rtol=0, atol=0)
         if u.indices is None:
@@ -108,18 +109,24 @@ def test_a_model_of_one_dtype_is_one_launch(multi_kernel, monkeypatch):
     cases = [(3000, 1500, torch.bfloat16, "int32", 1, 3e-2), (600, 600, torch.bfloat16, False, 1, 3e-2),
              (2100, 17, torch.bfloat16, "int32", 1, 3e-2), (500, 0, torch.bfloat16, "int32", 1, 3e-2)]
     got, want = updates_of(cases, seed=5), updates_of(cases, seed=5)
-    blocks = []
+    blocks, uniform = [], []
     real = multi_kernel._multi_tensor_kernel
 
     class Spy:
         def __getitem__(self, grid):
             blocks.append(grid[0])
-            return real[grid]
+            return lambda *a, **k: (uniform.append(k["UNIFORM"]), real[grid](*a, **k))
 
     monkeypatch.setattr(multi_kernel, "_multi_tensor_kernel", Spy())
     multi_kernel.sparse_adamw_multi_triton(got)
     reference_step(want, grad_scale=1.0)
     assert blocks == [2 + 1 + 1]  # one launch; ceil(count / BLOCK) programs per tensor, none for the empty one
+    assert uniform == [True]  # one parameter group: its scalars are arguments, no table is copied
+    assert_equal_to_reference(got, want)
+    got[1].lr, got[1].step, want[1].lr, want[1].step = 1e-2, 4, 1e-2, 4  # two groups: a row of scalars each
+    multi_kernel.sparse_adamw_multi_triton(got)
+    reference_step(want, grad_scale=1.0)
+    assert uniform == [True, False]
     assert_equal_to_reference(got, want)
 
 
@@ -233,3 +240,9 @@ def test_the_kernel_report_shows_the_multi_tensor_column_against_fused_dense_ada
     text = markdown(new)
     assert "| multi-tensor Triton ms | vs fused dense |" in text and "Bottleneck" not in text
     assert text.count("| 3.0× |") == len(new["sparse_adamw"])
+    assert "GPU vs fused dense" not in text  # a run without the host / GPU split renders without its table
+    for row in new["sparse_adamw"]:
+        row.update(multi_tensor_host_ms=0.2, multi_tensor_device_ms=0.06, dense_same_count_fused_device_ms=0.04)
+    text = markdown(new)
+    assert "| multi-tensor host ms | multi-tensor GPU ms | fused dense GPU ms | GPU vs fused dense |" in text
+    assert text.count("| 1.5× |") == len(new["sparse_adamw"])

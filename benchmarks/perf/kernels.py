@@ -7,8 +7,10 @@ entries of an 85M-parameter model's linear weights at several densities: the mul
 launch for all 84 tensors, what the sparse engine runs on CUDA) vs the per-tensor Triton kernel (84 launches)
 vs the torch reference (index_select / index_copy_) vs ``torch.optim.AdamW(fused=True)`` on a dense tensor of
 the same number of entries (the floor: no gather/scatter; the multi-tensor kernel's goal is within 2x of it)
-vs the same fused AdamW on every weight (full fine-tuning). (The fused bottleneck kernel this harness timed
-was 2-30x slower than cuBLAS and was removed.)
+vs the same fused AdamW on every weight (full fine-tuning). For the multi-tensor kernel and the fused floor it also
+splits the step into the host's time to queue it and the GPU's time alone (a sleep kernel queued first hides the
+host), since a launch whose kernel takes microseconds is timed mostly as the host's Python. (The fused
+bottleneck kernel this harness timed was 2-30x slower than cuBLAS and was removed.)
 
 Writes ``kernels.json`` and ``kernels.md`` to ``--out``. Needs CUDA and the kernels (``pip install ./kernels``).
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import time
 
 import torch
 
@@ -42,6 +45,44 @@ def cuda_time_ms(fn, repeats: int, warmup: int = 5) -> float:
         end.record()
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end))
+    return common.median(times)
+
+
+#: GPU cycles of the sleep queued ahead of a device-only timing (~10 ms on an H200 at ~2 GHz): longer than the
+#: host takes to queue any of the timed steps, so the events bracket the kernels alone.
+SLEEP_CYCLES = 20_000_000
+
+
+def device_time_ms(fn, repeats: int, warmup: int = 5) -> float:
+    """The GPU's time alone: a sleep kernel queued first keeps the GPU busy while the host prepares ``fn``'s
+    launches, so the start event fires with them already queued (what a step costs inside a busy training loop,
+    where the host runs ahead of the GPU)."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        torch.cuda._sleep(SLEEP_CYCLES)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return common.median(times)
+
+
+def host_time_ms(fn, repeats: int, warmup: int = 5) -> float:
+    """The host's time to queue ``fn`` (no synchronisation inside: what the Python side of a step costs)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    torch.cuda.synchronize()
     return common.median(times)
 
 
@@ -82,6 +123,9 @@ def sparse_adamw_rows(density: float, dtype: torch.dtype, repeats: int) -> dict:
     return {
         "density": density, "dtype": str(dtype).removeprefix("torch."), "selected": selected, "weights": total,
         "multi_tensor_triton_ms": cuda_time_ms(lambda: sparse_adamw_multi_triton(updates), repeats),
+        "multi_tensor_host_ms": host_time_ms(lambda: sparse_adamw_multi_triton(updates), repeats),
+        "multi_tensor_device_ms": device_time_ms(lambda: sparse_adamw_multi_triton(updates), repeats),
+        "dense_same_count_fused_device_ms": device_time_ms(fused_same.step, repeats),
         "triton_ms": cuda_time_ms(run(sparse_adamw_triton), repeats),
         "reference_ms": cuda_time_ms(run(sparse_adamw_reference), repeats),
         "dense_same_count_fused_ms": cuda_time_ms(fused_same.step, repeats),

@@ -21,6 +21,16 @@ def markdown(result: dict) -> str:
          + [common.fmt(r["triton_ms"]), common.fmt(r["reference_ms"]), f"{r['reference_ms'] / r['triton_ms']:.1f}×",
             common.fmt(r["dense_same_count_fused_ms"]), common.fmt(r["dense_all_weights_fused_ms"])]
          for r in result["sparse_adamw"]]))
+    if all("multi_tensor_device_ms" in r for r in result["sparse_adamw"]):
+        lines.append("\nThe multi-tensor step split into the host's time to queue it and the GPU's time alone "
+                     "(a sleep kernel queued first hides the host), against the fused dense AdamW's GPU time:\n")
+        lines.append(common.markdown_table(
+            ["density", "dtype", "multi-tensor host ms", "multi-tensor GPU ms", "fused dense GPU ms",
+             "GPU vs fused dense"],
+            [[f"{r['density']:.0%}", r["dtype"], common.fmt(r["multi_tensor_host_ms"]),
+              common.fmt(r["multi_tensor_device_ms"]), common.fmt(r["dense_same_count_fused_device_ms"]),
+              f"{r['multi_tensor_device_ms'] / r['dense_same_count_fused_device_ms']:.1f}×"]
+             for r in result["sparse_adamw"]]))
     if result.get("bottleneck"):  # runs before the fused bottleneck kernel was removed
         lines.append("\nBottleneck adapter forward + backward (ReLU, residual, biases, per-output scale):\n")
         lines.append(common.markdown_table(

@@ -59,8 +59,8 @@ def sparse_adamw_multi_(updates: list[SparseAdamWTensor], *, grad_scale: float =
     updates = [u for u in updates if u.grad.numel() > 0]
     if not updates:
         return
-    tensors = [t for u in updates for t in u.tensors()]
-    if use_triton(*tensors) and all(triton_takes(u) for u in updates):
+    # The weights decide the device (the kernel refuses state kept elsewhere by name): this runs every step.
+    if use_triton(*(u.param for u in updates)) and all(triton_takes(u) for u in updates):
         try:
             from ftplugins_kernels.sparse_adamw_multi_triton import sparse_adamw_multi_triton
         except ImportError:  # the Triton kernel is optional
