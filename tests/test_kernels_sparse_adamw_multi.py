@@ -222,7 +222,7 @@ def test_the_sparse_engine_steps_every_tensor_in_one_call(multi_kernel, monkeypa
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_the_kernel_report_shows_the_multi_tensor_column_against_fused_dense_adamw():
+def test_the_kernel_report_shows_the_multi_tensor_columns_against_fused_dense_adamw():
     import copy
     import json
     import os
@@ -231,18 +231,26 @@ def test_the_kernel_report_shows_the_multi_tensor_column_against_fused_dense_ada
     from benchmarks.perf.kernels_report import markdown
 
     with open(os.path.join(common.RESULTS_DIR, "kernels-nvidia-h200", "kernels.json")) as f:
-        old = json.load(f)
-    assert "multi-tensor" not in markdown(old) and "Bottleneck" in markdown(old)  # the historical run renders as is
-    new = copy.deepcopy(old)
-    del new["bottleneck"]
-    for row in new["sparse_adamw"]:
-        row["multi_tensor_triton_ms"] = 3 * row["dense_same_count_fused_ms"]
-    text = markdown(new)
+        recorded = json.load(f)
+    text = markdown(recorded)  # the committed GPU run: both tables, each row's ratio from its own numbers
     assert "| multi-tensor Triton ms | vs fused dense |" in text and "Bottleneck" not in text
-    assert text.count("| 3.0× |") == len(new["sparse_adamw"])
-    assert "GPU vs fused dense" not in text  # a run without the host / GPU split renders without its table
-    for row in new["sparse_adamw"]:
-        row.update(multi_tensor_host_ms=0.2, multi_tensor_device_ms=0.06, dense_same_count_fused_device_ms=0.04)
-    text = markdown(new)
     assert "| multi-tensor host ms | multi-tensor GPU ms | fused dense GPU ms | GPU vs fused dense |" in text
-    assert text.count("| 1.5× |") == len(new["sparse_adamw"])
+    for row in recorded["sparse_adamw"]:
+        ratio = row["multi_tensor_device_ms"] / row["dense_same_count_fused_device_ms"]
+        assert f"| {common.fmt(row['multi_tensor_device_ms'])} | " in text and f"| {ratio:.1f}× |" in text
+    synthetic = copy.deepcopy(recorded)
+    for row in synthetic["sparse_adamw"]:
+        row.update(multi_tensor_triton_ms=3 * row["dense_same_count_fused_ms"], multi_tensor_host_ms=0.2,
+                   multi_tensor_device_ms=0.06, dense_same_count_fused_device_ms=0.04)
+    text = markdown(synthetic)
+    assert text.count("| 3.0× |") == len(synthetic["sparse_adamw"])
+    assert text.count("| 1.5× |") == len(synthetic["sparse_adamw"])
+    old = copy.deepcopy(recorded)  # a run from before the multi-tensor kernel, with the removed bottleneck kernel
+    for row in old["sparse_adamw"]:
+        for key in ("multi_tensor_triton_ms", "multi_tensor_host_ms", "multi_tensor_device_ms",
+                    "dense_same_count_fused_device_ms"):
+            del row[key]
+    old["bottleneck"] = [dict(tokens=4096, d=768, b=64, dtype="float32", triton_ms=2.0, reference_ms=1.0)]
+    text = markdown(old)
+    assert "multi-tensor" not in text and "GPU vs fused dense" not in text
+    assert "Bottleneck" in text and "| 0.50× |" in text
