@@ -174,6 +174,13 @@ METHODS: list[MethodSpec] = [
     MethodSpec("lift-5pct", ("lift",), {"lift_density": 0.05}, note="LIFT, top 5% principal weights per matrix"),
     MethodSpec("lift-lora-budget", ("lift",), {"lift_budget_rank": 16},
                note="LIFT, (m+n)·16 entries per matrix (LoRA r=16's count)"),
+    # LIFT's approximation rank at the paper's proportions (issue 20's diagnosis of "LIFT >= LoRA"): the paper
+    # keeps r_f = 64 for a 4096-wide LLaMA-2-7B at budget rank 128, i.e. r_f = d/64 and r_f = r/2; the default 128
+    # is near full rank on a 256-wide model, where principal weights are just the largest ones.
+    MethodSpec("lift-rf4", ("lift",), {"lift_budget_rank": 16, "lift_rank": 4}, perf=False, on_request=True,
+               note="LIFT at LoRA r=16's count, rank-4 approximation (the paper's r_f = d/64 at d = 256)"),
+    MethodSpec("lift-rf8", ("lift",), {"lift_budget_rank": 16, "lift_rank": 8}, perf=False, on_request=True,
+               note="LIFT at LoRA r=16's count, rank-8 approximation (the paper's r_f = r/2)"),
     MethodSpec("lift-lean", ("lift",), {"lift_budget_rank": 16, "lift_step_in_backward": True, "lift_save_delta": False},
                train_args={"max_grad_norm": 0.0}, quality=False,
                note="lift-lora-budget updated inside the backward, no delta (no θ0), no clipping"),
