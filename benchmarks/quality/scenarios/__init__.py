@@ -13,6 +13,7 @@ import importlib
 MODULES = {
     "alignment": "benchmarks.quality.scenarios.alignment",
     "alignment-erode": "benchmarks.quality.scenarios.alignment_erode",
+    "alignment-erode-high-lr": "benchmarks.quality.scenarios.alignment_erode_high_lr",
     "many-shot": "benchmarks.quality.scenarios.many_shot",
     "grafting": "benchmarks.quality.scenarios.grafting",
     "composition": "benchmarks.quality.scenarios.composition",
