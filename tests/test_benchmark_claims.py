@@ -169,3 +169,20 @@ def test_the_editing_claim_is_also_judged_at_the_papers_update_count():
     rows["locft-750u"] = row(1.0, 0.91, 0.83, 0.62)  # local, but paraphrases 0.09 short of full fine-tuning's
     out = {v["claim"]: v["verdict"] for v in claims.verdicts({}, {}, {"editing"}, {"editing": {"rows": rows}})}
     assert out["locft edits locally (750 updates)"] == "NOT reproduced"
+
+
+def test_a_conjugate_recovery_must_regain_a_margin_of_accuracy():
+    """"Recovers part of a capability" means accuracy regained through the cipher, not any positive difference: the
+    `mid` run's 0.017 vs 0.010 (of a 0.98 capability) is not a recovery."""
+    def verdict(through_cipher, plain):
+        rows = {name: {"reverse_mean": value, "reverse_std": 0.003, "copy_mean": 0.9, "copy_std": 0.0}
+                for name, value in (("finetuned/conjugate", through_cipher), ("finetuned/original", plain),
+                                    ("bilingual/original", 0.995), ("bilingual/conjugate", 0.98),
+                                    ("pretrained/conjugate", 0.0), ("finetuned-short/original", 0.013),
+                                    ("finetuned-short/conjugate", 0.032))}
+        out = claims.verdicts({}, {}, {"conjugate"}, {"conjugate": {"rows": rows}})
+        return next(v for v in out if v["claim"] == "conjugate recovers")
+
+    small = verdict(0.017, 0.010)
+    assert small["verdict"] == "NOT reproduced" and "required ≥ 0.05" in small["detail"]
+    assert verdict(0.30, 0.010)["verdict"] == "reproduced"
