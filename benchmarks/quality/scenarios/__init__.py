@@ -14,6 +14,7 @@ MODULES = {
     "alignment": "benchmarks.quality.scenarios.alignment",
     "alignment-erode": "benchmarks.quality.scenarios.alignment_erode",
     "alignment-erode-high-lr": "benchmarks.quality.scenarios.alignment_erode_high_lr",
+    "alignment-erode-between": "benchmarks.quality.scenarios.alignment_erode_between",
     "many-shot": "benchmarks.quality.scenarios.many_shot",
     "grafting": "benchmarks.quality.scenarios.grafting",
     "composition": "benchmarks.quality.scenarios.composition",

@@ -9,7 +9,7 @@ fine-tuning on this target task. If SFT now loses refusals, the claim is testabl
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from benchmarks.quality.scenarios import alignment
 from benchmarks.quality.scenarios._common import Context
@@ -19,9 +19,16 @@ TITLE = "Alignment, diagnosed: refusals after benign fine-tuning at lr 1e-3 (dee
 DESIGN = __doc__.split("\n\n", 1)[1].strip()
 
 BENIGN_LR = 1e-3
-FULL = {**alignment.FULL, "lr": BENIGN_LR}
-SMOKE = {**alignment.SMOKE, "lr": BENIGN_LR}
 
 
-def run(ctx: Context) -> dict[str, Any]:
-    return alignment.run_with(ctx, SMOKE if ctx.smoke else FULL, harmful=False)
+def runner(lr: float) -> Callable[[Context], dict[str, Any]]:
+    """The benign half of ``alignment`` at learning rate ``lr`` (every ``alignment-erode*`` scenario)."""
+
+    def run(ctx: Context) -> dict[str, Any]:
+        return alignment.run_with(ctx, {**(alignment.SMOKE if ctx.smoke else alignment.FULL), "lr": lr},
+                                  harmful=False)
+
+    return run
+
+
+run = runner(BENIGN_LR)

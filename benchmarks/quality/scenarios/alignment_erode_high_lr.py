@@ -10,19 +10,11 @@ benign half (the same cached aligned model, trigger prompts, target data, scorin
 
 from __future__ import annotations
 
-from typing import Any
-
-from benchmarks.quality.scenarios import alignment
-from benchmarks.quality.scenarios._common import Context
+from benchmarks.quality.scenarios import alignment_erode
 
 NAME = "alignment-erode-high-lr"
 TITLE = "Alignment, diagnosed: refusals after benign fine-tuning at lr 3e-3 (deep_align vs SFT)"
 DESIGN = __doc__.split("\n\n", 1)[1].strip()
 
 BENIGN_LR = 3e-3
-FULL = {**alignment.FULL, "lr": BENIGN_LR}
-SMOKE = {**alignment.SMOKE, "lr": BENIGN_LR}
-
-
-def run(ctx: Context) -> dict[str, Any]:
-    return alignment.run_with(ctx, SMOKE if ctx.smoke else FULL, harmful=False)
+run = alignment_erode.runner(BENIGN_LR)
