@@ -254,3 +254,31 @@ def test_the_kernel_report_shows_the_multi_tensor_columns_against_fused_dense_ad
     text = markdown(old)
     assert "multi-tensor" not in text and "GPU vs fused dense" not in text
     assert "Bottleneck" in text and "| 0.50× |" in text
+
+
+def test_the_gpu_only_timing_queues_a_sleep_ahead_of_the_start_event(monkeypatch):
+    """The harness's GPU-only column: the sleep kernel must be queued before the start event (so the host's
+    queueing of the timed launches hides behind it); the end-to-end column queues none."""
+    from benchmarks.perf import kernels
+
+    calls = []
+
+    class Event:
+        def __init__(self, enable_timing):
+            assert enable_timing
+
+        def record(self):
+            calls.append("record")
+
+        def elapsed_time(self, end):
+            return 1.0
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    monkeypatch.setattr(torch.cuda, "_sleep", lambda cycles: calls.append(("sleep", cycles)))
+    assert kernels.cuda_time_ms(lambda: calls.append("step"), repeats=2, warmup=1, hide_host=True) == 1.0
+    sleep = ("sleep", kernels.SLEEP_CYCLES)
+    assert calls == ["step"] + [sleep, "record", "step", "record"] * 2
+    calls.clear()
+    kernels.cuda_time_ms(lambda: calls.append("step"), repeats=2, warmup=0)
+    assert calls == ["record", "step", "record"] * 2

@@ -33,36 +33,24 @@ LAYERS = 12
 HYPER = dict(lr=1e-4, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01)
 
 
-def cuda_time_ms(fn, repeats: int, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return common.median(times)
-
-
-#: GPU cycles of the sleep queued ahead of a device-only timing (~10 ms on an H200 at ~2 GHz): longer than the
+#: GPU cycles of the sleep queued ahead of a GPU-only timing (~10 ms on an H200 at ~2 GHz): longer than the
 #: host takes to queue any of the timed steps, so the events bracket the kernels alone.
 SLEEP_CYCLES = 20_000_000
 
 
-def device_time_ms(fn, repeats: int, warmup: int = 5) -> float:
-    """The GPU's time alone: a sleep kernel queued first keeps the GPU busy while the host prepares ``fn``'s
-    launches, so the start event fires with them already queued (what a step costs inside a busy training loop,
-    where the host runs ahead of the GPU)."""
+def cuda_time_ms(fn, repeats: int, warmup: int = 5, hide_host: bool = False) -> float:
+    """CUDA-event median of ``fn`` over ``repeats`` calls after ``warmup``.
+
+    ``hide_host``: the GPU's time alone. A sleep kernel queued first keeps the GPU busy while the host prepares
+    ``fn``'s launches, so the start event fires with them already queued (what a step costs inside a busy training
+    loop, where the host runs ahead of the GPU)."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
     times = []
     for _ in range(repeats):
-        torch.cuda._sleep(SLEEP_CYCLES)
+        if hide_host:
+            torch.cuda._sleep(SLEEP_CYCLES)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         fn()
@@ -124,8 +112,8 @@ def sparse_adamw_rows(density: float, dtype: torch.dtype, repeats: int) -> dict:
         "density": density, "dtype": str(dtype).removeprefix("torch."), "selected": selected, "weights": total,
         "multi_tensor_triton_ms": cuda_time_ms(lambda: sparse_adamw_multi_triton(updates), repeats),
         "multi_tensor_host_ms": host_time_ms(lambda: sparse_adamw_multi_triton(updates), repeats),
-        "multi_tensor_device_ms": device_time_ms(lambda: sparse_adamw_multi_triton(updates), repeats),
-        "dense_same_count_fused_device_ms": device_time_ms(fused_same.step, repeats),
+        "multi_tensor_device_ms": cuda_time_ms(lambda: sparse_adamw_multi_triton(updates), repeats, hide_host=True),
+        "dense_same_count_fused_device_ms": cuda_time_ms(fused_same.step, repeats, hide_host=True),
         "triton_ms": cuda_time_ms(run(sparse_adamw_triton), repeats),
         "reference_ms": cuda_time_ms(run(sparse_adamw_reference), repeats),
         "dense_same_count_fused_ms": cuda_time_ms(fused_same.step, repeats),
