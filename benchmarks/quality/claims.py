@@ -287,6 +287,12 @@ _DEEP_ALIGN_CHECK = with_context(by_margin("refusal", "deep_align", "sft", ALIGN
                                  ("deep_align", "target"), ("sft", "target"))
 _SFT_ERODES_REFUSAL = room_below_ceiling("refusal", "sft", ALIGN_MARGIN, "benign fine-tuning erodes the refusal")
 
+#: LT-SFT composition's claim, judged the same way in ``composition`` and ``composition-long-language``.
+_COMPOSE_CHECK = with_context(beats_each("target_lang", "composed", ("task-only", "language-only")),
+                              ("composed", "source_lang"), ("task-only", "source_lang"), ("language-only", "lang_add"),
+                              ("composed", "lang_add"), ("composed-task-head", "target_lang"),
+                              ("composed-task-head", "source_lang"))
+
 #: What "recovers part of a capability" must amount to: accuracy points regained through the cipher. Set after the
 #: ``mid`` conjugate run met the margin-free rule by 0.007 (0.017 vs 0.010, of a 0.98 capability): a rule that
 #: calls that a recovery says nothing. Stricter than before, so no verdict became "reproduced" by it.
@@ -368,11 +374,10 @@ CLAIMS: list[Claim] = [
                        ("graft-10pct", "ratio")), scenario="grafting"),
     Claim("lt_sft deltas compose", "LT-SFT task and 'language' deltas compose: θ0 + Δ_language + Δ_task does the "
           "task in the target 'language' better than either delta alone", "Ansell et al. 2022 (2110.07560)",
-          ("composed", "task-only", "language-only"),
-          with_context(beats_each("target_lang", "composed", ("task-only", "language-only")),
-                       ("composed", "source_lang"), ("task-only", "source_lang"), ("language-only", "lang_add"),
-                       ("composed", "lang_add"), ("composed-task-head", "target_lang"),
-                       ("composed-task-head", "source_lang")), scenario="composition"),
+          ("composed", "task-only", "language-only"), _COMPOSE_CHECK, scenario="composition"),
+    Claim("lt_sft deltas compose (2x language budget)", "LT-SFT deltas compose, as above, with the language delta "
+          "trained on twice the examples and steps", "Ansell et al. 2022 (2110.07560)",
+          ("composed", "task-only", "language-only"), _COMPOSE_CHECK, scenario="composition-long-language"),
     Claim("s3ft<sft forgetting", "S3FT reaches the target accuracy of SFT on gold answers while forgetting less, by "
           "training on the model's own judge-accepted answers (gold written in another style)",
           "Gupta et al. 2025 (2502.08130)", ("s3ft", "sft"),

@@ -18,6 +18,7 @@ MODULES = {
     "many-shot": "benchmarks.quality.scenarios.many_shot",
     "grafting": "benchmarks.quality.scenarios.grafting",
     "composition": "benchmarks.quality.scenarios.composition",
+    "composition-long-language": "benchmarks.quality.scenarios.composition_long_language",
     "minilm-classification": "benchmarks.quality.scenarios.minilm_classification",
     "block-lora-scale": "benchmarks.quality.scenarios.block_lora_scale",
     "minilm-shift": "benchmarks.quality.scenarios.minilm_shift",

@@ -96,9 +96,13 @@ def lt_sft_delta(ctx: Context, rows: list[dict[str, str]], *, steps: int, cfg: d
 
 
 def run(ctx: Context) -> dict[str, Any]:
+    return run_with(ctx, SMOKE if ctx.smoke else FULL)
+
+
+def run_with(ctx: Context, cfg: dict[str, Any]) -> dict[str, Any]:
+    """The scenario at ``cfg`` (``composition-long-language`` gives the language delta a larger budget)."""
     from ftplugins.sparse.delta import SparseDelta, apply_delta
 
-    cfg = SMOKE if ctx.smoke else FULL
     task_train = {seed: task_rows(INCREMENT, cfg["task_examples"], seed=500 + seed) for seed in ctx.seeds}
     seen = {r["prompt"] for rows in task_train.values() for r in rows}
     test_source = task_rows(INCREMENT, cfg["eval_n"], seed=600, exclude=seen)
