@@ -183,6 +183,6 @@ def test_a_conjugate_recovery_must_regain_a_margin_of_accuracy():
         out = claims.verdicts({}, {}, {"conjugate"}, {"conjugate": {"rows": rows}})
         return next(v for v in out if v["claim"] == "conjugate recovers")
 
-    small = verdict(0.017, 0.010)
-    assert small["verdict"] == "NOT reproduced" and "required ≥ 0.05" in small["detail"]
+    mid_run = verdict(0.017, 0.010)
+    assert mid_run["verdict"] == "NOT reproduced" and "required ≥ 0.05" in mid_run["detail"]
     assert verdict(0.30, 0.010)["verdict"] == "reproduced"

@@ -119,17 +119,18 @@ _TABLES_KEPT = 8
 _F32 = torch.float32
 
 
-def _rows(group: list) -> tuple:
+def _rows(group: list) -> tuple | None:
     """Per tensor: addresses, entry count, flags, first program: the key of the group's tables.
 
     The step's hot path (it runs every optimizer step, for every tensor): one pass of plain attribute reads. The
-    gradient, the one tensor that is new each step, is checked here; the rest is checked when the key is new."""
+    gradient, the one tensor that is new each step, is checked here (``None`` when it fails: the full check then
+    names the problem); the rest is checked when the key is new."""
     rows = []
     first = 0
     for u in group:
         grad, indices, master = u.grad, u.indices, u.master
         if grad.dtype is not _F32 or not grad.is_contiguous():
-            return None  # the full check names the problem
+            return None
         k = grad.numel()
         g = grad.data_ptr()  # also the placeholder of an absent index list or master: never read (flags)
         rows.append((u.param.data_ptr(), g, u.exp_avg.data_ptr(), u.exp_avg_sq.data_ptr(),
