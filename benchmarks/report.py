@@ -1,7 +1,8 @@
 """BENCHMARKS.md's numeric tables, regenerated from the committed result files (so the document cannot drift).
 
 Every folder ``benchmarks/results/NAME/`` with a ``perf.json``, ``quality.json``, ``kernels.json``, ``pairs.json``,
-``selection.json``, ``soup.json``, ``fsdp.json`` or ``diffusion.json`` is one generated section of BENCHMARKS.md, written between
+``selection.json``, ``soup.json``, ``fsdp.json``, ``diffusion.json`` or ``build.json`` (a decoder build of the
+quality harness) is one generated section of BENCHMARKS.md, written between
 the markers::
 
     <!-- generated: NAME (python -m benchmarks.report) -->
@@ -34,7 +35,7 @@ from benchmarks.perf.kernels_report import markdown as kernels_markdown
 DOCUMENT = os.path.join(common.REPO_ROOT, "BENCHMARKS.md")
 README = os.path.join(common.REPO_ROOT, "README.md")  # holds one generated section: the claims table
 RESULT_FILES = ("perf.json", "quality.json", "kernels.json", "pairs.json", "diffusion.json", "selection.json",
-                "soup.json", "fsdp.json")
+                "soup.json", "fsdp.json", "build.json")
 BEGIN = "<!-- generated: {name} (python -m benchmarks.report) -->"
 END = "<!-- end generated: {name} -->"
 SECTION = re.compile(r"<!-- generated: (?P<name>[\w.-]+) \(python -m benchmarks\.report\) -->\n"
@@ -226,6 +227,10 @@ def section(name: str, path: str) -> str:
         from benchmarks.perf.fsdp_memory import markdown as fsdp_markdown
 
         body = ["\n" + fsdp_markdown(result)]
+    elif file == "build.json":
+        from benchmarks.quality.report import build_markdown
+
+        body = ["\n" + build_markdown(result, header=False)]
     else:
         body = ["\n" + kernels_markdown(result)]
     parts = [provenance(result["machine"], result.get("claims_judged_at")) + "\n", *body, "\n",

@@ -137,6 +137,32 @@ def test_quality_smoke(tmp_path):
             assert os.path.getsize(os.path.join(out, png)) > 0, png
 
 
+def test_build_model_record(tmp_path):
+    """``--build-model SIZE --out DIR`` records the build (machine, time, held-out accuracy) as a result whose section
+    BENCHMARKS.md generates; a second call finds the cached decoder and says its times are the earlier build's."""
+    out, env = str(tmp_path / "build"), {"FTPLUGINS_BENCH_CACHE": str(tmp_path / "cache")}
+    run_module("benchmarks.quality", out, env, ("--build-model", "small"))
+    with open(os.path.join(out, "build.json")) as handle:
+        first = json.load(handle)
+    assert first["built_now"] is True and first["size"] == "small" and first["smoke"] is True
+    pre = first["pretrained"]
+    assert set(pre["accuracy"]) == set(pre["config"]["tasks"]) and finite(pre["build_wall_seconds"])
+    assert first["machine"]["device"] in ("cpu", "cuda") and "--build-model" in first["machine"]["command"]
+    with open(os.path.join(out, "build.md")) as handle:
+        assert "built by this command" in handle.read()
+
+    run_module("benchmarks.quality", out, env, ("--build-model", "small"))
+    with open(os.path.join(out, "build.json")) as handle:
+        second = json.load(handle)
+    assert second["built_now"] is False and second["pretrained"] == pre  # the cached record, not a new build
+    sys.path.insert(0, ROOT)
+    from benchmarks.report import section
+
+    body = section("build-smoke", os.path.join(out, "build.json"))
+    assert "found in the cache" in body and "Recorded by" in body and "# Pre-trained" not in body
+    assert "| " + " | ".join(pre["config"]["tasks"]) + " |" in body  # one column per task, in the recipe's order
+
+
 def test_quality_replot(tmp_path):
     """``--replot`` redraws a scenario-only run's figure from its quality.json, without training."""
     pytest.importorskip("matplotlib")
@@ -183,6 +209,42 @@ def test_quality_lr_sweep_smoke(tmp_path):
         assert result["summary"][name]["learning_rate"] == row["chosen_lr"]
     assert "## Learning-rate sweep" in markdown
     assert os.path.exists(os.path.join(out, "lr-sweep-runs.jsonl"))
+
+
+def test_sweep_part_parse():
+    sys.path.insert(0, ROOT)
+    from benchmarks.quality.lr_sweep import parse_part
+
+    assert parse_part("0/4") == (0, 4) and parse_part("3/4") == (3, 4) and parse_part(None) is None
+    for bad in ("4/4", "-1/2", "1", "a/b", "1/0"):
+        with pytest.raises(SystemExit, match="K/N"):
+            parse_part(bad)
+
+
+def test_quality_lr_sweep_parts(tmp_path):
+    """``--sweep-part K/N``: N processes each train their share of one sweep and write no record; their runs
+    concatenated, the same command without the flag writes the record from them, training nothing again."""
+    env = {"FTPLUGINS_BENCH_CACHE": str(tmp_path / "cache")}
+    args = ("--methods", "ssf", "--baselines", "full", "--lr-sweep", "full=1e-4;ssf=1e-2,3e-2", "--seeds", "1")
+    runs = []
+    for k in range(2):
+        part = str(tmp_path / f"part-{k}")
+        run_module("benchmarks.quality", part, env, (*args, "--sweep-part", f"{k}/2"))
+        assert not os.path.exists(os.path.join(part, "quality.json"))
+        with open(os.path.join(part, "lr-sweep-runs.jsonl")) as handle:
+            runs.append([json.loads(line) for line in handle])
+    # Three runs (full@1e-4, ssf@1e-2, ssf@3e-2) split 2 + 1, each trained by exactly one part.
+    assert [[(r["row"], r["learning_rate"]) for r in part] for part in runs] == [
+        [("full", 1e-4), ("ssf", 3e-2)], [("ssf", 1e-2)]]
+    out = tmp_path / "merged"
+    out.mkdir()
+    (out / "lr-sweep-runs.jsonl").write_text("".join(json.dumps(r) + "\n" for part in runs for r in part))
+    done = run_module("benchmarks.quality", str(out), env, args)
+    assert done.stdout.count("(reused from lr-sweep-runs.jsonl)") == 3
+    with open(out / "quality.json") as handle:
+        result = json.load(handle)
+    ssf = result["lr_sweep"]["rows"]["ssf"]["per_lr"]
+    assert ssf["1e-02"]["per_seed"][0]["target"] == runs[1][0]["result"]["target"]
 
 
 @pytest.mark.slow

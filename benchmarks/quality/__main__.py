@@ -30,7 +30,7 @@ from benchmarks import common, methods
 from benchmarks.quality import claims, corpus, lr_sweep, report, scenarios, tasks
 from benchmarks.quality.finetune import (FinetuneConfig, finetune_once, load_pretrained, score, steps_for_epochs,
                                          train_rows)
-from benchmarks.quality.pretrain import PretrainConfig, pretrained
+from benchmarks.quality.pretrain import PretrainConfig, cache_root, pretrained
 
 #: The stronger decoder of issue #20: character-level over its corpus's alphabet (a BPE vocabulary broke the letter
 #: tasks, measured: see ``corpus.char_tokenizer``), pre-trained on the procedural tasks plus the richer ones of
@@ -77,20 +77,32 @@ def smoke_of(config: PretrainConfig) -> PretrainConfig:
                    tasks=config.tasks, examples=max(SMOKE[0].examples, 2 * len(config.tasks)))
 
 
-def build_model(size: str, threads: int | None = None) -> dict[str, Any]:
-    """``--build-model``: the decoder's folder and record (built now unless cached), progress printed."""
+def build_model(size: str, threads: int | None = None, out: str | None = None, smoke: bool = False,
+                allow_dirty: bool = False) -> dict[str, Any]:
+    """``--build-model``: the decoder's folder and record (built now unless cached), progress printed; with ``out``,
+    also a committed record of the build (``build.json`` / ``build.md``: the machine, the commit, built now or
+    found in the cache) so a build's time and accuracy on a given machine are a result, not a note."""
+    dirty = common.require_clean_tree(allow_dirty or smoke) if out else None
+    commit_at_start = common.git_commit()
     sys.stdout.reconfigure(line_buffering=True)
     common.offline_environment()
     common.quiet_warnings()
-    if threads:
-        import torch
+    import torch
 
+    if threads:
         torch.set_num_threads(threads)
-    folder, record = pretrained(SIZES[size])
+    config = smoke_of(SIZES[size]) if smoke else SIZES[size]
+    cached = os.path.isfile(os.path.join(cache_root(), f"pretrained-{config.key()}", "pretrained.json"))
+    folder, record = pretrained(config)
     print(f"{size}: {record['parameters']:,} parameters, vocabulary {record.get('vocab_size', '?')}, "
           f"built in {record.get('build_wall_seconds', record['seconds']):.0f} s on {record.get('device', 'cpu')}; "
           f"held-out accuracy {record['accuracy']}")
     print(f"record: {os.path.join(folder, 'pretrained.json')}")
+    if out:
+        machine = common.machine_info("cuda" if torch.cuda.is_available() else "cpu", dirty=dirty)
+        machine["git_commit"] = commit_at_start
+        result = {"machine": machine, "size": size, "smoke": smoke, "built_now": not cached, "pretrained": record}
+        common.publish(out, "build", result, report.build_markdown(result))
     return record
 
 
@@ -110,7 +122,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "that decoder's recipe shrunk to seconds (its tokenizer and corpus kept)")
     parser.add_argument("--build-model", choices=list(SIZES), metavar="SIZE",
                         help=f"build (or find cached) the pre-trained decoder SIZE ({', '.join(SIZES)}), print its "
-                             f"record and exit; nothing is fine-tuned")
+                             f"record and exit; nothing is fine-tuned. With --out DIR: also write DIR/build.json and "
+                             f"build.md (the build's time, device, held-out accuracy; a result for BENCHMARKS.md). "
+                             f"With --smoke: SIZE's recipe shrunk to seconds")
     parser.add_argument("--target", choices=list(tasks.TARGET_TASKS), help="held-out target task")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=int, help="fine-tuning steps per method (default 150)")
@@ -129,6 +143,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "mean validation target accuracy (held-out prompts disjoint from train and test; tie: "
                              "the lower lr); the table and the claims use its test numbers, the whole sweep goes to "
                              "quality.json / quality.md. Named rows must be selected (--methods / --baselines)")
+    parser.add_argument("--sweep-part", metavar="K/N",
+                        help="train only every N-th run of --lr-sweep (row, lr, seed), counting from K, into --out's "
+                             "lr-sweep-runs.jsonl, and exit without a record: N processes or machines share one "
+                             "sweep; concatenate their lr-sweep-runs.jsonl into one folder and run the same command "
+                             "there without --sweep-part to write the record (nothing is trained again)")
     parser.add_argument("--val-examples", type=int,
                         help="validation target prompts of --lr-sweep (default 100; smoke 4)")
     parser.add_argument("--replot", metavar="DIR",
@@ -144,6 +163,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "(refused otherwise; --smoke runs are never committed and need no flag)")
     args = parser.parse_args(argv)
     args.lr_sweep = lr_sweep.parse(args.lr_sweep)
+    args.sweep_part = lr_sweep.parse_part(args.sweep_part)
+    if args.sweep_part and not args.lr_sweep:
+        parser.error("--sweep-part splits an --lr-sweep; give --lr-sweep too")
     if args.val_examples is None:
         args.val_examples = 4 if args.smoke else 100
     if args.seeds is None:
@@ -216,7 +238,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.rejudge:
         return rejudge(args.rejudge, args.allow_dirty)
     if args.build_model:
-        return build_model(args.build_model, args.threads)
+        return build_model(args.build_model, args.threads, args.out, args.smoke, args.allow_dirty)
     dirty = common.require_clean_tree(args.allow_dirty or args.smoke)
     # The commit the run's code came from: read now, since the tree may move on during a long run.
     commit_at_start = common.git_commit()
@@ -266,9 +288,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                                  pre_config.seed)}
         target_exclude = {r["prompt"] for seed in seeds for r in train_rows(ft_config, seed)}
         target_test = tasks.held_out(ft_config.target, ft_config.eval_target, seed=0, exclude=target_exclude)
-        before = score(model, tokenizer, ft_config, target_test, retention_tasks, retention_exclude)
-        print(f"pre-trained: target {before['target']:.3f}, retention {before['retention']:.3f} "
-              f"{ {k: round(v, 3) for k, v in before['retention_per_task'].items()} }")
+        # A sweep part writes no record, so it skips scoring the pre-trained model (the record's run does it).
+        if args.sweep_part:
+            before = {"retention": float("nan")}
+        else:
+            before = score(model, tokenizer, ft_config, target_test, retention_tasks, retention_exclude)
+            print(f"pre-trained: target {before['target']:.3f}, retention {before['retention']:.3f} "
+                  f"{ {k: round(v, 3) for k, v in before['retention_per_task'].items()} }")
         del model
 
     runs: dict[str, list[dict[str, Any]]] = {}
@@ -289,7 +315,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                        "val_seed": lr_sweep.VAL_SEED},
             train=lambda spec, seed: finetune_once(spec, folder, ft_config, seed, target_test, retention_tasks,
                                                    retention_exclude, target_val=target_val),
-            before_retention=before["retention"], skipped=skipped, full_lr=ft_config.full_lr)
+            before_retention=before["retention"], skipped=skipped, full_lr=ft_config.full_lr, part=args.sweep_part)
+        if args.sweep_part:
+            print(f"sweep part {args.sweep_part[0]}/{args.sweep_part[1]} done: its runs are in "
+                  f"{os.path.join(out, lr_sweep.RUNS_FILE)}; no record written")
+            return {}
         specs = [s for s in specs if s.name in runs]
         sweep_record = {"val_examples": len(target_val), "val_seed": lr_sweep.VAL_SEED,
                         "rule": "the candidate with the highest mean validation target accuracy over the seeds "

@@ -13,6 +13,11 @@ anything.
 Each finished run is appended to ``lr-sweep-runs.jsonl`` in the output folder, keyed by row, learning
 rate, seed and the whole configuration, and reused by a rerun with the same configuration: a sweep
 cut short can be resumed, or re-reported with fewer rows, without training again.
+
+``--sweep-part K/N`` splits one sweep over N processes (or machines): a part trains only every N-th
+(row, learning rate, seed) run, counting from K, into its own ``--out`` folder and writes no record;
+concatenating the parts' ``lr-sweep-runs.jsonl`` into one folder and running the same command without
+``--sweep-part`` there writes the record, training nothing again.
 """
 
 from __future__ import annotations
@@ -56,6 +61,20 @@ def parse(text: str | None) -> dict[str, list[float]]:
     return out
 
 
+def parse_part(text: str | None) -> tuple[int, int] | None:
+    """``"K/N"`` -> ``(K, N)`` with ``0 <= K < N``."""
+    if not text:
+        return None
+    k, sep, n = text.partition("/")
+    try:
+        part = (int(k), int(n))
+    except ValueError:
+        part = None
+    if not sep or part is None or not 0 <= part[0] < part[1]:
+        raise SystemExit(f"--sweep-part {text!r}: give K/N with 0 <= K < N, e.g. 0/4 for the first of four parts")
+    return part
+
+
 def lr_key(lr: float) -> str:
     return f"{lr:.0e}" if float(f"{lr:.0e}") == lr else repr(lr)
 
@@ -67,11 +86,13 @@ def choose(per_lr: dict[str, dict[str, Any]]) -> str:
 
 def run(specs: list[methods.MethodSpec], sweep: dict[str, list[float]], seeds: list[int], out: str,
         cache_key: dict[str, Any], train: Callable[[methods.MethodSpec, int], dict[str, Any]],
-        before_retention: float, skipped: dict[str, str], full_lr: float) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
+        before_retention: float, skipped: dict[str, str], full_lr: float, part: tuple[int, int] | None = None
+        ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
     """Train every (row, candidate lr, seed); the chosen lr's per-seed runs per row, and the sweep record.
 
     ``train(spec, seed)`` fine-tunes once (the spec carries the learning rate) and returns the run's
     scores including ``val_target``. A row that fails is dropped into ``skipped`` (baselines re-raise).
+    ``part=(K, N)``: train only the runs numbered K, K+N, ... in (row, lr, seed) order and return nothing.
     """
     path = os.path.join(out, RUNS_FILE)
     config_hash = hashlib.sha256(json.dumps(cache_key, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -86,6 +107,17 @@ def run(specs: list[methods.MethodSpec], sweep: dict[str, list[float]], seeds: l
                 if item.get("config") == config_hash:
                     done[(item["row"], lr_key(item["learning_rate"]), item["seed"])] = item["result"]
     os.makedirs(out, exist_ok=True)
+    if part:
+        jobs = [(spec, lr, seed) for spec in specs for lr in sweep.get(spec.name) or [spec.learning_rate or full_lr]
+                for seed in seeds]
+        mine = jobs[part[0]::part[1]]
+        print(f"--sweep-part {part[0]}/{part[1]}: {len(mine)} of the sweep's {len(jobs)} runs")
+        for spec, lr, seed in mine:
+            if (spec.name, lr_key(lr), seed) not in done:
+                result = train(replace(spec, learning_rate=lr), seed)
+                _append(path, config_hash, spec.name, seed, result)
+                _print_run(spec.name, seed, result)
+        return {}, {}
     chosen_runs: dict[str, list[dict[str, Any]]] = {}
     record: dict[str, Any] = {}
     for spec in specs:
@@ -110,13 +142,8 @@ def run(specs: list[methods.MethodSpec], sweep: dict[str, list[float]], seeds: l
                         print(f"  {spec.name}: FAILED: {skipped[spec.name]}")
                         failed = True
                         break
-                    with open(path, "a") as handle:
-                        handle.write(json.dumps({"config": config_hash, "row": spec.name,
-                                                 "learning_rate": result["learning_rate"], "seed": seed,
-                                                 "result": result}, default=str) + "\n")
-                    print(f"  seed {seed} {spec.name:<22} lr {lr_key(result['learning_rate'])}  val {result['val_target']:.3f}"
-                          f"  target {result['target']:.3f}  retention {result['retention']:.3f}  "
-                          f"loss {result['final_loss']:.3f}  ({result['train_seconds']:.0f} s)")
+                    _append(path, config_hash, spec.name, seed, result)
+                    _print_run(spec.name, seed, result)
                 results.append(result)
             if failed:
                 break
@@ -137,3 +164,15 @@ def run(specs: list[methods.MethodSpec], sweep: dict[str, list[float]], seeds: l
         summary = ", ".join(f"{k}: val {v['val_target_mean']:.3f} test {v['target_mean']:.3f}" for k, v in per_lr.items())
         print(f"  {spec.name}: chosen lr {chosen} ({summary})")
     return chosen_runs, record
+
+
+def _append(path: str, config_hash: str, row: str, seed: int, result: dict[str, Any]) -> None:
+    with open(path, "a") as handle:
+        handle.write(json.dumps({"config": config_hash, "row": row, "learning_rate": result["learning_rate"],
+                                 "seed": seed, "result": result}, default=str) + "\n")
+
+
+def _print_run(row: str, seed: int, result: dict[str, Any]) -> None:
+    print(f"  seed {seed} {row:<22} lr {lr_key(result['learning_rate'])}  val {result['val_target']:.3f}"
+          f"  target {result['target']:.3f}  retention {result['retention']:.3f}  "
+          f"loss {result['final_loss']:.3f}  ({result['train_seconds']:.0f} s)")

@@ -76,6 +76,42 @@ def markdown(result: dict[str, Any]) -> str:
     return "".join(out)
 
 
+def build_markdown(result: dict[str, Any], header: bool = True) -> str:
+    """``--build-model SIZE --out DIR``: one decoder build as a result; without the header (title, command, machine),
+    the body of BENCHMARKS.md's section for a ``build.json`` folder, whose provenance line says those."""
+    machine, pre = result["machine"], result["pretrained"]
+    config = pre["config"]
+    order = [t for t in config["tasks"] if t in pre["accuracy"]]  # the recipe's order (JSON sorts the keys)
+    where = ("built by this command" if result.get("built_now") else
+             "found in the cache: built earlier, with the same recipe key; the times are that build's")
+    out = [
+        f"# Pre-trained decoder `{result['size']}`{' (smoke recipe)' if result.get('smoke') else ''}\n\n",
+        f"Command: `{machine['command']}`  \n",
+        f"Machine: {machine['device_name']}, {machine['cpu_count']} CPUs, torch {machine['versions'].get('torch')}, "
+        f"transformers {machine['versions'].get('transformers')}, trl {machine['versions'].get('trl')}; commit "
+        f"{machine.get('git_commit')}.  \n",
+    ] if header else []
+    out += [
+        f"Decoder: Llama {config['hidden_size']}×{config['num_hidden_layers']} layers, {pre['parameters']:,} "
+        f"parameters ({pre.get('non_embedding_parameters', 0):,} outside the embeddings), vocabulary "
+        f"{pre.get('vocab_size', '?')}; {config['steps']:,} steps × {config['batch_size']} on {config['examples']:,} "
+        f"examples of {len(config['tasks'])} tasks; cache key {pre['key']} ({where}).\n\n",
+        markdown_table(["trained on", "training", "whole build (corpus, training, scoring)", "torch threads"],
+                       [[pre.get("device", "?"), f"{pre['seconds']:.0f} s",
+                         f"{pre.get('build_wall_seconds', pre['seconds']):.0f} s "
+                         f"({pre.get('build_wall_seconds', pre['seconds']) / 60:.1f} min)",
+                         pre.get("torch_threads", "?")]]),
+        "\nHeld-out accuracy after pre-training (greedy exact match, prompts not in the training rows):\n\n",
+        markdown_table(order, [[f"{pre['accuracy'][t]:.2f}" for t in order]]),
+    ]
+    curve = pre.get("heldout_curve") or []
+    if curve:
+        out.append("\nHeld-out curve during training:\n\n")
+        out.append(markdown_table(["step", "eval loss", "mean accuracy"],
+                                  [[p["step"], f"{p['eval_loss']:.3f}", f"{p['accuracy_mean']:.3f}"] for p in curve]))
+    return "".join(out)
+
+
 def sweep_section(result: dict[str, Any]) -> list[str]:
     """The ``--lr-sweep`` table: validation and test numbers per row and candidate learning rate."""
     sweep = result.get("lr_sweep")
