@@ -30,6 +30,17 @@ def recipe_key(recipe: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def _paths(root: str, kind: str, key: str) -> tuple[str, str]:
+    """The folder of a cached build and its record file (whose presence marks the folder complete)."""
+    folder = os.path.join(root, f"{kind}-{key}")
+    return folder, os.path.join(folder, f"{kind}.json")
+
+
+def is_cached(root: str, kind: str, recipe: dict[str, Any]) -> bool:
+    """Whether :func:`cached_build` would find this recipe's build complete (and so not build it)."""
+    return os.path.isfile(_paths(root, kind, recipe_key(recipe))[1])
+
+
 def cached_build(root: str, kind: str, recipe: dict[str, Any], build: Callable[[str], dict[str, Any]]
                  ) -> tuple[str, dict[str, Any]]:
     """The folder ``<root>/<kind>-<key>`` and its record, building it with ``build(staging_folder)`` if absent.
@@ -37,8 +48,7 @@ def cached_build(root: str, kind: str, recipe: dict[str, Any], build: Callable[[
     ``build`` fills the folder and returns a record (JSON-able), written beside the contents as
     ``<kind>.json`` with the recipe and key; that file's presence is what marks the folder complete."""
     key = recipe_key(recipe)
-    folder = os.path.join(root, f"{kind}-{key}")
-    record_path = os.path.join(folder, f"{kind}.json")
+    folder, record_path = _paths(root, kind, key)
     if os.path.isfile(record_path):
         with open(record_path) as handle:
             return folder, json.load(handle)

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from ftplugins.cache import cached_build, recipe_key
+from ftplugins.cache import cached_build, is_cached, recipe_key
 
 
 def test_a_recipe_is_built_once_and_a_changed_recipe_builds_anew(tmp_path):
@@ -25,6 +25,18 @@ def test_a_recipe_is_built_once_and_a_changed_recipe_builds_anew(tmp_path):
     assert record == {"recipe": {"steps": 10, "tasks": ["a", "b"]}, "key": key, "loss": 0.5}
     other, _ = cached_build(str(tmp_path), "base", {"steps": 11}, build)
     assert other != folder and len(builds) == 2
+
+
+def test_is_cached_says_whether_cached_build_would_build(tmp_path):
+    recipe = {"steps": 10}
+    assert not is_cached(str(tmp_path), "base", recipe)
+    # A folder without its record (what a crash mid-rename or a hand-made folder leaves) is not a cached build.
+    os.makedirs(tmp_path / f"base-{recipe_key(recipe)}")
+    assert not is_cached(str(tmp_path), "base", recipe)
+    os.rmdir(tmp_path / f"base-{recipe_key(recipe)}")
+    cached_build(str(tmp_path), "base", recipe, lambda folder: {})
+    assert is_cached(str(tmp_path), "base", recipe)
+    assert not is_cached(str(tmp_path), "base", {"steps": 11}) and not is_cached(str(tmp_path), "other", recipe)
 
 
 def test_an_interrupted_build_leaves_nothing_that_looks_cached(tmp_path):

@@ -31,6 +31,7 @@ from benchmarks.quality import claims, corpus, lr_sweep, report, scenarios, task
 from benchmarks.quality.finetune import (FinetuneConfig, finetune_once, load_pretrained, score, steps_for_epochs,
                                          train_rows)
 from benchmarks.quality.pretrain import PretrainConfig, cache_root, pretrained
+from ftplugins.cache import is_cached
 
 #: The stronger decoder of issue #20: character-level over its corpus's alphabet (a BPE vocabulary broke the letter
 #: tasks, measured: see ``corpus.char_tokenizer``), pre-trained on the procedural tasks plus the richer ones of
@@ -92,7 +93,7 @@ def build_model(size: str, threads: int | None = None, out: str | None = None, s
     if threads:
         torch.set_num_threads(threads)
     config = smoke_of(SIZES[size]) if smoke else SIZES[size]
-    cached = os.path.isfile(os.path.join(cache_root(), f"pretrained-{config.key()}", "pretrained.json"))
+    cached = is_cached(cache_root(), "pretrained", config.recipe())
     folder, record = pretrained(config)
     print(f"{size}: {record['parameters']:,} parameters, vocabulary {record.get('vocab_size', '?')}, "
           f"built in {record.get('build_wall_seconds', record['seconds']):.0f} s on {record.get('device', 'cpu')}; "

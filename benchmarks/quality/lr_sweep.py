@@ -107,9 +107,11 @@ def run(specs: list[methods.MethodSpec], sweep: dict[str, list[float]], seeds: l
                 if item.get("config") == config_hash:
                     done[(item["row"], lr_key(item["learning_rate"]), item["seed"])] = item["result"]
     os.makedirs(out, exist_ok=True)
+    def candidates(spec: methods.MethodSpec) -> list[float]:
+        return sweep.get(spec.name) or [spec.learning_rate or full_lr]
+
     if part:
-        jobs = [(spec, lr, seed) for spec in specs for lr in sweep.get(spec.name) or [spec.learning_rate or full_lr]
-                for seed in seeds]
+        jobs = [(spec, lr, seed) for spec in specs for lr in candidates(spec) for seed in seeds]
         mine = jobs[part[0]::part[1]]
         print(f"--sweep-part {part[0]}/{part[1]}: {len(mine)} of the sweep's {len(jobs)} runs")
         for spec, lr, seed in mine:
@@ -121,10 +123,9 @@ def run(specs: list[methods.MethodSpec], sweep: dict[str, list[float]], seeds: l
     chosen_runs: dict[str, list[dict[str, Any]]] = {}
     record: dict[str, Any] = {}
     for spec in specs:
-        candidates = sweep.get(spec.name) or [spec.learning_rate or full_lr]
         per_lr: dict[str, dict[str, Any]] = {}
         failed = False
-        for lr in candidates:
+        for lr in candidates(spec):
             row_spec = replace(spec, learning_rate=lr)
             results = []
             for seed in seeds:
