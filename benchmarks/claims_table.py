@@ -2,8 +2,10 @@
 
 Every ``benchmarks/results/*/quality.json`` lists the claims its scenarios judged (``benchmarks.quality.claims``).
 A claim measured in several runs is shown at the strongest of them that decided it (a "not comparable" run is
-counted beside it, and shown only when no run decided): the largest pre-trained decoder first, then a
-run whose learning rates were chosen per row on a validation split (``--lr-sweep``), then the longest fine-tuning
+counted beside it, and shown only when no run decided): the largest pre-trained decoder first (for a claim whose
+scenario reads it; MiniLM, diffusion and GAN scenarios do not, so the decoder a run happened to load does not rank
+it), then a run whose learning rates were chosen per row on a validation split (``--lr-sweep``, or a scenario whose
+result says it chose its rows' rates so: ``config["lr_sweep"]``), then the longest fine-tuning
 budget, then the most training examples (a reduced-data diagnosis run never outranks the run at the standard
 size), then the newest result folder name in sort order; the other runs are counted beside it. The table is written
 between markers in README.md by ``python -m benchmarks.report`` and checked by ``--check``, like BENCHMARKS.md.
@@ -56,15 +58,29 @@ def measured_claims(results_dir: str = common.RESULTS_DIR) -> dict[str, tuple[di
             result = json.load(handle)
         command = str(result.get("machine", {}).get("command") or "")
         finetune = (result.get("config") or {}).get("finetune") or {}
-        scale = dict(parameters=int((result.get("pretrained") or {}).get("parameters") or 0),
-                     swept="--lr-sweep" in command, steps=int(finetune.get("steps") or 0),
-                     train_examples=int(finetune.get("train_examples") or 0))
+        parameters = int((result.get("pretrained") or {}).get("parameters") or 0)
+        steps, examples = int(finetune.get("steps") or 0), int(finetune.get("train_examples") or 0)
         for claim in result.get("claims", []):
             if claim.get("verdict", NOT_MEASURED) == NOT_MEASURED:
                 continue
+            scenario = claim.get("scenario")
+            chose_rates = bool(((result.get("scenarios") or {}).get(scenario) or {}).get("config", {}).get("lr_sweep"))
             entry = claims.setdefault(claim["claim"], (claim, []))
-            entry[1].append(Measured(run, claim["verdict"], claim.get("detail", ""), **scale))
+            entry[1].append(Measured(run, claim["verdict"], claim.get("detail", ""),
+                                     parameters=parameters if reads_decoder(scenario) else 0,
+                                     swept="--lr-sweep" in command or chose_rates, steps=steps,
+                                     train_examples=examples))
     return claims
+
+
+def reads_decoder(scenario: str | None) -> bool:
+    """Whether the claim's scenario fine-tunes the harness's pre-trained decoder (``target`` and most scenarios do;
+    a module with ``NEEDS_DECODER = False`` does not, whatever decoder its run loaded)."""
+    from benchmarks.quality import scenarios
+
+    if scenario in (None, "target") or scenario not in scenarios.MODULES:
+        return True
+    return bool(getattr(scenarios.module(scenario), "NEEDS_DECODER", True))
 
 
 def headline(detail: str) -> str:

@@ -182,6 +182,8 @@ def _claims(result: dict[str, Any]) -> list[str]:
 
 def scenario_tables(result: dict[str, Any]) -> list[str]:
     """One row × metric table per scenario besides ``target`` (its design is prose in BENCHMARKS.md)."""
+    from benchmarks.quality.report import scenario_sweep_table
+
     out = []
     for name, scenario in (result.get("scenarios") or {}).items():
         metrics = scenario["metrics"]
@@ -189,6 +191,7 @@ def scenario_tables(result: dict[str, Any]) -> list[str]:
                  str(len(row.get("per_seed", [])))] for row_name, row in scenario["rows"].items()]
         out.append(f"\n**Scenario `{name}`**: {scenario['title']}, mean ± std over seeds\n\n")
         out.append(common.markdown_table(["row", *[label for _, label in metrics], "seeds"], rows))
+        out += scenario_sweep_table(scenario)
     return out
 
 

@@ -184,6 +184,26 @@ def test_the_claims_table_shows_each_claim_at_its_strongest_run(tmp_path):
     assert "[b-small-swept]" in row and "(lr swept)" in row and "**NOT reproduced**" in row
 
 
+def test_a_claim_of_a_scenario_without_the_decoder_is_ranked_by_its_own_protocol(tmp_path):
+    """A MiniLM scenario's claim: the decoder an old run happened to load does not outrank a newer run that chose its
+    rows' learning rates on a validation split (its scenario's ``config["lr_sweep"]``), which counts as swept."""
+    from benchmarks import claims_table
+
+    claim = {"claim": "ssf~lora (encoder)", "text": "SSF ~ LoRA", "paper": "P", "methods": ["ssf"],
+             "scenario": "minilm-classification"}
+    _quality_result(tmp_path / "a-small-minilm", [{**claim, "verdict": "NOT reproduced", "detail": "acc (Δ -0.5)"}])
+    _quality_result(tmp_path / "b-minilm-lr", [{**claim, "verdict": "reproduced", "detail": "acc (Δ +0.0)"}],
+                    parameters=0)
+    data = json.loads((tmp_path / "b-minilm-lr" / "quality.json").read_text())
+    data["scenarios"] = {"minilm-classification": {"config": {"lr_sweep": {"ssf": [1e-3, 3e-3]}}}}
+    (tmp_path / "b-minilm-lr" / "quality.json").write_text(json.dumps(data))
+    row = next(line for line in claims_table.markdown(str(tmp_path)).splitlines() if line.startswith("| `ssf~lora"))
+    assert "[b-minilm-lr]" in row and "(lr swept)" in row and "**reproduced**" in row
+    # A decoder scenario's claim still ranks by the decoder's size first.
+    assert claims_table.reads_decoder("target") and claims_table.reads_decoder("grafting")
+    assert not claims_table.reads_decoder("minilm-classification")
+
+
 def test_claims_by_scale_puts_each_setting_side_by_side(tmp_path):
     """BENCHMARKS' claims-by-scale section: one column per (decoder size, lr swept) setting, the longest budget of
     each setting in its cell with the verdict's Δ, claims judged in a single setting left out; regenerated and

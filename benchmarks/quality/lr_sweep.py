@@ -79,9 +79,10 @@ def lr_key(lr: float) -> str:
     return f"{lr:.0e}" if float(f"{lr:.0e}") == lr else repr(lr)
 
 
-def choose(per_lr: dict[str, dict[str, Any]]) -> str:
-    """The learning rate (key of ``per_lr``) with the best mean validation accuracy; a tie goes to the lower one."""
-    return max(per_lr, key=lambda k: (round(per_lr[k]["val_target_mean"], 9), -per_lr[k]["learning_rate"]))
+def choose(per_lr: dict[str, dict[str, Any]], metric: str = "val_target") -> str:
+    """The learning rate (key of ``per_lr``) with the best mean validation accuracy (``<metric>_mean``); a tie goes
+    to the lower one."""
+    return max(per_lr, key=lambda k: (round(per_lr[k][f"{metric}_mean"], 9), -per_lr[k]["learning_rate"]))
 
 
 def run(specs: list[methods.MethodSpec], sweep: dict[str, list[float]], seeds: list[int], out: str,

@@ -133,6 +133,19 @@ def sweep_section(result: dict[str, Any]) -> list[str]:
     return out
 
 
+def scenario_sweep_table(scenario: dict[str, Any]) -> list[str]:
+    """A scenario that chose its rows' learning rates on a validation split (``extra["lr_sweep"]``): validation and
+    test accuracy per row and candidate rate, the chosen one in bold; nothing for a scenario that did not."""
+    sweep = (scenario.get("extra") or {}).get("lr_sweep")
+    if not sweep:
+        return []
+    rows = [[f"`{name}`", *(["**" + key + "**"] if key == row["chosen"] else [key]), _pm(entry, "val_accuracy"),
+             _pm(entry, "accuracy")] for name, row in sweep.items() for key, entry in row["per_lr"].items()]
+    rule = scenario.get("config", {}).get("lr_rule", "best mean validation accuracy")
+    return [f"\nEach swept row's learning rate: {rule}; its numbers above are the chosen (**bold**) rate's.\n\n",
+            markdown_table(["row", "lr", "validation acc.", "test acc."], rows)]
+
+
 def scenario_sections(result: dict[str, Any]) -> list[str]:
     """One section per scenario run besides ``target``: its design and a row × metric table (mean ± std)."""
     out = []
@@ -144,6 +157,7 @@ def scenario_sections(result: dict[str, Any]) -> list[str]:
             cells = [_pm(row, key) if f"{key}_mean" in row else "–" for key, _ in metrics]
             rows.append([f"`{row_name}`", *cells, str(len(row.get("per_seed", []))), row.get("note", "")])
         out.append(markdown_table(["row", *[label for _, label in metrics], "seeds", "what"], rows))
+        out += scenario_sweep_table(scenario)
         out.append(f"\n({scenario.get('elapsed_s', float('nan')):.0f} s)\n\n")
     return out
 

@@ -51,6 +51,7 @@ NAME = "few-label"
 TITLE = ("MiniLM encoder, few-label sentiment clauses: PET vs a head, LiST vs its teacher, mean teacher on a shifted "
          "stream, LEVI")
 DESIGN = __doc__.split("\n\n", 1)[1].strip()
+NEEDS_DECODER = False  # the MiniLM encoder only
 
 SHIFT_POSITIVE = ["superb", "brilliant", "delightful", "charming", "splendid", "fantastic", "enjoyable", "marvelous",
                   "beautiful", "amazing"]

@@ -35,6 +35,7 @@ from benchmarks.quality.scenarios.minilm_classification import clause
 NAME = "fm3-multitask"
 TITLE = "MiniLM encoder, three few-shot tasks: one shared hypernetwork vs per-task adapters at equal parameters"
 DESIGN = __doc__.split("\n\n", 1)[1].strip()
+NEEDS_DECODER = False  # the MiniLM encoder only
 
 TOPICS = {
     "sport": (["the striker", "the coach", "the goalkeeper", "the runner", "the team"],

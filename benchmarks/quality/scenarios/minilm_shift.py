@@ -32,6 +32,7 @@ from benchmarks.quality.scenarios.minilm_classification import test_accuracy
 NAME = "minilm-shift"
 TITLE = "MiniLM encoder, sentiment with unseen words OOD: LP-FT vs fine-tuning"
 DESIGN = __doc__.split("\n\n", 1)[1].strip()
+NEEDS_DECODER = False  # the MiniLM encoder only
 
 WORDS = {
     "id": {"positive": ["good", "great", "nice", "happy", "excellent"],
