@@ -186,3 +186,20 @@ def test_a_conjugate_recovery_must_regain_a_margin_of_accuracy():
     mid_run = verdict(0.017, 0.010)
     assert mid_run["verdict"] == "NOT reproduced" and "required ≥ 0.05" in mid_run["detail"]
     assert verdict(0.30, 0.010)["verdict"] == "reproduced"
+
+
+def test_pet_claims_need_a_cloze_prior_above_chance():
+    """PET's premise: its zero-shot cloze prediction is above chance; at chance the claims are not comparable, above
+    it they are judged as usual, and a run without the zero-shot row (an older record) is judged as before."""
+    rows = {"pet-n16": {"accuracy_mean": 0.60, "accuracy_std": 0.01},
+            "head-n16": {"accuracy_mean": 0.70, "accuracy_std": 0.01}}
+
+    def verdict(extra):
+        out = claims.verdicts({}, {}, scenarios={"few-label"},
+                              scenario_results={"few-label": {"rows": {**rows, **extra}}})
+        return next(v for v in out if v["claim"] == "pet>head (16 labels)")
+
+    at_chance = verdict({"pet-zero-shot": {"accuracy_mean": 0.51, "accuracy_std": 0.02}})
+    assert at_chance["verdict"].startswith("not comparable") and "pet-zero-shot 0.510" in at_chance["verdict"]
+    assert verdict({"pet-zero-shot": {"accuracy_mean": 0.62, "accuracy_std": 0.02}})["verdict"] == "NOT reproduced"
+    assert verdict({})["verdict"] == "NOT reproduced"

@@ -61,6 +61,23 @@ def room_below_ceiling(metric: str, row: str, margin: float, what: str, ceiling:
     return premise
 
 
+def above_chance(metric: str, row: str, chance: float, margin: float, what: str
+                 ) -> Callable[[dict[str, Any]], str | None]:
+    """Premise "``row`` scores at least ``margin`` above ``chance`` on ``metric``" (e.g. the prior a method builds
+    on); a run without ``row`` cannot tell, and the claim is judged as usual."""
+
+    def premise(rows):
+        if row not in rows or f"{metric}_mean" not in rows[row]:
+            return None
+        value = rows[row][f"{metric}_mean"]
+        if value >= chance + margin:
+            return None
+        return (f"not comparable: the premise ({what}) did not hold on this model ({metric}: {row} {value:.3f}, "
+                f"less than {margin} above chance {chance:g})")
+
+    return premise
+
+
 def collapsed_baseline(claim: Claim, rows: dict[str, Any]) -> str | None:
     """Why ``claim`` cannot be judged because its baseline fell below the pre-trained model, or None.
 
@@ -285,6 +302,10 @@ def keeps_quality_while_moving(a: str, b: str, before: str) -> Callable[[dict[st
 #: deep_align's claim, judged the same way in ``alignment`` and its diagnoses ``alignment-erode*``.
 _DEEP_ALIGN_CHECK = with_context(by_margin("refusal", "deep_align", "sft", ALIGN_MARGIN), ("aligned", "refusal"),
                                  ("deep_align", "target"), ("sft", "target"))
+#: PET's premise: the masked LM's cloze prediction already carries the task (its zero-shot accuracy is above chance on
+#: the balanced two-class test set); a checkpoint without a trained MLM head has none to build on.
+_CLOZE_PRIOR = above_chance("accuracy", "pet-zero-shot", 0.5, 0.05,
+                            "the masked LM's zero-shot cloze prediction is above chance")
 _SFT_ERODES_REFUSAL = room_below_ceiling("refusal", "sft", ALIGN_MARGIN, "benign fine-tuning erodes the refusal")
 
 
@@ -465,10 +486,10 @@ CLAIMS: list[Claim] = [
           better("acc", "influence", "influence-top"), scenario="data-selection"),
     Claim("pet>head (16 labels)", "PET with adapters beats a plain classification head (same LoRA) at 16 labels "
           "(MiniLM)", "Schick & Schütze 2021 (2001.07676)", ("pet-n16", "head-n16"),
-          better("accuracy", "pet-n16", "head-n16"), scenario="few-label"),
+          better("accuracy", "pet-n16", "head-n16"), scenario="few-label", premise=_CLOZE_PRIOR),
     Claim("pet>head (64 labels)", "PET with adapters beats a plain classification head (same LoRA) at 64 labels "
           "(MiniLM)", "Schick & Schütze 2021 (2001.07676)", ("pet-n64", "head-n64"),
-          better("accuracy", "pet-n64", "head-n64"), scenario="few-label"),
+          better("accuracy", "pet-n64", "head-n64"), scenario="few-label", premise=_CLOZE_PRIOR),
     Claim("list>teacher", "LiST self-training on unlabelled data beats its own PET teacher (16 labels, MiniLM)",
           "Wang et al. 2022 (2110.06274)", ("list", "list-teacher"),
           with_context(better("accuracy", "list", "list-teacher"), ("pet-n16", "accuracy")), scenario="few-label"),

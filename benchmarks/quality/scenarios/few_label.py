@@ -15,9 +15,15 @@ Rows, each through ``compose(transformers.Trainer, plugins)``:
   2-way head trained in full) with PEFT LoRA r = 8 on query / value, 16 or 64 labels;
 * ``pet-n16`` / ``pet-n64``: ``pet`` on ``AutoModelForMaskedLM`` with the same LoRA (``pet_adapter=lora``,
   r = 8, query / value), pattern ``{text} All in all, it was {mask}.``, verbaliser ``pos:good neg:bad``;
-  predictions by ``ftplugins.methods.pet.predict``. Both: 40 steps x 8, lr 1e-3, linear schedule with 10%
-  warm-up. (all-MiniLM-L6-v2 ships no MLM head: PET's prediction transform starts fresh, its verbaliser
-  rows from the tied word embeddings -- the cloze prior is the encoder's, not a trained MLM head's.)
+  predictions by ``ftplugins.methods.pet.predict``. Both: 40 steps x 8, linear schedule with 10% warm-up,
+  **the learning rate chosen per row on a validation split** (candidates 1e-3 / 3e-3 / 1e-2, every seed at
+  each; 200 balanced clauses disjoint from the test set and every seed's pool; the best mean validation
+  accuracy over the seeds, a tie to the lower rate; the first run used 1e-3 for all four). (all-MiniLM-L6-v2
+  ships no MLM head: PET's prediction transform starts fresh, its verbaliser rows from the tied word
+  embeddings -- the cloze prior is the encoder's, not a trained MLM head's.)
+* ``pet-zero-shot``: PET's prediction before any training, per seed (the seeded fresh transform): the cloze
+  prior PET builds on. The PET claims' premise: it is at least 0.05 above chance (0.5 on the balanced test
+  set); where it is not, the claims are "not comparable" (this checkpoint gives PET nothing to start from).
 * ``list-teacher`` / ``list``: ``list_selftrain`` + ``pet`` at 16 labels and 512 unlabelled clauses: the
   teacher is pet-n16's training (scored at the end of ``train()``, before the sessions), then 2 sessions of 30
   student steps x 16 unlabelled rows (uniform weights for the first 60%, then meta re-weighting, η = 1e-4) and
@@ -64,12 +70,12 @@ VERBALIZER = ["pos:good", "neg:bad"]
 PATTERN = "{text} All in all, it was {mask}."
 LABEL_NAMES = ("neg", "pos")  # class index -> verbaliser label (index 1 = positive, as the sentences' labels)
 
-FULL = dict(test=200, labels=(16, 64), few_steps=40, few_batch=8, lr=1e-3, unlabelled=512, sessions=2,
-            session_steps=30, session_batch=16, labelled_steps=10, source=256, source_steps=50, ttl_steps=40, batch=16,
-            levi_labels=256, levi_steps=60, levi_lr=3e-3)
-SMOKE = dict(test=8, labels=(4,), few_steps=1, few_batch=4, lr=1e-3, unlabelled=8, sessions=1, session_steps=2,
-             session_batch=4, labelled_steps=1, source=8, source_steps=1, ttl_steps=1, batch=4, levi_labels=8,
-             levi_steps=1, levi_lr=3e-3)
+FULL = dict(test=200, val=200, labels=(16, 64), few_steps=40, few_batch=8, lr=1e-3, few_lrs=(1e-3, 3e-3, 1e-2),
+            unlabelled=512, sessions=2, session_steps=30, session_batch=16, labelled_steps=10, source=256,
+            source_steps=50, ttl_steps=40, batch=16, levi_labels=256, levi_steps=60, levi_lr=3e-3)
+SMOKE = dict(test=8, val=8, labels=(4,), few_steps=1, few_batch=4, lr=1e-3, few_lrs=(1e-3, 3e-3), unlabelled=8,
+             sessions=1, session_steps=2, session_batch=4, labelled_steps=1, source=8, source_steps=1, ttl_steps=1,
+             batch=4, levi_labels=8, levi_steps=1, levi_lr=3e-3)
 
 
 def clause(rng: random.Random) -> dict[str, Any]:
@@ -171,7 +177,9 @@ def pet_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"text": r["text"], "label": None if r["label"] is None else LABEL_NAMES[r["label"]]} for r in rows]
 
 
-def train_head(labelled, tokenizer, cfg, seed: int, test) -> dict[str, Any]:
+def train_head(labelled, tokenizer, cfg, seed: int, test, lr: float | None = None) -> dict[str, Any]:
+    """The classification head + LoRA at ``lr`` (default ``cfg["lr"]``); scored on ``test["id"]`` (and on
+    ``test["val"]`` when there is one: ``val_accuracy``)."""
     from transformers import DataCollatorWithPadding, Trainer
 
     import ftplugins
@@ -179,13 +187,26 @@ def train_head(labelled, tokenizer, cfg, seed: int, test) -> dict[str, Any]:
     model = lora_classifier(seed)
     with tempfile.TemporaryDirectory(prefix="ftplugins-few-label-") as out:
         trainer = ftplugins.compose(Trainer, [])(
-            model=model, args=training_args(out, cfg["few_steps"], cfg["few_batch"], cfg["lr"], seed),
+            model=model, args=training_args(out, cfg["few_steps"], cfg["few_batch"], lr or cfg["lr"], seed),
             train_dataset=tokenized(tokenizer, labelled), data_collator=DataCollatorWithPadding(tokenizer))
         seconds = run_trainer(trainer)
-    return {"accuracy": twoclause.test_accuracy(trainer.model, tokenizer, test["id"]), "train_seconds": seconds}
+    return {"accuracy": twoclause.test_accuracy(trainer.model, tokenizer, test["id"]), "train_seconds": seconds,
+            **({"val_accuracy": twoclause.test_accuracy(trainer.model, tokenizer, test["val"])} if "val" in test
+               else {})}
 
 
-def train_pet(labelled, tokenizer, cfg, seed: int, test, unlabelled=None) -> dict[str, Any]:
+def pet_zero_shot(tokenizer, seed: int, test) -> dict[str, Any]:
+    """PET's prediction before any training: the cloze prior its method starts from (the masked LM's verbaliser
+    scores at the pattern's mask). A checkpoint without a trained MLM head starts from a random transform."""
+    from ftplugins.methods.pet.head import PetHead
+    from ftplugins.methods.pet.verbalizer import build_verbalizer
+
+    model = masked_lm(seed)
+    model.add_module("pet_head", PetHead(model, build_verbalizer(VERBALIZER, tokenizer)))  # what pet's training adds
+    return {"accuracy": pet_accuracy(model, tokenizer, test["id"]), "train_seconds": 0.0}
+
+
+def train_pet(labelled, tokenizer, cfg, seed: int, test, unlabelled=None, lr: float | None = None) -> dict[str, Any]:
     """pet alone, or (``unlabelled`` given) list_selftrain + pet: the teacher scored before the sessions."""
     from datasets import Dataset
     from transformers import Trainer, TrainerCallback
@@ -211,11 +232,13 @@ def train_pet(labelled, tokenizer, cfg, seed: int, test, unlabelled=None) -> dic
     rows = pet_rows(labelled) + pet_rows([{**r, "label": None} for r in unlabelled or []])
     with tempfile.TemporaryDirectory(prefix="ftplugins-few-label-") as out:
         trainer = ftplugins.compose(Trainer, names, **options)(
-            model=masked_lm(seed), args=training_args(out, cfg["few_steps"], cfg["few_batch"], cfg["lr"], seed),
+            model=masked_lm(seed), args=training_args(out, cfg["few_steps"], cfg["few_batch"], lr or cfg["lr"], seed),
             train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
             callbacks=[ScoreTeacher()] if unlabelled is not None else [])
         seconds = run_trainer(trainer)
     result = {"accuracy": pet_accuracy(trainer.model, tokenizer, test["id"]), "train_seconds": seconds}
+    if "val" in test and unlabelled is None:
+        result["val_accuracy"] = pet_accuracy(trainer.model, tokenizer, test["val"])
     if unlabelled is not None:
         result["teacher_accuracy"] = teacher["accuracy"]
     return result
@@ -283,6 +306,8 @@ def train_levi(labelled, tokenizer, cfg, seed: int, test) -> dict[str, dict[str,
 def run(ctx: Context) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
+    from benchmarks import common
+    from benchmarks.quality import lr_sweep
     from ftplugins.testing import minilm_path
 
     cfg = SMOKE if ctx.smoke else FULL
@@ -292,20 +317,30 @@ def run(ctx: Context) -> dict[str, Any]:
     held_out = {r["text"] for r in test["id"]}
     train_id = {seed: draw(clause, max(most, cfg["source"], cfg["levi_labels"]) + cfg["unlabelled"], seed=140 + seed,
                            exclude=held_out) for seed in ctx.seeds}
+    # Validation clauses for the head / pet rows' learning rates: disjoint from the test set and every seed's pool.
+    pooled = held_out | {r["text"] for pool in train_id.values() for r in pool}
+    swept_test = {**test, "val": draw(clause, cfg["val"], seed=399, exclude=pooled, balanced=True)}
     per_seed: dict[str, list[dict[str, Any]]] = {}
+    per_lr: dict[str, dict[str, list[dict[str, Any]]]] = {}
 
-    def record(name: str, seed: int, result: dict[str, Any]) -> None:
-        per_seed.setdefault(name, []).append({**result, "seed": seed})
-        ctx.log(f"  seed {seed} {name:<14} " + " ".join(f"{k} {v:.3f}" for k, v in result.items()
-                                                         if k.endswith("accuracy"))
+    def record(name: str, seed: int, result: dict[str, Any], lr: float | None = None) -> None:
+        result = {**result, "seed": seed, **({"learning_rate": lr} if lr else {})}
+        if lr:
+            per_lr.setdefault(name, {}).setdefault(lr_sweep.lr_key(lr), []).append(result)
+        else:
+            per_seed.setdefault(name, []).append(result)
+        ctx.log(f"  seed {seed} {name:<14} " + (f"lr {lr_sweep.lr_key(lr)} " if lr else "")
+                + " ".join(f"{k} {v:.3f}" for k, v in result.items() if k.endswith("accuracy"))
                 + f"  ({result.get('train_seconds', 0):.0f} s)")
 
     for seed in ctx.seeds:
         pool = train_id[seed]
+        record("pet-zero-shot", seed, pet_zero_shot(tokenizer, seed, test))
         for n in cfg["labels"]:
             labelled = draw(lambda rng: rng.choice(pool), n, seed=seed, balanced=True)
-            record(f"head-n{n}", seed, train_head(labelled, tokenizer, cfg, seed, test))
-            record(f"pet-n{n}", seed, train_pet(labelled, tokenizer, cfg, seed, test))
+            for lr in cfg["few_lrs"]:
+                record(f"head-n{n}", seed, train_head(labelled, tokenizer, cfg, seed, swept_test, lr=lr), lr)
+                record(f"pet-n{n}", seed, train_pet(labelled, tokenizer, cfg, seed, swept_test, lr=lr), lr)
         few = draw(lambda rng: rng.choice(pool), min(cfg["labels"]), seed=seed, balanced=True)
         few_texts = {r["text"] for r in few}
         unlabelled = [r for r in pool if r["text"] not in few_texts][: cfg["unlabelled"]]
@@ -318,9 +353,25 @@ def run(ctx: Context) -> dict[str, Any]:
         levi_rows = draw(lambda rng: rng.choice(pool), cfg["levi_labels"], seed=seed + 11, balanced=True)
         for name, result in train_levi(levi_rows, tokenizer, cfg, seed, test).items():
             record(name, seed, result)
+    swept: dict[str, Any] = {}
+    for name, by_lr in per_lr.items():
+        entries = {}
+        for key, results in by_lr.items():
+            entry: dict[str, Any] = {"learning_rate": results[0]["learning_rate"]}
+            for metric in ("val_accuracy", "accuracy"):
+                entry[f"{metric}_mean"], entry[f"{metric}_std"] = common.mean_std([r[metric] for r in results])
+            entries[key] = entry
+        chosen = lr_sweep.choose(entries, metric="val_accuracy")
+        per_seed[name] = by_lr[chosen]
+        swept[name] = {"candidates": list(entries), "chosen": chosen, "per_lr": entries}
+        ctx.log(f"  {name}: chosen lr {chosen} (" + ", ".join(
+            f"{k}: val {v['val_accuracy_mean']:.3f} test {v['accuracy_mean']:.3f}" for k, v in entries.items()) + ")")
     notes = {
-        **{f"head-n{n}": f"classification head + LoRA r=8 (q, v), {n} labels" for n in cfg["labels"]},
-        **{f"pet-n{n}": f"pet (cloze + verbaliser good/bad) + LoRA r=8 (q, v), {n} labels" for n in cfg["labels"]},
+        **{f"head-n{n}": f"classification head + LoRA r=8 (q, v), {n} labels, lr {swept[f'head-n{n}']['chosen']} "
+           "(chosen on validation)" for n in cfg["labels"]},
+        **{f"pet-n{n}": f"pet (cloze + verbaliser good/bad) + LoRA r=8 (q, v), {n} labels, lr "
+           f"{swept[f'pet-n{n}']['chosen']} (chosen on validation)" for n in cfg["labels"]},
+        "pet-zero-shot": "pet's prediction before any training (the masked LM's cloze prior)",
         "list-teacher": f"the pet teacher of the LiST run ({min(cfg['labels'])} labels), before self-training",
         "list": f"list_selftrain + pet: {cfg['sessions']} sessions on {cfg['unlabelled']} unlabelled clauses",
         "source": f"LoRA classifier trained on {cfg['source']} labelled clauses, scored on the shifted stream",
@@ -333,6 +384,7 @@ def run(ctx: Context) -> dict[str, Any]:
         "rows": summarize_rows(per_seed, ["accuracy", "ood_accuracy"], notes),
         "metrics": [["accuracy", "test acc. (in distribution; shifted stream for source / mean_teacher rows)"],
                     ["ood_accuracy", "shifted-set acc. (head-only / levi)"]],
-        "config": dict(cfg),
-        "extra": {},
+        "config": {**cfg, "lr_sweep": {name: list(cfg["few_lrs"]) for name in swept},
+                   "lr_rule": "best mean validation accuracy over the seeds (tie: the lower lr)"},
+        "extra": {"lr_sweep": swept},
     }
