@@ -33,7 +33,7 @@ class Snapshots:
         return Recorder()
 
 
-def classifier_run(tmp_path, tokenizer, model=None, steps=4, callbacks=(), **options):
+def classifier_run(tmp_path, tokenizer, model=None, steps=4, callbacks=(), schedule="constant", **options):
     from transformers import Trainer, TrainingArguments
 
     from ftplugins.testing import minilm_classifier
@@ -42,7 +42,7 @@ def classifier_run(tmp_path, tokenizer, model=None, steps=4, callbacks=(), **opt
     model = model if model is not None else minilm_classifier(num_labels=2)
     cls = ftplugins.compose(Trainer, [plugin], **options)
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_steps=steps,
-                             per_device_train_batch_size=4, learning_rate=1e-3, lr_scheduler_type="constant",
+                             per_device_train_batch_size=4, learning_rate=1e-3, lr_scheduler_type=schedule,
                              save_strategy="no", disable_tqdm=True, seed=0)
     trainer = cls(model=model, args=args, train_dataset=reviews(tokenizer), processing_class=tokenizer,
                   callbacks=list(callbacks))
@@ -104,10 +104,10 @@ def test_with_a_lora_adapter_phase_two_trains_the_adapter_and_the_base_stays(tmp
     assert any("lora_B" in n for n in later) and later <= {n for n in initial if "lora_" in n or n in saved_head}
 
 
-def sft_run(output_dir, stop_at=None, resume=False, **overrides):
+def sft_run(output_dir, stop_at=None, resume=False, options=None, **overrides):
     from trl import SFTConfig, SFTTrainer
 
-    cls = ftplugins.compose(SFTTrainer, [plugin], lp_ft_probe_steps=2)
+    cls = ftplugins.compose(SFTTrainer, [plugin], **{"lp_ft_probe_steps": 2, **(options or {})})
     args = cpu_args(SFTConfig, output_dir, **{**dict(max_steps=4, save_strategy="steps", save_steps=1,
                                                        learning_rate=3e-2, per_device_train_batch_size=4), **overrides})
     seen = Snapshots()
@@ -137,9 +137,40 @@ def test_resume_across_the_switch_equals_an_uninterrupted_run(tmp_path, stop_at)
         torch.testing.assert_close(value, expected[name], rtol=0, atol=1e-6, msg=name)
 
 
+@pytest.mark.parametrize("restart", [False, True], ids=["one-schedule", "schedule-restarts"])
+def test_the_first_fine_tuning_step_takes_the_schedule_from_its_start_when_it_restarts(tmp_path, tokenizer, restart):
+    """A linear schedule over 6 steps with 2 probing steps: the first fine-tuning step (Adam: every entry moves by
+    about its rate) runs at the full rate when the schedule restarts at the switch (a 4-step run's first step), and
+    at 4/6 of it when one schedule spans both phases."""
+    seen = Snapshots()
+    _, initial = classifier_run(tmp_path, tokenizer, steps=6, callbacks=[seen], schedule="linear",
+                                lp_ft_probe_steps=2, lp_ft_probe_lr=0.05, lp_ft_restart_schedule=restart)
+    name = "bert.encoder.layer.0.attention.self.query.weight"
+    assert torch.equal(seen.at[2][name], initial[name])
+    body_step = float((seen.at[3][name] - initial[name]).abs().max())
+    assert body_step == pytest.approx(1e-3 if restart else 1e-3 * 4 / 6, rel=1e-3)
+
+
+def test_resume_after_the_switch_with_a_restarted_schedule_equals_an_uninterrupted_run(tmp_path):
+    """The restarted schedule lives in plain functions rebuilt at every start: a run resumed after the switch
+    continues on it (its checkpointed scheduler state holds only the step)."""
+    options = dict(lp_ft_probe_lr=3e-2, lp_ft_restart_schedule=True)
+    straight, initial, _ = sft_run(tmp_path / "straight", save_strategy="no", options=options,
+                                   lr_scheduler_type="linear")
+    sft_run(tmp_path / "resumed", stop_at=3, options=options, lr_scheduler_type="linear")
+    resumed, _, _ = sft_run(tmp_path / "resumed", resume=True, options=options, lr_scheduler_type="linear")
+    expected = dict(straight.model.named_parameters())
+    assert resumed.state.global_step == 4 and any(n.startswith("model.layers.") for n in changed(initial, expected))
+    for name, value in resumed.model.named_parameters():
+        torch.testing.assert_close(value, expected[name], rtol=0, atol=1e-6, msg=name)
+    one_schedule, _, _ = sft_run(tmp_path / "one", save_strategy="no", options={"lp_ft_probe_lr": 3e-2},
+                                 lr_scheduler_type="linear")
+    assert changed(dict(one_schedule.model.named_parameters()), expected)  # the restart changed the run
+
+
 @pytest.mark.parametrize("key,value", [("lp_ft_probe_ratio", 0.0), ("lp_ft_probe_ratio", 1.5),
                                        ("lp_ft_probe_steps", -1), ("lp_ft_head", [""]),
-                                       ("lp_ft_probe_lr", -0.1)])
+                                       ("lp_ft_probe_lr", -0.1), ("lp_ft_restart_schedule", True)])
 def test_bad_options_name_the_option(key, value):
     from transformers import Trainer
 

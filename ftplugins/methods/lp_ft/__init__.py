@@ -10,7 +10,9 @@ The switch is a callback: every trainable parameter is in the optimizer from the
 parameters outside the head do not require gradients, so they get none and the optimizer (AdamW, SGD) leaves them and
 their weight decay alone. Their optimizer state starts at the switch. One learning-rate schedule spans both phases,
 unless ``lp_ft_probe_lr`` gives the probing steps their own constant rate (set just before each probing step's
-``optimizer.step()`` and put back right after it, so the scheduler and its checkpoint never see it).
+``optimizer.step()`` and put back right after it, so the scheduler and its checkpoint never see it); with it,
+``lp_ft_restart_schedule`` gives the fine-tuning steps the run's schedule afresh (warm-up and decay over the steps
+after the switch: the paper's protocol, which fits the probe first and then fine-tunes as plain fine-tuning would).
 
 This module stays light (no torch): the pieces are imported inside the hooks.
 """
@@ -46,7 +48,7 @@ class LpFtPlugin(Plugin):
 
         opts = run.options_for(self)
         return [LinearProbeThenFineTune(run, PARTS, opts.lp_ft_probe_ratio, opts.lp_ft_probe_steps,
-                                        opts.lp_ft_probe_lr)]
+                                        opts.lp_ft_probe_lr, opts.lp_ft_restart_schedule)]
 
 
 plugin = LpFtPlugin()

@@ -24,6 +24,11 @@ class LpFtOptions:
         metadata={"help": "Learning rate of the optimizer steps that probe (constant); 0 = the run's schedule. The "
                   "paper fits the probe on its own (a head alone takes a larger rate than fine-tuning the whole "
                   "model); the fine-tuning steps keep the run's schedule."})
+    lp_ft_restart_schedule: bool = field(
+        default=False,
+        metadata={"help": "Give the fine-tuning steps the run's learning-rate schedule afresh (its warm-up and decay "
+                  "over the steps after the switch), as when the paper fine-tunes after fitting the probe on its "
+                  "own; needs lp_ft_probe_lr (the probing steps' rate). Default: one schedule spans both phases."})
     lp_ft_head: list[str] = field(
         default_factory=list,
         metadata={"help": "Names of the head modules (a module path or its last parts, e.g. classifier). Empty: "
@@ -36,5 +41,8 @@ class LpFtOptions:
                              "optimizer steps (0 would be plain fine-tuning: train without lp_ft)")
         check_range("lp_ft_probe_steps", self.lp_ft_probe_steps, 0, 1 << 40)
         check_range("lp_ft_probe_lr", self.lp_ft_probe_lr, 0, 10)
+        if self.lp_ft_restart_schedule and not self.lp_ft_probe_lr:
+            raise ValueError("--lp_ft_restart_schedule: the probing steps need their own rate when the schedule "
+                             "restarts at the switch; give --lp_ft_probe_lr (e.g. 1e-2)")
         if any(not name.strip(".") for name in self.lp_ft_head):
             raise ValueError(f"--lp_ft_head {self.lp_ft_head!r}: expected module names, e.g. classifier")

@@ -64,14 +64,42 @@ def probe_steps(ratio: float, steps: int, max_steps: int) -> int:
     return steps or math.ceil(ratio * max_steps)
 
 
+def restart_at(scheduler, args, switch: int, max_steps: int) -> None:
+    """Make ``scheduler`` (the run's, a ``LambdaLR``) give the steps from ``switch`` on the run's schedule afresh:
+    its warm-up and decay over ``max_steps - switch`` steps, as a run of that length would; the multiplier before
+    the switch is 1 (the probing steps run at their own rate). Plain functions, so the scheduler's checkpoint stays
+    free of them: a resumed run rebuilds them here from the same arguments."""
+    from torch.optim.lr_scheduler import LambdaLR
+    from transformers import get_scheduler
+
+    if not isinstance(scheduler, LambdaLR):
+        raise FtpluginsError(f"--lp_ft_restart_schedule: the run's scheduler ({type(scheduler).__name__}, "
+                             f"lr_scheduler_type {args.lr_scheduler_type!r}) is not a step-wise LambdaLR; use a "
+                             "schedule such as linear, cosine or constant_with_warmup, or drop the option.")
+    steps = max(1, max_steps - switch)
+    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)  # only to build the schedule's function
+    fresh = get_scheduler(args.lr_scheduler_type, probe, num_warmup_steps=args.get_warmup_steps(steps),
+                          num_training_steps=steps, scheduler_specific_kwargs=args.lr_scheduler_kwargs or {})
+    inner = fresh.lr_lambdas[0]
+
+    def shifted(step: int) -> float:
+        return 1.0 if step < switch else inner(step - switch)
+
+    scheduler.lr_lambdas = [shifted for _ in scheduler.lr_lambdas]
+    for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = base * shifted(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+
+
 class LinearProbeThenFineTune(TrainerCallback):
     """Freezes the body while ``global_step`` is below the switch step, and unfreezes it from there on.
 
     Decided from ``state.global_step`` at every step's start, so a run resumed on either side of the switch
     continues in the phase it was in."""
 
-    def __init__(self, run, key: str, ratio: float, steps: int, probe_lr: float = 0.0):
+    def __init__(self, run, key: str, ratio: float, steps: int, probe_lr: float = 0.0, restart: bool = False):
         self.run, self.key, self.ratio, self.steps, self.probe_lr = run, key, ratio, steps, probe_lr
+        self.restart = restart
         self.switch = None
         self.scheduled: list[float] | None = None
 
@@ -83,9 +111,11 @@ class LinearProbeThenFineTune(TrainerCallback):
         for p in self._body():
             p.requires_grad_(not probing)
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args, state, control, lr_scheduler=None, **kwargs):
         self.switch = probe_steps(self.ratio, self.steps, state.max_steps)
         self.run.state[self.key + "_switch"] = self.switch
+        if self.restart:
+            restart_at(lr_scheduler, args, self.switch, state.max_steps)
         self._apply(state.global_step)
 
     def on_step_begin(self, args, state, control, **kwargs):
