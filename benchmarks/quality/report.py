@@ -141,9 +141,10 @@ def scenario_sweep_table(scenario: dict[str, Any]) -> list[str]:
         return []
     rows = [[f"`{name}`", *(["**" + key + "**"] if key == row["chosen"] else [key]), _pm(entry, "val_accuracy"),
              _pm(entry, "accuracy")] for name, row in sweep.items() for key, entry in row["per_lr"].items()]
-    rule = scenario.get("config", {}).get("lr_rule", "best mean validation accuracy")
+    config = scenario.get("config", {})
+    rule = config.get("lr_rule", "best mean validation accuracy")
     return [f"\nEach swept row's learning rate: {rule}; its numbers above are the chosen (**bold**) rate's.\n\n",
-            markdown_table(["row", "lr", "validation acc.", "test acc."], rows)]
+            markdown_table(["row", "lr", "validation acc.", config.get("lr_test_label", "test acc.")], rows)]
 
 
 def scenario_sections(result: dict[str, Any]) -> list[str]:

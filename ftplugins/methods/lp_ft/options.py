@@ -27,8 +27,9 @@ class LpFtOptions:
     lp_ft_restart_schedule: bool = field(
         default=False,
         metadata={"help": "Give the fine-tuning steps the run's learning-rate schedule afresh (its warm-up and decay "
-                  "over the steps after the switch), as when the paper fine-tunes after fitting the probe on its "
-                  "own; needs lp_ft_probe_lr (the probing steps' rate). Default: one schedule spans both phases."})
+                  "over the steps after the switch; a fractional warmup_steps is a share of those), as when the paper "
+                  "fine-tunes after fitting the probe on its own; needs lp_ft_probe_lr (the probing steps' rate). "
+                  "Default: one schedule spans both phases."})
     lp_ft_head: list[str] = field(
         default_factory=list,
         metadata={"help": "Names of the head modules (a module path or its last parts, e.g. classifier). Empty: "
