@@ -133,6 +133,28 @@ def fit_full_batch(model, x, y, steps: int, lr: float, weight_decay: float = 0.0
     return model
 
 
+def choose_rate(by_lr: dict[str, list[dict[str, Any]]], val: str = "val_accuracy", test: str = "accuracy",
+                log: Callable[[str], Any] | None = None, name: str = "") -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """A scenario row's learning rate chosen on its validation split, as ``--lr-sweep`` chooses for the decoder's
+    rows (:func:`benchmarks.quality.lr_sweep.choose`: the best mean of ``val`` over the seeds, a tie to the lower
+    rate). ``by_lr``: lr key -> the per-seed results at that rate (each with ``learning_rate``, ``val`` and ``test``).
+    Returns the chosen rate's per-seed results and the sweep's record (candidates, chosen, per lr: the validation
+    and test means as ``val_accuracy`` / ``accuracy``, what ``report.scenario_sweep_table`` shows)."""
+    from benchmarks.quality import lr_sweep
+
+    per_lr = {}
+    for key, results in by_lr.items():
+        entry: dict[str, Any] = {"learning_rate": results[0]["learning_rate"]}
+        for metric, source in (("val_accuracy", val), ("accuracy", test)):
+            entry[f"{metric}_mean"], entry[f"{metric}_std"] = common.mean_std([r[source] for r in results])
+        per_lr[key] = entry
+    chosen = lr_sweep.choose(per_lr, metric="val_accuracy")
+    if log is not None:
+        log(f"  {name}: chosen lr {chosen} (" + ", ".join(
+            f"{k}: val {v['val_accuracy_mean']:.3f} test {v['accuracy_mean']:.3f}" for k, v in per_lr.items()) + ")")
+    return by_lr[chosen], {"candidates": list(per_lr), "chosen": chosen, "per_lr": per_lr}
+
+
 def summarize_rows(per_seed: dict[str, list[dict[str, Any]]], metrics: list[str],
                    notes: dict[str, str] | None = None) -> dict[str, Any]:
     """``{row: {"<metric>_mean", "<metric>_std", "per_seed", "note"}}`` from per-seed results."""

@@ -51,7 +51,7 @@ import time
 from typing import Any
 
 from benchmarks.quality.scenarios import minilm_classification as twoclause
-from benchmarks.quality.scenarios._common import Context, summarize_rows
+from benchmarks.quality.scenarios._common import Context, choose_rate, summarize_rows
 
 NAME = "few-label"
 TITLE = ("MiniLM encoder, few-label sentiment clauses: PET vs a head, LiST vs its teacher, mean teacher on a shifted "
@@ -306,7 +306,6 @@ def train_levi(labelled, tokenizer, cfg, seed: int, test) -> dict[str, dict[str,
 def run(ctx: Context) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
-    from benchmarks import common
     from benchmarks.quality import lr_sweep
     from ftplugins.testing import minilm_path
 
@@ -355,17 +354,7 @@ def run(ctx: Context) -> dict[str, Any]:
             record(name, seed, result)
     swept: dict[str, Any] = {}
     for name, by_lr in per_lr.items():
-        entries = {}
-        for key, results in by_lr.items():
-            entry: dict[str, Any] = {"learning_rate": results[0]["learning_rate"]}
-            for metric in ("val_accuracy", "accuracy"):
-                entry[f"{metric}_mean"], entry[f"{metric}_std"] = common.mean_std([r[metric] for r in results])
-            entries[key] = entry
-        chosen = lr_sweep.choose(entries, metric="val_accuracy")
-        per_seed[name] = by_lr[chosen]
-        swept[name] = {"candidates": list(entries), "chosen": chosen, "per_lr": entries}
-        ctx.log(f"  {name}: chosen lr {chosen} (" + ", ".join(
-            f"{k}: val {v['val_accuracy_mean']:.3f} test {v['accuracy_mean']:.3f}" for k, v in entries.items()) + ")")
+        per_seed[name], swept[name] = choose_rate(by_lr, log=ctx.log, name=name)
     notes = {
         **{f"head-n{n}": f"classification head + LoRA r=8 (q, v), {n} labels, lr {swept[f'head-n{n}']['chosen']} "
            "(chosen on validation)" for n in cfg["labels"]},

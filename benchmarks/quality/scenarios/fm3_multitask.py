@@ -34,7 +34,7 @@ import tempfile
 import time
 from typing import Any
 
-from benchmarks.quality.scenarios._common import Context, summarize_rows
+from benchmarks.quality.scenarios._common import Context, choose_rate, summarize_rows
 from benchmarks.quality.scenarios.minilm_classification import clause
 
 NAME = "fm3-multitask"
@@ -179,7 +179,6 @@ def run_per_task(train_rows, scored_sets, tokenizer, cfg, seed, width, lr=LR):
 def run(ctx: Context) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
-    from benchmarks import common
     from benchmarks.quality import lr_sweep
     from ftplugins.testing import minilm_path
 
@@ -216,17 +215,7 @@ def run(ctx: Context) -> dict[str, Any]:
     per_seed: dict[str, list[dict[str, Any]]] = {}
     swept: dict[str, Any] = {}
     for row, by_lr in runs.items():
-        per_lr = {}
-        for key, results in by_lr.items():
-            entry = {"learning_rate": results[0]["learning_rate"]}
-            for metric, source in (("val_accuracy", "val_mean"), ("accuracy", "mean")):
-                entry[f"{metric}_mean"], entry[f"{metric}_std"] = common.mean_std([r[source] for r in results])
-            per_lr[key] = entry
-        chosen = lr_sweep.choose(per_lr, metric="val_accuracy")
-        per_seed[row] = by_lr[chosen]
-        swept[row] = {"candidates": list(per_lr), "chosen": chosen, "per_lr": per_lr}
-        ctx.log(f"  {row}: chosen lr {chosen} (" + ", ".join(
-            f"{k}: val {v['val_accuracy_mean']:.3f} test {v['accuracy_mean']:.3f}" for k, v in per_lr.items()) + ")")
+        per_seed[row], swept[row] = choose_rate(by_lr, val="val_mean", test="mean", log=ctx.log, name=row)
     notes = {
         "hyper_adapter": (f"one hypernetwork (adapter width 16, embeddings 32, projector 32), 3 tasks mixed, "
                           f"{len(TASKS) * cfg['steps']} steps, lr {swept['hyper_adapter']['chosen']} (chosen on "

@@ -42,7 +42,7 @@ import tempfile
 import time
 from typing import Any
 
-from benchmarks.quality.scenarios._common import Context, summarize_rows
+from benchmarks.quality.scenarios._common import Context, choose_rate, summarize_rows
 
 NAME = "minilm-classification"
 TITLE = "MiniLM encoder, synthetic two-clause sentiment: SSF / bottleneck / Block-LoRA vs LoRA"
@@ -182,7 +182,6 @@ def run_rows(ctx: Context, rows: dict[str, tuple], smoke_rows: tuple[str, ...], 
     """
     from transformers import AutoTokenizer
 
-    from benchmarks import common
     from benchmarks.quality import lr_sweep
     from ftplugins.testing import minilm_path
 
@@ -197,34 +196,24 @@ def run_rows(ctx: Context, rows: dict[str, tuple], smoke_rows: tuple[str, ...], 
     per_seed: dict[str, list[dict[str, Any]]] = {}
     swept: dict[str, Any] = {}
     for name in names:
-        per_lr: dict[str, dict[str, Any]] = {}
+        by_lr: dict[str, list[dict[str, Any]]] = {}
         for lr in sweep.get(name) or (rows[name][2],):
             row = (*rows[name][:2], lr, rows[name][3])
-            results = []
             for seed in ctx.seeds:
                 model, seconds, trainable, curve = train_row(name, train[seed], tokenizer, cfg, seed, test, row=row)
                 result = {**curve, "accuracy": test_accuracy(model, tokenizer, test), "seed": seed,
                           "train_seconds": seconds, "trainable_params": trainable, "learning_rate": lr}
                 if val:
                     result["val_accuracy"] = test_accuracy(model, tokenizer, val)
-                results.append(result)
+                by_lr.setdefault(lr_sweep.lr_key(lr), []).append(result)
                 ctx.log(f"  seed {seed} {name:<22} lr {lr_sweep.lr_key(lr)} accuracy {result['accuracy']:.3f} "
                         + (f"val {result['val_accuracy']:.3f} " if val else "")
                         + " ".join(f"{k} {v:.3f}" for k, v in curve.items())
                         + f"  ({trainable:,} trainable, {seconds:.0f} s)")
-            entry: dict[str, Any] = {"learning_rate": lr, "per_seed": results}
-            for metric in ("val_accuracy", "accuracy"):
-                if all(metric in r for r in results):
-                    entry[f"{metric}_mean"], entry[f"{metric}_std"] = common.mean_std([r[metric] for r in results])
-            per_lr[lr_sweep.lr_key(lr)] = entry
-        chosen = lr_sweep.choose(per_lr, metric="val_accuracy") if name in sweep else next(iter(per_lr))
-        per_seed[name] = per_lr[chosen]["per_seed"]
         if name in sweep:
-            swept[name] = {"candidates": list(per_lr), "chosen": chosen,
-                           "per_lr": {k: {m: v[m] for m in v if m != "per_seed"} for k, v in per_lr.items()}}
-            tried = ", ".join(f"{k}: val {v['val_accuracy_mean']:.3f} test {v['accuracy_mean']:.3f}"
-                              for k, v in per_lr.items())
-            ctx.log(f"  {name}: chosen lr {chosen} ({tried})")
+            per_seed[name], swept[name] = choose_rate(by_lr, log=ctx.log, name=name)
+        else:
+            per_seed[name] = next(iter(by_lr.values()))
     notes = dict(notes)
     for name, seeds in per_seed.items():
         how = "chosen on validation" if name in swept else "fixed"

@@ -37,7 +37,7 @@ import tempfile
 import time
 from typing import Any
 
-from benchmarks.quality.scenarios._common import Context, summarize_rows
+from benchmarks.quality.scenarios._common import Context, choose_rate, summarize_rows
 from benchmarks.quality.scenarios.minilm_classification import test_accuracy
 
 NAME = "minilm-shift"
@@ -126,7 +126,6 @@ def train_row(name: str, rows: list[dict[str, Any]], tokenizer, cfg: dict[str, A
 def run(ctx: Context) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
-    from benchmarks import common
     from benchmarks.quality import lr_sweep
     from ftplugins.testing import minilm_path
 
@@ -155,17 +154,7 @@ def run(ctx: Context) -> dict[str, Any]:
         if not ROWS[name][2]:
             per_seed[name] = next(iter(by_lr.values()))
             continue
-        entries = {}
-        for key, results in by_lr.items():
-            entry: dict[str, Any] = {"learning_rate": results[0]["learning_rate"]}
-            for metric, source in (("val_accuracy", "val_accuracy"), ("accuracy", "ood")):
-                entry[f"{metric}_mean"], entry[f"{metric}_std"] = common.mean_std([r[source] for r in results])
-            entries[key] = entry
-        chosen = lr_sweep.choose(entries, metric="val_accuracy")
-        per_seed[name] = by_lr[chosen]
-        swept[name] = {"candidates": list(entries), "chosen": chosen, "per_lr": entries}
-        ctx.log(f"  {name}: chosen lr {chosen} (" + ", ".join(
-            f"{k}: val {v['val_accuracy_mean']:.3f} OOD {v['accuracy_mean']:.3f}" for k, v in entries.items()) + ")")
+        per_seed[name], swept[name] = choose_rate(by_lr, test="ood", log=ctx.log, name=name)
     steps = {"ft": f"{cfg['steps']} steps", "lp-ft": f"{cfg['probe_steps']} probing + {cfg['steps']} steps",
              "lp": f"{cfg['probe_steps']} steps"}
     notes = {name: ROWS[name][3] + f"; {steps[name]}" + (f", lr {swept[name]['chosen']} (chosen on ID validation)"
