@@ -1,4 +1,4 @@
-"""The data and naming helpers of the soup-close and conjugate-partial quality scenarios (no model involved)."""
+"""The data, naming and rate-choosing helpers of the quality scenarios (no model involved)."""
 
 import random
 from types import SimpleNamespace
@@ -81,3 +81,26 @@ def test_gan_manifold_data_is_seeded_and_smote_rows_lie_between_same_class_neigh
     labels = np.repeat(np.arange(3), m.SEGMENTS)
     assert m.coverage(grid, labels, 10, radius=0.05) == 1.0
     assert m.coverage(grid[::2], labels[::2], 10, radius=0.05) == 0.5
+
+
+def test_a_scenario_row_keeps_the_rate_with_the_best_mean_validation_accuracy_and_reports_its_test_numbers():
+    """``choose_rate``: the validation split picks (mean over seeds; a tie goes to the lower rate), the test set
+    never does; the row's results are the chosen rate's, and the record shows each rate's validation and test."""
+    from benchmarks.quality.report import scenario_sweep_table
+    from benchmarks.quality.scenarios._common import choose_rate
+
+    def runs(lr, val, test):
+        return [{"learning_rate": lr, "val": v, "ood": t, "seed": i} for i, (v, t) in enumerate(zip(val, test))]
+
+    by_lr = {"1e-04": runs(1e-4, (0.9, 0.7), (1.0, 1.0)),  # the best test: not chosen
+             "3e-04": runs(3e-4, (1.0, 0.9), (0.6, 0.8)),
+             "1e-03": runs(1e-3, (0.9, 1.0), (0.5, 0.5))}  # ties 3e-4 on validation: the lower rate wins
+    logged = []
+    chosen, record = choose_rate(by_lr, val="val", test="ood", log=logged.append, name="lp-ft")
+    assert chosen is by_lr["3e-04"] and record["chosen"] == "3e-04" and list(record["candidates"]) == list(by_lr)
+    assert record["per_lr"]["1e-04"]["accuracy_mean"] == 1.0 and record["per_lr"]["3e-04"]["val_accuracy_mean"] == 0.95
+    assert logged and "lp-ft: chosen lr 3e-04" in logged[0]
+    table = "".join(scenario_sweep_table({"extra": {"lr_sweep": {"lp-ft": record}},
+                                          "config": {"lr_test_label": "OOD test acc."}}))
+    assert "| row | lr | validation acc. | OOD test acc. |" in table and "| `lp-ft` | **3e-04** |" in table
+    assert scenario_sweep_table({"extra": {}}) == []  # a scenario that did not sweep shows no table
