@@ -133,17 +133,18 @@ def train(model, plugins, options, rows, tokenizer, cfg, seed, steps, lr):
         return trainer.model.eval(), time.perf_counter() - started
 
 
-def run_hyper(train_rows, scored_sets, tokenizer, cfg, seed, lr=LR):
+def run_hyper(train_rows, scored_sets, tokenizer, cfg, seed, lr=LR, tasks=tuple(TASKS)):
+    """One hypernetwork trained on ``tasks`` mixed (default all: FM3's shared row), ``cfg["steps"]`` per task."""
     import torch
 
     from ftplugins.methods.hyper_adapter import plugin
     from ftplugins.testing import minilm_classifier
 
     torch.manual_seed(seed)
-    names = list(TASKS)
+    names = list(tasks)
     rows = [{**r, "task": t} for t, name in enumerate(names) for r in train_rows[name]]
     model, seconds = train(minilm_classifier(num_labels=2), [plugin],
-                           {**HYPER, "hyper_adapter_tasks": [f"{n}:{c}" for n, c in TASKS.items()]}, rows,
+                           {**HYPER, "hyper_adapter_tasks": [f"{n}:{TASKS[n]}" for n in names]}, rows,
                            tokenizer, cfg, seed, cfg["steps"] * len(names), lr)
     result = {f"{prefix}_{name}": accuracy(lambda b, t=t: model(**b, task=torch.full((len(b["input_ids"]),), t)).logits,
                                            tokenizer, scored[name])
