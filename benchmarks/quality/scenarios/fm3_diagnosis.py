@@ -10,8 +10,7 @@ opposite clauses of the same sentences). Same data, test sets, adapter sites, wi
 
 * ``hyper_adapter``: the shared hypernetwork on the three tasks mixed, 3 × 50 steps, lr 2e-3 (as in fm3-multitask);
 * ``hyper-single``: the same hypernetwork configuration trained on one task alone, one per task, 50 steps each, lr
-  2e-3: the parameterisation without the sharing (3× the shared row's parameters, as the per-task row's count is
-  3 adapters);
+  2e-3: the parameterisation without the sharing (three networks: 3× the shared row's parameters);
 * ``per-task``: one ``bottleneck`` adapter per task (width matched to the shared hypernetwork), 50 steps each,
   lr 6e-3.
 
