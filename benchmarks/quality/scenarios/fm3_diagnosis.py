@@ -12,10 +12,13 @@ opposite clauses of the same sentences). Same data, test sets, adapter sites, wi
 * ``hyper-single``: the same hypernetwork configuration trained on one task alone, one per task, 50 steps each, lr
   2e-3: the parameterisation without the sharing (three networks: 3× the shared row's parameters);
 * ``per-task``: one ``bottleneck`` adapter per task (width matched to the shared hypernetwork), 50 steps each,
-  lr 6e-3.
+  lr 6e-3;
+* ``hyper_adapter-3x`` / ``per-task-3x``: the shared hypernetwork and the per-task adapters at three times the
+  steps (150 per task), same rates: does the hypernetwork only need a longer budget?
 
 Shown, not judged: if ``hyper-single`` learns the sentiment tasks, the sharing is what costs; if it does not, the
-generated parameterisation is. The smoke run trains each row one step on 8 sentences.
+generated parameterisation is; the 3x rows say whether the budget closes the gap. The smoke run trains each row one
+step on 8 sentences (three for the 3x rows).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ NEEDS_DECODER = False  # the MiniLM encoder only
 PLOT_METRICS = base.PLOT_METRICS
 #: Each row's rate, as fm3-multitask's validation split chose it (quality-small-fm3-multitask-lr).
 HYPER_LR, PER_TASK_LR = 2e-3, 6e-3
+LONGER = 3  # the budget rows' steps, as a multiple of fm3-multitask's
 
 
 def run(ctx: Context) -> dict[str, Any]:
@@ -58,9 +62,15 @@ def run(ctx: Context) -> dict[str, Any]:
         width = base.per_task_width(params["hyper_adapter"], sites=12, features=384)
         fixed, fixed_seconds, params["per-task"] = base.run_per_task(train_rows, scored, tokenizer, cfg, seed, width,
                                                                      PER_TASK_LR)
-        for row, result, seconds in (("hyper_adapter", shared, shared_seconds), ("hyper-single", single,
-                                                                                 single_seconds),
-                                     ("per-task", fixed, fixed_seconds)):
+        longer = {**cfg, "steps": LONGER * cfg["steps"]}
+        shared3, shared3_seconds, params["hyper_adapter-3x"] = base.run_hyper(train_rows, scored, tokenizer, longer,
+                                                                              seed, HYPER_LR)
+        fixed3, fixed3_seconds, params["per-task-3x"] = base.run_per_task(train_rows, scored, tokenizer, longer, seed,
+                                                                          width, PER_TASK_LR)
+        for row, result, seconds in (("hyper_adapter", shared, shared_seconds),
+                                     ("hyper-single", single, single_seconds), ("per-task", fixed, fixed_seconds),
+                                     ("hyper_adapter-3x", shared3, shared3_seconds),
+                                     ("per-task-3x", fixed3, fixed3_seconds)):
             result = {**result, "mean": sum(result[f"acc_{n}"] for n in base.TASKS) / len(base.TASKS), "seed": seed,
                       "train_seconds": seconds, "adapter_params": params[row]}
             per_seed.setdefault(row, []).append(result)
@@ -72,7 +82,9 @@ def run(ctx: Context) -> dict[str, Any]:
              "hyper-single": f"one hypernetwork per task, {cfg['steps']} steps each on its task alone, lr "
                              f"{HYPER_LR:g}; {params['hyper-single']:,} parameters in all",
              "per-task": f"a bottleneck adapter per task (width {width}), {cfg['steps']} steps each, lr "
-                         f"{PER_TASK_LR:g}; {params['per-task']:,} parameters in all"}
+                         f"{PER_TASK_LR:g}; {params['per-task']:,} parameters in all",
+             "hyper_adapter-3x": f"hyper_adapter at {LONGER}x the steps ({LONGER * cfg['steps']} per task)",
+             "per-task-3x": f"per-task at {LONGER}x the steps ({LONGER * cfg['steps']} each)"}
     metrics = [*(f"acc_{name}" for name in base.TASKS), "mean", "train_seconds"]
     return {
         "rows": summarize_rows(per_seed, metrics, notes),
