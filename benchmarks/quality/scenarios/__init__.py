@@ -28,6 +28,7 @@ MODULES = {
     "data-selection": "benchmarks.quality.scenarios.data_selection",
     "fm3-multitask": "benchmarks.quality.scenarios.fm3_multitask",
     "fm3-diagnosis": "benchmarks.quality.scenarios.fm3_diagnosis",
+    "fm3-multitask-long": "benchmarks.quality.scenarios.fm3_long",
     "pso-style": "benchmarks.quality.scenarios.pso_style",
     "bob-synthetic": "benchmarks.quality.scenarios.bob_synthetic",
     "gan-augment": "benchmarks.quality.scenarios.gan_augment",
