@@ -10,6 +10,7 @@ hash of its recipe (:mod:`ftplugins.cache`), so it runs once per machine.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 from typing import Any
@@ -56,6 +57,26 @@ def pretraining_rows(n: int, seed: int, terms: list[int], max_value: int) -> lis
     return [arithmetic_example(rng, terms[i % len(terms)], max_value) for i in range(n)]
 
 
+@contextlib.contextmanager
+def quiet_build():
+    """The build's own two lines are its report: no per-map dataset bars, and not TRL's default
+    (SFTConfig.gradient_checkpointing) under transformers 5's new name, which nobody running it could change."""
+    import warnings
+
+    import datasets
+
+    bars = not datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"`(is_)?gradient_checkpointing` is deprecated",
+                                    category=FutureWarning)
+            yield
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
+
+
 def build(folder: str, log=print) -> dict[str, Any]:
     """Pre-train the tiny Llama on :data:`RECIPE` and save it with its tokenizer into ``folder``."""
     import shutil
@@ -75,7 +96,7 @@ def build(folder: str, log=print) -> dict[str, Any]:
     rows = pretraining_rows(r["examples"], r["seed"], r["terms"], r["max_value"])
     dataset = Dataset.from_list([{"prompt": x["prompt"], "completion": x["completion"]} for x in rows])
     started = time.perf_counter()
-    with one_thread(), torch.random.fork_rng():
+    with one_thread(), torch.random.fork_rng(), quiet_build():
         model = tiny_llama(seed=r["seed"], **r["shape"])
         args = SFTConfig(
             output_dir=os.path.join(folder, ".trainer"), use_cpu=True, bf16=False, report_to="none",

@@ -47,6 +47,10 @@ def test_the_tiny_tokenizer_trains_silently():
 
 
 def test_tiny_model_prints_one_line(tmp_path):
+    """With the tiny base cached (built here first if this machine has none), ``tiny-model`` says one line."""
+    from ftplugins.tiny_base import tiny_base
+
+    tiny_base(log=lambda *_: None)
     proc = subprocess.run([sys.executable, "-m", "ftplugins.cli", "tiny-model", str(tmp_path / "m")],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
@@ -54,6 +58,22 @@ def test_tiny_model_prints_one_line(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("saved the tiny pre-trained Llama") and lines[0].endswith(
         str(tmp_path / "m"))
     assert proc.stderr.strip() == ""
+
+
+def test_the_first_tiny_model_build_reports_itself_and_nothing_else(tmp_path):
+    """A fresh machine (an empty cache) builds the tiny base: its two lines and the saved line, no dataset bars or
+    library warnings. (DeepSpeed, a test-only dependency here, would log its accelerator choice on import; it is
+    told the CPU so it does not.)"""
+    env = {**os.environ, "FTPLUGINS_CACHE": str(tmp_path / "cache"), "DS_ACCELERATOR": "cpu"}
+    proc = subprocess.run([sys.executable, "-m", "ftplugins.cli", "tiny-model", str(tmp_path / "m")],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 3, proc.stdout
+    first = "ftplugins: pre-training the tiny base model once"
+    assert lines[0].startswith(first) and str(tmp_path / "cache") in lines[0]
+    assert lines[1].startswith("ftplugins: tiny base model ready in") and lines[2].startswith("saved the tiny")
+    assert proc.stderr.strip() == "", proc.stderr
 
 
 REPLICA = """
