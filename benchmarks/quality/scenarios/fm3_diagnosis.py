@@ -71,12 +71,7 @@ def run(ctx: Context) -> dict[str, Any]:
                                      ("hyper-single", single, single_seconds), ("per-task", fixed, fixed_seconds),
                                      ("hyper_adapter-3x", shared3, shared3_seconds),
                                      ("per-task-3x", fixed3, fixed3_seconds)):
-            result = {**result, "mean": sum(result[f"acc_{n}"] for n in base.TASKS) / len(base.TASKS), "seed": seed,
-                      "train_seconds": seconds, "adapter_params": params[row]}
-            per_seed.setdefault(row, []).append(result)
-            ctx.log(f"  seed {seed} {row:<14} " + " ".join(f"{k} {v:.3f}" for k, v in result.items()
-                                                            if k.startswith("acc_") or k == "mean")
-                    + f"  ({params[row]:,} adapter parameters, {seconds:.0f} s)")
+            base.record_seed(per_seed, row, result, seconds, params[row], seed, ctx.log)
     notes = {"hyper_adapter": f"one hypernetwork, 3 tasks mixed, {len(base.TASKS) * cfg['steps']} steps, lr "
                               f"{HYPER_LR:g}; {params['hyper_adapter']:,} parameters",
              "hyper-single": f"one hypernetwork per task, {cfg['steps']} steps each on its task alone, lr "

@@ -46,12 +46,7 @@ def run(ctx: Context) -> dict[str, Any]:
         fixed, fixed_seconds, params["per-task"] = base.run_per_task(train_rows, {"acc": test_rows}, tokenizer,
                                                                      longer, seed, width, fm3_diagnosis.PER_TASK_LR)
         for row, result, seconds in (("hyper_adapter", hyper, hyper_seconds), ("per-task", fixed, fixed_seconds)):
-            result = {**result, "mean": sum(result[f"acc_{n}"] for n in base.TASKS) / len(base.TASKS), "seed": seed,
-                      "train_seconds": seconds, "adapter_params": params[row]}
-            per_seed.setdefault(row, []).append(result)
-            ctx.log(f"  seed {seed} {row:<14} " + " ".join(f"{k} {v:.3f}" for k, v in result.items()
-                                                            if k.startswith("acc_") or k == "mean")
-                    + f"  ({params[row]:,} adapter parameters, {seconds:.0f} s)")
+            base.record_seed(per_seed, row, result, seconds, params[row], seed, ctx.log)
     notes = {"hyper_adapter": f"one hypernetwork, 3 tasks mixed, {len(base.TASKS) * longer['steps']} steps, lr "
                               f"{fm3_diagnosis.HYPER_LR:g}; {params['hyper_adapter']:,} parameters",
              "per-task": f"a bottleneck adapter per task (width {width}), {longer['steps']} steps each, lr "

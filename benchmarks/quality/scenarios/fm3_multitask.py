@@ -152,6 +152,17 @@ def run_hyper(train_rows, scored_sets, tokenizer, cfg, seed, lr=LR, tasks=tuple(
     return result, seconds, adapter_params(model)
 
 
+def record_seed(per_seed: dict[str, list[dict[str, Any]]], row: str, result: dict[str, float], seconds: float,
+                params: int, seed: int, log) -> None:
+    """One seed of ``row``: its per-task test accuracies, their mean, the time and the adapter count, logged."""
+    result = {**result, "mean": sum(result[f"acc_{n}"] for n in TASKS) / len(TASKS), "seed": seed,
+              "train_seconds": seconds, "adapter_params": params}
+    per_seed.setdefault(row, []).append(result)
+    log(f"  seed {seed} {row:<14} " + " ".join(f"{k} {v:.3f}" for k, v in result.items()
+                                                if k.startswith("acc_") or k == "mean")
+        + f"  ({params:,} adapter parameters, {seconds:.0f} s)")
+
+
 def per_task_width(hyper_params: int, sites: int, features: int) -> int:
     """The width w whose ``len(TASKS)`` × ``sites`` series adapters (d → w → d, biases) hold ``hyper_params``."""
     per_width = len(TASKS) * sites * (2 * features + 1)
