@@ -33,3 +33,10 @@ def quiet_replicas() -> None:
     warnings.simplefilter("ignore")
     for name in STACK_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def ignore_trl_gradient_checkpointing_default() -> None:
+    """Drop the FutureWarning transformers 5 gives for TRL's own default (``SFTConfig.gradient_checkpointing=True``
+    under its old name): not the user's doing, and nothing they could change. Call it inside the caller's
+    ``warnings.catch_warnings()`` to keep it local."""
+    warnings.filterwarnings("ignore", message=r"`(is_)?gradient_checkpointing` is deprecated", category=FutureWarning)

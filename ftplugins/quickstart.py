@@ -23,11 +23,11 @@ import shutil
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .cli_errors import exit_on_user_error
+from .output import ignore_trl_gradient_checkpointing_default
 
 DEFAULT_PLUGINS = ["masked_thought"]
 FULL_LR, ADAPTER_LR = 3e-3, 1e-1
@@ -200,8 +200,7 @@ def quickstart(argv: Sequence[str]) -> dict:
 
     datasets.disable_progress_bars()  # the quick start prints its own summary: per-file and per-map bars are noise
     hf_logging.disable_progress_bar()
-    # TRL's own default (SFTConfig.gradient_checkpointing) under transformers 5's new name: nothing a user could change.
-    warnings.filterwarnings("ignore", message=r"`(is_)?gradient_checkpointing` is deprecated", category=FutureWarning)
+    ignore_trl_gradient_checkpointing_default()
     destination = os.path.abspath(settings.output_dir)
     os.makedirs(os.path.dirname(destination), exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(destination)}.tmp-", dir=os.path.dirname(destination))

@@ -59,18 +59,18 @@ def pretraining_rows(n: int, seed: int, terms: list[int], max_value: int) -> lis
 
 @contextlib.contextmanager
 def quiet_build():
-    """The build's own two lines are its report: no per-map dataset bars, and not TRL's default
-    (SFTConfig.gradient_checkpointing) under transformers 5's new name, which nobody running it could change."""
+    """The build's own two lines are its report: no per-map dataset bars, no warning for TRL's own default."""
     import warnings
 
     import datasets
+
+    from .output import ignore_trl_gradient_checkpointing_default
 
     bars = not datasets.are_progress_bars_disabled()
     datasets.disable_progress_bars()
     try:
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r"`(is_)?gradient_checkpointing` is deprecated",
-                                    category=FutureWarning)
+            ignore_trl_gradient_checkpointing_default()
             yield
     finally:
         if bars:

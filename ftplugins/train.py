@@ -20,7 +20,7 @@ from .cli_errors import exit_on_user_error
 from .combinations import check_combination
 from .model_path import check_model_path
 from .context import Run
-from .output import quiet_replicas
+from .output import ignore_trl_gradient_checkpointing_default, quiet_replicas
 from .patching import import_patched, plugins_active
 from .process_end import ends_distributed_runs, leave_process_group
 from .selection import given_keys, parse, selected_names
@@ -70,10 +70,8 @@ def train(argv: Sequence[str], leave_group: bool = True) -> None:
         TrlParser([*dataclass_types, *(p.options for p in plugins if p.options)], prog=program).parse_args(["--help"])
     given = given_keys(rest)
     with warnings.catch_warnings():
-        if "gradient_checkpointing" not in given:
-            # TRL's own default (SFTConfig.gradient_checkpointing=True) under transformers 5's new name: not the
-            # user's doing, and nothing they could change.
-            warnings.filterwarnings("ignore", message="`gradient_checkpointing` is deprecated", category=FutureWarning)
+        if "gradient_checkpointing" not in given:  # the user's own choice keeps its warning
+            ignore_trl_gradient_checkpointing_default()
         trl_args, options = parse(dataclass_types, plugins, rest, command=program)
     for args in trl_args:
         if hasattr(args, "log_level_replica") and "log_level_replica" not in given:

@@ -198,11 +198,10 @@ def train_head(labelled, tokenizer, cfg, seed: int, test, lr: float | None = Non
 def pet_zero_shot(tokenizer, seed: int, test) -> dict[str, Any]:
     """PET's prediction before any training: the cloze prior its method starts from (the masked LM's verbaliser
     scores at the pattern's mask). A checkpoint without a trained MLM head starts from a random transform."""
-    from ftplugins.methods.pet.head import PetHead
+    from ftplugins.methods.pet.head import attach_head
     from ftplugins.methods.pet.verbalizer import build_verbalizer
 
-    model = masked_lm(seed)
-    model.add_module("pet_head", PetHead(model, build_verbalizer(VERBALIZER, tokenizer)))  # what pet's training adds
+    model = attach_head(masked_lm(seed), build_verbalizer(VERBALIZER, tokenizer))
     return {"accuracy": pet_accuracy(model, tokenizer, test["id"]), "train_seconds": 0.0}
 
 

@@ -18,7 +18,8 @@ linear schedule with 10% warm-up, weight decay 0:
 
 * ``ft``: every weight trains from the first step, 40 steps;
 * ``lp-ft``: ``lp_ft`` with ``lp_ft_probe_steps`` 200 (the head alone, constant ``lp_ft_probe_lr`` 1e-2: 50 epochs
-  of the 64 sentences, the probe fitted), then every weight for 40 steps on the run's schedule afresh
+  of the 64 sentences, meant to fit the probe; ``lp`` shows how far it does), then every weight for 40 steps on the
+  run's schedule afresh
   (``lp_ft_restart_schedule``): the same fine-tuning budget and schedule as ``ft``;
 * ``lp``: the probe alone (``lp_ft_probe_ratio`` 1, 200 steps at 1e-2; context: how well the probe fits).
 

@@ -81,14 +81,12 @@ class PetPlugin(Plugin):
 
     @hookimpl
     def prepare_model(self, run, model):
-        from .head import PetHead, masked_lm
+        from .head import attach_head
 
         # PEFT left only its adapter trainable; without one, the head alone trains.
         if not hasattr(model, "peft_config"):
             model.requires_grad_(False)
-        head = PetHead(masked_lm(model), self._verbalizer(run)).to(next(model.parameters()).device)
-        model.add_module("pet_head", head)
-        return model
+        return attach_head(model, self._verbalizer(run))
 
     @hookimpl
     def compute_loss(self, run, trainer, model, inputs, return_outputs, num_items_in_batch, inner):

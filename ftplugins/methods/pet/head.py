@@ -62,6 +62,14 @@ class PetHead(nn.Module):
         return per_label.sum(dim=-1)
 
 
+def attach_head(model: Any, verbalizer: Verbalizer) -> Any:
+    """``model`` (a masked LM, PEFT-wrapped or not) with its PET head as ``model.pet_head``, on the model's device:
+    what training adds and what :func:`ftplugins.methods.pet.predict.predict_proba` reads."""
+    head = PetHead(masked_lm(model), verbalizer).to(next(model.parameters()).device)
+    model.add_module("pet_head", head)
+    return model
+
+
 def mask_hidden(model: Any, inputs: dict[str, torch.Tensor], mask_token_id: int, masks: int) -> torch.Tensor:
     """The encoder's last hidden states at the m mask positions of each row: [batch, m, hidden]."""
     mlm = masked_lm(model)
