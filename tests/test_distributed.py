@@ -59,7 +59,7 @@ def single_vs_two_processes(tmp_path, model_dir, data, **options):
     assert single.returncode == 0, single.stderr[-3000:]
     ddp = subprocess.run([accelerate_bin(), "launch", *ddp_flags(), "-m", "ftplugins.train", "sft", "--config", two],
                          capture_output=True, text=True, env=env, timeout=LAUNCH_TIMEOUT)
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert ddp.returncode == 0, launch_failure(ddp)
     assert json.loads((tmp_path / "one" / "ftplugins_run.json").read_text())["world_size"] == 1
     assert json.loads((tmp_path / "two" / "ftplugins_run.json").read_text())["world_size"] == 2
     base = load_file(os.path.join(model_dir, "model.safetensors"))
@@ -91,7 +91,7 @@ def test_two_process_ddp_matches_one_process(form, tiny_model_dir, data_dir, tmp
     assert single.returncode == 0, single.stderr[-3000:]
     ddp = subprocess.run([accelerate_bin(), "launch", *ddp_flags(), *ddp_command(form, two)],
                          capture_output=True, text=True, env=env, timeout=LAUNCH_TIMEOUT)
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert ddp.returncode == 0, launch_failure(ddp)
 
     manifest = json.loads((tmp_path / "two" / "ftplugins_run.json").read_text())
     assert manifest["world_size"] == 2 and manifest["plugins"] == ["ssf"]

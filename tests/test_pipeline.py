@@ -143,7 +143,7 @@ def one_and_two_processes(tmp_path, model, data_dir, stages, **top):
     import subprocess
     import sys
 
-    from test_distributed import LAUNCH_TIMEOUT, accelerate_bin, ddp_flags
+    from test_distributed import LAUNCH_TIMEOUT, accelerate_bin, ddp_flags, launch_failure
 
     def spec(name, batch):
         common = {**CPU, "per_device_train_batch_size": batch, "dataloader_drop_last": True, "seed": 0,
@@ -158,7 +158,7 @@ def one_and_two_processes(tmp_path, model, data_dir, stages, **top):
     assert single.returncode == 0, single.stderr[-3000:]
     ddp = subprocess.run([accelerate_bin(), "launch", *ddp_flags(), "-m", "ftplugins.pipeline", spec("two", 2)],
                          capture_output=True, text=True, env=env, timeout=LAUNCH_TIMEOUT)
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert ddp.returncode == 0, launch_failure(ddp)
 
 
 @pytest.mark.slow
