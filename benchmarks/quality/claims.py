@@ -396,6 +396,15 @@ CLAIMS: list[Claim] = [
                        ("harmful-ft", "harmful"), ("harmful-ft+aligned_prefix-k3", "harmful"),
                        ("harmful-ft+aligned_prefix-k5", "refusal"), ("harmful-ft+aligned_prefix-k8", "refusal")),
           scenario="alignment"),
+    # The paper's own measure: its judge scores the attack's success (a harmful answer), so a truncated refusal
+    # (``sorry`` and then nothing) counts as blocked there; the claim above asks for the whole refusal string.
+    Claim("aligned_prefix blocks the attack", "aligned_prefix (the aligned model writes the first k=3 tokens) lowers "
+          "the attack success rate (harmful answers) of a model fine-tuned to drop its refusals by at least "
+          f"{ALIGN_MARGIN}", "NOICE, Kazdan et al. 2025 (2502.19537)",
+          ("harmful-ft+aligned_prefix-k3", "harmful-ft"),
+          with_context(by_margin("harmful", "harmful-ft", "harmful-ft+aligned_prefix-k3", ALIGN_MARGIN),
+                       ("harmful-ft+aligned_prefix-k3", "refusal"), ("harmful-ft+aligned_prefix-k1", "harmful")),
+          scenario="alignment"),
     Claim("graft 1% >= 90%", "Grafting a ≤1% region recovers ≥90% of the fine-tuned accuracy",
           "Panigrahi et al. 2023", ("graft-1pct", "finetuned"),
           with_context(at_least("ratio", "graft-1pct", 0.9), ("finetuned", "target"), ("graft-1pct", "target"),
@@ -436,8 +445,11 @@ CLAIMS: list[Claim] = [
           "(mean accuracy over the pool's tasks)", "Yu et al. 2024 (2409.11378)", ("kmq", "random"),
           with_context(better("acc", "kmq", "random"), ("kmq", "noisy_share"), ("random", "noisy_share")),
           scenario="data-selection"),
-    Claim("kmq-iter>kmq", "Iterative kMQ (clusters reweighted between training rounds) beats single-shot kMQ",
-          "Yu et al. 2024 (2409.11378)", ("kmq-iter", "kmq"), better("acc", "kmq-iter", "kmq"),
+    Claim("kmq-iter>kmq", "Iterative kMQ (clusters reweighted between training rounds, each round a fresh fine-tune "
+          "on the growing selection) beats single-shot kMQ",
+          "Yu et al. 2024 (2409.11378)", ("kmq-iter", "kmq"),
+          with_context(better("acc", "kmq-iter", "kmq"), ("kmq-iter", "noisy_share"), ("kmq", "noisy_share"),
+                       ("kmq-iter-slices", "acc")),
           scenario="data-selection"),
     Claim("ot>random on target", "GOT-D (OT toward a target set) beats random selection on the target task",
           "Kang et al. 2024 (2405.02774)", ("ot", "random"),
@@ -447,9 +459,11 @@ CLAIMS: list[Claim] = [
           "Kang et al. 2024 (2405.02774)", ("ot", "closest"),
           with_context(better("acc_target", "ot", "closest"), ("closest", "target_share")),
           scenario="data-selection"),
-    Claim("influence+coverage>random", "DEALRec (influence + effort, coverage-enhanced sampling) beats random "
-          "selection at a small budget", "Lin et al. 2024 (2401.17197)", ("influence", "random"),
-          better("acc", "influence", "random"), scenario="data-selection"),
+    Claim("influence+coverage>random", "DEALRec (influence on a surrogate trained on the pool + effort, "
+          "coverage-enhanced sampling) beats random selection at a small budget", "Lin et al. 2024 (2401.17197)",
+          ("influence", "random"),
+          with_context(better("acc", "influence", "random"), ("influence", "noisy_share"), ("random", "noisy_share"),
+                       ("influence-pretrained", "acc")), scenario="data-selection"),
     Claim("pso keeps few-step quality", "PSO tunes a few-step (distilled) model to a new style while keeping its "
           "few-step samples closer to clean images than the plain diffusion loss, both moving toward the style",
           "Miao et al. 2025 (2410.03190)", ("pso", "plain", "distilled"),

@@ -9,10 +9,17 @@ fine-tuning, lr 3e-4, equal steps) and is scored by exact match of greedy answer
 task. ``acc`` is the mean over the four tasks (kMQ's and DEALRec's claims: a good general subset); ``acc_target``
 is the first-letter task (GOT-D's claim: select toward a target, given 16 target-task examples that are not in
 the pool). Rows: ``random``; ``kmq`` (select_kmeans, 8 clusters over MiniLM embeddings of prompt + answer,
-perplexity-weighted draws under the pre-trained decoder); ``kmq-iter`` (select_iteratively, 3 rounds, the same
-fine-tune split over the rounds); ``ot`` (select_ot toward the target examples); ``closest`` (the rows nearest to
-the target examples' mean embedding); ``influence`` (select_influence: LiSSA influence + effort on the
-pre-trained decoder, coverage over 10 strata); ``influence-top`` (the same scores, highest first, no strata).
+perplexity-weighted draws under the pre-trained decoder); ``kmq-iter`` (select_iteratively, 3 rounds at the paper's
+protocol: each round fine-tunes the pre-trained decoder afresh on every row selected so far with the full recipe, as
+the paper's code retrains on the growing selection, so the last round trains on the whole budget exactly as
+``kmq`` does); ``kmq-iter-slices`` (the same selection, but one fine-tune whose steps are split over the rounds, each
+round on its newest slice only: the plugin's in-run rounds, and this scenario's ``kmq-iter`` until 2026-12-05);
+``ot`` (select_ot toward the target examples); ``closest`` (the rows nearest to
+the target examples' mean embedding); ``influence`` (select_influence at DEALRec's protocol: LiSSA influence on a
+surrogate trained on the pool first -- a copy of the decoder fine-tuned on every pool row with the rows' recipe --
+plus the effort, the gradient norm under the pre-trained decoder being fine-tuned, coverage over 10 strata);
+``influence-top`` (the same scores, highest first, no strata); ``influence-pretrained`` (influence on the untrained
+pre-trained decoder, as this scenario's ``influence`` did until 2026-12-05).
 """
 
 from __future__ import annotations
@@ -35,7 +42,10 @@ FULL = dict(sizes={"c": 96, "r": 64, "l": 64, "f": 32}, noise={"c": 0.3, "l": 0.
             lr=3e-4, max_length=32, eval_per_task=50, target_examples=16, clusters=8, strata=10)
 SMOKE = dict(sizes={"c": 6, "r": 4, "l": 4, "f": 4}, noise={"c": 0.3, "l": 0.3}, budget=6, steps=3, batch=2,
              lr=3e-4, max_length=32, eval_per_task=2, target_examples=2, clusters=2, strata=2)
-ROWS = ["random", "kmq", "kmq-iter", "ot", "closest", "influence", "influence-top"]
+ROWS = ["random", "kmq", "kmq-iter", "kmq-iter-slices", "ot", "closest", "influence", "influence-top",
+        "influence-pretrained"]
+#: The iterative rows: their selection trains the model as it goes, so their final model is the last round's.
+ITERATIVE = ("kmq-iter", "kmq-iter-slices")
 
 
 def task_rows(tag: str, n: int, rng: random.Random, seen: set[str], noise: float = 0.0) -> list[dict[str, Any]]:
@@ -68,8 +78,18 @@ def accuracy(model, tokenizer, queries: list[dict]) -> float:
     return sum(t.strip() == q["completion"] for t, q in zip(texts, queries)) / max(1, len(queries))
 
 
+def pairs(rows) -> list[dict[str, str]]:
+    """The prompt/completion columns a fine-tune reads (the pool's rows carry more)."""
+    return [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]
+
+
+def recipe(cfg: dict[str, Any], seed: int) -> dict[str, Any]:
+    """Every fine-tune's settings but its steps: the rows', the iterative rounds' and the surrogate's."""
+    return dict(lr=cfg["lr"], seed=seed, batch_size=cfg["batch"], max_length=cfg["max_length"])
+
+
 def choose(name: str, pool: list[dict], target: list[dict], cfg: dict[str, Any], ctx: Context, seed: int,
-           train_round) -> list[int]:
+           train_round, shared: dict[str, Any]) -> list[int]:
     from ftplugins.data import select
     from ftplugins.data.embed import SentenceEncoder, embed
     from ftplugins.data.source import load_pool
@@ -82,13 +102,13 @@ def choose(name: str, pool: list[dict], target: list[dict], cfg: dict[str, Any],
         model, tokenizer = load(ctx.folder)
         return select("kmeans", pool, budget, clusters=cfg["clusters"], text_field="text", model=model,
                       tokenizer=tokenizer, **quiet).indices
-    if name == "kmq-iter":
+    if name in ITERATIVE:
         from ftplugins.methods.select_kmeans import select_iteratively
 
         model, tokenizer = load(ctx.folder)
-        return select_iteratively(pool, budget, lambda rows, r: train_round(model, tokenizer, rows, r), model=model,
-                                  tokenizer=tokenizer, rounds=3, clusters=cfg["clusters"], text_field="text",
-                                  **quiet).indices
+        return select_iteratively(pool, budget, lambda rows, r: train_round(name, model, tokenizer, rows, r),
+                                  model=model, tokenizer=tokenizer, rounds=3, clusters=cfg["clusters"],
+                                  text_field="text", **quiet).indices
     if name == "ot":
         return select("ot", pool, budget, target=target, text_field="text", **quiet).indices
     if name == "closest":
@@ -99,8 +119,15 @@ def choose(name: str, pool: list[dict], target: list[dict], cfg: dict[str, Any],
     model, tokenizer = load(ctx.folder)
     options = dict(strata=cfg["strata"], damping=0.3, depth=50, max_length=cfg["max_length"], model=model,
                    tokenizer=tokenizer, **quiet)
-    result = select("influence", pool, budget, **options)
-    if name == "influence":
+    surrogate = None  # influence-pretrained: the decoder being fine-tuned scores the influence too
+    if name != "influence-pretrained":
+        if "surrogate" not in shared:  # DEALRec trains its surrogate on the pool first
+            untrained, surrogate_tokenizer = load(ctx.folder)
+            shared["surrogate"] = sft(untrained, surrogate_tokenizer, pairs(pool), steps=cfg["steps"],
+                                      **recipe(cfg, seed)).model.eval()
+        surrogate = shared["surrogate"]
+    result = select("influence", pool, budget, surrogate=surrogate, **options)
+    if name in ("influence", "influence-pretrained"):
         return result.indices
     return sorted(np.argsort(-result.scores, kind="stable")[:budget].tolist())  # influence-top
 
@@ -111,21 +138,28 @@ def run(ctx: Context) -> dict[str, Any]:
     for seed in ctx.seeds:
         pool, target, queries = build(cfg, seed)
         trained: dict[str, Any] = {}
+        selected_so_far: list[dict[str, str]] = []
+        shared: dict[str, Any] = {}  # per seed: the influence rows' trained surrogate
 
-        def train_round(model, tokenizer, rows, round_index, seed=seed):
-            keep = [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]
-            trained["kmq-iter"] = sft(model, tokenizer, keep, steps=cfg["steps"] // 3, lr=cfg["lr"], seed=seed,
-                                      batch_size=cfg["batch"], max_length=cfg["max_length"])
+        def train_round(name, model, tokenizer, rows, round_index, seed=seed):
+            """One round of an iterative row, training ``model`` in place (select_iteratively scores with it)."""
+            new = pairs(rows)
+            if name == "kmq-iter-slices":
+                trained[name] = sft(model, tokenizer, new, steps=cfg["steps"] // 3, **recipe(cfg, seed))
+                return
+            selected_so_far.extend(new)
+            if round_index:  # back to the pre-trained weights: each round is a fresh fine-tune on the union
+                model.load_state_dict(load(ctx.folder)[0].state_dict())
+            trained[name] = sft(model, tokenizer, list(selected_so_far), steps=cfg["steps"], **recipe(cfg, seed))
 
         for name in ROWS:
-            chosen = choose(name, pool, target, cfg, ctx, seed, train_round)
-            rows = [{"prompt": pool[i]["prompt"], "completion": pool[i]["completion"]} for i in chosen]
-            if name == "kmq-iter":
-                trainer = trained.pop("kmq-iter")
+            chosen = choose(name, pool, target, cfg, ctx, seed, train_round, shared)
+            if name in ITERATIVE:
+                trainer = trained.pop(name)
             else:
                 model, tokenizer = load(ctx.folder)
-                trainer = sft(model, tokenizer, rows, steps=cfg["steps"], lr=cfg["lr"], seed=seed,
-                              batch_size=cfg["batch"], max_length=cfg["max_length"])
+                trainer = sft(model, tokenizer, pairs(pool[i] for i in chosen), steps=cfg["steps"],
+                              **recipe(cfg, seed))
             tokenizer = trainer.processing_class
             res = {"seed": seed, "selected": len(chosen), "final_loss": final_loss(trainer),
                    "noisy_share": sum(pool[i]["noisy"] for i in chosen) / len(chosen),
@@ -141,11 +175,13 @@ def run(ctx: Context) -> dict[str, Any]:
     notes = {
         "random": "uniform draw of the budget",
         "kmq": f"select_kmeans: {cfg['clusters']} clusters, perplexity-weighted draws",
-        "kmq-iter": "select_iteratively: 3 rounds, fine-tuning steps split over the rounds",
+        "kmq-iter": "select_iteratively: 3 rounds, each a fresh fine-tune on all rows selected so far (the paper's)",
+        "kmq-iter-slices": "the same, one fine-tune split over the rounds, each on its newest slice",
         "ot": "select_ot toward the target examples (MiniLM, eps 0.1)",
         "closest": "nearest to the target examples' mean MiniLM embedding",
         "influence": f"select_influence: influence + 0.5 effort, coverage over {cfg['strata']} strata",
         "influence-top": "the same scores, highest first (no coverage)",
+        "influence-pretrained": "influence on the untrained pre-trained decoder, coverage (the first protocol)",
     }
     metric_keys = ["acc", "acc_target", *(f"acc_{t}" for t in TASKS), "noisy_share", "target_share"]
     labels = {"acc": "acc. (mean over tasks)", "acc_target": "acc. target task (first letter)",
