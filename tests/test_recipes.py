@@ -367,9 +367,10 @@ def check_selection(method: str):
 
 
 def check_select_kmeans_rounds(obs, out):
-    """Iterative kMQ: 3 disjoint slices of 16 rows, none of them held out, and epoch r trained exactly slice r
-    (the token rows of its two batches of 8 are the slice's rows of the tokenized pool, which holds duplicate rows:
-    compared as sorted token rows); round 2's and 3's cluster weights were recorded."""
+    """Iterative kMQ: 3 disjoint slices of 16 rows, none of them held out, and epoch r trained exactly the rows of
+    slices 1..r cycled to the budget's 48 (the token rows of its six batches of 8 are those rows of the tokenized
+    pool, which holds duplicate rows: compared as sorted token rows); round 2's and 3's cluster weights were
+    recorded."""
     report = json.loads((out / "select_kmeans_report.json").read_text())
     slices = report["slices"]
     assert [len(s) for s in slices] == [16, 16, 16] and len(set(sum(slices, []))) == 48
@@ -377,9 +378,11 @@ def check_select_kmeans_rounds(obs, out):
     pool = obs.trainer.train_dataset.rows  # the rounds view over the tokenized pool
     trained = [tuple(ids[mask.bool()].tolist()) for batch in obs.batches
                for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
-    assert len(trained) == 48
-    for r, rows in enumerate(slices):
-        assert sorted(trained[16 * r:16 * (r + 1)]) == sorted(tuple(pool[i]["input_ids"]) for i in rows), r
+    assert len(trained) == 3 * 48
+    for r in range(3):
+        so_far = sum(slices[: r + 1], [])
+        rows = [so_far[i % len(so_far)] for i in range(48)]
+        assert sorted(trained[48 * r:48 * (r + 1)]) == sorted(tuple(pool[i]["input_ids"]) for i in rows), r
 
 
 # --- tool and evaluation plugins: what each writes or logs after (or during) the run -------------------------
@@ -456,7 +459,7 @@ RUN_ARGS = {
     "probe_prune": ["--probe_prune_units", "1,4", "--probe_prune_reverse_steps", "2", "--probe_prune_every", "1"],
     "contrastive_explore": ["--contrastive_explore_every", "1", "--contrastive_explore_samples", "2",
                             "--contrastive_explore_max_new_tokens", "4"],
-    "select_kmeans_rounds": ["--max_steps", "-1"],  # the rounds are the recipe's 3 epochs (6 steps)
+    "select_kmeans_rounds": ["--max_steps", "-1"],  # the rounds are the recipe's 3 epochs (18 steps)
 }
 
 

@@ -1,7 +1,7 @@
 """Selection plugins under DDP (two CPU processes, gloo, ``accelerate launch``): every rank keeps the same rows,
 those one process would keep, for select_kmeans, select_ot and select_influence (the model-embedding, perplexity and
-gradient-feature passes are shared through the cache, each rank computing a shard); with select_kmeans_rounds every rank shows the same slice each round, and together the ranks
-train on exactly that slice."""
+gradient-feature passes are shared through the cache, each rank computing a shard); with select_kmeans_rounds every
+rank shows the same rows each round, and together the ranks train on exactly those rows."""
 
 from __future__ import annotations
 
@@ -42,8 +42,11 @@ def test_two_ranks_select_the_same_rows_as_one_process(tmp_path):
 
     slices = ranks[0]["slices"]
     assert ranks[1]["slices"] == slices and len(slices) == 2 and not set(slices[0]) & set(slices[1])
-    # Each epoch is one round: 4 rows split over 2 ranks, one batch of 2 each; together they cover the slice.
-    assert ranks[0]["steps"] == ranks[1]["steps"] == 2
-    for epoch, rows in enumerate(slices):
-        assert sorted(ranks[0]["trained"][2 * epoch:2 * epoch + 2] + ranks[1]["trained"][2 * epoch:2 * epoch + 2]) \
-            == rows
+    # Each epoch is one round of the budget's 8 rows (round 1: its 4-row slice twice; round 2: both slices), split
+    # over 2 ranks in batches of 2, two steps each; together the ranks cover the round's rows.
+    assert ranks[0]["steps"] == ranks[1]["steps"] == 4
+    for epoch in range(2):
+        so_far = sum(slices[: epoch + 1], [])
+        rows = sorted(so_far[i % len(so_far)] for i in range(8))
+        assert sorted(ranks[0]["trained"][4 * epoch:4 * epoch + 4] + ranks[1]["trained"][4 * epoch:4 * epoch + 4]) \
+            == rows, epoch

@@ -139,7 +139,7 @@ def train_in_rounds(tmp_path, epochs=3, args=None, stop_at=None, resume=None, **
 
 
 def test_plugin_trains_each_round_on_its_slice_and_draws_toward_the_unlearned_cluster(tmp_path):
-    pool, batches, report, source = train_in_rounds(tmp_path)
+    pool, batches, report, source = train_in_rounds(tmp_path, select_kmeans_round_rows="slice")
     trained = [batches[e * 2] + batches[e * 2 + 1] for e in range(3)]  # 4-row slices, micro-batches of 2
     assert [sorted(rows) for rows in trained] == report["slices"]  # epoch r trained on exactly slice r
     flat = sum(report["slices"], [])
@@ -152,7 +152,7 @@ def test_plugin_trains_each_round_on_its_slice_and_draws_toward_the_unlearned_cl
     assert len(report["cluster_weights"]) == 2 and report["rounds_trained"] == 3
     assert source.num_rows == 40  # the source is untouched
 
-    _, again, same, _ = train_in_rounds(tmp_path / "again")
+    _, again, same, _ = train_in_rounds(tmp_path / "again", select_kmeans_round_rows="slice")
     assert same["slices"] == report["slices"]  # same seed, same rounds
 
 
@@ -164,19 +164,50 @@ def test_a_run_resumed_after_round_one_trains_the_slices_of_an_uninterrupted_run
     from ftplugins.methods.select_kmeans.rounds import ROUNDS_FILE
 
     args = {"save_strategy": save, "save_steps": 2}
-    cache = str(tmp_path / "cache")
-    _, whole, report, _ = train_in_rounds(tmp_path / "whole", epochs, args=args, select_kmeans_cache_dir=cache)
-    _, cut, _, _ = train_in_rounds(tmp_path / "cut", epochs, args=args, stop_at=2, select_kmeans_cache_dir=cache)
+    options = dict(select_kmeans_cache_dir=str(tmp_path / "cache"), select_kmeans_round_rows="slice")
+    _, whole, report, _ = train_in_rounds(tmp_path / "whole", epochs, args=args, **options)
+    _, cut, _, _ = train_in_rounds(tmp_path / "cut", epochs, args=args, stop_at=2, **options)
     checkpoint = tmp_path / "cut" / "out" / "checkpoint-2"
     assert cut == whole[:2] and (checkpoint / ROUNDS_FILE).is_file()
-    _, resumed, again, _ = train_in_rounds(tmp_path / "cut", epochs, args=args, resume=True,
-                                           select_kmeans_cache_dir=cache)
+    _, resumed, again, _ = train_in_rounds(tmp_path / "cut", epochs, args=args, resume=True, **options)
     assert resumed == whole[2:]  # the rest of the run: the same rows, in the same order
     assert again["slices"] == report["slices"] and again["cluster_weights"] == report["cluster_weights"]
     per_round = epochs // 3
     for r, rows in enumerate(report["slices"]):  # every epoch of round r trained slice r
         for e in range(per_round * r, per_round * (r + 1)):
             assert sorted(whole[2 * e] + whole[2 * e + 1]) == rows, (r, e)
+
+
+@pytest.mark.parametrize("save", ["steps", "epoch"])
+def test_growing_rounds_train_every_row_selected_so_far_and_resume_to_the_same_batches(tmp_path, save):
+    """The default (the paper's protocol): round r's epoch trains every row of slices 1..r, cycled to the budget's 12
+    rows, so the run costs single-shot kMQ's 3 epochs x 12 rows and the last round trains the whole budget once.
+    Cut at round 1's end (step 6) and resumed: the same micro-batches as the whole run."""
+    args = {"save_strategy": save, "save_steps": 6}
+    options = dict(select_kmeans_cache_dir=str(tmp_path / "cache"))
+    pool, whole, report, _ = train_in_rounds(tmp_path / "whole", args=args, **options)
+    assert len(whole) == 18  # 3 epochs of 12 rows in micro-batches of 2
+    slices = report["slices"]
+    for r in range(3):
+        so_far = [i for piece in slices[: r + 1] for i in piece]
+        trained = sorted(sum(whole[6 * r: 6 * r + 6], []))
+        assert trained == sorted(so_far[i % len(so_far)] for i in range(12)), r
+    assert sorted(sum(whole[12:], [])) == sorted(sum(slices, []))  # the last round: the whole budget, once each
+    assert all("Describe" in pool[i]["prompt"] for i in slices[1])  # still drawn toward the unlearned cluster
+
+    _, cut, _, _ = train_in_rounds(tmp_path / "cut", args=args, stop_at=6, **options)
+    assert cut == whole[:6]
+    _, resumed, again, _ = train_in_rounds(tmp_path / "cut", args=args, resume=True, **options)
+    assert resumed == whole[6:] and again["slices"] == slices
+
+
+def test_resuming_with_the_other_round_rows_is_refused(tmp_path):
+    args = {"save_strategy": "steps", "save_steps": 2}
+    train_in_rounds(tmp_path, args=args, stop_at=2, select_kmeans_round_rows="slice")
+    with pytest.raises(FtpluginsError, match="select_kmeans_round_rows slice"):
+        train_in_rounds(tmp_path, args=args, resume=True)  # growing, the default
+    with pytest.raises(OptionError, match="round_rows .union.: expected one of growing, slice"):
+        train_in_rounds(tmp_path / "bad", select_kmeans_round_rows="union")
 
 
 def test_resuming_from_a_checkpoint_without_the_rounds_is_refused(tmp_path):

@@ -3,6 +3,9 @@
 
 from ftplugins.data.options import selection_options
 
+#: What a round of the plugin's iterative kMQ trains on (``select_kmeans_round_rows``).
+ROUND_ROWS = ("growing", "slice")
+
 
 def _check(values):
     if values.clusters < 0:
@@ -15,6 +18,8 @@ def _check(values):
         raise ValueError(f"--select_kmeans_rounds {values.rounds}: expected 1 (single-shot kMQ) or more rounds")
     if values.holdout < 0:
         raise ValueError(f"--select_kmeans_holdout {values.holdout}: expected 0 (score the selected rows) or more")
+    if values.round_rows not in ROUND_ROWS:
+        raise ValueError(f"--select_kmeans_round_rows {values.round_rows!r}: expected one of {', '.join(ROUND_ROWS)}")
     if not values.round_score.strip():
         raise ValueError("--select_kmeans_round_score '': expected nll or 'pkg.mod:func'")
     if not values.quality.strip():
@@ -32,8 +37,13 @@ SelectKmeansOptions = selection_options("select_kmeans", [
     ("temperature", float, 1.0, "Draws within a cluster have probability ~ softmax(quality / temperature); "
                                 "iterative rounds draw clusters ~ softmax(mean score / temperature)."),
     ("rounds", int, 1, "1: single-shot kMQ. R > 1: iterative kMQ, R slices of budget // R rows each; the plugin "
-                       "trains num_train_epochs // R epochs on a slice, then scores the model and draws the next "
+                       "trains num_train_epochs // R epochs per round, then scores the model and draws the next "
                        "slice from the rows not yet selected."),
+    ("round_rows", str, "growing", "Iterative kMQ in the plugin, what a round's epochs train on: growing (every "
+                                   "row selected so far, cycled to the budget's length, as the paper retrains on "
+                                   "the growing selection: the last round trains on the whole budget, and the run "
+                                   "costs what single-shot kMQ does at the same epochs) or slice (the round's new "
+                                   "slice only, epochs of budget // R rows)."),
     ("holdout", int, 4, "Iterative kMQ: rows held out of every cluster (never selected, at most half of it) whose "
                         "scores after a round reweight the clusters; 0: score the rows selected so far (the "
                         "paper's d_i)."),

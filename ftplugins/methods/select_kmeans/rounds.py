@@ -3,12 +3,17 @@
 * ``transform_dataset`` embeds and clusters the pool, draws the first slice, and hands the trainer the whole pool
   (so TRL tokenizes every row once, in pool order);
 * ``train_begin`` replaces ``trainer.train_dataset`` by a :class:`RoundView`: a fixed-length view of the tokenized
-  pool showing the current slice (the dataloader, built next, samples ``range(slice)`` every epoch);
-* :class:`RoundsCallback` ends a round every ``num_train_epochs // rounds`` epochs (left-over epochs stay on the last
-  slice): it scores the held-out rows with the model just trained, draws the next slice from the unselected rows and
-  points the view at it. The next epoch's iterator reads the new rows; nothing of the trainer's loop is touched.
+  pool showing the current round's rows (the dataloader, built next, samples ``range(len(view))`` every epoch). With
+  ``select_kmeans_round_rows growing`` (the default) they are every row selected so far, in the order drawn, cycled
+  to the budget's length: the paper retrains each round on the growing selection, and a fixed length keeps the
+  trainer's step count (epochs x budget rows, what single-shot kMQ costs) exact. With ``slice`` they are the newest
+  slice only (epochs of ``budget // rounds`` rows), which measured far below single-shot kMQ (BENCHMARKS.md);
+* :class:`RoundsCallback` ends a round every ``num_train_epochs // rounds`` epochs (left-over epochs stay in the last
+  round): it scores the held-out rows with the model just trained, draws the next slice from the unselected rows and
+  points the view at the round's rows. The next epoch's iterator reads them; nothing of the trainer's loop is
+  touched.
 * ``save_checkpoint`` writes the rounds (slices, cluster weights, the draws' generator, epochs counted) into every
-  checkpoint as ``ROUNDS_FILE``; ``train_begin`` of a resumed run reads them back and shows the checkpoint's slice.
+  checkpoint as ``ROUNDS_FILE``; ``train_begin`` of a resumed run reads them back and shows the checkpoint's rows.
   A checkpoint written at an epoch's last step precedes that epoch's end of round: the callback's ``on_train_begin``
   ends the rounds of the epochs the checkpoint completed (the model is the checkpoint's by then), so a resumed run
   trains exactly the slices an uninterrupted one does.
@@ -44,7 +49,7 @@ class RoundView:
 
     def show(self, indices: list[int]) -> None:
         if len(indices) != len(self.current):
-            raise AssertionError("a round's slice changed length")  # IterativeDraws keeps slices equal
+            raise AssertionError("a round's rows changed length")  # round_rows keeps every round's length
         self.current = list(indices)
 
     def __len__(self) -> int:
@@ -52,6 +57,16 @@ class RoundView:
 
     def __getitem__(self, i: int) -> Any:
         return self.rows[self.current[i]]
+
+
+def round_rows(draws: IterativeDraws, mode: str) -> list[int]:
+    """The pool rows the current round's epochs train on: the newest slice (``slice``), or every slice so far in
+    the order drawn, cycled to the budget's length (``growing``; where the budget is not a multiple of the rows so
+    far, the oldest rows come once more)."""
+    if mode == "slice":
+        return list(draws.slices[-1])
+    selected = [i for piece in draws.slices for i in piece]
+    return [selected[i % len(selected)] for i in range(draws.slice_size * draws.rounds)]
 
 
 @dataclass
@@ -84,7 +99,7 @@ def prepare(plugin: Any, run: Any, dataset: Any) -> Any:
 
 
 def begin(plugin: Any, run: Any, trainer: Any, resume_from_checkpoint: Any) -> None:
-    """``train_begin``: show the first slice through a view of the tokenized pool."""
+    """``train_begin``: show the first round's rows through a view of the tokenized pool."""
     state = run.state.get(plugin.name)
     if not isinstance(state, RoundsState):
         raise FtpluginsError("select_kmeans_rounds > 1 selects the train split while the trainer is built; give "
@@ -96,14 +111,15 @@ def begin(plugin: Any, run: Any, trainer: Any, resume_from_checkpoint: Any) -> N
         raise FtpluginsError(f"select_kmeans_rounds > 1 maps the trainer's train rows to the pool row by row, but "
                              f"the trainer holds {len(rows)} rows for a pool of {len(state.pool)} (packing?); train "
                              "without packing.")
-    state.view = RoundView(rows, state.draws.slices[-1])
+    state.view = RoundView(rows, round_rows(state.draws, state.settings.round_rows))
     trainer.train_dataset = state.view
 
 
 def save_rounds(state: RoundsState, checkpoint: str) -> None:
     """Into the checkpoint being written (staged by ftplugins: it appears whole or not at all)."""
     with open(os.path.join(checkpoint, ROUNDS_FILE), "w") as f:
-        json.dump({"epochs_done": state.epochs_done, "draws": state.draws.state_dict()}, f)
+        json.dump({"epochs_done": state.epochs_done, "round_rows": state.settings.round_rows,
+                   "draws": state.draws.state_dict()}, f)
 
 
 def load_rounds(state: RoundsState, checkpoint: str) -> None:
@@ -119,11 +135,16 @@ def load_rounds(state: RoundsState, checkpoint: str) -> None:
     except ValueError as error:
         raise FtpluginsError(f"select_kmeans_rounds: the rounds in {path} were {error}; resume with the train data "
                              "and select_kmeans options of the interrupted run, or train from the start.") from None
+    saved_rows = saved.get("round_rows", "slice")  # checkpoints from before the option trained slices
+    if saved_rows != state.settings.round_rows:
+        raise FtpluginsError(f"select_kmeans_rounds: the run in {path} trained with select_kmeans_round_rows "
+                             f"{saved_rows}, this one asks for {state.settings.round_rows}; resume with "
+                             f"--select_kmeans_round_rows {saved_rows}, or train from the start.")
     state.epochs_done = int(saved["epochs_done"])
 
 
 class RoundsCallback(TrainerCallback):
-    """Ends a round every ``epochs // rounds`` epochs: score, reweight, show the next slice."""
+    """Ends a round every ``epochs // rounds`` epochs: score, reweight, draw the next slice, show the round's rows."""
 
     def __init__(self, plugin: Any, run: Any):
         self.plugin, self.run = plugin, run
@@ -161,7 +182,8 @@ class RoundsCallback(TrainerCallback):
         rounds = self.state
         d = score_rows(round_scorer(rounds.settings.round_score, rounds.settings.max_length), model,
                        rounds.tokenizer, rounds.pool, rounds.settings, rounds.draws.scored_rows())
-        rounds.view.show(rounds.draws.next(_from_rank_zero(d)))
+        rounds.draws.next(_from_rank_zero(d))
+        rounds.view.show(round_rows(rounds.draws, rounds.settings.round_rows))
         logger.info("select_kmeans round %d of %d: cluster weights %s", len(rounds.draws.slices),
                     rounds.draws.rounds, [round(w, 3) for w in rounds.draws.weights[-1]])
 
