@@ -449,7 +449,7 @@ CLAIMS: list[Claim] = [
           "on the growing selection) beats single-shot kMQ",
           "Yu et al. 2024 (2409.11378)", ("kmq-iter", "kmq"),
           with_context(better("acc", "kmq-iter", "kmq"), ("kmq-iter", "noisy_share"), ("kmq", "noisy_share"),
-                       ("kmq-iter-slices", "acc")),
+                       ("kmq-iter-slices", "acc"), ("kmq-rounds", "acc")),
           scenario="data-selection"),
     Claim("ot>random on target", "GOT-D (OT toward a target set) beats random selection on the target task",
           "Kang et al. 2024 (2405.02774)", ("ot", "random"),

@@ -13,7 +13,9 @@ perplexity-weighted draws under the pre-trained decoder); ``kmq-iter`` (select_i
 protocol: each round fine-tunes the pre-trained decoder afresh on every row selected so far with the full recipe, as
 the paper's code retrains on the growing selection, so the last round trains on the whole budget exactly as
 ``kmq`` does); ``kmq-iter-slices`` (the same selection, but one fine-tune whose steps are split over the rounds, each
-round on its newest slice only: the plugin's in-run rounds, and this scenario's ``kmq-iter`` until 2026-12-05);
+round on its newest slice only: the plugin's in-run rounds with ``select_kmeans_round_rows slice``, and this
+scenario's ``kmq-iter`` until 2026-12-05); ``kmq-rounds`` (the plugin itself, ``--select_kmeans_rounds 3`` with its
+default growing rows: one run of 15 epochs, each the budget's length, the rounds 5 epochs each, so the same 90 steps);
 ``ot`` (select_ot toward the target examples); ``closest`` (the rows nearest to
 the target examples' mean embedding); ``influence`` (select_influence at DEALRec's protocol: LiSSA influence on a
 surrogate trained on the pool first -- a copy of the decoder fine-tuned on every pool row with the rows' recipe --
@@ -42,8 +44,9 @@ FULL = dict(sizes={"c": 96, "r": 64, "l": 64, "f": 32}, noise={"c": 0.3, "l": 0.
             lr=3e-4, max_length=32, eval_per_task=50, target_examples=16, clusters=8, strata=10)
 SMOKE = dict(sizes={"c": 6, "r": 4, "l": 4, "f": 4}, noise={"c": 0.3, "l": 0.3}, budget=6, steps=3, batch=2,
              lr=3e-4, max_length=32, eval_per_task=2, target_examples=2, clusters=2, strata=2)
-ROWS = ["random", "kmq", "kmq-iter", "kmq-iter-slices", "ot", "closest", "influence", "influence-top",
-        "influence-pretrained"]
+ROWS = ["random", "kmq", "kmq-iter", "kmq-iter-slices", "kmq-rounds", "ot", "closest", "influence",
+        "influence-top", "influence-pretrained"]
+ROUNDS = 3  # the iterative rows' rounds
 #: The iterative rows: their selection trains the model as it goes, so their final model is the last round's.
 ITERATIVE = ("kmq-iter", "kmq-iter-slices")
 
@@ -88,6 +91,26 @@ def recipe(cfg: dict[str, Any], seed: int) -> dict[str, Any]:
     return dict(lr=cfg["lr"], seed=seed, batch_size=cfg["batch"], max_length=cfg["max_length"])
 
 
+def rounds_epochs(cfg: dict[str, Any]) -> int:
+    """The plugin row's epochs (each the budget's length): as close to the other rows' steps as a multiple of the
+    rounds allows."""
+    per_epoch = -(-cfg["budget"] // cfg["batch"])
+    return max(ROUNDS, round(cfg["steps"] / per_epoch / ROUNDS) * ROUNDS)
+
+
+def plugin_rounds(pool: list[dict], cfg: dict[str, Any], ctx: Context, seed: int):
+    """``kmq-rounds``: the select_kmeans plugin's in-run iterative kMQ, selecting while it trains; the trainer."""
+    from ftplugins.methods.select_kmeans import plugin as select_kmeans
+
+    model, tokenizer = load(ctx.folder)
+    options = dict(select_kmeans_budget=cfg["budget"], select_kmeans_rounds=ROUNDS,
+                   select_kmeans_clusters=cfg["clusters"], select_kmeans_text_field="text", select_kmeans_seed=seed,
+                   select_kmeans_cache_dir=ctx.cache_root + "/selection-cache")
+    rows = [{"prompt": r["prompt"], "completion": r["completion"], "text": r["text"]} for r in pool]
+    return sft(model, tokenizer, rows, steps=cfg["steps"], epochs=rounds_epochs(cfg), plugins=[select_kmeans],
+               options=options, **recipe(cfg, seed))
+
+
 def choose(name: str, pool: list[dict], target: list[dict], cfg: dict[str, Any], ctx: Context, seed: int,
            train_round, shared: dict[str, Any]) -> list[int]:
     from ftplugins.data import select
@@ -107,7 +130,7 @@ def choose(name: str, pool: list[dict], target: list[dict], cfg: dict[str, Any],
 
         model, tokenizer = load(ctx.folder)
         return select_iteratively(pool, budget, lambda rows, r: train_round(name, model, tokenizer, rows, r),
-                                  model=model, tokenizer=tokenizer, rounds=3, clusters=cfg["clusters"],
+                                  model=model, tokenizer=tokenizer, rounds=ROUNDS, clusters=cfg["clusters"],
                                   text_field="text", **quiet).indices
     if name == "ot":
         return select("ot", pool, budget, target=target, text_field="text", **quiet).indices
@@ -145,7 +168,7 @@ def run(ctx: Context) -> dict[str, Any]:
             """One round of an iterative row, training ``model`` in place (select_iteratively scores with it)."""
             new = pairs(rows)
             if name == "kmq-iter-slices":
-                trained[name] = sft(model, tokenizer, new, steps=cfg["steps"] // 3, **recipe(cfg, seed))
+                trained[name] = sft(model, tokenizer, new, steps=cfg["steps"] // ROUNDS, **recipe(cfg, seed))
                 return
             selected_so_far.extend(new)
             if round_index:  # back to the pre-trained weights: each round is a fresh fine-tune on the union
@@ -153,13 +176,17 @@ def run(ctx: Context) -> dict[str, Any]:
             trained[name] = sft(model, tokenizer, list(selected_so_far), steps=cfg["steps"], **recipe(cfg, seed))
 
         for name in ROWS:
-            chosen = choose(name, pool, target, cfg, ctx, seed, train_round, shared)
-            if name in ITERATIVE:
-                trainer = trained.pop(name)
+            if name == "kmq-rounds":  # the plugin selects inside its own run
+                trainer = plugin_rounds(pool, cfg, ctx, seed)
+                chosen = trainer.ftplugins_run.state["select_kmeans_rounds"]["indices"]
             else:
-                model, tokenizer = load(ctx.folder)
-                trainer = sft(model, tokenizer, pairs(pool[i] for i in chosen), steps=cfg["steps"],
-                              **recipe(cfg, seed))
+                chosen = choose(name, pool, target, cfg, ctx, seed, train_round, shared)
+                if name in ITERATIVE:
+                    trainer = trained.pop(name)
+                else:
+                    model, tokenizer = load(ctx.folder)
+                    trainer = sft(model, tokenizer, pairs(pool[i] for i in chosen), steps=cfg["steps"],
+                                  **recipe(cfg, seed))
             tokenizer = trainer.processing_class
             res = {"seed": seed, "selected": len(chosen), "final_loss": final_loss(trainer),
                    "noisy_share": sum(pool[i]["noisy"] for i in chosen) / len(chosen),
@@ -177,6 +204,8 @@ def run(ctx: Context) -> dict[str, Any]:
         "kmq": f"select_kmeans: {cfg['clusters']} clusters, perplexity-weighted draws",
         "kmq-iter": "select_iteratively: 3 rounds, each a fresh fine-tune on all rows selected so far (the paper's)",
         "kmq-iter-slices": "the same, one fine-tune split over the rounds, each on its newest slice",
+        "kmq-rounds": f"the select_kmeans plugin, {ROUNDS} rounds in one run of {rounds_epochs(cfg)} epochs, each "
+                      "round on every row selected so far (select_kmeans_round_rows growing)",
         "ot": "select_ot toward the target examples (MiniLM, eps 0.1)",
         "closest": "nearest to the target examples' mean MiniLM embedding",
         "influence": f"select_influence: influence + 0.5 effort, coverage over {cfg['strata']} strata",
