@@ -104,3 +104,19 @@ def test_a_scenario_row_keeps_the_rate_with_the_best_mean_validation_accuracy_an
                                           "config": {"lr_test_label": "OOD test acc."}}))
     assert "| row | lr | validation acc. | OOD test acc. |" in table and "| `lp-ft` | **3e-04** |" in table
     assert scenario_sweep_table({"extra": {}}) == []  # a scenario that did not sweep shows no table
+
+
+def test_the_reward_gap_lowers_noisy_clusters_where_the_nll_would_raise_them(monkeypatch):
+    """kmq-iter-reward's d: 1 for a right gold answer the model gets wrong, -1 for a noisy gold answer the model
+    gets right (its cluster loses weight), 0 when the model already answers as the gold does."""
+    from benchmarks.quality.scenarios import data_selection
+
+    rows = [{"prompt": "r:abc=", "completion": "cba"},   # clean, the model answers wrongly
+            {"prompt": "f:dog=", "completion": "q"},     # noisy gold, the model answers by the rule
+            {"prompt": "l:cat=", "completion": "t"},     # clean, learned
+            {"prompt": "c:owl=", "completion": "xyz"}]   # noisy gold, the model echoes the noise
+    answers = ["abc", "d", " t", "xyz"]
+    monkeypatch.setattr(data_selection, "greedy", lambda model, tokenizer, ids, max_new_tokens: answers)
+    monkeypatch.setattr(data_selection, "encode", lambda tokenizer, prompt: [0])
+    assert data_selection.reward_gap(None, None, rows) == [1.0, -1.0, 0.0, 0.0]
+    assert data_selection.right("r:abc=", "cba") and not data_selection.right("c:owl=", "xyz")

@@ -451,6 +451,12 @@ CLAIMS: list[Claim] = [
           with_context(better("acc", "kmq-iter", "kmq"), ("kmq-iter", "noisy_share"), ("kmq", "noisy_share"),
                        ("kmq-iter-slices", "acc"), ("kmq-rounds", "acc")),
           scenario="data-selection"),
+    Claim("kmq-iter>kmq (reward gap)", "Iterative kMQ at the paper's protocol with its d (reward-model score of the "
+          "gold answer minus that of the model's answer; the task's rule as a perfect reward model) beats single-shot "
+          "kMQ", "Yu et al. 2024 (2409.11378)", ("kmq-iter-reward", "kmq"),
+          with_context(better("acc", "kmq-iter-reward", "kmq"), ("kmq-iter-reward", "noisy_share"),
+                       ("kmq", "noisy_share"), ("kmq-iter", "acc")),
+          scenario="data-selection"),
     Claim("ot>random on target", "GOT-D (OT toward a target set) beats random selection on the target task",
           "Kang et al. 2024 (2405.02774)", ("ot", "random"),
           with_context(better("acc_target", "ot", "random"), ("ot", "target_share"), ("random", "target_share")),

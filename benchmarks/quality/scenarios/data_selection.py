@@ -11,17 +11,19 @@ is the first-letter task (GOT-D's claim: select toward a target, given 16 target
 the pool). Rows: ``random``; ``kmq`` (select_kmeans, 8 clusters over MiniLM embeddings of prompt + answer,
 perplexity-weighted draws under the pre-trained decoder); ``kmq-iter`` (select_iteratively, 3 rounds at the paper's
 protocol: each round fine-tunes the pre-trained decoder afresh on every row selected so far with the full recipe, as
-the paper's code retrains on the growing selection, so the last round trains on the whole budget exactly as
-``kmq`` does); ``kmq-iter-slices`` (the same selection, but one fine-tune whose steps are split over the rounds, each
-round on its newest slice only: the plugin's in-run rounds with ``select_kmeans_round_rows slice``, and this
-scenario's ``kmq-iter`` until 2026-12-05); ``kmq-rounds`` (the plugin itself, ``--select_kmeans_rounds 3`` with its
-default growing rows: one run of 15 epochs, each the budget's length, the rounds 5 epochs each, so the same 90 steps);
-``ot`` (select_ot toward the target examples); ``closest`` (the rows nearest to
-the target examples' mean embedding); ``influence`` (select_influence at DEALRec's protocol: LiSSA influence on a
-surrogate trained on the pool first -- a copy of the decoder fine-tuned on every pool row with the rows' recipe --
-plus the effort, the gradient norm under the pre-trained decoder being fine-tuned, coverage over 10 strata);
-``influence-top`` (the same scores, highest first, no strata); ``influence-pretrained`` (influence on the untrained
-pre-trained decoder, as this scenario's ``influence`` did until 2026-12-05).
+the paper's code retrains on the growing selection, so the last round trains on the whole budget exactly as ``kmq``
+does; clusters reweighted by the held-out rows' NLL, the plugin's default ``round_score``); ``kmq-iter-reward`` (the
+same with the paper's d, RM(gold) - RM(generated answer), the task's rule standing in for a perfect reward model: a
+noisy gold answer lowers its cluster's weight, where its NLL raises it); ``kmq-iter-slices`` (the same selection,
+but one fine-tune whose steps are split over the rounds, each round on its newest slice only: the plugin's in-run
+rounds with ``select_kmeans_round_rows slice``, and this scenario's ``kmq-iter`` until 2026-12-05); ``kmq-rounds``
+(the plugin itself, ``--select_kmeans_rounds 3`` with its default growing rows: one run of 15 epochs, each the
+budget's length, the rounds 5 epochs each, so the same 90 steps); ``ot`` (select_ot toward the target examples);
+``closest`` (the rows nearest to the target examples' mean embedding); ``influence`` (select_influence at DEALRec's
+protocol: LiSSA influence on a surrogate trained on the pool first -- a copy of the decoder fine-tuned on every pool
+row with the rows' recipe -- plus the effort, the gradient norm under the pre-trained decoder being fine-tuned,
+coverage over 10 strata); ``influence-top`` (the same scores, highest first, no strata); ``influence-pretrained``
+(influence on the untrained pre-trained decoder, as this scenario's ``influence`` did until 2026-12-05).
 """
 
 from __future__ import annotations
@@ -44,11 +46,11 @@ FULL = dict(sizes={"c": 96, "r": 64, "l": 64, "f": 32}, noise={"c": 0.3, "l": 0.
             lr=3e-4, max_length=32, eval_per_task=50, target_examples=16, clusters=8, strata=10)
 SMOKE = dict(sizes={"c": 6, "r": 4, "l": 4, "f": 4}, noise={"c": 0.3, "l": 0.3}, budget=6, steps=3, batch=2,
              lr=3e-4, max_length=32, eval_per_task=2, target_examples=2, clusters=2, strata=2)
-ROWS = ["random", "kmq", "kmq-iter", "kmq-iter-slices", "kmq-rounds", "ot", "closest", "influence",
-        "influence-top", "influence-pretrained"]
+ROWS = ["random", "kmq", "kmq-iter", "kmq-iter-reward", "kmq-iter-slices", "kmq-rounds", "ot", "closest",
+        "influence", "influence-top", "influence-pretrained"]
 ROUNDS = 3  # the iterative rows' rounds
 #: The iterative rows: their selection trains the model as it goes, so their final model is the last round's.
-ITERATIVE = ("kmq-iter", "kmq-iter-slices")
+ITERATIVE = ("kmq-iter", "kmq-iter-reward", "kmq-iter-slices")
 
 
 def task_rows(tag: str, n: int, rng: random.Random, seen: set[str], noise: float = 0.0) -> list[dict[str, Any]]:
@@ -79,6 +81,21 @@ def build(cfg: dict[str, Any], seed: int) -> tuple[list[dict], list[dict], dict[
 def accuracy(model, tokenizer, queries: list[dict]) -> float:
     texts = greedy(model, tokenizer, [encode(tokenizer, q["prompt"]) for q in queries], max_new_tokens=7)
     return sum(t.strip() == q["completion"] for t, q in zip(texts, queries)) / max(1, len(queries))
+
+
+def right(prompt: str, answer: str) -> bool:
+    """The task's rule: is ``answer`` the answer to ``prompt`` (``tag:word=``)?"""
+    tag, word = prompt[:-1].split(":", 1)
+    return TASKS[tag](word) == answer
+
+
+def reward_gap(model, tokenizer, rows: list[dict]) -> list[float]:
+    """The paper's d_i = RM(gold) - RM(generated) with the task's rule as a perfect reward model (1 for a right
+    answer): a row the model answers wrongly scores 1, a noisy gold answer 0 or -1, so its cluster loses weight
+    where the held-out NLL (the default ``round_score``) gives it more."""
+    texts = greedy(model, tokenizer, [encode(tokenizer, r["prompt"]) for r in rows], max_new_tokens=7)
+    return [float(right(r["prompt"], r["completion"])) - float(right(r["prompt"], t.strip()))
+            for r, t in zip(rows, texts)]
 
 
 def pairs(rows) -> list[dict[str, str]]:
@@ -131,9 +148,10 @@ def choose(name: str, pool: list[dict], target: list[dict], cfg: dict[str, Any],
         from ftplugins.methods.select_kmeans import select_iteratively
 
         model, tokenizer = load(ctx.folder)
+        score = reward_gap if name == "kmq-iter-reward" else None  # None: the held-out NLL
         return select_iteratively(pool, budget, lambda rows, r: train_round(name, model, tokenizer, rows, r),
                                   model=model, tokenizer=tokenizer, rounds=ROUNDS, clusters=cfg["clusters"],
-                                  text_field="text", **quiet).indices
+                                  score=score, text_field="text", **quiet).indices
     if name == "ot":
         return select("ot", pool, budget, target=target, text_field="text", **quiet).indices
     if name == "closest":
@@ -163,7 +181,7 @@ def run(ctx: Context) -> dict[str, Any]:
     for seed in ctx.seeds:
         pool, target, queries = build(cfg, seed)
         trained: dict[str, Any] = {}
-        selected_so_far: list[dict[str, str]] = []
+        selected_so_far: dict[str, list[dict[str, str]]] = {}  # per iterative row
         shared: dict[str, Any] = {}  # per seed: the influence rows' trained surrogate
 
         def train_round(name, model, tokenizer, rows, round_index, seed=seed):
@@ -172,10 +190,11 @@ def run(ctx: Context) -> dict[str, Any]:
             if name == "kmq-iter-slices":
                 trained[name] = sft(model, tokenizer, new, steps=cfg["steps"] // ROUNDS, **recipe(cfg, seed))
                 return
-            selected_so_far.extend(new)
+            union = selected_so_far.setdefault(name, [])
+            union.extend(new)
             if round_index:  # back to the pre-trained weights: each round is a fresh fine-tune on the union
                 model.load_state_dict(load(ctx.folder)[0].state_dict())
-            trained[name] = sft(model, tokenizer, list(selected_so_far), steps=cfg["steps"], **recipe(cfg, seed))
+            trained[name] = sft(model, tokenizer, list(union), steps=cfg["steps"], **recipe(cfg, seed))
 
         for name in ROWS:
             if name == "kmq-rounds":  # the plugin selects inside its own run
@@ -205,6 +224,7 @@ def run(ctx: Context) -> dict[str, Any]:
         "random": "uniform draw of the budget",
         "kmq": f"select_kmeans: {cfg['clusters']} clusters, perplexity-weighted draws",
         "kmq-iter": "select_iteratively: 3 rounds, each a fresh fine-tune on all rows selected so far (the paper's)",
+        "kmq-iter-reward": "kmq-iter with the paper's d (reward gap; the task's rule as a perfect reward model)",
         "kmq-iter-slices": "the same, one fine-tune split over the rounds, each on its newest slice",
         "kmq-rounds": f"the select_kmeans plugin, {ROUNDS} rounds in one run of {rounds_epochs(cfg)} epochs, each "
                       "round on every row selected so far (select_kmeans_round_rows growing)",
