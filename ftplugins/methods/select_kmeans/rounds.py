@@ -7,7 +7,9 @@
   ``select_kmeans_round_rows growing`` (the default) they are every row selected so far, in the order drawn, cycled
   to the budget's length: the paper retrains each round on the growing selection, and a fixed length keeps the
   trainer's step count (epochs x budget rows, what single-shot kMQ costs) exact. With ``slice`` they are the newest
-  slice only (epochs of ``budget // rounds`` rows), which measured far below single-shot kMQ (BENCHMARKS.md);
+  slice only (epochs of ``budget // rounds`` rows). One run is not the paper's fresh fine-tune per round (early
+  slices are trained more often); on the quality harness both modes score below single-shot kMQ, growing well above
+  slice (BENCHMARKS.md, data selection);
 * :class:`RoundsCallback` ends a round every ``num_train_epochs // rounds`` epochs (left-over epochs stay in the last
   round): it scores the held-out rows with the model just trained, draws the next slice from the unselected rows and
   points the view at the round's rows. The next epoch's iterator reads them; nothing of the trainer's loop is
