@@ -90,6 +90,27 @@ def test_dataset_without_needed_columns(tmp_path):
         sft_trainer(cls, tmp_path, train_dataset=bad)
 
 
+def test_a_text_column_beside_prompt_and_completion_is_named_because_trl_puts_the_eos_there(tmp_path, caplog):
+    """TRL tokenizes prompt + completion but appends the EOS to 'text' when the row has one: the completion ends
+    without EOS (asserted, so that a TRL that fixes this fails here and the warning can go); ftplugins says so."""
+    from trl import SFTTrainer
+
+    cls = ftplugins.compose(SFTTrainer, [RecordingPlugin()])
+    rows = [{"prompt": "1+1=", "completion": "2", "text": "1+1=2"}] * 4
+    with caplog.at_level("WARNING", logger="ftplugins"):
+        trainer = sft_trainer(cls, tmp_path, train_dataset=Dataset.from_list(rows))
+    assert "appends the EOS token to 'text'" in caplog.text and "Rename or drop 'text'" in caplog.text
+    eos = trainer.processing_class.eos_token_id
+    assert trainer.train_dataset[0]["input_ids"][-1] != eos  # TRL's behaviour the warning is about
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ftplugins"):
+        trainer = sft_trainer(cls, tmp_path / "plain", train_dataset=Dataset.from_list(
+            [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]))
+    assert "'text'" not in caplog.text
+    assert trainer.train_dataset[0]["input_ids"][-1] == eos
+
+
 def test_model_path_that_does_not_exist(tmp_path):
     from trl import SFTTrainer
 
