@@ -123,8 +123,8 @@ def plugin_rounds(pool: list[dict], cfg: dict[str, Any], ctx: Context, seed: int
     options = dict(select_kmeans_budget=cfg["budget"], select_kmeans_rounds=ROUNDS,
                    select_kmeans_clusters=cfg["clusters"], select_kmeans_text_field="row_text",
                    select_kmeans_seed=seed, select_kmeans_cache_dir=ctx.cache_root + "/selection-cache")
-    # The rows kmq embeds (prompt + answer) under another name: TRL trains on a column named "text" when there is
-    # one (no EOS, the prompt in the loss), in place of prompt/completion.
+    # The rows kmq embeds (prompt + answer) under another name: beside prompt/completion, TRL appends the EOS token
+    # to a column named "text" instead of the completion (ftplugins.dataset_columns warns of it).
     rows = [{"prompt": r["prompt"], "completion": r["completion"], "row_text": r["text"]} for r in pool]
     return sft(model, tokenizer, rows, steps=cfg["steps"], epochs=rounds_epochs(cfg), plugins=[select_kmeans],
                options=options, **recipe(cfg, seed))
