@@ -9,9 +9,9 @@ k-means, and fill each cluster's share of the budget (proportional to its size) 
 * Offline: ``ftplugins select kmeans --data train.jsonl --budget 5000 -o selected.jsonl``.
 * Python: ``ftplugins.data.select("kmeans", dataset, 5000, clusters=64)``.
 
-The iterative variant (train on a slice, reweight clusters by how far the model still is from the answers of rows
-held out of each cluster, draw the next slice from the unselected rows): ``--select_kmeans_rounds R`` in the plugin
-(the rounds are epochs of the run: a callback draws the next slice between them, :mod:`.rounds`), or
+The iterative variant (train on the rows selected so far, reweight clusters by how far the model still is from the
+answers of rows held out of each cluster, draw the next slice from the unselected rows): ``--select_kmeans_rounds R``
+in the plugin (the rounds are epochs of the run: a callback draws the next slice between them, :mod:`.rounds`), or
 :func:`select_iteratively` in Python with your own training step between rounds.
 """
 

@@ -1,9 +1,11 @@
 """Iterative kMQ (Diversify and Conquer, §3.2; for-ai/iterative-data-selection, selection/iter.py).
 
 Cluster once; hold a few rows of every cluster out (never selected); take the first slice (budget // rounds rows)
-spread evenly over the clusters; then each round: the model trains on the newest slice (continuing the same model),
-the held-out rows are scored by how far the model still is from their gold answer (``d_i``: the paper's
-RM(gold) - RM(generated), here by default the response's mean NLL under the model), each cluster's weight is the
+spread evenly over the clusters; then each round: the model trains (the paper: a fresh fine-tune from the base on
+every row selected so far; the plugin: the same rows within one run, ``select_kmeans_round_rows``), the held-out
+rows are scored by how far the model still is from their gold answer (``d_i``: the paper's
+RM(gold) - RM(generated), here by default the response's mean NLL under the model, which a noisy gold answer
+raises where a reward model's gap lowers it: pass a reward model as ``round_score``), each cluster's weight is the
 softmax over clusters of its mean ``d``, and the next slice is drawn from the *unselected* rows: cluster ids ~
 Categorical(w), capped at what each cluster has left, and within a cluster by quality as kMQ draws
 (``select_kmeans_quality``: perplexity under the initial model by default when there is one; ``none``: uniform).
@@ -260,7 +262,9 @@ def select_iteratively(data: Any, budget: float, train_round: Callable[[Any, int
                        **options: Any) -> IterativeSelection:
     """Iterative kMQ over ``rounds`` rounds; ``options`` are select_kmeans' without the prefix (``clusters=``,
     ``seed=``, ``holdout=``, ``encoder=``, ``temperature=`` for the cluster softmax, ...). ``score(model,
-    tokenizer, rows)`` replaces ``round_score`` (default: mean response NLL)."""
+    tokenizer, rows)`` replaces ``round_score`` (default: mean response NLL). ``train_round(rows, r)`` gets round
+    ``r``'s new slice and trains ``model`` in place; for the paper's protocol it keeps the slices so far and
+    fine-tunes ``model`` afresh from the base on all of them."""
     from ftplugins.data.options import plain
     from ftplugins.data.pipeline import Context
     from ftplugins.data.source import load_pool, resolve_text_field
