@@ -441,6 +441,12 @@ CLAIMS: list[Claim] = [
           "most 750 updates for both rows)", "LocFT-BF (ICT-STAR/LocFT)", ("locft-750u", "full-750u"),
           with_context(edits_locally("locft-750u", "full-750u"), ("pre-edit", "neighbourhood_preservation"),
                        ("pre-edit", "retention")), scenario="editing"),
+    Claim("locft edits locally (whole layer, 750 updates)", "LocFT-BF edits locally, as above, on the whole mid-depth "
+          "layer (the paper's Mistral-7B choice) at the paper's update count (at most 750 updates for both rows)",
+          "LocFT-BF (ICT-STAR/LocFT)", ("locft-layer-750u", "full-750u"),
+          with_context(edits_locally("locft-layer-750u", "full-750u"), ("locft-750u", "paraphrase_success"),
+                       ("locft-750u", "neighbourhood_preservation"), ("pre-edit", "neighbourhood_preservation"),
+                       ("pre-edit", "retention")), scenario="editing-layer"),
     Claim("kmq>random", "kMQ (k-means, per-cluster shares drawn by perplexity) beats random selection at equal budget "
           "(mean accuracy over the pool's tasks)", "Yu et al. 2024 (2409.11378)", ("kmq", "random"),
           with_context(better("acc", "kmq", "random"), ("kmq", "noisy_share"), ("random", "noisy_share")),

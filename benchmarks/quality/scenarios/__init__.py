@@ -25,6 +25,7 @@ MODULES = {
     "self-generated": "benchmarks.quality.scenarios.self_generated",
     "few-shot-sft": "benchmarks.quality.scenarios.few_shot_sft",
     "editing": "benchmarks.quality.scenarios.editing",
+    "editing-layer": "benchmarks.quality.scenarios.editing_layer",
     "data-selection": "benchmarks.quality.scenarios.data_selection",
     "fm3-multitask": "benchmarks.quality.scenarios.fm3_multitask",
     "fm3-diagnosis": "benchmarks.quality.scenarios.fm3_diagnosis",

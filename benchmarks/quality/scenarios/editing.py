@@ -153,27 +153,46 @@ def layer_module(index: int) -> str:
     return f"model.layers.{index}.mlp.down_proj"
 
 
-def run(ctx: Context) -> dict[str, Any]:
-    from ftplugins.methods.locft import evaluate_edits
-    from ftplugins.methods.locft.data import completion_of
+ALL_MODULES = "model,lm_head"
 
-    cfg = SMOKE if ctx.smoke else FULL
-    folder, record = fact_model(ctx, cfg)
-    fact, tokenizer = load(folder)
-    layers = fact.config.num_hidden_layers
-    mid = round(2 * (layers - 1) / 3)  # 2/3 depth: 3 layers -> 1 (the paper: layer 22 of Llama-3-8B's 32)
-    all_modules = "model,lm_head"
-    # row -> locft_modules (None: plain full fine-tuning without the plugin)
+
+def mid_layer(layers: int) -> int:
+    """2/3 depth: 3 layers -> 1, 6 -> 3 (the paper: layer 22 of Llama-3-8B's 32)."""
+    return round(2 * (layers - 1) / 3)
+
+
+def default_variants(layers: int, smoke: bool) -> tuple[dict[str, str | None], dict[str, str | None]]:
+    """This scenario's rows: row -> ``locft_modules`` (None: plain full fine-tuning without the plugin), and which of
+    them run the paper's update count instead of the epoch cap."""
+    mid = mid_layer(layers)
     variants: dict[str, str | None] = {"locft": layer_module(mid)}
-    if not ctx.smoke:
+    if not smoke:
         for index, name in ((0, "locft-layer0"), (layers - 1, "locft-layer2" if layers == 3 else "locft-last")):
             if index != mid:
                 variants[name] = layer_module(index)
-        variants["full-bf"] = all_modules
+        variants["full-bf"] = ALL_MODULES
     variants["full"] = None
     # the paper's number of updates (25 epochs x 30 minibatches of its 3k edits), not its epoch count
-    long_rows = {"locft-750u": layer_module(mid), "full-750u": None} if not ctx.smoke else {}
+    long_rows = {"locft-750u": layer_module(mid), "full-750u": None} if not smoke else {}
     variants.update(long_rows)
+    return variants, long_rows
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    return run_with(ctx, SMOKE if ctx.smoke else FULL, default_variants)
+
+
+def run_with(ctx: Context, cfg: dict[str, Any], choose_variants) -> dict[str, Any]:
+    """The scenario on the rows ``choose_variants(layers, smoke)`` returns (see :func:`default_variants`)."""
+    from ftplugins.methods.locft import evaluate_edits
+    from ftplugins.methods.locft.data import completion_of
+
+    folder, record = fact_model(ctx, cfg)
+    fact, tokenizer = load(folder)
+    layers = fact.config.num_hidden_layers
+    mid = mid_layer(layers)
+    all_modules = ALL_MODULES
+    variants, long_rows = choose_variants(layers, ctx.smoke)
 
     names = list(ctx.pretrain.tasks)
     exclude = ({r["prompt"] for r in tasks.examples(names, ctx.pretrain.examples, ctx.pretrain.seed)}
