@@ -422,6 +422,12 @@ CLAIMS: list[Claim] = [
           with_context(forgets_less("s3ft", "sft"), ("s3ft", "forgetting"), ("sft", "forgetting"),
                        ("s3ft", "from_self"), ("s3ft", "from_paraphrase"), ("s3ft", "from_gold")),
           scenario="self-generated", baseline=("sft", "target")),
+    Claim("s3ft<sft forgetting (partly solved task)", "S3FT reaches the target accuracy of SFT on gold answers while "
+          "forgetting less, from a model that partly solves the task (gold written in another punctuation)",
+          "Gupta et al. 2025 (2502.08130)", ("s3ft", "sft"),
+          with_context(forgets_less("s3ft", "sft"), ("pretrained", "target"), ("s3ft", "forgetting"),
+                       ("sft", "forgetting"), ("s3ft", "from_self"), ("s3ft", "from_gold")),
+          scenario="self-generated-partial", baseline=("sft", "target")),
     Claim("fewshot_prefix>sft at few labels", "Few-shot-prompted SFT (k=4 in-context examples before every train and "
           "test prompt, counted in the label budget) beats plain SFT at 16 gold labels (hidden-rule tasks, equal "
           "steps)", "Mallen & Belrose 2024 (2410.13215)", ("fewshot-k4-n16", "sft-n16"),

@@ -23,6 +23,7 @@ MODULES = {
     "block-lora-scale": "benchmarks.quality.scenarios.block_lora_scale",
     "minilm-shift": "benchmarks.quality.scenarios.minilm_shift",
     "self-generated": "benchmarks.quality.scenarios.self_generated",
+    "self-generated-partial": "benchmarks.quality.scenarios.self_generated_partial",
     "few-shot-sft": "benchmarks.quality.scenarios.few_shot_sft",
     "editing": "benchmarks.quality.scenarios.editing",
     "editing-layer": "benchmarks.quality.scenarios.editing_layer",

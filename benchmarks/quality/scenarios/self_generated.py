@@ -30,6 +30,7 @@ but different style, so that S3FT and SFT train on different targets:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from benchmarks.quality import tasks
@@ -78,15 +79,23 @@ def target_scores(model, tokenizer, test: list[dict[str, str]], cfg: dict[str, A
 
 
 def run(ctx: Context) -> dict[str, Any]:
-    cfg = SMOKE if ctx.smoke else FULL
+    return run_with(ctx, SMOKE if ctx.smoke else FULL, task=TASK, style=gold_style, start=ctx.folder,
+                    start_note="the pre-trained decoder (writes the pre-training style)")
+
+
+def run_with(ctx: Context, cfg: dict[str, Any], *, task: str, style: Callable[[str], str], start: str,
+             start_note: str, start_prompts: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The scenario on ``task`` with gold answers ``style(completion)``, fine-tuning the model in folder ``start``
+    (its row is ``pretrained``: the model before this fine-tuning; ``start_prompts``: prompts it was trained on,
+    kept out of the test set)."""
     pre_tasks = list(ctx.pretrain.tasks)
-    retention_tasks = [t for t in pre_tasks if t != TASK]
+    retention_tasks = [t for t in pre_tasks if t != task]
     pretrain_prompts = {r["prompt"] for r in tasks.examples(pre_tasks, ctx.pretrain.examples, ctx.pretrain.seed)}
-    train = {seed: [{"prompt": r["prompt"], "completion": gold_style(r["completion"])}
-                    for r in tasks.examples([TASK], cfg["train_examples"], seed=1_000 + seed)]
+    train = {seed: [{"prompt": r["prompt"], "completion": style(r["completion"])}
+                    for r in tasks.examples([task], cfg["train_examples"], seed=1_000 + seed)]
              for seed in ctx.seeds}
-    seen = pretrain_prompts | {r["prompt"] for rows in train.values() for r in rows}
-    test = tasks.held_out(TASK, cfg["eval_target"], seed=0, exclude=seen)
+    seen = pretrain_prompts | set(start_prompts) | {r["prompt"] for rows in train.values() for r in rows}
+    test = tasks.held_out(task, cfg["eval_target"], seed=0, exclude=seen)
 
     def scores(model, tokenizer) -> dict[str, Any]:
         per_task = task_accuracies(model, tokenizer, retention_tasks, cfg["eval_retention"], seed=0,
@@ -96,7 +105,7 @@ def run(ctx: Context) -> dict[str, Any]:
                 "retention": sum(values) / len(values) if values else math.nan}
 
     per_seed: dict[str, list[dict[str, Any]]] = {}
-    model, tokenizer = load(ctx.folder)
+    model, tokenizer = load(start)
     before = scores(model, tokenizer)
     per_seed["pretrained"] = [{**before, "forgetting": 0.0}]
     ctx.log(f"  pretrained   target {before['target']:.3f}  retention {before['retention']:.3f}  "
@@ -107,7 +116,7 @@ def run(ctx: Context) -> dict[str, Any]:
                     "s3ft_batch_size": 64, "s3ft_cache": False}
     for seed in ctx.seeds:
         for name, plugins, options in (("sft", (), {}), ("s3ft", ("s3ft",), s3ft_options)):
-            model, tokenizer = load(ctx.folder)
+            model, tokenizer = load(start)
             trainer = sft(model, tokenizer, train[seed], steps=cfg["steps"], lr=cfg["lr"], seed=seed,
                           batch_size=cfg["batch"], plugins=plugins, options=options)
             result = {**scores(trainer.model, tokenizer), "seed": seed, "final_loss": final_loss(trainer),
@@ -124,9 +133,9 @@ def run(ctx: Context) -> dict[str, Any]:
             ctx.log(f"  seed {seed} {name:<5} target {result['target']:.3f}  retention {result['retention']:.3f}  "
                     f"gold_style {result['gold_style']:.3f}  ({result['train_seconds']:.0f} s){line}  "
                     f"{result['retention_per_task']}")
-    notes = {"pretrained": "the pre-trained decoder (writes the pre-training style)",
+    notes = {"pretrained": start_note,
              "sft": "SFT on the gold answers (the other written style)",
-             "s3ft": "s3ft: the pre-trained model's own answer where the final sum is right, else paraphrase, "
+             "s3ft": "s3ft: the starting model's own answer where the final sum is right, else paraphrase, "
                      "else gold; then the same SFT"}
     return {
         "rows": summarize_rows(per_seed, ["target", "retention", "forgetting", "gold_style", "from_self",
@@ -134,7 +143,7 @@ def run(ctx: Context) -> dict[str, Any]:
         "metrics": [["target", "target acc. (final sum)"], ["retention", "retention"], ["forgetting", "forgetting"],
                     ["gold_style", "answers in gold style"], ["from_self", "targets: own answer"],
                     ["from_paraphrase", "targets: paraphrase"], ["from_gold", "targets: gold"]],
-        "config": {**cfg, "task": TASK, "judge": "numeric (last number)", "paraphrase_template": PARAPHRASE_TEMPLATE,
+        "config": {**cfg, "task": task, "judge": "numeric (last number)", "paraphrase_template": PARAPHRASE_TEMPLATE,
                    "retention_tasks": retention_tasks},
         "extra": {"branches": branches, "test_prompts": len(test)},
     }
