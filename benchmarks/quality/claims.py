@@ -410,6 +410,12 @@ CLAIMS: list[Claim] = [
           with_context(at_least("ratio", "graft-1pct", 0.9), ("finetuned", "target"), ("graft-1pct", "target"),
                        ("graft-1pct", "density"), ("graft-0.1pct", "ratio"), ("graft-1pct+emb", "ratio"),
                        ("graft-10pct", "ratio")), scenario="grafting"),
+    Claim("graft 1% >= 90% (partly solved task)", "Grafting a ≤1% region recovers ≥90% of the fine-tuned accuracy "
+          "when fine-tuning starts from a model that partly solves the task (the paper's regime)",
+          "Panigrahi et al. 2023", ("graft-1pct", "finetuned"),
+          with_context(at_least("ratio", "graft-1pct", 0.9), ("pretrained", "target"), ("finetuned", "target"),
+                       ("graft-1pct", "target"), ("graft-1pct", "gain"), ("graft-1pct", "density"),
+                       ("graft-10pct", "gain")), scenario="grafting-partial"),
     Claim("lt_sft deltas compose", "LT-SFT task and 'language' deltas compose: θ0 + Δ_language + Δ_task does the "
           "task in the target 'language' better than either delta alone", "Ansell et al. 2022 (2110.07560)",
           ("composed", "task-only", "language-only"), _COMPOSE_CHECK, scenario="composition"),

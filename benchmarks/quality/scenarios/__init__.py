@@ -17,6 +17,7 @@ MODULES = {
     "alignment-erode-between": "benchmarks.quality.scenarios.alignment_erode_between",
     "many-shot": "benchmarks.quality.scenarios.many_shot",
     "grafting": "benchmarks.quality.scenarios.grafting",
+    "grafting-partial": "benchmarks.quality.scenarios.grafting_partial",
     "composition": "benchmarks.quality.scenarios.composition",
     "composition-long-language": "benchmarks.quality.scenarios.composition_long_language",
     "minilm-classification": "benchmarks.quality.scenarios.minilm_classification",

@@ -39,23 +39,35 @@ SMOKE = dict(train_examples=16, steps=2, batch=8, lr=3e-4, max_batches=2, epochs
 
 
 def run(ctx: Context) -> dict[str, Any]:
+    return run_with(ctx, SMOKE if ctx.smoke else FULL, start=ctx.folder, start_note="the pre-trained decoder")
+
+
+def run_with(ctx: Context, cfg: dict[str, Any], *, start: str, start_note: str,
+             start_prompts: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The scenario fine-tuning and grafting onto the model in folder ``start`` (row ``pretrained``: θ_pre, the
+    model before this fine-tuning; ``start_prompts``: prompts it was trained on, kept out of the test set)."""
     from ftplugins.methods.graft import graft
     from ftplugins.sparse.delta import apply_delta, load_delta
 
-    cfg = SMOKE if ctx.smoke else FULL
     train = {seed: tasks.examples(["chain_steps"], cfg["train_examples"], seed=1_000 + seed) for seed in ctx.seeds}
     target_test = tasks.held_out("chain_steps", cfg["eval_target"], seed=0,
-                                 exclude={r["prompt"] for rows in train.values() for r in rows})
+                                 exclude=set(start_prompts) | {r["prompt"] for rows in train.values() for r in rows})
 
     def acc(model, tokenizer):
         return accuracy(model, tokenizer, target_test, tasks.TASKS["chain_steps"], max_new_tokens=cfg["max_new_tokens"])
 
     per_seed: dict[str, list[dict[str, Any]]] = {}
-    pre, tokenizer = load(ctx.folder)
-    per_seed["pretrained"] = [{"target": acc(pre, tokenizer)}]
+    pre, tokenizer = load(start)
+    pre_acc = acc(pre, tokenizer)
+    per_seed["pretrained"] = [{"target": pre_acc, "gain": 0.0}]
+
+    def gain(g: float, ft: float) -> float:
+        """The share of the fine-tuning's improvement over θ_pre that the graft recovers."""
+        return (g - pre_acc) / (ft - pre_acc) if ft > pre_acc else math.nan
+
     for seed in ctx.seeds:
         data = [{"prompt": r["prompt"], "completion": r["completion"]} for r in train[seed]]
-        model, _ = load(ctx.folder)
+        model, _ = load(start)
         with tempfile.TemporaryDirectory(prefix="ftplugins-graft-") as out_dir:
             trainer = sft(model, tokenizer, data, steps=cfg["steps"], lr=cfg["lr"], seed=seed, batch_size=cfg["batch"],
                           plugins=("graft",), keep_dir=out_dir,
@@ -65,14 +77,15 @@ def run(ctx: Context) -> dict[str, Any]:
         result_1 = trainer.ftplugins_run.state["graft"]["result"]
         finetuned = trainer.model.eval()
         ft_acc = acc(finetuned, tokenizer)
-        per_seed.setdefault("finetuned", []).append({"target": ft_acc, "ratio": 1.0, "seed": seed,
+        per_seed.setdefault("finetuned", []).append({"target": ft_acc, "ratio": 1.0, "gain": 1.0, "seed": seed,
                                                      "final_loss": final_loss(trainer),
                                                      "train_seconds": trainer.train_seconds})
-        grafted, _ = load(ctx.folder)
+        grafted, _ = load(start)
         apply_delta(grafted, delta)
         g_acc = acc(grafted, tokenizer)
         per_seed.setdefault("graft-1pct", []).append({
-            "target": g_acc, "ratio": g_acc / ft_acc if ft_acc else math.nan, "seed": seed,
+            "target": g_acc, "ratio": g_acc / ft_acc if ft_acc else math.nan, "gain": gain(g_acc, ft_acc),
+            "seed": seed,
             "density": result_1.nnz / result_1.region_numel, "best_epoch": result_1.best_epoch,
             "history": result_1.history})
         # density 1e-3 with the library function on the same (θ_pre, θ_ft) pair
@@ -91,30 +104,31 @@ def run(ctx: Context) -> dict[str, Any]:
         extra = {}
         for name, density, region in (("graft-0.1pct", 1e-3, None), ("graft-1pct+emb", 1e-2, "all"),
                                       ("graft-10pct", 1e-1, None)):
-            base, _ = load(ctx.folder)
+            base, _ = load(start)
             names = [n for n, p in base.named_parameters() if p.dim() == 2] if region == "all" else None
             result = graft(base, finetuned_weights, loss_fn, batches, region=names, density=density,
                            epochs=cfg["epochs"], seed=seed, keep_graft=True)
             g = acc(base, tokenizer)
             extra[name] = (g, result.nnz)
             per_seed.setdefault(name, []).append({
-                "target": g, "ratio": g / ft_acc if ft_acc else math.nan, "seed": seed,
+                "target": g, "ratio": g / ft_acc if ft_acc else math.nan, "gain": gain(g, ft_acc), "seed": seed,
                 "density": result.nnz / result.region_numel, "best_epoch": result.best_epoch,
                 "history": result.history})
         ctx.log(f"  seed {seed} finetuned {ft_acc:.3f}  graft 1% {g_acc:.3f} ({result_1.nnz} entries, best epoch "
                 f"{result_1.best_epoch})  "
                 + "  ".join(f"{k} {v[0]:.3f} ({v[1]} entries)" for k, v in extra.items()) + "  "
                 f"({trainer.train_seconds:.0f} s training)")
-    notes = {"pretrained": "the pre-trained decoder",
+    notes = {"pretrained": start_note,
              "finetuned": "full fine-tuning, 400 steps (θ_ft)",
              "graft-1pct": "θ_pre + the graft delta of compose(SFTTrainer, ['graft']), graft_density=0.01",
              "graft-0.1pct": "ftplugins.methods.graft.graft on the same pair, density 1e-3",
              "graft-1pct+emb": "graft on the same pair, density 1e-2, region incl. the embeddings and the output head",
              "graft-10pct": "graft on the same pair, density 1e-1 (how large a region recovers the accuracy)"}
-    rows = summarize_rows(per_seed, ["target", "ratio", "density"], notes)
+    rows = summarize_rows(per_seed, ["target", "ratio", "gain", "density"], notes)
     return {
         "rows": rows,
         "metrics": [["target", "target acc."], ["ratio", "grafted / fine-tuned acc."],
+                    ["gain", "share of the improvement recovered"],
                     ["density", "share of region grafted"]],
         "config": cfg,
         "extra": {},
