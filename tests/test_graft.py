@@ -219,6 +219,20 @@ def test_hold_density_keeps_every_mask_within_the_budget_where_the_paper_lets_it
     assert held.nnz <= 8 and all(bool(held.masks["w1.weight"][r, c]) for r, c in ((0, 1), (5, 2), (9, 3), (17, 4)))
 
 
+def test_history_counts_entries_flipped_from_the_base_patch_and_says_when_the_mask_never_moved():
+    region = ["w1.weight", "w2.weight"]
+    pre, ft, batches, loss_fn = sparse_task()
+    moved = graft(pre, ft, loss_fn, batches, region=region, density=0.005, epochs=10)
+    assert moved.history[0]["changed"] == 0  # epoch 0 is the base patch itself
+    assert moved.mask_moved and max(h["changed"] for h in moved.history) > 0
+    # the 4 that matter are in the final mask and not in the base patch (the 4 distractors): at least 4 flipped
+    assert moved.history[moved.best_epoch]["changed"] >= 4
+    pre, ft, batches, loss_fn = sparse_task()
+    stuck = graft(pre, ft, loss_fn, batches, region=region, density=0.005, epochs=10, lr=1e-3)
+    assert not stuck.mask_moved and all(h["changed"] == 0 for h in stuck.history)
+    assert stuck.nnz == stuck.base_patch_nnz == 4
+
+
 def test_graft_is_deterministic_given_the_seed():
     runs = []
     for _ in range(2):
@@ -286,6 +300,14 @@ def test_post_train_writes_the_graft_delta(tmp_path):
     apply_delta(rebuilt, delta)
     for n in state["region"]:
         assert torch.equal(rebuilt[n], torch.where(result.masks[n], trained[n], initial[n])), n
+
+
+def test_post_train_warns_when_the_mask_never_moved(tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="ftplugins"):
+        trainer, _, _ = graft_train(tmp_path, graft_lr=1e-12)
+    assert not trainer.ftplugins_run.state["graft"]["result"].mask_moved
+    assert any("never changed from the base patch" in r.getMessage() and "--graft_lr" in r.getMessage()
+               for r in caplog.records)
 
 
 def test_post_train_grafts_a_model_from_graft_finetuned_path(tmp_path):

@@ -10,7 +10,11 @@ plugin's graft at ``graft_density=0.01`` and the library's at 1e-3, 1e-2 with th
 optimised for 10 epochs on 16 batches. Scores on 200 held-out prompts (none in the starting model's or any seed's
 training set): accuracy, the paper's ratio (grafted / fine-tuned accuracy, judged at ≥ 0.9 for ≤ 1%) and, since
 θ_pre alone already carries part of that ratio, the share of the fine-tuning's improvement the graft recovers
-((grafted − θ_pre) / (θ_ft − θ_pre)). Its own claim variant.
+((grafted − θ_pre) / (θ_ft − θ_pre)). The first run found every mask still the base patch after 10 epochs (θ_pre
+already has a low loss here, so at the reference's mask learning rate, 1e7, no score moves far enough to flip an
+entry); rows ``graft-1pct-lr1e+09`` / ``1e+11`` / ``1e+13`` graft at density 1e-2 with larger mask learning rates, the budget held at 1%
+(``hold_density``: the paper's relaxation lets a moving mask grow), and
+``mask moved`` says whether any entry ever left the base patch. Its own claim variant.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ NAME = "grafting-partial"
 TITLE = "Grafting from a model that partly solves the task: a ≤1% region of the fine-tuning's changes"
 DESIGN = __doc__.split("\n\n", 1)[1].strip()
 PLOT_METRICS = ("target", "ratio", "gain")
+#: Mask learning rates beyond the reference's 1e7, at which the first run's masks never left the base patch.
+GRAFT_LRS = (1e9, 1e11, 1e13)
 
 
 def run(ctx: Context) -> dict[str, Any]:
@@ -31,6 +37,7 @@ def run(ctx: Context) -> dict[str, Any]:
     folder, record = self_generated_partial.start_model(ctx, recipe)
     result = grafting.run_with(
         ctx, grafting.SMOKE if ctx.smoke else grafting.FULL, start=folder, start_prompts=record["prompts"],
-        start_note=f"θ_pre: the pre-trained decoder after {recipe['steps']} steps of SFT on chain_steps")
+        start_note=f"θ_pre: the pre-trained decoder after {recipe['steps']} steps of SFT on chain_steps",
+        graft_lrs=GRAFT_LRS)
     result["config"] = {**result["config"], "start": recipe}
     return result

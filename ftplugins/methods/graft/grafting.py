@@ -56,7 +56,8 @@ class GraftResult:
         masks: per tensor of R, the final binary mask (bool, the tensor's shape): rounded γ of the best scores.
         delta: the engine's :class:`~ftplugins.sparse.SparseDelta` of γ ⊙ δ on ``masks`` (fp64, exact:
             applied to θ_pre it gives θ_ft on the mask and θ_pre elsewhere, bit for bit).
-        history: one dict per evaluation: ``epoch`` (0 = the base patch), ``score``, ``nnz``.
+        history: one dict per evaluation: ``epoch`` (0 = the base patch), ``score``, ``nnz``, ``changed``
+            (entries where the rounded mask differs from the base patch).
         best_epoch: the epoch whose scores were kept; best_score: their evaluation.
         base_patch_nnz: entries in the base patch s; region_numel: N.
         scores: the kept scores S per tensor (fp32).
@@ -74,6 +75,12 @@ class GraftResult:
     @property
     def nnz(self) -> int:
         return sum(int(m.sum()) for m in self.masks.values())
+
+    @property
+    def mask_moved(self) -> bool:
+        """Whether the optimisation ever changed the rounded mask: when it did not, the graft is the base patch
+        (the top ρN of |δ|), and ``lr`` is too small for this model's gradients to flip an entry."""
+        return any(h.get("changed", 0) > 0 for h in self.history)
 
 
 def default_region(model: nn.Module) -> list[str]:
@@ -212,7 +219,8 @@ def graft(
                 score = float(eval_fn(pretrained_model))
         finally:
             restore()
-        history.append({"epoch": epoch, "score": score, "nnz": sum(int(m.sum()) for m in masks.values())})
+        history.append({"epoch": epoch, "score": score, "nnz": sum(int(m.sum()) for m in masks.values()),
+                        "changed": sum(int((m != base[n].bool()).sum()) for n, m in masks.items())})
         return score
 
     was_training = pretrained_model.training
@@ -342,6 +350,11 @@ def graft_after_training(trainer: Any, options: Any, state: dict[str, Any]) -> G
         metrics.clear()  # the graft's loss calls are not training steps
     logger.info("graft: %d of %d entries, best epoch %d (score %.4g)", result.nnz, result.region_numel,
                 result.best_epoch, result.best_score)
+    if options.graft_epochs > 0 and not result.mask_moved:
+        logger.warning("graft: the mask never changed from the base patch (the top graft_density of |θ_ft - θ_pre|) "
+                       "in %d epochs: at graft_lr=%g this model's score gradients are too small to flip an entry, so "
+                       "the graft is the base patch. Raise --graft_lr (it scales with 1 / the gradients; try 100x) "
+                       "to optimise the mask.", options.graft_epochs, options.graft_lr)
     if options.graft_save_delta and trainer.args.should_save:
         save_delta(result.delta, os.path.join(trainer.args.output_dir, DELTA_FILE))
     return result
