@@ -28,7 +28,10 @@ class GraftOptions:
     graft_lr: float = field(
         default=1e7,
         metadata={"help": "Learning rate of plain SGD on the mask scores S (reference default 1e7: the gradient "
-                          "is scaled by σ'(S - b) ≈ 4.5e-5 and by δ)."},
+                          "is scaled by σ'(S - b) ≈ 4.5e-5 and by δ). Scale-dependent: where the loss is already "
+                          "low, no entry flips at 1e7 and the graft stays the base patch (the run warns; the "
+                          "result's history counts the flipped entries); raise it, with graft_hold_density to keep "
+                          "the budget."},
     )
     graft_epochs: int = field(
         default=10,
