@@ -12,8 +12,8 @@ training set): accuracy, the paper's ratio (grafted / fine-tuned accuracy, judge
 θ_pre alone already carries part of that ratio, the share of the fine-tuning's improvement the graft recovers
 ((grafted − θ_pre) / (θ_ft − θ_pre)). The first run found every mask still the base patch after 10 epochs (θ_pre
 already has a low loss here, so at the reference's mask learning rate, 1e7, no score moves far enough to flip an
-entry); rows ``graft-1pct-lr1e+09`` / ``1e+11`` / ``1e+13`` graft at density 1e-2 with larger mask learning rates, the budget held at 1%
-(``hold_density``: the paper's relaxation lets a moving mask grow), and
+entry); rows ``graft-1pct-lr1e+09`` / ``1e+11`` / ``1e+13`` graft at density 1e-2 with larger mask learning rates,
+the budget held at 1% (``hold_density``: the paper's relaxation lets a moving mask grow), and
 ``mask moved`` says whether any entry ever left the base patch. Its own claim variant.
 """
 
