@@ -104,13 +104,16 @@ def run_with(ctx: Context, cfg: dict[str, Any], *, start: str, start_note: str,
             return m(**{k: v for k, v in batch.items() if k in keys}).loss
 
         extra = {}
-        for name, density, region, lr in (("graft-0.1pct", 1e-3, None, 1e7), ("graft-1pct+emb", 1e-2, "all", 1e7),
-                                          ("graft-10pct", 1e-1, None, 1e7),
-                                          *((f"graft-1pct-lr{lr:.0e}", 1e-2, None, lr) for lr in graft_lrs)):
+        # (row, density, region, mask lr, hold the budget): the reference's lr and unheld mask, then graft_lrs held
+        for name, density, region, lr, hold in (("graft-0.1pct", 1e-3, None, 1e7, False),
+                                                ("graft-1pct+emb", 1e-2, "all", 1e7, False),
+                                                ("graft-10pct", 1e-1, None, 1e7, False),
+                                                *((f"graft-1pct-lr{lr:.0e}", 1e-2, None, lr, True)
+                                                  for lr in graft_lrs)):
             base, _ = load(start)
             names = [n for n, p in base.named_parameters() if p.dim() == 2] if region == "all" else None
             result = graft(base, finetuned_weights, loss_fn, batches, region=names, density=density,
-                           epochs=cfg["epochs"], seed=seed, keep_graft=True, lr=lr, hold_density=lr != 1e7)
+                           epochs=cfg["epochs"], seed=seed, keep_graft=True, lr=lr, hold_density=hold)
             g = acc(base, tokenizer)
             extra[name] = (g, result.nnz)
             per_seed.setdefault(name, []).append({
