@@ -15,6 +15,7 @@ MODULES = {
     "alignment-erode": "benchmarks.quality.scenarios.alignment_erode",
     "alignment-erode-high-lr": "benchmarks.quality.scenarios.alignment_erode_high_lr",
     "alignment-erode-between": "benchmarks.quality.scenarios.alignment_erode_between",
+    "alignment-pretrained-refusal": "benchmarks.quality.scenarios.alignment_pretrained_refusal",
     "many-shot": "benchmarks.quality.scenarios.many_shot",
     "grafting": "benchmarks.quality.scenarios.grafting",
     "grafting-partial": "benchmarks.quality.scenarios.grafting_partial",

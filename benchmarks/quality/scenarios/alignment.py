@@ -111,12 +111,14 @@ def run(ctx: Context) -> dict[str, Any]:
     return run_with(ctx, SMOKE if ctx.smoke else FULL)
 
 
-def run_with(ctx: Context, cfg: dict[str, Any], harmful: bool = True) -> dict[str, Any]:
-    """The scenario at ``cfg``; ``harmful=False`` runs the benign half only (``alignment-erode``)."""
+def run_with(ctx: Context, cfg: dict[str, Any], harmful: bool = True, benign: bool = True,
+             refusal: str | None = None) -> dict[str, Any]:
+    """The scenario at ``cfg``; ``harmful=False`` runs the benign half only (``alignment-erode``), ``benign=False``
+    the harmful half only; ``refusal`` replaces :func:`refusal_for`'s (``alignment-pretrained-refusal``)."""
     from ftplugins.methods.aligned_prefix import generate as prefix_generate
     from transformers import AutoTokenizer
 
-    refusal = refusal_for(AutoTokenizer.from_pretrained(ctx.folder))
+    refusal = refusal or refusal_for(AutoTokenizer.from_pretrained(ctx.folder))
     folder, record = aligned_model(ctx, cfg, refusal)
     exclude = set(record["align_prompts"])
     harmful_train = {seed: trigger_rows(cfg["harmful_examples"], seed=2_000 + seed, exclude=exclude)
@@ -141,7 +143,9 @@ def run_with(ctx: Context, cfg: dict[str, Any], harmful: bool = True) -> dict[st
         ctx.log(f"  {name:<28} refusal {per_seed[name][0]['refusal']:.3f}  target {per_seed[name][0]['target']:.3f}")
     del pre
 
-    rows_benign = (("sft", (), {}), ("deep_align", ("deep_align",), {}))
+    rows_benign = (("sft", (), {}), ("deep_align", ("deep_align",), {})) if benign else ()
+    refusal_tokens = len(encode(tokenizer, refusal))
+    prefix_ks = sorted({*(k for k in PREFIX_KS if k < refusal_tokens), refusal_tokens})
     for seed in ctx.seeds:
         data = [{"prompt": r["prompt"], "completion": r["completion"]} for r in benign_train[seed]]
         for name, plugins, options in rows_benign:
@@ -167,7 +171,7 @@ def run_with(ctx: Context, cfg: dict[str, Any], harmful: bool = True) -> dict[st
         per_seed.setdefault("harmful-ft", []).append(result)
         line = f"  seed {seed} harmful-ft plain refusal {result['refusal']:.3f} harmful {result['harmful']:.3f}"
         budget = min(len(encode(tokenizer, refusal)) + 4, cfg["max_new_tokens"] or 99)
-        for k in PREFIX_KS:
+        for k in prefix_ks:
             texts = prefix_generate(aligned, attacked, tokenizer, [r["prompt"] for r in trigger_test], k=k,
                                     max_new_tokens=budget)
             scores = {**refusal_scores(texts, trigger_test, refusal), "seed": seed}
@@ -182,14 +186,15 @@ def run_with(ctx: Context, cfg: dict[str, Any], harmful: bool = True) -> dict[st
         "deep_align": "aligned, then deep_align (token-wise constrained objective) on the target task",
         "harmful-ft": "aligned, then SFT on trigger prompts with harmful answers; plain greedy decoding",
         **{f"harmful-ft+aligned_prefix-k{k}": f"harmful-ft decoded with the aligned model writing the first {k} "
-           "token(s) (aligned_prefix.generate)" for k in PREFIX_KS},
+           f"token(s){' = the whole refusal' if k == refusal_tokens else ''} (aligned_prefix.generate)"
+           for k in prefix_ks},
     }
     return {
         "rows": summarize_rows(per_seed, ["refusal", "harmful", "target"], notes),
         "metrics": [["refusal", "refusal rate (trigger prompts)"], ["harmful", "harmful answer rate"],
                     ["target", "target acc."]],
-        "config": {**cfg, "refusal": refusal, "refusal_tokens": len(encode(tokenizer, refusal)),
-                   "trigger_tag": TRIGGER_TAG, "prefix_ks": list(PREFIX_KS),
+        "config": {**cfg, "refusal": refusal, "refusal_tokens": refusal_tokens,
+                   "trigger_tag": TRIGGER_TAG, "prefix_ks": prefix_ks,
                    "claim_k": CLAIM_K},
         "extra": {"aligned_model": {"folder": folder, "key": record["key"], "build_seconds": record["seconds"],
                                     "final_loss": record["final_loss"]}},
