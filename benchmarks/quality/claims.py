@@ -516,6 +516,12 @@ CLAIMS: list[Claim] = [
           "synthetic data", "Beyond Objects (BOB)", ("real+bob", "real-only", "real+plain"),
           with_context(beats_each("acc", "real+bob", ("real-only", "real+plain")), ("real+bob", "fidelity"),
                        ("real+plain", "fidelity"), ("oracle", "acc")), scenario="bob-synthetic"),
+    Claim("bob>plain synthetic (a generator that draws the classes)", "With a generator that can draw the classes "
+          "(centred shapes, a 1M-parameter denoiser, a base model that knows the shapes by name), a classifier "
+          "trained on the few real images + BOB synthetic data beats real-only and real + plainly fine-tuned "
+          "synthetic data", "Beyond Objects (BOB)", ("real+bob", "real-only", "real+plain"),
+          with_context(beats_each("acc", "real+bob", ("real-only", "real+plain")), ("real+bob", "fidelity"),
+                       ("real+plain", "fidelity"), ("oracle", "acc")), scenario="bob-synthetic-capable"),
     Claim("samda>expert at 1 shot", "With one labelled target image, the generic encoder fused into the "
           "source-trained expert (SAMDA) segments the shifted target domain better than the expert alone fine-tuned "
           "on the same image", "SAMDA (Leveraging SAM on Few-Shot Domain Adaptation for EM Segmentation, 2024)",

@@ -117,15 +117,21 @@ def few_step_scheduler():
 
 
 def shape_image(shape: str, colour: str, background: tuple[int, int, int] = (0, 0, 0),
-                rng: random.Random | None = None):
-    """A ``RESOLUTION`` px PIL image of one coloured ``shape`` at a random position on ``background``."""
+                rng: random.Random | None = None, centred: bool = False):
+    """A ``RESOLUTION`` px PIL image of one coloured ``shape`` (6-9 px) at a random position on ``background``;
+    ``centred``: 9-11 px, within a pixel of the centre."""
     from PIL import Image, ImageDraw
 
     rng = rng or random.Random(0)
     image = Image.new("RGB", (RESOLUTION, RESOLUTION), background)
     draw = ImageDraw.Draw(image)
-    size = rng.randint(6, 9)
-    x, y = rng.randint(0, RESOLUTION - size), rng.randint(0, RESOLUTION - size)
+    if centred:
+        size = rng.randint(9, 11)
+        x = (RESOLUTION - size) // 2 + rng.randint(-1, 1)
+        y = (RESOLUTION - size) // 2 + rng.randint(-1, 1)
+    else:
+        size = rng.randint(6, 9)
+        x, y = rng.randint(0, RESOLUTION - size), rng.randint(0, RESOLUTION - size)
     box = (x, y, x + size - 1, y + size - 1)
     fill = COLOURS[colour]
     if shape == "square":

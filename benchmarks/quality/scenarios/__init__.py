@@ -35,6 +35,7 @@ MODULES = {
     "fm3-multitask-long": "benchmarks.quality.scenarios.fm3_long",
     "pso-style": "benchmarks.quality.scenarios.pso_style",
     "bob-synthetic": "benchmarks.quality.scenarios.bob_synthetic",
+    "bob-synthetic-capable": "benchmarks.quality.scenarios.bob_synthetic_capable",
     "gan-augment": "benchmarks.quality.scenarios.gan_augment",
     "gan-augment-imbalanced": "benchmarks.quality.scenarios.gan_augment_imbalanced",
     "gan-augment-manifold": "benchmarks.quality.scenarios.gan_augment_manifold",

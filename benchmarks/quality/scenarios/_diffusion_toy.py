@@ -67,16 +67,23 @@ def encode(vae: Any, images: list[Any], batch: int = 256):
 
 
 def shape_images(n: int, seed: int, shapes=("square", "disc", "bar"), colours=("red", "green", "blue", "yellow"),
-                 backgrounds=("black",)) -> list[tuple[Any, str, str, str]]:
-    """``n`` (image, shape, colour, background) drawn uniformly."""
-    from ftplugins.diffusion import tiny
-
+                 backgrounds=("black",), centred: bool = False) -> list[tuple[Any, str, str, str]]:
+    """``n`` (image, shape, colour, background) drawn uniformly (:func:`draw_shape`)."""
     rng = random.Random(seed)
     out = []
     for _ in range(n):
         shape, colour, background = rng.choice(shapes), rng.choice(colours), rng.choice(backgrounds)
-        out.append((tiny.shape_image(shape, colour, BACKGROUNDS[background], rng), shape, colour, background))
+        out.append((draw_shape(shape, colour, background, rng, centred), shape, colour, background))
     return out
+
+
+def draw_shape(shape: str, colour: str, background: str, rng: random.Random, centred: bool = False):
+    """``tiny.shape_image`` on a named background. ``centred``: a 9-11 px shape within a pixel of the centre, as in
+    the cropped photographs of fine-grained datasets, where a linear classifier on the latents tells the shapes apart
+    (an oracle on 600 real images: 0.71 of test images uncentred, 1.00 centred)."""
+    from ftplugins.diffusion import tiny
+
+    return tiny.shape_image(shape, colour, BACKGROUNDS[background], rng, centred=centred)
 
 
 class TextCache:

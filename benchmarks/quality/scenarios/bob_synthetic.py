@@ -37,10 +37,13 @@ TEST_BACKGROUNDS = ("green", "blue", "grey")
 TEMPLATE = "a {class}, {background}"
 CAPTION_TOKENS = 16
 
+#: The toy world: shapes anywhere in the image, the ~70k-parameter ``tiny.tiny_unet``, a base model whose captions
+#: name the background only. ``bob-synthetic-capable`` changes each (see there).
+WORLD = dict(centred=False, unet_width=None, base_caption="an object, {background}")
 FULL = dict(base_images=1536, base_steps=500, base_batch=32, base_lr=1e-3, real_per_class=4, ft_steps=120, ft_batch=4,
-            ft_lr=3e-4, synthetic_per_class=30, sample_steps=10, test_per_cell=20, oracle_images=600)
+            ft_lr=3e-4, synthetic_per_class=30, sample_steps=10, test_per_cell=20, oracle_images=600, **WORLD)
 SMOKE = dict(base_images=16, base_steps=2, base_batch=4, base_lr=1e-3, real_per_class=2, ft_steps=2, ft_batch=2,
-             ft_lr=3e-4, synthetic_per_class=2, sample_steps=4, test_per_cell=2, oracle_images=12)
+             ft_lr=3e-4, synthetic_per_class=2, sample_steps=4, test_per_cell=2, oracle_images=12, **WORLD)
 
 
 def text_parts():
@@ -60,10 +63,10 @@ def text_parts():
     return tokenizer, CLIPTextModel(config).eval()
 
 
-def world():
+def world(cfg: dict[str, Any]):
     from benchmarks.quality.scenarios import _diffusion_toy as toy
 
-    calibration = toy.shape_images(256, seed=99, backgrounds=tuple(toy.BACKGROUNDS))
+    calibration = toy.shape_images(256, seed=99, backgrounds=tuple(toy.BACKGROUNDS), centred=cfg["centred"])
     vae = toy.deterministic_vae([r[0] for r in calibration])
     tokenizer, encoder = text_parts()
     return vae, tokenizer, encoder, toy.TextCache(encoder, tokenizer), toy.noise_scheduler()
@@ -74,18 +77,23 @@ def build_base(cfg: dict[str, Any], ctx: Context) -> str:
         from benchmarks.quality.scenarios import _diffusion_toy as toy
         from ftplugins.diffusion import tiny
 
-        vae, _, _, text, scheduler = world()
-        rows = toy.shape_images(cfg["base_images"], seed=11, backgrounds=tuple(toy.BACKGROUNDS))
+        vae, _, _, text, scheduler = world(cfg)
+        rows = toy.shape_images(cfg["base_images"], seed=11, backgrounds=tuple(toy.BACKGROUNDS), centred=cfg["centred"])
         latents = toy.encode(vae, [r[0] for r in rows])
-        captions = [f"an object, {background}" for *_, background in rows]
-        ctx.log(f"  base model: {cfg['base_steps']} steps × {cfg['base_batch']} on {len(rows)} shapes")
-        unet = toy.train_denoiser(tiny.tiny_unet(seed=0), latents, captions,
+        captions = [cfg["base_caption"].format(shape=shape, background=background) for _, shape, _, background in rows]
+        width = cfg["unet_width"]
+        unet = tiny.tiny_unet(seed=0, **({} if width is None else dict(
+            block_out_channels=(width, 2 * width), attention_head_dim=8, norm_num_groups=8)))
+        ctx.log(f"  base model ({sum(p.numel() for p in unet.parameters()):,} parameters): {cfg['base_steps']} steps "
+                f"× {cfg['base_batch']} on {len(rows)} shapes, captions '{cfg['base_caption']}'")
+        unet = toy.train_denoiser(unet, latents, captions,
                                   text, scheduler, cfg["base_steps"], cfg["base_batch"], cfg["base_lr"], seed=0,
                                   log=ctx.log)
         unet.save_pretrained(os.path.join(folder, "base"))
         return {}
 
-    recipe = {"version": 2, **{k: cfg[k] for k in ("base_images", "base_steps", "base_batch", "base_lr")}}
+    recipe = {"version": 2, **{k: cfg[k] for k in ("base_images", "base_steps", "base_batch", "base_lr")},
+              **{k: cfg[k] for k in WORLD if cfg[k] != WORLD[k]}}  # the original world keeps its cache key
     folder, _ = cached_build(ctx, "bob-toy", recipe, build)
     return os.path.join(folder, "base")
 
@@ -97,33 +105,31 @@ def real_set(cfg: dict[str, Any], seed: int):
     from datasets import ClassLabel, Dataset, Features, Image, Value
 
     from benchmarks.quality.scenarios import _diffusion_toy as toy
-    from ftplugins.diffusion import tiny
 
     rng = random.Random(1000 + seed)
     rows = []
     for label, name in enumerate(CLASSES):
         for _ in range(cfg["real_per_class"]):
             background = REAL_BACKGROUND[name]
-            rows.append({"image": tiny.shape_image(name, "red", toy.BACKGROUNDS[background], rng), "label": label,
+            rows.append({"image": toy.draw_shape(name, "red", background, rng, cfg["centred"]), "label": label,
                          "background": background, "caption": f"a {name}"})
     features = Features({"image": Image(), "label": ClassLabel(names=CLASSES), "background": Value("string"),
                          "caption": Value("string")})
     return Dataset.from_list(rows, features=features)
 
 
-def labelled(n_per_cell: int, seed: int, backgrounds: tuple[str, ...]):
+def labelled(n_per_cell: int, seed: int, backgrounds: tuple[str, ...], centred: bool):
     """(images, labels) with every class on every background ``n_per_cell`` times (red shapes)."""
     import random
 
     from benchmarks.quality.scenarios import _diffusion_toy as toy
-    from ftplugins.diffusion import tiny
 
     rng = random.Random(seed)
     images, labels = [], []
     for label, name in enumerate(CLASSES):
         for background in backgrounds:
             for _ in range(n_per_cell):
-                images.append(tiny.shape_image(name, "red", toy.BACKGROUNDS[background], rng))
+                images.append(toy.draw_shape(name, "red", background, rng, centred))
                 labels.append(label)
     return images, labels
 
@@ -135,7 +141,7 @@ def fine_tune(base_dir: str, dataset: Any, plugins: list, options: dict[str, Any
     import ftplugins
     from ftplugins.diffusion import DiffusionConfig, DiffusionTrainer
 
-    vae, tokenizer, encoder, _, scheduler = world()
+    vae, tokenizer, encoder, _, scheduler = world(cfg)
     with tempfile.TemporaryDirectory(prefix="ftplugins-bob-synthetic-") as out:
         args = DiffusionConfig(output_dir=out, use_cpu=True, bf16=False, report_to="none", save_strategy="no",
                                max_steps=cfg["ft_steps"], per_device_train_batch_size=cfg["ft_batch"],
@@ -178,6 +184,11 @@ def logistic_regression(latents: Any, labels: Any, seed: int, steps: int = 300):
 
 
 def run(ctx: Context) -> dict[str, Any]:
+    return run_with(ctx, SMOKE if ctx.smoke else FULL)
+
+
+def run_with(ctx: Context, cfg: dict[str, Any]) -> dict[str, Any]:
+    """The scenario in the world and at the budget of ``cfg`` (:data:`FULL`; ``bob-synthetic-capable``)."""
     import torch
 
     from benchmarks.quality.scenarios import _diffusion_toy as toy
@@ -185,13 +196,13 @@ def run(ctx: Context) -> dict[str, Any]:
     from ftplugins.methods.bob.attributes import AttributePool
     from ftplugins.methods.bob.marginal import plan_prompts
 
-    cfg = SMOKE if ctx.smoke else FULL
     base_dir = build_base(cfg, ctx)
-    vae, _, _, text, scheduler = world()
-    test_images, test_labels = labelled(cfg["test_per_cell"], seed=7000, backgrounds=TEST_BACKGROUNDS)
+    vae, _, _, text, scheduler = world(cfg)
+    test_images, test_labels = labelled(cfg["test_per_cell"], seed=7000, backgrounds=TEST_BACKGROUNDS,
+                                        centred=cfg["centred"])
     test_x, test_y = toy.encode(vae, test_images), torch.tensor(test_labels)
     oracle_images, oracle_labels = labelled(max(1, cfg["oracle_images"] // 12), seed=8000,
-                                            backgrounds=tuple(toy.BACKGROUNDS))
+                                            backgrounds=tuple(toy.BACKGROUNDS), centred=cfg["centred"])
     oracle = logistic_regression(toy.encode(vae, oracle_images), torch.tensor(oracle_labels), seed=0)
     per_seed: dict[str, list[dict[str, Any]]] = {}
     per_seed["oracle"] = [{"acc": float((oracle(test_x) == test_y).float().mean()), "fidelity": 1.0}]
