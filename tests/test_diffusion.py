@@ -350,3 +350,26 @@ def test_a_pipeline_built_from_a_saved_run_generates_what_the_trained_denoiser_d
         base = generate(tiny.tiny_unet().eval(), adapted.text_encoder, adapted.vae)
     torch.testing.assert_close(images, expected)
     assert not torch.allclose(images, base)  # the adapter changes what the pipeline generates
+
+
+def test_shape_image_centred_sits_within_a_pixel_of_the_centre_and_the_default_draw_is_unchanged():
+    import random
+
+    import numpy as np
+
+    background = (0, 0, 0)
+    for seed in range(20):
+        pixels = np.asarray(tiny.shape_image("square", "red", background, random.Random(seed), centred=True))
+        rows, cols = np.nonzero(pixels.any(axis=2))
+        size = rows.max() - rows.min() + 1
+        assert 9 <= size <= 11 and cols.max() - cols.min() + 1 == size
+        for low, high in ((rows.min(), rows.max()), (cols.min(), cols.max())):
+            assert abs((low + high) / 2 - (tiny.RESOLUTION - 1) / 2) <= 1.5
+    # the default keeps its draws (size, then x and y) so every record made with it reproduces
+    rng, reference = random.Random(5), random.Random(5)
+    pixels = np.asarray(tiny.shape_image("square", "red", background, rng))
+    size = reference.randint(6, 9)
+    x, y = reference.randint(0, tiny.RESOLUTION - size), reference.randint(0, tiny.RESOLUTION - size)
+    rows, cols = np.nonzero(pixels.any(axis=2))
+    assert (rows.min(), cols.min(), rows.max() - rows.min() + 1) == (y, x, size)
+    assert rng.random() == reference.random()
