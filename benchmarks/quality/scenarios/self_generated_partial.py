@@ -13,11 +13,17 @@ model that partly solves the task and gains from SFT. Here:
   (``3+4=7;7+2=9;9+8=17;=17``), an easier change of style than ``self-generated``'s (no swapped operands), so SFT
   on gold can learn it within the budget.
 * **Rows, judge, paraphrase and scores** as in ``self-generated``: 256 new training prompts per seed, full
-  fine-tuning, lr 3e-4, 150 steps × 16; ``s3ft`` keeps the starting model's own answer where its final number is
+  fine-tuning, 150 steps × 16; ``s3ft`` keeps the starting model's own answer where its final number is
   right (``numeric``), else its copy-task "paraphrase", else gold. Target accuracy on 200 held-out prompts (none in
   the starting model's or any seed's training set); retention on every pre-training task; forgetting = the starting
   model's retention minus the row's. Its own claim variant, judged like ``self-generated``'s (void if SFT ends below
   the starting model on the target).
+* **Learning rates** (the paper's claim is about target accuracy *and* forgetting, which a learning rate trades):
+  each row at 1e-4, 3e-4 and 1e-3, every seed at each, its rate chosen on 100 validation prompts (disjoint from the
+  test and training prompts; the best mean target accuracy over the seeds, a tie to the lower rate). The claim then
+  compares the rows' retention at matched target accuracy: the highest accuracy both reach along their rates,
+  interpolated between rates (``claims.forgets_less``). History: the first run (``quality-mid-self-generated-
+  partial``) trained both rows at 3e-4 only: SFT 0.970, S3FT 0.807, forgetting 0.047 vs 0.020.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ PLOT_METRICS = self_generated.PLOT_METRICS
 TASK = "chain_steps"
 START = {"examples": 256, "steps": 80, "batch": 16, "lr": 3e-4, "seed": 900}
 START_SMOKE = {"examples": 8, "steps": 2, "batch": 4, "lr": 3e-4, "seed": 900}
+LRS, LRS_SMOKE = (1e-4, 3e-4, 1e-3), (3e-4, 1e-3)
 
 
 def gold_style(completion: str) -> str:
@@ -68,7 +75,7 @@ def run(ctx: Context) -> dict[str, Any]:
     result = self_generated.run_with(
         ctx, self_generated.SMOKE if ctx.smoke else self_generated.FULL, task=TASK, style=gold_style, start=folder,
         start_note=f"the starting model: the pre-trained decoder after {recipe['steps']} steps of SFT on {TASK} in "
-                   "its own style", start_prompts=record["prompts"])
+                   "its own style", start_prompts=record["prompts"], lrs=LRS_SMOKE if ctx.smoke else LRS)
     result["config"]["start"] = recipe
     result["extra"]["start_model"] = {"seconds": record["seconds"], "final_loss": record["final_loss"]}
     return result
