@@ -15,7 +15,9 @@ space (the toy's random decoder has no images to give). A logistic-regression cl
 trained on the 12 real images alone, on real + plain synthetic, and on real + BOB synthetic; ``acc`` = accuracy
 on 180 test images (every class on every one of the three backgrounds, equally). ``fidelity`` (diagnostic) = the
 share of a synthetic set that an oracle classifier (trained on 600 real images on all backgrounds) assigns to the
-prompted class. The claim: real + BOB beats real-only and real + plain, in direction.
+prompted class; ``own_background`` (diagnostic) = the share whose background is their class's one background in the
+real set (each latent matched to the nearest per-background mean of the test images). The claim: real + BOB beats
+real-only and real + plain, in direction.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ NAME = "bob-synthetic"
 TITLE = "BOB: synthetic data for a few-shot classifier, attributes marginalised out vs plain fine-tuning"
 DESIGN = __doc__.split("\n\n", 1)[1].strip()
 NEEDS_DECODER = False
-PLOT_METRICS = ("acc", "fidelity")
+PLOT_METRICS = ("acc", "fidelity", "own_background")
 CLASSES = ["square", "disc", "bar"]
 REAL_BACKGROUND = {"square": "green", "disc": "blue", "bar": "grey"}
 TEST_BACKGROUNDS = ("green", "blue", "grey")
@@ -183,6 +185,21 @@ def logistic_regression(latents: Any, labels: Any, seed: int, steps: int = 300):
     return lambda f: layer((features_of(f) - mean) / std).argmax(dim=1)
 
 
+def own_background_share(synthetic: Any, labels: Any, background_means: Any) -> float:
+    """The share of synthetic latents whose background is their class's one background in the real set: each
+    latent's per-channel spatial mean is matched to the nearest of the test images' per-background means (the
+    background fills most of an image). 1 = the generator repeats the real set's spurious pairing."""
+    nearest = (synthetic.mean((2, 3))[:, None, :] - background_means[None]).pow(2).sum(-1).argmin(1)
+    own = [TEST_BACKGROUNDS.index(REAL_BACKGROUND[CLASSES[int(y)]]) for y in labels]
+    return float((nearest == labels.new_tensor(own)).float().mean())
+
+
+def background_probe(latents: Any, backgrounds: list[str], background_means: Any) -> float:
+    """How often the nearest per-background mean names a real test image's background (``own_background``'s check)."""
+    nearest = (latents.mean((2, 3))[:, None, :] - background_means[None]).pow(2).sum(-1).argmin(1)
+    return float(sum(TEST_BACKGROUNDS[int(i)] == b for i, b in zip(nearest, backgrounds)) / len(backgrounds))
+
+
 def run(ctx: Context) -> dict[str, Any]:
     return run_with(ctx, SMOKE if ctx.smoke else FULL)
 
@@ -201,6 +218,9 @@ def run_with(ctx: Context, cfg: dict[str, Any]) -> dict[str, Any]:
     test_images, test_labels = labelled(cfg["test_per_cell"], seed=7000, backgrounds=TEST_BACKGROUNDS,
                                         centred=cfg["centred"])
     test_x, test_y = toy.encode(vae, test_images), torch.tensor(test_labels)
+    test_backgrounds = [b for _ in CLASSES for b in TEST_BACKGROUNDS for _ in range(cfg["test_per_cell"])]
+    background_means = torch.stack([test_x[[i for i, t in enumerate(test_backgrounds) if t == b]].mean((0, 2, 3))
+                                    for b in TEST_BACKGROUNDS])
     oracle_images, oracle_labels = labelled(max(1, cfg["oracle_images"] // 12), seed=8000,
                                             backgrounds=tuple(toy.BACKGROUNDS), centred=cfg["centred"])
     oracle = logistic_regression(toy.encode(vae, oracle_images), torch.tensor(oracle_labels), seed=0)
@@ -230,7 +250,8 @@ def run_with(ctx: Context, cfg: dict[str, Any]) -> dict[str, Any]:
             classifier = logistic_regression(torch.cat([real_x, synthetic]), torch.cat([real_y, synthetic_y]), seed)
             per_seed.setdefault(name, []).append({
                 "acc": float((classifier(test_x) == test_y).float().mean()),
-                "fidelity": float((oracle(synthetic) == synthetic_y).float().mean()), "seed": seed})
+                "fidelity": float((oracle(synthetic) == synthetic_y).float().mean()),
+                "own_background": own_background_share(synthetic, synthetic_y, background_means), "seed": seed})
         ctx.log(f"  seed {seed} " + "  ".join(f"{k} acc {v[-1]['acc']:.3f}" for k, v in per_seed.items()
                                               if k != "oracle"))
     notes = {"oracle": "trained on 600 real images on all backgrounds (the ceiling; fidelity probe)",
@@ -238,8 +259,9 @@ def run_with(ctx: Context, cfg: dict[str, Any]) -> dict[str, Any]:
              "real+plain": "real + 30/class from the plainly fine-tuned model ('a {class}')",
              "real+bob": "real + 30/class from the BOB-fine-tuned model, backgrounds marginalised out"}
     return {
-        "rows": summarize_rows(per_seed, ["acc", "fidelity"], notes),
-        "metrics": [["acc", "test accuracy"], ["fidelity", "synthetic judged as its class"]],
+        "rows": summarize_rows(per_seed, ["acc", "fidelity", "own_background"], notes),
+        "metrics": [["acc", "test accuracy"], ["fidelity", "synthetic judged as its class"],
+                    ["own_background", "synthetic on its class's real background"]],
         "config": cfg,
-        "extra": {},
+        "extra": {"background_probe": background_probe(test_x, test_backgrounds, background_means)},
     }
