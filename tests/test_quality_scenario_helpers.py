@@ -120,3 +120,31 @@ def test_the_reward_gap_lowers_noisy_clusters_where_the_nll_would_raise_them(mon
     monkeypatch.setattr(data_selection, "encode", lambda tokenizer, prompt: [0])
     assert data_selection.reward_gap(None, None, rows) == [1.0, -1.0, 0.0, 0.0]
     assert data_selection.right("r:abc=", "cba") and not data_selection.right("c:owl=", "xyz")
+
+
+def test_a_derived_build_records_the_torch_thread_count_it_ran_at(tmp_path):
+    """The cache key leaves the thread count out (one cache for runs at any count); the record names it, since a
+    build at another count is not bit-identical."""
+    import torch
+
+    from benchmarks.quality.scenarios._common import cached_build
+
+    ctx = SimpleNamespace(cache_root=str(tmp_path))
+    folder, record = cached_build(ctx, "derived", {"steps": 1}, lambda staging: {"seconds": 0.0})
+    assert record["torch_threads"] == torch.get_num_threads() and record["seconds"] == 0.0
+    assert cached_build(ctx, "derived", {"steps": 1}, lambda staging: {}) == (folder, record)
+
+
+def test_own_background_counts_the_samples_drawn_on_their_class_s_one_real_background():
+    import torch
+
+    from benchmarks.quality.scenarios import bob_synthetic as bob
+
+    means = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0]])  # per TEST_BACKGROUNDS
+    own = [bob.TEST_BACKGROUNDS.index(bob.REAL_BACKGROUND[c]) for c in bob.CLASSES]
+    labels = torch.tensor([0, 1, 2, 0])
+    # the first three on their class's own background, the last (a square) on the disc's
+    drawn = [own[0], own[1], own[2], own[1]]
+    latents = means[drawn][:, :, None, None].expand(4, 4, 8, 8) + 0.01 * torch.randn(4, 4, 8, 8)
+    assert bob.own_background_share(latents, labels, means) == 0.75
+    assert bob.background_probe(latents[:3], [bob.TEST_BACKGROUNDS[i] for i in drawn[:3]], means) == 1.0

@@ -81,10 +81,16 @@ def sft(model, tokenizer, rows: list[dict[str, Any]], *, steps: int, lr: float, 
 def cached_build(ctx: Context, kind: str, recipe: dict[str, Any], build: Callable[[str], dict[str, Any]]
                  ) -> tuple[str, dict[str, Any]]:
     """A model derived from the pre-trained decoder, built once: ``<cache_root>/<kind>-<hash of recipe>``
-    (:func:`ftplugins.cache.cached_build`: staged, renamed into place, ``<kind>.json`` marks it complete)."""
+    (:func:`ftplugins.cache.cached_build`: staged, renamed into place, ``<kind>.json`` marks it complete).
+
+    The record names the torch thread count of the build: the key does not include it (a cache is shared by runs at
+    any count), and a build at another count is not bit-identical (float reductions in another order)."""
+    import torch
+
     from ftplugins.cache import cached_build as build_once
 
-    return build_once(ctx.cache_root, kind, recipe, build)
+    return build_once(ctx.cache_root, kind, recipe,
+                      lambda folder: {**build(folder), "torch_threads": torch.get_num_threads()})
 
 
 def with_replay(ctx: Context, rows: list[dict[str, Any]], replay: int, seed: int) -> list[dict[str, Any]]:

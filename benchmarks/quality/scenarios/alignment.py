@@ -197,5 +197,6 @@ def run_with(ctx: Context, cfg: dict[str, Any], harmful: bool = True, benign: bo
                    "trigger_tag": TRIGGER_TAG, "prefix_ks": prefix_ks,
                    "claim_k": CLAIM_K},
         "extra": {"aligned_model": {"folder": folder, "key": record["key"], "build_seconds": record["seconds"],
+                                    "build_threads": record.get("torch_threads"),
                                     "final_loss": record["final_loss"]}},
     }

@@ -144,5 +144,6 @@ def run(ctx: Context) -> dict[str, Any]:
         "metrics": [["reverse", "reverse acc."], ["copy", "answers = the word (fine-tuned format)"]],
         "config": {**cfg, "shift": SHIFT, "task": TASK, "transform": transform().name},
         "extra": {"bilingual_model": {"folder": folder, "key": record["key"], "build_seconds": record["seconds"],
+                                      "build_threads": record.get("torch_threads"),
                                       "final_loss": record["final_loss"]}},
     }

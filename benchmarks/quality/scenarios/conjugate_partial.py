@@ -95,5 +95,6 @@ def run(ctx: Context) -> dict[str, Any]:
         "metrics": [["reverse", "reverse acc."], ["copy", "answers = the word (fine-tuned format)"]],
         "config": {**cfg, "shift": conjugate.SHIFT, "task": conjugate.TASK, "transform": conjugate.transform().name},
         "extra": {"bilingual_model": {"folder": folder, "key": record["key"], "build_seconds": record["seconds"],
+                                      "build_threads": record.get("torch_threads"),
                                       "final_loss": record["final_loss"]}},
     }

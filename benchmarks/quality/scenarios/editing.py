@@ -260,6 +260,7 @@ def run_with(ctx: Context, cfg: dict[str, Any], choose_variants) -> dict[str, An
         "config": {**cfg, "forms": list(FORMS), "tag": TAG, "mid_layer": mid, "steps_per_epoch": steps_per_epoch,
                    "modules": variants},
         "extra": {"fact_model": {"folder": folder, "key": record["key"], "build_seconds": record["seconds"],
+                                 "build_threads": record.get("torch_threads"),
                                  "final_loss": record["final_loss"],
                                  "known_all_forms": sum(all(v) for v in record["known"].values()),
                                  "known_edit_form": sum(v[0] for v in record["known"].values()),

@@ -77,5 +77,6 @@ def run(ctx: Context) -> dict[str, Any]:
         start_note=f"the starting model: the pre-trained decoder after {recipe['steps']} steps of SFT on {TASK} in "
                    "its own style", start_prompts=record["prompts"], lrs=LRS_SMOKE if ctx.smoke else LRS)
     result["config"]["start"] = recipe
-    result["extra"]["start_model"] = {"seconds": record["seconds"], "final_loss": record["final_loss"]}
+    result["extra"]["start_model"] = {"seconds": record["seconds"], "final_loss": record["final_loss"],
+                                      "build_threads": record.get("torch_threads")}
     return result
