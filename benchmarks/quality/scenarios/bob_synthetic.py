@@ -185,18 +185,22 @@ def logistic_regression(latents: Any, labels: Any, seed: int, steps: int = 300):
     return lambda f: layer((features_of(f) - mean) / std).argmax(dim=1)
 
 
+def nearest_background(latents: Any, background_means: Any) -> Any:
+    """Index into :data:`TEST_BACKGROUNDS` of the per-background mean nearest each latent's per-channel spatial mean
+    (the background fills most of an image)."""
+    return (latents.mean((2, 3))[:, None, :] - background_means[None]).pow(2).sum(-1).argmin(1)
+
+
 def own_background_share(synthetic: Any, labels: Any, background_means: Any) -> float:
-    """The share of synthetic latents whose background is their class's one background in the real set: each
-    latent's per-channel spatial mean is matched to the nearest of the test images' per-background means (the
-    background fills most of an image). 1 = the generator repeats the real set's spurious pairing."""
-    nearest = (synthetic.mean((2, 3))[:, None, :] - background_means[None]).pow(2).sum(-1).argmin(1)
+    """The share of synthetic latents whose background is their class's one background in the real set. 1 = the
+    generator repeats the real set's spurious pairing."""
     own = [TEST_BACKGROUNDS.index(REAL_BACKGROUND[CLASSES[int(y)]]) for y in labels]
-    return float((nearest == labels.new_tensor(own)).float().mean())
+    return float((nearest_background(synthetic, background_means) == labels.new_tensor(own)).float().mean())
 
 
 def background_probe(latents: Any, backgrounds: list[str], background_means: Any) -> float:
-    """How often the nearest per-background mean names a real test image's background (``own_background``'s check)."""
-    nearest = (latents.mean((2, 3))[:, None, :] - background_means[None]).pow(2).sum(-1).argmin(1)
+    """How often :func:`nearest_background` names a real test image's background (``own_background``'s check)."""
+    nearest = nearest_background(latents, background_means)
     return float(sum(TEST_BACKGROUNDS[int(i)] == b for i, b in zip(nearest, backgrounds)) / len(backgrounds))
 
 
