@@ -16,6 +16,7 @@ MODULES = {
     "alignment-erode-high-lr": "benchmarks.quality.scenarios.alignment_erode_high_lr",
     "alignment-erode-between": "benchmarks.quality.scenarios.alignment_erode_between",
     "alignment-pretrained-refusal": "benchmarks.quality.scenarios.alignment_pretrained_refusal",
+    "alignment-attack": "benchmarks.quality.scenarios.alignment_attack",
     "many-shot": "benchmarks.quality.scenarios.many_shot",
     "grafting": "benchmarks.quality.scenarios.grafting",
     "grafting-partial": "benchmarks.quality.scenarios.grafting_partial",
