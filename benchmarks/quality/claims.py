@@ -306,6 +306,10 @@ _DEEP_ALIGN_CHECK = with_context(by_margin("refusal", "deep_align", "sft", ALIGN
 #: the balanced two-class test set); a checkpoint without a trained MLM head has none to build on.
 _CLOZE_PRIOR = above_chance("accuracy", "pet-zero-shot", 0.5, 0.05,
                             "the masked LM's zero-shot cloze prediction is above chance")
+#: Few-shot-prompted SFT's premise (Mallen & Belrose): the shots elicit what the model already does in context, so
+#: the pre-trained model prompted with them (no fine-tuning) is above chance (a letter rule's 1/26, a word rule's 0).
+_ELICITS_IN_CONTEXT = above_chance("acc", "pretrained-k4", 1 / 52, 0.05,
+                                   "few-shot prompting alone elicits the rules from the pre-trained decoder")
 _SFT_ERODES_REFUSAL = room_below_ceiling("refusal", "sft", ALIGN_MARGIN, "benign fine-tuning erodes the refusal")
 
 
@@ -460,7 +464,8 @@ CLAIMS: list[Claim] = [
           "test prompt, counted in the label budget) beats plain SFT at 16 gold labels (hidden-rule tasks, equal "
           "steps)", "Mallen & Belrose 2024 (2410.13215)", ("fewshot-k4-n16", "sft-n16"),
           with_context(better("acc", "fewshot-k4-n16", "sft-n16"), ("fewshot-k4-n64", "acc"), ("sft-n64", "acc"),
-                       ("fewshot-k4-n16", "acc_bare")), scenario="few-shot-sft"),
+                       ("fewshot-k4-n16", "acc_bare"), ("pretrained-k4", "acc")), scenario="few-shot-sft",
+          premise=_ELICITS_IN_CONTEXT),
     Claim("locft edits locally", "LocFT-BF (one mid-depth MLP module, breadth-first, target-only loss) makes edits "
           "succeed and generalise to paraphrases while preserving neighbourhood prompts and the pre-training tasks "
           "better than full fine-tuning on the same edits", "LocFT-BF (ICT-STAR/LocFT)", ("locft", "full"),

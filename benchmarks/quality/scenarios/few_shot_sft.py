@@ -17,6 +17,12 @@ and pool), each row in its own prompt format: few-shot rows with 4 shots from th
 (rendered by the plugin's ``prefix_dataset``), SFT rows bare. ``acc`` is the mean over the four rules (per-rule accuracies
 are columns); ``acc_bare`` is a few-shot row scored without the prefix (a diagnostic of how much
 of its accuracy comes from the context). The claim compares the two rows at n = 16.
+
+The paper's premise, measured (rows added after the first run, which did not reproduce the claim): few-shot
+prompting elicits what the model can already do in context, so ``pretrained`` (no fine-tuning, bare prompts) and
+``pretrained-k4`` (no fine-tuning, the 4 shots ``fewshot-k4-n16`` draws for the seed) show whether the pre-trained
+decoder does the rules from the shots alone. The claim is judged only where it does (``pretrained-k4`` at least
+0.05 above chance, 1/52: a random letter is right 1 time in 26 on the two letter rules, a random word never).
 """
 
 from __future__ import annotations
@@ -66,6 +72,26 @@ def run(ctx: Context) -> dict[str, Any]:
     per_seed: dict[str, list[dict[str, Any]]] = {}
     for seed in ctx.seeds:
         results: dict[str, dict[str, Any]] = {}
+        # the premise: does the pre-trained decoder do the rules in context, before any fine-tuning? (the pool is
+        # the one fewshot_prefix draws from the CLAIM_BUDGET labels with this seed)
+        from datasets import Dataset
+
+        from ftplugins.methods.fewshot_prefix.prefixing import split_pool
+
+        model, tokenizer = load(ctx.folder)
+        premise_pools: dict[str, list[dict]] = {}
+        for rule in rules:
+            rows = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]}
+                                      for r in gold[(rule, seed)][:CLAIM_BUDGET]])
+            _, pool = split_pool(rows, K, seed)
+            premise_pools[rule] = pool
+            results.setdefault("pretrained", {"seed": seed})[f"acc_{rule}"] = accuracy(
+                model, tokenizer, queries[rule], None, seed)
+            results.setdefault(f"pretrained-k{K}", {"seed": seed})[f"acc_{rule}"] = accuracy(
+                model, tokenizer, queries[rule], pool, seed)
+            ctx.log(f"  seed {seed} {rule:<8} pretrained acc {results['pretrained'][f'acc_{rule}']:.3f}, "
+                    f"with {K} shots {results[f'pretrained-k{K}'][f'acc_{rule}']:.3f}")
+        del model
         for rule in rules:
             for n in BUDGETS:
                 rows = [{"prompt": r["prompt"], "completion": r["completion"]} for r in gold[(rule, seed)][:n]]
@@ -84,6 +110,7 @@ def run(ctx: Context) -> dict[str, Any]:
                         state = trainer.ftplugins_run.state["fewshot_prefix"]
                         pool, targets = state["pool"], state["report"]["train_rows"]
                         assert len(pool) == K and targets == n - K, (len(pool), targets)
+                        assert n != CLAIM_BUDGET or pool == premise_pools[rule], "the premise's pool differs"
                         res[f"acc_{rule}"] = accuracy(trainer.model, tokenizer, queries[rule], pool, seed)
                         res[f"acc_bare_{rule}"] = accuracy(trainer.model, tokenizer, queries[rule], None, seed)
                     else:
@@ -102,12 +129,15 @@ def run(ctx: Context) -> dict[str, Any]:
                 res["acc_bare"] = sum(res[f"acc_bare_{rule}"] for rule in rules) / len(rules)
             per_seed.setdefault(name, []).append(res)
 
-    notes = {}
+    notes = {"pretrained": "the pre-trained decoder, no fine-tuning, bare prompts",
+             f"pretrained-k{K}": f"the pre-trained decoder, no fine-tuning, prompts prefixed with {K} shots (the "
+                                 f"pool fewshot-k{K}-n{CLAIM_BUDGET} draws): few-shot prompting alone"}
     for n in BUDGETS:
         notes[f"sft-n{n}"] = f"plain SFT on {n} gold labels ({n} targets), bare prompts"
         notes[f"fewshot-k{K}-n{n}"] = (f"fewshot_prefix k={K}: {n} gold labels = a pool of {K} + {n - K} targets; "
                                       f"train and test prompts prefixed with the {K} pool examples")
-    order = [name for n in BUDGETS for name in (f"sft-n{n}", f"fewshot-k{K}-n{n}")]
+    order = ["pretrained", f"pretrained-k{K}",
+             *(name for n in BUDGETS for name in (f"sft-n{n}", f"fewshot-k{K}-n{n}"))]
     metric_keys = ["acc", *(f"acc_{rule}" for rule in rules), "acc_bare"]
     labels = {"acc": "acc. (mean over rules)", "acc_bare": "acc. without prefix",
               **{f"acc_{rule}": f"acc. {rule}" for rule in rules}}
