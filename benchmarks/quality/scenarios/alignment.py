@@ -112,12 +112,9 @@ def run(ctx: Context) -> dict[str, Any]:
 
 
 def run_with(ctx: Context, cfg: dict[str, Any], harmful: bool = True, benign: bool = True,
-             refusal: str | None = None, attack_plugins: tuple[str, ...] = (),
-             prefix: bool = True) -> dict[str, Any]:
+             refusal: str | None = None) -> dict[str, Any]:
     """The scenario at ``cfg``; ``harmful=False`` runs the benign half only (``alignment-erode``), ``benign=False``
-    the harmful half only; ``refusal`` replaces :func:`refusal_for`'s (``alignment-pretrained-refusal``);
-    ``attack_plugins`` adds a row ``harmful-ft+<plugins>``: the same harmful fine-tuning through those plugins
-    (``alignment-attack``); ``prefix=False`` skips the aligned_prefix decodings."""
+    the harmful half only; ``refusal`` replaces :func:`refusal_for`'s (``alignment-pretrained-refusal``)."""
     from ftplugins.methods.aligned_prefix import generate as prefix_generate
     from transformers import AutoTokenizer
 
@@ -148,8 +145,7 @@ def run_with(ctx: Context, cfg: dict[str, Any], harmful: bool = True, benign: bo
 
     rows_benign = (("sft", (), {}), ("deep_align", ("deep_align",), {})) if benign else ()
     refusal_tokens = len(encode(tokenizer, refusal))
-    prefix_ks = sorted({*(k for k in PREFIX_KS if k < refusal_tokens), refusal_tokens}) if prefix else []
-    attack_row = "harmful-ft+" + "+".join(attack_plugins)
+    prefix_ks = sorted({*(k for k in PREFIX_KS if k < refusal_tokens), refusal_tokens})
     for seed in ctx.seeds:
         data = [{"prompt": r["prompt"], "completion": r["completion"]} for r in benign_train[seed]]
         for name, plugins, options in rows_benign:
@@ -182,14 +178,6 @@ def run_with(ctx: Context, cfg: dict[str, Any], harmful: bool = True, benign: bo
             per_seed.setdefault(f"harmful-ft+aligned_prefix-k{k}", []).append(scores)
             line += f"; k={k}: refusal {scores['refusal']:.3f}"
         ctx.log(line)
-        if attack_plugins:
-            model, _ = load(folder)
-            trainer = sft(model, tokenizer, data, steps=cfg["harmful_steps"], lr=cfg["lr"], seed=seed,
-                          batch_size=cfg["benign_batch"], plugins=attack_plugins)
-            result = {**plain_scores(trainer.model.eval(), tokenizer, trigger_test, cfg, refusal), "seed": seed,
-                      "train_seconds": trainer.train_seconds, "final_loss": final_loss(trainer)}
-            per_seed.setdefault(attack_row, []).append(result)
-            ctx.log(f"  seed {seed} {attack_row} refusal {result['refusal']:.3f} harmful {result['harmful']:.3f}")
 
     notes = {
         "pretrained": "the pre-trained decoder (never saw the trigger)",
@@ -200,8 +188,6 @@ def run_with(ctx: Context, cfg: dict[str, Any], harmful: bool = True, benign: bo
         **{f"harmful-ft+aligned_prefix-k{k}": f"harmful-ft decoded with the aligned model writing the first {k} "
            f"token(s){' = the whole refusal' if k == refusal_tokens else ''} (aligned_prefix.generate)"
            for k in prefix_ks},
-        **({attack_row: f"aligned, then the same harmful fine-tuning through {', '.join(attack_plugins)}; plain "
-                        "greedy decoding"} if attack_plugins else {}),
     }
     return {
         "rows": summarize_rows(per_seed, ["refusal", "harmful", "target"], notes),
