@@ -589,6 +589,16 @@ CLAIMS: list[Claim] = [
     Claim("pet>head (64 labels)", "PET with adapters beats a plain classification head (same LoRA) at 64 labels "
           "(MiniLM)", "Schick & Schütze 2021 (2001.07676)", ("pet-n64", "head-n64"),
           better("accuracy", "pet-n64", "head-n64"), scenario="few-label", premise=_CLOZE_PRIOR),
+    Claim("pet>head (16 labels, pre-trained MLM head)", "PET with adapters beats a plain classification head (same "
+          "LoRA) at 16 labels, on MiniLM with an MLM head pre-trained here (masked-LM training on a review corpus of "
+          "its own)", "Schick & Schütze 2021 (2001.07676)", ("pet-n16", "head-n16"),
+          with_context(better("accuracy", "pet-n16", "head-n16"), ("pet-zero-shot", "accuracy")),
+          scenario="few-label-mlm", premise=_CLOZE_PRIOR),
+    Claim("pet>head (64 labels, pre-trained MLM head)", "PET with adapters beats a plain classification head (same "
+          "LoRA) at 64 labels, on MiniLM with an MLM head pre-trained here", "Schick & Schütze 2021 (2001.07676)",
+          ("pet-n64", "head-n64"),
+          with_context(better("accuracy", "pet-n64", "head-n64"), ("pet-zero-shot", "accuracy")),
+          scenario="few-label-mlm", premise=_CLOZE_PRIOR),
     Claim("list>teacher", "LiST self-training on unlabelled data beats its own PET teacher (16 labels, MiniLM)",
           "Wang et al. 2022 (2110.06274)", ("list", "list-teacher"),
           with_context(better("accuracy", "list", "list-teacher"), ("pet-n16", "accuracy")), scenario="few-label"),

@@ -41,6 +41,7 @@ MODULES = {
     "gan-augment-imbalanced": "benchmarks.quality.scenarios.gan_augment_imbalanced",
     "gan-augment-manifold": "benchmarks.quality.scenarios.gan_augment_manifold",
     "few-label": "benchmarks.quality.scenarios.few_label",
+    "few-label-mlm": "benchmarks.quality.scenarios.few_label_mlm",
     "cls-rl": "benchmarks.quality.scenarios.cls_rl",
     "soup": "benchmarks.quality.scenarios.soup",
     "soup-narrow": "benchmarks.quality.scenarios.soup_narrow",

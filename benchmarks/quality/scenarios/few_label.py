@@ -145,14 +145,15 @@ def lora_classifier(seed: int):
         r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["query", "value"], task_type="SEQ_CLS"))
 
 
-def masked_lm(seed: int):
+def masked_lm(seed: int, path: str | None = None):
+    """The masked LM PET starts from: all-MiniLM-L6-v2 (no MLM head: a seeded fresh one), or the folder ``path``."""
     import torch
     from transformers import AutoModelForMaskedLM
 
     from ftplugins.testing import minilm_path
 
     torch.manual_seed(seed)
-    return AutoModelForMaskedLM.from_pretrained(str(minilm_path()))
+    return AutoModelForMaskedLM.from_pretrained(path or str(minilm_path()))
 
 
 def pet_options() -> dict[str, Any]:
@@ -195,18 +196,20 @@ def train_head(labelled, tokenizer, cfg, seed: int, test, lr: float | None = Non
                else {})}
 
 
-def pet_zero_shot(tokenizer, seed: int, test) -> dict[str, Any]:
+def pet_zero_shot(tokenizer, seed: int, test, path: str | None = None) -> dict[str, Any]:
     """PET's prediction before any training: the cloze prior its method starts from (the masked LM's verbaliser
     scores at the pattern's mask). A checkpoint without a trained MLM head starts from a random transform."""
     from ftplugins.methods.pet.head import attach_head
     from ftplugins.methods.pet.verbalizer import build_verbalizer
 
-    model = attach_head(masked_lm(seed), build_verbalizer(VERBALIZER, tokenizer))
+    model = attach_head(masked_lm(seed, path), build_verbalizer(VERBALIZER, tokenizer))
     return {"accuracy": pet_accuracy(model, tokenizer, test["id"]), "train_seconds": 0.0}
 
 
-def train_pet(labelled, tokenizer, cfg, seed: int, test, unlabelled=None, lr: float | None = None) -> dict[str, Any]:
-    """pet alone, or (``unlabelled`` given) list_selftrain + pet: the teacher scored before the sessions."""
+def train_pet(labelled, tokenizer, cfg, seed: int, test, unlabelled=None, lr: float | None = None,
+              path: str | None = None) -> dict[str, Any]:
+    """pet alone, or (``unlabelled`` given) list_selftrain + pet: the teacher scored before the sessions; ``path``:
+    another masked LM than all-MiniLM-L6-v2 (:func:`masked_lm`)."""
     from datasets import Dataset
     from transformers import Trainer, TrainerCallback
 
@@ -231,7 +234,8 @@ def train_pet(labelled, tokenizer, cfg, seed: int, test, unlabelled=None, lr: fl
     rows = pet_rows(labelled) + pet_rows([{**r, "label": None} for r in unlabelled or []])
     with tempfile.TemporaryDirectory(prefix="ftplugins-few-label-") as out:
         trainer = ftplugins.compose(Trainer, names, **options)(
-            model=masked_lm(seed), args=training_args(out, cfg["few_steps"], cfg["few_batch"], lr or cfg["lr"], seed),
+            model=masked_lm(seed, path),
+            args=training_args(out, cfg["few_steps"], cfg["few_batch"], lr or cfg["lr"], seed),
             train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
             callbacks=[ScoreTeacher()] if unlabelled is not None else [])
         seconds = run_trainer(trainer)

@@ -1,0 +1,180 @@
+"""PET, diagnosed: the few-label comparison on a masked LM whose MLM head was pre-trained (here, on its own corpus).
+
+In ``few-label`` the PET claims are "not comparable": all-MiniLM-L6-v2 ships no MLM head, so PET's prediction
+transform starts from a random initialisation and its zero-shot cloze accuracy is at chance (0.507). PET's premise
+is a masked LM whose head already fills the pattern's mask with the right verbaliser word more often than not, as
+BERT's does after pre-training on web text, where "it was good" follows praise. This scenario gives MiniLM such a
+head the way BERT got its own: masked-language-model training of the head (the prediction transform and the output
+bias; the encoder and the tied word embeddings frozen, so the features PET and the head rows fine-tune are
+MiniLM's) on a small review corpus of its own, then repeats ``few-label``'s PET and head rows on it.
+
+The corpus (cached build, 4,000 sentences): a review clause about nouns and with adjectives that no test or training
+clause of the task uses (``staff``, ``pizza``; ``cozy``, ``rude``; an optional negation, an optional intensifier),
+followed in 70% of the sentences by a summary ``all in all, it was good.`` / ``overall, it was bad.`` / ``in short,
+it was good.`` / ``it was bad.`` (its polarity the clause's, negation included), the other 30% a neutral clause
+(``the bus was red.``). MLM training: 15% of tokens masked (the collator's rule), 1,000 steps × 32, lr 1e-3,
+linear schedule; the build records the head's masked-token accuracy on 400 held-out corpus sentences and its
+zero-shot verbaliser accuracy on their summaries.
+
+Rows, as in ``few-label`` (its test set, validation set, per-seed label draws and learning-rate rule, all from the
+same seeds): ``pet-zero-shot`` (PET's prediction before training, the premise), ``head-n16`` / ``head-n64`` (a plain
+classification head + LoRA r=8 on MiniLM) and ``pet-n16`` / ``pet-n64`` (``pet`` + LoRA r=8 on the masked LM with the
+pre-trained head), each rate chosen on validation among 1e-3 / 3e-3 / 1e-2. The claims are ``few-label``'s at 16 and
+64 labels, with the same premise (zero-shot at least 0.05 above chance).
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+from typing import Any
+
+from benchmarks.quality.scenarios import few_label
+from benchmarks.quality.scenarios._common import Context, cached_build, choose_rate, summarize_rows
+
+NAME = "few-label-mlm"
+TITLE = "PET, diagnosed: PET vs a head at 16 and 64 labels on MiniLM with an MLM head pre-trained here"
+DESIGN = __doc__.split("\n\n", 1)[1].strip()
+NEEDS_DECODER = False  # the MiniLM encoder only
+
+# Disjoint from every word list of minilm_classification (the task) and few_label's shifted set.
+CORPUS_NOUNS = ["staff", "pizza", "bed", "service", "kitchen", "bus", "park", "shop", "coffee", "apartment", "waiter",
+                "pool", "garden", "train", "market"]
+CORPUS_POSITIVE = ["tasty", "fun", "cozy", "cheerful", "gorgeous", "impressive", "elegant", "relaxing", "friendly",
+                   "clean"]
+CORPUS_NEGATIVE = ["rude", "noisy", "dirty", "cold", "slow", "broken", "messy", "bland", "greasy", "crowded"]
+NEUTRAL = ["red", "open", "new", "small", "large", "empty", "full", "old", "round", "closed"]
+SUMMARIES = ["all in all, it was {word}.", "overall, it was {word}.", "in short, it was {word}.", "it was {word}."]
+
+FULL = dict(corpus=4_000, heldout=400, mlm_steps=1_000, mlm_batch=32, mlm_lr=1e-3, review_share=0.7)
+SMOKE = dict(corpus=64, heldout=16, mlm_steps=2, mlm_batch=8, mlm_lr=1e-3, review_share=0.7)
+
+
+def corpus_sentence(rng: random.Random, review_share: float) -> dict[str, Any]:
+    """One corpus sentence; ``label`` is the summary's polarity (1 positive) or None for a neutral one."""
+    noun = rng.choice(CORPUS_NOUNS)
+    if rng.random() >= review_share:
+        return {"text": f"the {noun} was {rng.choice(NEUTRAL)}.", "label": None}
+    positive = rng.random() < 0.5
+    negation, intensifier = rng.choice(["", "", "not", "never"]), rng.choice(["", "", "really", "very", "quite"])
+    words = ["the", noun, "was", negation, intensifier, rng.choice(CORPUS_POSITIVE if positive else CORPUS_NEGATIVE)]
+    label = int(positive != bool(negation))
+    summary = rng.choice(SUMMARIES).format(word="good" if label else "bad")
+    return {"text": " ".join(w for w in words if w) + ". " + summary, "label": label}
+
+
+def mlm_model(ctx: Context, cfg: dict[str, Any], tokenizer) -> tuple[str, dict[str, Any]]:
+    """MiniLM with its MLM head trained on the corpus (built now unless cached)."""
+    recipe = {k: cfg[k] for k in ("corpus", "heldout", "mlm_steps", "mlm_batch", "mlm_lr", "review_share")}
+    recipe.update(nouns=CORPUS_NOUNS, positive=CORPUS_POSITIVE, negative=CORPUS_NEGATIVE, neutral=NEUTRAL,
+                  summaries=SUMMARIES, seed=0, format=1)
+
+    def build(folder: str) -> dict[str, Any]:
+        import torch
+        from datasets import Dataset
+        from transformers import DataCollatorForLanguageModeling, Trainer
+
+        rng = random.Random(0)
+        rows = [corpus_sentence(rng, cfg["review_share"]) for _ in range(cfg["corpus"] + cfg["heldout"])]
+        train, heldout = rows[: cfg["corpus"]], rows[cfg["corpus"]:]
+        model = few_label.masked_lm(0)
+        for name, param in model.named_parameters():
+            param.requires_grad = name.startswith("cls.predictions.transform") or name == "cls.predictions.bias"
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        ctx.log(f"few-label-mlm: training the MLM head ({trainable:,} parameters, {cfg['mlm_steps']} steps) ...")
+        data = Dataset.from_list([tokenizer(r["text"]) for r in train])
+        with tempfile.TemporaryDirectory(prefix="ftplugins-mlm-head-") as out:
+            trainer = Trainer(model=model, args=few_label.training_args(out, cfg["mlm_steps"], cfg["mlm_batch"],
+                                                                         cfg["mlm_lr"], 0),
+                              train_dataset=data,
+                              data_collator=DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15))
+            seconds = few_label.run_trainer(trainer)
+        model.eval()
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        # the head's own checks: masked-token accuracy (one token of each held-out sentence masked, seeded), and the
+        # verbaliser's accuracy at the summaries' masked word
+        check = random.Random(1)
+        hits = total = 0
+        good, bad = tokenizer.convert_tokens_to_ids("good"), tokenizer.convert_tokens_to_ids("bad")
+        summary_hits = summaries = 0
+        with torch.no_grad():
+            for r in heldout:
+                ids = tokenizer(r["text"])["input_ids"]
+                position = check.randrange(1, len(ids) - 1)
+                if r["label"] is not None:  # also the summary word, the last word before the final "."
+                    word = len(ids) - 3
+                    masked = list(ids)
+                    masked[word] = tokenizer.mask_token_id
+                    logits = model(input_ids=torch.tensor([masked])).logits[0, word]
+                    summary_hits += int((logits[good] > logits[bad]).item() == bool(r["label"]))
+                    summaries += 1
+                masked = list(ids)
+                masked[position] = tokenizer.mask_token_id
+                logits = model(input_ids=torch.tensor([masked])).logits[0, position]
+                hits += int(logits.argmax().item() == ids[position])
+                total += 1
+        record = {"seconds": seconds, "trainable_parameters": trainable, "mlm_accuracy": hits / max(1, total),
+                  "summary_accuracy": summary_hits / max(1, summaries)}
+        ctx.log(f"few-label-mlm: MLM head trained in {seconds:.0f} s; held-out masked-token accuracy "
+                f"{record['mlm_accuracy']:.3f}, summary word {record['summary_accuracy']:.3f}")
+        return record
+
+    return cached_build(ctx, "minilm-mlm-head", recipe, build)
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    from transformers import AutoTokenizer
+
+    from benchmarks.quality import lr_sweep
+    from ftplugins.testing import minilm_path
+
+    cfg, build_cfg = (few_label.SMOKE, SMOKE) if ctx.smoke else (few_label.FULL, FULL)
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_path()))
+    path, record = mlm_model(ctx, build_cfg, tokenizer)
+    # few-label's data, drawn from the same seeds
+    most = max(cfg["labels"])
+    test = {"id": few_label.draw(few_label.clause, cfg["test"], seed=199)}
+    held_out = {r["text"] for r in test["id"]}
+    train_id = {seed: few_label.draw(few_label.clause, max(most, cfg["source"], cfg["levi_labels"]) + cfg["unlabelled"],
+                                     seed=140 + seed, exclude=held_out) for seed in ctx.seeds}
+    pooled = held_out | {r["text"] for pool in train_id.values() for r in pool}
+    swept_test = {**test, "val": few_label.draw(few_label.clause, cfg["val"], seed=399, exclude=pooled, balanced=True)}
+    per_seed: dict[str, list[dict[str, Any]]] = {}
+    per_lr: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for seed in ctx.seeds:
+        pool = train_id[seed]
+        result = {**few_label.pet_zero_shot(tokenizer, seed, test, path=path), "seed": seed}
+        per_seed.setdefault("pet-zero-shot", []).append(result)
+        ctx.log(f"  seed {seed} pet-zero-shot  accuracy {result['accuracy']:.3f}")
+        for n in cfg["labels"]:
+            labelled = few_label.draw(lambda rng: rng.choice(pool), n, seed=seed, balanced=True)
+            for lr in cfg["few_lrs"]:
+                for name, result in ((f"head-n{n}", few_label.train_head(labelled, tokenizer, cfg, seed, swept_test,
+                                                                         lr=lr)),
+                                     (f"pet-n{n}", few_label.train_pet(labelled, tokenizer, cfg, seed, swept_test,
+                                                                       lr=lr, path=path))):
+                    result = {**result, "seed": seed, "learning_rate": lr}
+                    per_lr.setdefault(name, {}).setdefault(lr_sweep.lr_key(lr), []).append(result)
+                    ctx.log(f"  seed {seed} {name:<8} lr {lr_sweep.lr_key(lr)} accuracy {result['accuracy']:.3f} "
+                            f"val {result['val_accuracy']:.3f}  ({result['train_seconds']:.0f} s)")
+    swept: dict[str, Any] = {}
+    for name, by_lr in per_lr.items():
+        per_seed[name], swept[name] = choose_rate(by_lr, log=ctx.log, name=name)
+    notes = {
+        "pet-zero-shot": "pet's prediction before any training: the pre-trained MLM head's cloze prior",
+        **{f"head-n{n}": f"classification head + LoRA r=8 (q, v) on MiniLM, {n} labels, lr "
+           f"{swept[f'head-n{n}']['chosen']} (chosen on validation)" for n in cfg["labels"]},
+        **{f"pet-n{n}": f"pet + LoRA r=8 (q, v) on MiniLM with the pre-trained MLM head, {n} labels, lr "
+           f"{swept[f'pet-n{n}']['chosen']} (chosen on validation)" for n in cfg["labels"]},
+    }
+    order = ["pet-zero-shot", *(name for n in cfg["labels"] for name in (f"head-n{n}", f"pet-n{n}"))]
+    return {
+        "rows": summarize_rows({name: per_seed[name] for name in order}, ["accuracy"], notes),
+        "metrics": [["accuracy", "test acc. (in distribution)"]],
+        "config": {**build_cfg, "labels": list(cfg["labels"]),
+                   "lr_sweep": {name: list(cfg["few_lrs"]) for name in swept},
+                   "lr_rule": "best mean validation accuracy over the seeds (tie: the lower lr)"},
+        "extra": {"lr_sweep": swept, "mlm_head": {"folder": path, **{k: record[k] for k in (
+            "key", "seconds", "trainable_parameters", "mlm_accuracy", "summary_accuracy")}}},
+    }
