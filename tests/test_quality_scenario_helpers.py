@@ -149,3 +149,26 @@ def test_own_background_counts_the_samples_drawn_on_their_class_s_one_real_backg
     latents = means[drawn][:, :, None, None].expand(4, 4, 8, 8) + noise
     assert bob.own_background_share(latents, labels, means) == 0.75
     assert bob.background_probe(latents[:3], [bob.TEST_BACKGROUNDS[i] for i in drawn[:3]], means) == 1.0
+
+
+def test_the_mlm_head_corpus_shares_no_word_with_the_task_and_labels_its_summaries_by_polarity():
+    """PET's pre-trained head must get its cloze prior from other words than the task's (as BERT's comes from web text,
+    not from the benchmark), and each summary's good / bad must follow the clause, negation included."""
+    from benchmarks.quality.scenarios import few_label, few_label_mlm, minilm_classification as task
+
+    corpus_words = set(few_label_mlm.CORPUS_NOUNS + few_label_mlm.CORPUS_POSITIVE + few_label_mlm.CORPUS_NEGATIVE
+                       + few_label_mlm.NEUTRAL)
+    task_words = set(task.NOUNS + task.POSITIVE + task.NEGATIVE + few_label.SHIFT_NOUNS + few_label.SHIFT_POSITIVE
+                     + few_label.SHIFT_NEGATIVE)
+    assert not corpus_words & task_words
+    rng = random.Random(0)
+    rows = [few_label_mlm.corpus_sentence(rng, 0.7) for _ in range(500)]
+    reviews = [r for r in rows if r["label"] is not None]
+    assert 0.6 < len(reviews) / len(rows) < 0.8
+    for r in reviews:
+        clause, summary = r["text"].split(". ", 1)
+        adjective, negated = clause.split()[-1], any(w in ("not", "never") for w in clause.split())
+        polarity = adjective in few_label_mlm.CORPUS_POSITIVE
+        assert r["label"] == int(polarity != negated)
+        assert summary.endswith(("good.", "bad.")) and summary.endswith("good.") == bool(r["label"])
+    assert any(w in ("not", "never") for r in reviews for w in r["text"].split())

@@ -39,7 +39,7 @@ NEEDS_DECODER = False  # the MiniLM encoder only
 
 # Disjoint from every word list of minilm_classification (the task) and few_label's shifted set.
 CORPUS_NOUNS = ["staff", "pizza", "bed", "service", "kitchen", "bus", "park", "shop", "coffee", "apartment", "waiter",
-                "pool", "garden", "train", "market"]
+                "pool", "hostel", "train", "market"]
 CORPUS_POSITIVE = ["tasty", "fun", "cozy", "cheerful", "gorgeous", "impressive", "elegant", "relaxing", "friendly",
                    "clean"]
 CORPUS_NEGATIVE = ["rude", "noisy", "dirty", "cold", "slow", "broken", "messy", "bland", "greasy", "crowded"]
