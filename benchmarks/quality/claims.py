@@ -590,12 +590,13 @@ CLAIMS: list[Claim] = [
           "(MiniLM)", "Schick & Schütze 2021 (2001.07676)", ("pet-n64", "head-n64"),
           better("accuracy", "pet-n64", "head-n64"), scenario="few-label", premise=_CLOZE_PRIOR),
     Claim("pet>head (16 labels, pre-trained MLM head)", "PET with adapters beats a plain classification head (same "
-          "LoRA) at 16 labels, on MiniLM with an MLM head pre-trained here (masked-LM training on a review corpus of "
-          "its own)", "Schick & Schütze 2021 (2001.07676)", ("pet-n16", "head-n16"),
+          "LoRA, same backbone) at 16 labels, on MiniLM pre-trained here as a masked LM (head, then every weight) on a "
+          "review corpus of its own", "Schick & Schütze 2021 (2001.07676)", ("pet-n16", "head-n16"),
           with_context(better("accuracy", "pet-n16", "head-n16"), ("pet-zero-shot", "accuracy")),
           scenario="few-label-mlm", premise=_CLOZE_PRIOR),
     Claim("pet>head (64 labels, pre-trained MLM head)", "PET with adapters beats a plain classification head (same "
-          "LoRA) at 64 labels, on MiniLM with an MLM head pre-trained here", "Schick & Schütze 2021 (2001.07676)",
+          "LoRA, same backbone) at 64 labels, on MiniLM pre-trained here as a masked LM",
+          "Schick & Schütze 2021 (2001.07676)",
           ("pet-n64", "head-n64"),
           with_context(better("accuracy", "pet-n64", "head-n64"), ("pet-zero-shot", "accuracy")),
           scenario="few-label-mlm", premise=_CLOZE_PRIOR),

@@ -134,14 +134,18 @@ def tokenized(tokenizer, rows: list[dict[str, Any]]):
                               for r in rows])
 
 
-def lora_classifier(seed: int):
+def lora_classifier(seed: int, path: str | None = None):
+    """A fresh 2-way head + LoRA r=8 on all-MiniLM-L6-v2, or on the encoder saved in ``path``."""
     import torch
     from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
 
     from ftplugins.testing import minilm_classifier
 
     torch.manual_seed(seed)
-    return get_peft_model(minilm_classifier(num_labels=2), LoraConfig(
+    model = (AutoModelForSequenceClassification.from_pretrained(path, num_labels=2) if path
+             else minilm_classifier(num_labels=2))
+    return get_peft_model(model, LoraConfig(
         r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["query", "value"], task_type="SEQ_CLS"))
 
 
@@ -178,14 +182,15 @@ def pet_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"text": r["text"], "label": None if r["label"] is None else LABEL_NAMES[r["label"]]} for r in rows]
 
 
-def train_head(labelled, tokenizer, cfg, seed: int, test, lr: float | None = None) -> dict[str, Any]:
+def train_head(labelled, tokenizer, cfg, seed: int, test, lr: float | None = None,
+               path: str | None = None) -> dict[str, Any]:
     """The classification head + LoRA at ``lr`` (default ``cfg["lr"]``); scored on ``test["id"]`` (and on
     ``test["val"]`` when there is one: ``val_accuracy``)."""
     from transformers import DataCollatorWithPadding, Trainer
 
     import ftplugins
 
-    model = lora_classifier(seed)
+    model = lora_classifier(seed, path)
     with tempfile.TemporaryDirectory(prefix="ftplugins-few-label-") as out:
         trainer = ftplugins.compose(Trainer, [])(
             model=model, args=training_args(out, cfg["few_steps"], cfg["few_batch"], lr or cfg["lr"], seed),
