@@ -188,20 +188,29 @@ def test_a_conjugate_recovery_must_regain_a_margin_of_accuracy():
     assert verdict(0.30, 0.010)["verdict"] == "reproduced"
 
 
-def test_pet_claims_need_a_cloze_prior_above_chance():
-    """PET's premise: its zero-shot cloze prediction is above chance; at chance the claims are not comparable, above
-    it they are judged as usual, and a run without the zero-shot row (an older record) is judged as before."""
-    rows = {"pet-n16": {"accuracy_mean": 0.60, "accuracy_std": 0.01},
-            "head-n16": {"accuracy_mean": 0.70, "accuracy_std": 0.01}}
+@pytest.mark.parametrize("scenario, claim, metric, method, baseline, prior, chance_value", [
+    # PET's premise: its zero-shot cloze prediction is above chance (0.5)
+    ("few-label", "pet>head (16 labels)", "accuracy", "pet-n16", "head-n16", "pet-zero-shot", 0.51),
+    ("few-label-mlm", "pet>head (16 labels, pre-trained MLM head)", "accuracy", "pet-n16", "head-n16",
+     "pet-zero-shot", 0.51),
+    # few-shot-prompted SFT's: the shots alone elicit the rules (chance 1/52)
+    ("few-shot-sft", "fewshot_prefix>sft at few labels", "acc", "fewshot-k4-n16", "sft-n16", "pretrained-k4", 0.02),
+])
+def test_a_claim_that_builds_on_a_prior_is_not_comparable_where_the_prior_is_at_chance(
+        scenario, claim, metric, method, baseline, prior, chance_value):
+    """At chance the claim is not comparable; well above it the claim is judged as usual, and a run without the prior's
+    row (an older record) is judged as before."""
+    rows = {method: {f"{metric}_mean": 0.60, f"{metric}_std": 0.01},
+            baseline: {f"{metric}_mean": 0.70, f"{metric}_std": 0.01}}
 
     def verdict(extra):
-        out = claims.verdicts({}, {}, scenarios={"few-label"},
-                              scenario_results={"few-label": {"rows": {**rows, **extra}}})
-        return next(v for v in out if v["claim"] == "pet>head (16 labels)")
+        out = claims.verdicts({}, {}, scenarios={scenario}, scenario_results={scenario: {"rows": {**rows, **extra}}})
+        return next(v for v in out if v["claim"] == claim)
 
-    at_chance = verdict({"pet-zero-shot": {"accuracy_mean": 0.51, "accuracy_std": 0.02}})
-    assert at_chance["verdict"].startswith("not comparable") and "pet-zero-shot 0.510" in at_chance["verdict"]
-    assert verdict({"pet-zero-shot": {"accuracy_mean": 0.62, "accuracy_std": 0.02}})["verdict"] == "NOT reproduced"
+    at_chance = verdict({prior: {f"{metric}_mean": chance_value, f"{metric}_std": 0.01}})
+    assert at_chance["verdict"].startswith("not comparable")
+    assert f"{prior} {chance_value:.3f}" in at_chance["verdict"]
+    assert verdict({prior: {f"{metric}_mean": 0.80, f"{metric}_std": 0.02}})["verdict"] == "NOT reproduced"
     assert verdict({})["verdict"] == "NOT reproduced"
 
 
@@ -224,22 +233,6 @@ def test_aligned_prefix_is_judged_on_the_papers_attack_success_rate_as_well_as_o
     assert mid_run["aligned_prefix restores refusals"]["verdict"] == "NOT reproduced"
     assert verdicts(0.883, 0.8, 0.0)["aligned_prefix blocks the attack"]["verdict"] == "NOT reproduced"
     assert verdicts(0.1, 0.0, 0.0)["aligned_prefix blocks the attack"]["verdict"] == "NOT reproduced"  # no attack
-
-
-def test_fewshot_prefix_claim_needs_the_shots_to_elicit_the_rules_before_fine_tuning():
-    """Few-shot-prompted SFT builds on in-context ability: where the pre-trained decoder prompted with the shots is
-    at chance the claim is not comparable; above it (or in an older record without the row) it is judged."""
-    rows = {"fewshot-k4-n16": {"acc_mean": 0.24, "acc_std": 0.04}, "sft-n16": {"acc_mean": 0.81, "acc_std": 0.01}}
-
-    def verdict(extra):
-        out = claims.verdicts({}, {}, scenarios={"few-shot-sft"},
-                              scenario_results={"few-shot-sft": {"rows": {**rows, **extra}}})
-        return next(v for v in out if v["claim"] == "fewshot_prefix>sft at few labels")
-
-    at_chance = verdict({"pretrained-k4": {"acc_mean": 0.02, "acc_std": 0.01}})
-    assert at_chance["verdict"].startswith("not comparable") and "pretrained-k4 0.020" in at_chance["verdict"]
-    assert verdict({"pretrained-k4": {"acc_mean": 0.30, "acc_std": 0.05}})["verdict"] == "NOT reproduced"
-    assert verdict({})["verdict"] == "NOT reproduced"
 
 
 def test_deep_align_attack_claim_is_judged_on_refusals_where_the_attack_breaks_sft():
