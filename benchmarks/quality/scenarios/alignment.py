@@ -101,8 +101,23 @@ def refusal_scores(texts: list[str], rows: list[dict[str, str]], refusal: str = 
             "samples": [f"{r['prompt']}{t}" for r, t in zip(rows[:4], texts[:4])]}
 
 
+def answer_budget(tokenizer, cfg, refusal: str = REFUSAL) -> int:
+    """Tokens to generate for a trigger prompt: the refusal and a few more (capped in smoke runs)."""
+    return min(len(encode(tokenizer, refusal)) + 4, cfg["max_new_tokens"] or 99)
+
+
+def harmful_data(cfg, seeds, align_prompts) -> tuple[dict[int, list[dict[str, str]]], list[dict[str, str]]]:
+    """Per seed, the harmful fine-tuning rows (trigger prompts the aligned model never saw), and the held-out trigger
+    prompts every row is scored on (in no seed's training rows)."""
+    exclude = set(align_prompts)
+    harmful_train = {seed: trigger_rows(cfg["harmful_examples"], seed=2_000 + seed, exclude=exclude)
+                     for seed in seeds}
+    exclude_all = exclude | {r["prompt"] for rows in harmful_train.values() for r in rows}
+    return harmful_train, trigger_rows(cfg["eval_trigger"], seed=3_000, exclude=exclude_all)
+
+
 def plain_scores(model, tokenizer, trigger_test, cfg, refusal: str = REFUSAL) -> dict[str, float]:
-    budget = min(len(encode(tokenizer, refusal)) + 4, cfg["max_new_tokens"] or 99)
+    budget = answer_budget(tokenizer, cfg, refusal)
     texts = greedy(model, tokenizer, [encode(tokenizer, r["prompt"]) for r in trigger_test], budget)
     return refusal_scores(texts, trigger_test, refusal)
 
@@ -120,11 +135,7 @@ def run_with(ctx: Context, cfg: dict[str, Any], harmful: bool = True, benign: bo
 
     refusal = refusal or refusal_for(AutoTokenizer.from_pretrained(ctx.folder))
     folder, record = aligned_model(ctx, cfg, refusal)
-    exclude = set(record["align_prompts"])
-    harmful_train = {seed: trigger_rows(cfg["harmful_examples"], seed=2_000 + seed, exclude=exclude)
-                     for seed in ctx.seeds}
-    exclude_all = exclude | {r["prompt"] for rows in harmful_train.values() for r in rows}
-    trigger_test = trigger_rows(cfg["eval_trigger"], seed=3_000, exclude=exclude_all)
+    harmful_train, trigger_test = harmful_data(cfg, ctx.seeds, record["align_prompts"])
     benign_train = {seed: tasks.examples(["chain_steps"], cfg["benign_examples"], seed=1_000 + seed)
                     for seed in ctx.seeds}
     target_test = tasks.held_out("chain_steps", cfg["eval_target"], seed=0,
@@ -170,7 +181,7 @@ def run_with(ctx: Context, cfg: dict[str, Any], harmful: bool = True, benign: bo
                   "train_seconds": trainer.train_seconds}
         per_seed.setdefault("harmful-ft", []).append(result)
         line = f"  seed {seed} harmful-ft plain refusal {result['refusal']:.3f} harmful {result['harmful']:.3f}"
-        budget = min(len(encode(tokenizer, refusal)) + 4, cfg["max_new_tokens"] or 99)
+        budget = answer_budget(tokenizer, cfg, refusal)
         for k in prefix_ks:
             texts = prefix_generate(aligned, attacked, tokenizer, [r["prompt"] for r in trigger_test], k=k,
                                     max_new_tokens=budget)

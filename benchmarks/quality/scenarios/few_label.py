@@ -311,6 +311,18 @@ def train_levi(labelled, tokenizer, cfg, seed: int, test) -> dict[str, dict[str,
     return out
 
 
+def splits(cfg: dict[str, Any], seeds) -> tuple[dict[str, list], dict[int, list], dict[str, list]]:
+    """The test sets (in distribution and shifted), each seed's pool of training clauses (disjoint from the test set)
+    and the test sets plus ``val``: validation clauses for the swept rows' rates, disjoint from both."""
+    most = max(cfg["labels"])
+    test = {"id": draw(clause, cfg["test"], seed=199), "shift": draw(shifted_clause, cfg["test"], seed=299)}
+    held_out = {r["text"] for r in test["id"]}
+    train_id = {seed: draw(clause, max(most, cfg["source"], cfg["levi_labels"]) + cfg["unlabelled"], seed=140 + seed,
+                           exclude=held_out) for seed in seeds}
+    pooled = held_out | {r["text"] for pool in train_id.values() for r in pool}
+    return test, train_id, {**test, "val": draw(clause, cfg["val"], seed=399, exclude=pooled, balanced=True)}
+
+
 def run(ctx: Context) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
@@ -319,14 +331,7 @@ def run(ctx: Context) -> dict[str, Any]:
 
     cfg = SMOKE if ctx.smoke else FULL
     tokenizer = AutoTokenizer.from_pretrained(str(minilm_path()))
-    most = max(cfg["labels"])
-    test = {"id": draw(clause, cfg["test"], seed=199), "shift": draw(shifted_clause, cfg["test"], seed=299)}
-    held_out = {r["text"] for r in test["id"]}
-    train_id = {seed: draw(clause, max(most, cfg["source"], cfg["levi_labels"]) + cfg["unlabelled"], seed=140 + seed,
-                           exclude=held_out) for seed in ctx.seeds}
-    # Validation clauses for the head / pet rows' learning rates: disjoint from the test set and every seed's pool.
-    pooled = held_out | {r["text"] for pool in train_id.values() for r in pool}
-    swept_test = {**test, "val": draw(clause, cfg["val"], seed=399, exclude=pooled, balanced=True)}
+    test, train_id, swept_test = splits(cfg, ctx.seeds)
     per_seed: dict[str, list[dict[str, Any]]] = {}
     per_lr: dict[str, dict[str, list[dict[str, Any]]]] = {}
 

@@ -33,6 +33,7 @@ import tempfile
 from typing import Any
 
 from benchmarks.quality.scenarios import few_label
+from benchmarks.quality.scenarios import minilm_classification as task
 from benchmarks.quality.scenarios._common import Context, cached_build, choose_rate, summarize_rows
 
 NAME = "few-label-mlm"
@@ -60,7 +61,7 @@ def corpus_sentence(rng: random.Random, review_share: float) -> dict[str, Any]:
     if rng.random() >= review_share:
         return {"text": f"the {noun} was {rng.choice(NEUTRAL)}.", "label": None}
     positive = rng.random() < 0.5
-    negation, intensifier = rng.choice(["", "", "not", "never"]), rng.choice(["", "", "really", "very", "quite"])
+    negation, intensifier = rng.choice(task.NEGATIONS), rng.choice(task.INTENSIFIERS)
     words = ["the", noun, "was", negation, intensifier, rng.choice(CORPUS_POSITIVE if positive else CORPUS_NEGATIVE)]
     label = int(positive != bool(negation))
     summary = rng.choice(SUMMARIES).format(word="good" if label else "bad")
@@ -179,14 +180,7 @@ def run(ctx: Context) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(str(minilm_path()))
     path, record, head_path, head_record = mlm_model(ctx, build_cfg, tokenizer)
     encoder = os.path.join(path, "encoder")
-    # few-label's data, drawn from the same seeds
-    most = max(cfg["labels"])
-    test = {"id": few_label.draw(few_label.clause, cfg["test"], seed=199)}
-    held_out = {r["text"] for r in test["id"]}
-    train_id = {seed: few_label.draw(few_label.clause, max(most, cfg["source"], cfg["levi_labels"]) + cfg["unlabelled"],
-                                     seed=140 + seed, exclude=held_out) for seed in ctx.seeds}
-    pooled = held_out | {r["text"] for pool in train_id.values() for r in pool}
-    swept_test = {**test, "val": few_label.draw(few_label.clause, cfg["val"], seed=399, exclude=pooled, balanced=True)}
+    test, train_id, swept_test = few_label.splits(cfg, ctx.seeds)  # few-label's data, from the same seeds
     per_seed: dict[str, list[dict[str, Any]]] = {}
     per_lr: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for seed in ctx.seeds:

@@ -62,6 +62,10 @@ def accuracy(model, tokenizer, queries: list[dict], pool: list[dict] | None, see
 
 
 def run(ctx: Context) -> dict[str, Any]:
+    from datasets import Dataset
+
+    from ftplugins.methods.fewshot_prefix.prefixing import split_pool
+
     cfg = SMOKE if ctx.smoke else FULL
     rules = cfg["rules"]
     # per rule and seed, the largest budget's gold labels; smaller budgets are its first rows (nested)
@@ -74,10 +78,6 @@ def run(ctx: Context) -> dict[str, Any]:
         results: dict[str, dict[str, Any]] = {}
         # the premise: does the pre-trained decoder do the rules in context, before any fine-tuning? (the pool is
         # the one fewshot_prefix draws from the CLAIM_BUDGET labels with this seed)
-        from datasets import Dataset
-
-        from ftplugins.methods.fewshot_prefix.prefixing import split_pool
-
         model, tokenizer = load(ctx.folder)
         premise_pools: dict[str, list[dict]] = {}
         for rule in rules:
