@@ -1,4 +1,4 @@
-"""README's claims table: one line per paper claim, its verdict at the strongest scale measured, from the results.
+"""README's claims table: one line per paper claim, its verdict at the strongest scale measured and its diagnoses.
 
 Every ``benchmarks/results/*/quality.json`` lists the claims its scenarios judged (``benchmarks.quality.claims``).
 A claim measured in several runs is shown at the strongest of them that decided it (a "not comparable" run is
@@ -97,26 +97,67 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def markdown(results_dir: str = common.RESULTS_DIR) -> str:
-    """The generated section's body: a summary line and the table, one row per measured claim."""
-    rows, reproduced = [], 0
-    claims = measured_claims(results_dir)
-    for claim_id, (claim, runs) in sorted(claims.items(), key=lambda item: item[0].lower()):
-        # A decided verdict first: a run where the claim could not be judged (its premise did not happen, its
-        # baseline collapsed) does not hide another run that decided it; it is counted beside it.
-        best = max(runs, key=lambda m: (m.decided, m.strength))
-        reproduced += best.verdict == "reproduced"
-        others = [m for m in runs if m is not best]
-        undecided = sum(not m.decided for m in others)
-        elsewhere = (f"{len(others)}: {sum(m.verdict == 'reproduced' for m in others)} reproduced"
-                     + (f", {undecided} not comparable" if undecided else "") if others else "")
-        link = f"[{best.run}](benchmarks/results/{best.run}/quality.md)" + (" (lr swept)" if best.swept else "")
-        rows.append(f"| `{claim_id}` | {_cell(claim['text'])} ({_cell(claim.get('paper', ''))}) | "
-                    f"**{best.verdict}** | {_cell(headline(best.detail))} | {link} | {elsewhere} |")
-    header = ("| claim | what the paper says (paper) | verdict at the strongest scale | numbers | run | other runs |\n"
-              "|---|---|---|---|---|---|\n")
-    summary = (f"{len(claims)} claims measured; {reproduced} reproduced in direction at the strongest scale measured "
-               "(3 seeds, mean ± std; the rule of `benchmarks/quality/claims.py`).\n\n")
+def _strongest(runs: list[Measured]) -> Measured:
+    # A decided verdict first: a run where the claim could not be judged (its premise did not happen, its baseline
+    # collapsed) does not hide another run that decided it; it is counted beside it.
+    return max(runs, key=lambda m: (m.decided, m.strength))
+
+
+def _other_runs(best: Measured, runs: list[Measured]) -> str:
+    others = [m for m in runs if m is not best]
+    if not others:
+        return ""
+    undecided = sum(not m.decided for m in others)
+    return (f"{len(others)}: {sum(m.verdict == 'reproduced' for m in others)} reproduced"
+            + (f", {undecided} not comparable" if undecided else ""))
+
+
+def condition(variant: str) -> str:
+    """What a variant changes, from its id: ``"x>y (p=0.4)"`` -> ``"p=0.4"`` (the whole id if it has no suffix)."""
+    match = re.search(r"\(([^()]*)\)$", variant)
+    return match.group(1) if match else variant
+
+
+def markdown(results_dir: str = common.RESULTS_DIR, variant_of: dict[str, str] | None = None) -> str:
+    """The generated section's body: a summary line and the table, one row per paper claim, with its variants
+    (``claims.VARIANT_OF``: the claim re-tested under a condition a diagnosis chose) as that row's diagnoses."""
+    from benchmarks.quality import claims as claim_defs
+
+    variant_of = claim_defs.VARIANT_OF if variant_of is None else variant_of
+    known = {c.key: {"claim": c.key, "text": c.text, "paper": c.paper} for c in claim_defs.CLAIMS}
+    measured = measured_claims(results_dir)
+    groups: dict[str, list[str]] = {}
+    for claim_id in measured:
+        base = variant_of.get(claim_id, claim_id)
+        groups.setdefault(base, [])
+        if base != claim_id:
+            groups[base].append(claim_id)
+    rows, verdicts, rescued = [], {"reproduced": 0, "NOT reproduced": 0, "not comparable": 0, NOT_MEASURED: 0}, 0
+    for base, variants in sorted(groups.items(), key=lambda item: item[0].lower()):
+        claim, runs = measured.get(base, (known.get(base, {"claim": base, "text": base, "paper": ""}), []))
+        best = _strongest(runs) if runs else None
+        verdict = best.verdict if best else NOT_MEASURED
+        verdicts[verdict if verdict in verdicts else "not comparable"] += 1
+        strongest = {v: _strongest(measured[v][1]) for v in sorted(variants, key=str.lower)}
+        rescued += verdict != "reproduced" and any(m.verdict == "reproduced" for m in strongest.values())
+        diagnoses = "; ".join(f"`{condition(v)}` {_scale_cell(m)}" for v, m in strongest.items())
+        link = (f"[{best.run}](benchmarks/results/{best.run}/quality.md)" + (" (lr swept)" if best.swept else "")
+                if best else "")
+        rows.append(f"| `{base}` | {_cell(claim['text'])} ({_cell(claim.get('paper', ''))}) | **{verdict}** | "
+                    f"{_cell(headline(best.detail)) if best else ''} | {link} | {diagnoses} | "
+                    f"{_other_runs(best, runs) if best else ''} |")
+    header = ("| claim | what the paper says (paper) | verdict at the strongest scale | numbers | run | "
+              "diagnoses: the claim under a condition (✓ reproduced, ✗ not, ○ not comparable) | other runs |\n"
+              "|---|---|---|---|---|---|---|\n")
+    all_verdicts = sum(len(runs) > 0 for _, runs in measured.values())
+    all_reproduced = sum(_strongest(runs).verdict == "reproduced" for _, runs in measured.values())
+    summary = (f"{len(groups)} paper claims; as stated, at the strongest scale measured: {verdicts['reproduced']} "
+               f"reproduced in direction, {verdicts['NOT reproduced']} not reproduced, {verdicts['not comparable']} "
+               "not comparable (their premise did not occur on the model)"
+               + (f", {verdicts[NOT_MEASURED]} measured only under a condition" if verdicts[NOT_MEASURED] else "")
+               + f". {rescued} of the {len(groups) - verdicts['reproduced']} others are reproduced under a condition a "
+               f"diagnosis chose (the diagnoses column). All {all_verdicts} verdicts, variants included: {all_reproduced} reproduced. "
+               "3 seeds, mean ± std; the rule of `benchmarks/quality/claims.py`.\n\n")
     return summary + header + "\n".join(rows) + "\n"
 
 

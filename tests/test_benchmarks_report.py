@@ -178,11 +178,51 @@ def test_the_claims_table_shows_each_claim_at_its_strongest_run(tmp_path):
     row = next(line for line in claims_table.markdown(str(tmp_path)).splitlines() if line.startswith("| `x>y`"))
     assert "[c-mid]" in row and row.endswith("| 3: 0 reproduced, 1 not comparable |")
     shutil.rmtree(tmp_path / "e-big")
-    assert table.startswith("1 claims measured; 1 reproduced")
+    assert table.startswith("1 paper claims; as stated, at the strongest scale measured: 1 reproduced")
     shutil.rmtree(tmp_path / "c-mid")  # without the larger model, the swept run is the strongest
     row = next(line for line in claims_table.markdown(str(tmp_path)).splitlines() if line.startswith("| `x>y`"))
     assert "[b-small-swept]" in row and "(lr swept)" in row and "**NOT reproduced**" in row
 
+
+
+def test_the_claims_table_has_one_line_per_paper_claim_with_its_variants_as_diagnoses(tmp_path):
+    """A variant (the claim re-tested under a condition) is shown in its paper claim's line with its own strongest
+    run, not on a line of its own; the summary counts paper claims as stated, those a condition rescues, and every
+    verdict; a variant whose paper claim no run measured still gets the paper claim's line."""
+    from benchmarks import claims_table
+
+    claim = {"claim": "x>y", "text": "X beats Y", "paper": "P", "methods": ["x", "y"]}
+    short, long_ = {**claim, "claim": "x>y (long)"}, {**claim, "claim": "x>y (lr 1e-3)"}
+    _quality_result(tmp_path / "a", [{**claim, "verdict": "NOT reproduced", "detail": "acc (Δ -0.1)"},
+                                     {**short, "verdict": "NOT reproduced", "detail": "acc (Δ -0.2)"}])
+    _quality_result(tmp_path / "b", [{**short, "verdict": "reproduced", "detail": "acc (Δ +0.3)"},
+                                     {**long_, "verdict": "not comparable: no premise", "detail": "acc (Δ +0.0)"}],
+                    steps=400)
+    variants = {"x>y (long)": "x>y", "x>y (lr 1e-3)": "x>y"}
+    table = claims_table.markdown(str(tmp_path), variant_of=variants)
+    lines = [line for line in table.splitlines() if line.startswith("| `")]
+    assert len(lines) == 1 and lines[0].startswith("| `x>y` | X beats Y (P) | **NOT reproduced** | acc (Δ -0.1) |")
+    assert ("| `long` ✓ Δ +0.3 ([b](benchmarks/results/b/quality.md)); `lr 1e-3` ○ "
+            "([b](benchmarks/results/b/quality.md)) |") in lines[0]
+    assert table.startswith("1 paper claims; as stated, at the strongest scale measured: 0 reproduced in direction, "
+                            "1 not reproduced, 0 not comparable")
+    assert "1 of the 1 others are reproduced under a condition" in table and "All 3 verdicts" in table
+    assert "1 reproduced." in table
+    # Without the grouping, every variant is a paper claim of its own.
+    assert len([line for line in claims_table.markdown(str(tmp_path), variant_of={}).splitlines()
+                if line.startswith("| `")]) == 3
+    shutil.rmtree(tmp_path / "a")
+    only = claims_table.markdown(str(tmp_path), variant_of=variants)
+    assert "**not measured yet**" in only and "1 measured only under a condition" in only
+    assert claims_table.condition("pet>head (16 labels, pre-trained MLM head)") == "16 labels, pre-trained MLM head"
+
+
+def test_every_claim_variant_names_a_paper_claim():
+    from benchmarks.quality import claims
+
+    keys = {c.key for c in claims.CLAIMS}
+    assert set(claims.VARIANT_OF) <= keys
+    assert set(claims.VARIANT_OF.values()) <= keys - set(claims.VARIANT_OF)
 
 def test_a_claim_of_a_scenario_without_the_decoder_is_ranked_by_its_own_protocol(tmp_path):
     """A MiniLM scenario's claim: the decoder an old run happened to load does not outrank a newer run that chose its
@@ -197,7 +237,8 @@ def test_a_claim_of_a_scenario_without_the_decoder_is_ranked_by_its_own_protocol
     data = json.loads((tmp_path / "b-minilm-lr" / "quality.json").read_text())
     data["scenarios"] = {"minilm-classification": {"config": {"lr_sweep": {"ssf": [1e-3, 3e-3]}}}}
     (tmp_path / "b-minilm-lr" / "quality.json").write_text(json.dumps(data))
-    row = next(line for line in claims_table.markdown(str(tmp_path)).splitlines() if line.startswith("| `ssf~lora"))
+    row = next(line for line in claims_table.markdown(str(tmp_path), variant_of={}).splitlines()
+               if line.startswith("| `ssf~lora"))
     assert "[b-minilm-lr]" in row and "(lr swept)" in row and "**reproduced**" in row
     # A decoder scenario's claim still ranks by the decoder's size first.
     assert claims_table.reads_decoder("target") and claims_table.reads_decoder("grafting")
@@ -246,7 +287,7 @@ def test_the_readme_claims_section_is_checked_and_regenerated(tmp_path):
     assert report.main(["--check", *args]) == 1
     assert report.main(args) == 0
     text = readme.read_text()
-    assert "stale" not in text and "claims measured" in text and text.startswith("intro\n") and text.endswith("after\n")
+    assert "stale" not in text and "paper claims" in text and text.startswith("intro\n") and text.endswith("after\n")
     assert report.main(["--check", *args]) == 0
     readme.write_text("no markers\n")
     assert report.main(["--check", *args]) == 1

@@ -665,6 +665,38 @@ CLAIMS: list[Claim] = [
 ]
 
 
+#: Claims that re-test another claim under a condition a diagnosis chose (the paper's own hyper-parameter or budget, a
+#: model or task that meets the paper's premise, a harder or easier regime): variant -> the paper's claim. README's
+#: claims table shows one line per paper claim, its variants beside it as its diagnoses.
+VARIANT_OF = {
+    "masked_thought>sft (p=0.4)": "masked_thought>sft",
+    "ssf~lora (matched budget)": "ssf~lora",
+    "ssf~lora (encoder)": "ssf~lora",
+    "hyper_adapter>=per-task (10x steps)": "hyper_adapter>=per-task",
+    "deep_align keeps refusals (lr 1e-3)": "deep_align keeps refusals",
+    "deep_align keeps refusals (lr 3e-3)": "deep_align keeps refusals",
+    "deep_align keeps refusals (lr 1.7e-3)": "deep_align keeps refusals",
+    "aligned_prefix restores refusals (weakest breaking attack)": "aligned_prefix restores refusals",
+    "aligned_prefix restores refusals (pre-trained refusal)": "aligned_prefix restores refusals",
+    "aligned_prefix restores refusals (pre-trained refusal, first two words)": "aligned_prefix restores refusals",
+    "graft 1% >= 90% (partly solved task)": "graft 1% >= 90%",
+    "lt_sft deltas compose (2x language budget)": "lt_sft deltas compose",
+    "s3ft<sft forgetting (partly solved task)": "s3ft<sft forgetting",
+    "locft edits locally (750 updates)": "locft edits locally",
+    "locft edits locally (whole layer, 750 updates)": "locft edits locally",
+    "kmq-iter>kmq (reward gap)": "kmq-iter>kmq",
+    "bob>plain synthetic (a generator that draws the classes)": "bob>plain synthetic",
+    "mhgan>plain augmentation (minority class)": "mhgan>plain augmentation",
+    "mhgan>plain augmentation (curved manifold)": "mhgan>plain augmentation",
+    "pet>head (16 labels, pre-trained MLM head)": "pet>head (16 labels)",
+    "pet>head (64 labels, pre-trained MLM head)": "pet>head (64 labels)",
+    "greedy soup>=best single (narrow lr grid)": "greedy soup>=best single",
+    "greedy soup>=best single (close fine-tunes)": "greedy soup>=best single",
+    "greedy soup>=best single (data orders)": "greedy soup>=best single",
+    "conjugate recovers (partial suppression)": "conjugate recovers",
+}
+
+
 def with_lr_paths(summary: dict[str, Any], lr_sweep: dict[str, Any] | None) -> dict[str, Any]:
     """``summary``'s rows, each swept row with its :data:`LR_PATH` (from the ``--lr-sweep`` record's per-lr means)."""
     rows = dict(summary)
