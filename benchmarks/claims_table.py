@@ -156,7 +156,8 @@ def markdown(results_dir: str = common.RESULTS_DIR, variant_of: dict[str, str] |
                "not comparable (their premise did not occur on the model)"
                + (f", {verdicts[NOT_MEASURED]} measured only under a condition" if verdicts[NOT_MEASURED] else "")
                + f". {rescued} of the {len(groups) - verdicts['reproduced']} others are reproduced under a condition a "
-               f"diagnosis chose (the diagnoses column). All {all_verdicts} verdicts, variants included: {all_reproduced} reproduced. "
+               f"diagnosis chose (the diagnoses column). All {all_verdicts} verdicts, variants included: "
+               f"{all_reproduced} reproduced. "
                "3 seeds, mean ± std; the rule of `benchmarks/quality/claims.py`.\n\n")
     return summary + header + "\n".join(rows) + "\n"
 
