@@ -145,6 +145,11 @@ METHODS: list[MethodSpec] = [
     # The paper's GSM8K setting: p_max 0.4 (random-token replacement, p ramped over 2/3 of training: the defaults).
     MethodSpec("masked_thought-p04", ("masked_thought",), {"masked_thought_ratio": 0.4}, dataset=TextRows(),
                perf=False, on_request=True, note="full fine-tuning + Masked Thought collator (p=0.4, GSM8K setting)"),
+    # The paper's MetaMath setting: a `<mask>` token (added, mean-initialised embedding) replaces masked inputs; p 0.2.
+    MethodSpec("masked_thought-mask", ("masked_thought",),
+               {"masked_thought_ratio": 0.2, "masked_thought_variant": "mask_token"}, dataset=TextRows(), perf=False,
+               on_request=True,
+               note="full fine-tuning + Masked Thought collator (<mask> token, p=0.2, MetaMath setting)"),
     # --- adapters (issue 3); bottleneck size d/16 as AdapterHub's reduction factor 16 --------------
     MethodSpec("bottleneck-series", ("bottleneck",),
                {"bottleneck_preset": "llm_adapters_series", "bottleneck_reduction_factor": 16},
