@@ -214,6 +214,24 @@ def test_a_claim_that_builds_on_a_prior_is_not_comparable_where_the_prior_is_at_
     assert verdict({})["verdict"] == "NOT reproduced"
 
 
+@pytest.mark.parametrize("claim, scenario", [("pet>head (64 labels, pre-trained MLM head)", "few-label-mlm"),
+                                             ("pet>head (64 labels)", "few-label")])
+def test_pet_at_64_labels_needs_a_task_the_head_does_not_saturate(claim, scenario):
+    """The few-label-mlm record's pattern (PET 0.997, head 1.000): nothing can beat a head at the ceiling, so the
+    claim is not comparable there; below it, judged as usual; the cloze prior is still checked first."""
+    def verdict(head, zero_shot=0.85):
+        rows = {"pet-n64": {"accuracy_mean": 0.997, "accuracy_std": 0.006},
+                "head-n64": {"accuracy_mean": head, "accuracy_std": 0.0},
+                "pet-zero-shot": {"accuracy_mean": zero_shot, "accuracy_std": 0.0}}
+        out = claims.verdicts({}, {}, scenarios={scenario}, scenario_results={scenario: {"rows": rows}})
+        return next(v for v in out if v["claim"] == claim)["verdict"]
+
+    saturated = verdict(1.0)
+    assert saturated.startswith("not comparable: the premise (the task is not saturated at 64 labels")
+    assert "head-n64 1.000" in saturated
+    assert verdict(0.95) == "reproduced" and verdict(0.995).startswith("not comparable")
+    assert "pet-zero-shot 0.500" in verdict(1.0, zero_shot=0.5)
+
 def test_aligned_prefix_is_judged_on_the_papers_attack_success_rate_as_well_as_on_full_refusals():
     """The `mid` run's pattern: the prefix blocks every harmful answer (the paper's attack success rate falls from
     0.88 to 0) while no attacked model completes the full refusal string; the two claims say so separately."""
