@@ -141,8 +141,8 @@ def markdown(results_dir: str = common.RESULTS_DIR, variant_of: dict[str, str] |
         strongest = {v: _strongest(measured[v][1]) for v in sorted(variants, key=str.lower)}
         rescued += verdict != "reproduced" and any(m.verdict == "reproduced" for m in strongest.values())
         diagnoses = "; ".join(f"`{condition(v)}` {_scale_cell(m)}" for v, m in strongest.items())
-        link = (f"[{best.run}](benchmarks/results/{best.run}/quality.md)" + (" (lr swept)" if best.swept else "")
-                if best else "")
+        link = (f"[{best.run}](BENCHMARKS.md#{best.run}) ([record](benchmarks/results/{best.run}/quality.md))"
+                + (" (lr swept)" if best.swept else "") if best else "")
         rows.append(f"| `{base}` | {_cell(claim['text'])} ({_cell(claim.get('paper', ''))}) | **{verdict}** | "
                     f"{_cell(headline(best.detail)) if best else ''} | {link} | {diagnoses} | "
                     f"{_other_runs(best, runs) if best else ''} |")

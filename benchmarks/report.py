@@ -236,8 +236,9 @@ def section(name: str, path: str) -> str:
         body = ["\n" + build_markdown(result, header=False)]
     else:
         body = ["\n" + kernels_markdown(result)]
-    parts = [provenance(result["machine"], result.get("claims_judged_at")) + "\n", *body, "\n",
-             *_figures(folder, rel, pngs)]
+    # The anchor lets README's claims table (and anyone) link to this run's section: BENCHMARKS.md#<folder name>.
+    parts = [f'<a id="{name}"></a>\n', provenance(result["machine"], result.get("claims_judged_at")) + "\n", *body,
+             "\n", *_figures(folder, rel, pngs)]
     text = "".join(parts)
     return re.sub(r"\n{3,}", "\n\n", text).strip("\n") + "\n"
 

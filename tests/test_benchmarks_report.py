@@ -138,6 +138,7 @@ def test_a_pairs_result_is_a_section_with_each_pairs_ratio(tmp_path):
     (folder / "pairs.json").write_text(json.dumps(result))
     assert report.result_folders(str(tmp_path)) == {"pairs-cpu": str(folder / "pairs.json")}
     body = report.section("pairs-cpu", str(folder / "pairs.json"))
+    assert body.startswith('<a id="pairs-cpu"></a>\n')  # what README's claims table links to
     assert "| `pet` | x vs x | 300.0 | 200.0 | 1.50 | 100, 100 vs 100, 100 | 300 | 100 | 3.00 |" in body
 
 
@@ -168,7 +169,8 @@ def test_the_claims_table_shows_each_claim_at_its_strongest_run(tmp_path):
     _quality_result(tmp_path / "d-mid-few", [few], parameters=9_000_000, steps=100, train_examples=32)
     table = claims_table.markdown(str(tmp_path))
     row = next(line for line in table.splitlines() if line.startswith("| `x>y`"))
-    assert "**reproduced**" in row and "[c-mid](benchmarks/results/c-mid/quality.md)" in row
+    assert "**reproduced**" in row
+    assert "[c-mid](BENCHMARKS.md#c-mid) ([record](benchmarks/results/c-mid/quality.md))" in row
     assert "acc: x 0.6 vs y 0.4 (Δ +0.2; within one std) |" in row and "z 0.1" not in row
     assert row.endswith("| 3: 0 reproduced |") and "`z`" not in table
     shutil.rmtree(tmp_path / "d-mid-few")
