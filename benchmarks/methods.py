@@ -149,7 +149,7 @@ METHODS: list[MethodSpec] = [
     MethodSpec("masked_thought-mask", ("masked_thought",),
                {"masked_thought_ratio": 0.2, "masked_thought_variant": "mask_token"}, dataset=TextRows(), perf=False,
                on_request=True,
-               note="full fine-tuning + Masked Thought collator (<mask> token, p=0.2, MetaMath setting)"),
+               note="full fine-tuning + Masked Thought collator (mask token `<mask>`, p=0.2, MetaMath setting)"),
     # --- adapters (issue 3); bottleneck size d/16 as AdapterHub's reduction factor 16 --------------
     MethodSpec("bottleneck-series", ("bottleneck",),
                {"bottleneck_preset": "llm_adapters_series", "bottleneck_reduction_factor": 16},

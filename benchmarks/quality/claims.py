@@ -381,9 +381,9 @@ CLAIMS: list[Claim] = [
     Claim("masked_thought>sft (p=0.4)", "Masked Thought at the paper's GSM8K setting (p=0.4, random tokens, p ramped "
           "over 2/3 of training) improves multi-step arithmetic over plain SFT", "Chen et al. 2024 (2403.02178)",
           ("masked_thought-p04", "full"), better("target", "masked_thought-p04", "full")),
-    Claim("masked_thought>sft (<mask> token, p=0.2)", "Masked Thought at the paper's MetaMath setting (a <mask> token "
-          "replaces the masked chain-of-thought inputs, p=0.2 ramped over 2/3 of training) improves multi-step "
-          "arithmetic over plain SFT", "Chen et al. 2024 (2403.02178)", ("masked_thought-mask", "full"),
+    Claim("masked_thought>sft (mask token, p=0.2)", "Masked Thought at the paper's MetaMath setting (a mask token, "
+          "`<mask>`, replaces the masked chain-of-thought inputs, p=0.2 ramped over 2/3 of training) improves "
+          "multi-step arithmetic over plain SFT", "Chen et al. 2024 (2403.02178)", ("masked_thought-mask", "full"),
           better("target", "masked_thought-mask", "full")),
     Claim("ssf~lora", "SSF reaches LoRA-level accuracy at a similar budget (tiny decoder)",
           "Lian et al. 2022 (2210.08823)", ("ssf", "lora-r16"), parity("target", "ssf", "lora-r16")),
@@ -689,7 +689,7 @@ CLAIMS: list[Claim] = [
 #: claims table shows one line per paper claim, its variants beside it as its diagnoses.
 VARIANT_OF = {
     "masked_thought>sft (p=0.4)": "masked_thought>sft",
-    "masked_thought>sft (<mask> token, p=0.2)": "masked_thought>sft",
+    "masked_thought>sft (mask token, p=0.2)": "masked_thought>sft",
     "ssf~lora (matched budget)": "ssf~lora",
     "ssf~lora (encoder)": "ssf~lora",
     "hyper_adapter>=per-task (10x steps)": "hyper_adapter>=per-task",
