@@ -283,3 +283,25 @@ def test_aligned_prefix_against_the_weakest_breaking_attack_shares_its_premise()
     assert verdict(0.05, 0.6)["verdict"] == "reproduced"
     assert verdict(0.05, 0.05)["verdict"] == "NOT reproduced"
     assert verdict(0.5, 0.9)["verdict"].startswith("not comparable")
+
+
+def test_a_regime_claim_is_judged_only_on_runs_with_its_number_of_training_examples():
+    """Masked Thought where SFT overfits (32 examples): judged on a 32-example run, "not measured yet" on the standard
+    256-example run (which judges the unrestricted claim), with the flag that would measure it."""
+    rows = {"masked_thought-mask": {"target_mean": 0.153, "target_std": 0.006},
+            "full": {"target_mean": 0.108, "target_std": 0.035}}
+
+    def verdicts(train_examples):
+        out = claims.verdicts(rows, {}, {"target"}, finetune={"train_examples": train_examples})
+        return {v["claim"]: v for v in out if v["claim"].startswith("masked_thought>sft (mask token")}
+
+    few = verdicts(32)["masked_thought>sft (mask token, p=0.2, 32 examples)"]
+    assert few["verdict"] == "reproduced" and "masked_thought-mask 0.153" in few["detail"]
+    standard = verdicts(256)
+    assert standard["masked_thought>sft (mask token, p=0.2, 32 examples)"]["verdict"] == "not measured yet"
+    assert "--train-examples 32; this run: 256" in standard["masked_thought>sft (mask token, p=0.2, 32 examples)"][
+        "detail"]
+    assert standard["masked_thought>sft (mask token, p=0.2)"]["verdict"] == "reproduced"
+    # A record without its fine-tuning config (an old one) cannot say, so the regime claim stays unmeasured.
+    assert next(v for v in claims.verdicts(rows, {}, {"target"})
+                if v["claim"].endswith("32 examples)"))["verdict"] == "not measured yet"

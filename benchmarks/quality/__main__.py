@@ -221,7 +221,8 @@ def rejudge(folder: str, allow_dirty: bool) -> dict[str, Any]:
     before = {c["claim"]: c["verdict"] for c in result.get("claims", [])}
     result["claims"] = claims.verdicts(result.get("summary", {}), result.get("skipped", {}),
                                        scenarios=set(result.get("scenarios_run", ["target"])),
-                                       scenario_results=result.get("scenarios", {}), lr_sweep=result.get("lr_sweep"))
+                                       scenario_results=result.get("scenarios", {}), lr_sweep=result.get("lr_sweep"),
+                                       finetune=(result.get("config") or {}).get("finetune"))
     result["claims_judged_at"] = {"git_commit": common.git_commit(), "dirty": dirty}
     common.write_json(path, result)
     common.write_text(os.path.join(folder, "quality.md"), report.markdown(result))
@@ -371,7 +372,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         **({"lr_sweep": sweep_record} if sweep_record is not None else {}),
         "scenarios": scenario_results,
         "claims": claims.verdicts(summary, skipped, scenarios=set(args.scenarios),
-                                  scenario_results=scenario_results, lr_sweep=sweep_record),
+                                  scenario_results=scenario_results, lr_sweep=sweep_record,
+                                  finetune=asdict(ft_config)),
         "skipped": skipped,
         "elapsed_s": time.perf_counter() - started,
     }

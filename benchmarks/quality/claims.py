@@ -44,6 +44,9 @@ class Claim:
     #: What must have happened for the claim to be testable; returns why it did not (a ``not comparable`` verdict)
     #: or None. Judged on the same rows as ``check``.
     premise: Callable[[dict[str, Any]], str | None] | None = None
+    #: A regime diagnosis of a ``target`` claim (e.g. where SFT overfits): judged only on a run fine-tuned on this many
+    #: examples (``--train-examples``); any other run leaves it "not measured yet".
+    train_examples: int | None = None
 
 
 def room_below_ceiling(metric: str, row: str, margin: float, what: str, ceiling: float = 1.0
@@ -385,6 +388,16 @@ CLAIMS: list[Claim] = [
           "`<mask>`, replaces the masked chain-of-thought inputs, p=0.2 ramped over 2/3 of training) improves "
           "multi-step arithmetic over plain SFT", "Chen et al. 2024 (2403.02178)", ("masked_thought-mask", "full"),
           better("target", "masked_thought-mask", "full")),
+    # Where SFT overfits (the `mid` diagnosis' 32 examples, 75 epochs), the regime a regulariser is for.
+    Claim("masked_thought>sft (32 examples)", "Masked Thought (p=0.2, random tokens) improves multi-step arithmetic "
+          "over plain SFT where SFT overfits: 32 training examples (75 epochs at the standard 150 steps x 16)",
+          "Chen et al. 2024 (2403.02178)", ("masked_thought", "full"), better("target", "masked_thought", "full"),
+          train_examples=32),
+    Claim("masked_thought>sft (mask token, p=0.2, 32 examples)", "Masked Thought at the paper's MetaMath setting (a "
+          "mask token, `<mask>`, p=0.2) improves multi-step arithmetic over plain SFT where SFT overfits: 32 training "
+          "examples (75 epochs at the standard 150 steps x 16)", "Chen et al. 2024 (2403.02178)",
+          ("masked_thought-mask", "full"),
+          better("target", "masked_thought-mask", "full"), train_examples=32),
     Claim("ssf~lora", "SSF reaches LoRA-level accuracy at a similar budget (tiny decoder)",
           "Lian et al. 2022 (2210.08823)", ("ssf", "lora-r16"), parity("target", "ssf", "lora-r16")),
     Claim("ssf~lora (matched budget)", "SSF reaches the accuracy of LoRA at a matched parameter budget (r=1: SSF's "
@@ -690,6 +703,8 @@ CLAIMS: list[Claim] = [
 VARIANT_OF = {
     "masked_thought>sft (p=0.4)": "masked_thought>sft",
     "masked_thought>sft (mask token, p=0.2)": "masked_thought>sft",
+    "masked_thought>sft (32 examples)": "masked_thought>sft",
+    "masked_thought>sft (mask token, p=0.2, 32 examples)": "masked_thought>sft",
     "ssf~lora (matched budget)": "ssf~lora",
     "ssf~lora (encoder)": "ssf~lora",
     "hyper_adapter>=per-task (10x steps)": "hyper_adapter>=per-task",
@@ -730,14 +745,15 @@ def with_lr_paths(summary: dict[str, Any], lr_sweep: dict[str, Any] | None) -> d
 
 def verdicts(summary: dict[str, Any], skipped: dict[str, str], scenarios: set[str],
              scenario_results: dict[str, Any] | None = None,
-             lr_sweep: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+             lr_sweep: dict[str, Any] | None = None, finetune: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """One verdict per claim: reproduced / not reproduced / not comparable / not measured yet (with why).
 
     "Reproduced" is refused when the claim's baseline fell below the pre-trained model (:func:`collapsed_baseline`);
     any verdict is, when the claim's premise did not occur (``Claim.premise``).
 
     ``summary`` holds the ``target`` scenario's rows; ``scenario_results[name]["rows"]`` the rows of the others;
-    ``lr_sweep`` the ``--lr-sweep`` record, whose per-lr numbers let a forgetting claim compare at matched accuracy.
+    ``lr_sweep`` the ``--lr-sweep`` record, whose per-lr numbers let a forgetting claim compare at matched accuracy;
+    ``finetune`` the run's fine-tuning config (a claim with ``train_examples`` is judged only where it matches).
     """
     from benchmarks.quality import scenarios as scenario_modules
 
@@ -759,6 +775,10 @@ def verdicts(summary: dict[str, Any], skipped: dict[str, str], scenarios: set[st
         elif claim.scenario not in scenarios:
             row.update(verdict="not measured yet",
                        detail=f"the '{claim.scenario}' scenario was not run (--scenario {claim.scenario})")
+        elif claim.train_examples and (finetune or {}).get("train_examples") != claim.train_examples:
+            row.update(verdict="not measured yet",
+                       detail=f"judged only on a run with {claim.train_examples} training examples (--train-examples "
+                              f"{claim.train_examples}; this run: {(finetune or {}).get('train_examples')})")
         elif missing:
             default = ("not selected in this run (--methods / --baselines)" if claim.scenario == "target"
                        else f"not a row of this '{claim.scenario}' run (smoke runs train fewer rows)")
