@@ -372,6 +372,22 @@ _COMPOSE_CHECK = with_context(beats_each("target_lang", "composed", ("task-only"
                               ("composed", "lang_add"), ("composed-task-head", "target_lang"),
                               ("composed-task-head", "source_lang"))
 
+#: Masked Thought's training-set sizes below the standard 256, each with how its claim names the regime.
+_MT_REGIMES = ((32, "where SFT overfits: 32 training examples (75 epochs at the standard 150 steps x 16)"),
+               (96, "with 96 training examples (25 epochs at the standard 150 steps x 16)"))
+
+
+def _masked_thought_at(mask: bool, examples: int, regime: str) -> Claim:
+    """Masked Thought over SFT judged only on runs with ``examples`` training examples: random tokens (p=0.2) or the
+    paper's MetaMath mask token."""
+    row, setting = (("masked_thought-mask", "at the paper's MetaMath setting (a mask token, `<mask>`, p=0.2)") if mask
+                    else ("masked_thought", "(p=0.2, random tokens)"))
+    return Claim(f"masked_thought>sft ({'mask token, p=0.2, ' if mask else ''}{examples} examples)",
+                 f"Masked Thought {setting} improves multi-step arithmetic over plain SFT {regime}",
+                 "Chen et al. 2024 (2403.02178)", (row, "full"), better("target", row, "full"),
+                 train_examples=examples)
+
+
 #: What "recovers part of a capability" must amount to: accuracy points regained through the cipher. Set after the
 #: ``mid`` conjugate run met the margin-free rule by 0.007 (0.017 vs 0.010, of a 0.98 capability): a rule that
 #: calls that a recovery says nothing. Stricter than before, so no verdict became "reproduced" by it.
@@ -388,25 +404,9 @@ CLAIMS: list[Claim] = [
           "`<mask>`, replaces the masked chain-of-thought inputs, p=0.2 ramped over 2/3 of training) improves "
           "multi-step arithmetic over plain SFT", "Chen et al. 2024 (2403.02178)", ("masked_thought-mask", "full"),
           better("target", "masked_thought-mask", "full")),
-    # Where SFT overfits (the `mid` diagnosis' 32 examples, 75 epochs), the regime a regulariser is for.
-    Claim("masked_thought>sft (32 examples)", "Masked Thought (p=0.2, random tokens) improves multi-step arithmetic "
-          "over plain SFT where SFT overfits: 32 training examples (75 epochs at the standard 150 steps x 16)",
-          "Chen et al. 2024 (2403.02178)", ("masked_thought", "full"), better("target", "masked_thought", "full"),
-          train_examples=32),
-    Claim("masked_thought>sft (mask token, p=0.2, 32 examples)", "Masked Thought at the paper's MetaMath setting (a "
-          "mask token, `<mask>`, p=0.2) improves multi-step arithmetic over plain SFT where SFT overfits: 32 training "
-          "examples (75 epochs at the standard 150 steps x 16)", "Chen et al. 2024 (2403.02178)",
-          ("masked_thought-mask", "full"),
-          better("target", "masked_thought-mask", "full"), train_examples=32),
-    # Between the two: SFT half-way to its ceiling (0.62 at 96 examples), where a regulariser has room both ways.
-    Claim("masked_thought>sft (96 examples)", "Masked Thought (p=0.2, random tokens) improves multi-step arithmetic "
-          "over plain SFT with 96 training examples (25 epochs at the standard 150 steps x 16)",
-          "Chen et al. 2024 (2403.02178)", ("masked_thought", "full"), better("target", "masked_thought", "full"),
-          train_examples=96),
-    Claim("masked_thought>sft (mask token, p=0.2, 96 examples)", "Masked Thought at the paper's MetaMath setting (a "
-          "mask token, `<mask>`, p=0.2) improves multi-step arithmetic over plain SFT with 96 training examples (25 "
-          "epochs at the standard 150 steps x 16)", "Chen et al. 2024 (2403.02178)",
-          ("masked_thought-mask", "full"), better("target", "masked_thought-mask", "full"), train_examples=96),
+    # Where SFT overfits (the `mid` diagnosis' 32 examples, 75 epochs), the regime a regulariser is for; and between
+    # that and the standard 256: SFT half-way to its ceiling (0.62 at 96 examples), room both ways.
+    *(_masked_thought_at(mask, examples, regime) for examples, regime in _MT_REGIMES for mask in (False, True)),
     Claim("ssf~lora", "SSF reaches LoRA-level accuracy at a similar budget (tiny decoder)",
           "Lian et al. 2022 (2210.08823)", ("ssf", "lora-r16"), parity("target", "ssf", "lora-r16")),
     Claim("ssf~lora (matched budget)", "SSF reaches the accuracy of LoRA at a matched parameter budget (r=1: SSF's "
