@@ -34,6 +34,7 @@ MODULES = {
     "fm3-multitask": "benchmarks.quality.scenarios.fm3_multitask",
     "fm3-diagnosis": "benchmarks.quality.scenarios.fm3_diagnosis",
     "fm3-multitask-long": "benchmarks.quality.scenarios.fm3_long",
+    "fm3-optimizer": "benchmarks.quality.scenarios.fm3_optimizer",
     "pso-style": "benchmarks.quality.scenarios.pso_style",
     "bob-synthetic": "benchmarks.quality.scenarios.bob_synthetic",
     "bob-synthetic-capable": "benchmarks.quality.scenarios.bob_synthetic_capable",

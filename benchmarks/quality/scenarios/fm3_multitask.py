@@ -133,8 +133,11 @@ def train(model, plugins, options, rows, tokenizer, cfg, seed, steps, lr):
         return trainer.model.eval(), time.perf_counter() - started
 
 
-def run_hyper(train_rows, scored_sets, tokenizer, cfg, seed, lr=LR, tasks=tuple(TASKS)):
-    """One hypernetwork trained on ``tasks`` mixed (default all: FM3's shared row), ``cfg["steps"]`` per task."""
+def run_hyper(train_rows, scored_sets, tokenizer, cfg, seed, lr=LR, tasks=tuple(TASKS), extra_plugins=(),
+              hyper_options=None):
+    """One hypernetwork trained on ``tasks`` mixed (default all: FM3's shared row), ``cfg["steps"]`` per task.
+    ``extra_plugins`` run after ``hyper_adapter`` (a diagnosis that alters the hypernetwork it built);
+    ``hyper_options`` override :data:`HYPER`."""
     import torch
 
     from ftplugins.methods.hyper_adapter import plugin
@@ -143,8 +146,8 @@ def run_hyper(train_rows, scored_sets, tokenizer, cfg, seed, lr=LR, tasks=tuple(
     torch.manual_seed(seed)
     names = list(tasks)
     rows = [{**r, "task": t} for t, name in enumerate(names) for r in train_rows[name]]
-    model, seconds = train(minilm_classifier(num_labels=2), [plugin],
-                           {**HYPER, "hyper_adapter_tasks": [f"{n}:{TASKS[n]}" for n in names]}, rows,
+    options = {**HYPER, **(hyper_options or {}), "hyper_adapter_tasks": [f"{n}:{TASKS[n]}" for n in names]}
+    model, seconds = train(minilm_classifier(num_labels=2), [plugin, *extra_plugins], options, rows,
                            tokenizer, cfg, seed, cfg["steps"] * len(names), lr)
     result = {f"{prefix}_{name}": accuracy(lambda b, t=t: model(**b, task=torch.full((len(b["input_ids"]),), t)).logits,
                                            tokenizer, scored[name])
