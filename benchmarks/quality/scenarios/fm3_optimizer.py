@@ -59,8 +59,6 @@ class FixedSources(Plugin):
         import torch
         from torch import nn
 
-        from ftplugins.methods.hyper_adapter.hypernetwork import WEIGHTS
-
         net = model.hypernetwork
         tasks, count = net.task_embedding.num_embeddings, len(net.sites)
         sources = torch.eye(tasks * count)
@@ -80,17 +78,7 @@ class FixedSources(Plugin):
         for part in (net.task_embedding, net.layer_embedding, net.position_embedding, net.projector):
             part.requires_grad_(False)  # unused: the sources replace them
 
-        def forward(self, task):
-            source = self.fixed_sources[int(task)]
-            weights = {}
-            for key, generator in self.generators.items():
-                rows = [i for i, site in enumerate(self.sites) if site.shape_key == key]
-                generated = generator(source[rows])
-                for j, i in enumerate(rows):
-                    weights[self.sites[i].module] = {name: generated[name][j] for name in WEIGHTS}
-            return weights
-
-        net.forward = types.MethodType(forward, net)
+        net.source = types.MethodType(lambda self, task: self.fixed_sources[int(task)], net)
         return model
 
 

@@ -81,10 +81,17 @@ class AdapterHypernetwork(nn.Module):
     def forward(self, task: int) -> dict[str, dict[str, torch.Tensor]]:
         """Every adapter of ``task``: module name -> {down, down_bias, up, up_bias}. A pure function of the
         hypernetwork's parameters and ``task``: the same task always gets the same weights."""
+        return self.generate(self.source(task))
+
+    def source(self, task: int) -> torch.Tensor:
+        """The source vector of each of ``task``'s adapters, (sites, hidden_dim), in the order of ``self.sites``."""
         count = len(self.sites)
         task_ids = torch.full((count,), int(task), dtype=torch.long, device=self.layer_ids.device)
-        source = self.projector(torch.cat([self.task_embedding(task_ids), self.layer_embedding(self.layer_ids),
-                                           self.position_embedding(self.position_ids)], -1))
+        return self.projector(torch.cat([self.task_embedding(task_ids), self.layer_embedding(self.layer_ids),
+                                         self.position_embedding(self.position_ids)], -1))
+
+    def generate(self, source: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
+        """Each site's four tensors from its row of ``source``, by the generator of the site's shape."""
         weights: dict[str, dict[str, torch.Tensor]] = {}
         for key, generator in self.generators.items():
             rows = [i for i, site in enumerate(self.sites) if site.shape_key == key]
