@@ -80,11 +80,9 @@ def run(ctx: Context) -> dict[str, Any]:
                          f"{PER_TASK_LR:g}; {params['per-task']:,} parameters in all",
              "hyper_adapter-3x": f"hyper_adapter at {LONGER}x the steps ({LONGER * cfg['steps']} per task)",
              "per-task-3x": f"per-task at {LONGER}x the steps ({LONGER * cfg['steps']} each)"}
-    metrics = [*(f"acc_{name}" for name in base.TASKS), "mean", "train_seconds"]
     return {
-        "rows": summarize_rows(per_seed, metrics, notes),
-        "metrics": [*([f"acc_{name}", f"{name}: test acc."] for name in base.TASKS),
-                    ["mean", "mean over the tasks"], ["train_seconds", "training time (s)"]],
+        "rows": summarize_rows(per_seed, base.ROW_METRICS, notes),
+        "metrics": base.METRIC_LABELS,
         "config": {**cfg, "tasks": base.TASKS, "hyper_lr": HYPER_LR, "per_task_lr": PER_TASK_LR},
         "extra": {},
     }

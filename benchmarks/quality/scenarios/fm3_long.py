@@ -51,11 +51,9 @@ def run(ctx: Context) -> dict[str, Any]:
                               f"{fm3_diagnosis.HYPER_LR:g}; {params['hyper_adapter']:,} parameters",
              "per-task": f"a bottleneck adapter per task (width {width}), {longer['steps']} steps each, lr "
                          f"{fm3_diagnosis.PER_TASK_LR:g}; {params['per-task']:,} parameters in all"}
-    metrics = [*(f"acc_{name}" for name in base.TASKS), "mean", "train_seconds"]
     return {
-        "rows": summarize_rows(per_seed, metrics, notes),
-        "metrics": [*([f"acc_{name}", f"{name}: test acc."] for name in base.TASKS),
-                    ["mean", "mean over the tasks"], ["train_seconds", "training time (s)"]],
+        "rows": summarize_rows(per_seed, base.ROW_METRICS, notes),
+        "metrics": base.METRIC_LABELS,
         "config": {**longer, "tasks": base.TASKS, "hyper_lr": fm3_diagnosis.HYPER_LR,
                    "per_task_lr": fm3_diagnosis.PER_TASK_LR},
         "extra": {},

@@ -191,6 +191,31 @@ def run_per_task(train_rows, scored_sets, tokenizer, cfg, seed, width, lr=LR):
     return result, seconds, params
 
 
+#: What every FM3 scenario reports per row, and the labels of its table's columns.
+ROW_METRICS = [*(f"acc_{name}" for name in TASKS), "mean", "train_seconds"]
+METRIC_LABELS = [*([f"acc_{name}", f"{name}: test acc."] for name in TASKS), ["mean", "mean over the tasks"],
+                 ["train_seconds", "training time (s)"]]
+
+
+def splits(cfg: dict[str, Any], seeds) -> tuple[dict[int, dict[str, list]], dict[str, dict[str, list]]]:
+    """Each seed's training sentences per task, and the scored sets: ``acc`` (test) and ``val`` (validation), both
+    disjoint from every seed's training sentences."""
+    test_rows = {name: examples(name, cfg["test"], seed=999) for name in TASKS}
+    exclude = {name: {r["text"] for r in rows} for name, rows in test_rows.items()}
+    train_by_seed = {seed: {name: examples(name, cfg["train"], seed=seed, exclude=exclude[name]) for name in TASKS}
+                     for seed in seeds}
+    seen = {name: exclude[name] | {r["text"] for rows in train_by_seed.values() for r in rows[name]} for name in TASKS}
+    val_rows = {name: examples(name, cfg["val"], seed=998, exclude=seen[name]) for name in TASKS}
+    return train_by_seed, {"acc": test_rows, "val": val_rows}
+
+
+def swept_run(result: dict[str, float], seed: int, seconds: float, params: int, lr: float) -> dict[str, Any]:
+    """One run of a rate sweep: its per-task accuracies with their test and validation means, for ``choose_rate``."""
+    return {**result, "mean": sum(result[f"acc_{n}"] for n in TASKS) / len(TASKS),
+            "val_mean": sum(result[f"val_{n}"] for n in TASKS) / len(TASKS), "seed": seed,
+            "train_seconds": seconds, "adapter_params": params, "learning_rate": lr}
+
+
 def run(ctx: Context) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
@@ -200,13 +225,7 @@ def run(ctx: Context) -> dict[str, Any]:
     cfg = SMOKE if ctx.smoke else FULL
     sweep = SMOKE_SWEEP if ctx.smoke else SWEEP
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
-    test_rows = {name: examples(name, cfg["test"], seed=999) for name in TASKS}
-    exclude = {name: {r["text"] for r in rows} for name, rows in test_rows.items()}
-    train_by_seed = {seed: {name: examples(name, cfg["train"], seed=seed, exclude=exclude[name]) for name in TASKS}
-                     for seed in ctx.seeds}
-    seen = {name: exclude[name] | {r["text"] for rows in train_by_seed.values() for r in rows[name]} for name in TASKS}
-    val_rows = {name: examples(name, cfg["val"], seed=998, exclude=seen[name]) for name in TASKS}
-    scored_sets = {"acc": test_rows, "val": val_rows}
+    train_by_seed, scored_sets = splits(cfg, ctx.seeds)
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {"hyper_adapter": {}, "per-task": {}}
     params: dict[str, int] = {}
     width = 0
@@ -220,9 +239,7 @@ def run(ctx: Context) -> dict[str, Any]:
                 else:
                     result, seconds, params[row] = run_per_task(train_rows, scored_sets, tokenizer, cfg, seed,
                                                                 width, lr)
-                result = {**result, "mean": sum(result[f"acc_{n}"] for n in TASKS) / len(TASKS),
-                          "val_mean": sum(result[f"val_{n}"] for n in TASKS) / len(TASKS), "seed": seed,
-                          "train_seconds": seconds, "adapter_params": params[row], "learning_rate": lr}
+                result = swept_run(result, seed, seconds, params[row], lr)
                 runs[row].setdefault(lr_sweep.lr_key(lr), []).append(result)
                 ctx.log(f"  seed {seed} {row:<14} lr {lr_sweep.lr_key(lr)} "
                         + " ".join(f"{k} {v:.3f}" for k, v in result.items() if k.startswith("acc_") or k == "mean")
@@ -238,11 +255,9 @@ def run(ctx: Context) -> dict[str, Any]:
         "per-task": (f"a bottleneck adapter per task (width {width}), {cfg['steps']} steps each, lr "
                      f"{swept['per-task']['chosen']} (chosen on validation); {params.get('per-task', 0):,} adapter "
                      "parameters in all")}
-    metrics = [*(f"acc_{name}" for name in TASKS), "mean", "train_seconds"]
     return {
-        "rows": summarize_rows(per_seed, metrics, notes),
-        "metrics": [*([f"acc_{name}", f"{name}: test acc."] for name in TASKS), ["mean", "mean over the tasks"],
-                    ["train_seconds", "training time (s)"]],
+        "rows": summarize_rows(per_seed, ROW_METRICS, notes),
+        "metrics": METRIC_LABELS,
         "config": {**cfg, "tasks": TASKS, "target_modules": TARGETS,
                    "lr_sweep": {k: list(v) for k, v in sweep.items()},
                    "lr_rule": "best mean validation accuracy (mean over the tasks) over the seeds (tie: the lower lr)",

@@ -91,14 +91,7 @@ def run(ctx: Context) -> dict[str, Any]:
     cfg = base.SMOKE if ctx.smoke else base.FULL
     rates = (HYPER_LR,) if ctx.smoke else RATES
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
-    test_rows = {name: base.examples(name, cfg["test"], seed=999) for name in base.TASKS}
-    exclude = {name: {r["text"] for r in rows} for name, rows in test_rows.items()}
-    train_by_seed = {seed: {name: base.examples(name, cfg["train"], seed=seed, exclude=exclude[name])
-                            for name in base.TASKS} for seed in ctx.seeds}
-    seen = {name: exclude[name] | {r["text"] for rows in train_by_seed.values() for r in rows[name]}
-            for name in base.TASKS}
-    scored = {"acc": test_rows, "val": {name: base.examples(name, cfg["val"], seed=998, exclude=seen[name])
-                                        for name in base.TASKS}}
+    train_by_seed, scored = base.splits(cfg, ctx.seeds)
     width = len(base.TASKS) * SITES
     rows = {"hyper_adapter": ((), None, (HYPER_LR,)),
             "one-hot": ((FixedSources(rotate=False),), {"hyper_adapter_hidden_dim": width}, rates),
@@ -110,9 +103,7 @@ def run(ctx: Context) -> dict[str, Any]:
             for seed in ctx.seeds:
                 result, seconds, params[row] = base.run_hyper(train_by_seed[seed], scored, tokenizer, cfg, seed, lr,
                                                               extra_plugins=extra, hyper_options=options)
-                result = {**result, "mean": sum(result[f"acc_{n}"] for n in base.TASKS) / len(base.TASKS),
-                          "val_mean": sum(result[f"val_{n}"] for n in base.TASKS) / len(base.TASKS), "seed": seed,
-                          "train_seconds": seconds, "adapter_params": params[row], "learning_rate": lr}
+                result = base.swept_run(result, seed, seconds, params[row], lr)
                 runs.setdefault(row, {}).setdefault(lr_sweep.lr_key(lr), []).append(result)
                 ctx.log(f"  seed {seed} {row:<14} lr {lr_sweep.lr_key(lr)} mean {result['mean']:.3f} val "
                         f"{result['val_mean']:.3f}  ({params[row]:,} trainable, {seconds:.0f} s)")
@@ -125,11 +116,9 @@ def run(ctx: Context) -> dict[str, Any]:
                         f"{params['one-hot']:,} trainable",
              "rotated": f"the one-hot sources rotated, lr {swept['rotated']['chosen']} (chosen on validation); "
                         f"{params['rotated']:,} trainable"}
-    metrics = [*(f"acc_{name}" for name in base.TASKS), "mean", "train_seconds"]
     return {
-        "rows": summarize_rows(per_seed, metrics, notes),
-        "metrics": [*([f"acc_{name}", f"{name}: test acc."] for name in base.TASKS),
-                    ["mean", "mean over the tasks"], ["train_seconds", "training time (s)"]],
+        "rows": summarize_rows(per_seed, base.ROW_METRICS, notes),
+        "metrics": base.METRIC_LABELS,
         "config": {**cfg, "tasks": base.TASKS, "hyper_lr": HYPER_LR,
                    "lr_sweep": {"one-hot": list(rates), "rotated": list(rates)},
                    "lr_rule": "best mean validation accuracy (mean over the tasks) over the seeds (tie: the lower lr)",
