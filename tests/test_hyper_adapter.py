@@ -110,6 +110,84 @@ def test_at_init_every_generated_adapter_is_the_identity(tmp_path, tokenizer):  
         assert torch.equal(model.task_features(2, **inputs), expected)
 
 
+def test_at_init_each_adapter_has_its_own_kaiming_sized_down_projection(tmp_path, tokenizer):  # noqa: F811
+    import math
+
+    from ftplugins.methods.hyper_adapter.hypernetwork import AdapterHypernetwork
+
+    net = build(tmp_path, tokenizer).model.hypernetwork
+    assert not hasattr(net, "projector") and all(head.bias is None for g in net.generators.values()
+                                                 for head in g.heads.values())
+    sources = torch.cat([net.source(t) for t in range(3)]).detach()
+    assert torch.allclose(sources.norm(dim=-1), torch.ones(len(sources)))
+    off = (sources @ sources.T)[~torch.eye(len(sources), dtype=torch.bool)].abs().mean()
+    torch.manual_seed(0)
+    mlp = AdapterHypernetwork(3, net.sites, 64, 128, sources="mlp")
+    theirs = torch.nn.functional.normalize(torch.cat([mlp.source(t) for t in range(3)]).detach(), dim=-1)
+    assert off < 0.5 * (theirs @ theirs.T)[~torch.eye(len(theirs), dtype=torch.bool)].abs().mean()
+    generated = net(0)
+    downs = [generated[site.module]["down"].detach() for site in net.sites]
+    assert all(not torch.allclose(downs[0], other, atol=1e-3) for other in downs[1:])
+    kaiming = 1 / math.sqrt(3 * 384)  # a fresh Linear(384, b)'s weight std
+    assert all(abs(float(d.std()) / kaiming - 1) < 0.1 for d in downs)
+    assert all(not generated[m][k].detach().any() for m in generated for k in ("up", "up_bias"))
+
+
+def test_the_generators_step_by_each_adapters_rms_scaled_gradient_unclipped(tmp_path, tokenizer):  # noqa: F811
+    from transformers import Trainer, TrainingArguments
+
+    from ftplugins.methods.hyper_adapter.optimizer import PerAdapterSteps
+    from ftplugins.testing import minilm_classifier
+
+    torch.manual_seed(0)
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_steps=1,
+                             per_device_train_batch_size=8, learning_rate=1e-2, lr_scheduler_type="constant",
+                             max_grad_norm=1e-6, save_strategy="no", disable_tqdm=True, seed=0)
+    trainer = ftplugins.compose(Trainer, [plugin], hyper_adapter_tasks=TASKS, hyper_adapter_export=False)(
+        model=minilm_classifier(num_labels=2), args=args, train_dataset=dataset(tokenizer), processing_class=tokenizer)
+    model, net = trainer.model, trainer.model.hypernetwork
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    raw, sources = {}, {}  # what each task's generated tensors receive, before the optimizer scales it
+
+    def record(module, args, output):
+        task = int(args[0])
+        sources[task] = net.source(task).detach()
+        for i, site in enumerate(net.sites):
+            for name, tensor in output[site.module].items():
+                tensor.register_hook(lambda g, key=(task, i, name): raw.__setitem__(key, g.detach().clone()))
+
+    handle = net.register_forward_hook(record)  # runs before the optimizer's (registered when training starts)
+    trainer.train()
+    handle.remove()
+    assert isinstance(trainer.optimizer.optimizer, PerAdapterSteps) and len(raw) == 3 * len(net.sites) * 4
+    for key, generator in net.generators.items():
+        for name, head in generator.heads.items():
+            expected = torch.zeros_like(head.weight)
+            for (task, i, weight), grad in raw.items():
+                if weight == name and net.sites[i].shape_key == key:  # first step: RMS of g is |g|
+                    expected -= 1e-2 * torch.outer((grad / (grad.abs() + 1e-8)).flatten(), sources[task][i])
+            moved = head.weight.detach() - before[f"hypernetwork.generators.{key}.heads.{name}.weight"]
+            assert torch.allclose(moved, expected, atol=1e-6), (key, name, float((moved - expected).abs().max()))
+    heads = [n for n in before if n.startswith("heads.")]
+    assert all(not torch.equal(before[n], model.get_parameter(n)) for n in heads)  # AdamW, clipped, still steps
+
+
+def test_the_hyperformer_parametrization_trains_with_the_trainers_optimizer(tmp_path, tokenizer):  # noqa: F811
+    from ftplugins.methods.hyper_adapter.optimizer import PerAdapterSteps
+
+    trainer = build(tmp_path, tokenizer, steps=1, hyper_adapter_parametrization="hyperformer",
+                    hyper_adapter_export=False)
+    net = trainer.model.hypernetwork
+    assert hasattr(net, "projector") and all(head.bias is not None for head in net.generators[
+        net.sites[0].shape_key].heads.values())
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    trainer.train()
+    assert type(trainer.optimizer.optimizer) is torch.optim.AdamW
+    assert not isinstance(trainer.optimizer.optimizer, PerAdapterSteps)
+    moved = {n for n, p in net.named_parameters() if not torch.equal(before[n], p)}
+    assert moved and all(".heads.up" in n for n in moved)  # step 1: U = 0 blocks every gradient below it
+
+
 def test_the_exported_adapter_loads_with_peft_and_equals_the_hypernetwork(trained, tokenizer):  # noqa: F811
     import json
     import os
@@ -178,6 +256,7 @@ def test_bad_rows_are_refused_naming_the_row(rows, message, tmp_path, tokenizer)
 @pytest.mark.parametrize("key,value,message", [
     ("hyper_adapter_tasks", ["sst2"], "NAME:NUM_LABELS"), ("hyper_adapter_tasks", ["a:2", "a:3"], r"\['a'\]"),
     ("hyper_adapter_activation", "swish", "hyper_adapter_activation"), ("hyper_adapter_size", 0, "hyper_adapter_size"),
+    ("hyper_adapter_parametrization", "mlp", "orthogonal, hyperformer"),
 ])
 def test_bad_options_name_the_option(key, value, message):
     from transformers import Trainer

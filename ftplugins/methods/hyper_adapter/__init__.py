@@ -12,6 +12,7 @@ This module stays light (no torch): the pieces are imported inside the hooks.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from ftplugins.distributed_reasons import UNWRAPPED_FORWARD
@@ -19,6 +20,8 @@ from ftplugins.errors import FtpluginsError
 from ftplugins.plugin import Plugin, hookimpl
 
 from .options import HyperAdapterOptions
+
+WATCH_KEY = "hyper_adapter_watching"
 
 
 class HyperAdapterPlugin(Plugin):
@@ -67,6 +70,25 @@ class HyperAdapterPlugin(Plugin):
         return HyperAdapterModel(model, opts.task_list(), opts).to(next(model.parameters()).device)
 
     @hookimpl
+    def phase(self, run, trainer, phase):
+        """Around ``train()``: the per-adapter optimizer watches the hypernetwork (entered when it is built, or now
+        when a trainer trains again with the optimizer it kept)."""
+        if phase != "train" or run.options_for(self).hyper_adapter_parametrization != "orthogonal":
+            return None
+        return _watching_while_training(run, trainer)
+
+    @hookimpl
+    def create_optimizer(self, run, model, args):
+        if run.options_for(self).hyper_adapter_parametrization != "orthogonal":
+            return None
+        from .optimizer import build_optimizer
+
+        optimizer = build_optimizer(model, args)
+        if WATCH_KEY in run.state:  # else built outside train(): train()'s phase will find it and watch
+            run.state[WATCH_KEY].enter_context(optimizer.watching())
+        return optimizer
+
+    @hookimpl
     def compute_loss(self, run, trainer, model, inputs, return_outputs, num_items_in_batch, inner):
         steps = run.options_for(self).hyper_adapter_contrastive_steps
         if not model.training or trainer.state.global_step >= steps:
@@ -82,6 +104,22 @@ class HyperAdapterPlugin(Plugin):
 
         root = os.path.join(trainer.args.output_dir, "task_adapters")
         export_all(trainer.accelerator.unwrap_model(trainer.model), root)
+
+
+@contextlib.contextmanager
+def _watching_while_training(run, trainer):
+    from .optimizer import PerAdapterSteps
+
+    with contextlib.ExitStack() as stack:
+        run.state[WATCH_KEY] = stack
+        kept = getattr(trainer, "optimizer", None)
+        kept = getattr(kept, "optimizer", kept)  # Accelerate's wrapper
+        if isinstance(kept, PerAdapterSteps):
+            stack.enter_context(kept.watching())
+        try:
+            yield
+        finally:
+            run.state.pop(WATCH_KEY, None)
 
 
 plugin = HyperAdapterPlugin()

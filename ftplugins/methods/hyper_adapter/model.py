@@ -84,8 +84,9 @@ class HyperAdapterModel(nn.Module):
         self.adapted = get_peft_model(model, adapter_config(options, modules_to_save=[]))
         self.adapted.requires_grad_(False)  # base frozen; the adapters' own tensors are placeholders
         self.sites = adapter_sites(self.adapted.get_base_model())
+        sources = "mlp" if options.hyper_adapter_parametrization == "hyperformer" else "product"
         self.hypernetwork = AdapterHypernetwork(len(tasks), self.sites, options.hyper_adapter_embedding_dim,
-                                                options.hyper_adapter_hidden_dim)
+                                                options.hyper_adapter_hidden_dim, sources=sources)
         head = getattr(model, self.head_name)
         std = getattr(model.config, "initializer_range", 0.02)
         self.heads = nn.ModuleList()

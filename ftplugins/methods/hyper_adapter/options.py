@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from ftplugins.options import check_choice, check_range
 
 ACTIVATIONS = ("relu", "gelu", "tanh", "silu")
+PARAMETRIZATIONS = ("orthogonal", "hyperformer")
 
 
 def parse_task(spec: str) -> tuple[str, int]:
@@ -34,7 +35,18 @@ class HyperAdapterOptions:
                               "hypernetwork (concatenated)."})
     hyper_adapter_hidden_dim: int = field(
         default=128, metadata={"help": "Width of the hypernetwork's projector (2-layer ReLU MLP) whose output the "
-                               "weight generators read."})
+                               "weight generators read (the hyperformer parametrization only)."})
+    hyper_adapter_parametrization: str = field(
+        default="orthogonal",
+        metadata={"help": "How adapters are generated and trained. 'orthogonal': each adapter's source vector is the "
+                  "unit product of its task, layer and position embeddings (nearly orthogonal across adapters), "
+                  "bias-free generators, and per-adapter steps: the gradient reaching each generated tensor is "
+                  "scaled per entry by its own running RMS (Adam's second moment) and the generators step by it "
+                  "at the learning rate, unclipped; the embeddings and heads train with the trainer's optimizer "
+                  "(--hyper_adapter_hidden_dim is unused). 'hyperformer': HyperFormer's 2-layer ReLU projector "
+                  "over the concatenated embeddings, generators with biases, all trained by the trainer's "
+                  "optimizer (under Adam each generator coordinate mixes every adapter: quality-small-fm3-optimizer)."},
+    )
     hyper_adapter_activation: str = field(
         default="relu", metadata={"help": "Non-linearity inside the generated adapters."})
     hyper_adapter_target_modules: list[str] = field(
@@ -62,6 +74,7 @@ class HyperAdapterOptions:
         check_range("hyper_adapter_embedding_dim", self.hyper_adapter_embedding_dim, 1, 1 << 16)
         check_range("hyper_adapter_hidden_dim", self.hyper_adapter_hidden_dim, 1, 1 << 16)
         check_choice("hyper_adapter_activation", self.hyper_adapter_activation, ACTIVATIONS)
+        check_choice("hyper_adapter_parametrization", self.hyper_adapter_parametrization, PARAMETRIZATIONS)
         if not self.hyper_adapter_target_modules:
             raise ValueError("--hyper_adapter_target_modules []: expected at least one module name suffix, e.g. "
                              "output.dense")
