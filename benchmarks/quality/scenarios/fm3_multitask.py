@@ -55,6 +55,9 @@ TASKS = {"second": 2, "first": 2, "topic": 3}
 TARGETS = ["attention.output.dense", "output.dense"]
 HYPER = dict(hyper_adapter_size=16, hyper_adapter_embedding_dim=32, hyper_adapter_hidden_dim=32,
              hyper_adapter_activation="relu", hyper_adapter_target_modules=TARGETS, hyper_adapter_export=False)
+#: The parametrization the records before ``quality-small-fm3-multitask-orthogonal`` trained (the plugin's default
+#: then); fm3-diagnosis and fm3-optimizer diagnose it, so they keep it.
+HYPERFORMER = {"hyper_adapter_parametrization": "hyperformer"}
 LR = 2e-3  # the first run's rate for both rows (untuned)
 #: Candidate learning rates per row, chosen on the validation split (mean accuracy over the tasks).
 #: The hypernetwork's grid reaches lower: a generated weight moves with every entry of the generator's weight row
@@ -249,7 +252,8 @@ def run(ctx: Context) -> dict[str, Any]:
     for row, by_lr in runs.items():
         per_seed[row], swept[row] = choose_rate(by_lr, val="val_mean", test="mean", log=ctx.log, name=row)
     notes = {
-        "hyper_adapter": (f"one hypernetwork (adapter width 16, embeddings 32, projector 32), 3 tasks mixed, "
+        "hyper_adapter": (f"one hypernetwork (adapter width 16, product sources of embeddings 32, per-adapter "
+                          f"steps: the plugin's default parametrization), 3 tasks mixed, "
                           f"{len(TASKS) * cfg['steps']} steps, lr {swept['hyper_adapter']['chosen']} (chosen on "
                           f"validation); {params.get('hyper_adapter', 0):,} hypernetwork parameters"),
         "per-task": (f"a bottleneck adapter per task (width {width}), {cfg['steps']} steps each, lr "

@@ -7,7 +7,8 @@ own running gradient size, so a site whose gradient is small takes steps sized b
 everything else fixed and moves only that: ``fm3-multitask``'s data, test and validation sets, sites, adapter width,
 heads, schedule and 3 × 50 steps. Rows:
 
-* ``hyper_adapter``: as in ``fm3-multitask``, at the rate its validation chose there (2e-3);
+* ``hyper_adapter``: as in ``quality-small-fm3-multitask-lr`` (the ``hyperformer`` parametrization, the plugin's
+  default then), at the rate its validation chose there (2e-3);
 * ``one-hot``: each (task, site) gets its own one-hot source vector (width 36 = 3 tasks × 12 sites, the generators'
   input), in place of the projector's; the generators' biases stay at zero, the down-projection's columns start
   Kaiming-sized and the up-projection at zero (every adapter the identity at the start, as in ``hyper_adapter``).
@@ -93,9 +94,10 @@ def run(ctx: Context) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
     train_by_seed, scored = base.splits(cfg, ctx.seeds)
     width = len(base.TASKS) * SITES
-    rows = {"hyper_adapter": ((), None, (HYPER_LR,)),
-            "one-hot": ((FixedSources(rotate=False),), {"hyper_adapter_hidden_dim": width}, rates),
-            "rotated": ((FixedSources(rotate=True),), {"hyper_adapter_hidden_dim": width}, rates)}
+    fixed = {**base.HYPERFORMER, "hyper_adapter_hidden_dim": width}
+    rows = {"hyper_adapter": ((), base.HYPERFORMER, (HYPER_LR,)),
+            "one-hot": ((FixedSources(rotate=False),), fixed, rates),
+            "rotated": ((FixedSources(rotate=True),), fixed, rates)}
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
     params: dict[str, int] = {}
     for row, (extra, options, row_rates) in rows.items():
