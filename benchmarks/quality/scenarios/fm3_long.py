@@ -6,7 +6,10 @@ close at a longer budget? Same data, test sets, adapter sites and widths as ``fm
 shared hypernetwork, 3 × 500 steps on the three tasks mixed; ``per-task``: one ``bottleneck`` adapter per task (its
 width matched to the hypernetwork's parameters), 500 steps each; the rates fm3-multitask's validation split chose at
 50 steps per task (hypernetwork 2e-3, per-task 6e-3; not re-chosen at this budget: a sweep here would cost four times
-the run). 500 steps of 16 are about 170 epochs of the 48 sentences a task. Judged like ``fm3-multitask`` (the mean
+the run; ``quality-small-fm3-multitask-orthogonal``'s validation chose the same two rates for the plugin's
+``orthogonal`` parametrization, which this scenario trains since it became the default; the first record,
+``quality-small-fm3-multitask-long``, trained ``hyperformer``). 500 steps of 16 are about 170 epochs of the 48
+sentences a task. Judged like ``fm3-multitask`` (the mean
 over the tasks). The smoke run trains each row a few steps on 8 sentences.
 """
 
