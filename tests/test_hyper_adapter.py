@@ -172,6 +172,32 @@ def test_the_generators_step_by_each_adapters_rms_scaled_gradient_unclipped(tmp_
     assert all(not torch.equal(before[n], model.get_parameter(n)) for n in heads)  # AdamW, clipped, still steps
 
 
+def test_per_adapter_steps_under_gradient_accumulation_and_outside_training(tmp_path, tokenizer):  # noqa: F811
+    from transformers import Trainer, TrainingArguments
+
+    from ftplugins.testing import minilm_classifier
+
+    torch.manual_seed(0)
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_steps=1,
+                             per_device_train_batch_size=4, gradient_accumulation_steps=2, learning_rate=1e-2,
+                             save_strategy="no", disable_tqdm=True, seed=0)
+    trainer = ftplugins.compose(Trainer, [plugin], hyper_adapter_tasks=TASKS, hyper_adapter_export=False)(
+        model=minilm_classifier(num_labels=2), args=args, train_dataset=dataset(tokenizer), processing_class=tokenizer)
+    net = trainer.model.hypernetwork
+    before = {n: p.detach().clone() for n, p in net.generators.named_parameters()}
+    trainer.train()
+    optimizer = trainer.optimizer.optimizer
+    counts = {moment["count"] for moment in optimizer.moments.values()}
+    assert counts and counts <= {1, 2} and 2 in counts  # one moment update per backward that saw the task
+    assert all(not torch.equal(before[n], p) for n, p in net.generators.named_parameters() if ".up" in n)
+    assert not optimizer.taken and not optimizer._handles  # nothing held once train() returned
+    loss = trainer.model.train()(**batch_of(tokenizer, ["a wonderful film"], [0]), labels=torch.tensor([1])).loss
+    loss.backward()  # outside train(): autograd's own gradients, unscaled, left in .grad
+    assert all(p.grad is not None for p in net.generators.parameters())
+    with pytest.raises(FtpluginsError, match="did not take"):
+        optimizer.step()
+
+
 def test_the_hyperformer_parametrization_trains_with_the_trainers_optimizer(tmp_path, tokenizer):  # noqa: F811
     from ftplugins.methods.hyper_adapter.optimizer import PerAdapterSteps
 

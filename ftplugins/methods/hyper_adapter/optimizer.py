@@ -60,6 +60,7 @@ class PerAdapterSteps:
             for handle in self._handles:
                 handle.remove()
             self._handles = []
+            self.taken.clear()  # a last accumulation that no step used (training stopped between micro-batches)
 
     def _watch(self, module: nn.Module, args: tuple, output: dict[str, dict[str, torch.Tensor]]) -> None:
         if not torch.is_grad_enabled():
