@@ -20,6 +20,7 @@ MODULES = {
     "many-shot": "benchmarks.quality.scenarios.many_shot",
     "grafting": "benchmarks.quality.scenarios.grafting",
     "grafting-partial": "benchmarks.quality.scenarios.grafting_partial",
+    "grafting-sgd": "benchmarks.quality.scenarios.grafting_sgd",
     "composition": "benchmarks.quality.scenarios.composition",
     "composition-long-language": "benchmarks.quality.scenarios.composition_long_language",
     "minilm-classification": "benchmarks.quality.scenarios.minilm_classification",

@@ -42,11 +42,13 @@ def load(folder: str):
 
 def sft(model, tokenizer, rows: list[dict[str, Any]], *, steps: int, lr: float, seed: int, batch_size: int = 16,
         plugins: Sequence[Any] = (), options: dict[str, Any] | None = None, max_length: int = 64,
-        peft_config: Any = None, keep_dir: str | None = None, schedule: str = "cosine", epochs: int | None = None):
+        peft_config: Any = None, keep_dir: str | None = None, schedule: str = "cosine", epochs: int | None = None,
+        optim: str = "adamw_torch", weight_decay: float = 0.0):
     """Train ``model`` in place on ``rows`` (prompt/completion[/extra columns]) with ``compose(SFTTrainer, plugins)``.
 
     ``epochs``: train by epochs instead (``max_steps`` -1, for plugins whose rounds are epochs); ``steps`` then only
-    sizes the warm-up and the logging interval, so pass the steps the epochs come to.
+    sizes the warm-up and the logging interval, so pass the steps the epochs come to. ``optim``: the training
+    arguments' optimizer name (``"sgd"``: plain SGD, as a paper's protocol may ask).
 
     Returns the trainer (``trainer.model`` is the trained model; ``trainer.ftplugins_run`` its plugin run).
     ``keep_dir``: the output folder (the plugins' artifacts stay there); default a temporary one.
@@ -64,7 +66,8 @@ def sft(model, tokenizer, rows: list[dict[str, Any]], *, steps: int, lr: float, 
             output_dir=output_dir, use_cpu=True, bf16=False, report_to="none", save_strategy="no",
             max_steps=-1 if epochs else steps, num_train_epochs=epochs or 1, per_device_train_batch_size=batch_size,
             per_device_eval_batch_size=64,
-            learning_rate=lr, lr_scheduler_type=schedule, warmup_steps=max(1, steps // 10), weight_decay=0.0,
+            learning_rate=lr, lr_scheduler_type=schedule, warmup_steps=max(1, steps // 10), weight_decay=weight_decay,
+            optim=optim,
             logging_steps=max(1, steps // 5), disable_tqdm=True, seed=seed, data_seed=seed, max_length=max_length,
             dataloader_num_workers=0,
         )

@@ -38,16 +38,26 @@ FULL = dict(train_examples=256, steps=400, batch=16, lr=3e-4, max_batches=16, ep
 SMOKE = dict(train_examples=16, steps=2, batch=8, lr=3e-4, max_batches=2, epochs=1, eval_target=4, max_new_tokens=4)
 
 
+def pct_row(density: float) -> str:
+    """The row of a graft at ``density``: 0.03 -> ``graft-3pct``."""
+    return f"graft-{density * 100:g}pct"
+
+
 def run(ctx: Context) -> dict[str, Any]:
     return run_with(ctx, SMOKE if ctx.smoke else FULL, start=ctx.folder, start_note="the pre-trained decoder")
 
 
 def run_with(ctx: Context, cfg: dict[str, Any], *, start: str, start_note: str,
-             start_prompts: frozenset[str] = frozenset(), graft_lrs: tuple[float, ...] = ()) -> dict[str, Any]:
+             start_prompts: frozenset[str] = frozenset(), graft_lrs: tuple[float, ...] = (),
+             optim: str = "adamw_torch", weight_decay: float = 0.0, frozen: tuple[str, ...] = (),
+             more_densities: tuple[float, ...] = ()) -> dict[str, Any]:
     """The scenario fine-tuning and grafting onto the model in folder ``start`` (row ``pretrained``: θ_pre, the
     model before this fine-tuning; ``start_prompts``: prompts it was trained on, kept out of the test set).
     ``graft_lrs``: one more row per rate, the library's graft at density 1e-2 with that mask learning rate, the
-    budget held (``hold_density``: a larger rate flips more entries on, and the claim is about ≤ 1%)."""
+    budget held (``hold_density``: a larger rate flips more entries on, and the claim is about ≤ 1%).
+    ``optim`` / ``weight_decay``: the fine-tuning's optimizer; ``frozen``: parameter names that fine-tuning leaves
+    as they are (the paper's protocol freezes the embeddings and the LM head); ``more_densities``: one more row
+    per density, the library's graft at the reference's settings (as ``graft-10pct``)."""
     from ftplugins.methods.graft import graft
     from ftplugins.sparse.delta import apply_delta, load_delta
 
@@ -70,9 +80,11 @@ def run_with(ctx: Context, cfg: dict[str, Any], *, start: str, start_note: str,
     for seed in ctx.seeds:
         data = [{"prompt": r["prompt"], "completion": r["completion"]} for r in train[seed]]
         model, _ = load(start)
+        for name in frozen:
+            model.get_parameter(name).requires_grad_(False)
         with tempfile.TemporaryDirectory(prefix="ftplugins-graft-") as out_dir:
             trainer = sft(model, tokenizer, data, steps=cfg["steps"], lr=cfg["lr"], seed=seed, batch_size=cfg["batch"],
-                          plugins=("graft",), keep_dir=out_dir,
+                          plugins=("graft",), keep_dir=out_dir, optim=optim, weight_decay=weight_decay,
                           options={"graft_density": 0.01, "graft_max_batches": cfg["max_batches"],
                                    "graft_epochs": cfg["epochs"]})
             delta = load_delta(os.path.join(out_dir, "graft_delta.safetensors"))
@@ -108,6 +120,7 @@ def run_with(ctx: Context, cfg: dict[str, Any], *, start: str, start_note: str,
         for name, density, region, lr, hold in (("graft-0.1pct", 1e-3, None, 1e7, False),
                                                 ("graft-1pct+emb", 1e-2, "all", 1e7, False),
                                                 ("graft-10pct", 1e-1, None, 1e7, False),
+                                                *((pct_row(d), d, None, 1e7, False) for d in more_densities),
                                                 *((f"graft-1pct-lr{lr:.0e}", 1e-2, None, lr, True)
                                                   for lr in graft_lrs)):
             base, _ = load(start)
@@ -125,11 +138,14 @@ def run_with(ctx: Context, cfg: dict[str, Any], *, start: str, start_note: str,
                 + "  ".join(f"{k} {v[0]:.3f} ({v[1]} entries)" for k, v in extra.items()) + "  "
                 f"({trainer.train_seconds:.0f} s training)")
     notes = {"pretrained": start_note,
-             "finetuned": "full fine-tuning, 400 steps (θ_ft)",
+             "finetuned": f"full fine-tuning, {cfg['steps']} steps at lr {cfg['lr']:g} ({optim}"
+                          + (f", weight decay {weight_decay:g}" if weight_decay else "")
+                          + (", embeddings and LM head frozen" if frozen else "") + ") (θ_ft)",
              "graft-1pct": "θ_pre + the graft delta of compose(SFTTrainer, ['graft']), graft_density=0.01",
              "graft-0.1pct": "ftplugins.methods.graft.graft on the same pair, density 1e-3",
              "graft-1pct+emb": "graft on the same pair, density 1e-2, region incl. the embeddings and the output head",
              "graft-10pct": "graft on the same pair, density 1e-1 (how large a region recovers the accuracy)",
+             **{pct_row(d): f"graft on the same pair, density {d:g}" for d in more_densities},
              **{f"graft-1pct-lr{lr:.0e}": f"graft on the same pair, density 1e-2 held (hold_density), mask "
                                           f"learning rate {lr:.0e} (the reference's is 1e7)" for lr in graft_lrs}}
     rows = summarize_rows(per_seed, ["target", "ratio", "gain", "density", "mask_moved"], notes)
