@@ -45,7 +45,10 @@ class HyperAdapterOptions:
                   "at the learning rate, unclipped; the embeddings and heads train with the trainer's optimizer "
                   "(--hyper_adapter_hidden_dim is unused). 'hyperformer': HyperFormer's 2-layer ReLU projector "
                   "over the concatenated embeddings, generators with biases, all trained by the trainer's "
-                  "optimizer (under Adam each generator coordinate mixes every adapter: quality-small-fm3-optimizer)."},
+                  "optimizer (under Adam each generator coordinate mixes every adapter: quality-small-fm3-optimizer). "
+                  "Measured on three few-shot MiniLM tasks: orthogonal 0.893 vs per-task adapters 0.820 at 50 steps "
+                  "a task; at 10x the steps with the 50-step rate it fell behind (0.814 vs 0.934): choose the rate "
+                  "at the budget you train."},
     )
     hyper_adapter_activation: str = field(
         default="relu", metadata={"help": "Non-linearity inside the generated adapters."})
