@@ -511,6 +511,12 @@ CLAIMS: list[Claim] = [
           with_context(at_least("ratio", "graft-1pct", 0.9), ("finetuned", "target"), ("graft-1pct", "target"),
                        ("graft-1pct", "density"), ("graft-3pct", "ratio"), ("graft-10pct", "ratio")),
           scenario="grafting-sgd"),
+    Claim("graft 1% >= 90% (partly solved task, the paper's SGD)", "Grafting a ≤1% region recovers ≥90% of the "
+          "fine-tuned accuracy, from a model that partly solves the task, fine-tuned by the paper's plain SGD",
+          "Panigrahi et al. 2023", ("graft-1pct", "finetuned"),
+          with_context(at_least("ratio", "graft-1pct", 0.9), ("pretrained", "target"), ("finetuned", "target"),
+                       ("graft-1pct", "target"), ("graft-1pct", "gain"), ("graft-3pct", "gain"),
+                       ("graft-10pct", "gain")), scenario="grafting-partial-sgd"),
     Claim("lt_sft deltas compose", "LT-SFT task and 'language' deltas compose: θ0 + Δ_language + Δ_task does the "
           "task in the target 'language' better than either delta alone", "Ansell et al. 2022 (2110.07560)",
           ("composed", "task-only", "language-only"), _COMPOSE_CHECK, scenario="composition"),
@@ -733,6 +739,7 @@ VARIANT_OF = {
     "aligned_prefix restores refusals (pre-trained refusal, first two words)": "aligned_prefix restores refusals",
     "graft 1% >= 90% (partly solved task)": "graft 1% >= 90%",
     "graft 1% >= 90% (the paper's SGD fine-tuning)": "graft 1% >= 90%",
+    "graft 1% >= 90% (partly solved task, the paper's SGD)": "graft 1% >= 90%",
     "lt_sft deltas compose (2x language budget)": "lt_sft deltas compose",
     "s3ft<sft forgetting (partly solved task)": "s3ft<sft forgetting",
     "locft edits locally (750 updates)": "locft edits locally",

@@ -21,6 +21,7 @@ MODULES = {
     "grafting": "benchmarks.quality.scenarios.grafting",
     "grafting-partial": "benchmarks.quality.scenarios.grafting_partial",
     "grafting-sgd": "benchmarks.quality.scenarios.grafting_sgd",
+    "grafting-partial-sgd": "benchmarks.quality.scenarios.grafting_partial_sgd",
     "composition": "benchmarks.quality.scenarios.composition",
     "composition-long-language": "benchmarks.quality.scenarios.composition_long_language",
     "minilm-classification": "benchmarks.quality.scenarios.minilm_classification",
