@@ -198,6 +198,15 @@ def test_per_adapter_steps_under_gradient_accumulation_and_outside_training(tmp_
         optimizer.step()
 
 
+def test_a_trainer_that_trains_again_steps_the_generators_again(tmp_path, tokenizer):  # noqa: F811
+    trainer = build(tmp_path, tokenizer, steps=1, hyper_adapter_export=False)
+    trainer.train()
+    generators = trainer.model.hypernetwork.generators
+    before = {n: p.detach().clone() for n, p in generators.named_parameters()}
+    trainer.train()  # the kept optimizer (or a new one) must watch again, else step() refuses
+    assert all(not torch.equal(before[n], p) for n, p in generators.named_parameters() if ".up" in n)
+
+
 def test_the_hyperformer_parametrization_trains_with_the_trainers_optimizer(tmp_path, tokenizer):  # noqa: F811
     from ftplugins.methods.hyper_adapter.optimizer import PerAdapterSteps
 
