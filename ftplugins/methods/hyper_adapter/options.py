@@ -39,7 +39,8 @@ class HyperAdapterOptions:
     hyper_adapter_parametrization: str = field(
         default="orthogonal",
         metadata={"help": "How adapters are generated and trained. 'orthogonal': each adapter's source vector is the "
-                  "unit product of its task, layer and position embeddings (nearly orthogonal across adapters), "
+                  "unit product of its task, layer and position embeddings (far less aligned across adapters "
+                  "than a projector's), "
                   "bias-free generators, and per-adapter steps: the gradient reaching each generated tensor is "
                   "scaled per entry by its own running RMS (Adam's second moment) and the generators step by it "
                   "at the learning rate, unclipped; the embeddings and heads train with the trainer's optimizer "

@@ -173,14 +173,7 @@ class SamdaModel(nn.Module):
 def adapter_param_groups(model: nn.Module, args, scale: float) -> torch.optim.Optimizer:
     """The trainer's own optimizer class and settings (``args.optim``, weight decay on the usual parameters), with the
     adaptation module's parameters at ``args.learning_rate * scale`` and every other trainable one at the base rate."""
-    from transformers import Trainer
+    from ftplugins.optimizer_groups import grouped_optimizer
 
-    optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
-    decay = set(Trainer.get_decay_parameter_names(None, model))
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            groups.setdefault((name.startswith("adapter."), name in decay), []).append(param)
-    return optimizer_cls([{"params": params, "lr": args.learning_rate * (scale if adapter else 1.0),
-                           "weight_decay": args.weight_decay if decayed else 0.0}
-                          for (adapter, decayed), params in groups.items()], **kwargs)
+    return grouped_optimizer(model, args, lambda name, _: {
+        "lr": args.learning_rate * (scale if name.startswith("adapter.") else 1.0)})
