@@ -33,11 +33,16 @@ GRAFT_LRS = (1e9, 1e11, 1e13)
 
 
 def run(ctx: Context) -> dict[str, Any]:
+    return run_from_partial(ctx, graft_lrs=GRAFT_LRS)
+
+
+def run_from_partial(ctx: Context, cfg: dict[str, Any] | None = None, **run_with: Any) -> dict[str, Any]:
+    """``grafting.run_with`` from ``self-generated-partial``'s starting model (its training prompts kept out of the
+    test set); ``cfg`` defaults to ``grafting``'s, ``run_with`` passes on (mask rates, the fine-tuning's optimizer)."""
     recipe = self_generated_partial.START_SMOKE if ctx.smoke else self_generated_partial.START
     folder, record = self_generated_partial.start_model(ctx, recipe)
     result = grafting.run_with(
-        ctx, grafting.SMOKE if ctx.smoke else grafting.FULL, start=folder, start_prompts=record["prompts"],
-        start_note=f"θ_pre: the pre-trained decoder after {recipe['steps']} steps of SFT on chain_steps",
-        graft_lrs=GRAFT_LRS)
+        ctx, cfg or (grafting.SMOKE if ctx.smoke else grafting.FULL), start=folder, start_prompts=record["prompts"],
+        start_note=f"θ_pre: the pre-trained decoder after {recipe['steps']} steps of SFT on chain_steps", **run_with)
     result["config"] = {**result["config"], "start": recipe}
     return result

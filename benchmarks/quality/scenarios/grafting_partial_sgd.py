@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.quality.scenarios import grafting, grafting_sgd, self_generated_partial
+from benchmarks.quality.scenarios import grafting, grafting_partial, grafting_sgd
 from benchmarks.quality.scenarios._common import Context
 
 NAME = "grafting-partial-sgd"
@@ -23,13 +23,9 @@ PLOT_METRICS = ("target", "ratio", "gain")
 
 
 def run(ctx: Context) -> dict[str, Any]:
-    recipe = self_generated_partial.START_SMOKE if ctx.smoke else self_generated_partial.START
-    folder, record = self_generated_partial.start_model(ctx, recipe)
     cfg = {**(grafting.SMOKE if ctx.smoke else grafting.FULL), "lr": grafting_sgd.SGD_LR}
-    result = grafting.run_with(
-        ctx, cfg, start=folder, start_prompts=record["prompts"],
-        start_note=f"θ_pre: the pre-trained decoder after {recipe['steps']} steps of SFT on chain_steps",
-        optim="sgd", weight_decay=grafting_sgd.WEIGHT_DECAY, frozen=grafting_sgd.FROZEN, more_densities=(0.03,))
-    result["config"] = {**result["config"], "start": recipe, "optim": "sgd", "weight_decay": grafting_sgd.WEIGHT_DECAY,
+    result = grafting_partial.run_from_partial(ctx, cfg, optim="sgd", weight_decay=grafting_sgd.WEIGHT_DECAY,
+                                               frozen=grafting_sgd.FROZEN, more_densities=(0.03,))
+    result["config"] = {**result["config"], "optim": "sgd", "weight_decay": grafting_sgd.WEIGHT_DECAY,
                         "frozen": list(grafting_sgd.FROZEN)}
     return result
