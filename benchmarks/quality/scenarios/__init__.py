@@ -27,6 +27,7 @@ MODULES = {
     "minilm-classification": "benchmarks.quality.scenarios.minilm_classification",
     "block-lora-scale": "benchmarks.quality.scenarios.block_lora_scale",
     "minilm-shift": "benchmarks.quality.scenarios.minilm_shift",
+    "minilm-shift-plain": "benchmarks.quality.scenarios.minilm_shift_plain",
     "self-generated": "benchmarks.quality.scenarios.self_generated",
     "self-generated-partial": "benchmarks.quality.scenarios.self_generated_partial",
     "few-shot-sft": "benchmarks.quality.scenarios.few_shot_sft",

@@ -72,14 +72,26 @@ FULL = dict(train=64, val=200, test=300, steps=40, probe_steps=200, batch=16, lr
 SMOKE = dict(train=8, val=8, test=8, steps=2, probe_steps=2, batch=4, lrs=(1e-4, 3e-4))
 
 
-def sentences(domain: str, n: int, seed: int, exclude: set[str] = frozenset()) -> list[dict[str, Any]]:
+#: The sentence grammar: one word from each slot (a slot of one option draws nothing from the seed's stream).
+GRAMMAR = {"determiners": ["the"], "verbs": ["was"], "negations": NEGATIONS, "intensifiers": INTENSIFIERS}
+
+
+def _pick(rng: random.Random, options: list[str]) -> str:
+    return options[0] if len(options) == 1 else rng.choice(options)
+
+
+def sentences(domain: str, n: int, seed: int, exclude: set[str] = frozenset(),
+              grammar: dict[str, list[str]] = GRAMMAR) -> list[dict[str, Any]]:
     words, rng, out, seen = WORDS[domain], random.Random(seed), [], set(exclude)
     for _ in range(100 * n):
         if len(out) == n:
             break
         positive = rng.random() < 0.5
-        negation = rng.choice(NEGATIONS)
-        parts = ["the", rng.choice(words["nouns"]), "was", negation, rng.choice(INTENSIFIERS),
+        negation = _pick(rng, grammar["negations"])
+        determiner = _pick(rng, grammar["determiners"])
+        noun = rng.choice(words["nouns"])
+        verb = _pick(rng, grammar["verbs"])
+        parts = [determiner, noun, verb, negation, _pick(rng, grammar["intensifiers"]),
                  rng.choice(words["positive" if positive else "negative"])]
         text = " ".join(p for p in parts if p)
         if text not in seen:
@@ -125,6 +137,11 @@ def train_row(name: str, rows: list[dict[str, Any]], tokenizer, cfg: dict[str, A
 
 
 def run(ctx: Context) -> dict[str, Any]:
+    return run_with(ctx, GRAMMAR)
+
+
+def run_with(ctx: Context, grammar: dict[str, list[str]]) -> dict[str, Any]:
+    """The scenario on sentences from ``grammar`` (``GRAMMAR``: this scenario's; variants pass their own)."""
     from transformers import AutoTokenizer
 
     from benchmarks.quality import lr_sweep
@@ -133,10 +150,11 @@ def run(ctx: Context) -> dict[str, Any]:
     cfg = SMOKE if ctx.smoke else FULL
     names = SMOKE_ROWS if ctx.smoke else tuple(ROWS)
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
-    train = {seed: sentences("id", cfg["train"], seed=70 + seed) for seed in ctx.seeds}
+    train = {seed: sentences("id", cfg["train"], seed=70 + seed, grammar=grammar) for seed in ctx.seeds}
     seen = {r["text"] for rows in train.values() for r in rows}
-    tests = {"id": sentences("id", cfg["test"], seed=98, exclude=seen), "ood": sentences("ood", cfg["test"], seed=99)}
-    val = sentences("id", cfg["val"], seed=97, exclude=seen | {r["text"] for r in tests["id"]})
+    tests = {"id": sentences("id", cfg["test"], seed=98, exclude=seen, grammar=grammar),
+             "ood": sentences("ood", cfg["test"], seed=99, grammar=grammar)}
+    val = sentences("id", cfg["val"], seed=97, exclude=seen | {r["text"] for r in tests["id"]}, grammar=grammar)
     per_seed: dict[str, list[dict[str, Any]]] = {}
     swept: dict[str, Any] = {}
     for name in names:
