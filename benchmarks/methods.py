@@ -186,6 +186,12 @@ METHODS: list[MethodSpec] = [
                note="LIFT at LoRA r=16's count, rank-4 approximation (the paper's r_f = d/64 at d = 256)"),
     MethodSpec("lift-rf8", ("lift",), {"lift_budget_rank": 16, "lift_rank": 8}, perf=False, on_request=True,
                note="LIFT at LoRA r=16's count, rank-8 approximation (the paper's r_f = r/2)"),
+    # The paper's sparse baselines at lift-5pct's count (issue 20's diagnosis of "LIFT forgets less"): is the
+    # forgetting LIFT's choice of entries, or any 5% trained at the rate the target needs?
+    MethodSpec("sparse-5pct-magnitude", ("lift",), {"lift_density": 0.05, "lift_selection": "magnitude"}, perf=False,
+               on_request=True, note="the largest 5% of |W| per matrix (the paper's magnitude baseline)"),
+    MethodSpec("sparse-5pct-random", ("lift",), {"lift_density": 0.05, "lift_selection": "random"}, perf=False,
+               on_request=True, note="a seeded random 5% per matrix (the paper's random sparse baseline)"),
     MethodSpec("lift-lean", ("lift",), {"lift_budget_rank": 16, "lift_step_in_backward": True, "lift_save_delta": False},
                train_args={"max_grad_norm": 0.0}, quality=False,
                note="lift-lora-budget updated inside the backward, no delta (no θ0), no clipping"),

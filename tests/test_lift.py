@@ -82,6 +82,20 @@ def test_randomized_svd_is_seeded_and_exact_on_low_rank_matrices():
 # --- options -----------------------------------------------------------------------------------------
 
 
+def test_baseline_selections_are_the_papers_magnitude_and_seeded_random_rules():
+    weight = torch.randn(24, 40, generator=torch.Generator().manual_seed(0))
+    magnitude = select(weight, rank=3, budget_rank=2, selection="magnitude")
+    order = np.argsort(-np.abs(weight.numpy()), axis=None, kind="stable")[: (24 + 40) * 2]
+    assert int(magnitude.sum()) == (24 + 40) * 2 and set(magnitude.view(-1).nonzero().view(-1).tolist()) == set(order)
+    assert not torch.equal(magnitude, select(weight, rank=3, budget_rank=2))  # principal differs from |W| at rank 3
+    draw = lambda **kw: select(weight, density=0.1, selection="random", **kw)  # noqa: E731
+    assert int(draw(seed=1, name="a").sum()) == 96
+    assert torch.equal(draw(seed=1, name="a"), draw(seed=1, name="a"))  # the same at every refresh and process
+    assert not torch.equal(draw(seed=1, name="a"), draw(seed=1, name="b"))  # weights of one shape differ
+    assert not torch.equal(draw(seed=1, name="a"), draw(seed=2, name="a"))
+    assert torch.equal(draw(seed=1, name="a"), select(weight * 5, density=0.1, selection="random", seed=1, name="a"))
+
+
 def test_plugin_module_does_not_import_torch():
     code = ("import sys, ftplugins.methods.lift as m, ftplugins.methods.lift.options, ftplugins.sparse.cli; "
             "assert 'torch' not in sys.modules; print(m.plugin.name)")
@@ -92,7 +106,7 @@ def test_plugin_module_does_not_import_torch():
 
 @pytest.mark.parametrize("options", [
     {"lift_rank": 0}, {"lift_budget_rank": -1}, {"lift_density": 0.0}, {"lift_density": 1.5},
-    {"lift_interval": -1}, {"lift_svd": "qr"}, {"lift_rnak": 4},
+    {"lift_interval": -1}, {"lift_svd": "qr"}, {"lift_rnak": 4}, {"lift_selection": "largest"},
 ])
 def test_bad_options_are_refused(options):
     from trl import SFTTrainer
@@ -187,6 +201,25 @@ def test_training_changes_exactly_the_selected_entries_of_linear_weights(tmp_pat
     assert all(torch.equal(restored[n], p) for n, p in trainer.model.named_parameters())
     manifest = json.loads((tmp_path / "ftplugins_run.json").read_text())
     assert manifest["plugins"] == ["lift"] and manifest["options"]["lift"]["lift_rank"] == 4
+
+
+def test_random_selection_trains_a_seeded_draw_per_weight_through_compose(tmp_path):
+    from ftplugins.methods.lift.selection import random_scores, topk_indices
+
+    trainer = lift_train(tmp_path, options={"lift_selection": "random", "lift_interval": 2}, seed=3)
+    optimizer = sparse_optimizer_of(trainer.optimizer)
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    drawn = []
+    for param, state in optimizer.state.items():
+        name = names[id(param)]
+        count = sum(param.shape) * 2
+        expected = topk_indices(random_scores(param.shape, 3, name), count)
+        assert torch.equal(state["indices"].long(), expected), name  # still the seed's draw after two refreshes
+        assert torch.equal(param.detach().view(-1) != trainer.initial[name].view(-1),
+                           torch.zeros(param.numel(), dtype=torch.bool).index_fill_(0, expected, True)), name
+        drawn.append(expected)
+    assert len(drawn) == len(LINEAR) and not torch.equal(drawn[0], drawn[1])  # q_proj and k_proj: one shape
+    assert load_delta(str(tmp_path / "sparse_delta.safetensors")).metadata["lift_selection"] == "random"
 
 
 def test_resume_matches_uninterrupted_across_a_refresh(tmp_path):

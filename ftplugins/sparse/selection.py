@@ -56,9 +56,10 @@ def topk_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def per_tensor(
-    rule: Callable[[torch.Tensor], torch.Tensor | None], names: Collection[str] | None = None
+    rule: Callable[..., torch.Tensor | None], names: Collection[str] | None = None, named: bool = False
 ) -> SelectionRule:
-    """A selection rule that applies ``rule(weight) -> mask | indices | None`` to each tensor alone.
+    """A selection rule that applies ``rule(weight) -> mask | indices | None`` to each tensor alone
+    (``rule(name, weight)`` when ``named``: a rule that draws at random seeds itself by the name).
 
     Only the tensors in ``names`` (default: all) go through ``rule``; the others get ``None`` (train
     every entry). The result is computed lazily, one tensor when the engine asks for it, so that at
@@ -67,7 +68,7 @@ def per_tensor(
     """
 
     def select_each(weights: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor | None]:
-        return LazySelection(rule, weights, None if names is None else frozenset(names))
+        return LazySelection(rule, weights, None if names is None else frozenset(names), named)
 
     return select_each
 
@@ -75,16 +76,16 @@ def per_tensor(
 class LazySelection(Mapping):
     """``{name: rule(weights[name])}``, each value computed (without grad) when it is looked up."""
 
-    def __init__(self, rule: Callable[[torch.Tensor], torch.Tensor | None], weights: Mapping[str, torch.Tensor],
-                 names: frozenset[str] | None) -> None:
-        self._rule, self._weights, self._names = rule, weights, names
+    def __init__(self, rule: Callable[..., torch.Tensor | None], weights: Mapping[str, torch.Tensor],
+                 names: frozenset[str] | None, named: bool = False) -> None:
+        self._rule, self._weights, self._names, self._named = rule, weights, names, named
 
     def __getitem__(self, name: str) -> torch.Tensor | None:
         weight = self._weights[name]
         if self._names is not None and name not in self._names:
             return None
         with torch.no_grad():
-            return self._rule(weight.detach())
+            return self._rule(name, weight.detach()) if self._named else self._rule(weight.detach())
 
     def __contains__(self, name: object) -> bool:  # Mapping's default would compute the value
         return name in self._weights

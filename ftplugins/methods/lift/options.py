@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from ftplugins.options import check_choice, check_range
 
 SVD_KINDS = ("gram", "full", "randomized")
+SELECTIONS = ("principal", "magnitude", "random")  # lift_selection: LIFT's rule, then the paper's sparse baselines
 _MANY = float(2**62)
 
 
@@ -48,6 +49,13 @@ class LiftOptions:
                           "matrix: the SVD's truncation to fp32 rounding, ~4x faster, a third of the memory), 'full' "
                           "(fp32 SVD, as the paper's code) or 'randomized' (torch.svd_lowrank, seeded; approximate)."},
     )
+    lift_selection: str = field(
+        default="principal",
+        metadata={"help": "Which entries train: 'principal' (LIFT: the largest entries of the rank-r_f approximation), "
+                          "or the paper's sparse baselines at the same count: 'magnitude' (the largest |W|) and "
+                          "'random' (drawn uniformly, seeded by --seed and the weight's name; the same draw at every "
+                          "refresh). The baselines ignore lift_rank and lift_svd."},
+    )
     lift_save_delta: bool = field(
         default=True,
         metadata={"help": "After training, write the sparse delta W - W0 of every trained weight to "
@@ -71,3 +79,4 @@ class LiftOptions:
             raise ValueError(f"--lift_density {self.lift_density!r}: expected a fraction in (0, 1]")
         check_range("lift_interval", self.lift_interval, 0, _MANY)
         check_choice("lift_svd", self.lift_svd, SVD_KINDS)
+        check_choice("lift_selection", self.lift_selection, SELECTIONS)

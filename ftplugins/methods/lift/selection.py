@@ -3,13 +3,19 @@
 Liu et al. (ICML 2025): take the rank-r_f truncated SVD of a weight W (m x n), W_r = U_r S_r V_rᵀ,
 and train the k entries of W where |W_r| is largest, k = min((m + n) r, m n) so that the count
 matches a rank-r LoRA. Magnitude alone (|W|) selects poorly; after rank reduction it selects well.
+The paper's baselines are rules here too (``selection``): ``magnitude`` (the largest |W|) and ``random``
+(k entries drawn uniformly, seeded by the run's seed and the weight's name).
 """
 
 from __future__ import annotations
 
+import zlib
+
 import torch
 
 from ftplugins.sparse.selection import topk_indices
+
+from .options import SELECTIONS
 
 
 def budget(shape: tuple[int, int], budget_rank: int = 128, density: float | None = None, k: int | None = None) -> int:
@@ -58,6 +64,12 @@ def low_rank_approximation(weight: torch.Tensor, rank: int, svd: str = "gram", s
     return (u[:, :rank] * s[:rank]) @ v[:, :rank].T
 
 
+def random_scores(shape: torch.Size | tuple[int, ...], seed: int, name: str) -> torch.Tensor:
+    """Uniform scores on the CPU, the same for the same (seed, name) in every process and at every refresh."""
+    generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + zlib.crc32(name.encode()))
+    return torch.rand(tuple(shape), generator=generator)
+
+
 def select_indices(
     weight: torch.Tensor,
     rank: int = 128,
@@ -66,15 +78,25 @@ def select_indices(
     budget_rank: int | None = None,
     svd: str = "gram",
     seed: int = 0,
+    selection: str = "principal",
+    name: str = "",
 ) -> torch.Tensor:
     """Sorted flat indices of LIFT's selection of ``weight`` (what :func:`select` marks ``True``).
 
-    What the engine stores; no ``m x n`` mask is built on the way.
+    What the engine stores; no ``m x n`` mask is built on the way. ``selection``: ``principal`` (LIFT),
+    ``magnitude`` (the largest |W|) or ``random`` (seeded by ``seed`` and ``name``).
     """
     if weight.dim() != 2:
         raise ValueError(f"LIFT selects entries of 2-D weights; got shape {tuple(weight.shape)}")
     count = budget(tuple(weight.shape), budget_rank if budget_rank is not None else rank, density, k)
-    scores = low_rank_approximation(weight, rank, svd, seed).abs_()
+    if selection == "principal":
+        scores = low_rank_approximation(weight, rank, svd, seed).abs_()
+    elif selection == "magnitude":
+        scores = weight.float().abs()
+    elif selection == "random":
+        return topk_indices(random_scores(weight.shape, seed, name), count).to(weight.device)
+    else:
+        raise ValueError(f"LIFT selection {selection!r}: expected one of {', '.join(SELECTIONS)}")
     return topk_indices(scores, count)
 
 
@@ -86,14 +108,16 @@ def select(
     budget_rank: int | None = None,
     svd: str = "gram",
     seed: int = 0,
+    selection: str = "principal",
+    name: str = "",
 ) -> torch.Tensor:
     """LIFT's mask of ``weight`` (2-D): ``True`` on the ``k`` entries where the rank-``rank``
-    approximation is largest in magnitude.
+    approximation is largest in magnitude (or the ``selection`` baseline's entries).
 
     ``k`` defaults to ``density * m n`` when ``density`` is given, else ``min((m + n) * budget_rank, m n)``
     with ``budget_rank`` defaulting to ``rank``.
     """
-    indices = select_indices(weight, rank, k, density, budget_rank, svd, seed)
+    indices = select_indices(weight, rank, k, density, budget_rank, svd, seed, selection, name)
     mask = torch.zeros(weight.numel(), dtype=torch.bool, device=weight.device)
     mask[indices] = True
     return mask.view(weight.shape)

@@ -33,9 +33,10 @@ def build_optimizer(model: nn.Module, args: Any, options: Any, targets: list[str
     """
     seed = int(getattr(args, "seed", 0) or 0)
     rule = per_tensor(
-        lambda weight: select_indices(weight, rank=options.lift_rank, density=options.lift_density,
-                                      budget_rank=options.lift_budget_rank, svd=options.lift_svd, seed=seed),
-        names=targets,
+        lambda name, weight: select_indices(weight, rank=options.lift_rank, density=options.lift_density,
+                                            budget_rank=options.lift_budget_rank, svd=options.lift_svd, seed=seed,
+                                            selection=options.lift_selection, name=name),
+        names=targets, named=True,
     )
     return trainer_sparse_adamw("lift", model, args, targets, rule, refresh_interval=options.lift_interval,
                                 track_origin=options.lift_save_delta, step_in_backward=options.lift_step_in_backward)
@@ -50,4 +51,5 @@ def save_delta_of(trainer: Any, options: Any) -> str | None:
         "lift_budget_rank": str(options.lift_budget_rank),
         "lift_density": str(options.lift_density),
         "lift_interval": str(options.lift_interval),
+        "lift_selection": str(options.lift_selection),
     })
