@@ -371,7 +371,8 @@ def _refuse_given_optimizer(run: Run, optimizers: Any) -> None:
     plugins that build the optimizer would silently not apply."""
     if not optimizers or optimizers[0] is None:
         return
-    owners = [plugin.name for plugin, _ in implementations(run.manager, "create_optimizer")]
+    owners = [plugin.name for plugin, _ in implementations(run.manager, "create_optimizer")
+              if getattr(plugin, "builds_optimizer", lambda options: True)(run.options_for(plugin))]
     if owners:
         raise FtpluginsError(
             f"an optimizer was passed with optimizers=, and plugin(s) {', '.join(owners)} build the optimizer "

@@ -187,7 +187,8 @@ def create_optimizer(run, model, args):
 
     At most one plugin may answer. The learning-rate scheduler is built by the trainer around it.
     Called once when ``train()`` creates the optimizer, after ``train_begin``. An optimizer given
-    to the trainer (``optimizers=``) is refused when a plugin implements this hook.
+    to the trainer (``optimizers=``) is refused when a plugin builds one under its options
+    (``Plugin.builds_optimizer``: by default, whenever it implements this hook).
     """
 
 

@@ -82,6 +82,12 @@ class Plugin:
         dataset has them before a model loads (the plugin's ``transform_dataset`` still checks its rows)."""
         return []
 
+    def builds_optimizer(self, options: Any) -> bool:
+        """Whether this plugin's ``create_optimizer`` builds the optimizer under ``options`` (its options instance):
+        an optimizer the user hands the trainer is refused only then. Default: whenever it implements the hook;
+        a plugin whose hook answers ``None`` under some options says so here, and its hook asks this."""
+        return is_hookimpl(getattr(self, "create_optimizer", None))
+
     def load_tuner(self) -> None:
         """Import the module that registers :attr:`peft_type` with PEFT (adapter plugins override)."""
 

@@ -413,6 +413,16 @@ def test_a_given_optimizer_is_refused_when_a_plugin_builds_the_optimizer(tmp_pat
     with pytest.raises(FtpluginsError, match="plugin\\(s\\) builder build the optimizer"):
         cls(model=model, args=cpu_args(SFTConfig, tmp_path), train_dataset=arithmetic_dataset(4),
             processing_class=tiny_tokenizer(), optimizers=given)
+    # a plugin whose hook answers None under its options says so (builds_optimizer): the user's optimizer is kept
+    class Sometimes(Builds):
+        def builds_optimizer(self, options):
+            return False
+
+    assert Builds("builder", []).builds_optimizer(None) and not Tagged("tagged", []).builds_optimizer(None)
+    kept = ftplugins.compose(SFTTrainer, [Sometimes("sometimes", [])])(
+        model=model, args=cpu_args(SFTConfig, tmp_path), train_dataset=arithmetic_dataset(4),
+        processing_class=tiny_tokenizer(), optimizers=given)
+    assert kept.optimizer is given[0]
     # without such a plugin the user's optimizer is used
     plain = ftplugins.compose(SFTTrainer, [Tagged("tagged", [])])
     trainer = plain(model=model, args=cpu_args(SFTConfig, tmp_path), train_dataset=arithmetic_dataset(4),

@@ -28,7 +28,7 @@ def dataset(tokenizer, rows=ROWS):
     return data.map(lambda row: tokenizer(row["text"], truncation=True, max_length=16), remove_columns=["text"])
 
 
-def build(tmp_path, tokenizer, rows=ROWS, steps=3, **options):
+def build(tmp_path, tokenizer, rows=ROWS, steps=3, optimizers=None, **options):
     from transformers import Trainer, TrainingArguments
 
     from ftplugins.testing import minilm_classifier
@@ -39,8 +39,9 @@ def build(tmp_path, tokenizer, rows=ROWS, steps=3, **options):
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_steps=steps,
                              per_device_train_batch_size=8, learning_rate=1e-2, save_strategy="no",
                              disable_tqdm=True, seed=0)
-    return cls(model=minilm_classifier(num_labels=2), args=args, train_dataset=dataset(tokenizer, rows),
-               processing_class=tokenizer)
+    model = minilm_classifier(num_labels=2)
+    given = {} if optimizers is None else {"optimizers": optimizers(model)}
+    return cls(model=model, args=args, train_dataset=dataset(tokenizer, rows), processing_class=tokenizer, **given)
 
 
 def batch_of(tokenizer, texts, tasks):
@@ -221,6 +222,16 @@ def test_the_hyperformer_parametrization_trains_with_the_trainers_optimizer(tmp_
     assert not isinstance(trainer.optimizer.optimizer, PerAdapterSteps)
     moved = {n for n, p in net.named_parameters() if not torch.equal(before[n], p)}
     assert moved and all(".heads.up" in n for n in moved)  # step 1: U = 0 blocks every gradient below it
+
+
+def test_a_users_optimizer_is_refused_only_where_the_plugin_builds_one(tmp_path, tokenizer):  # noqa: F811
+    def sgd(model):
+        return torch.optim.SGD(model.parameters(), lr=0.1), None
+
+    with pytest.raises(FtpluginsError, match="plugin\\(s\\) hyper_adapter build the optimizer"):
+        build(tmp_path, tokenizer, optimizers=sgd)  # orthogonal: its per-adapter steps
+    trainer = build(tmp_path, tokenizer, optimizers=sgd, hyper_adapter_parametrization="hyperformer")
+    assert isinstance(trainer.optimizer, torch.optim.SGD)  # hyperformer keeps the trainer's (here the user's)
 
 
 def test_the_exported_adapter_loads_with_peft_and_equals_the_hypernetwork(trained, tokenizer):  # noqa: F811

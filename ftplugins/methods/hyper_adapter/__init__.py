@@ -77,9 +77,12 @@ class HyperAdapterPlugin(Plugin):
             return None
         return _watching_while_training(run, trainer)
 
+    def builds_optimizer(self, options):
+        return options.hyper_adapter_parametrization == "orthogonal"  # per-adapter steps; hyperformer: AdamW
+
     @hookimpl
     def create_optimizer(self, run, model, args):
-        if run.options_for(self).hyper_adapter_parametrization != "orthogonal":
+        if not self.builds_optimizer(run.options_for(self)):
             return None
         from .optimizer import build_optimizer
 

@@ -61,12 +61,15 @@ class SamdaPlugin(Plugin):
         return SamdaModel(model, encoder, opts.samda_bottleneck, opts.samda_fusion, opts.samda_dice_weight,
                           opts.samda_ce_weight)
 
+    def builds_optimizer(self, options):
+        return options.samda_adapter_lr_scale != 1.0 and options.samda_fusion != "none"  # else one rate, or no adapter
+
     @hookimpl
     def create_optimizer(self, run, model, args):
         from .model import adapter_param_groups
 
         opts = run.options_for(self)
-        if opts.samda_adapter_lr_scale == 1.0 or opts.samda_fusion == "none":  # one rate, or no adapter to speed up
+        if not self.builds_optimizer(opts):
             return None
         return adapter_param_groups(model, args, opts.samda_adapter_lr_scale)
 
