@@ -24,6 +24,7 @@ MODULES = {
     "grafting-partial-sgd": "benchmarks.quality.scenarios.grafting_partial_sgd",
     "composition": "benchmarks.quality.scenarios.composition",
     "composition-long-language": "benchmarks.quality.scenarios.composition_long_language",
+    "composition-bilingual": "benchmarks.quality.scenarios.composition_bilingual",
     "minilm-classification": "benchmarks.quality.scenarios.minilm_classification",
     "block-lora-scale": "benchmarks.quality.scenarios.block_lora_scale",
     "minilm-shift": "benchmarks.quality.scenarios.minilm_shift",

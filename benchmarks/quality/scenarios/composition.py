@@ -82,10 +82,12 @@ def task_rows(task: tasks.Task, n: int, seed: int, exclude: set[str] | None = No
     return out
 
 
-def lt_sft_delta(ctx: Context, rows: list[dict[str, str]], *, steps: int, cfg: dict[str, Any], seed: int, l1: float):
+def lt_sft_delta(ctx: Context, rows: list[dict[str, str]], *, steps: int, cfg: dict[str, Any], seed: int, l1: float,
+                 base: str | None = None):
+    """An LT-SFT delta trained from ``base`` (default: the pre-trained decoder) on ``rows``, and its trainer."""
     from ftplugins.sparse.delta import load_delta
 
-    model, tokenizer = load(ctx.folder)
+    model, tokenizer = load(base or ctx.folder)
     data = [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]
     with tempfile.TemporaryDirectory(prefix="ftplugins-ltsft-") as out_dir:
         trainer = sft(model, tokenizer, data, steps=steps, lr=cfg["lr"], seed=seed, batch_size=cfg["batch"],
@@ -99,9 +101,13 @@ def run(ctx: Context) -> dict[str, Any]:
     return run_with(ctx, SMOKE if ctx.smoke else FULL)
 
 
-def run_with(ctx: Context, cfg: dict[str, Any]) -> dict[str, Any]:
-    """The scenario at ``cfg`` (``composition-long-language`` gives the language delta a larger budget)."""
+def run_with(ctx: Context, cfg: dict[str, Any], base: str | None = None,
+             base_note: str = "θ0, the pre-trained decoder") -> dict[str, Any]:
+    """The scenario at ``cfg`` (``composition-long-language`` gives the language delta a larger budget) from
+    ``base`` (default: the pre-trained decoder; ``composition-bilingual`` passes one that knows both scripts)."""
     from ftplugins.sparse.delta import SparseDelta, apply_delta
+
+    base = base or ctx.folder
 
     task_train = {seed: task_rows(INCREMENT, cfg["task_examples"], seed=500 + seed) for seed in ctx.seeds}
     seen = {r["prompt"] for rows in task_train.values() for r in rows}
@@ -116,14 +122,15 @@ def run_with(ctx: Context, cfg: dict[str, Any]) -> dict[str, Any]:
                 "lang_add": accuracy(model, tokenizer, add_target, ADD_TARGET, max_new_tokens=cap)}
 
     per_seed: dict[str, list[dict[str, Any]]] = {}
-    model, tokenizer = load(ctx.folder)
+    model, tokenizer = load(base)
     per_seed["pretrained"] = [scores(model, tokenizer)]
     for seed in ctx.seeds:
         language_rows = [to_target(r) for r in tasks.examples(list(LANGUAGE_TASKS), cfg["language_examples"],
                                                               seed=700 + seed)]
         d_lang, t_lang = lt_sft_delta(ctx, language_rows, steps=cfg["language_steps"], cfg=cfg, seed=seed,
-                                      l1=cfg["language_l1"])
-        d_task, t_task = lt_sft_delta(ctx, task_train[seed], steps=cfg["task_steps"], cfg=cfg, seed=seed, l1=0.0)
+                                      l1=cfg["language_l1"], base=base)
+        d_task, t_task = lt_sft_delta(ctx, task_train[seed], steps=cfg["task_steps"], cfg=cfg, seed=seed, l1=0.0,
+                                      base=base)
         line = f"  seed {seed}"
         # The paper composes a language SFT's body with a task SFT whose head is the task's own (the MLM head is not
         # part of the task model); here both deltas change the shared LM head, densely: "composed-task-head" keeps
@@ -131,7 +138,7 @@ def run_with(ctx: Context, cfg: dict[str, Any]) -> dict[str, Any]:
         d_lang_body = SparseDelta({n: e for n, e in d_lang.tensors.items() if n != HEAD}, dict(d_lang.metadata))
         for name, deltas in (("task-only", (d_task,)), ("language-only", (d_lang,)), ("composed", (d_lang, d_task)),
                              ("composed-task-head", (d_lang_body, d_task))):
-            model, _ = load(ctx.folder)
+            model, _ = load(base)
             apply_delta(model, *deltas)
             result = {**scores(model, tokenizer), "seed": seed}
             per_seed.setdefault(name, []).append(result)
@@ -140,11 +147,12 @@ def run_with(ctx: Context, cfg: dict[str, Any]) -> dict[str, Any]:
         per_seed["task-only"][-1].update(final_loss=final_loss(t_task), train_seconds=t_task.train_seconds)
         per_seed["language-only"][-1].update(final_loss=final_loss(t_lang), train_seconds=t_lang.train_seconds)
         ctx.log(line + f"  ({t_lang.train_seconds + t_task.train_seconds:.0f} s training)")
-    notes = {"pretrained": "θ0, the pre-trained decoder",
-             "task-only": "θ0 + Δ_task (LT-SFT on source-script increment)",
-             "language-only": "θ0 + Δ_language (LT-SFT on target-script add / add_steps / count)",
-             "composed": "θ0 + Δ_language + Δ_task (apply_delta of both)",
-             "composed-task-head": "θ0 + Δ_language without its LM-head change + Δ_task"}
+    theta = base_note.split(":", 1)[0].split(",", 1)[0]  # "θ0", or the base's own symbol
+    notes = {"pretrained": base_note,
+             "task-only": f"{theta} + Δ_task (LT-SFT on source-script increment)",
+             "language-only": f"{theta} + Δ_language (LT-SFT on target-script add / add_steps / count)",
+             "composed": f"{theta} + Δ_language + Δ_task (apply_delta of both)",
+             "composed-task-head": f"{theta} + Δ_language without its LM-head change + Δ_task"}
     return {
         "rows": summarize_rows(per_seed, ["target_lang", "source_lang", "lang_add"], notes),
         "metrics": [["target_lang", "increment, target script"], ["source_lang", "increment, source script"],
