@@ -593,6 +593,11 @@ CLAIMS: list[Claim] = [
           with_context(edits_locally("locft-layer-750u", "full-750u"), ("locft-750u", "paraphrase_success"),
                        ("locft-750u", "neighbourhood_preservation"), ("pre-edit", "neighbourhood_preservation"),
                        ("pre-edit", "retention")), scenario="editing-layer"),
+    Claim("locft edits locally (located module, 750 updates)", "LocFT-BF edits locally, as above, on the module "
+          "located on validation edits (the paper locates it per model) at the paper's update count (at most 750 "
+          "updates for both rows)", "LocFT-BF (ICT-STAR/LocFT)", ("locft-located-750u", "full-750u"),
+          with_context(edits_locally("locft-located-750u", "full-750u"), ("pre-edit", "neighbourhood_preservation"),
+                       ("pre-edit", "retention")), scenario="editing-located"),
     Claim("kmq>random", "kMQ (k-means, per-cluster shares drawn by perplexity) beats random selection at equal budget "
           "(mean accuracy over the pool's tasks)", "Yu et al. 2024 (2409.11378)", ("kmq", "random"),
           with_context(better("acc", "kmq", "random"), ("kmq", "noisy_share"), ("random", "noisy_share")),
@@ -777,6 +782,7 @@ VARIANT_OF = {
     "s3ft<sft forgetting (partly solved task)": "s3ft<sft forgetting",
     "locft edits locally (750 updates)": "locft edits locally",
     "locft edits locally (whole layer, 750 updates)": "locft edits locally",
+    "locft edits locally (located module, 750 updates)": "locft edits locally",
     "kmq-iter>kmq (reward gap)": "kmq-iter>kmq",
     "lp_ft>=ft OOD (the probe reads the task)": "lp_ft>=ft OOD",
     "bob>plain synthetic (a generator that draws the classes)": "bob>plain synthetic",

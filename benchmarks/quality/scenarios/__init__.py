@@ -34,6 +34,7 @@ MODULES = {
     "few-shot-sft": "benchmarks.quality.scenarios.few_shot_sft",
     "editing": "benchmarks.quality.scenarios.editing",
     "editing-layer": "benchmarks.quality.scenarios.editing_layer",
+    "editing-located": "benchmarks.quality.scenarios.editing_located",
     "data-selection": "benchmarks.quality.scenarios.data_selection",
     "fm3-multitask": "benchmarks.quality.scenarios.fm3_multitask",
     "fm3-diagnosis": "benchmarks.quality.scenarios.fm3_diagnosis",

@@ -178,6 +178,23 @@ def default_variants(layers: int, smoke: bool) -> tuple[dict[str, str | None], d
     return variants, long_rows
 
 
+def edit(folder: str, tokenizer, rows: list[dict[str, Any]], modules: str | None, cfg: dict[str, Any], *,
+         steps: int, seed: int):
+    """The fact model in ``folder`` edited on ``rows``: LocFT-BF on ``modules``, or plain full fine-tuning when
+    ``modules`` is None; returns the trainer and LocFT's monitor (None for plain fine-tuning)."""
+    from ftplugins.methods.locft.data import completion_of
+
+    model, _ = load(folder)
+    if modules is None:
+        data = [{"prompt": r["prompt"], "completion": completion_of(r["target"], None)} for r in rows]
+        return sft(model, tokenizer, data, steps=steps, lr=cfg["lr"], seed=seed, batch_size=cfg["batch"],
+                   schedule="constant"), None
+    trainer = sft(model, tokenizer, rows, steps=steps, lr=cfg["lr"], seed=seed, batch_size=cfg["batch"],
+                  schedule="constant", plugins=("locft",),
+                  options={"locft_modules": modules, "locft_batch_size": cfg["batch"], "locft_separator": SEPARATOR})
+    return trainer, trainer.ftplugins_run.state["locft"]["monitor"]
+
+
 def run(ctx: Context) -> dict[str, Any]:
     return run_with(ctx, SMOKE if ctx.smoke else FULL, default_variants)
 
@@ -185,7 +202,6 @@ def run(ctx: Context) -> dict[str, Any]:
 def run_with(ctx: Context, cfg: dict[str, Any], choose_variants) -> dict[str, Any]:
     """The scenario on the rows ``choose_variants(layers, smoke)`` returns (see :func:`default_variants`)."""
     from ftplugins.methods.locft import evaluate_edits
-    from ftplugins.methods.locft.data import completion_of
 
     folder, record = fact_model(ctx, cfg)
     fact, tokenizer = load(folder)
@@ -213,18 +229,7 @@ def run_with(ctx: Context, cfg: dict[str, Any], choose_variants) -> dict[str, An
         ctx.log(f"  seed {seed} pre-edit      " + _line(pre))
         for name, modules in variants.items():
             steps = cfg["long_updates"] if name in long_rows else epoch_steps
-            model, _ = load(folder)
-            if modules is None:
-                data = [{"prompt": r["prompt"], "completion": completion_of(r["target"], None)} for r in rows]
-                trainer = sft(model, tokenizer, data, steps=steps, lr=cfg["lr"], seed=seed, batch_size=cfg["batch"],
-                              schedule="constant")
-                monitor = None
-            else:
-                trainer = sft(model, tokenizer, rows, steps=steps, lr=cfg["lr"], seed=seed, batch_size=cfg["batch"],
-                              schedule="constant", plugins=("locft",),
-                              options={"locft_modules": modules, "locft_batch_size": cfg["batch"],
-                                       "locft_separator": SEPARATOR})
-                monitor = trainer.ftplugins_run.state["locft"]["monitor"]
+            trainer, monitor = edit(folder, tokenizer, rows, modules, cfg, steps=steps, seed=seed)
             edited = trainer.model.eval()
             changed = _changed_params(fact, edited)
             result = {**evaluate_edits(edited, tokenizer, rows, separator=SEPARATOR), **_neighbour_split(edited, tokenizer, rows),
