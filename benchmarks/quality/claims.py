@@ -550,11 +550,16 @@ CLAIMS: list[Claim] = [
     Claim("lt_sft deltas compose (2x language budget)", "LT-SFT deltas compose, as above, with the language delta "
           "trained on twice the examples and steps", "Ansell et al. 2022 (2110.07560)",
           ("composed", "task-only", "language-only"), _COMPOSE_CHECK, scenario="composition-long-language"),
-    Claim("lt_sft deltas compose (multilingual base)", "LT-SFT deltas compose, as above, from a base that already "
-          "knows the target script a little (the paper's θ0 is multilingual)", "Ansell et al. 2022 (2110.07560)",
-          ("composed", "task-only", "language-only"),
+    Claim("lt_sft deltas compose (low-resource target script in the base)", "LT-SFT deltas compose, as above, from "
+          "a base that already knows the target script a little (the paper's θ0 is multilingual)",
+          "Ansell et al. 2022 (2110.07560)", ("composed", "task-only", "language-only"),
           with_context(_COMPOSE_CHECK, ("pretrained", "target_lang"), ("pretrained", "lang_add")),
           scenario="composition-bilingual"),
+    Claim("lt_sft deltas compose (both scripts in the base)", "LT-SFT deltas compose, as above, from a base that "
+          "knows the target script as well as the source one", "Ansell et al. 2022 (2110.07560)",
+          ("composed", "task-only", "language-only"),
+          with_context(_COMPOSE_CHECK, ("pretrained", "target_lang"), ("pretrained", "lang_add")),
+          scenario="composition-bilingual-equal"),
     Claim("s3ft<sft forgetting", "S3FT reaches the target accuracy of SFT on gold answers while forgetting less, by "
           "training on the model's own judge-accepted answers (gold written in another style)",
           "Gupta et al. 2025 (2502.08130)", ("s3ft", "sft"),
@@ -778,7 +783,8 @@ VARIANT_OF = {
     "graft 1% >= 90% (the paper's SGD fine-tuning)": "graft 1% >= 90%",
     "graft 1% >= 90% (partly solved task, the paper's SGD)": "graft 1% >= 90%",
     "lt_sft deltas compose (2x language budget)": "lt_sft deltas compose",
-    "lt_sft deltas compose (multilingual base)": "lt_sft deltas compose",
+    "lt_sft deltas compose (low-resource target script in the base)": "lt_sft deltas compose",
+    "lt_sft deltas compose (both scripts in the base)": "lt_sft deltas compose",
     "s3ft<sft forgetting (partly solved task)": "s3ft<sft forgetting",
     "locft edits locally (750 updates)": "locft edits locally",
     "locft edits locally (whole layer, 750 updates)": "locft edits locally",

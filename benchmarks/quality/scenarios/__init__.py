@@ -25,6 +25,7 @@ MODULES = {
     "composition": "benchmarks.quality.scenarios.composition",
     "composition-long-language": "benchmarks.quality.scenarios.composition_long_language",
     "composition-bilingual": "benchmarks.quality.scenarios.composition_bilingual",
+    "composition-bilingual-equal": "benchmarks.quality.scenarios.composition_bilingual_equal",
     "minilm-classification": "benchmarks.quality.scenarios.minilm_classification",
     "block-lora-scale": "benchmarks.quality.scenarios.block_lora_scale",
     "minilm-shift": "benchmarks.quality.scenarios.minilm_shift",

@@ -53,12 +53,16 @@ def bilingual_base(ctx: Context, cfg: dict[str, Any]) -> tuple[str, dict[str, An
 
 
 def run(ctx: Context) -> dict[str, Any]:
-    base_cfg = SMOKE_BASE if ctx.smoke else FULL_BASE
+    return run_with(ctx, SMOKE_BASE if ctx.smoke else FULL_BASE,
+                    base_note="θ0': the pre-trained decoder after SFT on its tasks with add / add_steps / count also "
+                              "in the target script (a quarter of the examples)")
+
+
+def run_with(ctx: Context, base_cfg: dict[str, Any], base_note: str) -> dict[str, Any]:
+    """``composition`` from the base ``base_cfg`` builds (``composition-bilingual-equal`` gives it more target)."""
     folder, record = bilingual_base(ctx, base_cfg)
-    result = composition.run_with(
-        ctx, composition.SMOKE if ctx.smoke else composition.FULL, base=folder,
-        base_note="θ0': the pre-trained decoder after SFT on its tasks with add / add_steps / count also in the "
-                  "target script (a quarter of the examples)")
+    result = composition.run_with(ctx, composition.SMOKE if ctx.smoke else composition.FULL, base=folder,
+                                  base_note=base_note)
     result["config"] = {**result["config"], "base": base_cfg}
     result["extra"] = {**result["extra"], "base": {"key": record["key"], "build_seconds": record["seconds"],
                                                    "final_loss": record["final_loss"],
