@@ -77,6 +77,24 @@ def test_a_swept_forgetting_claim_compares_at_the_accuracy_both_reach():
     assert fallback["verdict"] == "reproduced"  # a row trained at one lr has no path: the chosen-lr rule
 
 
+def test_the_lift_forgetting_claim_shows_the_sparse_baselines_only_where_they_ran():
+    summary = {"lift-5pct": _row(0.92, 0.10), "full": _row(0.96, 0.42)}
+    sweep = _sweep(**{"lift-5pct": [(1e-2, 0.89, 0.50), (3e-2, 0.92, 0.10)],
+                      "full": [(3e-4, 0.90, 0.67), (1e-3, 0.96, 0.42)]})
+    alone = next(v for v in claims.verdicts(summary, {}, {"target"}, lr_sweep=sweep)
+                 if v["claim"] == "lift<full forgetting")
+    assert alone["verdict"] == "NOT reproduced" and "sparse-5pct" not in alone["detail"]
+    summary["sparse-5pct-random"] = _row(0.99, 0.19)
+    sweep["rows"].update(_sweep(**{"sparse-5pct-random": [(1e-2, 0.77, 0.61), (3e-2, 0.99, 0.19)]})["rows"])
+    shown = next(v for v in claims.verdicts(summary, {}, {"target"}, lr_sweep=sweep)
+                 if v["claim"] == "lift<full forgetting")
+    assert shown["verdict"] == "NOT reproduced"  # judged on LIFT vs full alone
+    assert shown["detail"].startswith(alone["detail"])
+    assert "retention sparse-5pct-random" in shown["detail"] and "vs full" in shown["detail"]
+    assert "retention lift-5pct 0.100 ± 0.010 vs sparse-5pct-random" in shown["detail"]
+    assert "sparse-5pct-magnitude" not in shown["detail"]  # not run: not shown
+
+
 def test_rows_on_request_run_only_when_named():
     from benchmarks import methods
 

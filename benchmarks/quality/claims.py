@@ -392,6 +392,9 @@ _COMPOSE_CHECK = with_context(beats_each("target_lang", "composed", ("task-only"
                               ("composed", "lang_add"), ("composed-task-head", "target_lang"),
                               ("composed-task-head", "source_lang"))
 
+#: The composition check from a base other than θ0, with what the base itself does in the target script.
+_COMPOSE_FROM_BASE_CHECK = with_context(_COMPOSE_CHECK, ("pretrained", "target_lang"), ("pretrained", "lang_add"))
+
 #: Masked Thought's training-set sizes below the standard 256, each with how its claim names the regime.
 _MT_REGIMES = ((32, "where SFT overfits: 32 training examples (75 epochs at the standard 150 steps x 16)"),
                (96, "with 96 training examples (25 epochs at the standard 150 steps x 16)"))
@@ -553,12 +556,12 @@ CLAIMS: list[Claim] = [
     Claim("lt_sft deltas compose (low-resource target script in the base)", "LT-SFT deltas compose, as above, from "
           "a base that already knows the target script a little (the paper's θ0 is multilingual)",
           "Ansell et al. 2022 (2110.07560)", ("composed", "task-only", "language-only"),
-          with_context(_COMPOSE_CHECK, ("pretrained", "target_lang"), ("pretrained", "lang_add")),
+          _COMPOSE_FROM_BASE_CHECK,
           scenario="composition-bilingual"),
     Claim("lt_sft deltas compose (both scripts in the base)", "LT-SFT deltas compose, as above, from a base that "
           "knows the target script as well as the source one", "Ansell et al. 2022 (2110.07560)",
           ("composed", "task-only", "language-only"),
-          with_context(_COMPOSE_CHECK, ("pretrained", "target_lang"), ("pretrained", "lang_add")),
+          _COMPOSE_FROM_BASE_CHECK,
           scenario="composition-bilingual-equal"),
     Claim("s3ft<sft forgetting", "S3FT reaches the target accuracy of SFT on gold answers while forgetting less, by "
           "training on the model's own judge-accepted answers (gold written in another style)",
