@@ -118,12 +118,17 @@ def condition(variant: str) -> str:
     return match.group(1) if match else variant
 
 
-def markdown(results_dir: str = common.RESULTS_DIR, variant_of: dict[str, str] | None = None) -> str:
+def markdown(results_dir: str = common.RESULTS_DIR, variant_of: dict[str, str] | None = None,
+             paper_protocol: dict[str, str] | None = None) -> str:
     """The generated section's body: a summary line and the table, one row per paper claim, with its variants
-    (``claims.VARIANT_OF``: the claim re-tested under a condition a diagnosis chose) as that row's diagnoses."""
+    (``claims.VARIANT_OF``: the claim re-tested under a condition a diagnosis chose) as that row's diagnoses.
+
+    A claim with a measured variant in ``claims.PAPER_PROTOCOL`` (the paper's own protocol, where the harness's first
+    run of the claim departed from it) is judged by that variant; its first run is shown among the diagnoses."""
     from benchmarks.quality import claims as claim_defs
 
     variant_of = claim_defs.VARIANT_OF if variant_of is None else variant_of
+    paper_protocol = claim_defs.PAPER_PROTOCOL if paper_protocol is None else paper_protocol
     known = {c.key: {"claim": c.key, "text": c.text, "paper": c.paper} for c in claim_defs.CLAIMS}
     measured = measured_claims(results_dir)
     groups: dict[str, list[str]] = {}
@@ -133,28 +138,44 @@ def markdown(results_dir: str = common.RESULTS_DIR, variant_of: dict[str, str] |
         if base != claim_id:
             groups[base].append(claim_id)
     rows, verdicts, rescued = [], {"reproduced": 0, "NOT reproduced": 0, "not comparable": 0, NOT_MEASURED: 0}, 0
+    at_protocol, first_reproduced = 0, 0
     for base, variants in sorted(groups.items(), key=lambda item: item[0].lower()):
-        claim, runs = measured.get(base, (known.get(base, {"claim": base, "text": base, "paper": ""}), []))
+        claim, first_runs = measured.get(base, (known.get(base, {"claim": base, "text": base, "paper": ""}), []))
+        protocol = next((v for v in sorted(variants) if v in paper_protocol), None)
+        runs = measured[protocol][1] if protocol else first_runs
         best = _strongest(runs) if runs else None
         verdict = best.verdict if best else NOT_MEASURED
         verdicts[verdict if verdict in verdicts else "not comparable"] += 1
-        strongest = {v: _strongest(measured[v][1]) for v in sorted(variants, key=str.lower)}
+        strongest = {v: _strongest(measured[v][1]) for v in sorted(variants, key=str.lower) if v != protocol}
+        diagnoses = [f"`{condition(v)}` {_scale_cell(m)}" for v, m in strongest.items()]
+        judged_as = ""
+        if protocol:
+            at_protocol += 1
+            judged_as = f" at the paper's protocol, `{condition(protocol)}` ({_cell(paper_protocol[protocol])})"
+            if first_runs:
+                first = _strongest(first_runs)
+                first_reproduced += first.verdict == "reproduced"
+                diagnoses.insert(0, f"`the harness's first protocol` {_scale_cell(first)}")
         rescued += verdict != "reproduced" and any(m.verdict == "reproduced" for m in strongest.values())
-        diagnoses = "; ".join(f"`{condition(v)}` {_scale_cell(m)}" for v, m in strongest.items())
         link = (f"[{best.run}](BENCHMARKS.md#{best.run}) ([record](benchmarks/results/{best.run}/quality.md))"
                 + (" (lr swept)" if best.swept else "") if best else "")
-        rows.append(f"| `{base}` | {_cell(claim['text'])} ({_cell(claim.get('paper', ''))}) | **{verdict}** | "
-                    f"{_cell(headline(best.detail)) if best else ''} | {link} | {diagnoses} | "
+        rows.append(f"| `{base}` | {_cell(claim['text'])} ({_cell(claim.get('paper', ''))}) | "
+                    f"**{verdict}**{judged_as} | {_cell(headline(best.detail)) if best else ''} | {link} | {'; '.join(diagnoses)} | "
                     f"{_other_runs(best, runs) if best else ''} |")
     header = ("| claim | what the paper says (paper) | verdict at the strongest scale | numbers | run | "
               "diagnoses: the claim under a condition (✓ reproduced, ✗ not, ○ not comparable) | other runs |\n"
               "|---|---|---|---|---|---|---|\n")
     all_verdicts = sum(len(runs) > 0 for _, runs in measured.values())
     all_reproduced = sum(_strongest(runs).verdict == "reproduced" for _, runs in measured.values())
+    protocol_note = (f". {at_protocol} are judged by a run at the paper's protocol, where the harness's first run of "
+                     "the claim departed from it (a default of ours, or a model without what the method needs): "
+                     f"{first_reproduced} of those first runs reproduced, each is shown in its line's diagnoses"
+                     if at_protocol else "")
     summary = (f"{len(groups)} paper claims; as stated, at the strongest scale measured: {verdicts['reproduced']} "
                f"reproduced in direction, {verdicts['NOT reproduced']} not reproduced, {verdicts['not comparable']} "
                "not comparable (their premise did not occur on the model)"
                + (f", {verdicts[NOT_MEASURED]} measured only under a condition" if verdicts[NOT_MEASURED] else "")
+               + protocol_note
                + f". {rescued} of the {len(groups) - verdicts['reproduced']} others are reproduced under a condition a "
                f"diagnosis chose (the diagnoses column). All {all_verdicts} verdicts, variants included: "
                f"{all_reproduced} reproduced. "

@@ -225,6 +225,35 @@ def test_every_claim_variant_names_a_paper_claim():
     keys = {c.key for c in claims.CLAIMS}
     assert set(claims.VARIANT_OF) <= keys
     assert set(claims.VARIANT_OF.values()) <= keys - set(claims.VARIANT_OF)
+    # a paper-protocol variant is a variant, at most one per paper claim, and says why it is the paper's protocol
+    assert set(claims.PAPER_PROTOCOL) <= set(claims.VARIANT_OF)
+    bases = [claims.VARIANT_OF[v] for v in claims.PAPER_PROTOCOL]
+    assert len(bases) == len(set(bases)) and all(len(why) > 40 for why in claims.PAPER_PROTOCOL.values())
+
+
+def test_a_claim_is_judged_at_the_papers_protocol_whatever_either_verdict(tmp_path):
+    """A variant named in ``PAPER_PROTOCOL`` decides its paper claim's line even where the harness's first run is
+    stronger or reproduced: the first run moves to the diagnoses, the summary says how many lines are so judged
+    and how many of their first runs reproduced. Without the entry the first run decides, as before."""
+    from benchmarks import claims_table
+
+    claim = {"claim": "x>y", "text": "X beats Y", "paper": "P", "methods": ["x", "y"]}
+    protocol = {**claim, "claim": "x>y (paper's module)"}
+    _quality_result(tmp_path / "a-first", [{**claim, "verdict": "reproduced", "detail": "acc (Δ +0.3)"}],
+                    parameters=9_000_000)
+    _quality_result(tmp_path / "b-protocol", [{**protocol, "verdict": "NOT reproduced", "detail": "acc (Δ -0.1)"}])
+    variants, why = {"x>y (paper's module)": "x>y"}, {"x>y (paper's module)": "the paper locates the module"}
+    table = claims_table.markdown(str(tmp_path), variant_of=variants, paper_protocol=why)
+    row = next(line for line in table.splitlines() if line.startswith("| `x>y`"))
+    assert row.startswith("| `x>y` | X beats Y (P) | **NOT reproduced** at the paper's protocol, `paper's module` "
+                          "(the paper locates the module) | acc (Δ -0.1) | [b-protocol]")
+    assert "| `the harness's first protocol` ✓ Δ +0.3 ([a-first](benchmarks/results/a-first/quality.md)) |" in row
+    assert "0 reproduced in direction, 1 not reproduced" in table
+    assert "1 are judged by a run at the paper's protocol" in table and "1 of those first runs reproduced" in table
+    plain = claims_table.markdown(str(tmp_path), variant_of=variants, paper_protocol={})
+    row = next(line for line in plain.splitlines() if line.startswith("| `x>y`"))
+    assert "**reproduced** | acc (Δ +0.3)" in row and "`paper's module` ✗ Δ -0.1" in row
+    assert "paper's protocol" not in plain
 
 def test_a_claim_of_a_scenario_without_the_decoder_is_ranked_by_its_own_protocol(tmp_path):
     """A MiniLM scenario's claim: the decoder an old run happened to load does not outrank a newer run that chose its
