@@ -160,7 +160,8 @@ def markdown(results_dir: str = common.RESULTS_DIR, variant_of: dict[str, str] |
         link = (f"[{best.run}](BENCHMARKS.md#{best.run}) ([record](benchmarks/results/{best.run}/quality.md))"
                 + (" (lr swept)" if best.swept else "") if best else "")
         rows.append(f"| `{base}` | {_cell(claim['text'])} ({_cell(claim.get('paper', ''))}) | "
-                    f"**{verdict}**{judged_as} | {_cell(headline(best.detail)) if best else ''} | {link} | {'; '.join(diagnoses)} | "
+                    f"**{verdict}**{judged_as} | {_cell(headline(best.detail)) if best else ''} | {link} | "
+                    f"{'; '.join(diagnoses)} | "
                     f"{_other_runs(best, runs) if best else ''} |")
     header = ("| claim | what the paper says (paper) | verdict at the strongest scale | numbers | run | "
               "diagnoses: the claim under a condition (✓ reproduced, ✗ not, ○ not comparable) | other runs |\n"
