@@ -171,15 +171,17 @@ def load_trained(run_dir: str, base: str | None) -> tuple[Any, Any]:
 
 
 def train_point(recipe_path: str, log_path: str, command: str, launcher: Sequence[str],
-                extra_args: Sequence[str]) -> None:
+                extra_args: Sequence[str], what: str = "sweep") -> None:
+    """``python -m ftplugins.train COMMAND --config RECIPE`` in a subprocess (under ``launcher``), output in
+    ``log_path``; a failure names the log (``what``: the tool, for the message)."""
     argv = [*launcher, "-m", "ftplugins.train", command, "--config", recipe_path, *extra_args]
     with open(log_path, "w") as log:
         code = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ}).returncode
     if code != 0:
         with open(log_path, errors="replace") as log:
             tail = log.read()[-600:].strip().splitlines()[-1:] or ["(no output)"]
-        raise FtpluginsError(f"sweep: training failed (exit {code}) for {os.path.dirname(log_path)}: {tail[0]}; see "
-                             f"{log_path}. Fix it and run the same command again: finished points are kept")
+        raise FtpluginsError(f"{what}: training failed (exit {code}) for {os.path.dirname(log_path)}: {tail[0]}; "
+                             f"see {log_path}. Fix it and run the same command again: finished runs are kept")
 
 
 def run_sweep(config_path: str, output: str, scorer: Scorer, *, fractions: Sequence[float] | None = None,
@@ -230,21 +232,24 @@ def run_sweep(config_path: str, output: str, scorer: Scorer, *, fractions: Seque
     return summary
 
 
-def prepare_output(output: str, manifest: dict, overwrite: bool) -> None:
+def prepare_output(output: str, manifest: dict, overwrite: bool, name: str = "sweep_manifest.json",
+                   what: str = "sweep", points: str = "points") -> None:
+    """Record ``manifest`` in ``output/name``; a folder holding another tool run's (``what``) is refused, or with
+    ``overwrite`` its ``points`` folder is cleared, so results of another recipe or pool are never resumed."""
     from ftplugins.atomic import staged_dir
 
-    path = os.path.join(output, "sweep_manifest.json")
+    path = os.path.join(output, name)
     if os.path.isfile(path):
         with open(path) as handle:
             previous = json.load(handle)
         if previous != manifest:
             if not overwrite:
                 changed = sorted(k for k in manifest if previous.get(k) != manifest[k])
-                raise FtpluginsError(f"sweep: {output} holds a sweep of another recipe, pool, seed or metric ("
+                raise FtpluginsError(f"{what}: {output} holds a run of another recipe, data, seed or setting ("
                                      f"{', '.join(changed)} changed); use a new --output, or --overwrite to start over")
-            shutil.rmtree(os.path.join(output, "points"), ignore_errors=True)
+            shutil.rmtree(os.path.join(output, points), ignore_errors=True)
     os.makedirs(output, exist_ok=True)
-    with staged_dir(output) as tmp, open(os.path.join(tmp, "sweep_manifest.json"), "w") as handle:
+    with staged_dir(output) as tmp, open(os.path.join(tmp, name), "w") as handle:
         json.dump(manifest, handle, indent=2)
 
 

@@ -12,7 +12,7 @@ to the earlier candidate, and the list starts with ``editing``'s default (the mi
 down-projections by depth, then the whole layers by depth. Then ``locft-located-750u`` (the located module) and
 ``full-750u`` train on each seed's edits exactly as in ``editing`` (same fact model, edits, scores and budget; the
 validation edits are another draw of the same kind: some keys recur with other new values). Its own claim variant,
-judged like ``editing``'s.
+judged like ``editing``'s. The score is the plugin's (``ftplugins locft-locate`` runs this sweep for a user's model).
 """
 
 from __future__ import annotations
@@ -36,14 +36,10 @@ def candidates(layers: int) -> list[str]:
     return [default, *(m for m in downs if m != default), *(f"model.layers.{i}" for i in range(layers))]
 
 
-def counterfact_score(result: dict[str, Any]) -> float:
-    parts = [result["edit_success"], result["paraphrase_success"], result["neighbourhood_preservation"]]
-    return 0.0 if min(parts) <= 0 else len(parts) / sum(1 / p for p in parts)
-
-
 def locate(ctx: Context, cfg: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
     """The located module and every candidate's validation scores."""
     from ftplugins.methods.locft import evaluate_edits
+    from ftplugins.methods.locft.locate import counterfact_score
 
     folder, record = editing.fact_model(ctx, cfg)
     fact, tokenizer = load(folder)

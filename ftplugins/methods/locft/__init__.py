@@ -22,6 +22,8 @@ Fine-tune exactly the named module(s) (all their parameters, full rank), everyth
   ``paraphrase_prompts`` and ``neighbourhood_prompts`` / ``neighbourhood_targets`` lists used only
   for evaluation) into prompt/completion rows: completion = ' ' + target + EOS.
   :func:`evaluate_edits` reports teacher-forced exact match of the target tokens.
+* **Locating the module.** The paper picks it per model from a sweep of locations; ``ftplugins locft-locate``
+  runs that sweep for any model (:mod:`.locate`).
 
 This module imports no torch.
 """
@@ -63,6 +65,12 @@ class LocftPlugin(Plugin):
     distributed = ("single",)
     distributed_refusals = {mode: "its Adam skips a step on this process's minibatch loss, so processes would skip "
                                   "different steps" for mode in ("ddp", "fsdp", "deepspeed")}
+
+    def add_commands(self, subparsers):
+        """``ftplugins locft-locate``: the paper's sweep of tuning locations (:mod:`.locate`)."""
+        from .cli import add_subparser
+
+        add_subparser(subparsers)
 
     @hookimpl
     def validate(self, run):
