@@ -152,6 +152,30 @@ def test_a_separate_pool_file(tmp_path):
     check_prefixes(transform(eval_only, arithmetic_dataset(3, seed=4), "eval").to_list(), pool, 2)
 
 
+def test_a_lead_and_a_query_separator_lay_out_the_prompt(tmp_path):
+    """``LEAD shot SEP shot QSEP prompt``: a model taught to read examples under a tag and a query marker (the
+    quality harness's decoder: ``e:abc>cba;dog>god|xyz=``) is prompted in its own layout; unset, the layout is
+    the plain one, byte for byte."""
+    data = arithmetic_dataset(20)
+    run = make_run(tmp_path, fewshot_prefix_k=2, fewshot_prefix_pool_size=6, fewshot_prefix_separator=";",
+                   fewshot_prefix_lead="e:", fewshot_prefix_query_separator="|")
+    train = transform(run, data, "train").to_list()
+    pool = run.state["fewshot_prefix"]["pool"]
+    plain = make_run(tmp_path, fewshot_prefix_k=2, fewshot_prefix_pool_size=6, fewshot_prefix_separator=";")
+    plain_train = transform(plain, data, "train").to_list()
+    for row, plain_row in zip(train, plain_train):
+        a, b = (pool[s]["prompt"] + pool[s]["completion"] for s in row[SHOTS_COLUMN])
+        query = plain_row["prompt"].split(";")[-1]
+        assert row["prompt"] == f"e:{a};{b}|{query}" and plain_row["prompt"] == f"{a};{b};{query}"
+        assert row["completion"] == plain_row["completion"]
+    only_lead = make_run(tmp_path, fewshot_prefix_k=2, fewshot_prefix_pool_size=6, fewshot_prefix_lead="Add.\n")
+    first = transform(only_lead, data, "train")[0]
+    assert first["prompt"].startswith("Add.\n") and first["prompt"].count(SEP) == 2  # the query keeps SEP
+    refused = make_run(tmp_path, fewshot_prefix_k=2, fewshot_prefix_pool_size=6, fewshot_prefix_lead="e:")
+    with pytest.raises(FtpluginsError, match="lay out text prompts; in a conversation"):
+        transform(refused, conversational(data), "train")
+
+
 def conversational(dataset):
     return dataset.map(lambda r: {"prompt": [{"role": "system", "content": "Add."},
                                              {"role": "user", "content": r["prompt"]}],

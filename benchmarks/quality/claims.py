@@ -581,6 +581,14 @@ CLAIMS: list[Claim] = [
           with_context(better("acc", "fewshot-k4-n16", "sft-n16"), ("fewshot-k4-n64", "acc"), ("sft-n64", "acc"),
                        ("fewshot-k4-n16", "acc_bare"), ("pretrained-k4", "acc")), scenario="few-shot-sft",
           premise=_ELICITS_IN_CONTEXT),
+    Claim("fewshot_prefix>sft at few labels (the decoder's own in-context layout)", "Few-shot-prompted SFT beats "
+          "plain SFT at 16 gold labels, the shots laid out as the decoder learned to read examples in pre-training "
+          "(k=3, 'e:' lead, ';' between shots, '|' before the query; the pool counted in the 16)",
+          "Mallen & Belrose 2024 (2410.13215)", ("fewshot-k3-n16", "sft-n16"),
+          with_context(better("acc", "fewshot-k3-n16", "sft-n16"), ("pretrained-k3", "acc"), ("pretrained", "acc")),
+          scenario="few-shot-sft-icl",
+          premise=above_chance("acc", "pretrained-k3", 1 / 52, 0.05, "few-shot prompting in the decoder's own "
+                               "layout elicits the rules from the pre-trained decoder")),
     Claim("locft edits locally", "LocFT-BF (one mid-depth MLP module, breadth-first, target-only loss) makes edits "
           "succeed and generalise to paraphrases while preserving neighbourhood prompts and the pre-training tasks "
           "better than full fine-tuning on the same edits", "LocFT-BF (ICT-STAR/LocFT)", ("locft", "full"),
@@ -803,6 +811,7 @@ VARIANT_OF = {
     "greedy soup>=best single (close fine-tunes)": "greedy soup>=best single",
     "greedy soup>=best single (data orders)": "greedy soup>=best single",
     "conjugate recovers (partial suppression)": "conjugate recovers",
+    "fewshot_prefix>sft at few labels (the decoder's own in-context layout)": "fewshot_prefix>sft at few labels",
 }
 
 

@@ -33,6 +33,7 @@ MODULES = {
     "self-generated": "benchmarks.quality.scenarios.self_generated",
     "self-generated-partial": "benchmarks.quality.scenarios.self_generated_partial",
     "few-shot-sft": "benchmarks.quality.scenarios.few_shot_sft",
+    "few-shot-sft-icl": "benchmarks.quality.scenarios.few_shot_sft_icl",
     "editing": "benchmarks.quality.scenarios.editing",
     "editing-layer": "benchmarks.quality.scenarios.editing_layer",
     "editing-located": "benchmarks.quality.scenarios.editing_located",

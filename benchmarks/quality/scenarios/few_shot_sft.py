@@ -47,8 +47,10 @@ SMOKE = dict(rules=["first"], steps=2, batch=4, lr=3e-4, max_length=96, eval_per
 PLOT_METRICS = ["acc", *(f"acc_{rule}" for rule in RULES)]
 
 
-def accuracy(model, tokenizer, queries: list[dict], pool: list[dict] | None, seed: int) -> float:
-    """Exact match of greedy answers on ``queries``, prefixed with ``K`` shots of ``pool`` (the plugin's rendering)."""
+def accuracy(model, tokenizer, queries: list[dict], pool: list[dict] | None, seed: int, k: int = K,
+             **layout: str) -> float:
+    """Exact match of greedy answers on ``queries``, prefixed with ``k`` shots of ``pool`` (the plugin's rendering;
+    ``layout``: its separator, lead and query_separator, default this scenario's separator)."""
     prompts = [q["prompt"] for q in queries]
     if pool is not None:
         from datasets import Dataset
@@ -56,7 +58,8 @@ def accuracy(model, tokenizer, queries: list[dict], pool: list[dict] | None, see
         from ftplugins.methods.fewshot_prefix.prefixing import prefix_dataset
 
         rows = Dataset.from_list([{"prompt": q["prompt"], "completion": q["completion"]} for q in queries])
-        prompts = prefix_dataset(rows, pool, k=K, seed=seed, split="test", separator=SEPARATOR)["prompt"]
+        prompts = prefix_dataset(rows, pool, k=k, seed=seed, split="test",
+                                 **{"separator": SEPARATOR, **layout})["prompt"]
     texts = greedy(model, tokenizer, [encode(tokenizer, p) for p in prompts], max_new_tokens=7)
     return sum(t.strip() == q["completion"] for t, q in zip(texts, queries)) / max(1, len(queries))
 

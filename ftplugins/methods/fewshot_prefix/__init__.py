@@ -77,7 +77,8 @@ class FewshotPrefixPlugin(Plugin):
             dataset = drop_pool_examples(dataset, pool, split)
             state["report"] = {"pool_size": len(pool), "train_rows": len(dataset), "k": k}
             logger.info("fewshot_prefix: pool of %d example(s), %d train row(s), k=%d", len(pool), len(dataset), k)
-        return prefix_dataset(dataset, pool, k=k, seed=seed, split=split, separator=opts.fewshot_prefix_separator)
+        return prefix_dataset(dataset, pool, k=k, seed=seed, split=split, separator=opts.fewshot_prefix_separator,
+                              lead=opts.fewshot_prefix_lead, query_separator=opts.fewshot_prefix_query_separator)
 
 
 plugin = FewshotPrefixPlugin()

@@ -5,6 +5,7 @@ The paper varies k; the default k=4 is ours (a small prompt that fits the tiny r
 
 # No ``from __future__ import annotations``: HfArgumentParser needs the real field types.
 from dataclasses import dataclass, field
+from typing import Optional
 
 from ftplugins.options import check_range
 
@@ -37,6 +38,22 @@ class FewshotPrefixOptions:
         metadata={
             "help": "Text between in-context examples and between the last example and the row's prompt (the "
             "paper joins examples with blank lines). Each example is its prompt + completion, as SFT renders it."
+        },
+    )
+
+    fewshot_prefix_lead: str = field(
+        default="",
+        metadata={
+            "help": "Text before the first in-context example: an instruction, or the task tag a model was trained "
+            "to read examples under (text prompts only; in a conversation use a system message)."
+        },
+    )
+    fewshot_prefix_query_separator: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Text between the last in-context example and the row's prompt, where it differs from "
+            "fewshot_prefix_separator (e.g. 'Now:' or a marker the model knows). Unset: fewshot_prefix_separator. "
+            "Text prompts only."
         },
     )
 

@@ -3,9 +3,11 @@
 After the paper's few-shot-prompted SFT (EleutherAI/scalable-elicitation): every train and test input
 is preceded by k examples, reshuffled per input. Our rendering for prompt/completion rows:
 
-* standard text: ``shot_1 SEP shot_2 SEP ... shot_k SEP prompt`` where ``shot_i`` is the pool example's
-  prompt + completion (as SFT concatenates them, without the EOS SFT appends to targets) and SEP is
-  ``fewshot_prefix_separator`` (default a blank line, as the paper joins its examples);
+* standard text: ``LEAD shot_1 SEP shot_2 SEP ... shot_k QSEP prompt`` where ``shot_i`` is the pool example's
+  prompt + completion (as SFT concatenates them, without the EOS SFT appends to targets), SEP is
+  ``fewshot_prefix_separator`` (default a blank line, as the paper joins its examples), LEAD is
+  ``fewshot_prefix_lead`` (default none) and QSEP ``fewshot_prefix_query_separator`` (default SEP): a model
+  taught to read examples in one layout (a task tag, a marker before the query) is prompted in it;
 * conversational: the shots become earlier turns (``user`` prompt, ``assistant`` completion, ...) after
   the row's own leading system messages; the shots' system messages are dropped.
 
@@ -106,13 +108,18 @@ def drop_pool_examples(dataset: Any, pool: list[dict], split: str) -> Any:
 
 
 def prefix_dataset(dataset: Any, pool: list[dict], *, k: int, seed: int, split: str,
-                   separator: str = "\n\n") -> Any:
+                   separator: str = "\n\n", lead: str = "", query_separator: str | None = None) -> Any:
     """``dataset`` with every prompt preceded by k pool examples (and a ``fewshot_prefix_shots`` column)."""
     check_columns(dataset, f"{split} split")
     if k > len(pool):
         raise FtpluginsError(f"fewshot_prefix_k={k} but the pool holds {len(pool)} example(s); draw at most "
                              "as many shots as the pool holds (raise fewshot_prefix_pool_size or lower k).")
     conversational = is_conversational(pool[0]["prompt"])
+    if conversational and (lead or query_separator is not None):
+        raise FtpluginsError("fewshot_prefix_lead and fewshot_prefix_query_separator lay out text prompts; in a "
+                             "conversation the shots are earlier turns: put an instruction in a system message.")
+    layout = {"separator": separator} if conversational else {
+        "separator": separator, "lead": lead, "query_separator": query_separator}
 
     def add_shots(row: dict, index: int) -> dict:
         if is_conversational(row["prompt"]) != conversational:
@@ -122,13 +129,15 @@ def prefix_dataset(dataset: Any, pool: list[dict], *, k: int, seed: int, split: 
             )
         shots = random.Random(f"fewshot_prefix:{seed}:{split}:{index}").sample(range(len(pool)), k)
         render = prefix_messages if conversational else prefix_text
-        return {"prompt": render(row["prompt"], [pool[s] for s in shots], separator), SHOTS_COLUMN: shots}
+        return {"prompt": render(row["prompt"], [pool[s] for s in shots], **layout), SHOTS_COLUMN: shots}
 
     return dataset.map(add_shots, with_indices=True, desc=f"fewshot_prefix ({split})")
 
 
-def prefix_text(prompt: str, shots: list[dict], separator: str) -> str:
-    return separator.join([*(s["prompt"] + s["completion"] for s in shots), prompt])
+def prefix_text(prompt: str, shots: list[dict], separator: str, lead: str = "", query_separator: str | None = None
+                ) -> str:
+    examples = separator.join(s["prompt"] + s["completion"] for s in shots)
+    return lead + examples + (separator if query_separator is None else query_separator) + prompt
 
 
 def prefix_messages(prompt: list[dict], shots: list[dict], separator: str) -> list[dict]:
