@@ -200,10 +200,16 @@ def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--data", help="take the subsets of this .jsonl/.json file instead of the recipe's train split")
     p.add_argument("--seed", type=int, default=0, help="the subsets' seed (default 0)")
     p.add_argument("--command", choices=("sft", "dpo", "grpo"), default="sft", help="the trainer (default sft)")
-    p.add_argument("--launcher", help="run each point under this command instead of the current python, e.g. "
-                   "'accelerate launch --num_processes 2'")
-    p.add_argument("--overwrite", action="store_true", help="start over when --output holds another sweep")
-    p.add_argument("train_args", nargs="*", help="after --: more training arguments for every point "
-                   "(e.g. -- --max_steps 50)")
+    add_training_run_arguments(p, "point")
     p.set_defaults(func=cmd_sweep)
     return p
+
+
+def add_training_run_arguments(p: argparse.ArgumentParser, unit: str) -> None:
+    """--launcher, --overwrite and the training arguments after --: a tool that trains a recipe once per ``unit``
+    (a sweep's point, a locating candidate) in subprocesses."""
+    p.add_argument("--launcher", help=f"run each {unit} under this command instead of the current python, e.g. "
+                   "'accelerate launch --num_processes 2'")
+    p.add_argument("--overwrite", action="store_true", help="start over when --output holds another run")
+    p.add_argument("train_args", nargs="*", help=f"after --: more training arguments for every {unit} "
+                   "(e.g. -- --max_steps 50)")

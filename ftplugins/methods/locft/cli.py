@@ -6,6 +6,8 @@ import argparse
 
 
 def add_subparser(subparsers) -> argparse.ArgumentParser:
+    from ftplugins.tools.cli import add_training_run_arguments
+
     p = subparsers.add_parser("locft-locate", help="locate LocFT-BF's module for a model: train a locft recipe on "
                               "validation edits with each candidate module, keep the best CounterFact score "
                               "(resumable)")
@@ -17,12 +19,9 @@ def add_subparser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--edits", help="validation edits, a .jsonl/.json file (default: the recipe's train split)")
     p.add_argument("--rows", type=int, help="train and score on this many edits, drawn with --seed (default all)")
     p.add_argument("--seed", type=int, default=0, help="the draw of --rows (default 0)")
-    p.add_argument("--launcher", help="run each candidate under this command instead of the current python")
     p.add_argument("--keep-runs", action="store_true", help="keep each candidate's trained model (deleted once "
                    "scored by default)")
-    p.add_argument("--overwrite", action="store_true", help="start over when --output holds another run")
-    p.add_argument("train_args", nargs="*", help="after --: more training arguments for every candidate "
-                   "(e.g. -- --max_steps 50)")
+    add_training_run_arguments(p, "candidate")
     p.set_defaults(func=cmd_locate)
     return p
 
