@@ -7,7 +7,9 @@ scenario reads it; MiniLM, diffusion and GAN scenarios do not, so the decoder a 
 it), then a run whose learning rates were chosen per row on a validation split (``--lr-sweep``, or a scenario whose
 result says it chose its rows' rates so: ``config["lr_sweep"]``), then the longest fine-tuning
 budget, then the most training examples (a reduced-data diagnosis run never outranks the run at the standard
-size), then the newest result folder name in sort order; the other runs are counted beside it. The table is written
+size), then the newest result folder name in sort order; the other runs are counted beside it. A claim with a
+variant in ``claims.PAPER_PROTOCOL`` (the paper's own protocol, where the claim's first run here departed from it)
+is shown at that variant's strongest run, its first run among the diagnoses. The table is written
 between markers in README.md by ``python -m benchmarks.report`` and checked by ``--check``, like BENCHMARKS.md.
 """
 
