@@ -82,7 +82,11 @@ def launch(tmp_path, name, model_dir, data, mode, options, timeout=LAUNCH_TIMEOU
 # deep_align's token weights at steps 2-3 are functions of log p_theta - log p_ref, a difference of two nearly
 # equal log-probs, which lifts the reduction-order rounding to ~3e-4 relative (measured: FSDP2 equals 2-process DDP
 # to 1e-7 there); training moves every weight by ~0.1, 500 times the absolute tolerance.
-TOLERANCE = {"deep_align": dict(rtol=1e-3, atol=2e-4)}
+# fewshot_prefix: Adam turns the rounding of near-zero gradient entries into steps of up to lr, so the bound depends
+# on the CPU: within the default bound on the AMD EPYC machines earlier CI ran on, up to 5e-5 absolute (layer 0's
+# gate_proj; the same at the commit before this bound) on a 2-core Intel Xeon; training moves every weight by ~0.1,
+# 200 times this bound, so a wrong shard or prompt still fails.
+TOLERANCE = {"deep_align": dict(rtol=1e-3, atol=2e-4), "fewshot_prefix": dict(rtol=1e-3, atol=5e-4)}
 
 
 @pytest.mark.slow
