@@ -819,6 +819,8 @@ VARIANT_OF = {
 #: ours, or a model without what the method needs): README's claims table judges the paper's claim by the variant and
 #: shows the first run among the diagnoses. An entry is chosen by what the paper did, never by the variant's verdict
 #: (one that failed would be shown failed); the value says what the paper did and how the first run differed.
+_PET_MLM_HEAD = ("PET reads the verbaliser through the masked LM's own pre-trained head; the sentence-transformers "
+                 "MiniLM ships none, so the first run's head was untrained (zero-shot cloze at chance)")
 PAPER_PROTOCOL = {
     "locft edits locally (located module, 750 updates)":
         "the paper tunes the module it located per model by a sweep of locations (layers.6.mlp.down_proj of "
@@ -827,16 +829,13 @@ PAPER_PROTOCOL = {
     "kmq-iter>kmq (reward gap)":
         "the paper reweights clusters by d = RM(gold) - RM(generated), perplexity being its fallback; the first run "
         "scored by perplexity",
-    "pet>head (16 labels, pre-trained MLM head)":
-        "PET reads the verbaliser through the masked LM's own pre-trained head; the sentence-transformers MiniLM "
-        "ships none, so the first run's head was untrained (zero-shot cloze at chance)",
-    "pet>head (64 labels, pre-trained MLM head)":
-        "PET reads the verbaliser through the masked LM's own pre-trained head; the sentence-transformers MiniLM "
-        "ships none, so the first run's head was untrained (zero-shot cloze at chance)",
+    "pet>head (16 labels, pre-trained MLM head)": _PET_MLM_HEAD,
+    "pet>head (64 labels, pre-trained MLM head)": _PET_MLM_HEAD,
     "bob>plain synthetic (a generator that draws the classes)":
         "the paper fine-tunes Stable Diffusion, which draws the classes before it sees the few real photographs; "
         "the first run's 70k-parameter denoiser drew none of them (its samples judged as their class at chance)",
 }
+
 
 def with_lr_paths(summary: dict[str, Any], lr_sweep: dict[str, Any] | None) -> dict[str, Any]:
     """``summary``'s rows, each swept row with its :data:`LR_PATH` (from the ``--lr-sweep`` record's per-lr means)."""
