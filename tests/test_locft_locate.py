@@ -61,6 +61,11 @@ def test_a_recipe_without_locft_or_with_edits_missing_columns_is_refused(tmp_pat
     with pytest.raises(FtpluginsError, match=r"need \['answer'\] \(the prompt and locft_target_column='answer'\)"):
         locating.locate(str(tmp_path / "recipe.yaml"), str(tmp_path / "out"), candidates=["model.layers.0"],
                         edits=str(tmp_path / "bad.jsonl"))
+    with pytest.raises(FtpluginsError, match=r"no module 'model.layer.1.mlp.down_proj'; closest: "
+                                             r"model.layers.1.mlp.down_proj"):
+        locating.locate(str(tmp_path / "recipe.yaml"), str(tmp_path / "out"),
+                        candidates=["model.layers.0", "model.layer.1.mlp.down_proj"])
+    assert not os.path.exists(tmp_path / "out" / "candidates")  # refused before any training
 
 
 @pytest.mark.slow

@@ -34,16 +34,32 @@ _DOWN = re.compile(r"(?:.*\.)?layers\.(\d+)\.mlp\.down_proj")
 _LAYER = re.compile(r"(?:.*\.)?layers\.(\d+)")
 
 
-def candidate_modules(model_name_or_path: str) -> list[str]:
-    """Every decoder layer's ``mlp.down_proj``, then every whole layer, by depth: the modules the paper swept. Read
-    from the model's config on the meta device (no weights are loaded)."""
+def module_names(model_name_or_path: str) -> list[str]:
+    """The model's module names, read from its config on the meta device (no weights are loaded)."""
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(model_name_or_path)
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config)
-    names = [name for name, _ in model.named_modules()]
+    return [name for name, _ in model.named_modules()]
+
+
+def check_candidates(candidates: Sequence[str], names: Sequence[str]) -> None:
+    """Refuse, before any training, a candidate that is not exactly one of the model's module names."""
+    import difflib
+
+    for candidate in candidates:
+        if candidate not in names:
+            close = difflib.get_close_matches(candidate, names, n=3)
+            raise FtpluginsError(f"locft-locate: the model has no module {candidate!r}"
+                                 + (f"; closest: {', '.join(close)}" if close else "")
+                                 + " (names are matched exactly, as model.named_modules() gives them)")
+
+
+def candidate_modules(model_name_or_path: str, names: Sequence[str] | None = None) -> list[str]:
+    """Every decoder layer's ``mlp.down_proj``, then every whole layer, by depth: the modules the paper swept."""
+    names = module_names(model_name_or_path) if names is None else names
     downs = sorted((int(m.group(1)), n) for n in names if (m := _DOWN.fullmatch(n)))
     layers = sorted((int(m.group(1)), n) for n in names if (m := _LAYER.fullmatch(n)))
     if not downs and not layers:
@@ -98,7 +114,9 @@ def locate(config_path: str, output: str, *, candidates: Sequence[str] | None = 
         raise FtpluginsError(f"locft-locate: the recipe {config_path} does not use the locft plugin; add "
                              "'plugins: [locft]' (and its options) to it")
     base = config.get("model_name_or_path")
-    candidates = list(candidates) if candidates else candidate_modules(base)
+    names = module_names(base)
+    candidates = list(candidates) if candidates else candidate_modules(base, names)
+    check_candidates(candidates, names)
     pool = validation_edits(config, edits, rows, seed)
     target, separator = config.get("locft_target_column", "target"), config.get("locft_separator", "auto")
     manifest = {"config": os.path.abspath(config_path), "config_sha": file_sha(config_path), "edits": len(pool),
